@@ -1,0 +1,75 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Swift 5 language mode: the domain/supervisor code is built around one event loop per
+// process and explicit threads for vCPUs; strict Sendable checking would force
+// @unchecked annotations everywhere without adding safety.
+let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "procvisor",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "xl", targets: ["xl"]),
+        .executable(name: "procvisord", targets: ["procvisord"]),
+        .library(name: "DomainRuntime", targets: ["DomainRuntime"]),
+        .library(name: "SplitDrivers", targets: ["SplitDrivers"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // The only target that includes C headers: libseccomp, liburing, memfd, futex, SCM_RIGHTS, prctl.
+        .target(
+            name: "CProcvisor",
+            linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("uring")]
+        ),
+        .target(name: "LinuxHost", dependencies: ["CProcvisor"], swiftSettings: v5),
+        .target(name: "ProcvisorABI", swiftSettings: v5),
+        .target(name: "Toolstack", dependencies: ["ProcvisorABI"], swiftSettings: v5),
+        .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
+        .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .target(
+            name: "Supervisor",
+            dependencies: [
+                "ProcvisorABI", "LinuxHost", "Toolstack",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: v5
+        ),
+        .executableTarget(name: "procvisord", dependencies: ["Supervisor"], swiftSettings: v5),
+        .executableTarget(
+            name: "xl",
+            dependencies: [
+                "Toolstack", "LinuxHost", "ProcvisorABI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: v5
+        ),
+
+        // Example guests (examples/*/ hold the program and its xl.cfg).
+        .executableTarget(name: "hello", dependencies: ["DomainRuntime"], path: "examples/hello", exclude: ["hello.cfg"], swiftSettings: v5),
+        .executableTarget(name: "spinner", dependencies: ["DomainRuntime"], path: "examples/spinner", exclude: ["spinner.cfg"], swiftSettings: v5),
+        .executableTarget(name: "evil", dependencies: ["DomainRuntime"], path: "examples/evil", exclude: ["evil.cfg"], swiftSettings: v5),
+
+        // Benchmarks run their peer in the same run and print ratios.
+        .executableTarget(
+            name: "procvisor-bench",
+            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"],
+            path: "Benchmarks/procvisor-bench",
+            swiftSettings: v5
+        ),
+
+        // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
+        .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),
+
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], swiftSettings: v5),
+        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost"], swiftSettings: v5),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"],
+            swiftSettings: v5
+        ),
+    ]
+)

@@ -1,0 +1,120 @@
+// CProcvisor: the one place that includes C headers. Thin wrappers only: no policy, no state.
+// Every function returns -errno (or NULL with errno set) on failure so Swift wraps it in a thrown Errno.
+#ifndef CPROCVISOR_H
+#define CPROCVISOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <signal.h>
+#include <time.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/ioctl.h>
+#include <linux/sched.h>
+
+/// AT_EMPTY_PATH needs _GNU_SOURCE in glibc's headers, which a module header must not define.
+#define PV_AT_EMPTY_PATH 0x1000
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- errno ----
+int pv_errno(void);
+
+/// pipe2 with O_CLOEXEC (glibc declares pipe2 only under _GNU_SOURCE).
+int pv_pipe_cloexec(int fds[2]);
+
+// ---- memfd / fallocate ----
+int pv_memfd_create(const char *name, unsigned int flags);
+int pv_punch_hole(int fd, int64_t offset, int64_t length);
+
+// ---- futex ----
+/// FUTEX_WAIT on a shared (not private) word: -ETIMEDOUT, -EAGAIN (value changed), -EINTR or 0.
+int pv_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+/// FUTEX_WAKE: number woken or -errno.
+int pv_futex_wake(uint32_t *addr, int count);
+struct pv_futex_waiter { uint32_t *addr; uint32_t expected; };
+/// futex_waitv(2) over up to 128 words: index woken, or -errno (-ENOSYS on kernels before 5.16).
+int pv_futex_waitv(const struct pv_futex_waiter *waiters, unsigned int count, int64_t timeout_ns);
+
+// ---- SCM_RIGHTS ----
+/// sendmsg with up to 16 descriptors attached; MSG_NOSIGNAL always. Bytes sent or -errno.
+ssize_t pv_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags);
+/// recvmsg collecting up to maxfds descriptors (received CLOEXEC). *truncated is set when the
+/// datagram or its control data was cut (MSG_TRUNC/MSG_CTRUNC). Bytes received or -errno.
+ssize_t pv_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated, int flags);
+/// accept4 with SOCK_CLOEXEC|SOCK_NONBLOCK (a GNU function): fd or -errno.
+int pv_accept_nonblocking(int listener);
+/// SO_PEERCRED of a Unix socket.
+int pv_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+// ---- prctl ----
+int pv_set_no_new_privs(void);
+int pv_set_pdeathsig(int sig);
+int pv_set_name(const char *name);
+
+// ---- signals ----
+int pv_signalfd(const int *signals, int count);
+int pv_block_signals(const int *signals, int count);
+int pv_unblock_all_signals(void);
+int pv_kill(pid_t pid, int sig);
+int pv_pidfd_open(pid_t pid);
+
+// ---- seccomp (libseccomp) ----
+/// Argument comparison for a rule: op is one of the PV_CMP_* values below.
+struct pv_seccomp_arg { unsigned int arg; int op; uint64_t datum_a; uint64_t datum_b; };
+enum { PV_CMP_EQ = 1, PV_CMP_NE, PV_CMP_LT, PV_CMP_LE, PV_CMP_GT, PV_CMP_GE, PV_CMP_MASKED_EQ };
+uint32_t pv_seccomp_act_allow(void);
+uint32_t pv_seccomp_act_trap(void);
+uint32_t pv_seccomp_act_kill_process(void);
+uint32_t pv_seccomp_act_errno(int err);
+void *pv_seccomp_new(uint32_t default_action);
+void pv_seccomp_release(void *ctx);
+/// Number of `name` on the native architecture, or -1 when the kernel/libseccomp does not know it.
+int pv_seccomp_syscall_number(const char *name);
+/// Name of syscall `nr` on the native architecture written into buf; 0 or -ENOENT.
+int pv_seccomp_syscall_name(int nr, char *buf, size_t len);
+int pv_seccomp_add_rule(void *ctx, uint32_t action, int syscall_nr, const struct pv_seccomp_arg *args, unsigned int nargs);
+int pv_seccomp_set_tsync(void *ctx, int on);
+/// Loads the filter into the calling process (all threads when tsync is set).
+int pv_seccomp_load(void *ctx);
+/// Writes the compiled BPF program into a fresh malloc'd buffer (*out, *out_len bytes).
+int pv_seccomp_export_bpf(void *ctx, void **out, size_t *out_len);
+/// Reads "Seccomp:" and "Seccomp_filters:" from /proc/PID/status.
+int pv_proc_seccomp_status(pid_t pid, int *mode, int *filters);
+
+// ---- domain launch ----
+struct pv_spawn_fd { int source; int target; };
+struct pv_spawn_rlimit { int resource; uint64_t soft; uint64_t hard; };
+/// fork + exec a domain kernel. The child: new session, parent-death signal SIGKILL, exactly the
+/// listed descriptors (source -> target, everything else closed), default signal dispositions and an
+/// empty mask, the resource limits, NO_NEW_PRIVS, then the baseline BPF filter (every 32-bit constant
+/// equal to `pid_placeholder` is replaced by the child's own pid first), then execve.
+/// On success returns the pid. A failure before exec is reported as -errno with *failed_step set to
+/// one of PV_STEP_*; the child is reaped.
+enum { PV_STEP_NONE = 0, PV_STEP_FORK, PV_STEP_FDS, PV_STEP_RLIMIT, PV_STEP_NNP, PV_STEP_SECCOMP, PV_STEP_EXEC };
+pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
+               const struct pv_spawn_fd *fds, int nfds,
+               const struct pv_spawn_rlimit *limits, int nlimits,
+               const void *bpf, size_t bpf_len, uint32_t pid_placeholder,
+               int *failed_step);
+
+/// Installs a SIGSYS handler (on an alternate stack) that reports the trapped system call as a
+/// Procvisor "seccomp violation" hypercall on `hypercall_fd`, then dies of SIGSYS.
+/// `op` is the hypercall number the supervisor expects for that report.
+int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op);
+
+// ---- misc ----
+/// syscall(2) with six arguments: result or -errno. For tests that must issue a forbidden call.
+long pv_raw_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
+int pv_close_range_from(unsigned int first);
+uint64_t pv_monotonic_ns(void);
+int pv_gettid(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

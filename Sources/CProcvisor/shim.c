@@ -1,0 +1,398 @@
+// Thin C shims for Procvisor. See include/CProcvisor.h for the contract of each function.
+#define _GNU_SOURCE
+#include "CProcvisor.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/futex.h>
+#include <linux/seccomp.h>
+#include <seccomp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int pv_errno(void) { return errno; }
+
+static int neg_errno(void) { return -errno; }
+
+int pv_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC) < 0 ? neg_errno() : 0; }
+
+// ---- memfd / fallocate ----
+
+int pv_memfd_create(const char *name, unsigned int flags) {
+    int fd = memfd_create(name, flags);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int pv_punch_hole(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) < 0 ? neg_errno() : 0;
+}
+
+// ---- futex ----
+
+int pv_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, NULL, 0);
+    return rc < 0 ? neg_errno() : 0;
+}
+
+int pv_futex_wake(uint32_t *addr, int count) {
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, count, NULL, NULL, 0);
+    return rc < 0 ? neg_errno() : (int)rc;
+}
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+
+int pv_futex_waitv(const struct pv_futex_waiter *waiters, unsigned int count, int64_t timeout_ns) {
+    if (count == 0 || count > FUTEX_WAITV_MAX) return -EINVAL;
+    struct futex_waitv v[FUTEX_WAITV_MAX];
+    for (unsigned int i = 0; i < count; i++) {
+        v[i].val = waiters[i].expected;
+        v[i].uaddr = (uint64_t)(uintptr_t)waiters[i].addr;
+        v[i].flags = FUTEX_32;
+        v[i].__reserved = 0;
+    }
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t deadline = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + timeout_ns;
+        ts.tv_sec = deadline / 1000000000LL;
+        ts.tv_nsec = deadline % 1000000000LL;
+        tsp = &ts;
+    }
+    long rc = syscall(SYS_futex_waitv, v, count, 0, tsp, CLOCK_MONOTONIC);
+    return rc < 0 ? neg_errno() : (int)rc;
+}
+
+// ---- SCM_RIGHTS ----
+
+#define PV_MAX_FDS 16
+
+ssize_t pv_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds, int flags) {
+    if (nfds < 0 || nfds > PV_MAX_FDS) return -EINVAL;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int) * PV_MAX_FDS)]; struct cmsghdr align; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (nfds > 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * nfds);
+    }
+    ssize_t n = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
+    return n < 0 ? neg_errno() : n;
+}
+
+ssize_t pv_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *truncated, int flags) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union { char buf[CMSG_SPACE(sizeof(int) * PV_MAX_FDS)]; struct cmsghdr align; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    *nfds = 0;
+    *truncated = 0;
+    ssize_t n = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
+    if (n < 0) return neg_errno();
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *data = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = data[i];
+            else { close(data[i]); *truncated = 1; }  // never leak a descriptor we cannot hand up
+        }
+    }
+    return n;
+}
+
+int pv_accept_nonblocking(int listener) {
+    int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int pv_peer_cred(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return neg_errno();
+    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
+    return 0;
+}
+
+// ---- prctl ----
+
+int pv_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? neg_errno() : 0; }
+int pv_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) < 0 ? neg_errno() : 0; }
+int pv_set_name(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0) < 0 ? neg_errno() : 0; }
+
+// ---- signals ----
+
+static void fill_set(sigset_t *set, const int *signals, int count) {
+    sigemptyset(set);
+    for (int i = 0; i < count; i++) sigaddset(set, signals[i]);
+}
+
+int pv_signalfd(const int *signals, int count) {
+    sigset_t set;
+    fill_set(&set, signals, count);
+    int fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    return fd < 0 ? neg_errno() : fd;
+}
+
+int pv_block_signals(const int *signals, int count) {
+    sigset_t set;
+    fill_set(&set, signals, count);
+    int rc = pthread_sigmask(SIG_BLOCK, &set, NULL);
+    return rc ? -rc : 0;
+}
+
+int pv_unblock_all_signals(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    int rc = pthread_sigmask(SIG_SETMASK, &set, NULL);
+    return rc ? -rc : 0;
+}
+
+int pv_kill(pid_t pid, int sig) { return kill(pid, sig) < 0 ? neg_errno() : 0; }
+
+int pv_pidfd_open(pid_t pid) {
+    long fd = syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? neg_errno() : (int)fd;
+}
+
+// ---- seccomp ----
+
+uint32_t pv_seccomp_act_allow(void) { return SCMP_ACT_ALLOW; }
+uint32_t pv_seccomp_act_trap(void) { return SCMP_ACT_TRAP; }
+uint32_t pv_seccomp_act_kill_process(void) { return SCMP_ACT_KILL_PROCESS; }
+uint32_t pv_seccomp_act_errno(int err) { return SCMP_ACT_ERRNO(err); }
+
+void *pv_seccomp_new(uint32_t default_action) { return seccomp_init(default_action); }
+void pv_seccomp_release(void *ctx) { if (ctx) seccomp_release(ctx); }
+
+int pv_seccomp_syscall_number(const char *name) {
+    int nr = seccomp_syscall_resolve_name(name);
+    return nr == __NR_SCMP_ERROR ? -1 : nr;
+}
+
+int pv_seccomp_syscall_name(int nr, char *buf, size_t len) {
+    char *name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
+    if (!name) return -ENOENT;
+    snprintf(buf, len, "%s", name);
+    free(name);
+    return 0;
+}
+
+int pv_seccomp_add_rule(void *ctx, uint32_t action, int syscall_nr, const struct pv_seccomp_arg *args, unsigned int nargs) {
+    if (nargs > 6) return -EINVAL;
+    struct scmp_arg_cmp cmp[6];
+    for (unsigned int i = 0; i < nargs; i++) {
+        cmp[i].arg = args[i].arg;
+        cmp[i].op = (enum scmp_compare)args[i].op;  // PV_CMP_* mirror enum scmp_compare
+        cmp[i].datum_a = args[i].datum_a;
+        cmp[i].datum_b = args[i].datum_b;
+    }
+    return seccomp_rule_add_array(ctx, action, syscall_nr, nargs, cmp);
+}
+
+int pv_seccomp_set_tsync(void *ctx, int on) { return seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, on ? 1 : 0); }
+
+int pv_seccomp_load(void *ctx) { return seccomp_load(ctx); }
+
+int pv_seccomp_export_bpf(void *ctx, void **out, size_t *out_len) {
+    *out = NULL;
+    *out_len = 0;
+    int fd = memfd_create("pv-bpf", MFD_CLOEXEC);
+    if (fd < 0) return neg_errno();
+    int rc = seccomp_export_bpf(ctx, fd);
+    if (rc < 0) { close(fd); return rc; }
+    off_t size = lseek(fd, 0, SEEK_END);
+    if (size <= 0) { close(fd); return -EINVAL; }
+    void *buf = malloc((size_t)size);
+    if (!buf) { close(fd); return -ENOMEM; }
+    if (pread(fd, buf, (size_t)size, 0) != size) { int e = errno; free(buf); close(fd); return -e; }
+    close(fd);
+    *out = buf;
+    *out_len = (size_t)size;
+    return 0;
+}
+
+int pv_proc_seccomp_status(pid_t pid, int *mode, int *filters) {
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return neg_errno();
+    *mode = -1;
+    *filters = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, "Seccomp:", 8)) *mode = atoi(line + 8);
+        else if (!strncmp(line, "Seccomp_filters:", 16)) *filters = atoi(line + 16);
+    }
+    fclose(f);
+    return 0;
+}
+
+// ---- domain launch ----
+
+// The child may only use async-signal-safe calls: the parent may have other threads.
+static void child_fail(int report_fd, int step) {
+    int payload[2] = { step, errno };
+    ssize_t ignored = write(report_fd, payload, sizeof(payload));
+    (void)ignored;
+    _exit(127);
+}
+
+pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
+               const struct pv_spawn_fd *fds, int nfds,
+               const struct pv_spawn_rlimit *limits, int nlimits,
+               const void *bpf, size_t bpf_len, uint32_t pid_placeholder,
+               int *failed_step) {
+    *failed_step = PV_STEP_NONE;
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) < 0) { *failed_step = PV_STEP_FORK; return neg_errno(); }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(report[0]); close(report[1]);
+        *failed_step = PV_STEP_FORK;
+        return -e;
+    }
+    if (pid == 0) {
+        close(report[0]);
+        setsid();
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail(report[1], PV_STEP_FDS);
+        if (getppid() != parent) _exit(127);  // the supervisor died between fork and prctl
+        // Move every source out of the way first so a target can never clobber a later source.
+        int base = 1000;
+        for (int i = 0; i < nfds; i++)
+            if (dup3(fds[i].source, base + i, O_CLOEXEC) < 0) child_fail(report[1], PV_STEP_FDS);
+        // The report pipe must survive until exec; park it above the staging area.
+        int rfd = base + nfds;
+        if (dup3(report[1], rfd, O_CLOEXEC) < 0) child_fail(report[1], PV_STEP_FDS);
+        int maxtarget = -1;
+        for (int i = 0; i < nfds; i++) {
+            if (dup2(base + i, fds[i].target) < 0) child_fail(rfd, PV_STEP_FDS);  // dup2 clears CLOEXEC
+            if (fds[i].target > maxtarget) maxtarget = fds[i].target;
+        }
+        // Close everything else except the report pipe (CLOEXEC, it closes at exec).
+        if (maxtarget + 1 < rfd) syscall(SYS_close_range, maxtarget + 1, rfd - 1, 0);
+        syscall(SYS_close_range, rfd + 1, ~0U, 0);
+        sigset_t empty;
+        sigemptyset(&empty);
+        sigprocmask(SIG_SETMASK, &empty, NULL);
+        for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+        for (int i = 0; i < nlimits; i++) {
+            struct rlimit rl = { .rlim_cur = limits[i].soft, .rlim_max = limits[i].hard };
+            if (setrlimit(limits[i].resource, &rl) < 0) child_fail(rfd, PV_STEP_RLIMIT);
+        }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(rfd, PV_STEP_NNP);
+        if (bpf && bpf_len >= sizeof(struct sock_filter)) {
+            struct sock_filter *insns = (struct sock_filter *)bpf;  // the child's private copy
+            unsigned short count = (unsigned short)(bpf_len / sizeof(struct sock_filter));
+            uint32_t self = (uint32_t)getpid();
+            for (unsigned short i = 0; i < count; i++)
+                if (insns[i].k == pid_placeholder) insns[i].k = self;
+            struct sock_fprog prog = { .len = count, .filter = insns };
+            if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) child_fail(rfd, PV_STEP_SECCOMP);
+        }
+        execve(path, argv, envp);
+        child_fail(rfd, PV_STEP_EXEC);
+    }
+    close(report[1]);
+    int payload[2];
+    ssize_t n;
+    do { n = read(report[0], payload, sizeof(payload)); } while (n < 0 && errno == EINTR);
+    close(report[0]);
+    if (n == (ssize_t)sizeof(payload)) {
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *failed_step = payload[0];
+        return -(payload[1] ? payload[1] : EIO);
+    }
+    return pid;
+}
+
+// ---- SIGSYS reporter ----
+
+static int sigsys_fd = -1;
+static uint32_t sigsys_op;
+
+// Layout of ProcvisorABI.HypercallRequest's 64-byte header (little endian).
+struct pv_hcall_header { uint32_t op; uint32_t payload_len; uint64_t seq; uint64_t args[6]; };
+
+static void sigsys_handler(int sig, siginfo_t *info, void *uctx) {
+    (void)uctx;
+    struct pv_hcall_header h;
+    memset(&h, 0, sizeof(h));
+    h.op = sigsys_op;
+    h.seq = ~0ULL;
+    h.args[0] = (uint64_t)(int64_t)info->si_syscall;
+    h.args[1] = info->si_arch;
+    h.args[2] = (uint64_t)(uintptr_t)info->si_call_addr;
+    h.args[3] = (uint64_t)syscall(SYS_gettid);
+    if (sigsys_fd >= 0) {
+        ssize_t ignored = send(sigsys_fd, &h, sizeof(h), MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)ignored;
+    }
+    // Die of the signal itself so the supervisor sees WTERMSIG == SIGSYS even without the report.
+    signal(sig, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), sig);
+    _exit(128 + sig);
+}
+
+int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op) {
+    sigsys_fd = hypercall_fd;
+    sigsys_op = op;
+    static char altstack[16384];
+    stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack), .ss_flags = 0 };
+    if (sigaltstack(&ss, NULL) < 0) return neg_errno();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = sigsys_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGSYS, &sa, NULL) < 0 ? neg_errno() : 0;
+}
+
+// ---- misc ----
+
+long pv_raw_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
+    long rc = syscall(nr, a1, a2, a3, a4, a5, a6);
+    return rc < 0 ? -errno : rc;
+}
+
+int pv_close_range_from(unsigned int first) {
+    return syscall(SYS_close_range, first, ~0U, 0) < 0 ? neg_errno() : 0;
+}
+
+uint64_t pv_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+int pv_gettid(void) { return (int)syscall(SYS_gettid); }

@@ -1,0 +1,116 @@
+import CProcvisor
+import Glibc
+
+/// Facts about processes and the host read from /proc.
+public enum ProcFS {
+    /// Seccomp mode (2 = filter) and number of filters of `pid`, from /proc/PID/status.
+    public static func seccomp(of pid: pid_t) throws -> (mode: Int, filters: Int) {
+        var mode: Int32 = -1, filters: Int32 = -1
+        try negErrno("read /proc/\(pid)/status") { pv_proc_seccomp_status(pid, &mode, &filters) }
+        return (Int(mode), Int(filters))
+    }
+
+    /// CPU time consumed by all threads of `pid`, in nanoseconds (utime + stime from /proc/PID/stat).
+    public static func cpuTimeNs(of pid: pid_t) -> UInt64 {
+        guard let fields = statFields(pid) else { return 0 }
+        // Fields after the comm: index 0 is state (field 3); utime is field 14, stime 15.
+        guard fields.count > 12, let ut = UInt64(fields[11]), let st = UInt64(fields[12]) else { return 0 }
+        let hz = UInt64(sysconf(Int32(_SC_CLK_TCK)))
+        return (ut + st) * 1_000_000_000 / max(hz, 1)
+    }
+
+    /// The scheduler state letter of `pid` (R, S, D, T, Z …).
+    public static func state(of pid: pid_t) -> Character? {
+        statFields(pid)?.first?.first
+    }
+
+    /// The threads of `pid` that are currently runnable.
+    public static func threadStates(of pid: pid_t) -> [Character] {
+        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(dir) }
+        var out: [Character] = []
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let tid = Int32(name) else { continue }
+            if let text = try? FileIO.readString("/proc/\(pid)/task/\(tid)/stat"),
+               let close = text.lastIndex(of: ")") {
+                let rest = text[text.index(after: close)...].split(separator: " ")
+                if let s = rest.first?.first { out.append(s) }
+            }
+        }
+        return out
+    }
+
+    /// Resident set size of `pid` in KiB.
+    public static func residentKB(of pid: pid_t) -> UInt64 {
+        guard let text = try? FileIO.readString("/proc/\(pid)/statm") else { return 0 }
+        let parts = text.split(separator: " ")
+        guard parts.count > 1, let pages = UInt64(parts[1]) else { return 0 }
+        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE))) / 1024
+    }
+
+    private static func statFields(_ pid: pid_t) -> [Substring]? {
+        guard let text = try? FileIO.readString("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ")
+    }
+
+    /// Open descriptors of `pid` (count of /proc/PID/fd entries).
+    public static func openFDCount(of pid: pid_t) -> Int {
+        guard let dir = opendir("/proc/\(pid)/fd") else { return -1 }
+        defer { closedir(dir) }
+        var n = 0
+        while let ent = readdir(dir) {
+            if ent.pointee.d_name.0 != UInt8(ascii: ".") { n += 1 }
+        }
+        return n
+    }
+
+    /// Children of `pid` (from /proc/PID/task/*/children).
+    public static func children(of pid: pid_t) -> [pid_t] {
+        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(dir) }
+        var out: [pid_t] = []
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int32(name) != nil, let text = try? FileIO.readString("/proc/\(pid)/task/\(name)/children") else { continue }
+            out += text.split(separator: " ").compactMap { pid_t($0) }
+        }
+        return out
+    }
+
+    /// A field of /proc/meminfo in KiB ("MemTotal", "MemAvailable").
+    public static func meminfoKB(_ key: String) -> UInt64? {
+        guard let text = try? FileIO.readString("/proc/meminfo") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(key + ":") {
+            return line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+        }
+        return nil
+    }
+
+    /// The host's CPU model and MHz from /proc/cpuinfo (first processor).
+    public static func cpuMHz() -> Double {
+        guard let text = try? FileIO.readString("/proc/cpuinfo") else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("cpu MHz") {
+            if let v = line.split(separator: ":").last { return Double(v.trimmingCharacters(in: " \t")) ?? 0 }
+        }
+        return 0
+    }
+
+    /// Whether `pid` exists (and is not a zombie we already reaped).
+    public static func isAlive(_ pid: pid_t) -> Bool { kill(pid, 0) == 0 }
+}
+
+extension Substring {
+    func trimmingCharacters(in set: String) -> Substring {
+        var s = self
+        while let f = s.first, set.contains(f) { s = s.dropFirst() }
+        while let l = s.last, set.contains(l) { s = s.dropLast() }
+        return s
+    }
+}
+
+/// A monotonic clock for deadlines and benchmarks.
+public enum MonotonicClock {
+    @inline(__always) public static func nanoseconds() -> UInt64 { pv_monotonic_ns() }
+    public static func milliseconds() -> UInt64 { pv_monotonic_ns() / 1_000_000 }
+}

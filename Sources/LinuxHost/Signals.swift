@@ -1,0 +1,83 @@
+import CProcvisor
+import Glibc
+
+/// Signal handling for an event loop: block the signals and read them from a signalfd.
+public enum Signals {
+    public static func block(_ signals: [Int32]) throws {
+        _ = try signals.withUnsafeBufferPointer { p in
+            try negErrno("pthread_sigmask") { pv_block_signals(p.baseAddress, Int32(p.count)) }
+        }
+    }
+
+    public static func unblockAll() { _ = pv_unblock_all_signals() }
+
+    /// A non-blocking signalfd for `signals` (which must be blocked first).
+    public static func descriptor(for signals: [Int32]) throws -> FileDescriptor {
+        let raw = try signals.withUnsafeBufferPointer { p in
+            try negErrno("signalfd") { pv_signalfd(p.baseAddress, Int32(p.count)) }
+        }
+        return FileDescriptor(rawValue: Int32(raw))
+    }
+
+    /// Drains a signalfd, returning the signal numbers read.
+    public static func drain(_ fd: FileDescriptor) -> [Int32] {
+        var out: [Int32] = []
+        var info = signalfd_siginfo()
+        let size = MemoryLayout<signalfd_siginfo>.size
+        while true {
+            let n = withUnsafeMutableBytes(of: &info) { Glibc.read(fd.rawValue, $0.baseAddress, size) }
+            if n != size { break }
+            out.append(Int32(info.ssi_signo))
+        }
+        return out
+    }
+
+    /// Sends `signal` to `pid`. Only ever called with pids this process started.
+    public static func send(_ signal: Int32, to pid: pid_t) throws {
+        try negErrno("kill", "pid \(pid) signal \(signal)") { pv_kill(pid, signal) }
+    }
+
+    /// The C name of a signal ("SIGSYS").
+    public static func name(_ signal: Int32) -> String {
+        let names: [Int32: String] = [
+            SIGHUP: "SIGHUP", SIGINT: "SIGINT", SIGQUIT: "SIGQUIT", SIGILL: "SIGILL", SIGTRAP: "SIGTRAP",
+            SIGABRT: "SIGABRT", SIGBUS: "SIGBUS", SIGFPE: "SIGFPE", SIGKILL: "SIGKILL", SIGUSR1: "SIGUSR1",
+            SIGSEGV: "SIGSEGV", SIGUSR2: "SIGUSR2", SIGPIPE: "SIGPIPE", SIGALRM: "SIGALRM", SIGTERM: "SIGTERM",
+            SIGCHLD: "SIGCHLD", SIGCONT: "SIGCONT", SIGSTOP: "SIGSTOP", SIGTSTP: "SIGTSTP", SIGSYS: "SIGSYS",
+            SIGXCPU: "SIGXCPU", SIGXFSZ: "SIGXFSZ",
+        ]
+        return names[signal] ?? "signal \(signal)"
+    }
+}
+
+/// How a child process ended, from `waitpid`.
+public enum ExitStatus: Equatable, Sendable {
+    case exited(Int32)
+    case signaled(Int32)
+
+    public init(waitStatus s: Int32) {
+        if s & 0x7f == 0 { self = .exited((s >> 8) & 0xff) } else { self = .signaled(s & 0x7f) }
+    }
+}
+
+/// Reaps children without blocking.
+public enum ChildReaper {
+    /// Every child that has exited since the last call.
+    public static func reap() -> [(pid: pid_t, status: ExitStatus)] {
+        var out: [(pid_t, ExitStatus)] = []
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            if pid <= 0 { break }
+            out.append((pid, ExitStatus(waitStatus: status)))
+        }
+        return out
+    }
+
+    /// Waits for one specific child (blocking).
+    public static func wait(_ pid: pid_t) throws -> ExitStatus {
+        var status: Int32 = 0
+        try retrying("waitpid", "pid \(pid)") { waitpid(pid, &status, 0) }
+        return ExitStatus(waitStatus: status)
+    }
+}

@@ -1,0 +1,116 @@
+/// What a domain learns at boot, the counterpart of Xen's `start_info`: returned as the payload of
+/// the `bootstrap` hypercall. Encoded as the magic string, then fixed fields, then strings.
+public struct StartInfo: Equatable, Sendable {
+    /// Like Xen's "xen-3.0-x86_64" magic: names the ABI so a mismatched runtime fails loudly.
+    public static let magic = "procvisor-1.0-x86_64"
+
+    public var domid: UInt16
+    public var name: String
+    public var uuid: String
+    /// Current memory in KiB (`memory` from xl.cfg).
+    public var memoryKB: UInt64
+    /// Maximum memory in KiB (`maxmem`).
+    public var maxMemoryKB: UInt64
+    public var vcpus: UInt32
+    public var maxVCPUs: UInt32
+    /// The guest command line as libxl builds it (cmdline, or root= plus extra).
+    public var cmdline: String
+    /// `SIF_*` flags; Procvisor sets `SIF_PRIVILEGED` (1) for dom0 only, so guests see 0.
+    public var flags: UInt32
+    /// Milliseconds the domain has to engage its sandbox before it is destroyed.
+    public var engageTimeoutMs: UInt32
+
+    public init(domid: UInt16, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000) {
+        self.domid = domid
+        self.name = name
+        self.uuid = uuid
+        self.memoryKB = memoryKB
+        self.maxMemoryKB = maxMemoryKB
+        self.vcpus = vcpus
+        self.maxVCPUs = maxVCPUs
+        self.cmdline = cmdline
+        self.flags = flags
+        self.engageTimeoutMs = engageTimeoutMs
+    }
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 256)
+        w.string(Self.magic)
+        w.u16(domid)
+        w.u64(memoryKB)
+        w.u64(maxMemoryKB)
+        w.u32(vcpus)
+        w.u32(maxVCPUs)
+        w.u32(flags)
+        w.u32(engageTimeoutMs)
+        w.string(name)
+        w.string(uuid)
+        w.string(cmdline)
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> StartInfo {
+        var r = WireReader(bytes, what: "start-info")
+        let magic = try r.string(limit: 64)
+        guard magic == Self.magic else {
+            throw WireError.invalid("start-info: magic is '\(magic)', this runtime speaks '\(Self.magic)'")
+        }
+        let domid = try r.u16()
+        let mem = try r.u64()
+        let maxmem = try r.u64()
+        let vcpus = try r.u32()
+        let maxv = try r.u32()
+        let flags = try r.u32()
+        let timeout = try r.u32()
+        let name = try r.string(limit: 256)
+        let uuid = try r.string(limit: 64)
+        let cmdline = try r.string(limit: 4096)
+        return StartInfo(domid: domid, name: name, uuid: uuid, memoryKB: mem, maxMemoryKB: maxmem,
+                         vcpus: vcpus, maxVCPUs: maxv, cmdline: cmdline, flags: flags, engageTimeoutMs: timeout)
+    }
+}
+
+/// Messages the supervisor sends to a domain on its event socket (the counterpart of virqs and of
+/// the `control/shutdown` XenStore watch until XenStore exists): `u32 type, u32 arg`.
+public enum DomainEvent: Equatable, Sendable {
+    /// The toolstack asks the domain to shut down with this reason (`xl shutdown`, `xl reboot`).
+    case shutdownRequest(ShutdownReason)
+
+    public static let size = 8
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: Self.size)
+        switch self {
+        case let .shutdownRequest(reason):
+            w.u32(1)
+            w.u32(reason.rawValue)
+        }
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> DomainEvent {
+        var r = WireReader(bytes, what: "domain event")
+        let type = try r.u32()
+        let arg = try r.u32()
+        switch type {
+        case 1:
+            guard let reason = ShutdownReason(rawValue: arg) else { throw WireError.invalid("domain event: unknown shutdown reason \(arg)") }
+            return .shutdownRequest(reason)
+        default:
+            throw WireError.invalid("domain event: unknown type \(type)")
+        }
+    }
+}
+
+/// Descriptor numbers a domain inherits from the supervisor.
+public enum BootstrapFD {
+    /// Guest console input (a pipe from the supervisor).
+    public static let consoleIn: Int32 = 0
+    /// Guest console output; stderr is the same pipe so the console keeps one ordering.
+    public static let consoleOut: Int32 = 1
+    /// SOCK_SEQPACKET hypercall channel: request from the domain, reply from the supervisor.
+    public static let hypercall: Int32 = 3
+    /// SOCK_SEQPACKET event channel: asynchronous messages from the supervisor.
+    public static let events: Int32 = 4
+}
