@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -379,6 +380,10 @@ int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op) {
 }
 
 // ---- misc ----
+
+pid_t pv_fork(void) { pid_t p = fork(); return p < 0 ? neg_errno() : p; }
+
+int pv_try_lock(int fd) { return flock(fd, LOCK_EX | LOCK_NB) < 0 ? neg_errno() : 0; }
 
 long pv_raw_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6) {
     long rc = syscall(nr, a1, a2, a3, a4, a5, a6);

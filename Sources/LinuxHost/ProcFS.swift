@@ -114,3 +114,16 @@ public enum MonotonicClock {
     @inline(__always) public static func nanoseconds() -> UInt64 { pv_monotonic_ns() }
     public static func milliseconds() -> UInt64 { pv_monotonic_ns() / 1_000_000 }
 }
+
+/// Kernel randomness (getrandom(2)).
+public enum SecureRandom {
+    public static func bytes(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let n = out.withUnsafeMutableBytes { getrandom($0.baseAddress! + filled, count - filled, 0) }
+            if n > 0 { filled += n }
+        }
+        return out
+    }
+}

@@ -141,3 +141,11 @@ public enum Syscalls {
         return pv_raw_syscall(nr, x[0], x[1], x[2], x[3], x[4], x[5])
     }
 }
+
+/// The SIGSYS handler of a domain: reports the trapped call on the hypercall socket (so the
+/// supervisor can name it), then lets the process die of SIGSYS.
+public enum SeccompViolationReporter {
+    public static func install(hypercallFD: FileDescriptor, op: UInt32) throws {
+        try negErrno("sigaction(SIGSYS)") { pv_install_sigsys_reporter(hypercallFD.rawValue, op) }
+    }
+}

@@ -1,1 +1,26 @@
-// placeholder
+// procvisord: the Procvisor supervisor daemon (hypervisor + dom0 toolstack).
+//   procvisord [--daemonize] [--rundir DIR]
+// Configuration comes from the environment: PROCVISOR_RUNDIR, PROCVISOR_ENGAGE_TIMEOUT_MS,
+// PROCVISOR_SHUTDOWN_TIMEOUT_MS, PROCVISOR_MEMORY_MB, PROCVISOR_LOG_LEVEL.
+import Glibc
+import LinuxHost
+import Supervisor
+
+var env = Process.environment()
+var daemonize = false
+var args = CommandLine.arguments.dropFirst()
+while let a = args.popFirst() {
+    switch a {
+    case "--daemonize": daemonize = true
+    case "--rundir":
+        guard let dir = args.popFirst() else { fputs("procvisord: --rundir needs a directory\n", stderr); exit(2) }
+        env["PROCVISOR_RUNDIR"] = dir
+    case "-h", "--help":
+        print("usage: procvisord [--daemonize] [--rundir DIR]")
+        exit(0)
+    default:
+        fputs("procvisord: unknown argument \(a)\n", stderr)
+        exit(2)
+    }
+}
+exit(SupervisorMain.run(environment: env, daemonize: daemonize))

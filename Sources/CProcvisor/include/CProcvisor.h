@@ -12,6 +12,7 @@
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <linux/sched.h>
 
 /// AT_EMPTY_PATH needs _GNU_SOURCE in glibc's headers, which a module header must not define.
@@ -108,6 +109,10 @@ pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
 int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op);
 
 // ---- misc ----
+/// fork(2) for daemonising a freshly started, single-threaded process: pid, 0 in the child, or -errno.
+pid_t pv_fork(void);
+/// flock(LOCK_EX|LOCK_NB): 0, -EWOULDBLOCK when another process holds it, or -errno.
+int pv_try_lock(int fd);
 /// syscall(2) with six arguments: result or -errno. For tests that must issue a forbidden call.
 long pv_raw_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
 int pv_close_range_from(unsigned int first);

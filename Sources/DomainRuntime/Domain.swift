@@ -1,0 +1,164 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// A running Procvisor domain, seen from inside: its identity, its console, and the hypercalls a
+/// guest needs. Obtain it once with `Domain.start()` at the top of `main`.
+///
+/// ```swift
+/// let domain = Domain.start()
+/// domain.console.write("hello from dom\(domain.domid)\n")
+/// domain.shutdown(.poweroff)
+/// ```
+public final class Domain {
+    /// This domain's id (1 and up; 0 is the supervisor).
+    public let domid: UInt16
+    /// The name given in xl.cfg (`name=`).
+    public let name: String
+    /// The domain's UUID.
+    public let uuid: String
+    /// The guest command line, built as libxl builds it (`cmdline`, or `root=` plus `extra`).
+    public let cmdline: String
+    /// Memory in KiB as configured (`memory=`).
+    public let memoryKB: UInt64
+    /// Maximum memory in KiB (`maxmem=`).
+    public let maxMemoryKB: UInt64
+    /// The start-info the supervisor handed over at boot.
+    public let startInfo: StartInfo
+    /// The domain's console: what it writes here ends up in `xl console` and the console log.
+    public let console: Console
+
+    let hypercalls: HypercallChannel
+    let events: DomainEvents
+
+    private static var current: Domain?
+
+    init(startInfo: StartInfo, hypercalls: HypercallChannel) {
+        self.startInfo = startInfo
+        domid = startInfo.domid
+        name = startInfo.name
+        uuid = startInfo.uuid
+        cmdline = startInfo.cmdline
+        memoryKB = startInfo.memoryKB
+        maxMemoryKB = startInfo.maxMemoryKB
+        self.hypercalls = hypercalls
+        console = Console(hypercalls: hypercalls)
+        events = DomainEvents(fd: FileDescriptor(rawValue: BootstrapFD.events))
+    }
+
+    /// Boots the domain: fetches the start-info over the inherited hypercall socket, engages the
+    /// guest seccomp allow-list, waits for the supervisor to verify it, and starts the event thread.
+    /// Call it first thing in `main`; after it returns the process can no longer open files,
+    /// create sockets, fork or exec. Exits the process with a message if it was not started by a
+    /// Procvisor supervisor or the sandbox cannot be engaged.
+    public static func start() -> Domain {
+        if let current { return current }
+        let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
+        var type: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd.rawValue, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != Int32(SOCK_SEQPACKET.rawValue) {
+            bootFailure("this program is a Procvisor domain kernel: start it with `xl create CONFIG` (no hypercall channel on fd 3)", code: 64)
+        }
+        // Report forbidden system calls before anything else can trigger one.
+        do {
+            try SeccompViolationReporter.install(hypercallFD: fd, op: HypercallOp.seccompViolation.rawValue)
+        } catch {
+            bootFailure("cannot install the SIGSYS reporter: \(error)")
+        }
+        let channel = HypercallChannel(fd: fd)
+        let boot = channel.call(.bootstrap)
+        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload) else {
+            bootFailure("bootstrap hypercall failed (rc \(boot.rc))")
+        }
+        do {
+            try SeccompPolicies.guest.compile(threadSync: true).load()
+        } catch {
+            bootFailure("cannot engage the guest seccomp filter: \(error)")
+        }
+        let engaged = channel.call(.engaged)
+        if engaged.rc != 0 {
+            bootFailure("the supervisor refused the sandbox engagement (rc \(engaged.rc))")
+        }
+        let domain = Domain(startInfo: info, hypercalls: channel)
+        domain.events.start(domain: domain)
+        current = domain
+        return domain
+    }
+
+    private static func bootFailure(_ why: String, code: Int32 = 70) -> Never {
+        let msg = "procvisor: \(why)\n"
+        _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+        exit(code)
+    }
+
+    // MARK: hypercalls
+
+    /// `XENVER_version`: the Xen interface version this supervisor implements.
+    public func xenVersion() -> (major: Int, minor: Int) {
+        let r = hypercalls.call(.xenVersion, [XenVersionCmd.version.rawValue])
+        return (Int(r.rc >> 16), Int(r.rc & 0xffff))
+    }
+
+    /// `XENVER_extraversion`.
+    public func xenExtraVersion() -> String {
+        String(decoding: hypercalls.call(.xenVersion, [XenVersionCmd.extraversion.rawValue]).payload, as: UTF8.self)
+    }
+
+    /// Number of online vCPUs (asks `VCPUOP_is_up` for each until the supervisor says ENOENT).
+    public func vcpuCount() -> Int {
+        var online = 0
+        for vcpu in 0..<4096 {
+            let r = hypercalls.call(.vcpuOp, [VCPUOp.isUp.rawValue, UInt64(vcpu)])
+            if r.rc < 0 { break }
+            if r.rc == 1 { online += 1 }
+        }
+        return online
+    }
+
+    /// `SCHEDOP_yield`: give up the CPU.
+    public func yield() {
+        _ = hypercalls.call(.schedOp, [SchedOp.yield.rawValue])
+    }
+
+    /// `SCHEDOP_block`: sleep until an event arrives for this domain or `timeoutNs` passes
+    /// (nil: no timeout). Returns true when woken by an event.
+    @discardableResult
+    public func block(timeoutNs: UInt64? = nil) -> Bool {
+        let r = hypercalls.call(.schedOp, [SchedOp.block.rawValue, timeoutNs ?? UInt64.max])
+        return r.rc == 1
+    }
+
+    /// `SCHEDOP_shutdown`: stop this domain with `reason`; the supervisor applies the matching
+    /// `on_poweroff` / `on_reboot` / `on_crash` action. Never returns.
+    public func shutdown(_ reason: ShutdownReason) -> Never {
+        fflush(stdout)
+        _ = hypercalls.call(.schedOp, [SchedOp.shutdown.rawValue, UInt64(reason.rawValue)])
+        // The supervisor kills the process once it has recorded the shutdown; wait for it.
+        while true { pause() }
+    }
+
+    /// Batches several hypercalls into one `__HYPERVISOR_multicall`; returns each call's rc.
+    public func multicall(_ calls: [(op: HypercallOp, args: [UInt64])]) -> [Int64] {
+        let requests = calls.enumerated().map { HypercallRequest($1.op, seq: UInt64($0), args: $1.args) }
+        let r = hypercalls.call(.multicall, [], payload: Multicall.encode(requests))
+        guard r.rc >= 0, let results = try? Multicall.decodeResults(r.payload) else { return [r.rc] }
+        return results.map(\.rc)
+    }
+
+    // MARK: control
+
+    /// Registers what to do when the toolstack asks this domain to shut down (`xl shutdown`,
+    /// `xl reboot`, supervisor exit). The handler runs on the event thread. Without one, the
+    /// domain shuts down at once with the requested reason, as a PV kernel does.
+    public func onShutdownRequest(_ handler: @escaping (ShutdownReason) -> Void) {
+        events.setShutdownHandler(handler)
+    }
+
+    /// The shutdown the toolstack has asked for, if any (for guests that poll).
+    public var shutdownRequested: ShutdownReason? { events.requested }
+
+    /// Runs `body` on a new vCPU thread (vCPUs are threads of the domain process).
+    public func startVCPU(_ index: Int, _ body: @escaping (Int) -> Void) {
+        VCPUThread.start(index: index, body: body)
+    }
+}

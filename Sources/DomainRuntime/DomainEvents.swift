@@ -1,0 +1,84 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// The thread that receives the supervisor's asynchronous messages (shutdown requests), the
+/// counterpart of a PV kernel's event upcall plus its `control/shutdown` watch.
+final class DomainEvents {
+    let fd: FileDescriptor
+    private var mutex = pthread_mutex_t()
+    private var handler: ((ShutdownReason) -> Void)?
+    private var pending: ShutdownReason?
+
+    init(fd: FileDescriptor) {
+        self.fd = fd
+        pthread_mutex_init(&mutex, nil)
+    }
+
+    var requested: ShutdownReason? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return pending
+    }
+
+    func setShutdownHandler(_ h: @escaping (ShutdownReason) -> Void) {
+        pthread_mutex_lock(&mutex)
+        handler = h
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func start(domain: Domain) {
+        VCPUThread.start(index: -1) { [self] _ in run(domain) }
+    }
+
+    private func run(_ domain: Domain) {
+        while true {
+            let message: UnixSocket.Message?
+            do {
+                message = try UnixSocket.receive(fd, maxSize: 64)
+            } catch {
+                return
+            }
+            guard let message else { return }  // supervisor gone: the hypercall channel will notice
+            message.fds.forEach { $0.close() }
+            guard let event = try? DomainEvent.decode(message.bytes) else { continue }
+            switch event {
+            case let .shutdownRequest(reason):
+                pthread_mutex_lock(&mutex)
+                pending = reason
+                let h = handler
+                pthread_mutex_unlock(&mutex)
+                if let h { h(reason) } else { domain.shutdown(reason) }
+            }
+        }
+    }
+}
+
+/// Starts threads with pthreads (no Foundation in guests).
+enum VCPUThread {
+    final class Box {
+        let index: Int
+        let body: (Int) -> Void
+        init(index: Int, body: @escaping (Int) -> Void) {
+            self.index = index
+            self.body = body
+        }
+    }
+
+    static func start(index: Int, body: @escaping (Int) -> Void) {
+        let box = Unmanaged.passRetained(Box(index: index, body: body)).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { arg in
+            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
+            box.body(box.index)
+            return nil
+        }, box)
+        if rc != 0 {
+            Unmanaged<Box>.fromOpaque(box).release()
+            let msg = "procvisor: cannot start vCPU thread \(index): errno \(rc)\n"
+            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+            exit(70)
+        }
+        pthread_detach(tid)
+    }
+}

@@ -1,0 +1,48 @@
+/// The last bytes a domain wrote to its console, replayed when `xl console` attaches
+/// (xenconsoled keeps a buffer the same way).
+struct ConsoleRing {
+    let capacity: Int
+    private var storage: [UInt8] = []
+    private var start = 0
+
+    init(capacity: Int = 64 * 1024) {
+        self.capacity = capacity
+        storage.reserveCapacity(capacity)
+    }
+
+    mutating func append(_ bytes: ArraySlice<UInt8>) {
+        if bytes.count >= capacity {
+            storage = Array(bytes.suffix(capacity))
+            start = 0
+            return
+        }
+        for b in bytes {
+            if storage.count < capacity {
+                storage.append(b)
+            } else {
+                storage[start] = b
+                start = (start + 1) % capacity
+            }
+        }
+    }
+
+    /// Contents, oldest first.
+    var contents: [UInt8] {
+        Array(storage[start...] + storage[..<start])
+    }
+}
+
+/// The supervisor's own message buffer: what `xl dmesg` prints, like Xen's console ring.
+struct HypervisorLog {
+    private(set) var lines: [String] = []
+    let maxLines = 2000
+
+    mutating func append(_ line: String) {
+        lines.append("(XEN) " + line)
+        if lines.count > maxLines { lines.removeFirst(lines.count - maxLines) }
+    }
+
+    mutating func clear() { lines.removeAll() }
+
+    var text: String { lines.map { $0 + "\n" }.joined() }
+}

@@ -1,0 +1,82 @@
+import Glibc
+import LinuxHost
+import Toolstack
+
+/// One `xl` connection on the control socket. Starts in request mode (framed JSON); after a
+/// console attach it carries raw console bytes both ways.
+final class ControlConnection {
+    enum Mode: Equatable {
+        case requests
+        case console(domid: UInt16)
+    }
+
+    /// A console client that falls this far behind is dropped rather than buffered without bound.
+    static let maxBufferedOutput = 4 << 20
+    static let maxBufferedInput = ControlFraming.maxFrame + 4
+
+    let fd: FileDescriptor
+    var token: UInt64 = 0
+    var mode: Mode = .requests
+    var input: [UInt8] = []
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private(set) var closed = false
+    /// Close once the output buffer is flushed.
+    var closeAfterFlush = false
+    weak var loop: EventLoop?
+    var onClose: ((ControlConnection) -> Void)?
+
+    init(fd: FileDescriptor) {
+        self.fd = fd
+    }
+
+    var pendingOutput: Int { output.count - outputOffset }
+
+    func send(_ response: ControlResponse) {
+        guard let bytes = try? ControlFraming.encode(response) else { return }
+        sendRaw(bytes)
+    }
+
+    func sendRaw(_ bytes: [UInt8]) {
+        guard !closed else { return }
+        output += bytes
+        if pendingOutput > Self.maxBufferedOutput {
+            close()
+            return
+        }
+        flush()
+    }
+
+    /// Writes what the socket takes now; asks for EPOLLOUT for the rest.
+    func flush() {
+        while pendingOutput > 0 && !closed {
+            let n = output.withUnsafeBytes { p in
+                Glibc.send(fd.rawValue, p.baseAddress! + outputOffset, pendingOutput, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            }
+            if n > 0 {
+                outputOffset += n
+                continue
+            }
+            let e = Errno.current
+            if n < 0 && e == .interrupted { continue }
+            if n < 0 && e == .wouldBlock {
+                loop?.modify(fd, token: token, [.readable, .writable])
+                return
+            }
+            close()
+            return
+        }
+        output.removeAll(keepingCapacity: true)
+        outputOffset = 0
+        loop?.modify(fd, token: token, .readable)
+        if closeAfterFlush { close() }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        loop?.unwatch(fd, token: token)
+        fd.close()
+        onClose?(self)
+    }
+}

@@ -1,0 +1,195 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+
+extension Supervisor {
+    func acceptConnections() {
+        guard let l = listener else { return }
+        while let fd = try? UnixSocket.accept(l) {
+            // The socket is 0600, but check the peer anyway: only our own user may drive us.
+            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
+                logger.warning("refused control connection", metadata: ["uid": "\(peer.uid)"])
+                fd.close()
+                continue
+            }
+            let c = ControlConnection(fd: fd)
+            c.loop = loop
+            c.onClose = { [unowned self] c in connectionClosed(c) }
+            do {
+                c.token = try loop.watch(fd) { [unowned self, unowned c] events in connectionEvent(c, events) }
+            } catch {
+                fd.close()
+                continue
+            }
+            connections[ObjectIdentifier(c)] = c
+        }
+    }
+
+    func connectionClosed(_ c: ControlConnection) {
+        connections[ObjectIdentifier(c)] = nil
+        if case let .console(domid) = c.mode { domains[domid]?.consoleClients.remove(ObjectIdentifier(c)) }
+        for dom in domains.values {
+            if dom.createWaiter === c { dom.createWaiter = nil }
+            dom.destroyWaiters.removeAll { $0 === c }
+            dom.shutdownWaiters.removeAll { $0 === c }
+        }
+    }
+
+    func connectionEvent(_ c: ControlConnection, _ events: Epoll.Events) {
+        if events.contains(.writable) { c.flush() }
+        guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n < 0 {
+            let e = Errno.current
+            if e == .wouldBlock || e == .interrupted { return }
+            c.close()
+            return
+        }
+        if n == 0 {
+            c.close()
+            return
+        }
+        let bytes = Array(buf[0..<n])
+        switch c.mode {
+        case let .console(domid):
+            if let dom = domains[domid] { consoleInput(dom, bytes) } else { c.close() }
+        case .requests:
+            c.input += bytes
+            if c.input.count > ControlConnection.maxBufferedInput {
+                c.send(.error("request too large"))
+                c.closeAfterFlush = true
+                c.flush()
+                return
+            }
+            while c.mode == .requests, !c.closed {
+                let request: ControlRequest?
+                do {
+                    request = try ControlFraming.decode(ControlRequest.self, from: &c.input)
+                } catch {
+                    c.send(.error("malformed control request: \(error)"))
+                    c.closeAfterFlush = true
+                    c.flush()
+                    return
+                }
+                guard let request else { break }
+                handle(request, from: c)
+            }
+        }
+    }
+
+    func unknownDomain(_ spec: String) -> ControlResponse {
+        .error("\(spec) is an invalid domain identifier")
+    }
+
+    func handle(_ request: ControlRequest, from c: ControlConnection) {
+        switch request {
+        case .ping:
+            c.send(.pong(pid: Process.pid))
+        case let .create(config, paused):
+            do {
+                try createDomain(config, paused: paused, waiter: c)
+            } catch {
+                log("create \(config.name): \(error)")
+                c.send(.error("\(error)"))
+            }
+        case let .destroy(spec):
+            guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
+            destroy(dom, waiter: c)
+        case let .shutdown(spec, reason):
+            guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
+            guard dom.hasProcess, dom.phase == .running else {
+                return c.send(.error("domain \(dom.domid) (\(dom.name)) is not running"))
+            }
+            if dom.paused { return c.send(.error("domain \(dom.domid) (\(dom.name)) is paused: unpause it first")) }
+            log("\(dom.label): \(reason == .reboot ? "reboot" : "shutdown") requested by the toolstack")
+            requestShutdown(dom, reason: reason)
+            c.send(.ok)
+        case let .pause(spec):
+            guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
+            do { try pause(dom); c.send(.ok) } catch { c.send(.error("\(error)")) }
+        case let .unpause(spec):
+            guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
+            do { try unpause(dom); c.send(.ok) } catch { c.send(.error("\(error)")) }
+        case let .rename(spec, newName):
+            guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
+            if let why = Self.validateName(newName) { return c.send(.error(why)) }
+            if let other = domains.values.first(where: { $0.name == newName && $0 !== dom }) {
+                return c.send(.error("domain name \"\(newName)\" already exists (dom\(other.domid))"))
+            }
+            log("\(dom.label): renamed to \(newName)")
+            dom.name = newName
+            c.send(.ok)
+        case let .list(specs):
+            var out: [DomainInfo] = []
+            if specs.isEmpty {
+                out.append(dom0Info())
+                out += domains.keys.sorted().compactMap { domains[$0]?.info(includeConfig: true) }
+            } else {
+                for spec in specs {
+                    if spec == "0" || spec == "Domain-0" { out.append(dom0Info()); continue }
+                    guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
+                    out.append(dom.info(includeConfig: true))
+                }
+            }
+            c.send(.domains(out))
+        case .info:
+            c.send(.info(hostInfo()))
+        case let .waitShutdown(domid):
+            if let dom = domains[domid], dom.hasProcess {
+                dom.shutdownWaiters.append(c)
+            } else if let dom = domains[domid], let r = dom.shutdownReason {
+                c.send(.shutdownDone(domid: domid, reason: r))
+            } else if let r = recentShutdowns[domid] {
+                c.send(.shutdownDone(domid: domid, reason: r))
+            } else {
+                c.send(unknownDomain(String(domid)))
+            }
+        case let .dmesg(clear):
+            c.send(.dmesg(dmesg.text))
+            if clear { dmesg.clear() }
+        case let .consoleAttach(spec):
+            guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
+            guard dom.hasProcess, !dom.released else {
+                return c.send(.error("domain \(dom.domid) (\(dom.name)) has no running console"))
+            }
+            c.send(.consoleAttached(domid: dom.domid))
+            c.mode = .console(domid: dom.domid)
+            dom.consoleClients.insert(ObjectIdentifier(c))
+            consoleReadable(dom)
+            c.sendRaw(dom.console.contents)
+            // Anything the client sent after the attach request is console input.
+            if !c.input.isEmpty {
+                consoleInput(dom, c.input)
+                c.input.removeAll()
+            }
+        }
+    }
+
+    func dom0Info() -> DomainInfo {
+        DomainInfo(domid: 0, name: "Domain-0", uuid: "00000000-0000-0000-0000-000000000000",
+                   currentMemoryKB: ProcFS.residentKB(of: Process.pid), maxMemoryKB: ProcFS.residentKB(of: Process.pid),
+                   vcpusOnline: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), maxVCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+                   running: true, blocked: false, paused: false, shutdown: false, shutdownReason: nil, dying: false,
+                   cpuTimeNs: ProcFS.cpuTimeNs(of: Process.pid), startTime: startTime, pid: Process.pid)
+    }
+
+    func hostInfo() -> HostInfo {
+        var u = utsname()
+        uname(&u)
+        func field<T>(_ v: T) -> String {
+            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        let used = allocatedMemoryMB
+        return HostInfo(
+            host: field(u.nodename), release: field(u.release), version: field(u.version), machine: field(u.machine),
+            nrCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpuMHz: ProcFS.cpuMHz(),
+            totalMemoryMB: options.memoryMB, freeMemoryMB: options.memoryMB > used ? options.memoryMB - used : 0,
+            xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
+            xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,
+            commandline: "procvisord rundir=\(options.runDirectory.path)", supervisorPid: Process.pid,
+            runDirectory: options.runDirectory.path, controlSocket: options.runDirectory.controlSocket,
+            nrDomains: domains.count)
+    }
+}

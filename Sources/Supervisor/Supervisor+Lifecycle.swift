@@ -1,0 +1,263 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+
+extension Supervisor {
+    /// The domain asked to stop (SCHEDOP_shutdown): record why, stop the process; the on_* action
+    /// runs when it has been reaped.
+    func guardedShutdown(_ dom: DomainRecord, reason: ShutdownReason) {
+        guard dom.phase == .running || dom.phase == .booting else { return }
+        dom.shutdownReason = reason
+        dom.phase = .shutdown
+        log("\(dom.label): shutdown, reason \(reason.name)")
+        logger.info("domain shutdown", metadata: ["domid": "\(dom.domid)", "reason": "\(reason.name)"])
+        kill(dom)
+    }
+
+    /// Crash a domain for something it did; on_crash applies once it is reaped.
+    func crash(_ dom: DomainRecord, _ why: String) {
+        guard dom.hasProcess, dom.phase == .running || dom.phase == .booting else { return }
+        if dom.crashReason == nil { dom.crashReason = why }
+        log("\(dom.label): crashed: \(why)")
+        logger.error("domain crashed", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "reason": "\(why)"])
+        if dom.phase == .running { dom.shutdownReason = .crash; dom.phase = .shutdown }
+        kill(dom)
+    }
+
+    /// `xl shutdown` / `xl reboot`: tell the guest (it acts by SCHEDOP_shutdown) and wake blockers.
+    func requestShutdown(_ dom: DomainRecord, reason: ShutdownReason) {
+        dom.requestedShutdown = reason
+        guard !dom.released else { return }
+        try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
+        let blocks = dom.pendingBlocks
+        dom.pendingBlocks.removeAll()
+        for b in blocks {
+            loop.cancel(b.timer)
+            reply_(dom, HypercallReply(seq: b.seq, rc: 1))
+        }
+    }
+
+    /// SIGCHLD: a domain process is gone. Decide what it means and apply on_poweroff/on_reboot/on_crash.
+    func processExited(pid: pid_t, status: ExitStatus) {
+        guard let domid = domidByPid.removeValue(forKey: pid), let dom = domains[domid] else { return }
+        // What the domain wrote before dying still counts: its console and a SIGSYS report.
+        consoleReadable(dom)
+        drainHypercalls(dom)
+        dom.finalCPUTimeNs = ProcFS.cpuTimeNs(of: pid)
+        dom.pid = 0
+        loop.cancel(dom.engageTimer)
+        releaseResources(dom)
+        let how: String
+        switch status {
+        case let .exited(code): how = "exited with status \(code)"
+        case let .signaled(sig): how = "killed by \(Signals.name(sig))"
+        }
+        logger.info("domain process ended", metadata: ["domid": "\(domid)", "pid": "\(pid)", "how": "\(how)"])
+
+        if dom.destroyRequested {
+            notifyShutdown(dom, dom.shutdownReason ?? .poweroff)
+            finishDestroy(dom)
+            return
+        }
+        if dom.phase == .booting {
+            let why = dom.crashReason ?? (dom.bootstrapped ? "exited during bootstrap (\(how))" : "\(how) before bootstrap (is it a DomainRuntime program?)")
+            log("\(dom.label): failed to start: \(why)")
+            dom.createWaiter?.send(.error("domain \(dom.name) failed to start: \(why)"))
+            dom.createWaiter = nil
+            notifyShutdown(dom, .crash)
+            remove(dom)
+            return
+        }
+        var reason: ShutdownReason
+        if let r = dom.shutdownReason, dom.phase == .shutdown {
+            reason = r
+        } else {
+            switch status {
+            case .exited(0): reason = .poweroff
+            case let .signaled(sig) where sig == SIGSYS:
+                reason = .crash
+                if dom.crashReason == nil { dom.crashReason = "forbidden system call (killed by SIGSYS)" }
+            default:
+                reason = .crash
+                if dom.crashReason == nil { dom.crashReason = how }
+            }
+            if reason == .crash { log("\(dom.label): crashed: \(dom.crashReason ?? how)") } else { log("\(dom.label): \(how)") }
+        }
+        if reason == .crash, dom.crashReason == nil { dom.crashReason = how }
+        dom.shutdownReason = reason
+        dom.phase = .shutdown
+        notifyShutdown(dom, reason)
+        if dom.noRestart || stopping {
+            remove(dom)
+            return
+        }
+        let action: ShutdownAction
+        switch reason {
+        case .poweroff, .suspend, .softReset: action = dom.config.onPoweroff
+        case .reboot: action = dom.config.onReboot
+        case .crash, .watchdog: action = dom.config.onCrash
+        }
+        apply(action, to: dom, reason: reason)
+    }
+
+    func apply(_ action: ShutdownAction, to dom: DomainRecord, reason: ShutdownReason) {
+        logger.info("applying on_\(reason == .crash ? "crash" : reason == .reboot ? "reboot" : "poweroff")",
+                    metadata: ["domid": "\(dom.domid)", "action": "\(action.rawValue)"])
+        switch action {
+        case .destroy:
+            log("\(dom.label): \(reason.name): destroying the domain")
+            remove(dom)
+        case .preserve:
+            log("\(dom.label): \(reason.name): preserving the domain")
+            preserveName(dom)
+        case .restart, .renameRestart:
+            let lived = MonotonicClock.nanoseconds() - dom.startMonotonic
+            let quick = lived < 1_000_000_000 ? dom.quickRestarts + 1 : 0
+            if quick > 5 {
+                log("\(dom.label): restarting too fast (\(quick) restarts under a second each); destroying instead")
+                remove(dom)
+                return
+            }
+            let uuid = dom.uuid
+            if action == .renameRestart { preserveName(dom) } else { remove(dom) }
+            do {
+                let new = try createDomain(dom.config, paused: false, waiter: nil, uuid: uuid, quickRestarts: quick)
+                log("\(dom.label): \(reason.name): restarted as dom\(new.domid)")
+            } catch {
+                log("\(dom.label): \(reason.name): restart failed: \(error)")
+                logger.error("restart failed", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Keeps the dead domain in the table under xl's preserved name: NAME-YYYYMMDDTHHMMZ, new uuid.
+    func preserveName(_ dom: DomainRecord) {
+        var t = time(nil)
+        var tm = tm()
+        gmtime_r(&t, &tm)
+        var buf = [CChar](repeating: 0, count: 32)
+        strftime(&buf, buf.count, "-%Y%m%dT%H%MZ", &tm)
+        dom.name += String(cString: buf)
+        dom.uuid = Self.makeUUID()
+        dom.phase = .shutdown
+    }
+
+    func notifyShutdown(_ dom: DomainRecord, _ reason: ShutdownReason) {
+        recentShutdowns[dom.domid] = reason
+        if recentShutdowns.count > 1024 { recentShutdowns.removeAll() }
+        for w in dom.shutdownWaiters { w.send(.shutdownDone(domid: dom.domid, reason: reason)) }
+        dom.shutdownWaiters.removeAll()
+    }
+
+    func drainHypercalls(_ dom: DomainRecord) {
+        guard !dom.released else { return }
+        while let m = try? UnixSocket.receive(dom.hypercallFD, maxSize: HypercallRequest.maxMessageSize + 1, nonBlocking: true) {
+            m.fds.forEach { $0.close() }
+            if let r = try? HypercallRequest.decode(m.bytes), r.op == HypercallOp.seccompViolation.rawValue {
+                _ = dispatch(dom, r)
+            }
+        }
+    }
+
+    /// Closes the process-side resources of a domain (descriptors, console clients, timers).
+    func releaseResources(_ dom: DomainRecord) {
+        guard !dom.released else { return }
+        dom.released = true
+        for (fd, token) in dom.watchTokens { loop.unwatch(fd, token: token) }
+        dom.watchTokens.removeAll()
+        for fd in [dom.hypercallFD, dom.eventFD, dom.consoleOutFD, dom.consoleInFD] { fd.close() }
+        for b in dom.pendingBlocks { loop.cancel(b.timer) }
+        dom.pendingBlocks.removeAll()
+        for id in dom.consoleClients { connections[id]?.closeAfterFlush = true; connections[id]?.flush() }
+        dom.consoleClients.removeAll()
+        dom.consoleLog?.close()
+        dom.consoleLog = nil
+    }
+
+    /// Drops a domain from the table (its process is already gone).
+    func remove(_ dom: DomainRecord) {
+        guard domains[dom.domid] === dom else { return }
+        domains[dom.domid] = nil
+        dom.createWaiter?.send(.error("domain \(dom.name) went away before it started"))
+        dom.createWaiter = nil
+        for w in dom.destroyWaiters { w.send(.ok) }
+        dom.destroyWaiters.removeAll()
+    }
+
+    func finishDestroy(_ dom: DomainRecord) {
+        log("\(dom.label): destroyed")
+        dom.createWaiter?.send(.error("domain \(dom.name) was destroyed while starting"))
+        dom.createWaiter = nil
+        remove(dom)
+    }
+
+    /// `xl destroy`: immediate, no on_* action. Replies when the process has been reaped.
+    func destroy(_ dom: DomainRecord, waiter: ControlConnection) {
+        if !dom.hasProcess {
+            notifyShutdown(dom, dom.shutdownReason ?? .poweroff)
+            log("\(dom.label): destroyed")
+            remove(dom)
+            waiter.send(.ok)
+            return
+        }
+        dom.destroyRequested = true
+        dom.phase = .dying
+        dom.destroyWaiters.append(waiter)
+        kill(dom)
+    }
+
+    func pause(_ dom: DomainRecord) throws {
+        guard dom.hasProcess, dom.phase == .running else { throw CreateError("domain \(dom.domid) is not running") }
+        if dom.paused { return }
+        try Signals.send(SIGSTOP, to: dom.pid)
+        dom.paused = true
+        log("\(dom.label): paused")
+    }
+
+    func unpause(_ dom: DomainRecord) throws {
+        guard dom.hasProcess, dom.phase == .running else { throw CreateError("domain \(dom.domid) is not running") }
+        if !dom.paused { return }
+        try Signals.send(SIGCONT, to: dom.pid)
+        dom.paused = false
+        log("\(dom.label): unpaused")
+    }
+
+    // MARK: console
+
+    func consoleReadable(_ dom: DomainRecord) {
+        guard !dom.released else { return }
+        for _ in 0..<16 {
+            let chunk: [UInt8]
+            do {
+                chunk = try dom.consoleOutFD.read(upTo: 65536)
+            } catch {
+                return
+            }
+            if chunk.isEmpty {
+                // Writer closed (process gone): stop watching.
+                dom.watchTokens.removeAll { fd, token in
+                    if fd == dom.consoleOutFD { loop.unwatch(fd, token: token); return true }
+                    return false
+                }
+                return
+            }
+            consoleOutput(dom, chunk[...])
+        }
+    }
+
+    func consoleOutput(_ dom: DomainRecord, _ bytes: ArraySlice<UInt8>) {
+        dom.console.append(bytes)
+        if let log = dom.consoleLog { try? log.writeAll(Array(bytes)) }
+        for id in dom.consoleClients { connections[id]?.sendRaw(Array(bytes)) }
+    }
+
+    /// Console input from `xl console`: best effort into the guest's stdin pipe.
+    func consoleInput(_ dom: DomainRecord, _ bytes: [UInt8]) {
+        guard dom.hasProcess, !dom.released else { return }
+        let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
+        if n < bytes.count {
+            logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])
+        }
+    }
+}

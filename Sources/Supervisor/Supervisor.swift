@@ -1,0 +1,155 @@
+import Glibc
+import LinuxHost
+import Logging
+import ProcvisorABI
+import Toolstack
+
+/// The daemon: Xen's hypervisor and dom0 toolstack in one event-driven process.
+public final class Supervisor {
+    let options: SupervisorOptions
+    var logger: Logger
+    let loop: EventLoop
+    var domains: [UInt16: DomainRecord] = [:]
+    var domidByPid: [pid_t: UInt16] = [:]
+    var connections: [ObjectIdentifier: ControlConnection] = [:]
+    var dmesg = HypervisorLog()
+    /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
+    var recentShutdowns: [UInt16: ShutdownReason] = [:]
+    /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.
+    var domidRover: UInt16 = 0
+    static let domidFirstReserved: UInt16 = 0x7FF0
+    var listener: FileDescriptor?
+    var listenerToken: UInt64 = 0
+    var signalFD: FileDescriptor?
+    var lockFD: FileDescriptor?
+    var stopping = false
+    var stopDeadline: UInt64?
+    /// The compiled baseline filter, built once: every domain gets the same program.
+    let baselineBPF: [UInt8]
+    let startTime: UInt64
+
+    public init(options: SupervisorOptions, logger: Logger) throws {
+        self.options = options
+        self.logger = logger
+        loop = try EventLoop()
+        baselineBPF = try SeccompPolicies.baseline.compile().bpf()
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        startTime = UInt64(ts.tv_sec)
+    }
+
+    public enum StartError: Error, CustomStringConvertible {
+        case alreadyRunning(String)
+        public var description: String {
+            switch self {
+            case let .alreadyRunning(dir): return "a supervisor is already running for \(dir)"
+            }
+        }
+    }
+
+    /// Takes the run directory lock, writes the pid file and listens on the control socket.
+    public func start() throws {
+        let dir = options.runDirectory
+        try FileIO.makeDirectories(dir.path, mode: 0o700)
+        try FileIO.makeDirectories(dir.consoleLogDirectory, mode: 0o700)
+        let (held, lock) = try Process.lockExclusive(dir.lockFile)
+        guard held else { throw StartError.alreadyRunning(dir.path) }
+        lockFD = lock
+        let blocked: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP]
+        try Signals.block(blocked)
+        signal(SIGPIPE, SIG_IGN)
+        let sfd = try Signals.descriptor(for: blocked)
+        signalFD = sfd
+        try loop.watch(sfd) { [unowned self] _ in handleSignals() }
+        let l = try UnixSocket.listen(path: dir.controlSocket, mode: 0o600)
+        listener = l
+        listenerToken = try loop.watch(l) { [unowned self] _ in acceptConnections() }
+        try FileIO.write(dir.pidFile, "\(Process.pid)\n")
+        logger.info("supervisor started", metadata: ["rundir": "\(dir.path)", "pid": "\(Process.pid)",
+                                                     "memory_mb": "\(options.memoryMB)"])
+        log("Procvisor supervisor started (Xen \(ProcvisorVersion.major).\(ProcvisorVersion.minor) interface), pid \(Process.pid)")
+    }
+
+    /// Serves until SIGTERM/SIGINT, then powers domains off (destroying stragglers) and returns.
+    public func run() throws {
+        while true {
+            try loop.runOnce()
+            if stopping {
+                if domains.values.allSatisfy({ !$0.hasProcess }) { break }
+                if let d = stopDeadline, MonotonicClock.nanoseconds() >= d {
+                    for dom in domains.values where dom.hasProcess {
+                        logger.warning("domain did not power off in time; destroying", metadata: ["domid": "\(dom.domid)"])
+                        try? Signals.send(SIGKILL, to: dom.pid)
+                    }
+                    stopDeadline = nil
+                }
+            }
+        }
+        cleanup()
+    }
+
+    func cleanup() {
+        for c in Array(connections.values) { c.close() }
+        for dom in domains.values { releaseResources(dom) }
+        domains.removeAll()
+        if let l = listener { l.close() }
+        FileIO.unlink(options.runDirectory.controlSocket)
+        FileIO.unlink(options.runDirectory.pidFile)
+        logger.info("supervisor stopped")
+    }
+
+    func handleSignals() {
+        guard let sfd = signalFD else { return }
+        for sig in Signals.drain(sfd) {
+            switch sig {
+            case SIGCHLD:
+                for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
+            case SIGTERM, SIGINT, SIGHUP:
+                beginStop(reason: Signals.name(sig))
+            default:
+                break
+            }
+        }
+    }
+
+    /// Asks every domain to power off; the run loop destroys those still there at the deadline.
+    func beginStop(reason: String) {
+        guard !stopping else { return }
+        stopping = true
+        logger.info("stopping", metadata: ["signal": "\(reason)", "domains": "\(domains.count)"])
+        if let l = listener {
+            loop.unwatch(l, token: listenerToken)
+        }
+        stopDeadline = MonotonicClock.nanoseconds() + options.shutdownTimeoutMs * 1_000_000
+        for dom in domains.values {
+            dom.noRestart = true
+            if dom.hasProcess {
+                if dom.paused { try? Signals.send(SIGCONT, to: dom.pid); dom.paused = false }
+                if dom.phase == .running { requestShutdown(dom, reason: .poweroff) } else { kill(dom) }
+            }
+        }
+    }
+
+    /// A line in the hypervisor log (`xl dmesg`) and the supervisor log.
+    func log(_ line: String) {
+        dmesg.append(line)
+    }
+
+    func allocateDomid() -> UInt16? {
+        for _ in 0..<Int(Self.domidFirstReserved) {
+            domidRover = domidRover + 1 >= Self.domidFirstReserved ? 1 : domidRover + 1
+            if domains[domidRover] == nil { return domidRover }
+        }
+        return nil
+    }
+
+    /// Resolves a DOMAIN argument as xl does: a domid if it is all digits, else a name.
+    func find(_ spec: String) -> DomainRecord? {
+        if let id = UInt16(spec), !spec.isEmpty, spec.allSatisfy(\.isNumber) { return domains[id] }
+        return domains.values.first { $0.name == spec }
+    }
+
+    var allocatedMemoryMB: UInt64 {
+        domains.values.filter(\.hasProcess).reduce(0) { $0 + UInt64($1.config.memory) }
+    }
+}

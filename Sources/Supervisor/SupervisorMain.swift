@@ -1,0 +1,72 @@
+import Glibc
+import LinuxHost
+import Logging
+
+/// Entry point of `procvisord`: daemonising, logging, and the supervisor's life.
+public enum SupervisorMain {
+    /// Exit codes: 0 clean stop, 1 failure, 3 another supervisor holds the run directory.
+    public static func run(environment: [String: String], daemonize: Bool) -> Int32 {
+        let options = SupervisorOptions(environment: environment, uid: getuid())
+        var ready: (read: FileDescriptor, write: FileDescriptor)?
+        if daemonize {
+            // The parent waits for one status byte so `xl` knows the socket is listening when it returns.
+            guard let pipe = try? FileDescriptor.pipe(), let pid = try? Process.fork() else {
+                fputs("procvisord: cannot daemonise\n", stderr)
+                return 1
+            }
+            if pid > 0 {
+                pipe.write.close()
+                let status = (try? pipe.read.read(upTo: 1)) ?? []
+                return status.first.map { Int32($0) } ?? 1
+            }
+            pipe.read.close()
+            ready = pipe
+        }
+        func signalReady(_ code: UInt8) {
+            if let r = ready { try? r.write.writeAll([code]); r.write.close(); ready = nil }
+        }
+        do {
+            try FileIO.makeDirectories(options.runDirectory.path, mode: 0o700)
+        } catch {
+            fputs("procvisord: cannot create run directory \(options.runDirectory.path): \(error)\n", stderr)
+            signalReady(1)
+            return 1
+        }
+        let logFD: FileDescriptor
+        do {
+            logFD = try FileDescriptor.open(options.runDirectory.supervisorLog, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        } catch {
+            fputs("procvisord: cannot open log \(options.runDirectory.supervisorLog): \(error)\n", stderr)
+            signalReady(1)
+            return 1
+        }
+        let sink = FileLogHandler.Sink(fd: logFD)
+        let level = environment["PROCVISOR_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = FileLogHandler(label: label, sink: sink)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "procvisord")
+        Process.setName("procvisord")
+        do {
+            let supervisor = try Supervisor(options: options, logger: logger)
+            do {
+                try supervisor.start()
+            } catch let e as Supervisor.StartError {
+                fputs("procvisord: \(e)\n", stderr)
+                signalReady(3)
+                return 3
+            }
+            if daemonize { Process.detachStdio() }
+            signalReady(0)
+            try supervisor.run()
+            return 0
+        } catch {
+            logger.critical("supervisor failed", metadata: ["error": "\(error)"])
+            fputs("procvisord: \(error)\n", stderr)
+            signalReady(1)
+            return 1
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import FoundationEssentials
+import ProcvisorABI
+
+/// Requests `xl` sends to the supervisor over its control socket (`$PROCVISOR_RUNDIR/control`).
+/// Framing: a little-endian u32 length, then that many bytes of JSON.
+public enum ControlRequest: Codable, Equatable, Sendable {
+    case create(config: DomainConfig, paused: Bool)
+    case destroy(domain: String)
+    /// `xl shutdown` (reason poweroff) and `xl reboot` (reason reboot).
+    case shutdown(domain: String, reason: ShutdownReason)
+    case pause(domain: String)
+    case unpause(domain: String)
+    case rename(domain: String, newName: String)
+    /// Domains matching the names/ids given, or all domains (dom0 first) when empty.
+    case list(domains: [String])
+    case info
+    /// After `.consoleAttached` the connection carries raw console bytes both ways.
+    case consoleAttach(domain: String)
+    case dmesg(clear: Bool)
+    /// Replies `.shutdownDone` once domain `domid` has shut down (or at once if it already has).
+    case waitShutdown(domid: UInt16)
+    case ping
+}
+
+/// Supervisor replies.
+public enum ControlResponse: Codable, Equatable, Sendable {
+    case ok
+    case error(String)
+    case created(domid: UInt16)
+    case domains([DomainInfo])
+    case info(HostInfo)
+    case dmesg(String)
+    case consoleAttached(domid: UInt16)
+    case pong(pid: Int32)
+    /// Domain `domid` has shut down with this `SHUTDOWN_*` reason code.
+    case shutdownDone(domid: UInt16, reason: ShutdownReason)
+}
+
+/// One row of the domain table, as `xl list` needs it.
+public struct DomainInfo: Codable, Equatable, Sendable {
+    public var domid: UInt16
+    public var name: String
+    public var uuid: String
+    public var currentMemoryKB: UInt64
+    public var maxMemoryKB: UInt64
+    public var vcpusOnline: Int
+    public var maxVCPUs: Int
+    public var running: Bool
+    public var blocked: Bool
+    public var paused: Bool
+    public var shutdown: Bool
+    /// Meaningful when `shutdown` is set.
+    public var shutdownReason: ShutdownReason?
+    public var dying: Bool
+    public var cpuTimeNs: UInt64
+    /// Seconds since the epoch when the domain was started.
+    public var startTime: UInt64
+    /// Host pid of the domain process (0 for dom0's row and for domains whose process is gone).
+    public var pid: Int32
+    /// Why the domain crashed, when it did (e.g. "forbidden system call openat").
+    public var crashReason: String?
+    public var config: DomainConfig?
+
+    public init(domid: UInt16, name: String, uuid: String, currentMemoryKB: UInt64, maxMemoryKB: UInt64,
+                vcpusOnline: Int, maxVCPUs: Int, running: Bool, blocked: Bool, paused: Bool, shutdown: Bool,
+                shutdownReason: ShutdownReason?, dying: Bool, cpuTimeNs: UInt64, startTime: UInt64, pid: Int32,
+                crashReason: String? = nil, config: DomainConfig? = nil) {
+        self.domid = domid
+        self.name = name
+        self.uuid = uuid
+        self.currentMemoryKB = currentMemoryKB
+        self.maxMemoryKB = maxMemoryKB
+        self.vcpusOnline = vcpusOnline
+        self.maxVCPUs = maxVCPUs
+        self.running = running
+        self.blocked = blocked
+        self.paused = paused
+        self.shutdown = shutdown
+        self.shutdownReason = shutdownReason
+        self.dying = dying
+        self.cpuTimeNs = cpuTimeNs
+        self.startTime = startTime
+        self.pid = pid
+        self.crashReason = crashReason
+        self.config = config
+    }
+}
+
+/// What `xl info` prints, gathered by the supervisor.
+public struct HostInfo: Codable, Equatable, Sendable {
+    public var host: String
+    public var release: String
+    public var version: String
+    public var machine: String
+    public var nrCPUs: Int
+    public var cpuMHz: Double
+    public var totalMemoryMB: UInt64
+    public var freeMemoryMB: UInt64
+    public var xenMajor: UInt32
+    public var xenMinor: UInt32
+    public var xenExtra: String
+    public var xenCaps: String
+    public var xenScheduler: String
+    public var pageSize: Int
+    public var commandline: String
+    public var supervisorPid: Int32
+    public var runDirectory: String
+    public var controlSocket: String
+    public var nrDomains: Int
+
+    public init(host: String, release: String, version: String, machine: String, nrCPUs: Int, cpuMHz: Double,
+                totalMemoryMB: UInt64, freeMemoryMB: UInt64, xenMajor: UInt32, xenMinor: UInt32, xenExtra: String,
+                xenCaps: String, xenScheduler: String, pageSize: Int, commandline: String, supervisorPid: Int32,
+                runDirectory: String, controlSocket: String, nrDomains: Int) {
+        self.host = host
+        self.release = release
+        self.version = version
+        self.machine = machine
+        self.nrCPUs = nrCPUs
+        self.cpuMHz = cpuMHz
+        self.totalMemoryMB = totalMemoryMB
+        self.freeMemoryMB = freeMemoryMB
+        self.xenMajor = xenMajor
+        self.xenMinor = xenMinor
+        self.xenExtra = xenExtra
+        self.xenCaps = xenCaps
+        self.xenScheduler = xenScheduler
+        self.pageSize = pageSize
+        self.commandline = commandline
+        self.supervisorPid = supervisorPid
+        self.runDirectory = runDirectory
+        self.controlSocket = controlSocket
+        self.nrDomains = nrDomains
+    }
+}
+
+/// Length-prefixed JSON frames on a stream.
+public enum ControlFraming {
+    public static let maxFrame = 16 << 20
+
+    public static func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let json = try JSONEncoder().encode(value)
+        var out = WireWriter(capacity: json.count + 4)
+        out.u32(UInt32(json.count))
+        out.raw(json)
+        return out.bytes
+    }
+
+    /// Pops one complete frame off the front of `buffer`, or nil when more bytes are needed.
+    public static func decode<T: Decodable>(_ type: T.Type, from buffer: inout [UInt8]) throws -> T? {
+        guard buffer.count >= 4 else { return nil }
+        let len = Int(UInt32(buffer[0]) | UInt32(buffer[1]) << 8 | UInt32(buffer[2]) << 16 | UInt32(buffer[3]) << 24)
+        if len > maxFrame { throw WireError.tooLarge(what: "control frame", size: len, limit: maxFrame) }
+        guard buffer.count >= 4 + len else { return nil }
+        let body = Data(buffer[4..<(4 + len)])
+        buffer.removeFirst(4 + len)
+        return try JSONDecoder().decode(T.self, from: body)
+    }
+}
+
+/// Where things live: the run directory and the files in it.
+public struct RunDirectory: Sendable {
+    public var path: String
+
+    /// `$PROCVISOR_RUNDIR`, else `/run/procvisor` for root, else `$XDG_RUNTIME_DIR/procvisor`,
+    /// else `/tmp/procvisor-UID`.
+    public static func resolve(environment: [String: String], uid: UInt32) -> RunDirectory {
+        if let dir = environment["PROCVISOR_RUNDIR"], !dir.isEmpty { return RunDirectory(path: dir) }
+        if uid == 0 { return RunDirectory(path: "/run/procvisor") }
+        if let xdg = environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return RunDirectory(path: xdg + "/procvisor") }
+        return RunDirectory(path: "/tmp/procvisor-\(uid)")
+    }
+
+    public init(path: String) { self.path = path }
+
+    public var controlSocket: String { path + "/control" }
+    public var pidFile: String { path + "/procvisord.pid" }
+    public var lockFile: String { path + "/procvisord.lock" }
+    public var supervisorLog: String { path + "/procvisord.log" }
+    public var consoleLogDirectory: String { path + "/console" }
+    public func consoleLog(name: String) -> String { consoleLogDirectory + "/guest-\(name).log" }
+}

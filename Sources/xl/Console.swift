@@ -1,0 +1,55 @@
+import ArgumentParser
+import Glibc
+import LinuxHost
+import Toolstack
+
+struct Console: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Attach to a domain's console (Ctrl-] detaches).")
+    @Option(name: .short, help: "Console type (pv only).") var t: String?
+    @Argument(help: "Domain name or id.") var domain: String
+
+    func run() throws {
+        if let t, t != "pv" { fail("xl: console type '\(t)' is not supported (only pv)") }
+        var client = ControlClient.connect()
+        Console.attach(client: &client, domain: domain)
+    }
+
+    /// Streams the console until the domain goes away or the user types Ctrl-] (0x1d).
+    static func attach(client: inout ControlClient, domain: String) {
+        switch client.request(.consoleAttach(domain: domain)) {
+        case .consoleAttached: break
+        case let .error(msg): fail(msg)
+        case let other: fail("xl: unexpected reply \(other)")
+        }
+        let tty = isatty(0) == 1
+        var saved = termios()
+        if tty {
+            tcgetattr(0, &saved)
+            var raw = saved
+            cfmakeraw(&raw)
+            tcsetattr(0, TCSANOW, &raw)
+        }
+        defer { if tty { tcsetattr(0, TCSANOW, &saved) } }
+        // Bytes that arrived with the attach reply are console output already.
+        if !client.buffer.isEmpty { _ = try? FileDescriptor.standardOutput.writeAll(client.buffer) }
+        var stdinOpen = true
+        var fds = [pollfd(fd: client.fd.rawValue, events: Int16(POLLIN), revents: 0), pollfd(fd: 0, events: Int16(POLLIN), revents: 0)]
+        loop: while true {
+            let n = poll(&fds, stdinOpen ? 2 : 1, -1)
+            if n < 0 { if Errno.current == .interrupted { continue } else { break } }
+            if fds[0].revents != 0 {
+                guard let out = try? client.fd.read(upTo: 65536), !out.isEmpty else { break }
+                try? FileDescriptor.standardOutput.writeAll(out)
+            }
+            if stdinOpen && fds[1].revents != 0 {
+                let input = (try? FileDescriptor.standardInput.read(upTo: 4096)) ?? []
+                if input.isEmpty { stdinOpen = false; continue }
+                if let i = input.firstIndex(of: 0x1d) {
+                    if i > 0 { try? client.fd.writeAll(Array(input[..<i])) }
+                    break loop
+                }
+                try? client.fd.writeAll(input)
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+
+/// xl's connection to the supervisor. Starts the supervisor on first use when none is running.
+struct ControlClient {
+    let fd: FileDescriptor
+    let runDirectory: RunDirectory
+    var buffer: [UInt8] = []
+
+    static func connect() -> ControlClient {
+        let env = Process.environment()
+        let dir = RunDirectory.resolve(environment: env, uid: getuid())
+        let path = env["XENSTORED_PATH"].map { _ in dir.controlSocket } ?? dir.controlSocket
+        if let fd = try? UnixSocket.connect(path: path) { return ControlClient(fd: fd, runDirectory: dir) }
+        if env["PROCVISOR_NO_AUTOSTART"] == "1" {
+            fail("xl: cannot reach the Procvisor supervisor at \(path) (not running; autostart disabled by PROCVISOR_NO_AUTOSTART)")
+        }
+        startSupervisor(env: env, dir: dir)
+        do {
+            return ControlClient(fd: try UnixSocket.connect(path: path), runDirectory: dir)
+        } catch {
+            fail("xl: cannot reach the Procvisor supervisor at \(path): \(error)")
+        }
+    }
+
+    /// Runs `procvisord --daemonize`, which returns once its control socket is listening.
+    static func startSupervisor(env: [String: String], dir: RunDirectory) {
+        let exe = env["PROCVISOR_SUPERVISOR"] ?? {
+            let me = Process.executablePath() ?? "/usr/local/bin/xl"
+            return String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/procvisord"
+        }()
+        guard FileIO.isExecutable(exe) else {
+            fail("xl: the supervisor is not running and \(exe) cannot be started (not found or not executable); set PROCVISOR_SUPERVISOR")
+        }
+        let envList = env.map { "\($0.key)=\($0.value)" }
+        do {
+            let pid = try Spawner.spawnPlain(path: exe, argv: [exe, "--daemonize"], env: envList)
+            switch try ChildReaper.wait(pid) {
+            case .exited(0), .exited(3):  // 3: another xl started one at the same moment
+                return
+            case let status:
+                fail("xl: could not start the supervisor \(exe) (\(status)); see \(dir.supervisorLog)")
+            }
+        } catch {
+            fail("xl: could not start the supervisor \(exe): \(error)")
+        }
+    }
+
+    mutating func request(_ r: ControlRequest) -> ControlResponse {
+        do {
+            try fd.writeAll(try ControlFraming.encode(r))
+            return try readResponse()
+        } catch {
+            fail("xl: lost the connection to the supervisor: \(error)")
+        }
+    }
+
+    mutating func readResponse() throws -> ControlResponse {
+        while true {
+            if let response = try ControlFraming.decode(ControlResponse.self, from: &buffer) { return response }
+            let chunk = try fd.read(upTo: 65536)
+            if chunk.isEmpty { throw SystemError("read", "control socket closed by the supervisor", errno: .connectionReset) }
+            buffer += chunk
+        }
+    }
+
+    /// Sends a request that must succeed with `.ok`; exits with the supervisor's error otherwise.
+    mutating func expectOK(_ r: ControlRequest) {
+        switch request(r) {
+        case .ok: return
+        case let .error(msg): fail(msg)
+        case let other: fail("xl: unexpected reply \(other)")
+        }
+    }
+
+    mutating func domains(_ specs: [String]) -> [DomainInfo] {
+        switch request(.list(domains: specs)) {
+        case let .domains(list): return list
+        case let .error(msg): fail(msg)
+        case let other: fail("xl: unexpected reply \(other)")
+        }
+    }
+}

@@ -1,0 +1,52 @@
+import ArgumentParser
+import Glibc
+import LinuxHost
+import Toolstack
+
+struct Create: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create a domain from a config file.")
+
+    @Flag(name: .short, help: "Leave the domain paused after it is created.") var p = false
+    @Flag(name: .short, help: "Connect to the console after the domain is created.") var c = false
+    @Flag(name: .short, help: "Dry run: print the resulting configuration as JSON; create nothing.") var n = false
+    @Flag(name: .short, help: "Quiet.") var q = false
+    @Option(name: .short, help: "Use the given configuration file.") var f: String?
+    @Argument(help: "CONFIG [KEY=VALUE ...]: config file, then extra settings in xl.cfg syntax.")
+    var arguments: [String] = []
+
+    func run() throws {
+        var args = arguments
+        let path: String
+        if let f { path = f } else if !args.isEmpty { path = args.removeFirst() } else {
+            throw ValidationError("a config file is required: xl create CONFIG [KEY=VALUE ...]")
+        }
+        if !q { printErr("Parsing config from \(path)") }
+        var warnings: [String] = []
+        var config: DomainConfig
+        do {
+            config = try DomainConfig.load(path: path, extraSettings: args, warnings: &warnings)
+        } catch {
+            warnings.forEach(printErr)
+            fail("\(error)")
+        }
+        warnings.forEach(printErr)
+        if let k = config.kernel, !k.isEmpty, !k.hasPrefix("/") {
+            // As xl does: a relative kernel path is relative to the current directory.
+            var buf = [CChar](repeating: 0, count: 4096)
+            if getcwd(&buf, buf.count) != nil { config.kernel = String(cString: buf) + "/" + k }
+        }
+        if n {
+            print(XLFormat.dryRun(config), terminator: "")
+            return
+        }
+        var client = ControlClient.connect()
+        switch client.request(.create(config: config, paused: p)) {
+        case .created:
+            if c { Console.attach(client: &client, domain: config.name) }
+        case let .error(msg):
+            fail("xl: \(msg)")
+        case let other:
+            fail("xl: unexpected reply \(other)")
+        }
+    }
+}

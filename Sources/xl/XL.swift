@@ -1,0 +1,24 @@
+import ArgumentParser
+import Glibc
+
+/// `xl`, with Xen's subcommands and output.
+struct XL: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xl",
+        abstract: "Procvisor toolstack: manage domains as Xen's xl does.",
+        subcommands: [
+            Create.self, Destroy.self, Shutdown.self, Reboot.self, Pause.self, Unpause.self, Rename.self,
+            List.self, Info.self, Console.self, Dmesg.self, Domid.self, Domname.self, Uptime.self,
+        ])
+}
+
+/// Prints to stderr and exits 1: how xl reports a failed command.
+func fail(_ message: String) -> Never {
+    let text = message.hasSuffix("\n") ? message : message + "\n"
+    fputs(text, stderr)
+    exit(1)
+}
+
+func printErr(_ message: String) {
+    fputs(message + "\n", stderr)
+}
