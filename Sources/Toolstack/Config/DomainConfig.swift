@@ -228,7 +228,7 @@ private struct SettingReader {
         var type: String?
         if let text = try string("type") {
             guard ["pv", "pvh", "hvm"].contains(text) else {
-                throw XLConfigError("Invalid domain type \(text) (supported: pv, pvh, hvm).", at: location("type"))
+                throw XLConfigError("Invalid domain type \"\(text)\" (supported: pv, pvh, hvm)", at: location("type"))
             }
             type = text
         }
@@ -238,7 +238,7 @@ private struct SettingReader {
             case "hvm": builderType = "hvm"
             case "generic": builderType = "pv"
             default:
-                throw XLConfigError("Invalid domain type \(builder) (builder supports: generic, hvm).", at: location("builder"))
+                throw XLConfigError("Invalid builder \"\(builder)\" (supported: generic, hvm; builder is deprecated, use type)", at: location("builder"))
             }
             if let type, type != builderType {
                 throw XLConfigError("Contradicting \"builder\" and \"type\" options specified.", at: location("builder"))

@@ -42,8 +42,8 @@ public struct VifSpec: Codable, Equatable, Sendable {
     /// a malformed or multicast MAC, a bad rate, mtu or devid. COLO keys are rejected as
     /// unsupported; `accel=` is ignored, as xl ignores it.
     public static func parse(_ spec: String) throws -> VifSpec {
-        func fail(_ what: String) -> XLConfigError {
-            XLConfigError("config parsing error in vif: \(what) in `\(spec)'")
+        func fail(_ what: String, hint: String? = nil) -> XLConfigError {
+            XLConfigError("config parsing error in vif: \(what) in `\(spec)'" + (hint.map { " (\($0))" } ?? ""))
         }
         var vif = VifSpec(spec: spec)
         for rawPiece in spec.split(separator: ",") {
@@ -59,11 +59,11 @@ public struct VifSpec: Codable, Equatable, Sendable {
             switch key {
             case "type":
                 guard value == "vif" || value == "ioemu" else {
-                    throw fail("invalid type `\(value)' (supported: vif, ioemu)")
+                    throw fail("invalid type `\(value)'", hint: "supported: vif, ioemu")
                 }
                 vif.type = value
             case "mac":
-                vif.mac = try parseMAC(value, fail: fail)
+                vif.mac = try parseMAC(value, fail: { fail($0, hint: $1) })
             case "bridge": vif.bridge = value
             case "netdev", "gatewaydev": vif.gateway = value
             case "ip": vif.ip = value
@@ -78,13 +78,13 @@ public struct VifSpec: Codable, Equatable, Sendable {
                 }
             case "mtu":
                 guard CInteger.isDecimalDigits(Substring(value)), value.count <= 6, let mtu = Int(value), mtu <= 65535 else {
-                    throw fail("invalid mtu `\(value)' (expected a decimal number up to 65535)")
+                    throw fail("invalid mtu `\(value)'", hint: "expected a decimal number up to 65535")
                 }
                 // libxl treats 0 as "use the default", like an absent mtu.
                 vif.mtu = mtu == 0 ? nil : mtu
             case "devid":
                 guard CInteger.isDecimalDigits(Substring(value)), value.count <= 9, let devid = Int(value) else {
-                    throw fail("invalid devid `\(value)' (expected a decimal number)")
+                    throw fail("invalid devid `\(value)'", hint: "expected a decimal number")
                 }
                 vif.devid = devid
             case "accel":
@@ -101,22 +101,23 @@ public struct VifSpec: Codable, Equatable, Sendable {
     /// Six 1–2 digit hex octets separated by ':' (or '-'), normalised to lowercase with ':'.
     /// xl itself accepts any separator and any junk after the sixth octet; that leniency only
     /// hides typos, so it is not copied.
-    private static func parseMAC(_ text: String, fail: (String) -> XLConfigError) throws -> String? {
-        let usage = "invalid MAC address `\(text)' (expected six hex octets separated by ':', e.g. 00:16:3e:12:34:56)"
+    private static func parseMAC(_ text: String, fail: (String, String?) -> XLConfigError) throws -> String? {
+        let usage = fail("invalid MAC address `\(text)'", "expected six hex octets separated by ':', e.g. 00:16:3e:12:34:56")
         let separator: Character = text.contains("-") && !text.contains(":") ? "-" : ":"
         let parts = text.split(separator: separator, omittingEmptySubsequences: false)
-        guard parts.count == 6 else { throw fail(usage) }
+        guard parts.count == 6 else { throw usage }
         var octets: [UInt8] = []
         for part in parts {
             guard (1...2).contains(part.count), part.allSatisfy(\.isHexDigit), let octet = UInt8(part, radix: 16) else {
-                throw fail(usage)
+                throw usage
             }
             octets.append(octet)
         }
         if octets.allSatisfy({ $0 == 0 }) { return nil }
         let normalised = octets.map(XLConfigValue.hexByte).joined(separator: ":")
         guard octets[0] & 1 == 0 else {
-            throw fail("MAC address \(normalised) is a multicast address; a vif needs a unicast one (bit 0 of the first octet clear)")
+            throw fail(
+                "MAC address \(normalised) is a multicast address", "a vif needs a unicast one: bit 0 of the first octet clear")
         }
         return normalised
     }

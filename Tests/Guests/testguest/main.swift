@@ -1,1 +1,204 @@
-// placeholder
+// testguest: a guest for the integration tests. Its behaviour is chosen by its command line
+// (`extra = "mode=NAME ..."` in xl.cfg, passed as argv), or, for the seccomp policy tests, by
+// `--raw CALL` / `--guest-policy CALL` when started outside any supervisor.
+import DomainRuntime
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+let args = Array(CommandLine.arguments.dropFirst())
+
+func arg(_ key: String) -> String? {
+    args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+}
+
+/// Issues the forbidden (or allowed) system call `name` with harmless arguments. Returns its result.
+@discardableResult
+func issue(_ name: String) -> Int {
+    func nr(_ n: String) -> Int {
+        guard let v = Syscalls.number(n) else { fputs("testguest: unknown syscall \(n)\n", stderr); exit(2) }
+        return v
+    }
+    switch name {
+    case "openat":
+        return "/etc/hostname".withCString { Syscalls.raw(nr("openat"), [-100, Int(bitPattern: $0), Int(O_RDONLY)]) }
+    case "socket-unix": return Syscalls.raw(nr("socket"), [Int(AF_UNIX), Int(SOCK_STREAM.rawValue), 0])
+    case "socket-inet": return Syscalls.raw(nr("socket"), [Int(AF_INET), Int(SOCK_STREAM.rawValue), 0])
+    case "execve":
+        return "/bin/true".withCString { p in
+            var argv: [UnsafeMutablePointer<CChar>?] = [strdup(p), nil]
+            return argv.withUnsafeMutableBufferPointer { Syscalls.raw(nr("execve"), [Int(bitPattern: p), Int(bitPattern: $0.baseAddress), 0]) }
+        }
+    case "fork":
+        let r = Syscalls.raw(nr("fork"))
+        if r == 0 { _exit(0) }  // the child, if the filter failed: leave at once
+        return r
+    case "clone-newns":
+        let r = Syscalls.raw(nr("clone"), [0x00020000 /* CLONE_NEWNS */ | Int(SIGCHLD), 0, 0, 0, 0])
+        if r == 0 { _exit(0) }
+        return r
+    case "ptrace": return Syscalls.raw(nr("ptrace"), [0x4206 /* PTRACE_SEIZE */, 1, 0, 0])
+    case "process_vm_readv": return Syscalls.raw(nr("process_vm_readv"), [1, 0, 0, 0, 0, 0])
+    case "mount": return Syscalls.raw(nr("mount"), [0, 0, 0, 0, 0])
+    case "bpf": return Syscalls.raw(nr("bpf"), [0, 0, 0])
+    case "kexec_load": return Syscalls.raw(nr("kexec_load"), [0, 0, 0, 0])
+    case "init_module": return Syscalls.raw(nr("init_module"), [0, 0, 0])
+    case "unshare": return Syscalls.raw(nr("unshare"), [0x04000000 /* CLONE_NEWUTS */])
+    case "setns": return Syscalls.raw(nr("setns"), [-1, 0])
+    case "perf_event_open": return Syscalls.raw(nr("perf_event_open"), [0, 0, -1, -1, 0])
+    case "keyctl": return Syscalls.raw(nr("keyctl"), [0, 0, 0, 0, 0])
+    case "kill-other": return Syscalls.raw(nr("kill"), [1, 0])  // signal 0 to init: harmless if it ran
+    case "kill-self": return Syscalls.raw(nr("kill"), [Int(getpid()), 0])
+    case "reboot": return Syscalls.raw(nr("reboot"), [0, 0, 0, 0])
+    default:
+        fputs("testguest: no such call \(name)\n", stderr)
+        exit(2)
+    }
+}
+
+/// Exercises what a guest legitimately needs under the guest allow-list.
+func selfTest() -> Int32 {
+    guard let p = malloc(1 << 20) else { return 9 }
+    memset(p, 1, 1 << 20)
+    free(p)
+    let m = mmap(nil, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    guard m != MAP_FAILED else { return 10 }
+    munmap(m, 1 << 16)
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    var req = timespec(tv_sec: 0, tv_nsec: 1000)
+    nanosleep(&req, nil)
+    var tid = pthread_t()
+    var value: Int32 = 0
+    let rc = withUnsafeMutablePointer(to: &value) { ptr in
+        pthread_create(&tid, nil, { arg in
+            arg!.assumingMemoryBound(to: Int32.self).pointee = 42
+            return nil
+        }, ptr)
+    }
+    guard rc == 0 else { return 11 }
+    pthread_join(tid, nil)
+    guard value == 42 else { return 12 }
+    var word: UInt32 = 0
+    _ = Syscalls.raw(Syscalls.number("futex")!, [Int(bitPattern: UnsafeMutableRawPointer(&word)), 1 /* FUTEX_WAKE */, 1])
+    print("selftest ok")
+    fflush(stdout)
+    return 0
+}
+
+// Modes that run outside a supervisor (seccomp policy tests).
+if args.first == "--raw", args.count == 2 {
+    let r = issue(args[1])
+    print("returned \(r)")
+    exit(0)
+}
+if args.first == "--guest-policy", args.count == 2 {
+    do { try SeccompPolicies.guest.compile(threadSync: true).load() } catch { fputs("\(error)\n", stderr); exit(3) }
+    if args[1] == "selftest" { exit(selfTest()) }
+    let r = issue(args[1])
+    print("returned \(r)")
+    exit(0)
+}
+if args.first == "--bare-ready" {
+    // Benchmark peer: the same binary started by a plain fork+exec reports its main is running.
+    _ = Glibc.write(1, "R", 1)
+    exit(0)
+}
+
+let mode = arg("mode") ?? "hello"
+
+// Modes that misbehave during bootstrap, before DomainRuntime would engage the sandbox.
+switch mode {
+case "exit-in-bootstrap":
+    // Ask for the start-info, then leave without engaging.
+    let req = HypercallRequest(.bootstrap, seq: 1).encode()
+    _ = try? UnixSocket.send(FileDescriptor(rawValue: BootstrapFD.hypercall), req)
+    exit(3)
+case "no-engage":
+    // A DomainRuntime-looking program that never engages its sandbox.
+    while true { sleep(1) }
+default:
+    break
+}
+
+let domain = Domain.start()
+
+switch mode {
+case "hello":
+    print("hello from dom\(domain.domid) name=\(domain.name) vcpus=\(domain.vcpuCount()) cmdline=\(domain.cmdline)")
+    domain.console.write("console write works\n")
+    domain.shutdown(.poweroff)
+case "run":
+    // Runs until asked to stop; the default handler powers off with the requested reason.
+    print("running dom\(domain.domid)")
+    fflush(stdout)
+    while true { domain.block() }
+case "busy":
+    print("busy dom\(domain.domid)")
+    fflush(stdout)
+    var x: UInt64 = 0
+    while true { x = x &* 6364136223846793005 &+ 1442695040888963407; if x == 0 { print(x) } }
+case "ignore-shutdown":
+    domain.onShutdownRequest { reason in print("ignoring \(reason.name) request"); fflush(stdout) }
+    print("ignoring shutdown requests")
+    fflush(stdout)
+    while true { domain.block() }
+case "echo":
+    print("echo ready")
+    fflush(stdout)
+    while let line = domain.console.readLine() {
+        print("echo: \(line)")
+        fflush(stdout)
+        if line == "quit" { domain.shutdown(.poweroff) }
+    }
+    domain.shutdown(.poweroff)
+case "reboot":
+    print("rebooting dom\(domain.domid)")
+    domain.shutdown(.reboot)
+case "crash":
+    domain.shutdown(.crash)
+case "exit":
+    exit(Int32(arg("code") ?? "0") ?? 0)
+case "segv":
+    let p = UnsafeMutablePointer<Int>(bitPattern: 8)!
+    p.pointee = 1
+case "forbidden":
+    print("trying \(arg("call") ?? "?")")
+    fflush(stdout)
+    issue(arg("call") ?? "openat")
+    print("forbidden call returned: sandbox failed")
+    domain.shutdown(.poweroff)
+case "garbage":
+    // Malformed hypercalls: each must get an error reply, the domain keeps running.
+    let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
+    let count = Int(arg("count") ?? "3") ?? 3
+    for i in 0..<count {
+        try? UnixSocket.send(fd, [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 10 + i))
+        if let m = try? UnixSocket.receive(fd, maxSize: 65536), let r = try? HypercallReply.decode(m.bytes) {
+            print("garbage \(i): rc=\(r.rc)")
+        } else {
+            print("garbage \(i): no reply")
+        }
+        fflush(stdout)
+    }
+    print("survived garbage")
+    domain.shutdown(.poweroff)
+case "oversized":
+    let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
+    var big = HypercallRequest(.consoleIO, seq: 99, args: [0, 200_000], payload: [UInt8](repeating: 65, count: 200_000)).encode()
+    big[0] = 18
+    try? UnixSocket.send(fd, big)
+    while true { sleep(1) }
+case "flood":
+    // Sends hypercalls without reading replies until the supervisor gives up on it.
+    let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
+    let req = HypercallRequest(.xenVersion, seq: 7, args: [0]).encode()
+    while true { _ = try? UnixSocket.send(fd, req) }
+case "multicall":
+    let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
+    print("multicall: \(rcs.map(String.init).joined(separator: ","))")
+    domain.shutdown(.poweroff)
+default:
+    print("testguest: unknown mode \(mode)")
+    domain.shutdown(.crash)
+}
