@@ -1,0 +1,189 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Testing
+
+/// Every bad input gets a clear error naming the problem, and the rest keeps running: each test
+/// keeps a sentinel domain alive and checks it (and the supervisor) afterwards.
+@Suite struct BadInputTests {
+    /// Creates the sentinel, runs `body`, then checks the sentinel is still there.
+    func withSentinel(_ env: [String: String] = [:], _ body: (SupervisorHarness) throws -> Void) throws {
+        let h = try SupervisorHarness(extraEnv: env)
+        defer { h.stop() }
+        try h.create("sentinel", mode: "run")
+        let pid = try #require(h.children.first)
+        try body(h)
+        #expect(ProcFS.isAlive(pid), "the sentinel domain died")
+        #expect(try h.list()["sentinel"]?.domid == 1, "the supervisor lost the sentinel")
+    }
+
+    func createFails(_ h: SupervisorHarness, _ cfg: String, _ message: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let r = try h.xl("create", cfg)
+        #expect(!r.ok, sourceLocation: sourceLocation)
+        #expect(r.stderr.contains(message), "stderr was: \(r.stderr)", sourceLocation: sourceLocation)
+    }
+
+    @Test func missingKernel() throws {
+        try withSentinel { h in
+            try createFails(h, h.config("nokernel", kernel: "/nonexistent/guest"), "kernel /nonexistent/guest: no such file")
+        }
+    }
+
+    @Test func nonExecutableKernel() throws {
+        try withSentinel { h in
+            let path = h.runDirectory + "/notexec"
+            FileManager.default.createFile(atPath: path, contents: Data("x".utf8), attributes: [.posixPermissions: 0o644])
+            try createFails(h, h.config("noexec", kernel: path), "not an executable file")
+        }
+    }
+
+    @Test func kernelThatIsNotADomainRuntimeProgramNeverEngages() throws {
+        try withSentinel(["PROCVISOR_ENGAGE_TIMEOUT_MS": "700"]) { h in
+            try createFails(h, h.config("sleeper", kernel: "/bin/sleep", "extra = \"30\"\n"),
+                            "did not engage its sandbox within 700 ms")
+            try createFails(h, h.config("lazy", mode: "no-engage"), "did not engage its sandbox")
+            #expect(try h.list()["sleeper"] == nil)
+            #expect(h.children.count == 1)
+        }
+    }
+
+    @Test func kernelThatExitsImmediately() throws {
+        try withSentinel { h in
+            try createFails(h, h.config("truthy", kernel: "/bin/true"), "before bootstrap")
+        }
+    }
+
+    @Test func guestExitingInTheMiddleOfBootstrap() throws {
+        try withSentinel { h in
+            try createFails(h, h.config("quitter", mode: "exit-in-bootstrap"), "exited during bootstrap (exited with status 3)")
+        }
+    }
+
+    @Test func duplicateName() throws {
+        try withSentinel { h in
+            try createFails(h, h.config("sentinel", mode: "run"), "domain name \"sentinel\" already exists (dom1)")
+        }
+    }
+
+    @Test func memoryLargerThanTheHostAllows() throws {
+        try withSentinel(["PROCVISOR_MEMORY_MB": "256"]) { h in
+            try createFails(h, h.config("huge", mode: "run", "memory = 100000\nmaxmem = 100000\n"),
+                            "memory=100000 MiB is more than the free machine memory")
+        }
+    }
+
+    @Test func configSyntaxErrorQuotesFileLineAndColumn() throws {
+        try withSentinel { h in
+            let path = h.runDirectory + "/broken.cfg"
+            try "name = \"broken\"\nmemory = [ 1, \n".write(toFile: path, atomically: true, encoding: .utf8)
+            let r = try h.xl("create", path)
+            #expect(!r.ok)
+            #expect(r.stderr.contains(path + ":"), "stderr was: \(r.stderr)")
+            let noName = h.runDirectory + "/noname.cfg"
+            try "memory = 32\n".write(toFile: noName, atomically: true, encoding: .utf8)
+            let r2 = try h.xl("create", noName)
+            #expect(!r2.ok)
+            #expect(r2.stderr.contains("Domain name must be specified."))
+            let r3 = try h.xl("create", h.runDirectory + "/absent.cfg")
+            #expect(!r3.ok)
+            #expect(r3.stderr.contains("absent.cfg"))
+        }
+    }
+
+    @Test(arguments: [
+        ["destroy", "ghost"], ["shutdown", "ghost"], ["reboot", "42"], ["pause", "ghost"], ["unpause", "ghost"],
+        ["rename", "ghost", "x"], ["list", "ghost"], ["console", "ghost"], ["uptime", "ghost"],
+    ])
+    func unknownDomain(_ args: [String]) throws {
+        try withSentinel { h in
+            let r = try h.xl(args: args)
+            #expect(!r.ok)
+            #expect(r.stderr.contains("\(args[1]) is an invalid domain identifier"), "stderr was: \(r.stderr)")
+        }
+    }
+
+    @Test func unknownDomainForDomidAndDomname() throws {
+        try withSentinel { h in
+            let r = try h.xl("domid", "ghost")
+            #expect(!r.ok)
+            #expect(r.stderr.contains("Can't get domid of domain name 'ghost', maybe this domain does not exist."))
+            let r2 = try h.xl("domname", "77")
+            #expect(!r2.ok)
+            #expect(r2.stderr.contains("Can't get domain name of domain id '77'"))
+        }
+    }
+
+    @Test func supervisorNotReachable() throws {
+        var env = ProcessInfo.processInfo.environment
+        env["PROCVISOR_RUNDIR"] = "/tmp/pv-nonexistent-\(getpid())"
+        env["PROCVISOR_NO_AUTOSTART"] = "1"
+        let r = try runCommand(Products.path("xl"), ["list"], env: env)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("cannot reach the Procvisor supervisor at /tmp/pv-nonexistent-\(getpid())/control"))
+        env.removeValue(forKey: "PROCVISOR_NO_AUTOSTART")
+        env["PROCVISOR_SUPERVISOR"] = "/nonexistent/procvisord"
+        let r2 = try runCommand(Products.path("xl"), ["list"], env: env)
+        #expect(r2.status == 1)
+        #expect(r2.stderr.contains("/nonexistent/procvisord cannot be started"))
+    }
+
+    @Test func malformedHypercallsGetErrorsAndTheDomainLives() throws {
+        try withSentinel { h in
+            try h.create("garbage", mode: "garbage")
+            #expect(eventually { h.consoleLog("garbage").contains("survived garbage") })
+            let log = h.consoleLog("garbage")
+            #expect(log.contains("garbage 0: rc=-22"))
+            #expect(log.contains("garbage 2: rc=-22"))
+        }
+    }
+
+    @Test func aGuestThatKeepsSendingGarbageIsCrashed() throws {
+        try withSentinel { h in
+            try h.create("spewer", mode: "garbage", "extra = \"mode=garbage count=40\"\non_crash = \"preserve\"\n")
+            #expect(eventually { (try? h.dmesg())?.contains("(spewer): crashed: sent 16 malformed hypercalls") == true })
+            #expect(eventually { (try? h.list())?.contains { $0.key.hasPrefix("spewer-") && $0.value.state == "---sc-" } == true })
+        }
+    }
+
+    @Test func oversizedHypercallCrashesTheGuest() throws {
+        try withSentinel { h in
+            try h.create("big", mode: "oversized", "on_crash = \"destroy\"\n")
+            #expect(eventually { (try? h.dmesg())?.contains("(big): crashed: oversized hypercall") == true })
+            #expect(eventually { (try? h.list())?["big"] == nil })
+        }
+    }
+
+    @Test func hypercallFloodCrashesTheGuest() throws {
+        try withSentinel { h in
+            try h.create("flood", mode: "flood", "on_crash = \"destroy\"\n")
+            #expect(eventually(timeout: 20) { (try? h.dmesg())?.contains("(flood): crashed: hypercall flood") == true })
+            #expect(eventually { (try? h.list())?["flood"] == nil })
+        }
+    }
+
+    @Test func malformedControlRequestsCloseOnlyThatConnection() throws {
+        try withSentinel { h in
+            let fd = try UnixSocket.connect(path: h.runDirectory + "/control")
+            try fd.writeAll([5, 0, 0, 0] + Array("nope!".utf8))
+            let reply = String(decoding: try fd.read(upTo: 4096), as: UTF8.self)
+            #expect(reply.contains("malformed control request"))
+            fd.close()
+            let fd2 = try UnixSocket.connect(path: h.runDirectory + "/control")
+            try fd2.writeAll([0xff, 0xff, 0xff, 0x7f])  // a frame far over the limit
+            #expect(String(decoding: try fd2.read(upTo: 4096), as: UTF8.self).contains("exceeds the limit"))
+            fd2.close()
+        }
+    }
+
+    @Test func badShutdownTargets() throws {
+        try withSentinel { h in
+            try h.create("paused", mode: "run", flags: ["-p"])
+            let r = try h.xl("shutdown", "paused")
+            #expect(!r.ok)
+            #expect(r.stderr.contains("is paused"))
+            let r2 = try h.xl("shutdown", "0")
+            #expect(!r2.ok)
+            #expect(r2.stderr.contains("Domain-0"))
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Testing
+
+/// Every forbidden call class, issued by a real domain after it engaged: the domain is crashed,
+/// `xl dmesg` names the call, on_crash applies and the supervisor keeps serving.
+@Suite struct SandboxTests {
+    /// (testguest call, the name the report must give)
+    static let guestAllowListViolations: [(String, String)] = [
+        ("openat", "openat"), ("socket-unix", "socket"), ("execve", "execve"), ("fork", "fork"),
+    ]
+    static let baselineDenyListViolations: [(String, String)] = [
+        ("ptrace", "ptrace"), ("process_vm_readv", "process_vm_readv"), ("mount", "mount"), ("bpf", "bpf"),
+        ("kexec_load", "kexec_load"), ("init_module", "init_module"), ("unshare", "unshare"), ("setns", "setns"),
+        ("clone-newns", "clone"), ("perf_event_open", "perf_event_open"), ("keyctl", "keyctl"),
+        ("socket-inet", "socket"), ("kill-other", "kill"), ("reboot", "reboot"),
+    ]
+
+    func expectCrash(call: String, named name: String) throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let dom = "bad-" + call.replacingOccurrences(of: "_", with: "-")
+        try h.create(dom, mode: "forbidden", "extra = \"mode=forbidden call=\(call)\"\non_crash = \"preserve\"\n")
+        #expect(eventually { (try? h.dmesg())?.contains("dom1 (\(dom)): forbidden system call \(name)\n") == true },
+                "dmesg: \((try? h.dmesg()) ?? "")")
+        #expect(eventually { (try? h.list())?.contains { $0.key.hasPrefix(dom + "-") && $0.value.state == "---sc-" } == true })
+        #expect(!h.consoleLog(dom).contains("sandbox failed"))
+        #expect(try h.xl("info", "xen_major").stdout == "4\n")
+    }
+
+    @Test(arguments: guestAllowListViolations)
+    func guestAllowListTraps(_ call: String, _ name: String) throws {
+        try expectCrash(call: call, named: name)
+    }
+
+    @Test(arguments: baselineDenyListViolations)
+    func baselineDenyListTraps(_ call: String, _ name: String) throws {
+        try expectCrash(call: call, named: name)
+    }
+
+    @Test func theExampleEvilGuestIsCrashedAndNamed() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let cfg = h.config("evil", kernel: Products.path("evil"), "on_crash = \"destroy\"\n")
+        #expect(try h.xl("create", cfg).ok)
+        #expect(eventually { (try? h.dmesg())?.contains("dom1 (evil): forbidden system call openat") == true })
+        #expect(eventually { (try? h.list())?["evil"] == nil })
+    }
+
+    @Test func domainsRunWithTwoSeccompFiltersAndNoNewPrivs() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("confined", mode: "run")
+        let pid = try #require(h.children.first)
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        #expect(status.contains("Seccomp:\t2"))
+        #expect(status.contains("Seccomp_filters:\t2"))
+        #expect(status.contains("NoNewPrivs:\t1"))
+        // Only the bootstrap descriptors are open: stdin, stdout, stderr, hypercall, events.
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap(Int.init).sorted()
+        #expect(fds == [0, 1, 2, 3, 4])
+    }
+}
