@@ -65,7 +65,7 @@ let package = Package(
         .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),
 
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
-        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost"], swiftSettings: v5),
+        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"],

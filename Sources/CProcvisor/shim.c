@@ -208,7 +208,16 @@ int pv_seccomp_add_rule(void *ctx, uint32_t action, int syscall_nr, const struct
     struct scmp_arg_cmp cmp[6];
     for (unsigned int i = 0; i < nargs; i++) {
         cmp[i].arg = args[i].arg;
-        cmp[i].op = (enum scmp_compare)args[i].op;  // PV_CMP_* mirror enum scmp_compare
+        switch (args[i].op) {
+        case PV_CMP_EQ: cmp[i].op = SCMP_CMP_EQ; break;
+        case PV_CMP_NE: cmp[i].op = SCMP_CMP_NE; break;
+        case PV_CMP_LT: cmp[i].op = SCMP_CMP_LT; break;
+        case PV_CMP_LE: cmp[i].op = SCMP_CMP_LE; break;
+        case PV_CMP_GT: cmp[i].op = SCMP_CMP_GT; break;
+        case PV_CMP_GE: cmp[i].op = SCMP_CMP_GE; break;
+        case PV_CMP_MASKED_EQ: cmp[i].op = SCMP_CMP_MASKED_EQ; break;
+        default: return -EINVAL;
+        }
         cmp[i].datum_a = args[i].datum_a;
         cmp[i].datum_b = args[i].datum_b;
     }

@@ -51,7 +51,7 @@ public enum Signals {
 }
 
 /// How a child process ended, from `waitpid`.
-public enum ExitStatus: Equatable, Sendable {
+public enum ProcessStatus: Equatable, Sendable {
     case exited(Int32)
     case signaled(Int32)
 
@@ -63,21 +63,21 @@ public enum ExitStatus: Equatable, Sendable {
 /// Reaps children without blocking.
 public enum ChildReaper {
     /// Every child that has exited since the last call.
-    public static func reap() -> [(pid: pid_t, status: ExitStatus)] {
-        var out: [(pid_t, ExitStatus)] = []
+    public static func reap() -> [(pid: pid_t, status: ProcessStatus)] {
+        var out: [(pid_t, ProcessStatus)] = []
         while true {
             var status: Int32 = 0
             let pid = waitpid(-1, &status, WNOHANG)
             if pid <= 0 { break }
-            out.append((pid, ExitStatus(waitStatus: status)))
+            out.append((pid, ProcessStatus(waitStatus: status)))
         }
         return out
     }
 
     /// Waits for one specific child (blocking).
-    public static func wait(_ pid: pid_t) throws -> ExitStatus {
+    public static func wait(_ pid: pid_t) throws -> ProcessStatus {
         var status: Int32 = 0
         try retrying("waitpid", "pid \(pid)") { waitpid(pid, &status, 0) }
-        return ExitStatus(waitStatus: status)
+        return ProcessStatus(waitStatus: status)
     }
 }

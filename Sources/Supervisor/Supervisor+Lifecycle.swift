@@ -39,7 +39,7 @@ extension Supervisor {
     }
 
     /// SIGCHLD: a domain process is gone. Decide what it means and apply on_poweroff/on_reboot/on_crash.
-    func processExited(pid: pid_t, status: ExitStatus) {
+    func processExited(pid: pid_t, status: ProcessStatus) {
         guard let domid = domidByPid.removeValue(forKey: pid), let dom = domains[domid] else { return }
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
         consoleReadable(dom)

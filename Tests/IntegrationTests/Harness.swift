@@ -40,19 +40,20 @@ func runCommand(_ path: String, _ args: [String], env: [String: String], stdin: 
     try p.run()
     if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
     try? input.fileHandleForWriting.close()
-    var outData = Data(), errData = Data()
+    final class Collected: @unchecked Sendable { var out = Data(), err = Data() }
+    let collected = Collected()
     let group = DispatchGroup()
     group.enter()
-    DispatchQueue.global().async { outData = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    DispatchQueue.global().async { collected.out = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
     group.enter()
-    DispatchQueue.global().async { errData = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    DispatchQueue.global().async { collected.err = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
     if group.wait(timeout: .now() + timeout) == .timedOut {
         kill(p.processIdentifier, SIGKILL)
         group.wait()
     }
     p.waitUntilExit()
-    return CommandResult(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+    return CommandResult(status: p.terminationStatus, stdout: String(decoding: collected.out, as: UTF8.self),
+                         stderr: String(decoding: collected.err, as: UTF8.self))
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
