@@ -60,6 +60,7 @@ let package = Package(
             path: "Benchmarks/procvisor-bench",
             swiftSettings: v5
         ),
+        .executableTarget(name: "bench-guest", dependencies: ["DomainRuntime"], path: "Benchmarks/bench-guest", swiftSettings: v5),
 
         // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
         .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),

@@ -148,8 +148,9 @@ public struct DomainConfig: Codable, Equatable, Sendable {
     }
 
     /// Reads `path`, appends each of `extraSettings` as a further config line (like
-    /// `xl create cfg KEY=VALUE...`, after the file; errors in them name "command line"),
-    /// then builds.
+    /// `xl create cfg KEY=VALUE...`: they come after the file, so they override it and `+=`
+    /// extends it; errors in them are located at "command line:N:COL", N being the setting's
+    /// position), then builds.
     public static func load(path: String, extraSettings: [String], warnings: inout [String]) throws -> DomainConfig {
         let file = try XLConfigParser.parseFile(path: path)
         return try DomainConfig(file.appending(extras(extraSettings)), warnings: &warnings)
@@ -163,7 +164,8 @@ public struct DomainConfig: Codable, Equatable, Sendable {
         return try DomainConfig(parsed.appending(extras(extraSettings)), warnings: &warnings)
     }
 
-    /// The file name command-line settings are reported under, as in xl.
+    /// The source name errors and warnings in command-line settings carry. xl itself appends
+    /// them to the file's text and so blames the file; naming them apart says where to look.
     public static let commandLineSourceName = "command line"
 
     /// Command-line settings, one per line, so line N is the Nth setting.

@@ -193,6 +193,9 @@ struct XLConfigLexer {
                 index += 1
                 break
             }
+            if byte == 0 {
+                throw XLConfigError("NUL bytes are not allowed in strings", at: location(at: index))
+            }
             if byte != UInt8(ascii: "\\") {
                 out.append(byte)
                 index += 1
