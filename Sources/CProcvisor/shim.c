@@ -7,6 +7,7 @@
 #include <linux/filter.h>
 #include <linux/futex.h>
 #include <linux/seccomp.h>
+#include <liburing.h>
 #include <seccomp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,6 +259,51 @@ int pv_proc_seccomp_status(pid_t pid, int *mode, int *filters) {
         else if (!strncmp(line, "Seccomp_filters:", 16)) *filters = atoi(line + 16);
     }
     fclose(f);
+    return 0;
+}
+
+// ---- io_uring ----
+
+void *pv_uring_create(unsigned int entries, int *err) {
+    struct io_uring *ring = calloc(1, sizeof(*ring));
+    if (!ring) { *err = -ENOMEM; return NULL; }
+    int rc = io_uring_queue_init(entries, ring, 0);
+    if (rc < 0) { free(ring); *err = rc; return NULL; }
+    *err = 0;
+    return ring;
+}
+
+void pv_uring_destroy(void *ring) {
+    if (!ring) return;
+    io_uring_queue_exit(ring);
+    free(ring);
+}
+
+int pv_uring_prep_read(void *ring, int fd, void *buf, unsigned int len, uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_read(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int pv_uring_prep_write(void *ring, int fd, const void *buf, unsigned int len, uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_write(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int pv_uring_submit(void *ring) { return io_uring_submit(ring); }
+
+int pv_uring_complete(void *ring, int wait, uint64_t *user_data, int32_t *result) {
+    struct io_uring_cqe *cqe = NULL;
+    int rc = wait ? io_uring_wait_cqe(ring, &cqe) : io_uring_peek_cqe(ring, &cqe);
+    if (rc < 0) return rc;
+    *user_data = io_uring_cqe_get_data64(cqe);
+    *result = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
     return 0;
 }
 

@@ -14,9 +14,12 @@
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <linux/sched.h>
+#include <sys/mman.h>
 
 /// AT_EMPTY_PATH needs _GNU_SOURCE in glibc's headers, which a module header must not define.
 #define PV_AT_EMPTY_PATH 0x1000
+/// MFD_CLOEXEC (sys/mman.h declares memfd flags only under _GNU_SOURCE).
+#define PV_MFD_CLOEXEC 0x0001U
 
 #ifdef __cplusplus
 extern "C" {
@@ -107,6 +110,19 @@ pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
 /// Procvisor "seccomp violation" hypercall on `hypercall_fd`, then dies of SIGSYS.
 /// `op` is the hypercall number the supervisor expects for that report.
 int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op);
+
+// ---- io_uring (liburing) ----
+/// Creates a ring with `entries` submission slots; NULL with *err = -errno when the kernel refuses
+/// (EPERM under io_uring_disabled or a seccomp policy, ENOSYS on old kernels).
+void *pv_uring_create(unsigned int entries, int *err);
+void pv_uring_destroy(void *ring);
+/// Queues a read/write at `offset`; -EBUSY when the submission queue is full.
+int pv_uring_prep_read(void *ring, int fd, void *buf, unsigned int len, uint64_t offset, uint64_t user_data);
+int pv_uring_prep_write(void *ring, int fd, const void *buf, unsigned int len, uint64_t offset, uint64_t user_data);
+/// Submits queued entries: number submitted or -errno.
+int pv_uring_submit(void *ring);
+/// Waits for one completion (wait=1) or takes one if ready (wait=0: -EAGAIN when none).
+int pv_uring_complete(void *ring, int wait, uint64_t *user_data, int32_t *result);
 
 // ---- misc ----
 /// fork(2) for daemonising a freshly started, single-threaded process: pid, 0 in the child, or -errno.

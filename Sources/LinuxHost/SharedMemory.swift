@@ -1,0 +1,85 @@
+import CProcvisor
+import Glibc
+
+/// memfd-backed memory: the medium of domain RAM and grant frames.
+public enum MemFD {
+    /// An anonymous memory file of `size` bytes (close-on-exec). The corresponding C function is `memfd_create`.
+    public static func create(name: String, size: Int) throws -> FileDescriptor {
+        let raw = try negErrno("memfd_create", name) { pv_memfd_create(name, PV_MFD_CLOEXEC) }
+        let fd = FileDescriptor(rawValue: raw)
+        do {
+            try retrying("ftruncate", name) { ftruncate(raw, off_t(size)) }
+        } catch {
+            fd.close()
+            throw error
+        }
+        return fd
+    }
+
+    /// Returns `length` bytes at `offset` to the host (FALLOC_FL_PUNCH_HOLE).
+    public static func punchHole(_ fd: FileDescriptor, offset: Int, length: Int) throws {
+        try negErrno("fallocate(PUNCH_HOLE)", "\(fd) offset \(offset) length \(length)") {
+            pv_punch_hole(fd.rawValue, Int64(offset), Int64(length))
+        }
+    }
+
+    /// Bytes of the file actually backed by memory (st_blocks × 512).
+    public static func allocatedBytes(_ fd: FileDescriptor) throws -> Int {
+        var st = stat()
+        try retrying("fstat", "\(fd)") { fstat(fd.rawValue, &st) }
+        return Int(st.st_blocks) * 512
+    }
+}
+
+/// A shared mapping of a descriptor; unmapped when released.
+public final class SharedMapping {
+    public let base: UnsafeMutableRawPointer
+    public let length: Int
+
+    /// Maps `length` bytes at `offset`, MAP_SHARED, read-only or read-write.
+    public init(_ fd: FileDescriptor, length: Int, offset: Int = 0, writable: Bool = true) throws {
+        let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
+        let p = mmap(nil, length, prot, MAP_SHARED, fd.rawValue, off_t(offset))
+        guard let p, p != MAP_FAILED else { throw SystemError("mmap", "\(fd) length \(length)", errno: .current) }
+        base = p
+        self.length = length
+    }
+
+    deinit { munmap(base, length) }
+
+    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: length) }
+}
+
+/// Futexes on shared memory words (not FUTEX_PRIVATE: the waker may be another process).
+public enum Futex {
+    public enum WaitResult: Equatable { case woken, valueChanged, timedOut, interrupted }
+
+    /// Sleeps while `*word == expected`. The corresponding C call is `futex(FUTEX_WAIT)`.
+    public static func wait(_ word: UnsafeMutablePointer<UInt32>, expected: UInt32, timeoutNs: Int64 = -1) throws -> WaitResult {
+        let rc = pv_futex_wait(word, expected, timeoutNs)
+        switch -rc {
+        case 0: return .woken
+        case EAGAIN: return .valueChanged
+        case ETIMEDOUT: return .timedOut
+        case EINTR: return .interrupted
+        default: throw SystemError("futex(FUTEX_WAIT)", errno: Errno(rawValue: -rc))
+        }
+    }
+
+    /// Wakes up to `count` waiters; returns how many woke.
+    @discardableResult
+    public static func wake(_ word: UnsafeMutablePointer<UInt32>, count: Int32 = 1) throws -> Int {
+        Int(try negErrno("futex(FUTEX_WAKE)") { pv_futex_wake(word, count) })
+    }
+
+    /// Waits on several words at once (futex_waitv, Linux 5.16+): the index of the word that woke,
+    /// or nil on timeout.
+    public static func waitAny(_ words: [(UnsafeMutablePointer<UInt32>, UInt32)], timeoutNs: Int64 = -1) throws -> Int? {
+        let waiters = words.map { pv_futex_waiter(addr: $0.0, expected: $0.1) }
+        let rc = waiters.withUnsafeBufferPointer { pv_futex_waitv($0.baseAddress, UInt32($0.count), timeoutNs) }
+        if rc == -ETIMEDOUT { return nil }
+        if rc == -EAGAIN { return -1 }  // a word had already changed: caller rescans
+        if rc < 0 { throw SystemError("futex_waitv", errno: Errno(rawValue: -rc)) }
+        return Int(rc)
+    }
+}
