@@ -30,10 +30,13 @@ public final class Domain {
 
     let hypercalls: HypercallChannel
     let events: DomainEvents
+    /// This domain's event channels (bind, send, wait).
+    public let eventChannels: EventChannels
 
     private static var current: Domain?
 
-    init(startInfo: StartInfo, hypercalls: HypercallChannel) {
+    init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels) {
+        self.eventChannels = eventChannels
         self.startInfo = startInfo
         domid = startInfo.domid
         name = startInfo.name
@@ -66,9 +69,15 @@ public final class Domain {
             bootFailure("cannot install the SIGSYS reporter: \(error)")
         }
         let channel = HypercallChannel(fd: fd)
-        let boot = channel.call(.bootstrap)
-        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload) else {
+        let (boot, bootFDs) = channel.callWithFDs(.bootstrap)
+        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload), bootFDs.count == 2 else {
             bootFailure("bootstrap hypercall failed (rc \(boot.rc))")
+        }
+        let evtchn: EventChannels
+        do {
+            evtchn = try EventChannels(domid: info.domid, hypercalls: channel, doorbellFD: bootFDs[0], selfPageFD: bootFDs[1])
+        } catch {
+            bootFailure("cannot map the event pages: \(error)")
         }
         do {
             try SeccompPolicies.guest.compile(threadSync: true).load()
@@ -79,7 +88,7 @@ public final class Domain {
         if engaged.rc != 0 {
             bootFailure("the supervisor refused the sandbox engagement (rc \(engaged.rc))")
         }
-        let domain = Domain(startInfo: info, hypercalls: channel)
+        let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn)
         domain.events.start(domain: domain)
         current = domain
         return domain
@@ -126,6 +135,12 @@ public final class Domain {
     public func block(timeoutNs: UInt64? = nil) -> Bool {
         let r = hypercalls.call(.schedOp, [SchedOp.block.rawValue, timeoutNs ?? UInt64.max])
         return r.rc == 1
+    }
+
+    /// `set_timer_op`: raise VIRQ_TIMER once, `nanoseconds` from now (nil cancels).
+    public func setTimer(nanoseconds: UInt64?) {
+        let deadline = nanoseconds.map { MonotonicClock.nanoseconds() + max($0, 1) } ?? 0
+        _ = hypercalls.call(.setTimerOp, [deadline])
     }
 
     /// `SCHEDOP_shutdown`: stop this domain with `reason`; the supervisor applies the matching

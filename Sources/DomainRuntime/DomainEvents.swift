@@ -40,6 +40,10 @@ final class DomainEvents {
                 return
             }
             guard let message else { return }  // supervisor gone: the hypercall channel will notice
+            if let channelEvent = try? ChannelEvent.decode(message.bytes) {
+                domain.eventChannels.handle(channelEvent, fds: message.fds)
+                continue
+            }
             message.fds.forEach { $0.close() }
             guard let event = try? DomainEvent.decode(message.bytes) else { continue }
             switch event {

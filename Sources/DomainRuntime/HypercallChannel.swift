@@ -10,7 +10,7 @@ final class HypercallChannel {
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private var nextSeq: UInt64 = 1
-    private var replies: [UInt64: HypercallReply] = [:]
+    private var replies: [UInt64: (HypercallReply, [FileDescriptor])] = [:]
     private var readerActive = false
     private var failure: String?
 
@@ -23,6 +23,13 @@ final class HypercallChannel {
     /// Issues one hypercall and waits for its reply. A broken channel means the supervisor is gone
     /// or has disowned this domain: there is nothing sensible left to do but exit.
     func call(_ op: HypercallOp, _ args: [UInt64] = [], payload: [UInt8] = []) -> HypercallReply {
+        let (reply, fds) = callWithFDs(op, args, payload: payload)
+        fds.forEach { $0.close() }
+        return reply
+    }
+
+    /// Like `call`, also returning descriptors the supervisor attached to the reply (the caller owns them).
+    func callWithFDs(_ op: HypercallOp, _ args: [UInt64] = [], payload: [UInt8] = []) -> (HypercallReply, [FileDescriptor]) {
         pthread_mutex_lock(&mutex)
         let seq = nextSeq
         nextSeq += 1
@@ -49,10 +56,10 @@ final class HypercallChannel {
             readerActive = false
             switch received {
             case let .success(message?):
-                message.fds.forEach { $0.close() }
                 if let reply = try? HypercallReply.decode(message.bytes) {
-                    replies[reply.seq] = reply
+                    replies[reply.seq] = (reply, message.fds)
                 } else {
+                    message.fds.forEach { $0.close() }
                     failure = "malformed hypercall reply from the supervisor"
                 }
             case .success(nil):

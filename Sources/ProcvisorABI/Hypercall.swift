@@ -3,6 +3,7 @@
 public enum HypercallOp: UInt32, Sendable, CaseIterable {
     case memoryOp = 12            // __HYPERVISOR_memory_op
     case multicall = 13           // __HYPERVISOR_multicall
+    case setTimerOp = 15          // __HYPERVISOR_set_timer_op
     case xenVersion = 17          // __HYPERVISOR_xen_version
     case consoleIO = 18           // __HYPERVISOR_console_io
     case grantTableOp = 20        // __HYPERVISOR_grant_table_op
@@ -82,7 +83,7 @@ public enum ProcvisorVersion {
 public enum XenErrno: Int64, Sendable {
     case EPERM = 1, ENOENT = 2, ESRCH = 3, EINTR = 4, EIO = 5, E2BIG = 7, EBADF = 9, EAGAIN = 11
     case ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, EEXIST = 17, ENODEV = 19, EINVAL = 22
-    case ENOSPC = 28, ERANGE = 34, ENOSYS = 38, EOPNOTSUPP = 95
+    case ENOSPC = 28, ERANGE = 34, ENOSYS = 38, EOPNOTSUPP = 95, ENOTCONN = 107
 }
 
 /// Request header (64 bytes, little endian) followed by `payloadLength` bytes:

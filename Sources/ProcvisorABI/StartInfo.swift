@@ -114,3 +114,42 @@ public enum BootstrapFD {
     /// SOCK_SEQPACKET event channel: asynchronous messages from the supervisor.
     public static let events: Int32 = 4
 }
+
+/// Event-channel messages the supervisor pushes on a domain's event socket. Descriptors travel
+/// with the message (SCM_RIGHTS) where noted.
+public enum ChannelEvent: Equatable, Sendable {
+    /// Descriptors: the pair page shared with `peer`, then `peer`'s doorbell page.
+    case peerPages(peer: UInt16)
+    /// Another domain bound to this domain's unbound `port`.
+    case portBound(port: EvtchnPort, peer: UInt16, remotePort: EvtchnPort)
+    /// The remote end of `port` closed (or its domain died): the port is unbound again.
+    case portUnbound(port: EvtchnPort)
+
+    public func encode() -> [UInt8] {
+        var w = WireWriter(capacity: 16)
+        switch self {
+        case let .peerPages(peer):
+            w.u32(2); w.u32(UInt32(peer)); w.u32(0); w.u32(0)
+        case let .portBound(port, peer, remote):
+            w.u32(3); w.u32(port); w.u32(UInt32(peer)); w.u32(remote)
+        case let .portUnbound(port):
+            w.u32(4); w.u32(port); w.u32(0); w.u32(0)
+        }
+        return w.bytes
+    }
+
+    /// nil when the message is not a channel event (e.g. a shutdown request).
+    public static func decode(_ bytes: [UInt8]) throws -> ChannelEvent? {
+        var r = WireReader(bytes, what: "channel event")
+        let type = try r.u32()
+        switch type {
+        case 2: return .peerPages(peer: UInt16(truncatingIfNeeded: try r.u32()))
+        case 3:
+            let port = try r.u32()
+            let peer = UInt16(truncatingIfNeeded: try r.u32())
+            return .portBound(port: port, peer: peer, remotePort: try r.u32())
+        case 4: return .portUnbound(port: try r.u32())
+        default: return nil
+        }
+    }
+}

@@ -42,6 +42,10 @@ final class DomainRecord {
     let consoleOutFD: FileDescriptor
     let consoleInFD: FileDescriptor
     var watchTokens: [(FileDescriptor, UInt64)] = []
+    /// Event channels; nil once the domain is gone.
+    var evtchn: DomainEventChannels?
+    /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
+    var virqTimer: UInt64?
     /// The descriptors above have been closed (process gone or supervisor stopping).
     var released = false
     var consoleLog: FileDescriptor?

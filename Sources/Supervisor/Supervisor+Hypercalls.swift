@@ -40,7 +40,8 @@ extension Supervisor {
                 malformed(dom, seq: message.bytes.count >= 16 ? Self.seqOf(message.bytes) : 0, "\(error)")
                 continue
             }
-            if let reply = dispatch(dom, request) { reply_(dom, reply) }
+            if let reply = dispatch(dom, request) { reply_(dom, reply, fds: replyFDs) }
+            replyFDs = []
         }
     }
 
@@ -67,10 +68,10 @@ extension Supervisor {
     }
 
     /// Sends a reply without blocking. A domain that does not read its replies is flooding: crash it.
-    func reply_(_ dom: DomainRecord, _ reply: HypercallReply) {
+    func reply_(_ dom: DomainRecord, _ reply: HypercallReply, fds: [FileDescriptor] = []) {
         guard dom.hasProcess, !dom.released else { return }
         do {
-            try UnixSocket.send(dom.hypercallFD, reply.encode(), nonBlocking: true)
+            try UnixSocket.send(dom.hypercallFD, reply.encode(), fds: fds, nonBlocking: true)
         } catch let e as SystemError where e.errno == .wouldBlock {
             crash(dom, "hypercall flood: replies are not being read")
         } catch {
@@ -98,6 +99,9 @@ extension Supervisor {
                                  memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,
                                  vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
                                  engageTimeoutMs: UInt32(options.engageTimeoutMs))
+            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid) {
+                replyFDs = [ev.doorbell.fd, selfPage.fd]
+            }
             return HypercallReply(seq: seq, rc: 0, payload: info.encode())
         case .engaged:
             guard dom.phase == .booting, dom.bootstrapped, !inMulticall else { return .error(seq, .EPERM) }
@@ -159,6 +163,25 @@ extension Supervisor {
             case nil:
                 return .error(seq, .ENOSYS)
             }
+        case .eventChannelOp:
+            if inMulticall && r.args[0] == EvtchnOp.bindInterdomain.rawValue { return .error(seq, .EINVAL) }
+            let (reply, fds) = eventChannelOp(dom, r)
+            replyFDs = fds
+            return reply
+        case .setTimerOp:
+            loop.cancel(dom.virqTimer)
+            dom.virqTimer = nil
+            let deadline = r.args[0]
+            if deadline != 0 {
+                let now = MonotonicClock.nanoseconds()
+                let ms = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
+                dom.virqTimer = loop.after(ms: ms) { [weak self, weak dom] in
+                    guard let self, let dom, dom.hasProcess else { return }
+                    dom.virqTimer = nil
+                    self.raiseVirq(dom, .timer)
+                }
+            }
+            return HypercallReply(seq: seq, rc: 0)
         case .multicall:
             if inMulticall { return .error(seq, .EINVAL) }
             let calls: [HypercallRequest]

@@ -72,6 +72,7 @@ extension Supervisor {
                                hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
                                quickRestarts: quickRestarts)
         dom.createWaiter = waiter
+        dom.evtchn = try? DomainEventChannels(domid: domid)
         domains[domid] = dom
         domidByPid[pid] = domid
         dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),

@@ -47,7 +47,9 @@ extension Supervisor {
         dom.finalCPUTimeNs = ProcFS.cpuTimeNs(of: pid)
         dom.pid = 0
         loop.cancel(dom.engageTimer)
+        loop.cancel(dom.virqTimer)
         releaseResources(dom)
+        closeEventChannels(dom)
         let how: String
         switch status {
         case let .exited(code): how = "exited with status \(code)"
@@ -256,6 +258,7 @@ extension Supervisor {
     func consoleInput(_ dom: DomainRecord, _ bytes: [UInt8]) {
         guard dom.hasProcess, !dom.released else { return }
         let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
+        if n > 0 { raiseVirq(dom, .console) }
         if n < bytes.count {
             logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])
         }

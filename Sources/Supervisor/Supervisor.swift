@@ -13,6 +13,10 @@ public final class Supervisor {
     var domidByPid: [pid_t: UInt16] = [:]
     var connections: [ObjectIdentifier: ControlConnection] = [:]
     var dmesg = HypervisorLog()
+    /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
+    var pairPages: [UInt32: SharedPage] = [:]
+    /// Descriptors to attach to the hypercall reply being built (set by dispatch).
+    var replyFDs: [FileDescriptor] = []
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
     var recentShutdowns: [UInt16: ShutdownReason] = [:]
     /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.

@@ -135,6 +135,21 @@ int pv_close_range_from(unsigned int first);
 uint64_t pv_monotonic_ns(void);
 int pv_gettid(void);
 
+// ---- atomics on shared memory (event pages, grant entries) ----
+static inline uint64_t pv_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline uint64_t pv_atomic_fetch_or_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+static inline uint64_t pv_atomic_fetch_and_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t pv_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+static inline void pv_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+static inline uint32_t pv_atomic_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline uint16_t pv_atomic_load_u16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+/// Compare-and-swap of a 16-bit word (grant entry flags); returns the value found.
+static inline uint16_t pv_atomic_cmpxchg_u16(uint16_t *p, uint16_t expected, uint16_t desired) {
+    __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return expected;
+}
+static inline void pv_cpu_relax(void) { __builtin_ia32_pause(); }
+
 #ifdef __cplusplus
 }
 #endif

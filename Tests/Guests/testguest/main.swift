@@ -194,6 +194,53 @@ case "flood":
     let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
     let req = HypercallRequest(.xenVersion, seq: 7, args: [0]).encode()
     while true { _ = try? UnixSocket.send(fd, req) }
+case "evtchn-offer":
+    // Offers an unbound port to `peer`, then echoes every event back until the channel closes.
+    let ev = domain.eventChannels
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let port = try! ev.allocUnbound(remote: peer)
+    print("offer port=\(port)")
+    fflush(stdout)
+    var echoed = 0
+    while true {
+        let ports = ev.wait(timeoutNs: 10_000_000_000)
+        if ports.isEmpty { continue }
+        if ports.contains(port) {
+            if !ev.isConnected(port) && echoed > 0 { break }
+            if ev.isConnected(port) { try? ev.send(port); echoed += 1 }
+        }
+    }
+    print("echoed \(echoed) events; peer closed")
+    fflush(stdout)
+    domain.shutdown(.poweroff)
+case "evtchn-bind":
+    // Reads "peer=D port=P" from the console, binds, bounces `rounds` events, reports the RTT.
+    let ev = domain.eventChannels
+    guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
+    let kv = Dictionary(uniqueKeysWithValues: line.split(separator: " ").compactMap { part -> (String, String)? in
+        let f = part.split(separator: "=", maxSplits: 1)
+        return f.count == 2 ? (String(f[0]), String(f[1])) : nil
+    })
+    let peer = UInt16(kv["peer"] ?? "") ?? 0
+    let rport = UInt32(kv["port"] ?? "") ?? 0
+    let port: UInt32
+    do { port = try ev.bindInterdomain(remote: peer, remotePort: rport) } catch {
+        print("bind failed: \(error)"); fflush(stdout); domain.shutdown(.crash)
+    }
+    let status = try! ev.status(port)
+    print("bound port=\(port) status=\(status.status) remote=\(status.remoteDomid):\(status.remotePort)")
+    let rounds = Int(arg("rounds") ?? "1000") ?? 1000
+    let t0 = MonotonicClock.nanoseconds()
+    for _ in 0..<rounds {
+        try! ev.send(port)
+        while !ev.wait().contains(port) {}
+    }
+    let t1 = MonotonicClock.nanoseconds()
+    print("pingpong rounds=\(rounds) rtt_ns=\((t1 - t0) / UInt64(rounds))")
+    try! ev.close(port)
+    print("closed")
+    fflush(stdout)
+    domain.shutdown(.poweroff)
 case "multicall":
     let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")

@@ -1,0 +1,290 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// A hypercall that failed: which one and Xen's errno.
+public struct HypercallError: Error, Equatable, CustomStringConvertible {
+    public var operation: String
+    public var errno: Int64
+
+    public var description: String {
+        let name = XenErrno(rawValue: errno).map { "\($0)" } ?? "errno \(errno)"
+        return "\(operation) failed: \(name)"
+    }
+}
+
+/// Event channels seen from inside a domain. Binding goes through the supervisor; sending and
+/// receiving go through shared pages and futexes only: `send` sets the receiver's pending bit in
+/// the page the two domains share and rings its doorbell; `wait` sleeps on this domain's doorbell
+/// and collects every pending, unmasked port.
+public final class EventChannels {
+    public typealias Port = EvtchnPort
+
+    enum Entry: Equatable {
+        case free
+        case unbound(remote: UInt16)
+        case interdomain(peer: UInt16, remotePort: Port)
+        case virq(VIRQ)
+        case ipi
+    }
+
+    struct PeerPages {
+        let pair: SharedMapping
+        /// The peer's doorbell page (nil for the page shared with the supervisor).
+        let doorbell: SharedMapping?
+    }
+
+    let domid: UInt16
+    let hypercalls: HypercallChannel
+    let ownDoorbell: SharedMapping
+    private var mutex = pthread_mutex_t()
+    private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
+    private var peers: [UInt16: PeerPages] = [:]
+    private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
+    /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
+    private var localPending: Set<Port> = []
+    /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
+    private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>)] = []
+
+    var doorbellWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self) }
+    var sleepersWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self) }
+
+    init(domid: UInt16, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
+        self.domid = domid
+        self.hypercalls = hypercalls
+        ownDoorbell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
+        let selfPage = try SharedMapping(selfPageFD, length: EventPages.pageSize)
+        doorbellFD.close()
+        selfPageFD.close()
+        pthread_mutex_init(&mutex, nil)
+        peers[0] = PeerPages(pair: selfPage, doorbell: nil)
+        rebuildScanList()
+    }
+
+    private func lock() { pthread_mutex_lock(&mutex) }
+    private func unlock() { pthread_mutex_unlock(&mutex) }
+
+    private func rebuildScanList() {
+        scanList = peers.map { peer, pages in
+            (peer, (pages.pair.base + EventPages.inboundOffset(receiver: domid, peer: peer)).assumingMemoryBound(to: UInt64.self))
+        }
+    }
+
+    private func op(_ name: String, _ args: [UInt64]) throws -> HypercallReply {
+        let r = hypercalls.call(.eventChannelOp, args)
+        if r.rc < 0 { throw HypercallError(operation: "EVTCHNOP_\(name)", errno: -r.rc) }
+        return r
+    }
+
+    // MARK: binding (through the supervisor)
+
+    /// `EVTCHNOP_alloc_unbound`: a port `remote` may bind to.
+    public func allocUnbound(remote: UInt16) throws -> Port {
+        let port = Port(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF), UInt64(remote)]).rc)
+        lock(); entries[Int(port)] = .unbound(remote: remote); unlock()
+        return port
+    }
+
+    /// `EVTCHNOP_bind_interdomain`: connects a new local port to `remote`'s unbound `remotePort`.
+    public func bindInterdomain(remote: UInt16, remotePort: Port) throws -> Port {
+        let (r, fds) = hypercalls.callWithFDs(.eventChannelOp, [EvtchnOp.bindInterdomain.rawValue, UInt64(remote), UInt64(remotePort)])
+        defer { fds.forEach { $0.close() } }
+        if r.rc < 0 { throw HypercallError(operation: "EVTCHNOP_bind_interdomain", errno: -r.rc) }
+        let port = Port(r.rc)
+        let peer = remote == DOMID_SELF ? domid : remote
+        if fds.count == 2 { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
+        lock(); entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort)
+        if peer == domid { entries[Int(remotePort)] = .interdomain(peer: peer, remotePort: port) }
+        unlock()
+        return port
+    }
+
+    /// `EVTCHNOP_bind_virq`.
+    public func bindVirq(_ virq: VIRQ, vcpu: Int = 0) throws -> Port {
+        let port = Port(try op("bind_virq", [EvtchnOp.bindVirq.rawValue, UInt64(virq.rawValue), UInt64(vcpu)]).rc)
+        lock(); entries[Int(port)] = .virq(virq); unlock()
+        return port
+    }
+
+    /// `EVTCHNOP_bind_ipi`: a port for signalling this domain's own vCPUs.
+    public func bindIPI(vcpu: Int = 0) throws -> Port {
+        let port = Port(try op("bind_ipi", [EvtchnOp.bindIPI.rawValue, UInt64(vcpu)]).rc)
+        lock(); entries[Int(port)] = .ipi; unlock()
+        return port
+    }
+
+    /// `EVTCHNOP_close`. The remote end of an interdomain channel becomes unbound.
+    public func close(_ port: Port) throws {
+        _ = try op("close", [EvtchnOp.close.rawValue, UInt64(port)])
+        lock()
+        if case let .interdomain(peer, rport) = entries[Int(port)], peer == domid { entries[Int(rport)] = .unbound(remote: domid) }
+        entries[Int(port)] = .free
+        unlock()
+    }
+
+    /// `EVTCHNOP_status`.
+    public func status(_ port: Port) throws -> EvtchnStatusInfo {
+        let r = try op("status", [EvtchnOp.status.rawValue, UInt64(DOMID_SELF), UInt64(port)])
+        return try EvtchnStatusInfo.decode(r.payload)
+    }
+
+    /// Mask or unmask a port (local state, as Xen's shared-info mask bits).
+    public func mask(_ port: Port) {
+        lock(); masks[Int(port / 64)] |= 1 << UInt64(port % 64); unlock()
+    }
+
+    /// Unmasks; a port that became pending while masked is delivered by the next `wait`.
+    public func unmask(_ port: Port) {
+        lock(); masks[Int(port / 64)] &= ~(1 << UInt64(port % 64)); unlock()
+        ring(ownDoorbell)
+    }
+
+    // MARK: data path (no supervisor)
+
+    /// `EVTCHNOP_send` through shared memory: marks the remote port pending and rings its doorbell.
+    /// Throws for a port that is not bound (closed, unbound, or a virq).
+    public func send(_ port: Port) throws {
+        guard port > 0, Int(port) < EventPages.maxPorts else { throw HypercallError(operation: "EVTCHNOP_send", errno: XenErrno.EINVAL.rawValue) }
+        lock()
+        let entry = entries[Int(port)]
+        let target: (bitmap: UnsafeMutablePointer<UInt64>, bit: Port, bell: SharedMapping)?
+        switch entry {
+        case let .interdomain(peer, rport) where peer == domid:
+            target = peers[0].map { (bitmapOf($0.pair, receiver: domid, peer: 0), rport, ownDoorbell) }
+        case let .interdomain(peer, rport):
+            target = peers[peer].flatMap { p in p.doorbell.map { (bitmapOf(p.pair, receiver: peer, peer: domid), rport, $0) } }
+        case .ipi:
+            target = peers[0].map { (bitmapOf($0.pair, receiver: domid, peer: 0), port, ownDoorbell) }
+        default:
+            target = nil
+        }
+        unlock()
+        guard let target else {
+            let e: XenErrno = { if case .unbound = entry { return .ENOTCONN } else { return .EINVAL } }()
+            throw HypercallError(operation: "EVTCHNOP_send", errno: e.rawValue)
+        }
+        SharedAtomic.fetchOr(target.bitmap + Int(target.bit / 64), 1 << UInt64(target.bit % 64))
+        ring(target.bell)
+    }
+
+    private func bitmapOf(_ page: SharedMapping, receiver: UInt16, peer: UInt16) -> UnsafeMutablePointer<UInt64> {
+        (page.base + EventPages.inboundOffset(receiver: receiver, peer: peer)).assumingMemoryBound(to: UInt64.self)
+    }
+
+    private func ring(_ bell: SharedMapping) {
+        let word = (bell.base + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self)
+        SharedAtomic.fetchAdd(word, 1)
+        if SharedAtomic.load((bell.base + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self)) != 0 {
+            _ = try? Futex.wake(word, count: Int32.max)
+        }
+    }
+
+    /// Takes every pending, unmasked port bound to the page's peer. Bits a peer set for ports it
+    /// is not bound to are cleared and ignored: a domain can signal only ports bound to it.
+    public func poll() -> [Port] {
+        var out: [Port] = []
+        lock()
+        defer { unlock() }
+        if !localPending.isEmpty {
+            for p in localPending where masks[Int(p / 64)] & (1 << UInt64(p % 64)) == 0 { out.append(p) }
+            localPending.subtract(out)
+        }
+        for (peer, bitmap) in scanList {
+            for w in 0..<(EventPages.maxPorts / 64) {
+                let word = bitmap + w
+                let v = SharedAtomic.load(word)
+                if v == 0 { continue }
+                var valid: UInt64 = 0
+                var bits = v
+                while bits != 0 {
+                    let b = bits.trailingZeroBitCount
+                    bits &= bits - 1
+                    let port = w * 64 + b
+                    switch entries[port] {
+                    case let .interdomain(p, _) where p == peer || (p == domid && peer == 0): valid |= 1 << UInt64(b)
+                    case .virq, .ipi: if peer == 0 { valid |= 1 << UInt64(b) }
+                    default: break
+                    }
+                }
+                let take = valid & ~masks[w]
+                let stray = v & ~valid
+                if take | stray != 0 { SharedAtomic.fetchAnd(word, ~(take | stray)) }
+                var t = take
+                while t != 0 {
+                    out.append(Port(w * 64 + t.trailingZeroBitCount))
+                    t &= t - 1
+                }
+            }
+        }
+        return out
+    }
+
+    /// Blocks until at least one bound, unmasked port is pending (or `timeoutNs` passes: []).
+    /// `spin` doorbell checks happen before sleeping: sub-microsecond delivery when a core is free.
+    public func wait(timeoutNs: Int64 = -1, spin: Int = 0) -> [Port] {
+        let deadline: UInt64? = timeoutNs >= 0 ? MonotonicClock.nanoseconds() + UInt64(timeoutNs) : nil
+        while true {
+            let seen = SharedAtomic.load(doorbellWord)
+            let got = poll()
+            if !got.isEmpty { return got }
+            var changed = false
+            for _ in 0..<spin {
+                if SharedAtomic.load(doorbellWord) != seen { changed = true; break }
+                SharedAtomic.relax()
+            }
+            if changed { continue }
+            var remaining: Int64 = -1
+            if let deadline {
+                let now = MonotonicClock.nanoseconds()
+                if now >= deadline { return [] }
+                remaining = Int64(deadline - now)
+            }
+            SharedAtomic.fetchAdd(sleepersWord, 1)
+            if SharedAtomic.load(doorbellWord) == seen {
+                _ = try? Futex.wait(doorbellWord, expected: seen, timeoutNs: remaining)
+            }
+            SharedAtomic.fetchAdd(sleepersWord, UInt32.max)  // -1
+        }
+    }
+
+    // MARK: supervisor messages (event thread)
+
+    func addPeer(_ peer: UInt16, pairFD: FileDescriptor, doorbellFD: FileDescriptor) throws {
+        let pair = try SharedMapping(pairFD, length: EventPages.pageSize)
+        let bell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
+        lock()
+        peers[peer] = PeerPages(pair: pair, doorbell: bell)
+        rebuildScanList()
+        unlock()
+        ring(ownDoorbell)  // anything the peer sent before we could see its page is now visible
+    }
+
+    func handle(_ event: ChannelEvent, fds: [FileDescriptor]) {
+        switch event {
+        case let .peerPages(peer):
+            if fds.count == 2 { try? addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
+        case let .portBound(port, peer, remotePort):
+            guard port > 0, Int(port) < EventPages.maxPorts else { return }
+            lock(); entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort); unlock()
+            ring(ownDoorbell)
+        case let .portUnbound(port):
+            guard port > 0, Int(port) < EventPages.maxPorts else { return }
+            lock()
+            if case let .interdomain(peer, _) = entries[Int(port)] {
+                entries[Int(port)] = .unbound(remote: peer)
+                localPending.insert(port)
+            }
+            unlock()
+            ring(ownDoorbell)
+        }
+        fds.forEach { $0.close() }
+    }
+
+    /// Whether `port` is currently connected (false once the remote end closed or died).
+    public func isConnected(_ port: Port) -> Bool {
+        lock(); defer { unlock() }
+        guard port > 0, Int(port) < EventPages.maxPorts else { return false }
+        if case .interdomain = entries[Int(port)] { return true }
+        return false
+    }
+}
