@@ -1,8 +1,67 @@
-// bench-guest: the guest the lifecycle benchmark creates. Started bare (no supervisor), it
-// reports "R" on stdout as soon as main runs: the peer's measurement point. Started as a domain,
-// main runs right after the supervisor verified the sandbox (where `xl create` returns).
+// bench-guest: the guest the benchmarks create, and the peers they compare against.
+//  bare (no supervisor):   reports "R" on stdout as soon as main runs (lifecycle peer);
+//    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
+//    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
+//  as a domain: "mode=idle" (lifecycle), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S".
 import DomainRuntime
 import Glibc
+import LinuxHost
+
+let args = Array(CommandLine.arguments.dropFirst())
+func arg(_ key: String) -> String? {
+    args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
+}
+func report(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(1, $0, strlen($0)) }
+}
+
+switch args.first {
+case "--futex-ping", "--futex-pong":
+    let ping = args[0] == "--futex-ping"
+    let rounds = args.count > 1 ? Int(args[1]) ?? 10000 : 0
+    let map = try! SharedMapping(FileDescriptor(rawValue: 3), length: 4096)
+    let turn = map.base.assumingMemoryBound(to: UInt32.self)
+    if ping {
+        let t0 = MonotonicClock.nanoseconds()
+        for _ in 0..<rounds {
+            SharedAtomic.store(turn, 1)
+            _ = try? Futex.wake(turn)
+            while SharedAtomic.load(turn) == 1 { _ = try? Futex.wait(turn, expected: 1) }
+        }
+        report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
+        SharedAtomic.store(turn, 2)
+        _ = try? Futex.wake(turn)
+    } else {
+        while true {
+            while SharedAtomic.load(turn) == 0 { _ = try? Futex.wait(turn, expected: 0) }
+            if SharedAtomic.load(turn) == 2 { break }
+            SharedAtomic.store(turn, 0)
+            _ = try? Futex.wake(turn)
+        }
+    }
+    exit(0)
+case "--eventfd-ping", "--eventfd-pong":
+    let ping = args[0] == "--eventfd-ping"
+    let rounds = args.count > 1 ? Int(args[1]) ?? 10000 : 0
+    let (out, inp): (Int32, Int32) = ping ? (3, 4) : (4, 3)
+    var one: UInt64 = 1, got: UInt64 = 0
+    if ping {
+        let t0 = MonotonicClock.nanoseconds()
+        for _ in 0..<rounds {
+            _ = write(out, &one, 8)
+            _ = read(inp, &got, 8)
+        }
+        report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
+        var stop: UInt64 = 2
+        _ = write(out, &stop, 8)
+    } else {
+        while read(inp, &got, 8) == 8 && got == 1 { _ = write(out, &one, 8) }
+    }
+    exit(0)
+default:
+    break
+}
 
 var type: Int32 = 0
 var len = socklen_t(MemoryLayout<Int32>.size)
@@ -12,4 +71,43 @@ if getsockopt(3, SOL_SOCKET, SO_TYPE, &type, &len) != 0 {
 }
 let domain = Domain.start()
 _ = write(1, "R", 1)
-while true { domain.block() }
+let ev = domain.eventChannels
+switch arg("mode") ?? "idle" {
+case "evtchn-offer":
+    let port = try! ev.allocUnbound(remote: UInt16(arg("peer") ?? "0") ?? 0)
+    let spin = Int(arg("spin") ?? "0") ?? 0
+    report("offer port=\(port)")
+    while true {
+        let got = ev.wait(spin: spin)
+        if got.contains(port) {
+            if !ev.isConnected(port) { break }
+            try? ev.send(port)
+        }
+    }
+    domain.shutdown(.poweroff)
+case "evtchn-bind":
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let rport = UInt32(arg("port") ?? "1") ?? 1
+    let rounds = Int(arg("rounds") ?? "10000") ?? 10000
+    let spin = Int(arg("spin") ?? "0") ?? 0
+    var port: UInt32?
+    for _ in 0..<5000 where port == nil {  // the offer may not be allocated yet
+        port = try? ev.bindInterdomain(remote: peer, remotePort: rport)
+        if port == nil { usleep(1000) }
+    }
+    guard let port else { report("bind failed"); domain.shutdown(.crash) }
+    for _ in 0..<1000 {  // warm up
+        try! ev.send(port)
+        while !ev.wait(spin: spin).contains(port) {}
+    }
+    let t0 = MonotonicClock.nanoseconds()
+    for _ in 0..<rounds {
+        try! ev.send(port)
+        while !ev.wait(spin: spin).contains(port) {}
+    }
+    report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
+    try? ev.close(port)
+    domain.shutdown(.poweroff)
+default:
+    while true { domain.block() }
+}

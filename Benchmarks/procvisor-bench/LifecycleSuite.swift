@@ -3,57 +3,14 @@ import Glibc
 import LinuxHost
 import Toolstack
 
-enum Suites {
-    static let all: [String: (Int) throws -> [Result]] = ["lifecycle": LifecycleSuite.run]
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
 /// `xl create` → guest `main` running, against a bare fork+exec of the same binary until its
 /// `main` runs. Alternates the two so machine noise hits both alike.
 enum LifecycleSuite {
-    static func sibling(_ name: String) throws -> String {
-        let me = Process.executablePath() ?? CommandLine.arguments[0]
-        let path = String(me[..<(me.lastIndex(of: "/") ?? me.startIndex)]) + "/" + name
-        guard FileIO.isExecutable(path) else {
-            throw BenchError("\(path) is missing: build everything first (swift build -c release, or scripts/bench)")
-        }
-        return path
-    }
-
     static func run(count: Int) throws -> [Result] {
-        let guest = try sibling("bench-guest")
-        let supervisorPath = try sibling("procvisord")
-        var template = Array("/tmp/pvb.XXXXXX".utf8CString)
-        guard mkdtemp(&template) != nil else { throw Errno.current }
-        let dir = String(cString: template)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        var env = ProcessInfo.processInfo.environment
-        env["PROCVISOR_RUNDIR"] = dir
-        let sup = try Spawner.spawnPlain(path: supervisorPath, argv: [supervisorPath], env: env.map { "\($0.key)=\($0.value)" })
-        defer {
-            kill(sup, SIGTERM)
-            _ = try? ChildReaper.wait(sup)
-        }
-        var control: FileDescriptor?
-        for _ in 0..<500 where control == nil {
-            control = try? UnixSocket.connect(path: dir + "/control")
-            if control == nil { usleep(10_000) }
-        }
-        guard let fd = control else { throw BenchError("the supervisor did not start") }
-        var buffer: [UInt8] = []
-        func call(_ r: ControlRequest) throws -> ControlResponse {
-            try fd.writeAll(try ControlFraming.encode(r))
-            while true {
-                if let resp = try ControlFraming.decode(ControlResponse.self, from: &buffer) { return resp }
-                let chunk = try fd.read(upTo: 65536)
-                if chunk.isEmpty { throw BenchError("supervisor closed the connection") }
-                buffer += chunk
-            }
-        }
+        let sup = try BenchSupervisor()
+        defer { sup.stop() }
+        let guest = sup.guest
+        func call(_ r: ControlRequest) throws -> ControlResponse { try sup.call(r) }
         let null = try FileDescriptor.open("/dev/null", O_RDWR)
         defer { null.close() }
 
@@ -82,7 +39,6 @@ enum LifecycleSuite {
                 bare.append(Double(t3 - t2) / 1e6)
             }
         }
-        fd.close()
         let o = Sample(values: ours), b = Sample(values: bare)
         return [
             Result(name: "create_to_main_median", unit: "ms", procvisor: o.median, peer: b.median, peer_name: "fork+exec",

@@ -18,6 +18,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -435,6 +436,8 @@ int pv_install_sigsys_reporter(int hypercall_fd, uint32_t op) {
 }
 
 // ---- misc ----
+
+int pv_eventfd(unsigned int initval) { int fd = eventfd(initval, EFD_CLOEXEC); return fd < 0 ? neg_errno() : fd; }
 
 pid_t pv_fork(void) { pid_t p = fork(); return p < 0 ? neg_errno() : p; }
 

@@ -194,7 +194,7 @@ public final class EventChannels {
                 let word = bitmap + w
                 let v = SharedAtomic.load(word)
                 if v == 0 { continue }
-                var valid: UInt64 = 0
+                var valid: UInt64 = 0, early: UInt64 = 0
                 var bits = v
                 while bits != 0 {
                     let b = bits.trailingZeroBitCount
@@ -203,11 +203,13 @@ public final class EventChannels {
                     switch entries[port] {
                     case let .interdomain(p, _) where p == peer || (p == domid && peer == 0): valid |= 1 << UInt64(b)
                     case .virq, .ipi: if peer == 0 { valid |= 1 << UInt64(b) }
+                    // The peer bound and sent before the supervisor's `portBound` reached us: keep it.
+                    case let .unbound(remote) where remote == peer: early |= 1 << UInt64(b)
                     default: break
                     }
                 }
                 let take = valid & ~masks[w]
-                let stray = v & ~valid
+                let stray = v & ~valid & ~early
                 if take | stray != 0 { SharedAtomic.fetchAnd(word, ~(take | stray)) }
                 var t = take
                 while t != 0 {

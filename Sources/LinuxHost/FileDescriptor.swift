@@ -68,6 +68,11 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         return FileDescriptor(rawValue: fd)
     }
 
+    /// An eventfd (close-on-exec). The corresponding C function is `eventfd`.
+    public static func eventfd(initialValue: UInt32 = 0) throws -> FileDescriptor {
+        FileDescriptor(rawValue: Int32(try negErrno("eventfd") { pv_eventfd(initialValue) }))
+    }
+
     /// A pipe; both ends close-on-exec.
     public static func pipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
         var fds: [Int32] = [0, 0]

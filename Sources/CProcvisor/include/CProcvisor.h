@@ -125,6 +125,8 @@ int pv_uring_submit(void *ring);
 int pv_uring_complete(void *ring, int wait, uint64_t *user_data, int32_t *result);
 
 // ---- misc ----
+/// eventfd(2) with EFD_CLOEXEC: fd or -errno.
+int pv_eventfd(unsigned int initval);
 /// fork(2) for daemonising a freshly started, single-threaded process: pid, 0 in the child, or -errno.
 pid_t pv_fork(void);
 /// flock(LOCK_EX|LOCK_NB): 0, -EWOULDBLOCK when another process holds it, or -errno.
