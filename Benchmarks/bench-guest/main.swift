@@ -19,22 +19,28 @@ func report(_ line: String) {
 switch args.first {
 case "--futex-ping", "--futex-pong":
     let ping = args[0] == "--futex-ping"
-    let rounds = args.count > 1 ? Int(args[1]) ?? 10000 : 0
+    let rounds = ping && args.count > 1 ? Int(args[1]) ?? 10000 : 0
+    let spin = Int(args.last.flatMap { $0.hasPrefix("spin=") ? String($0.dropFirst(5)) : nil } ?? "0") ?? 0
     let map = try! SharedMapping(FileDescriptor(rawValue: 3), length: 4096)
     let turn = map.base.assumingMemoryBound(to: UInt32.self)
+    /// Waits while *turn == value: `spin` checks first, then FUTEX_WAIT.
+    func await(_ value: UInt32) {
+        for _ in 0..<spin where SharedAtomic.load(turn) == value { SharedAtomic.relax() }
+        while SharedAtomic.load(turn) == value { _ = try? Futex.wait(turn, expected: value) }
+    }
     if ping {
         let t0 = MonotonicClock.nanoseconds()
         for _ in 0..<rounds {
             SharedAtomic.store(turn, 1)
             _ = try? Futex.wake(turn)
-            while SharedAtomic.load(turn) == 1 { _ = try? Futex.wait(turn, expected: 1) }
+            await(1)
         }
         report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
         SharedAtomic.store(turn, 2)
         _ = try? Futex.wake(turn)
     } else {
         while true {
-            while SharedAtomic.load(turn) == 0 { _ = try? Futex.wait(turn, expected: 0) }
+            await(0)
             if SharedAtomic.load(turn) == 2 { break }
             SharedAtomic.store(turn, 0)
             _ = try? Futex.wake(turn)
@@ -78,8 +84,7 @@ case "evtchn-offer":
     let spin = Int(arg("spin") ?? "0") ?? 0
     report("offer port=\(port)")
     while true {
-        let got = ev.wait(spin: spin)
-        if got.contains(port) {
+        if ev.waitAny(spin: spin) == port {
             if !ev.isConnected(port) { break }
             try? ev.send(port)
         }
@@ -98,12 +103,12 @@ case "evtchn-bind":
     guard let port else { report("bind failed"); domain.shutdown(.crash) }
     for _ in 0..<1000 {  // warm up
         try! ev.send(port)
-        while !ev.wait(spin: spin).contains(port) {}
+        while ev.waitAny(spin: spin) != port {}
     }
     let t0 = MonotonicClock.nanoseconds()
     for _ in 0..<rounds {
         try! ev.send(port)
-        while !ev.wait(spin: spin).contains(port) {}
+        while ev.waitAny(spin: spin) != port {}
     }
     report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
     try? ev.close(port)

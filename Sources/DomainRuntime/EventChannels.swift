@@ -44,7 +44,10 @@ public final class EventChannels {
     /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
     private var localPending: Set<Port> = []
     /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
-    private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>)] = []
+    private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
+    /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
+    private var ready: [Port] = []
+    private var readyHead = 0
 
     var doorbellWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self) }
     var sleepersWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self) }
@@ -66,7 +69,8 @@ public final class EventChannels {
 
     private func rebuildScanList() {
         scanList = peers.map { peer, pages in
-            (peer, (pages.pair.base + EventPages.inboundOffset(receiver: domid, peer: peer)).assumingMemoryBound(to: UInt64.self))
+            (peer, (pages.pair.base + EventPages.inboundOffset(receiver: domid, peer: peer)).assumingMemoryBound(to: UInt64.self),
+             (pages.pair.base + EventPages.summaryOffset(receiver: domid, peer: peer)).assumingMemoryBound(to: UInt64.self))
         }
     }
 
@@ -147,14 +151,14 @@ public final class EventChannels {
         guard port > 0, Int(port) < EventPages.maxPorts else { throw HypercallError(operation: "EVTCHNOP_send", errno: XenErrno.EINVAL.rawValue) }
         lock()
         let entry = entries[Int(port)]
-        let target: (bitmap: UnsafeMutablePointer<UInt64>, bit: Port, bell: SharedMapping)?
+        let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
         switch entry {
         case let .interdomain(peer, rport) where peer == domid:
-            target = peers[0].map { (bitmapOf($0.pair, receiver: domid, peer: 0), rport, ownDoorbell) }
+            target = peers[0].map { ($0.pair, domid, 0, rport, ownDoorbell) }
         case let .interdomain(peer, rport):
-            target = peers[peer].flatMap { p in p.doorbell.map { (bitmapOf(p.pair, receiver: peer, peer: domid), rport, $0) } }
+            target = peers[peer].flatMap { p in p.doorbell.map { (p.pair, peer, domid, rport, $0) } }
         case .ipi:
-            target = peers[0].map { (bitmapOf($0.pair, receiver: domid, peer: 0), port, ownDoorbell) }
+            target = peers[0].map { ($0.pair, domid, 0, port, ownDoorbell) }
         default:
             target = nil
         }
@@ -163,12 +167,12 @@ public final class EventChannels {
             let e: XenErrno = { if case .unbound = entry { return .ENOTCONN } else { return .EINVAL } }()
             throw HypercallError(operation: "EVTCHNOP_send", errno: e.rawValue)
         }
-        SharedAtomic.fetchOr(target.bitmap + Int(target.bit / 64), 1 << UInt64(target.bit % 64))
+        let base = target.page.base
+        let bitmap = (base + EventPages.inboundOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self)
+        let summary = (base + EventPages.summaryOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self)
+        SharedAtomic.fetchOr(bitmap + Int(target.bit / 64), 1 << UInt64(target.bit % 64))
+        SharedAtomic.fetchOr(summary, 1 << UInt64(target.bit / 64))
         ring(target.bell)
-    }
-
-    private func bitmapOf(_ page: SharedMapping, receiver: UInt16, peer: UInt16) -> UnsafeMutablePointer<UInt64> {
-        (page.base + EventPages.inboundOffset(receiver: receiver, peer: peer)).assumingMemoryBound(to: UInt64.self)
     }
 
     private func ring(_ bell: SharedMapping) {
@@ -184,13 +188,25 @@ public final class EventChannels {
     public func poll() -> [Port] {
         var out: [Port] = []
         lock()
-        defer { unlock() }
+        collect { out.append($0) }
+        unlock()
+        return out
+    }
+
+    /// Scans the summary words, then only the bitmap words they name. Caller holds the lock.
+    private func collect(_ deliver: (Port) -> Void) {
         if !localPending.isEmpty {
-            for p in localPending where masks[Int(p / 64)] & (1 << UInt64(p % 64)) == 0 { out.append(p) }
-            localPending.subtract(out)
+            var taken: [Port] = []
+            for p in localPending where masks[Int(p / 64)] & (1 << UInt64(p % 64)) == 0 { taken.append(p); deliver(p) }
+            localPending.subtract(taken)
         }
-        for (peer, bitmap) in scanList {
-            for w in 0..<(EventPages.maxPorts / 64) {
+        for (peer, bitmap, summaryWord) in scanList {
+            if SharedAtomic.load(summaryWord) == 0 { continue }
+            var summary = SharedAtomic.fetchAnd(summaryWord, 0)
+            var keep: UInt64 = 0
+            while summary != 0 {
+                let w = summary.trailingZeroBitCount
+                summary &= summary - 1
                 let word = bitmap + w
                 let v = SharedAtomic.load(word)
                 if v == 0 { continue }
@@ -211,42 +227,71 @@ public final class EventChannels {
                 let take = valid & ~masks[w]
                 let stray = v & ~valid & ~early
                 if take | stray != 0 { SharedAtomic.fetchAnd(word, ~(take | stray)) }
+                // Masked or early bits stay pending: keep the summary pointing at them.
+                if v & ~(take | stray) != 0 { keep |= 1 << UInt64(w) }
                 var t = take
                 while t != 0 {
-                    out.append(Port(w * 64 + t.trailingZeroBitCount))
+                    deliver(Port(w * 64 + t.trailingZeroBitCount))
                     t &= t - 1
                 }
             }
+            if keep != 0 { SharedAtomic.fetchOr(summaryWord, keep) }
         }
-        return out
     }
 
-    /// Blocks until at least one bound, unmasked port is pending (or `timeoutNs` passes: []).
-    /// `spin` doorbell checks happen before sleeping: sub-microsecond delivery when a core is free.
-    public func wait(timeoutNs: Int64 = -1, spin: Int = 0) -> [Port] {
+    /// Blocks until one bound, unmasked port is pending and returns it (nil after `timeoutNs`).
+    /// Other pending ports are queued for the next call: no allocation per event.
+    public func waitAny(timeoutNs: Int64 = -1, spin: Int = 0) -> Port? {
         let deadline: UInt64? = timeoutNs >= 0 ? MonotonicClock.nanoseconds() + UInt64(timeoutNs) : nil
         while true {
             let seen = SharedAtomic.load(doorbellWord)
-            let got = poll()
-            if !got.isEmpty { return got }
-            var changed = false
-            for _ in 0..<spin {
-                if SharedAtomic.load(doorbellWord) != seen { changed = true; break }
-                SharedAtomic.relax()
+            lock()
+            if readyHead == ready.count {
+                ready.removeAll(keepingCapacity: true)
+                readyHead = 0
+                collect { ready.append($0) }
             }
-            if changed { continue }
-            var remaining: Int64 = -1
-            if let deadline {
-                let now = MonotonicClock.nanoseconds()
-                if now >= deadline { return [] }
-                remaining = Int64(deadline - now)
+            if readyHead < ready.count {
+                let p = ready[readyHead]
+                readyHead += 1
+                unlock()
+                return p
             }
-            SharedAtomic.fetchAdd(sleepersWord, 1)
-            if SharedAtomic.load(doorbellWord) == seen {
-                _ = try? Futex.wait(doorbellWord, expected: seen, timeoutNs: remaining)
-            }
-            SharedAtomic.fetchAdd(sleepersWord, UInt32.max)  // -1
+            unlock()
+            if !sleep(seen: seen, deadline: deadline, spin: spin) { return nil }
         }
+    }
+
+    /// Spins, then sleeps on the doorbell until it moves from `seen`. False once the deadline passed.
+    private func sleep(seen: UInt32, deadline: UInt64?, spin: Int) -> Bool {
+        for _ in 0..<spin {
+            if SharedAtomic.load(doorbellWord) != seen { return true }
+            SharedAtomic.relax()
+        }
+        var remaining: Int64 = -1
+        if let deadline {
+            let now = MonotonicClock.nanoseconds()
+            if now >= deadline { return false }
+            remaining = Int64(deadline - now)
+        }
+        SharedAtomic.fetchAdd(sleepersWord, 1)
+        if SharedAtomic.load(doorbellWord) == seen {
+            _ = try? Futex.wait(doorbellWord, expected: seen, timeoutNs: remaining)
+        }
+        SharedAtomic.fetchAdd(sleepersWord, UInt32.max)  // -1
+        return true
+    }
+
+    /// Blocks until at least one bound, unmasked port is pending (or `timeoutNs` passes: []) and
+    /// returns all of them. `spin` doorbell checks happen before sleeping: sub-microsecond
+    /// delivery when a core is free.
+    public func wait(timeoutNs: Int64 = -1, spin: Int = 0) -> [Port] {
+        guard let first = waitAny(timeoutNs: timeoutNs, spin: spin) else { return [] }
+        var out = [first]
+        lock()
+        while readyHead < ready.count { out.append(ready[readyHead]); readyHead += 1 }
+        unlock()
+        return out
     }
 
     // MARK: supervisor messages (event thread)

@@ -97,6 +97,13 @@ public enum EventPages {
     public static func inboundOffset(receiver: UInt16, peer: UInt16) -> Int {
         receiver < peer ? 0 : bitmapBytes
     }
+
+    /// Summary word of an inbound bitmap (u64, its own cache line after both bitmaps): bit W set
+    /// means word W of the bitmap may have pending bits. Senders set it after the port's bit, so
+    /// a receiver reads one word per peer instead of the whole bitmap.
+    public static func summaryOffset(receiver: UInt16, peer: UInt16) -> Int {
+        2 * bitmapBytes + (receiver < peer ? 0 : 64)
+    }
 }
 
 /// `DOMID_SELF` from `xen/xen.h`.

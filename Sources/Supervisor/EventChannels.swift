@@ -77,6 +77,7 @@ extension Supervisor {
         let pagePeer: UInt16 = peer == dom.domid ? 0 : peer
         let word = page.word64(at: EventPages.inboundOffset(receiver: dom.domid, peer: pagePeer) + Int(port / 64) * 8)
         SharedAtomic.fetchOr(word, 1 << UInt64(port % 64))
+        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: dom.domid, peer: pagePeer)), 1 << UInt64(port / 64))
         let bell = ev.doorbell.word32(at: EventPages.doorbellOffset)
         SharedAtomic.fetchAdd(bell, 1)
         if SharedAtomic.load(ev.doorbell.word32(at: EventPages.sleepingOffset)) != 0 { _ = try? Futex.wake(bell, count: Int32.max) }
