@@ -32,11 +32,14 @@ public final class Domain {
     let events: DomainEvents
     /// This domain's event channels (bind, send, wait).
     public let eventChannels: EventChannels
+    /// This domain's grant table (grant, end access, map, unmap, copy).
+    public let grantTable: GrantTable
 
     private static var current: Domain?
 
     init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels) {
         self.eventChannels = eventChannels
+        grantTable = GrantTable(hypercalls: hypercalls)
         self.startInfo = startInfo
         domid = startInfo.domid
         name = startInfo.name

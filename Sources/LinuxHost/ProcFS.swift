@@ -78,6 +78,30 @@ public enum ProcFS {
         return out
     }
 
+    /// How many mappings and descriptors of process `pid` refer to the memfd named `name`
+    /// (lines of /proc/PID/maps plus links in /proc/PID/fd reading "/memfd:NAME (deleted)").
+    public static func references(of pid: pid_t, toMemfd name: String) -> Int {
+        let target = "/memfd:\(name) (deleted)"
+        var n = 0
+        if let maps = try? FileIO.readString("/proc/\(pid)/maps") {
+            for line in maps.split(separator: "\n") where line.hasSuffix(target) { n += 1 }
+        }
+        if let dir = opendir("/proc/\(pid)/fd") {
+            defer { closedir(dir) }
+            var buf = [CChar](repeating: 0, count: 256)
+            while let ent = readdir(dir) {
+                let fd = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                guard Int(fd) != nil else { continue }
+                let len = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
+                if len > 0 {
+                    buf[len] = 0
+                    if String(cString: buf) == target { n += 1 }
+                }
+            }
+        }
+        return n
+    }
+
     /// A field of /proc/meminfo in KiB ("MemTotal", "MemAvailable").
     public static func meminfoKB(_ key: String) -> UInt64? {
         guard let text = try? FileIO.readString("/proc/meminfo") else { return nil }

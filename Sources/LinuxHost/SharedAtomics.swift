@@ -18,6 +18,11 @@ public enum SharedAtomic {
     public static func compareExchange(_ p: UnsafeMutablePointer<UInt16>, expected: UInt16, desired: UInt16) -> UInt16 {
         pv_atomic_cmpxchg_u16(p, expected, desired)
     }
+    /// Compare-and-swap of 32 bits; returns the value that was there.
+    @inline(__always)
+    public static func compareExchange(_ p: UnsafeMutablePointer<UInt32>, expected: UInt32, desired: UInt32) -> UInt32 {
+        pv_atomic_cmpxchg_u32(p, expected, desired)
+    }
     /// A pause hint for spin loops.
     @inline(__always) public static func relax() { pv_cpu_relax() }
 }

@@ -17,6 +17,10 @@ public enum HypercallOp: UInt32, Sendable, CaseIterable {
     case engaged = 0x1001
     /// Sent by the SIGSYS handler: args[0] = syscall number, args[1] = audit arch, args[2] = ip.
     case seccompViolation = 0x1002
+    /// args[0] = count (1…16) → that many grantable pages: one memfd each, gfns (u64) in the payload.
+    case allocGrantPages = 0x1003
+    /// args[0] = gfn of a grantable page no longer wanted (refused while granted pages are mapped).
+    case freeGrantPage = 0x1004
 }
 
 /// `SCHEDOP_*` from `xen/sched.h`.

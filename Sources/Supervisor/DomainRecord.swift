@@ -44,6 +44,8 @@ final class DomainRecord {
     var watchTokens: [(FileDescriptor, UInt64)] = []
     /// Event channels; nil once the domain is gone.
     var evtchn: DomainEventChannels?
+    /// Grant table, grantable pages and maptrack; nil until first used and once the domain is gone.
+    var grants: DomainGrants?
     /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
     var virqTimer: UInt64?
     /// The descriptors above have been closed (process gone or supervisor stopping).

@@ -42,6 +42,8 @@ extension Supervisor {
             }
             if let reply = dispatch(dom, request) { reply_(dom, reply, fds: replyFDs) }
             replyFDs = []
+            replyOwnedFDs.forEach { $0.close() }
+            replyOwnedFDs = []
         }
     }
 
@@ -168,6 +170,14 @@ extension Supervisor {
             let (reply, fds) = eventChannelOp(dom, r)
             replyFDs = fds
             return reply
+        case .grantTableOp:
+            if inMulticall && [GnttabOp.setupTable.rawValue, GnttabOp.mapGrantRef.rawValue].contains(r.args[0]) { return .error(seq, .EINVAL) }
+            return grantTableOp(dom, r)
+        case .allocGrantPages:
+            if inMulticall { return .error(seq, .EINVAL) }
+            return allocGrantPages(dom, r)
+        case .freeGrantPage:
+            return freeGrantPage(dom, r)
         case .setTimerOp:
             loop.cancel(dom.virqTimer)
             dom.virqTimer = nil

@@ -50,6 +50,7 @@ extension Supervisor {
         loop.cancel(dom.virqTimer)
         releaseResources(dom)
         closeEventChannels(dom)
+        releaseGrants(dom)
         let how: String
         switch status {
         case let .exited(code): how = "exited with status \(code)"

@@ -10,6 +10,8 @@ public struct SupervisorOptions: Sendable {
     public var shutdownTimeoutMs: UInt64
     /// Machine memory given to domains in MiB (`PROCVISOR_MEMORY_MB`, default 75% of host RAM).
     public var memoryMB: UInt64
+    /// Grant table frames a domain may set up (`PROCVISOR_MAX_GRANT_FRAMES`, default 32: 16384 grefs).
+    public var maxGrantFrames: Int
     /// Hypercalls a domain may get wrong before it is crashed.
     public var malformedHypercallLimit: Int = 16
 
@@ -17,6 +19,7 @@ public struct SupervisorOptions: Sendable {
         runDirectory = RunDirectory.resolve(environment: environment, uid: uid)
         engageTimeoutMs = environment["PROCVISOR_ENGAGE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
+        maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024
         memoryMB = environment["PROCVISOR_MEMORY_MB"].flatMap { UInt64($0) } ?? hostMB * 3 / 4
     }

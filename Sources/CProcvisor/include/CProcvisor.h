@@ -144,6 +144,11 @@ static inline uint64_t pv_atomic_fetch_and_u64(uint64_t *p, uint64_t v) { return
 static inline uint32_t pv_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void pv_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t pv_atomic_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+/// Compare-and-swap of a 32-bit word (grant entry flags+domid together, as Xen does); returns the value found.
+static inline uint32_t pv_atomic_cmpxchg_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
+    __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return expected;
+}
 static inline uint16_t pv_atomic_load_u16(const uint16_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 /// Compare-and-swap of a 16-bit word (grant entry flags); returns the value found.
 static inline uint16_t pv_atomic_cmpxchg_u16(uint16_t *p, uint16_t expected, uint16_t desired) {

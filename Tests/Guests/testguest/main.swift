@@ -241,6 +241,100 @@ case "evtchn-bind":
     print("closed")
     fflush(stdout)
     domain.shutdown(.poweroff)
+case "grant-offer":
+    // Grants a page to `peer` (plus hostile entries), then follows the grant-map script by events.
+    let ev = domain.eventChannels, gt = domain.grantTable
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let page = try! gt.allocatePage()
+    for i in 0..<4096 { page.base.storeBytes(of: UInt8(i % 251), toByteOffset: i, as: UInt8.self) }
+    let g = try! gt.grantAccess(page, to: peer)
+    let roPage = try! gt.allocatePage()
+    roPage.base.storeBytes(of: UInt8(0x5A), toByteOffset: 0, as: UInt8.self)
+    let ro = try! gt.grantAccess(roPage, to: peer, readonly: true)
+    let other = try! gt.grantAccess(page, to: peer &+ 7)                  // granted to somebody else
+    let forged = try! gt.grantAccess(page, to: peer)
+    try! gt.writeRawEntry(forged, flags: GTF.permitAccess, domid: peer, frame: 5)  // not a grantable page
+    let port = try! ev.allocUnbound(remote: peer)
+    print("offer gref=\(g) ro=\(ro) other=\(other) forged=\(forged) port=\(port)")
+    fflush(stdout)
+    var step = 0
+    while step < 2 {
+        guard ev.waitAny(timeoutNs: 20_000_000_000) == port else { continue }
+        step += 1
+        if step == 1 {
+            print("granter saw write: \(page.base.load(fromByteOffset: 100, as: UInt8.self) == 0xAB)")
+            do { try gt.endAccess(g); print("end-while-mapped: allowed") } catch { print("end-while-mapped: refused (\(error))") }
+        } else {
+            do { try gt.endAccess(g); print("ended") } catch { print("end failed: \(error)") }
+        }
+        fflush(stdout)
+        try? ev.send(port)
+    }
+    while ev.isConnected(port) { _ = ev.waitAny(timeoutNs: 100_000_000) }
+    domain.shutdown(.poweroff)
+case "grant-map":
+    // Reads "peer=D gref=G ro=R other=O forged=F port=P" from the console and checks every path.
+    let ev = domain.eventChannels, gt = domain.grantTable
+    guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
+    let kv = Dictionary(uniqueKeysWithValues: line.split(separator: " ").compactMap { part -> (String, UInt32)? in
+        let f = part.split(separator: "=", maxSplits: 1)
+        return f.count == 2 ? (String(f[0]), UInt32(f[1]) ?? 0) : nil
+    })
+    let peer = UInt16(kv["peer"] ?? 0), g = kv["gref"] ?? 0, ro = kv["ro"] ?? 0
+    let action = arg("action") ?? "normal"
+    func status(_ r: Result<GrantMapping, GrantError>) -> String {
+        switch r {
+        case .success: return "okay"
+        case let .failure(.status(s, _)): return "\(s)"
+        case let .failure(e): return "\(e)"
+        }
+    }
+    if action == "write-ro" {
+        let m = try! gt.map(domid: peer, ref: ro, readonly: true)
+        print("ro byte \(m.base.load(as: UInt8.self)); writing through a read-only grant")
+        fflush(stdout)
+        m.base.storeBytes(of: UInt8(1), as: UInt8.self)
+        print("write through read-only grant succeeded: isolation failed")
+        domain.shutdown(.poweroff)
+    }
+    let m = try! gt.map(domid: peer, ref: g)
+    var okPattern = true
+    for i in 0..<4096 where m.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { okPattern = false }
+    print("mapped pattern ok: \(okPattern)")
+    m.base.storeBytes(of: UInt8(0xAB), toByteOffset: 100, as: UInt8.self)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+    try! ev.send(port)
+    while ev.waitAny() != port {}
+    print("bad gref: \(status(gt.map([(peer, 60000, false)])[0]))")
+    print("granted to another domain: \(status(gt.map([(peer, kv["other"] ?? 0, false)])[0]))")
+    print("write map of read-only grant: \(status(gt.map([(peer, ro, false)])[0]))")
+    print("forged frame: \(status(gt.map([(peer, kv["forged"] ?? 0, false)])[0]))")
+    print("unknown domain: \(status(gt.map([(999, g, false)])[0]))")
+    print("own domain: \(status(gt.map([(domain.domid, g, false)])[0]))")
+    let mine = try! gt.allocatePage()
+    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
+    var copied = copyIn == [.okay]
+    for i in 0..<4096 where i != 100 && mine.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { copied = false }
+    print("copy from grant: \(copyIn) data ok: \(copied)")
+    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro), domid: peer, offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
+    print("copy into read-only grant: \(toRO)")
+    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
+    print("copy across page end: \(crossPage)")
+    let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
+    print("copy from another domain's frame: \(foreignFrame)")
+    if action == "lie" {
+        print("unmap while still mapped: \(gt.unmapHandleOnly(m.handle))")
+    }
+    try! gt.unmap(m)
+    print("unmapped")
+    fflush(stdout)
+    try! ev.send(port)
+    while ev.waitAny() != port {}
+    print("map after end-access: \(status(gt.map([(peer, g, false)])[0]))")
+    try! ev.close(port)
+    print("grant-map done")
+    fflush(stdout)
+    domain.shutdown(.poweroff)
 case "multicall":
     let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")

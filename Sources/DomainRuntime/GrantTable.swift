@@ -1,0 +1,233 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// A page this domain can grant: a memfd page of its own, mapped here.
+public struct GrantablePage: Equatable {
+    /// Its frame number, as written in grant entries.
+    public let gfn: UInt64
+    public let base: UnsafeMutableRawPointer
+}
+
+/// Another domain's page mapped here through a grant.
+public final class GrantMapping {
+    public let handle: UInt32
+    public let granter: UInt16
+    public let ref: GrantRef
+    public let readonly: Bool
+    public let base: UnsafeMutableRawPointer
+    fileprivate var mapped = true
+
+    init(handle: UInt32, granter: UInt16, ref: GrantRef, readonly: Bool, base: UnsafeMutableRawPointer) {
+        self.handle = handle
+        self.granter = granter
+        self.ref = ref
+        self.readonly = readonly
+        self.base = base
+    }
+}
+
+/// Why a grant operation failed.
+public enum GrantError: Error, Equatable, CustomStringConvertible {
+    /// The supervisor refused with this `GNTST_*` status.
+    case status(GNTST, operation: String)
+    case hypercall(HypercallError)
+    /// `endAccess` while the grantee still has the page mapped (GTF_reading/GTF_writing set).
+    case stillMapped(GrantRef)
+    /// No free entry left in the grant table at its maximum size.
+    case tableFull
+    case invalidReference(GrantRef)
+
+    public var description: String {
+        switch self {
+        case let .status(s, op): return "\(op): GNTST_\(s)"
+        case let .hypercall(e): return e.description
+        case let .stillMapped(r): return "grant \(r) is still mapped by its grantee"
+        case .tableFull: return "the grant table is full"
+        case let .invalidReference(r): return "grant \(r) is not one of ours"
+        }
+    }
+}
+
+/// The domain's grant table (v1 entries it writes itself, no hypercall to grant), its pool of
+/// grantable pages, and mapping/copying other domains' grants through the supervisor.
+public final class GrantTable {
+    /// Xen reserves the first entries for the toolstack (GNTTAB_NR_RESERVED_ENTRIES).
+    public static let reservedEntries: GrantRef = 8
+    let hypercalls: HypercallChannel
+    private var mutex = pthread_mutex_t()
+    private var table: SharedMapping?
+    private var nrFrames = 0
+    private var maxFrames = 0
+    private var freeRefs: [GrantRef] = []
+    private var pool: [GrantablePage] = []
+    private var pageMappings: [UInt64: SharedMapping] = [:]
+
+    init(hypercalls: HypercallChannel) {
+        self.hypercalls = hypercalls
+        pthread_mutex_init(&mutex, nil)
+    }
+
+    private func lock() { pthread_mutex_lock(&mutex) }
+    private func unlock() { pthread_mutex_unlock(&mutex) }
+
+    /// `GNTTABOP_setup_table` up to `frames` (caller holds the lock).
+    private func grow(to frames: Int) throws {
+        let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.setupTable.rawValue, UInt64(frames)])
+        defer { fds.forEach { $0.close() } }
+        if r.rc < 0 { throw GrantError.hypercall(HypercallError(operation: "GNTTABOP_setup_table", errno: -r.rc)) }
+        if table == nil {
+            let q = hypercalls.call(.grantTableOp, [GnttabOp.querySize.rawValue])
+            maxFrames = Int(q.rc >> 32)
+            guard let fd = fds.first else { throw GrantError.tableFull }
+            table = try SharedMapping(fd, length: maxFrames * 4096)
+        }
+        let first = GrantRef(max(nrFrames * GrantEntryV1.perFrame, Int(Self.reservedEntries)))
+        nrFrames = frames
+        let end = GrantRef(frames * GrantEntryV1.perFrame)
+        freeRefs.append(contentsOf: (first..<end).reversed())
+    }
+
+    private func entryWord(_ ref: GrantRef) -> UnsafeMutablePointer<UInt32> {
+        (table!.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt32.self)
+    }
+
+    // MARK: grantable pages
+
+    /// A page from the pool (the supervisor hands them out 16 at a time).
+    public func allocatePage() throws -> GrantablePage {
+        lock(); defer { unlock() }
+        if pool.isEmpty {
+            let (r, fds) = hypercalls.callWithFDs(.allocGrantPages, [16])
+            defer { fds.forEach { $0.close() } }
+            if r.rc < 0 { throw GrantError.hypercall(HypercallError(operation: "alloc_grant_pages", errno: -r.rc)) }
+            var rd = WireReader(r.payload, what: "grant pages")
+            for fd in fds {
+                let gfn = try rd.u64()
+                let m = try SharedMapping(fd, length: 4096)
+                pageMappings[gfn] = m
+                pool.append(GrantablePage(gfn: gfn, base: m.base))
+            }
+        }
+        guard let page = pool.popLast() else { throw GrantError.tableFull }
+        memset(page.base, 0, 4096)
+        return page
+    }
+
+    /// Returns a page to the pool for reuse (end its grants first).
+    public func freePage(_ page: GrantablePage) {
+        lock(); pool.append(page); unlock()
+    }
+
+    // MARK: granting (no hypercall)
+
+    /// Grants `domid` access to `page`; returns the grant reference to hand to it.
+    public func grantAccess(_ page: GrantablePage, to domid: UInt16, readonly: Bool = false) throws -> GrantRef {
+        lock(); defer { unlock() }
+        if freeRefs.isEmpty {
+            if table == nil { try grow(to: 4) } else if nrFrames < maxFrames { try grow(to: min(maxFrames, nrFrames * 2)) }
+        }
+        guard let ref = freeRefs.popLast() else { throw GrantError.tableFull }
+        let frame = (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self)
+        frame.pointee = UInt32(truncatingIfNeeded: page.gfn)
+        // Flags last, together with the domid, so the supervisor never sees a half-written entry.
+        let flags = GTF.permitAccess | (readonly ? GTF.readonly : 0)
+        SharedAtomic.store(entryWord(ref), UInt32(flags) | UInt32(domid) << 16)
+        return ref
+    }
+
+    /// Revokes a grant; refused while the grantee has it mapped, as in Xen.
+    public func endAccess(_ ref: GrantRef) throws {
+        lock(); defer { unlock() }
+        guard table != nil, ref >= Self.reservedEntries, Int(ref) < nrFrames * GrantEntryV1.perFrame else {
+            throw GrantError.invalidReference(ref)
+        }
+        let word = entryWord(ref)
+        while true {
+            let old = SharedAtomic.load(word)
+            if UInt16(old & 0xffff) & (GTF.reading | GTF.writing) != 0 { throw GrantError.stillMapped(ref) }
+            if SharedAtomic.compareExchange(word, expected: old, desired: 0) == old { break }
+        }
+        freeRefs.append(ref)
+    }
+
+    /// The raw v1 entry words (flags | domid << 16): lets tests and tools inspect the table.
+    public func entry(_ ref: GrantRef) -> (flags: UInt16, domid: UInt16, frame: UInt32)? {
+        lock(); defer { unlock() }
+        guard table != nil, Int(ref) < nrFrames * GrantEntryV1.perFrame else { return nil }
+        let w = SharedAtomic.load(entryWord(ref))
+        let frame = (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
+        return (UInt16(w & 0xffff), UInt16(w >> 16), frame)
+    }
+
+    /// Writes a raw entry (for tests of hostile granters; real granters use `grantAccess`).
+    public func writeRawEntry(_ ref: GrantRef, flags: UInt16, domid: UInt16, frame: UInt32) throws {
+        lock(); defer { unlock() }
+        if table == nil { try grow(to: 1) }
+        guard Int(ref) < nrFrames * GrantEntryV1.perFrame else { throw GrantError.invalidReference(ref) }
+        (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee = frame
+        SharedAtomic.store(entryWord(ref), UInt32(flags) | UInt32(domid) << 16)
+    }
+
+    // MARK: mapping others' grants
+
+    /// `GNTTABOP_map_grant_ref` for up to 16 grants in one hypercall.
+    public func map(_ requests: [(domid: UInt16, ref: GrantRef, readonly: Bool)]) -> [Result<GrantMapping, GrantError>] {
+        let reqs = requests.map { GrantMapRequest(ref: $0.ref, domid: $0.domid, flags: $0.readonly ? GNTMAP_readonly : 0) }
+        let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode(reqs))
+        var remaining = fds[...]
+        defer { remaining.forEach { $0.close() } }
+        guard r.rc >= 0, let results = try? GrantMapResult.decode(r.payload), results.count == requests.count else {
+            let e = GrantError.hypercall(HypercallError(operation: "GNTTABOP_map_grant_ref", errno: r.rc < 0 ? -r.rc : XenErrno.EIO.rawValue))
+            return requests.map { _ in .failure(e) }
+        }
+        return zip(requests, results).map { req, res in
+            guard res.status == .okay, let fd = remaining.popFirst() else { return .failure(.status(res.status, operation: "GNTTABOP_map_grant_ref")) }
+            defer { fd.close() }
+            let prot = req.readonly ? PROT_READ : PROT_READ | PROT_WRITE
+            guard let p = mmap(nil, 4096, prot, MAP_SHARED, fd.rawValue, 0), p != MAP_FAILED else {
+                return .failure(.status(.generalError, operation: "mmap of grant"))
+            }
+            return .success(GrantMapping(handle: res.handle, granter: req.domid, ref: req.ref, readonly: req.readonly, base: p))
+        }
+    }
+
+    /// Maps one grant.
+    public func map(domid: UInt16, ref: GrantRef, readonly: Bool = false) throws -> GrantMapping {
+        try map([(domid, ref, readonly)])[0].get()
+    }
+
+    /// `GNTTABOP_unmap_grant_ref`: unmaps here, then tells the supervisor (which checks).
+    public func unmap(_ mappings: [GrantMapping]) -> [GNTST] {
+        var w = WireWriter()
+        for m in mappings {
+            if m.mapped { munmap(m.base, 4096); m.mapped = false }
+            w.u32(m.handle)
+        }
+        let r = hypercalls.call(.grantTableOp, [GnttabOp.unmapGrantRef.rawValue], payload: w.bytes)
+        guard r.rc >= 0, let s = try? GrantStatusList.decode(r.payload), s.count == mappings.count else {
+            return mappings.map { _ in .generalError }
+        }
+        return s
+    }
+
+    public func unmap(_ m: GrantMapping) throws {
+        let s = unmap([m])[0]
+        if s != .okay { throw GrantError.status(s, operation: "GNTTABOP_unmap_grant_ref") }
+    }
+
+    /// Unmaps with a raw handle only (no munmap here): for tests of a grantee that lies.
+    public func unmapHandleOnly(_ handle: UInt32) -> GNTST {
+        var w = WireWriter()
+        w.u32(handle)
+        let r = hypercalls.call(.grantTableOp, [GnttabOp.unmapGrantRef.rawValue], payload: w.bytes)
+        return (try? GrantStatusList.decode(r.payload))?.first ?? .generalError
+    }
+
+    /// `GNTTABOP_copy`: the supervisor copies between the two sides; a status per op.
+    public func copy(_ ops: [GrantCopy]) -> [GNTST] {
+        let r = hypercalls.call(.grantTableOp, [GnttabOp.copy.rawValue], payload: GrantCopy.encode(ops))
+        guard r.rc >= 0, let s = try? GrantStatusList.decode(r.payload), s.count == ops.count else { return ops.map { _ in .generalError } }
+        return s
+    }
+}

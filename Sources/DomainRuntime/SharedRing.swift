@@ -1,0 +1,163 @@
+import LinuxHost
+
+/// Xen's shared ring (`xen/io/ring.h`) over one page, byte compatible:
+/// `req_prod` @0, `req_event` @4, `rsp_prod` @8, `rsp_event` @12, 48 bytes of padding, then
+/// `count` slots of max(request, response) size, `count` the largest power of two that fits.
+public struct RingLayout: Equatable, Sendable {
+    public static let headerSize = 64
+    public let requestSize: Int
+    public let responseSize: Int
+    public var slotSize: Int { max(requestSize, responseSize) }
+    /// `__RING_SIZE`: entries per page.
+    public var count: UInt32 {
+        let fit = (4096 - Self.headerSize) / slotSize
+        var n = 1
+        while n * 2 <= fit { n *= 2 }
+        return UInt32(n)
+    }
+
+    public init(requestSize: Int, responseSize: Int) {
+        self.requestSize = requestSize
+        self.responseSize = responseSize
+    }
+}
+
+/// A peer wrote ring indexes that cannot happen: disconnect it, do not loop or trust the slots.
+public struct RingError: Error, Equatable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+struct SharedRingHeader {
+    let base: UnsafeMutableRawPointer
+    var reqProd: UnsafeMutablePointer<UInt32> { base.assumingMemoryBound(to: UInt32.self) }
+    var reqEvent: UnsafeMutablePointer<UInt32> { (base + 4).assumingMemoryBound(to: UInt32.self) }
+    var rspProd: UnsafeMutablePointer<UInt32> { (base + 8).assumingMemoryBound(to: UInt32.self) }
+    var rspEvent: UnsafeMutablePointer<UInt32> { (base + 12).assumingMemoryBound(to: UInt32.self) }
+
+    /// `SHARED_RING_INIT`.
+    func initialise() {
+        SharedAtomic.store(reqProd, 0)
+        SharedAtomic.store(rspProd, 0)
+        SharedAtomic.store(reqEvent, 1)
+        SharedAtomic.store(rspEvent, 1)
+    }
+}
+
+/// The frontend's view (`FRONT_RING_INIT`, `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`,
+/// `RING_FINAL_CHECK_FOR_RESPONSES`).
+public final class FrontRing {
+    public let layout: RingLayout
+    let sring: SharedRingHeader
+    /// `req_prod_pvt` and `rsp_cons`.
+    public private(set) var reqProdPvt: UInt32 = 0
+    public private(set) var rspCons: UInt32 = 0
+
+    /// Initialises the shared page (the frontend owns it) and attaches.
+    public init(page: UnsafeMutableRawPointer, layout: RingLayout) {
+        self.layout = layout
+        sring = SharedRingHeader(base: page)
+        sring.initialise()
+    }
+
+    func slot(_ idx: UInt32) -> UnsafeMutableRawPointer {
+        sring.base + RingLayout.headerSize + Int(idx & (layout.count - 1)) * layout.slotSize
+    }
+
+    /// `RING_FULL`.
+    public var isFull: Bool { reqProdPvt &- rspCons == layout.count }
+
+    /// The next request slot (`RING_GET_REQUEST(req_prod_pvt++)`); nil when the ring is full.
+    public func nextRequest() -> UnsafeMutableRawPointer? {
+        if isFull { return nil }
+        let s = slot(reqProdPvt)
+        reqProdPvt &+= 1
+        return s
+    }
+
+    /// Publishes the requests; true when the backend asked to be notified.
+    public func pushRequests() -> Bool {
+        let old = SharedAtomic.load(sring.reqProd)
+        let new = reqProdPvt
+        SharedAtomic.store(sring.reqProd, new)  // seq_cst: the write barrier and the full barrier
+        return new &- SharedAtomic.load(sring.reqEvent) < new &- old
+    }
+
+    /// Takes the next response, or nil when none is pending. Throws when the backend's `rsp_prod`
+    /// claims more responses than requests were issued.
+    public func takeResponse() throws -> UnsafeRawPointer? {
+        let prod = SharedAtomic.load(sring.rspProd)
+        if prod &- rspCons > reqProdPvt &- rspCons {
+            throw RingError(message: "impossible rsp_prod \(prod): rsp_cons \(rspCons), req_prod \(reqProdPvt)")
+        }
+        if prod == rspCons { return nil }
+        let s = slot(rspCons)
+        rspCons &+= 1
+        return UnsafeRawPointer(s)
+    }
+
+    /// `RING_FINAL_CHECK_FOR_RESPONSES`: arms `rsp_event` when empty; true if responses wait.
+    public func finalCheckForResponses() -> Bool {
+        if SharedAtomic.load(sring.rspProd) != rspCons { return true }
+        SharedAtomic.store(sring.rspEvent, rspCons &+ 1)
+        return SharedAtomic.load(sring.rspProd) != rspCons
+    }
+}
+
+/// The backend's view (`BACK_RING_ATTACH`, `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`,
+/// `RING_FINAL_CHECK_FOR_REQUESTS`), checking the frontend's indexes.
+public final class BackRing {
+    public let layout: RingLayout
+    let sring: SharedRingHeader
+    public private(set) var reqCons: UInt32 = 0
+    public private(set) var rspProdPvt: UInt32 = 0
+
+    /// Attaches to a page the frontend initialised.
+    public init(page: UnsafeMutableRawPointer, layout: RingLayout) {
+        self.layout = layout
+        sring = SharedRingHeader(base: page)
+        rspProdPvt = SharedAtomic.load(sring.rspProd)
+        reqCons = rspProdPvt
+    }
+
+    func slot(_ idx: UInt32) -> UnsafeMutableRawPointer {
+        sring.base + RingLayout.headerSize + Int(idx & (layout.count - 1)) * layout.slotSize
+    }
+
+    /// The next request, or nil. Throws `RingError` when `req_prod` is impossible
+    /// (`RING_REQUEST_PROD_OVERFLOW`): more outstanding requests than the ring holds.
+    public func takeRequest() throws -> UnsafeRawPointer? {
+        let prod = SharedAtomic.load(sring.reqProd)
+        if prod &- rspProdPvt > layout.count {
+            throw RingError(message: "impossible req_prod \(prod): rsp_prod_pvt \(rspProdPvt), ring size \(layout.count)")
+        }
+        if prod == reqCons { return nil }
+        // `RING_REQUEST_CONS_OVERFLOW`: no request may be consumed whose response slot is still in use.
+        if reqCons &- rspProdPvt >= layout.count { return nil }
+        let s = slot(reqCons)
+        reqCons &+= 1
+        return UnsafeRawPointer(s)
+    }
+
+    /// The slot for the next response.
+    public func nextResponse() -> UnsafeMutableRawPointer {
+        let s = slot(rspProdPvt)
+        rspProdPvt &+= 1
+        return s
+    }
+
+    /// Publishes responses; true when the frontend asked to be notified.
+    public func pushResponses() -> Bool {
+        let old = SharedAtomic.load(sring.rspProd)
+        let new = rspProdPvt
+        SharedAtomic.store(sring.rspProd, new)
+        return new &- SharedAtomic.load(sring.rspEvent) < new &- old
+    }
+
+    /// `RING_FINAL_CHECK_FOR_REQUESTS`.
+    public func finalCheckForRequests() -> Bool {
+        if SharedAtomic.load(sring.reqProd) != reqCons { return true }
+        SharedAtomic.store(sring.reqEvent, reqCons &+ 1)
+        return SharedAtomic.load(sring.reqProd) != reqCons
+    }
+}
