@@ -335,6 +335,40 @@ case "grant-map":
     print("grant-map done")
     fflush(stdout)
     domain.shutdown(.poweroff)
+case "evtchn-intrude":
+    // Tries to use ports that are not its own; every attempt must fail with a clear error.
+    let ev = domain.eventChannels
+    let peer = UInt16(arg("peer") ?? "1") ?? 1
+    let theirs = UInt32(arg("port") ?? "1") ?? 1
+    func outcome(_ body: () throws -> Any) -> String {
+        do { _ = try body(); return "succeeded" } catch let e as HypercallError { return XenErrno(rawValue: e.errno).map { "\($0)" } ?? "\(e.errno)" } catch { return "\(error)" }
+    }
+    print("bind to a port offered to someone else: \(outcome { try ev.bindInterdomain(remote: peer, remotePort: theirs) })")
+    print("bind to a domain that does not exist: \(outcome { try ev.bindInterdomain(remote: 4000, remotePort: 1) })")
+    print("send on a port never allocated: \(outcome { try ev.send(theirs) })")
+    let own = try! ev.allocUnbound(remote: peer)
+    print("send on an unbound port: \(outcome { try ev.send(own) })")
+    try! ev.close(own)
+    print("send on a closed port: \(outcome { try ev.send(own) })")
+    print("close a closed port: \(outcome { try ev.close(own) })")
+    print("status of a closed port: \(try! ev.status(own).status)")
+    let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs)])])
+    print("hypercall send on a foreign port: \(r)")
+    print("bind virq twice: \(outcome { try ev.bindVirq(.domExc) }) then \(outcome { try ev.bindVirq(.domExc) })")
+    print("bind virq on a vcpu that does not exist: \(outcome { try ev.bindVirq(.timer, vcpu: 64) })")
+    let timer = try! ev.bindVirq(.timer)
+    domain.setTimer(nanoseconds: 5_000_000)
+    print("timer virq delivered: \(ev.waitAny(timeoutNs: 2_000_000_000) == timer)")
+    let ipi = try! ev.bindIPI()
+    try! ev.send(ipi)
+    print("ipi delivered: \(ev.waitAny(timeoutNs: 1_000_000_000) == ipi)")
+    ev.mask(ipi)
+    try! ev.send(ipi)
+    print("masked ipi held back: \(ev.waitAny(timeoutNs: 50_000_000) == nil)")
+    ev.unmask(ipi)
+    print("unmasked ipi delivered: \(ev.waitAny(timeoutNs: 1_000_000_000) == ipi)")
+    fflush(stdout)
+    domain.shutdown(.poweroff)
 case "multicall":
     let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")

@@ -1,0 +1,99 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Testing
+
+/// Grant tables and event channels between real domains: data moves only through what is
+/// granted, events only through ports bound to the sender, and bad requests get GNTST/errno
+/// answers while the supervisor keeps serving.
+@Suite struct GrantEventTests {
+    /// Sends one line to a domain's console input through `xl console`, then detaches.
+    func type(_ h: SupervisorHarness, _ domain: String, _ line: String) throws {
+        let r = try h.xl("console", domain, stdin: line + "\n\u{1d}", timeout: 10)
+        #expect(r.ok, "xl console \(domain): \(r.stderr)")
+    }
+
+    func line(_ h: SupervisorHarness, _ domain: String, prefix: String) -> String? {
+        var found: String?
+        _ = eventually { found = h.consoleLog(domain).split(separator: "\n").first { $0.hasPrefix(prefix) }.map(String.init); return found != nil }
+        return found
+    }
+
+    @Test func eventChannelPingPongBetweenTwoDomains() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("offer", mode: "evtchn-offer", "extra = \"mode=evtchn-offer peer=2\"\n")
+        try h.create("binder", mode: "evtchn-bind", "extra = \"mode=evtchn-bind rounds=2000\"\n")
+        #expect(line(h, "offer", prefix: "offer port=") == "offer port=1")
+        try type(h, "binder", "peer=1 port=1")
+        #expect(line(h, "binder", prefix: "bound") == "bound port=1 status=interdomain remote=1:1")
+        #expect(line(h, "binder", prefix: "pingpong rounds=2000 rtt_ns=") != nil)
+        // Closing one end is seen by the other, which then stops.
+        // (The close notice may race one last echo.)
+        let echoed = line(h, "offer", prefix: "echoed") ?? ""
+        #expect(echoed.hasSuffix("events; peer closed"))
+        #expect((Int(echoed.split(separator: " ")[1]) ?? 0) >= 2000)
+        #expect(eventually { (try? h.list())?.count == 1 })
+    }
+
+    @Test func grantsMapCopyAndRevokeOnlyAsGranted() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("granter", mode: "grant-offer", "extra = \"mode=grant-offer peer=2\"\n")
+        try h.create("grantee", mode: "grant-map", "extra = \"mode=grant-map action=lie\"\n")
+        let offer = try #require(line(h, "granter", prefix: "offer "))
+        try type(h, "grantee", "peer=1 " + offer.dropFirst("offer ".count))
+        #expect(line(h, "grantee", prefix: "grant-map done") != nil, "\(h.consoleLog("grantee"))")
+        let log = h.consoleLog("grantee")
+        for expected in [
+            "mapped pattern ok: true", "bad gref: badGntref", "granted to another domain: permissionDenied",
+            "write map of read-only grant: permissionDenied", "forged frame: badPage", "unknown domain: badDomain",
+            "own domain: badDomain", "copy into read-only grant: [ProcvisorABI.GNTST.permissionDenied]",
+            "copy across page end: [ProcvisorABI.GNTST.badCopyArg]",
+            "copy from another domain's frame: [ProcvisorABI.GNTST.permissionDenied]",
+            "unmap while still mapped: generalError", "map after end-access: badGntref",
+        ] {
+            #expect(log.contains(expected + "\n"), "missing \(expected)")
+        }
+        #expect(log.contains("copy from grant: [ProcvisorABI.GNTST.okay] data ok: true"))
+        let granter = h.consoleLog("granter")
+        #expect(granter.contains("granter saw write: true"))
+        #expect(granter.contains("end-while-mapped: refused"))
+        #expect(granter.contains("ended\n"))
+        #expect(eventually { (try? h.list())?.count == 1 })
+    }
+
+    @Test func writingThroughAReadOnlyGrantFaults() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("granter", mode: "grant-offer", "extra = \"mode=grant-offer peer=2\"\n")
+        try h.create("writer", mode: "grant-map", "extra = \"mode=grant-map action=write-ro\"\non_crash = \"preserve\"\n")
+        let offer = try #require(line(h, "granter", prefix: "offer "))
+        try type(h, "writer", "peer=1 " + offer.dropFirst("offer ".count))
+        #expect(eventually { (try? h.dmesg())?.contains("dom2 (writer): crashed: killed by SIGSEGV") == true })
+        #expect(!h.consoleLog("writer").contains("isolation failed"))
+        #expect(h.consoleLog("writer").contains("ro byte 90"))
+        #expect(try h.list()["granter"] != nil, "the granter keeps running")
+    }
+
+    @Test func aDomainCanSignalOnlyPortsBoundToIt() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        // The port is offered to dom3; dom2 tries to take it.
+        try h.create("offer", mode: "evtchn-offer", "extra = \"mode=evtchn-offer peer=3\"\n")
+        _ = line(h, "offer", prefix: "offer port=")
+        try h.create("intruder", mode: "evtchn-intrude", "extra = \"mode=evtchn-intrude peer=1 port=1\"\nvcpus = 2\n")
+        #expect(line(h, "intruder", prefix: "unmasked ipi delivered") != nil, "\(h.consoleLog("intruder"))")
+        let log = h.consoleLog("intruder")
+        for expected in [
+            "bind to a port offered to someone else: EINVAL", "bind to a domain that does not exist: ESRCH",
+            "send on a port never allocated: EINVAL", "send on an unbound port: ENOTCONN", "send on a closed port: EINVAL",
+            "close a closed port: EINVAL", "status of a closed port: closed", "hypercall send on a foreign port: [-22]",
+            "bind virq twice: succeeded then EEXIST", "bind virq on a vcpu that does not exist: ENOENT",
+            "timer virq delivered: true", "ipi delivered: true", "masked ipi held back: true", "unmasked ipi delivered: true",
+        ] {
+            #expect(log.contains(expected + "\n"), "missing \(expected)")
+        }
+        #expect(try h.list()["offer"] != nil)
+    }
+}
