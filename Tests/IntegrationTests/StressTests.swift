@@ -53,4 +53,35 @@ import Testing
         let consoleLogs = try FileManager.default.contentsOfDirectory(atPath: h.runDirectory + "/console")
         #expect(consoleLogs.count == total + 1)
     }
+
+    /// Memfd mappings in the supervisor's address space (pair pages, grant tables and pages).
+    static func memfdMappings(_ pid: pid_t) -> Int {
+        ((try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("/memfd:") }.count
+    }
+
+    @Test func hundredPairsMapUnmapAndPingPongWithVerifiedData() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let fdsBefore = ProcFS.openFDCount(of: h.pid)
+        let mapsBefore = Self.memfdMappings(h.pid)
+        let pairs = 100
+        // Created in order, so pair i is dom 2i-1 (server) and dom 2i (client).
+        for i in 1...pairs {
+            try h.create("srv\(i)", mode: "pair-server", "extra = \"mode=pair-server peer=\(2 * i)\"\n")
+            try h.create("cli\(i)", mode: "pair-client", "extra = \"mode=pair-client peer=\(2 * i - 1) seconds=3\"\n")
+        }
+        #expect(eventually(timeout: 120) { (try? h.list())?.count == 1 }, "pairs still running: \((try? h.list())?.count ?? -1)")
+        var totalRounds = 0
+        for i in 1...pairs {
+            let cli = h.consoleLog("cli\(i)"), srv = h.consoleLog("srv\(i)")
+            #expect(cli.contains("errors=0"), "cli\(i): \(cli)")
+            #expect(srv.contains("errors=0"), "srv\(i): \(srv)")
+            if let r = cli.split(separator: " ").first(where: { $0.hasPrefix("rounds=") }) { totalRounds += Int(r.dropFirst(7)) ?? 0 }
+        }
+        #expect(totalRounds > pairs, "only \(totalRounds) rounds in all")
+        #expect(!(try h.dmesg()).contains("crashed"))
+        #expect(eventually { h.children.isEmpty })
+        #expect(eventually { ProcFS.openFDCount(of: h.pid) == fdsBefore }, "supervisor fds: \(fdsBefore) before, \(ProcFS.openFDCount(of: h.pid)) after")
+        #expect(Self.memfdMappings(h.pid) == mapsBefore, "memfd mappings: \(mapsBefore) before, \(Self.memfdMappings(h.pid)) after")
+    }
 }

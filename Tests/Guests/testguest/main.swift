@@ -369,6 +369,67 @@ case "evtchn-intrude":
     print("unmasked ipi delivered: \(ev.waitAny(timeoutNs: 1_000_000_000) == ipi)")
     fflush(stdout)
     domain.shutdown(.poweroff)
+case "pair-server":
+    // Stress pair, server side: grants one page (gref 8) and offers port 1 to `peer`; checks
+    // every round the client writes, answers by writing the next value back.
+    let ev = domain.eventChannels, gt = domain.grantTable
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let page = try! gt.allocatePage()
+    let gref = try! gt.grantAccess(page, to: peer)
+    let port = try! ev.allocUnbound(remote: peer)
+    var rounds = 0, errors = 0
+    let words = page.base.assumingMemoryBound(to: UInt64.self)
+    while true {
+        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { errors += 1; break }
+        if !ev.isConnected(port) { break }
+        let seq = words[0]
+        // The client writes even sequence numbers, we answer odd ones: an event that finds our
+        // own answer still there is the close notice racing the unbind message.
+        if seq & 1 == 1 { continue }
+        for i in 1..<512 where words[i] != seq &* UInt64(i) &+ UInt64(domain.domid) { errors += 1; break }
+        for i in 1..<512 { words[i] = (seq &+ 1) &* UInt64(i) }
+        words[0] = seq &+ 1
+        rounds += 1
+        try? ev.send(port)
+    }
+    print("server gref=\(gref) rounds=\(rounds) errors=\(errors)")
+    fflush(stdout)
+    domain.shutdown(errors == 0 ? .poweroff : .crash)
+case "pair-client":
+    // Stress pair, client side: per round maps the server's page, writes a pattern, unmaps,
+    // signals, waits, maps it read-only and checks the server's answer.
+    let ev = domain.eventChannels, gt = domain.grantTable
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let seconds = Double(arg("seconds") ?? "3") ?? 3
+    var port: UInt32?
+    for _ in 0..<20000 where port == nil {
+        port = try? ev.bindInterdomain(remote: peer, remotePort: 1)
+        if port == nil { usleep(1000) }
+    }
+    guard let port else { print("client: bind failed"); domain.shutdown(.crash) }
+    var rounds = 0, errors = 0
+    let end = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+    var seq: UInt64 = UInt64(domain.domid) << 32
+    while MonotonicClock.nanoseconds() < end {
+        guard let m = try? gt.map(domid: peer, ref: 8) else { errors += 1; break }
+        let w = m.base.assumingMemoryBound(to: UInt64.self)
+        for i in 1..<512 { w[i] = seq &* UInt64(i) &+ UInt64(peer) }
+        w[0] = seq
+        guard (try? gt.unmap(m)) != nil else { errors += 1; break }
+        try! ev.send(port)
+        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { errors += 1; break }
+        guard let r = try? gt.map(domid: peer, ref: 8, readonly: true) else { errors += 1; break }
+        let rw = r.base.assumingMemoryBound(to: UInt64.self)
+        if rw[0] != seq &+ 1 { errors += 1 }
+        for i in 1..<512 where rw[i] != (seq &+ 1) &* UInt64(i) { errors += 1; break }
+        try? gt.unmap(r)
+        seq = (seq &+ 1) &+ 1
+        rounds += 1
+    }
+    try? ev.close(port)
+    print("client rounds=\(rounds) errors=\(errors)")
+    fflush(stdout)
+    domain.shutdown(errors == 0 ? .poweroff : .crash)
 case "multicall":
     let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")
