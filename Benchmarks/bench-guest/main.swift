@@ -47,6 +47,24 @@ case "--futex-ping", "--futex-pong":
         }
     }
     exit(0)
+case "--mmap-peer":
+    // Peer of grant map+unmap: mmap + munmap of a memfd page this process already holds.
+    let rounds = Int(args[1]) ?? 2000
+    let fd = try! MemFD.create(name: "peer", size: 4096)
+    let t0 = MonotonicClock.nanoseconds()
+    for _ in 0..<rounds { _ = try! SharedMapping(fd, length: 4096) }
+    report("ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
+    exit(0)
+case "--memcpy-peer":
+    // Peer of grant copy: memcpy of 4 KiB pages between two mappings, in MB/s.
+    let rounds = Int(args[1]) ?? 2000
+    let a = try! SharedMapping(try! MemFD.create(name: "a", size: 4096), length: 4096)
+    let b = try! SharedMapping(try! MemFD.create(name: "b", size: 4096), length: 4096)
+    memset(a.base, 7, 4096)
+    let t0 = MonotonicClock.nanoseconds()
+    for _ in 0..<(rounds * 8) { memcpy(b.base, a.base, 4096) }
+    report("mbps=\(Double(rounds * 8 * 4096) / (Double(MonotonicClock.nanoseconds() - t0) / 1e9) / 1e6)")
+    exit(0)
 case "--eventfd-ping", "--eventfd-pong":
     let ping = args[0] == "--eventfd-ping"
     let rounds = args.count > 1 ? Int(args[1]) ?? 10000 : 0
@@ -112,6 +130,41 @@ case "evtchn-bind":
     }
     report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
     try? ev.close(port)
+    domain.shutdown(.poweroff)
+case "grant-granter":
+    let page = try! domain.grantTable.allocatePage()
+    _ = try! domain.grantTable.grantAccess(page, to: UInt16(arg("peer") ?? "0") ?? 0)  // gref 8
+    report("granted")
+    while true { domain.block() }
+case "grant-bench":
+    let gt = domain.grantTable
+    let peer = UInt16(arg("peer") ?? "1") ?? 1
+    let rounds = Int(arg("rounds") ?? "2000") ?? 2000
+    var m: GrantMapping?
+    for _ in 0..<5000 where m == nil {
+        m = try? gt.map(domid: peer, ref: 8)
+        if m == nil { usleep(1000) }
+    }
+    guard let first = m else { report("map failed"); domain.shutdown(.crash) }
+    try! gt.unmap(first)
+    let t0 = MonotonicClock.nanoseconds()
+    for _ in 0..<rounds {
+        let g = try! gt.map(domid: peer, ref: 8)
+        try! gt.unmap(g)
+    }
+    let t1 = MonotonicClock.nanoseconds()
+    let mine = try! gt.allocatePage()
+    let op = GrantCopy(source: .init(refOrGFN: 8, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
+                       length: 4096, flags: GNTCOPY_source_gref)
+    let batch = [GrantCopy](repeating: op, count: 64)
+    let t2 = MonotonicClock.nanoseconds()
+    for _ in 0..<(rounds / 8) { _ = gt.copy(batch) }
+    let t3 = MonotonicClock.nanoseconds()
+    for _ in 0..<rounds { _ = gt.copy([op]) }
+    let t4 = MonotonicClock.nanoseconds()
+    report("map_unmap_ns=\((t1 - t0) / UInt64(rounds))")
+    report("copy_batch_mbps=\(Double(rounds / 8 * 64 * 4096) / (Double(t3 - t2) / 1e9) / 1e6)")
+    report("copy_single_ns=\((t4 - t3) / UInt64(rounds))")
     domain.shutdown(.poweroff)
 default:
     while true { domain.block() }

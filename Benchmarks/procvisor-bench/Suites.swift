@@ -2,5 +2,6 @@ enum Suites {
     static let all: [String: (Int) throws -> [Result]] = [
         "lifecycle": LifecycleSuite.run,
         "evtchn": EvtchnSuite.run,
+        "grant": GrantSuite.run,
     ]
 }
