@@ -32,12 +32,15 @@ public final class Domain {
     let events: DomainEvents
     /// This domain's event channels (bind, send, wait).
     public let eventChannels: EventChannels
+    /// Pseudo-physical memory, P2M/M2P translation and reservations (the balloon's tools).
+    public let memory: PhysicalMemory
     /// This domain's grant table (grant, end access, map, unmap, copy).
     public let grantTable: GrantTable
 
     private static var current: Domain?
 
-    init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels) {
+    init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels, memory: PhysicalMemory) {
+        self.memory = memory
         self.eventChannels = eventChannels
         grantTable = GrantTable(hypercalls: hypercalls)
         self.startInfo = startInfo
@@ -73,7 +76,7 @@ public final class Domain {
         }
         let channel = HypercallChannel(fd: fd)
         let (boot, bootFDs) = channel.callWithFDs(.bootstrap)
-        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload), bootFDs.count == 2 else {
+        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload), bootFDs.count == 5 else {
             bootFailure("bootstrap hypercall failed (rc \(boot.rc))")
         }
         let evtchn: EventChannels
@@ -81,6 +84,13 @@ public final class Domain {
             evtchn = try EventChannels(domid: info.domid, hypercalls: channel, doorbellFD: bootFDs[0], selfPageFD: bootFDs[1])
         } catch {
             bootFailure("cannot map the event pages: \(error)")
+        }
+        let memory: PhysicalMemory
+        do {
+            memory = try PhysicalMemory(ramFD: bootFDs[2], p2mFD: bootFDs[3], m2pFD: bootFDs[4], spanPages: info.maxMemoryKB / 4,
+                                        machineFrames: info.machineFrames, hypercalls: channel)
+        } catch {
+            bootFailure("cannot map the domain's memory: \(error)")
         }
         do {
             try SeccompPolicies.guest.compile(threadSync: true).load()
@@ -91,7 +101,7 @@ public final class Domain {
         if engaged.rc != 0 {
             bootFailure("the supervisor refused the sandbox engagement (rc \(engaged.rc))")
         }
-        let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn)
+        let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn, memory: memory)
         domain.events.start(domain: domain)
         current = domain
         return domain

@@ -19,9 +19,12 @@ public struct StartInfo: Equatable, Sendable {
     public var flags: UInt32
     /// Milliseconds the domain has to engage its sandbox before it is destroyed.
     public var engageTimeoutMs: UInt32
+    /// Size of the machine (entries of the M2P table).
+    public var machineFrames: UInt64
 
     public init(domid: UInt16, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
-                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000) {
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0) {
+        self.machineFrames = machineFrames
         self.domid = domid
         self.name = name
         self.uuid = uuid
@@ -44,6 +47,7 @@ public struct StartInfo: Equatable, Sendable {
         w.u32(maxVCPUs)
         w.u32(flags)
         w.u32(engageTimeoutMs)
+        w.u64(machineFrames)
         w.string(name)
         w.string(uuid)
         w.string(cmdline)
@@ -63,11 +67,13 @@ public struct StartInfo: Equatable, Sendable {
         let maxv = try r.u32()
         let flags = try r.u32()
         let timeout = try r.u32()
+        let frames = try r.u64()
         let name = try r.string(limit: 256)
         let uuid = try r.string(limit: 64)
         let cmdline = try r.string(limit: 4096)
         return StartInfo(domid: domid, name: name, uuid: uuid, memoryKB: mem, maxMemoryKB: maxmem,
-                         vcpus: vcpus, maxVCPUs: maxv, cmdline: cmdline, flags: flags, engageTimeoutMs: timeout)
+                         vcpus: vcpus, maxVCPUs: maxv, cmdline: cmdline, flags: flags, engageTimeoutMs: timeout,
+                         machineFrames: frames)
     }
 }
 

@@ -46,6 +46,8 @@ final class DomainRecord {
     var evtchn: DomainEventChannels?
     /// Grant table, grantable pages and maptrack; nil until first used and once the domain is gone.
     var grants: DomainGrants?
+    /// RAM, P2M and reservation; nil once the domain's frames went back to the machine.
+    var memory: DomainMemory?
     /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
     var virqTimer: UInt64?
     /// The descriptors above have been closed (process gone or supervisor stopping).
@@ -107,7 +109,7 @@ final class DomainRecord {
         }
         return DomainInfo(
             domid: domid, name: name, uuid: uuid,
-            currentMemoryKB: UInt64(config.memory) * 1024, maxMemoryKB: UInt64(config.maxmem) * 1024,
+            currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(config.maxmem) * 1024,
             vcpusOnline: config.vcpus, maxVCPUs: config.maxvcpus,
             running: running, blocked: blocked, paused: paused,
             shutdown: phase == .shutdown, shutdownReason: phase == .shutdown ? (shutdownReason ?? .crash) : nil,

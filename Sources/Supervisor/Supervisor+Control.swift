@@ -136,6 +136,16 @@ extension Supervisor {
             c.send(.domains(out))
         case .info:
             c.send(.info(hostInfo()))
+        case let .memMax(spec, kb):
+            guard let dom = find(spec), let mem = dom.memory else { return c.send(unknownDomain(spec)) }
+            let pages = kb / 4
+            guard pages <= mem.spanPages else {
+                return c.send(.error("cannot set mem-max of dom\(dom.domid) to \(kb / 1024) MiB: its pseudo-physical space is \(mem.spanPages / 256) MiB (maxmem at creation)"))
+            }
+            mem.maxPages = pages
+            try? mem.cgroup?.setLimit(pages * 4096 + Self.cgroupSlackBytes)
+            log("\(dom.label): mem-max \(kb / 1024) MiB")
+            c.send(.ok)
         case let .waitShutdown(domid):
             if let dom = domains[domid], dom.hasProcess {
                 dom.shutdownWaiters.append(c)
@@ -181,11 +191,10 @@ extension Supervisor {
         func field<T>(_ v: T) -> String {
             withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         }
-        let used = allocatedMemoryMB
         return HostInfo(
             host: field(u.nodename), release: field(u.release), version: field(u.version), machine: field(u.machine),
             nrCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpuMHz: ProcFS.cpuMHz(),
-            totalMemoryMB: options.memoryMB, freeMemoryMB: options.memoryMB > used ? options.memoryMB - used : 0,
+            totalMemoryMB: machine.totalFrames / 256, freeMemoryMB: freeMemoryMB,
             xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
             xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,
             commandline: "procvisord rundir=\(options.runDirectory.path)", supervisorPid: Process.pid,

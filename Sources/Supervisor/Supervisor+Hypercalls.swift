@@ -100,9 +100,9 @@ extension Supervisor {
             let info = StartInfo(domid: dom.domid, name: dom.name, uuid: dom.uuid,
                                  memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,
                                  vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
-                                 engageTimeoutMs: UInt32(options.engageTimeoutMs))
-            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid) {
-                replyFDs = [ev.doorbell.fd, selfPage.fd]
+                                 engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames)
+            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory {
+                replyFDs = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD]
             }
             return HypercallReply(seq: seq, rc: 0, payload: info.encode())
         case .engaged:
@@ -170,6 +170,8 @@ extension Supervisor {
             let (reply, fds) = eventChannelOp(dom, r)
             replyFDs = fds
             return reply
+        case .memoryOp:
+            return memoryOp(dom, r)
         case .grantTableOp:
             if inMulticall && [GnttabOp.setupTable.rawValue, GnttabOp.mapGrantRef.rawValue].contains(r.args[0]) { return .error(seq, .EINVAL) }
             return grantTableOp(dom, r)

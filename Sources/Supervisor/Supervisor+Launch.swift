@@ -39,11 +39,25 @@ extension Supervisor {
         if config.vcpus < 1 || config.maxvcpus > 512 {
             throw CreateError("vcpus must be between 1 and 512 (got vcpus=\(config.vcpus), maxvcpus=\(config.maxvcpus))")
         }
-        let free = options.memoryMB > allocatedMemoryMB ? options.memoryMB - allocatedMemoryMB : 0
+        let free = freeMemoryMB
         if UInt64(config.memory) > free {
             throw CreateError("memory=\(config.memory) MiB is more than the free machine memory (\(free) MiB of \(options.memoryMB) MiB)")
         }
+        if UInt64(config.maxmem) * 256 >= grantPageGFNBase {
+            throw CreateError("maxmem=\(config.maxmem) MiB is larger than a domain's pseudo-physical space (8 TiB)")
+        }
         guard let domid = allocateDomid() else { throw CreateError("no free domid") }
+        let memory: DomainMemory
+        do {
+            memory = try DomainMemory(domid: domid, spanPages: UInt64(config.maxmem) * 256)
+        } catch {
+            throw CreateError("cannot create the RAM of dom\(domid): \(error)")
+        }
+        for pfn in 0..<(UInt64(config.memory) * 256) where !memory.populate(PFN(pfn), from: machine) {
+            memory.releaseAll(to: machine)
+            throw CreateError("out of machine frames while populating dom\(domid)")
+        }
+        memory.maxPages = UInt64(config.memory) * 256
 
         let (hcParent, hcChild) = try UnixSocket.pair()
         let (evParent, evChild) = try UnixSocket.pair()
@@ -65,14 +79,17 @@ extension Supervisor {
                 filter: baselineBPF)
         } catch {
             parentEnds.forEach { $0.close() }
+            memory.releaseAll(to: machine)
             throw CreateError("cannot start kernel \(kernel): \(error)")
         }
+        attachCgroup(memory, pid: pid, domid: domid)
         let dom = DomainRecord(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(),
                                config: config, startPaused: paused, pid: pid,
                                hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
                                quickRestarts: quickRestarts)
         dom.createWaiter = waiter
         dom.evtchn = try? DomainEventChannels(domid: domid)
+        dom.memory = memory
         domains[domid] = dom
         domidByPid[pid] = domid
         dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),
@@ -92,6 +109,24 @@ extension Supervisor {
         }
         logger.info("domain created", metadata: ["domid": "\(domid)", "name": "\(config.name)", "pid": "\(pid)", "kernel": "\(kernel)"])
         return dom
+    }
+
+    /// Memory cgroup slack above the reservation: the domain process's own heap, stacks and runtime.
+    static let cgroupSlackBytes: UInt64 = 64 << 20
+
+    /// Puts the domain in a memory cgroup limited to its reservation (plus slack) where cgroups are
+    /// writable; otherwise measurement alone enforces it (said once in the log).
+    func attachCgroup(_ memory: DomainMemory, pid: pid_t, domid: UInt16) {
+        guard cgroupsUsable else { return }
+        do {
+            let cg = try MemoryCgroup(name: "procvisor-\(Process.pid)-dom\(domid)", limitBytes: memory.maxPages * 4096 + Self.cgroupSlackBytes)
+            try cg.add(pid)
+            memory.cgroup = cg
+        } catch {
+            cgroupsUsable = false
+            logger.notice("memory cgroups unavailable; enforcing reservations by measurement", metadata: ["error": "\(error)"])
+            log("memory cgroups unavailable (\(error)); enforcing reservations by measurement")
+        }
     }
 
     /// A random (version 4) UUID.

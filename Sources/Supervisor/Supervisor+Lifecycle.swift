@@ -51,6 +51,8 @@ extension Supervisor {
         releaseResources(dom)
         closeEventChannels(dom)
         releaseGrants(dom)
+        dom.memory?.releaseAll(to: machine)
+        dom.memory = nil
         let how: String
         switch status {
         case let .exited(code): how = "exited with status \(code)"
@@ -157,9 +159,10 @@ extension Supervisor {
         guard !dom.released else { return }
         while let m = try? UnixSocket.receive(dom.hypercallFD, maxSize: HypercallRequest.maxMessageSize + 1, nonBlocking: true) {
             m.fds.forEach { $0.close() }
-            if let r = try? HypercallRequest.decode(m.bytes), r.op == HypercallOp.seccompViolation.rawValue {
-                _ = dispatch(dom, r)
-            }
+            guard let r = try? HypercallRequest.decode(m.bytes) else { continue }
+            if r.op == HypercallOp.seccompViolation.rawValue { _ = dispatch(dom, r) }
+            // It asked for its start-info before dying: it died during bootstrap, not before.
+            if r.op == HypercallOp.bootstrap.rawValue { dom.bootstrapped = true }
         }
     }
 

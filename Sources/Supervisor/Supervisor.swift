@@ -32,6 +32,10 @@ public final class Supervisor {
     var stopDeadline: UInt64?
     /// The compiled baseline filter, built once: every domain gets the same program.
     let baselineBPF: [UInt8]
+    /// Machine frames and the global M2P.
+    let machine: MachineMemory
+    /// Whether domain memory cgroups could be created (else reservations are enforced by measurement only).
+    var cgroupsUsable = true
     let startTime: UInt64
 
     public init(options: SupervisorOptions, logger: Logger) throws {
@@ -39,6 +43,7 @@ public final class Supervisor {
         self.logger = logger
         loop = try EventLoop()
         baselineBPF = try SeccompPolicies.baseline.compile().bpf()
+        machine = try MachineMemory(totalFrames: options.memoryMB * 256)
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         startTime = UInt64(ts.tv_sec)
@@ -74,6 +79,8 @@ public final class Supervisor {
         logger.info("supervisor started", metadata: ["rundir": "\(dir.path)", "pid": "\(Process.pid)",
                                                      "memory_mb": "\(options.memoryMB)"])
         log("Procvisor supervisor started (Xen \(ProcvisorVersion.major).\(ProcvisorVersion.minor) interface), pid \(Process.pid)")
+        log("machine memory: \(options.memoryMB) MiB (\(machine.totalFrames) frames)")
+        scheduleReservationCheck()
     }
 
     /// Serves until SIGTERM/SIGINT, then powers domains off (destroying stragglers) and returns.
@@ -155,7 +162,5 @@ public final class Supervisor {
         return domains.values.first { $0.name == spec }
     }
 
-    var allocatedMemoryMB: UInt64 {
-        domains.values.filter(\.hasProcess).reduce(0) { $0 + UInt64($1.config.memory) }
-    }
+    var freeMemoryMB: UInt64 { machine.freeFrames / 256 }
 }

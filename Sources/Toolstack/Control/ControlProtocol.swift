@@ -17,6 +17,8 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     /// After `.consoleAttached` the connection carries raw console bytes both ways.
     case consoleAttach(domain: String)
     case dmesg(clear: Bool)
+    /// `xl mem-max`: the most memory (KiB) the domain may hold.
+    case memMax(domain: String, kb: UInt64)
     /// Replies `.shutdownDone` once domain `domid` has shut down (or at once if it already has).
     case waitShutdown(domid: UInt16)
     case ping

@@ -1,0 +1,64 @@
+import Glibc
+
+/// A memory cgroup for one domain, created under the supervisor's own cgroup (v1 `memory`
+/// hierarchy or the v2 unified one). Creation fails cleanly where cgroups are not writable; the
+/// caller then enforces reservations by measurement instead.
+public final class MemoryCgroup {
+    public enum Version: String, Sendable { case v1, v2 }
+    public let path: String
+    public let version: Version
+
+    /// The directory of this process's memory cgroup, and its version.
+    public static func current() -> (path: String, version: Version)? {
+        guard let text = try? FileIO.readString("/proc/self/cgroup") else { return nil }
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard f.count == 3 else { continue }
+            if f[1].split(separator: ",").contains("memory") {
+                return ("/sys/fs/cgroup/memory" + f[2], .v1)
+            }
+        }
+        for line in text.split(separator: "\n") where line.hasPrefix("0::") {
+            let dir = "/sys/fs/cgroup" + line.dropFirst(3)
+            if FileIO.exists(dir + "/cgroup.controllers") { return (dir, .v2) }
+        }
+        return nil
+    }
+
+    /// Creates `name` under the current cgroup with `limitBytes`; throws when not permitted.
+    public init(name: String, limitBytes: UInt64) throws {
+        guard let (parent, version) = Self.current() else {
+            throw SystemError("cgroup", "no memory cgroup found in /proc/self/cgroup", errno: .noSuchFile)
+        }
+        self.version = version
+        path = parent + "/" + name
+        if mkdir(path, 0o755) != 0 && Errno.current != .exists { throw SystemError("mkdir", path, errno: .current) }
+        do {
+            try setLimit(limitBytes)
+        } catch {
+            _ = rmdir(path)
+            throw error
+        }
+    }
+
+    public func setLimit(_ bytes: UInt64) throws {
+        try FileIO.write(path + (version == .v1 ? "/memory.limit_in_bytes" : "/memory.max"), "\(bytes)\n")
+    }
+
+    /// Moves `pid` (all its threads) into the cgroup.
+    public func add(_ pid: pid_t) throws {
+        try FileIO.write(path + "/cgroup.procs", "\(pid)\n")
+    }
+
+    /// How often the limit was hit (v1 memory.failcnt, v2 the `max` count of memory.events).
+    public var limitHits: Int {
+        if version == .v1 { return Int(((try? FileIO.readString(path + "/memory.failcnt")) ?? "0").split(separator: "\n").first ?? "0") ?? 0 }
+        let events = (try? FileIO.readString(path + "/memory.events")) ?? ""
+        for line in events.split(separator: "\n") where line.hasPrefix("max ") { return Int(line.dropFirst(4)) ?? 0 }
+        return 0
+    }
+
+    /// Removes the (empty) cgroup; retried by the caller's next cleanup if processes linger.
+    @discardableResult
+    public func remove() -> Bool { rmdir(path) == 0 }
+}
