@@ -57,7 +57,6 @@ extension Supervisor {
             memory.releaseAll(to: machine)
             throw CreateError("out of machine frames while populating dom\(domid)")
         }
-        memory.maxPages = UInt64(config.memory) * 256
 
         let (hcParent, hcChild) = try UnixSocket.pair()
         let (evParent, evChild) = try UnixSocket.pair()

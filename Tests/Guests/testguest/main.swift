@@ -430,6 +430,46 @@ case "pair-client":
     print("client rounds=\(rounds) errors=\(errors)")
     fflush(stdout)
     domain.shutdown(errors == 0 ? .poweroff : .crash)
+case "balloon":
+    // Gives memory back and takes it again; prints what the host and the supervisor see.
+    let mem = domain.memory
+    let populated = Int(mem.currentReservation)
+    func stats(_ what: String) {
+        print("\(what): host=\(mem.hostBytes / 1048576)MiB reservation=\(mem.currentReservation / 256)MiB max=\(mem.maximumReservation / 256)MiB")
+        fflush(stdout)
+    }
+    memset(mem.base, 0x11, populated * 4096)  // touch every populated page
+    let first = PFN(0), mfn0 = mem.mfn(of: first)!
+    print("translate: pfn 0 -> \(mfn0) -> \(mem.pfn(of: mfn0).map { "\($0)" } ?? "nil")")
+    stats("start")
+    let n = Int(arg("mb") ?? "16")! * 256
+    let top = (populated - n)..<populated
+    print("decreased \(mem.decreaseReservation(top.map { PFN(UInt64($0)) })) pages")
+    print("ballooned pfn has no mfn: \(mem.mfn(of: PFN(UInt64(populated - 1))) == nil)")
+    stats("after decrease")
+    print("repopulated \(mem.populate(top.map { PFN(UInt64($0)) })) pages")
+    memset(mem.base + top.lowerBound * 4096, 0x22, n * 4096)
+    stats("after populate")
+    print("grow into the rest of maxmem: \(mem.populate((populated..<Int(mem.spanPages)).map { PFN(UInt64($0)) })) pages")
+    print("populate outside the domain: \(mem.populate([PFN(mem.spanPages), PFN(1 << 40)])) pages")
+    print("populate an already populated pfn: \(mem.populate([PFN(0)])) pages")
+    stats("full")
+    print("waiting")
+    fflush(stdout)
+    _ = domain.console.readLine()
+    print("decreased \(mem.decreaseReservation((0..<256).map { PFN(UInt64(Int(mem.spanPages) - 256 + $0)) })) pages")
+    if arg("then") != "cheat" {
+        print("populate above mem-max: \(mem.populate((0..<256).map { PFN(UInt64(Int(mem.spanPages) - 256 + $0)) })) pages")
+    }
+    stats("after mem-max")
+    if arg("then") == "cheat" {
+        // Write a page given back without repopulating it: host memory above the reservation.
+        print("writing a ballooned page")
+        fflush(stdout)
+        memset(mem.base + (Int(mem.spanPages) - 256) * 4096, 0x33, 256 * 4096)
+        while true { sleep(1) }
+    }
+    domain.shutdown(.poweroff)
 case "multicall":
     let rcs = domain.multicall([(.xenVersion, [0]), (.vcpuOp, [VCPUOp.isUp.rawValue, 0]), (.schedOp, [SchedOp.yield.rawValue]), (.xenVersion, [99])])
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")
