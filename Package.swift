@@ -52,6 +52,10 @@ let package = Package(
         .executableTarget(name: "hello", dependencies: ["DomainRuntime"], path: "examples/hello", exclude: ["hello.cfg"], swiftSettings: v5),
         .executableTarget(name: "spinner", dependencies: ["DomainRuntime"], path: "examples/spinner", exclude: ["spinner.cfg"], swiftSettings: v5),
         .executableTarget(name: "evil", dependencies: ["DomainRuntime"], path: "examples/evil", exclude: ["evil.cfg"], swiftSettings: v5),
+        .executableTarget(name: "pingpong", dependencies: ["DomainRuntime"], path: "examples/pingpong",
+                          exclude: ["ping.cfg", "pong.cfg", "run.sh"], swiftSettings: v5),
+        .executableTarget(name: "balloon-demo", dependencies: ["DomainRuntime"], path: "examples/balloon-demo",
+                          exclude: ["balloon-demo.cfg"], swiftSettings: v5),
 
         // Benchmarks run their peer in the same run and print ratios.
         .executableTarget(

@@ -96,4 +96,26 @@ import Testing
         }
         #expect(try h.list()["offer"] != nil)
     }
+
+    @Test func thePingpongExampleBouncesThroughAGrantedRing() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let kernel = Products.path("pingpong")
+        #expect(try h.xl("create", h.config("pong", kernel: kernel, "extra = \"role=pong\"\n")).ok)
+        #expect(try h.xl("create", h.config("ping", kernel: kernel, "extra = \"role=ping peer=1 rounds=2000\"\n")).ok)
+        let offer = try #require(line(h, "ping", prefix: "offer "))
+        try type(h, "pong", String(offer.dropFirst("offer ".count)))
+        #expect(line(h, "ping", prefix: "pingpong: 2000 round trips through a granted ring") != nil, "\(h.consoleLog("ping"))")
+        #expect(line(h, "pong", prefix: "pong: served 2000 requests") != nil, "\(h.consoleLog("pong"))")
+        #expect(eventually { (try? h.list())?.count == 1 })
+    }
+
+    @Test func theBalloonDemoExampleRuns() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let r = try h.xl("create", "-c", h.config("bd", kernel: Products.path("balloon-demo"), "memory = 16\nmaxmem = 32\n"), timeout: 20)
+        #expect(r.ok)
+        #expect(r.stdout.contains("ballooned out 8 MiB: host backs 8 MiB, reservation 8 MiB of max 32 MiB"), "\(r.stdout)")
+        #expect(r.stdout.contains("touched again: host backs 16 MiB, reservation 16 MiB of max 32 MiB"))
+    }
 }
