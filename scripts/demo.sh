@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds Procvisor, starts a supervisor in a private run directory,
 # creates the example domains from their xl.cfg files, shows them, their consoles and the
-# sandbox at work, then destroys them and stops the supervisor.
+# sandbox at work, ballooning and two domains talking through a granted page, then destroys
+# them and stops the supervisor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -30,4 +31,7 @@ echo
 run $xl dmesg
 run $xl shutdown -w spinner
 run $xl destroy "$($xl list | awk '/^evil-/ {print $1}')"
+run $xl create -c examples/balloon-demo/balloon-demo.cfg  # gives memory back to the host and takes it again
+run bash examples/pingpong/run.sh                       # two domains: a granted ring and an event channel
 run $xl list
+run $xl info total_memory
