@@ -153,6 +153,14 @@ case "grant-bench":
         try! gt.unmap(g)
     }
     let t1 = MonotonicClock.nanoseconds()
+    let batch16 = [(domid: UInt16, ref: GrantRef, readonly: Bool)](repeating: (peer, 8, false), count: 16)
+    let tb0 = MonotonicClock.nanoseconds()
+    for _ in 0..<(rounds / 16) {
+        let ms = gt.map(batch16).map { try! $0.get() }
+        _ = gt.unmap(ms)
+    }
+    let tb1 = MonotonicClock.nanoseconds()
+    report("map_unmap_batch_ns=\((tb1 - tb0) / UInt64(rounds / 16 * 16))")
     let mine = try! gt.allocatePage()
     let op = GrantCopy(source: .init(refOrGFN: 8, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
                        length: 4096, flags: GNTCOPY_source_gref)

@@ -81,10 +81,21 @@ public enum ProcFS {
     /// How many mappings and descriptors of process `pid` refer to the memfd named `name`
     /// (lines of /proc/PID/maps plus links in /proc/PID/fd reading "/memfd:NAME (deleted)").
     public static func references(of pid: pid_t, toMemfd name: String) -> Int {
-        let target = "/memfd:\(name) (deleted)"
-        var n = 0
+        memfdReferences(of: pid)[name] ?? 0
+    }
+
+    /// Mappings plus descriptors of process `pid` per memfd name, from one pass over
+    /// /proc/PID/maps and /proc/PID/fd.
+    public static func memfdReferences(of pid: pid_t) -> [String: Int] {
+        var counts: [String: Int] = [:]
+        func note(_ path: Substring) {
+            guard path.hasPrefix("/memfd:"), path.hasSuffix(" (deleted)") else { return }
+            counts[String(path.dropFirst(7).dropLast(10)), default: 0] += 1
+        }
         if let maps = try? FileIO.readString("/proc/\(pid)/maps") {
-            for line in maps.split(separator: "\n") where line.hasSuffix(target) { n += 1 }
+            for line in maps.split(separator: "\n") {
+                if let slash = line.firstIndex(of: "/") { note(line[slash...]) }
+            }
         }
         if let dir = opendir("/proc/\(pid)/fd") {
             defer { closedir(dir) }
@@ -95,11 +106,11 @@ public enum ProcFS {
                 let len = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
                 if len > 0 {
                     buf[len] = 0
-                    if String(cString: buf) == target { n += 1 }
+                    note(Substring(String(cString: buf)))
                 }
             }
         }
-        return n
+        return counts
     }
 
     /// A field of /proc/meminfo in KiB ("MemTotal", "MemAvailable").

@@ -159,7 +159,11 @@ extension Supervisor {
             }
             var rd = WireReader(r.payload, what: "grant unmap")
             var statuses: [GNTST] = []
-            for _ in 0..<(r.payload.count / 4) { statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0)) }
+            // One look at the grantee's mappings and descriptors serves the whole batch.
+            let refs = dom.hasProcess ? ProcFS.memfdReferences(of: dom.pid) : [:]
+            for _ in 0..<(r.payload.count / 4) {
+                statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0, references: refs))
+            }
             return HypercallReply(seq: seq, rc: 0, payload: GrantStatusList.encode(statuses))
         case .copy:
             guard let ops = try? GrantCopy.decode(r.payload), !ops.isEmpty, ops.count <= 256 else {
@@ -226,11 +230,13 @@ extension Supervisor {
 
     /// The grantee says it unmapped: check it really holds no mapping or descriptor of the page
     /// beyond its other handles (a mapping cannot be revoked from outside), then release.
-    func unmapGrant(_ dom: DomainRecord, handle: UInt32) -> GNTST {
+    func unmapGrant(_ dom: DomainRecord, handle: UInt32, references: [String: Int]) -> GNTST {
         let g = grants(dom)
         guard let entry = g.maptrack[handle] else { return .badHandle }
+        // Handles still held for the page after this one: the snapshot may show at most that many
+        // mappings and descriptors (earlier handles of the batch are already dropped).
         let others = g.maptrack.values.filter { $0.page === entry.page }.count - 1
-        if dom.hasProcess && ProcFS.references(of: dom.pid, toMemfd: entry.page.name) > others {
+        if dom.hasProcess && (references[entry.page.name] ?? 0) > others {
             return .generalError
         }
         dropMapping(dom, handle: handle)
