@@ -95,6 +95,24 @@ import Testing
             #expect(log.contains(expected + "\n"), "missing \(expected)")
         }
         #expect(try h.list()["offer"] != nil)
+        // VIRQ_DOM_EXC fires when another domain dies.
+        _ = line(h, "intruder", prefix: "waiting for dom_exc")
+        #expect(try h.xl("destroy", "offer").ok)
+        #expect(line(h, "intruder", prefix: "dom_exc delivered") == "dom_exc delivered: true")
+    }
+
+    @Test func aGrantedPageOutlivesItsGranterUntilUnmapped() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("granter", mode: "grant-offer", "extra = \"mode=grant-offer peer=2\"\n")
+        try h.create("holder", mode: "grant-map", "extra = \"mode=grant-map action=outlive\"\n")
+        let offer = try #require(line(h, "granter", prefix: "offer "))
+        try type(h, "holder", "peer=1 " + offer.dropFirst("offer ".count))
+        _ = line(h, "holder", prefix: "mapped; destroy")
+        #expect(try h.xl("destroy", "granter").ok)
+        #expect(line(h, "holder", prefix: "granter gone") == "granter gone; page still intact: true")
+        #expect(line(h, "holder", prefix: "unmap after") == "unmap after the granter died: [ProcvisorABI.GNTST.okay]")
+        #expect(line(h, "holder", prefix: "map from the dead granter") == "map from the dead granter: badDomain")
     }
 
     @Test func thePingpongExampleBouncesThroughAGrantedRing() throws {

@@ -298,6 +298,20 @@ case "grant-map":
         domain.shutdown(.poweroff)
     }
     let m = try! gt.map(domid: peer, ref: g)
+    if action == "outlive" {
+        // The granter is destroyed while we hold its page: the page must stay readable until we unmap.
+        let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+        print("mapped; destroy the granter now")
+        fflush(stdout)
+        while ev.isConnected(port) { _ = ev.waitAny(timeoutNs: 100_000_000) }
+        var intact = true
+        for i in 0..<4096 where m.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { intact = false }
+        print("granter gone; page still intact: \(intact)")
+        print("unmap after the granter died: \(gt.unmap([m]))")
+        print("map from the dead granter: \(status(gt.map([(peer, g, false)])[0]))")
+        fflush(stdout)
+        domain.shutdown(.poweroff)
+    }
     var okPattern = true
     for i in 0..<4096 where m.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { okPattern = false }
     print("mapped pattern ok: \(okPattern)")
@@ -367,6 +381,18 @@ case "evtchn-intrude":
     print("masked ipi held back: \(ev.waitAny(timeoutNs: 50_000_000) == nil)")
     ev.unmask(ipi)
     print("unmasked ipi delivered: \(ev.waitAny(timeoutNs: 1_000_000_000) == ipi)")
+    let domExc = try! ev.status(1)  // port 1 was the first allocated: the dom_exc virq? find it
+    _ = domExc
+    print("waiting for dom_exc")
+    fflush(stdout)
+    var sawDomExc = false
+    let deadline = MonotonicClock.nanoseconds() + 20_000_000_000
+    while !sawDomExc && MonotonicClock.nanoseconds() < deadline {
+        if let p = ev.waitAny(timeoutNs: 1_000_000_000), (try? ev.status(p))?.virq == VIRQ.domExc.rawValue, (try? ev.status(p))?.status == .virq {
+            sawDomExc = true
+        }
+    }
+    print("dom_exc delivered: \(sawDomExc)")
     fflush(stdout)
     domain.shutdown(.poweroff)
 case "pair-server":
@@ -380,7 +406,7 @@ case "pair-server":
     var rounds = 0, errors = 0
     let words = page.base.assumingMemoryBound(to: UInt64.self)
     while true {
-        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { errors += 1; break }
+        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { print("server: nothing for 30 s after \(rounds) rounds"); errors += 1; break }
         if !ev.isConnected(port) { break }
         let seq = words[0]
         // The client writes even sequence numbers, we answer odd ones: an event that finds our
@@ -411,14 +437,16 @@ case "pair-client":
     let end = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
     var seq: UInt64 = UInt64(domain.domid) << 32
     while MonotonicClock.nanoseconds() < end {
-        guard let m = try? gt.map(domid: peer, ref: 8) else { errors += 1; break }
+        let m: GrantMapping
+        do { m = try gt.map(domid: peer, ref: 8) } catch { print("client: map failed: \(error)"); errors += 1; break }
         let w = m.base.assumingMemoryBound(to: UInt64.self)
         for i in 1..<512 { w[i] = seq &* UInt64(i) &+ UInt64(peer) }
         w[0] = seq
-        guard (try? gt.unmap(m)) != nil else { errors += 1; break }
+        do { try gt.unmap(m) } catch { print("client: unmap failed: \(error)"); errors += 1; break }
         try! ev.send(port)
-        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { errors += 1; break }
-        guard let r = try? gt.map(domid: peer, ref: 8, readonly: true) else { errors += 1; break }
+        guard ev.waitAny(timeoutNs: 30_000_000_000) == port else { print("client: no answer in round \(rounds)"); errors += 1; break }
+        let r: GrantMapping
+        do { r = try gt.map(domid: peer, ref: 8, readonly: true) } catch { print("client: ro map failed: \(error)"); errors += 1; break }
         let rw = r.base.assumingMemoryBound(to: UInt64.self)
         if rw[0] != seq &+ 1 { errors += 1 }
         for i in 1..<512 where rw[i] != (seq &+ 1) &* UInt64(i) { errors += 1; break }
