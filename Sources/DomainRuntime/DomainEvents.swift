@@ -37,6 +37,9 @@ final class DomainEvents {
             do {
                 message = try UnixSocket.receive(fd, maxSize: 64)
             } catch {
+                // Without this thread no binding or shutdown request arrives: say so on the console.
+                let msg = "procvisor: event socket failed: \(error)\n"
+                _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
                 return
             }
             guard let message else { return }  // supervisor gone: the hypercall channel will notice

@@ -309,7 +309,15 @@ public final class EventChannels {
     func handle(_ event: ChannelEvent, fds: [FileDescriptor]) {
         switch event {
         case let .peerPages(peer):
-            if fds.count == 2 { try? addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
+            if fds.count == 2 {
+                do { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) } catch {
+                    let msg = "procvisor: cannot map the event pages shared with dom\(peer): \(error)\n"
+                    _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+                }
+            } else {
+                let msg = "procvisor: pages for dom\(peer) arrived with \(fds.count) descriptors\n"
+                _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+            }
         case let .portBound(port, peer, remotePort):
             guard port > 0, Int(port) < EventPages.maxPorts else { return }
             lock(); entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort); unlock()

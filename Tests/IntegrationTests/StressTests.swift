@@ -4,7 +4,8 @@ import LinuxHost
 import Testing
 
 /// Many domains created and destroyed concurrently; the supervisor must end where it started.
-@Suite struct StressTests {
+/// Serialized: the two stress tests together would put 400 domains on two cores at once.
+@Suite(.serialized) struct StressTests {
     @Test func twoHundredDomainsInParallelBatchesLeakNothing() throws {
         // A 4 GiB machine keeps the (sparse) M2P small, so RSS growth would show a real leak.
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_MEMORY_MB": "4096"])
