@@ -57,6 +57,12 @@ import Testing
         #expect(consoleLogs.count == total + 10)
     }
 
+    static func fdTargets(_ pid: pid_t) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap {
+            try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")
+        }.sorted()
+    }
+
     /// Memfd mappings in the supervisor's address space (pair pages, grant tables and pages).
     static func memfdMappings(_ pid: pid_t) -> Int {
         ((try? FileIO.readString("/proc/\(pid)/maps")) ?? "").split(separator: "\n").filter { $0.contains("/memfd:") }.count
@@ -84,7 +90,8 @@ import Testing
         #expect(totalRounds > pairs, "only \(totalRounds) rounds in all")
         #expect(!(try h.dmesg()).contains("crashed"))
         #expect(eventually { h.children.isEmpty })
-        #expect(eventually(timeout: 30) { ProcFS.openFDCount(of: h.pid) == fdsBefore }, "supervisor fds: \(fdsBefore) before, \(ProcFS.openFDCount(of: h.pid)) after")
+        #expect(eventually(timeout: 30) { ProcFS.openFDCount(of: h.pid) == fdsBefore },
+                "supervisor fds: \(fdsBefore) before, \(ProcFS.openFDCount(of: h.pid)) after: \(Self.fdTargets(h.pid))")
         #expect(Self.memfdMappings(h.pid) == mapsBefore, "memfd mappings: \(mapsBefore) before, \(Self.memfdMappings(h.pid)) after")
     }
 }
