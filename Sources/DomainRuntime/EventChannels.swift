@@ -43,6 +43,8 @@ public final class EventChannels {
     private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
     private var localPending: Set<Port> = []
+    /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
+    private var unboundEarly: Set<Port> = []
     /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
     private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
     /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
@@ -85,7 +87,11 @@ public final class EventChannels {
     /// `EVTCHNOP_alloc_unbound`: a port `remote` may bind to.
     public func allocUnbound(remote: UInt16) throws -> Port {
         let port = Port(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF), UInt64(remote)]).rc)
-        lock(); entries[Int(port)] = .unbound(remote: remote); unlock()
+        // The remote may bind (and the event thread record `portBound`) before this reply is
+        // processed: never overwrite what it recorded.
+        lock()
+        if entries[Int(port)] == .free { entries[Int(port)] = .unbound(remote: remote) }
+        unlock()
         return port
     }
 
@@ -97,7 +103,14 @@ public final class EventChannels {
         let port = Port(r.rc)
         let peer = remote == DOMID_SELF ? domid : remote
         if fds.count == 2 { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
-        lock(); entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort)
+        lock()
+        if unboundEarly.remove(port) != nil {
+            // The remote end closed before this reply was processed.
+            entries[Int(port)] = .unbound(remote: peer)
+            localPending.insert(port)
+        } else {
+            entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort)
+        }
         if peer == domid { entries[Int(remotePort)] = .interdomain(peer: peer, remotePort: port) }
         unlock()
         return port
@@ -328,6 +341,8 @@ public final class EventChannels {
             if case let .interdomain(peer, _) = entries[Int(port)] {
                 entries[Int(port)] = .unbound(remote: peer)
                 localPending.insert(port)
+            } else if entries[Int(port)] == .free {
+                unboundEarly.insert(port)
             }
             unlock()
             ring(ownDoorbell)
