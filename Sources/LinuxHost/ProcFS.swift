@@ -78,12 +78,6 @@ public enum ProcFS {
         return out
     }
 
-    /// How many mappings and descriptors of process `pid` refer to the memfd named `name`
-    /// (lines of /proc/PID/maps plus links in /proc/PID/fd reading "/memfd:NAME (deleted)").
-    public static func references(of pid: pid_t, toMemfd name: String) -> Int {
-        memfdReferences(of: pid)[name] ?? 0
-    }
-
     /// Mappings plus descriptors of process `pid` per memfd name, from one pass over
     /// /proc/PID/maps and /proc/PID/fd.
     public static func memfdReferences(of pid: pid_t) -> [String: Int] {

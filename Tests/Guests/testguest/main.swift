@@ -12,6 +12,14 @@ func arg(_ key: String) -> String? {
     args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) }
 }
 
+/// "key=value key=value" from a console line (the handshake the tests type in).
+func settings(_ line: String) -> [String: String] {
+    Dictionary(line.split(separator: " ").compactMap { part -> (String, String)? in
+        let f = part.split(separator: "=", maxSplits: 1)
+        return f.count == 2 ? (String(f[0]), String(f[1])) : nil
+    }, uniquingKeysWith: { _, last in last })
+}
+
 /// Issues the forbidden (or allowed) system call `name` with harmless arguments. Returns its result.
 @discardableResult
 func issue(_ name: String) -> Int {
@@ -217,10 +225,7 @@ case "evtchn-bind":
     // Reads "peer=D port=P" from the console, binds, bounces `rounds` events, reports the RTT.
     let ev = domain.eventChannels
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
-    let kv = Dictionary(uniqueKeysWithValues: line.split(separator: " ").compactMap { part -> (String, String)? in
-        let f = part.split(separator: "=", maxSplits: 1)
-        return f.count == 2 ? (String(f[0]), String(f[1])) : nil
-    })
+    let kv = settings(line)
     let peer = UInt16(kv["peer"] ?? "") ?? 0
     let rport = UInt32(kv["port"] ?? "") ?? 0
     let port: UInt32
@@ -276,10 +281,7 @@ case "grant-map":
     // Reads "peer=D gref=G ro=R other=O forged=F port=P" from the console and checks every path.
     let ev = domain.eventChannels, gt = domain.grantTable
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
-    let kv = Dictionary(uniqueKeysWithValues: line.split(separator: " ").compactMap { part -> (String, UInt32)? in
-        let f = part.split(separator: "=", maxSplits: 1)
-        return f.count == 2 ? (String(f[0]), UInt32(f[1]) ?? 0) : nil
-    })
+    let kv = settings(line).mapValues { UInt32($0) ?? 0 }
     let peer = UInt16(kv["peer"] ?? 0), g = kv["gref"] ?? 0, ro = kv["ro"] ?? 0
     let action = arg("action") ?? "normal"
     func status(_ r: Result<GrantMapping, GrantError>) -> String {
