@@ -148,6 +148,24 @@ final class SupervisorHarness {
 
     func dmesg() throws -> String { try xl("dmesg").stdout }
 
+    /// Sockets bound to the control socket's path: the listener plus every control connection the
+    /// supervisor has accepted and not yet closed (accepted sockets carry the listener's path in
+    /// /proc/net/unix; the client ends do not).
+    func controlSocketCount() -> Int {
+        let path = runDirectory + "/control"
+        return ((try? FileIO.readString("/proc/net/unix")) ?? "").split(separator: "\n").filter {
+            $0.hasSuffix(" " + path)
+        }.count
+    }
+
+    /// The supervisor's open descriptor count once it has closed every control connection, so a
+    /// baseline taken right after an xl command is not off by the connection still being torn down.
+    func settledFDCount(sourceLocation: SourceLocation = #_sourceLocation) -> Int {
+        #expect(eventually(timeout: 30) { controlSocketCount() == 1 },
+                "control connections still open: \(controlSocketCount() - 1)", sourceLocation: sourceLocation)
+        return ProcFS.openFDCount(of: pid)
+    }
+
     func consoleLog(_ name: String) -> String {
         (try? String(contentsOfFile: runDirectory + "/console/guest-\(name).log", encoding: .utf8)) ?? ""
     }

@@ -14,7 +14,7 @@ import Testing
         // scattered frame allocator touches) is not mistaken for a leak.
         for i in 0..<10 { try h.create("warmup\(i)", mode: "run") }
         for i in 0..<10 { #expect(try h.xl("destroy", "warmup\(i)").ok) }
-        let fdsBefore = ProcFS.openFDCount(of: h.pid)
+        let fdsBefore = h.settledFDCount()
         let rssBefore = ProcFS.residentKB(of: h.pid)
         #expect(h.children.isEmpty)
 
@@ -48,8 +48,7 @@ import Testing
         #expect(failures.messages.isEmpty, "\(failures.messages.prefix(5))")
         #expect(try h.list().keys.sorted() == ["Domain-0"])
         #expect(eventually { h.children.isEmpty }, "domain processes left: \(h.children)")
-        // Control connections close asynchronously after xl exits.
-        #expect(eventually(timeout: 30) { ProcFS.openFDCount(of: h.pid) == fdsBefore },
+        #expect(eventually(timeout: 30) { h.controlSocketCount() == 1 && ProcFS.openFDCount(of: h.pid) == fdsBefore },
                 "supervisor fds: \(fdsBefore) before, \(ProcFS.openFDCount(of: h.pid)) after")
         let rssAfter = ProcFS.residentKB(of: h.pid)
         #expect(rssAfter < rssBefore + 16 * 1024, "supervisor RSS grew from \(rssBefore) KiB to \(rssAfter) KiB")
@@ -71,7 +70,7 @@ import Testing
     @Test func hundredPairsMapUnmapAndPingPongWithVerifiedData() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
-        let fdsBefore = ProcFS.openFDCount(of: h.pid)
+        let fdsBefore = h.settledFDCount()
         let mapsBefore = Self.memfdMappings(h.pid)
         let pairs = 100
         // Created in order, so pair i is dom 2i-1 (server) and dom 2i (client).
@@ -90,7 +89,7 @@ import Testing
         #expect(totalRounds > pairs, "only \(totalRounds) rounds in all")
         #expect(!(try h.dmesg()).contains("crashed"))
         #expect(eventually { h.children.isEmpty })
-        #expect(eventually(timeout: 30) { ProcFS.openFDCount(of: h.pid) == fdsBefore },
+        #expect(eventually(timeout: 30) { h.controlSocketCount() == 1 && ProcFS.openFDCount(of: h.pid) == fdsBefore },
                 "supervisor fds: \(fdsBefore) before, \(ProcFS.openFDCount(of: h.pid)) after: \(Self.fdTargets(h.pid))")
         #expect(Self.memfdMappings(h.pid) == mapsBefore, "memfd mappings: \(mapsBefore) before, \(Self.memfdMappings(h.pid)) after")
     }
