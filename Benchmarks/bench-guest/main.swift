@@ -23,27 +23,38 @@ case "--futex-ping", "--futex-pong":
     let spin = Int(args.last.flatMap { $0.hasPrefix("spin=") ? String($0.dropFirst(5)) : nil } ?? "0") ?? 0
     let map = try! SharedMapping(FileDescriptor(rawValue: 3), length: 4096)
     let turn = map.base.assumingMemoryBound(to: UInt32.self)
+    // With a spin, the peer is as smart as the event channel: a sleeper count next to the turn word
+    // lets the sender skip FUTEX_WAKE while the other side is still spinning. Without one it is the
+    // textbook ping-pong: every hand-over is a FUTEX_WAKE and every wait a FUTEX_WAIT.
+    let sleepers = turn + 1
+    func hand(_ value: UInt32) {
+        SharedAtomic.store(turn, value)
+        if spin == 0 || SharedAtomic.load(sleepers) != 0 { _ = try? Futex.wake(turn) }
+    }
     /// Waits while *turn == value: `spin` checks first, then FUTEX_WAIT.
-    func await(_ value: UInt32) {
-        for _ in 0..<spin where SharedAtomic.load(turn) == value { SharedAtomic.relax() }
+    func waitWhile(_ value: UInt32) {
+        for _ in 0..<spin {
+            if SharedAtomic.load(turn) != value { return }
+            SharedAtomic.relax()
+        }
+        SharedAtomic.fetchAdd(sleepers, 1)
         while SharedAtomic.load(turn) == value { _ = try? Futex.wait(turn, expected: value) }
+        SharedAtomic.fetchAdd(sleepers, UInt32.max)
     }
     if ping {
         let t0 = MonotonicClock.nanoseconds()
         for _ in 0..<rounds {
-            SharedAtomic.store(turn, 1)
-            _ = try? Futex.wake(turn)
-            await(1)
+            hand(1)
+            waitWhile(1)
         }
         report("rtt_ns=\((MonotonicClock.nanoseconds() - t0) / UInt64(rounds))")
         SharedAtomic.store(turn, 2)
         _ = try? Futex.wake(turn)
     } else {
         while true {
-            await(0)
+            waitWhile(0)
             if SharedAtomic.load(turn) == 2 { break }
-            SharedAtomic.store(turn, 0)
-            _ = try? Futex.wake(turn)
+            hand(0)
         }
     }
     exit(0)

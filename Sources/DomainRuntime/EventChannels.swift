@@ -50,6 +50,19 @@ public final class EventChannels {
     /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
     private var ready: [Port] = []
     private var readyHead = 0
+    /// Per port, where `send` sets the bit and rings: pointers into pair and doorbell pages, which
+    /// stay mapped for the domain's lifetime. Filled by the first send after a bind, cleared on
+    /// every change of the port's entry, so the data path does no lookups and no reference counting.
+    private let sendCache: UnsafeMutablePointer<SendTarget>
+
+    struct SendTarget {
+        var bitmapWord: UnsafeMutablePointer<UInt64>?
+        var bit: UInt64 = 0
+        var summary: UnsafeMutablePointer<UInt64>?
+        var summaryBit: UInt64 = 0
+        var doorbell: UnsafeMutablePointer<UInt32>?
+        var sleeping: UnsafeMutablePointer<UInt32>?
+    }
 
     var doorbellWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self) }
     var sleepersWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self) }
@@ -62,11 +75,21 @@ public final class EventChannels {
         doorbellFD.close()
         selfPageFD.close()
         pthread_mutex_init(&mutex, nil)
+        sendCache = .allocate(capacity: EventPages.maxPorts)
+        sendCache.initialize(repeating: SendTarget(), count: EventPages.maxPorts)
         peers[0] = PeerPages(pair: selfPage, doorbell: nil)
         rebuildScanList()
     }
 
+    deinit { sendCache.deallocate() }
+
     private func lock() { pthread_mutex_lock(&mutex) }
+
+    /// Changes a port's entry (lock held) and forgets its cached send target.
+    private func setEntry(_ port: Port, _ entry: Entry) {
+        entries[Int(port)] = entry
+        sendCache[Int(port)] = SendTarget()
+    }
     private func unlock() { pthread_mutex_unlock(&mutex) }
 
     private func rebuildScanList() {
@@ -90,7 +113,7 @@ public final class EventChannels {
         // The remote may bind (and the event thread record `portBound`) before this reply is
         // processed: never overwrite what it recorded.
         lock()
-        if entries[Int(port)] == .free { entries[Int(port)] = .unbound(remote: remote) }
+        if entries[Int(port)] == .free { setEntry(port, .unbound(remote: remote)) }
         unlock()
         return port
     }
@@ -106,12 +129,12 @@ public final class EventChannels {
         lock()
         if unboundEarly.remove(port) != nil {
             // The remote end closed before this reply was processed.
-            entries[Int(port)] = .unbound(remote: peer)
+            setEntry(port, .unbound(remote: peer))
             localPending.insert(port)
         } else {
-            entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort)
+            setEntry(port, .interdomain(peer: peer, remotePort: remotePort))
         }
-        if peer == domid { entries[Int(remotePort)] = .interdomain(peer: peer, remotePort: port) }
+        if peer == domid { setEntry(remotePort, .interdomain(peer: peer, remotePort: port)) }
         unlock()
         return port
     }
@@ -119,14 +142,14 @@ public final class EventChannels {
     /// `EVTCHNOP_bind_virq`.
     public func bindVirq(_ virq: VIRQ, vcpu: Int = 0) throws -> Port {
         let port = Port(try op("bind_virq", [EvtchnOp.bindVirq.rawValue, UInt64(virq.rawValue), UInt64(vcpu)]).rc)
-        lock(); entries[Int(port)] = .virq(virq); unlock()
+        lock(); setEntry(port, .virq(virq)); unlock()
         return port
     }
 
     /// `EVTCHNOP_bind_ipi`: a port for signalling this domain's own vCPUs.
     public func bindIPI(vcpu: Int = 0) throws -> Port {
         let port = Port(try op("bind_ipi", [EvtchnOp.bindIPI.rawValue, UInt64(vcpu)]).rc)
-        lock(); entries[Int(port)] = .ipi; unlock()
+        lock(); setEntry(port, .ipi); unlock()
         return port
     }
 
@@ -134,8 +157,8 @@ public final class EventChannels {
     public func close(_ port: Port) throws {
         _ = try op("close", [EvtchnOp.close.rawValue, UInt64(port)])
         lock()
-        if case let .interdomain(peer, rport) = entries[Int(port)], peer == domid { entries[Int(rport)] = .unbound(remote: domid) }
-        entries[Int(port)] = .free
+        if case let .interdomain(peer, rport) = entries[Int(port)], peer == domid { setEntry(rport, .unbound(remote: domid)) }
+        setEntry(port, .free)
         unlock()
     }
 
@@ -163,6 +186,12 @@ public final class EventChannels {
     public func send(_ port: Port) throws {
         guard port > 0, Int(port) < EventPages.maxPorts else { throw HypercallError(operation: "EVTCHNOP_send", errno: XenErrno.EINVAL.rawValue) }
         lock()
+        let cached = sendCache[Int(port)]
+        if cached.bitmapWord != nil {
+            unlock()
+            deliver(cached)
+            return
+        }
         let entry = entries[Int(port)]
         let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
         switch entry {
@@ -181,11 +210,26 @@ public final class EventChannels {
             throw HypercallError(operation: "EVTCHNOP_send", errno: e.rawValue)
         }
         let base = target.page.base
-        let bitmap = (base + EventPages.inboundOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self)
-        let summary = (base + EventPages.summaryOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self)
-        SharedAtomic.fetchOr(bitmap + Int(target.bit / 64), 1 << UInt64(target.bit % 64))
-        SharedAtomic.fetchOr(summary, 1 << UInt64(target.bit / 64))
-        ring(target.bell)
+        let bell = target.bell.base
+        let t = SendTarget(
+            bitmapWord: (base + EventPages.inboundOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self) + Int(target.bit / 64),
+            bit: 1 << UInt64(target.bit % 64),
+            summary: (base + EventPages.summaryOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self),
+            summaryBit: 1 << UInt64(target.bit / 64),
+            doorbell: (bell + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self),
+            sleeping: (bell + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self))
+        lock()
+        if entries[Int(port)] == entry { sendCache[Int(port)] = t }
+        unlock()
+        deliver(t)
+    }
+
+    /// Sets the pending bit and the summary bit, then rings: a futex wake only when the receiver sleeps.
+    @inline(__always) private func deliver(_ t: SendTarget) {
+        SharedAtomic.fetchOr(t.bitmapWord!, t.bit)
+        if SharedAtomic.load(t.summary!) & t.summaryBit == 0 { SharedAtomic.fetchOr(t.summary!, t.summaryBit) }
+        SharedAtomic.fetchAdd(t.doorbell!, 1)
+        if SharedAtomic.load(t.sleeping!) != 0 { _ = try? Futex.wake(t.doorbell!, count: Int32.max) }
     }
 
     private func ring(_ bell: SharedMapping) {
@@ -333,13 +377,13 @@ public final class EventChannels {
             }
         case let .portBound(port, peer, remotePort):
             guard port > 0, Int(port) < EventPages.maxPorts else { return }
-            lock(); entries[Int(port)] = .interdomain(peer: peer, remotePort: remotePort); unlock()
+            lock(); setEntry(port, .interdomain(peer: peer, remotePort: remotePort)); unlock()
             ring(ownDoorbell)
         case let .portUnbound(port):
             guard port > 0, Int(port) < EventPages.maxPorts else { return }
             lock()
             if case let .interdomain(peer, _) = entries[Int(port)] {
-                entries[Int(port)] = .unbound(remote: peer)
+                setEntry(port, .unbound(remote: peer))
                 localPending.insert(port)
             } else if entries[Int(port)] == .free {
                 unboundEarly.insert(port)

@@ -92,17 +92,20 @@ public enum EventPages {
     public static let sleepingOffset = 4
 
     /// Pair page of two domains A < B (shared only between them and the supervisor): A's inbound
-    /// bitmap at offset 0, B's at `bitmapBytes`; bit N = A's (or B's) local port N is pending.
-    /// A domain's pair page with domain 0 carries its virqs (set by the supervisor) and IPIs.
-    public static func inboundOffset(receiver: UInt16, peer: UInt16) -> Int {
-        receiver < peer ? 0 : bitmapBytes
+    /// region at offset 0, B's at 2048; bit N of a region's bitmap = that domain's local port N is
+    /// pending. A domain's pair page with domain 0 carries its virqs (set by the supervisor) and IPIs.
+    public static let regionBytes = 2048
+
+    /// Summary word of an inbound bitmap (u64 at the start of the region): bit W set means word W of
+    /// the bitmap may have pending bits. Senders set it after the port's bit, so a receiver reads one
+    /// word per peer instead of the whole bitmap. The bitmap follows it directly, so the summary and
+    /// the bits of ports 0–447 share one cache line: a send moves two lines (this and the doorbell).
+    public static func summaryOffset(receiver: UInt16, peer: UInt16) -> Int {
+        receiver < peer ? 0 : regionBytes
     }
 
-    /// Summary word of an inbound bitmap (u64, its own cache line after both bitmaps): bit W set
-    /// means word W of the bitmap may have pending bits. Senders set it after the port's bit, so
-    /// a receiver reads one word per peer instead of the whole bitmap.
-    public static func summaryOffset(receiver: UInt16, peer: UInt16) -> Int {
-        2 * bitmapBytes + (receiver < peer ? 0 : 64)
+    public static func inboundOffset(receiver: UInt16, peer: UInt16) -> Int {
+        summaryOffset(receiver: receiver, peer: peer) + 8
     }
 }
 
