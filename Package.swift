@@ -28,12 +28,15 @@ let package = Package(
         .target(name: "LinuxHost", dependencies: ["CProcvisor"], swiftSettings: v5),
         .target(name: "ProcvisorABI", swiftSettings: v5),
         .target(name: "Toolstack", dependencies: ["ProcvisorABI"], swiftSettings: v5),
+        // The XenStore database and its semantics (permissions, watches, transactions, quotas):
+        // no I/O, so it is tested on its own; the supervisor serves it on the socket and the rings.
+        .target(name: "XenStore", dependencies: ["ProcvisorABI"], swiftSettings: v5),
         .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
         .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5),
         .target(
             name: "Supervisor",
             dependencies: [
-                "ProcvisorABI", "LinuxHost", "Toolstack",
+                "ProcvisorABI", "LinuxHost", "Toolstack", "XenStore",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: v5
@@ -70,6 +73,7 @@ let package = Package(
         .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),
 
         .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(
