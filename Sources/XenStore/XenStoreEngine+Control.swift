@@ -1,0 +1,113 @@
+import ProcvisorABI
+
+extension XenStoreEngine {
+    /// XS_CONTROL (do_control in control.c): the command is the first string, its parameters follow.
+    /// Supported: check, log, print, quota, quota-soft, help. Other commands are EINVAL, as
+    /// unknown ones are in xenstored.
+    func control(_ conn: Connection, _ request: XSMessage, _ args: RequestArgs) throws(XSError) {
+        guard let cmd = args.string(0) else { throw .EINVAL }
+        let params = args.strings.dropFirst().map { String(decoding: $0, as: UTF8.self) }
+        let text: String?
+        switch cmd {
+        case "check":
+            guard params.isEmpty else { throw .EINVAL }
+            text = nil
+        case "log":
+            text = try controlLog(params)
+        case "print":
+            guard params.count == 1 else { throw .EINVAL }
+            logSink?("control: \(params[0])")
+            text = nil
+        case "quota":
+            text = try controlQuota(params)
+        case "quota-soft":
+            if params.isEmpty {
+                text = "Quota settings:\n" + quotaLine("memory", quota.softMemory, "Total Xenstore memory per domain (warning level)")
+            } else if params[0] == "set", params.count == 3, params[1] == "memory" {
+                let v = cAtoi(params[2].utf8)
+                guard v >= 1 else { throw .EINVAL }
+                quota.softMemory = Int(v)
+                text = nil
+            } else {
+                throw .EINVAL
+            }
+        case "help":
+            guard params.isEmpty else { throw .EINVAL }
+            text = [("check", ""), ("log", "[on|off|+<switch>|-<switch>]"), ("print", "<string>"),
+                    ("quota", "[set <name> <val>|<domid>|max [-r]]"), ("quota-soft", "[set <name> <val>]"), ("help", "")]
+                .map { pad($0.0, 15) + " " + $0.1 + "\n" }.joined()
+        default:
+            throw .EINVAL
+        }
+        if let text {
+            reply(conn, to: request, .control, Array(text.utf8) + [0])
+        } else {
+            ack(conn, to: request, .control)
+        }
+    }
+
+    func controlLog(_ params: [String]) throws(XSError) -> String? {
+        if params.isEmpty {
+            return "Log switch settings:\n" + traceSwitches.map { pad($0.name, 8) + ": " + ($0.on ? "on" : "off") + "\n" }.joined()
+        }
+        guard params.count == 1 else { throw .EINVAL }
+        switch params[0] {
+        case "on": logEnabled = true
+        case "off": logEnabled = false
+        default:
+            let p = params[0]
+            guard let sign = p.first, sign == "+" || sign == "-",
+                  let i = traceSwitches.firstIndex(where: { $0.name == p.dropFirst() }) else { throw .EINVAL }
+            traceSwitches[i].on = sign == "+"
+        }
+        return nil
+    }
+
+    func controlQuota(_ params: [String]) throws(XSError) -> String? {
+        if params.isEmpty {
+            return "Quota settings:\n" + AccItem.allCases.map { quotaLine($0.name, quota[$0], $0.descr) }.joined()
+        }
+        switch params[0] {
+        case "set":
+            guard params.count == 3 else { throw .EINVAL }
+            let v = cAtoi(params[2].utf8)
+            guard v >= 1, let item = AccItem.allCases.first(where: { $0.name == params[1] }) else { throw .EINVAL }
+            quota[item] = item == .pathMax ? min(Int(v), XenStoreWire.relPathMax) : Int(v)
+            return nil
+        case "max":
+            guard params.count <= 2 else { throw .EINVAL }
+            if params.count == 2 {
+                guard params[1] == "-r" else { throw .EINVAL }
+                for d in domains.keys { domains[d]!.max = domains[d]!.acc }
+            }
+            var out = "Max. seen accounting values:\n"
+            for item in AccItem.allCases {
+                let m = domains.filter { $0.key != 0 }.map { $0.value.max[item.rawValue] }.max() ?? 0
+                out += pad(item.name, 17) + ": " + padLeft(String(m), 8) + "\n"
+            }
+            return out
+        default:
+            guard params.count == 1 else { throw .EINVAL }
+            let domid = UInt32(bitPattern: cAtoi(params[0].utf8))
+            guard domid <= UInt32(UInt16.max), let d = domains[UInt16(domid)] else { throw .ENOENT }
+            var out = "Domain \(domid):\n"
+            for item in AccItem.allCases {
+                out += pad(item.name, 17) + ": " + padLeft(String(d.acc[item.rawValue]), 8) + " (max " + padLeft(String(d.max[item.rawValue]), 8) + ")\n"
+            }
+            return out
+        }
+    }
+
+    /// One line of "%-17s: %8d %s\n".
+    func quotaLine(_ name: String, _ value: Int, _ descr: String) -> String {
+        pad(name, 17) + ": " + padLeft(String(value), 8) + " " + descr + "\n"
+    }
+}
+
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
+
+func padLeft(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
+}
