@@ -2,9 +2,10 @@
 # Installs what Procvisor needs and is missing. Idempotent: does nothing when all is present.
 #   libseccomp-dev, liburing-dev  build dependencies (C shims)
 #   xen-utils-common               Xen's example configs (/etc/xen/xlexample.*) the config tests parse
+#   xenstore-utils                 Xen's xenstore-read/-write/-ls… the XenStore tests drive the store with
 set -euo pipefail
 
-packages=(libseccomp-dev liburing-dev xen-utils-common)
+packages=(libseccomp-dev liburing-dev xen-utils-common xenstore-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

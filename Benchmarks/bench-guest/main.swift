@@ -109,8 +109,13 @@ _ = write(1, "R", 1)
 let ev = domain.eventChannels
 switch arg("mode") ?? "idle" {
 case "evtchn-offer":
-    let port = try! ev.allocUnbound(remote: UInt16(arg("peer") ?? "0") ?? 0)
+    let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let port = try! ev.allocUnbound(remote: peer)
     let spin = Int(arg("spin") ?? "0") ?? 0
+    // Tell the peer the port through XenStore, readable by it alone.
+    try! domain.store.write("data/evtchn-port", "\(port)")
+    try! domain.store.setPermissions("data/evtchn-port", [XenStorePermission(domid: domain.domid, access: .none),
+                                                          XenStorePermission(domid: peer, access: .read)])
     report("offer port=\(port)")
     while true {
         if ev.waitAny(spin: spin) == port {
@@ -121,12 +126,13 @@ case "evtchn-offer":
     domain.shutdown(.poweroff)
 case "evtchn-bind":
     let peer = UInt16(arg("peer") ?? "0") ?? 0
-    let rport = UInt32(arg("port") ?? "1") ?? 1
     let rounds = Int(arg("rounds") ?? "10000") ?? 10000
     let spin = Int(arg("spin") ?? "0") ?? 0
     var port: UInt32?
-    for _ in 0..<5000 where port == nil {  // the offer may not be allocated yet
-        port = try? ev.bindInterdomain(remote: peer, remotePort: rport)
+    for _ in 0..<5000 where port == nil {  // the offer may not be published yet
+        if let text = try? domain.store.read("/local/domain/\(peer)/data/evtchn-port"), let rport = UInt32(text) {
+            port = try? ev.bindInterdomain(remote: peer, remotePort: rport)
+        }
         if port == nil { usleep(1000) }
     }
     guard let port else { report("bind failed"); domain.shutdown(.crash) }

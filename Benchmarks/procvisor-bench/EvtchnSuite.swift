@@ -35,7 +35,7 @@ enum EvtchnSuite {
         let sup = try BenchSupervisor()
         defer { sup.stop() }
         try sup.create("offer-\(tag)", extra: "mode=evtchn-offer peer=2 spin=\(spin)")
-        try sup.create("bind-\(tag)", extra: "mode=evtchn-bind peer=1 port=1 rounds=\(rounds) spin=\(spin)")
+        try sup.create("bind-\(tag)", extra: "mode=evtchn-bind peer=1 rounds=\(rounds) spin=\(spin)")
         return try sup.awaitValue("bind-\(tag)", key: "rtt_ns")
     }
 

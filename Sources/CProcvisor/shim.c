@@ -339,16 +339,22 @@ pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
         setsid();
         if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail(report[1], PV_STEP_FDS);
         if (getppid() != parent) _exit(127);  // the supervisor died between fork and prctl
-        // Move every source out of the way first so a target can never clobber a later source.
-        int base = 1000;
+        // Move every source out of the way first so a target can never clobber a later source:
+        // copies go above every descriptor involved (F_DUPFD never replaces an open descriptor,
+        // whatever the number of descriptors the supervisor holds).
+        int base = report[1];
         for (int i = 0; i < nfds; i++)
-            if (dup3(fds[i].source, base + i, O_CLOEXEC) < 0) child_fail(report[1], PV_STEP_FDS);
+            if (fds[i].source > base) base = fds[i].source;
+        base += 1;
+        int staged[nfds > 0 ? nfds : 1];
+        for (int i = 0; i < nfds; i++)
+            if ((staged[i] = fcntl(fds[i].source, F_DUPFD_CLOEXEC, base)) < 0) child_fail(report[1], PV_STEP_FDS);
         // The report pipe must survive until exec; park it above the staging area.
-        int rfd = base + nfds;
-        if (dup3(report[1], rfd, O_CLOEXEC) < 0) child_fail(report[1], PV_STEP_FDS);
+        int rfd = fcntl(report[1], F_DUPFD_CLOEXEC, base);
+        if (rfd < 0) child_fail(report[1], PV_STEP_FDS);
         int maxtarget = -1;
         for (int i = 0; i < nfds; i++) {
-            if (dup2(base + i, fds[i].target) < 0) child_fail(rfd, PV_STEP_FDS);  // dup2 clears CLOEXEC
+            if (dup2(staged[i], fds[i].target) < 0) child_fail(rfd, PV_STEP_FDS);  // dup2 clears CLOEXEC
             if (fds[i].target > maxtarget) maxtarget = fds[i].target;
         }
         // Close everything else except the report pipe (CLOEXEC, it closes at exec).

@@ -34,13 +34,19 @@ public final class Domain {
     public let eventChannels: EventChannels
     /// Pseudo-physical memory, P2M/M2P translation and reservations (the balloon's tools).
     public let memory: PhysicalMemory
+    /// XenStore over this domain's ring (`xs_*` for guests).
+    public let store: XenStoreClient
+    /// The balloon driver following `memory/target` (`xl mem-set`).
+    public let balloon: Balloon
     /// This domain's grant table (grant, end access, map, unmap, copy).
     public let grantTable: GrantTable
 
     private static var current: Domain?
 
-    init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels, memory: PhysicalMemory) {
+    init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels, memory: PhysicalMemory, store: XenStoreClient) {
         self.memory = memory
+        self.store = store
+        balloon = Balloon(memory: memory, store: store, bootPages: startInfo.memoryKB / 4)
         self.eventChannels = eventChannels
         grantTable = GrantTable(hypercalls: hypercalls)
         self.startInfo = startInfo
@@ -68,6 +74,10 @@ public final class Domain {
         if getsockopt(fd.rawValue, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != Int32(SOCK_SEQPACKET.rawValue) {
             bootFailure("this program is a Procvisor domain kernel: start it with `xl create CONFIG` (no hypercall channel on fd 3)", code: 64)
         }
+        // One malloc arena for all threads: glibc shrinks a thread arena's heap only after reading
+        // /proc/sys/vm/overcommit_memory, an open the sandbox forbids (it killed guests that freed
+        // large buffers on a watch or vCPU thread). The main arena grows and trims with brk.
+        Malloc.useSingleArena()
         // Report forbidden system calls before anything else can trigger one.
         do {
             try SeccompViolationReporter.install(hypercallFD: fd, op: HypercallOp.seccompViolation.rawValue)
@@ -76,22 +86,33 @@ public final class Domain {
         }
         let channel = HypercallChannel(fd: fd)
         let (boot, bootFDs) = channel.callWithFDs(.bootstrap)
-        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload), bootFDs.count == 5 else {
+        guard boot.rc == 0, let info = try? StartInfo.decode(boot.payload), bootFDs.count == BootstrapReplyFD.allCases.count else {
             bootFailure("bootstrap hypercall failed (rc \(boot.rc))")
         }
         let evtchn: EventChannels
         do {
-            evtchn = try EventChannels(domid: info.domid, hypercalls: channel, doorbellFD: bootFDs[0], selfPageFD: bootFDs[1])
+            evtchn = try EventChannels(domid: info.domid, hypercalls: channel, doorbellFD: bootFDs[BootstrapReplyFD.doorbell.rawValue],
+                                       selfPageFD: bootFDs[BootstrapReplyFD.selfPairPage.rawValue])
         } catch {
             bootFailure("cannot map the event pages: \(error)")
         }
         let memory: PhysicalMemory
         do {
-            memory = try PhysicalMemory(ramFD: bootFDs[2], p2mFD: bootFDs[3], m2pFD: bootFDs[4], spanPages: info.maxMemoryKB / 4,
+            memory = try PhysicalMemory(ramFD: bootFDs[BootstrapReplyFD.ram.rawValue], p2mFD: bootFDs[BootstrapReplyFD.p2m.rawValue],
+                                        m2pFD: bootFDs[BootstrapReplyFD.m2p.rawValue], spanPages: info.maxMemoryKB / 4,
                                         machineFrames: info.machineFrames, hypercalls: channel)
         } catch {
             bootFailure("cannot map the domain's memory: \(error)")
         }
+        let storePage: SharedMapping
+        do {
+            let fd = bootFDs[BootstrapReplyFD.storePage.rawValue]
+            storePage = try SharedMapping(fd, length: 4096)
+            fd.close()
+        } catch {
+            bootFailure("cannot map the xenstore page: \(error)")
+        }
+        evtchn.adoptDom0Port(info.storePort, kick: bootFDs[BootstrapReplyFD.dom0Kick.rawValue])
         do {
             try SeccompPolicies.guest.compile(threadSync: true).load()
         } catch {
@@ -101,8 +122,11 @@ public final class Domain {
         if engaged.rc != 0 {
             bootFailure("the supervisor refused the sandbox engagement (rc \(engaged.rc))")
         }
-        let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn, memory: memory)
+        let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn, memory: memory,
+                            store: XenStoreClient(page: storePage, kick: { [unowned evtchn] in evtchn.kickDom0() }))
         domain.events.start(domain: domain)
+        domain.watchControlShutdown()
+        domain.balloon.start()
         current = domain
         return domain
     }
@@ -180,6 +204,28 @@ public final class Domain {
     /// domain shuts down at once with the requested reason, as a PV kernel does.
     public func onShutdownRequest(_ handler: @escaping (ShutdownReason) -> Void) {
         events.setShutdownHandler(handler)
+    }
+
+    /// Follows `control/shutdown` as a PV kernel does: a value the toolstack writes ("poweroff",
+    /// "reboot", "suspend", "crash", "halt") is acknowledged by clearing the node, then acted on.
+    func watchControlShutdown() {
+        do {
+            try store.watch("control/shutdown", token: "procvisor:control/shutdown") { [unowned self] _ in
+                guard let v = try? store.read("control/shutdown"), !v.isEmpty else { return }
+                try? store.write("control/shutdown", "")
+                let reason: ShutdownReason
+                switch v {
+                case "reboot": reason = .reboot
+                case "suspend": reason = .suspend
+                case "crash": reason = .crash
+                default: reason = .poweroff
+                }
+                events.deliverShutdownRequest(reason, domain: self)
+            }
+        } catch {
+            let msg = "procvisor: cannot watch control/shutdown: \(error)\n"
+            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+        }
     }
 
     /// The shutdown the toolstack has asked for, if any (for guests that poll).

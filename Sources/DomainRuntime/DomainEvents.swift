@@ -51,13 +51,21 @@ final class DomainEvents {
             guard let event = try? DomainEvent.decode(message.bytes) else { continue }
             switch event {
             case let .shutdownRequest(reason):
-                pthread_mutex_lock(&mutex)
-                pending = reason
-                let h = handler
-                pthread_mutex_unlock(&mutex)
-                if let h { h(reason) } else { domain.shutdown(reason) }
+                deliverShutdownRequest(reason, domain: domain)
             }
         }
+    }
+
+    /// A shutdown request from the toolstack (through `control/shutdown`, or the supervisor's
+    /// fallback message): the guest's handler decides, or the domain shuts down at once.
+    func deliverShutdownRequest(_ reason: ShutdownReason, domain: Domain) {
+        pthread_mutex_lock(&mutex)
+        let repeated = pending == reason
+        pending = reason
+        let h = handler
+        pthread_mutex_unlock(&mutex)
+        if repeated && h != nil { return }  // the fallback after the store request already seen
+        if let h { h(reason) } else { domain.shutdown(reason) }
     }
 }
 

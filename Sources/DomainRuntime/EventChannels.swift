@@ -37,10 +37,16 @@ public final class EventChannels {
     let domid: UInt16
     let hypercalls: HypercallChannel
     let ownDoorbell: SharedMapping
+    /// The eventfd that notifies the supervisor's domain-0 services (XenStore) of a send on a
+    /// port bound to domain 0.
+    var dom0Kick: FileDescriptor?
     private var mutex = pthread_mutex_t()
     private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
     private var peers: [UInt16: PeerPages] = [:]
     private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
+    /// Ports the runtime itself serves (the XenStore port): taken when pending, never handed to
+    /// the guest's `wait`/`waitAny`, as a PV kernel's xenbus consumes its own event.
+    private var runtimeOwned = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
     private var localPending: Set<Port> = []
     /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
@@ -139,6 +145,23 @@ public final class EventChannels {
         return port
     }
 
+    /// The port the supervisor bound to domain 0 at creation (`store_evtchn`).
+    func adoptDom0Port(_ port: Port, kick: FileDescriptor) {
+        guard port > 0, Int(port) < EventPages.maxPorts else { return }
+        lock()
+        dom0Kick = kick
+        setEntry(port, .interdomain(peer: 0, remotePort: port))
+        runtimeOwned[Int(port / 64)] |= 1 << UInt64(port % 64)
+        unlock()
+    }
+
+    /// Notifies domain 0's services without a port (after taking replies off a ring).
+    func kickDom0() {
+        guard let k = dom0Kick else { return }
+        var one: UInt64 = 1
+        _ = Glibc.write(k.rawValue, &one, 8)
+    }
+
     /// `EVTCHNOP_bind_virq`.
     public func bindVirq(_ virq: VIRQ, vcpu: Int = 0) throws -> Port {
         let port = Port(try op("bind_virq", [EvtchnOp.bindVirq.rawValue, UInt64(virq.rawValue), UInt64(vcpu)]).rc)
@@ -193,6 +216,12 @@ public final class EventChannels {
             return
         }
         let entry = entries[Int(port)]
+        if case .interdomain(0, _) = entry, let k = dom0Kick {
+            unlock()
+            var one: UInt64 = 1
+            _ = Glibc.write(k.rawValue, &one, 8)
+            return
+        }
         let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
         switch entry {
         case let .interdomain(peer, rport) where peer == domid:
@@ -286,7 +315,7 @@ public final class EventChannels {
                 if take | stray != 0 { SharedAtomic.fetchAnd(word, ~(take | stray)) }
                 // Masked or early bits stay pending: keep the summary pointing at them.
                 if v & ~(take | stray) != 0 { keep |= 1 << UInt64(w) }
-                var t = take
+                var t = take & ~runtimeOwned[w]
                 while t != 0 {
                     deliver(Port(w * 64 + t.trailingZeroBitCount))
                     t &= t - 1

@@ -55,3 +55,12 @@ public enum Process {
         return env
     }
 }
+
+/// glibc allocator settings a sandboxed process needs.
+public enum Malloc {
+    /// Makes every thread allocate from the main arena. A thread arena's heap is shrunk only
+    /// after glibc opens /proc/sys/vm/overcommit_memory, which a sandbox without `openat` forbids.
+    public static func useSingleArena() {
+        _ = pv_malloc_single_arena()
+    }
+}

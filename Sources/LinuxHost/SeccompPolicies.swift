@@ -118,6 +118,7 @@ public enum SeccompPolicies {
         SeccompRule("clone3", .errno(ENOSYS), why: "flags are in memory seccomp cannot read; glibc falls back to clone"),
         SeccompRule("futex", .allow, why: "locks, condition variables, event channels"),
         SeccompRule("futex_waitv", .allow, why: "waiting on many event channels at once"),
+        SeccompRule("restart_syscall", .allow, why: "the kernel resumes a timed wait interrupted by xl pause (SIGSTOP/SIGCONT)"),
         SeccompRule("set_robust_list", .allow, why: "thread start-up"),
         SeccompRule("get_robust_list", .allow, why: "thread start-up"),
         SeccompRule("set_tid_address", .allow, why: "thread start-up"),

@@ -21,10 +21,14 @@ public struct StartInfo: Equatable, Sendable {
     public var engageTimeoutMs: UInt32
     /// Size of the machine (entries of the M2P table).
     public var machineFrames: UInt64
+    /// `store_evtchn`: the domain's port for XenStore (its ring page comes with the bootstrap
+    /// descriptors), bound to domain 0 as in Xen.
+    public var storePort: UInt32
 
     public init(domid: UInt16, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
-                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0) {
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: UInt32 = 0) {
         self.machineFrames = machineFrames
+        self.storePort = storePort
         self.domid = domid
         self.name = name
         self.uuid = uuid
@@ -48,6 +52,7 @@ public struct StartInfo: Equatable, Sendable {
         w.u32(flags)
         w.u32(engageTimeoutMs)
         w.u64(machineFrames)
+        w.u32(storePort)
         w.string(name)
         w.string(uuid)
         w.string(cmdline)
@@ -68,12 +73,13 @@ public struct StartInfo: Equatable, Sendable {
         let flags = try r.u32()
         let timeout = try r.u32()
         let frames = try r.u64()
+        let store = try r.u32()
         let name = try r.string(limit: 256)
         let uuid = try r.string(limit: 64)
         let cmdline = try r.string(limit: 4096)
         return StartInfo(domid: domid, name: name, uuid: uuid, memoryKB: mem, maxMemoryKB: maxmem,
                          vcpus: vcpus, maxVCPUs: maxv, cmdline: cmdline, flags: flags, engageTimeoutMs: timeout,
-                         machineFrames: frames)
+                         machineFrames: frames, storePort: store)
     }
 }
 
@@ -119,6 +125,15 @@ public enum BootstrapFD {
     public static let hypercall: Int32 = 3
     /// SOCK_SEQPACKET event channel: asynchronous messages from the supervisor.
     public static let events: Int32 = 4
+}
+
+/// Descriptors that come back with the `bootstrap` hypercall, in this order.
+public enum BootstrapReplyFD: Int, CaseIterable {
+    case doorbell, selfPairPage, ram, p2m, m2p
+    /// The `xenstore_domain_interface` page.
+    case storePage
+    /// An eventfd: how a domain notifies ports bound to domain 0 (the supervisor's services).
+    case dom0Kick
 }
 
 /// Event-channel messages the supervisor pushes on a domain's event socket. Descriptors travel

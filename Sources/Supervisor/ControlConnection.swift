@@ -18,8 +18,7 @@ final class ControlConnection {
     var token: UInt64 = 0
     var mode: Mode = .requests
     var input: [UInt8] = []
-    private var output: [UInt8] = []
-    private var outputOffset = 0
+    private var output = OutputBuffer()
     private(set) var closed = false
     /// Close once the output buffer is flushed.
     var closeAfterFlush = false
@@ -30,7 +29,7 @@ final class ControlConnection {
         self.fd = fd
     }
 
-    var pendingOutput: Int { output.count - outputOffset }
+    var pendingOutput: Int { output.pending }
 
     func send(_ response: ControlResponse) {
         guard let bytes = try? ControlFraming.encode(response) else { return }
@@ -39,7 +38,7 @@ final class ControlConnection {
 
     func sendRaw(_ bytes: [UInt8]) {
         guard !closed else { return }
-        output += bytes
+        output.append(bytes)
         if pendingOutput > Self.maxBufferedOutput {
             close()
             return
@@ -49,27 +48,16 @@ final class ControlConnection {
 
     /// Writes what the socket takes now; asks for EPOLLOUT for the rest.
     func flush() {
-        while pendingOutput > 0 && !closed {
-            let n = output.withUnsafeBytes { p in
-                Glibc.send(fd.rawValue, p.baseAddress! + outputOffset, pendingOutput, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
-            }
-            if n > 0 {
-                outputOffset += n
-                continue
-            }
-            let e = Errno.current
-            if n < 0 && e == .interrupted { continue }
-            if n < 0 && e == .wouldBlock {
-                loop?.modify(fd, token: token, [.readable, .writable])
-                return
-            }
+        guard !closed else { return }
+        switch output.flush(to: fd) {
+        case .done:
+            loop?.modify(fd, token: token, .readable)
+            if closeAfterFlush { close() }
+        case .wouldBlock:
+            loop?.modify(fd, token: token, [.readable, .writable])
+        case .failed:
             close()
-            return
         }
-        output.removeAll(keepingCapacity: true)
-        outputOffset = 0
-        loop?.modify(fd, token: token, .readable)
-        if closeAfterFlush { close() }
     }
 
     func close() {

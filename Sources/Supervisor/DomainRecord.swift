@@ -44,6 +44,10 @@ final class DomainRecord {
     var watchTokens: [(FileDescriptor, UInt64)] = []
     /// Event channels; nil once the domain is gone.
     var evtchn: DomainEventChannels?
+    /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
+    var store: DomainStore?
+    /// Fallback timer of an unacknowledged `control/shutdown` request.
+    var shutdownAckTimer: UInt64?
     /// Grant table, grantable pages and maptrack; nil until first used and once the domain is gone.
     var grants: DomainGrants?
     /// RAM, P2M and reservation; nil once the domain's frames went back to the machine.

@@ -177,6 +177,8 @@ extension Supervisor {
         case .send:
             guard let port = portArg(r.args[1]), let binding = ev.ports[port] else { return err(.EINVAL) }
             switch binding {
+            case .interdomain(0, _):
+                kickDom0Services(dom)
             case let .interdomain(remoteId, rport):
                 guard let remote = domains[remoteId], remote.hasProcess else { return err(.ESRCH) }
                 raise(remote, port: rport, peer: dom.domid)

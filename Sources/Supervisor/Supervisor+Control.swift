@@ -146,6 +146,19 @@ extension Supervisor {
             try? mem.cgroup?.setLimit(pages * 4096 + Self.cgroupSlackBytes)
             log("\(dom.label): mem-max \(kb / 1024) MiB")
             c.send(.ok)
+        case let .memSet(spec, kb):
+            guard let dom = find(spec), let mem = dom.memory, dom.domid != 0 else { return c.send(unknownDomain(spec)) }
+            // libxl refuses a target above the static maximum (maxmem).
+            guard kb / 4 <= mem.spanPages else {
+                return c.send(.error("memory_dynamic_max must be less than or equal to memory_static_max: \(kb) KiB > \(mem.spanPages * 4) KiB for dom\(dom.domid)"))
+            }
+            // As libxl_set_memory_target: the maximum reservation follows the target (plus
+            // LIBXL_MAXMEM_CONSTANT, 1 MiB), so the balloon can grow back up to it.
+            mem.maxPages = min(mem.spanPages, kb / 4 + 256)
+            try? mem.cgroup?.setLimit(mem.maxPages * 4096 + Self.cgroupSlackBytes)
+            store { e in try e.write("/local/domain/\(dom.domid)/memory/target", Array("\(kb)".utf8)) }
+            log("\(dom.label): memory target \(kb / 1024) MiB")
+            c.send(.ok)
         case let .waitShutdown(domid):
             if let dom = domains[domid], dom.hasProcess {
                 dom.shutdownWaiters.append(c)
@@ -199,6 +212,6 @@ extension Supervisor {
             xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,
             commandline: "procvisord rundir=\(options.runDirectory.path)", supervisorPid: Process.pid,
             runDirectory: options.runDirectory.path, controlSocket: options.runDirectory.controlSocket,
-            nrDomains: domains.count)
+            nrDomains: domains.count, xenstoreSocket: options.runDirectory.xenstoreSocket)
     }
 }

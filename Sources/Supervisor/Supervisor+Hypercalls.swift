@@ -100,9 +100,10 @@ extension Supervisor {
             let info = StartInfo(domid: dom.domid, name: dom.name, uuid: dom.uuid,
                                  memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,
                                  vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
-                                 engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames)
-            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory {
-                replyFDs = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD]
+                                 engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
+                                 storePort: dom.store?.port ?? 0)
+            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory, let store = dom.store {
+                replyFDs = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
             }
             return HypercallReply(seq: seq, rc: 0, payload: info.encode())
         case .engaged:

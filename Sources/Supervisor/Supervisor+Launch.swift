@@ -91,6 +91,12 @@ extension Supervisor {
         dom.memory = memory
         domains[domid] = dom
         domidByPid[pid] = domid
+        do {
+            try setUpStore(dom)
+        } catch {
+            kill(dom)
+            throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
+        }
         dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),
                                                   O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         do {

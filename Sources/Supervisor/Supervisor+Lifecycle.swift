@@ -25,11 +25,27 @@ extension Supervisor {
         kill(dom)
     }
 
-    /// `xl shutdown` / `xl reboot`: tell the guest (it acts by SCHEDOP_shutdown) and wake blockers.
+    /// How long a guest has to acknowledge `control/shutdown` before the request is repeated on
+    /// its event socket (the counterpart of xl's fallback for guests without PV control).
+    static let shutdownAckTimeoutMs: UInt64 = 2000
+
+    /// `xl shutdown` / `xl reboot`: write `control/shutdown` as libxl does (the guest clears it and
+    /// acts by SCHEDOP_shutdown), repeat it on the event socket if it is not acknowledged in time,
+    /// and wake blockers.
     func requestShutdown(_ dom: DomainRecord, reason: ShutdownReason) {
         dom.requestedShutdown = reason
         guard !dom.released else { return }
-        try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
+        let path = "/local/domain/\(dom.domid)/control/shutdown"
+        store { e in try e.write(path, Array(reason.name.utf8)) }
+        loop.cancel(dom.shutdownAckTimer)
+        dom.shutdownAckTimer = loop.after(ms: Self.shutdownAckTimeoutMs) { [weak self, weak dom] in
+            guard let self, let dom, dom.hasProcess, !dom.released else { return }
+            dom.shutdownAckTimer = nil
+            let pending = (try? self.xenstore.engine.read(path)).map { !$0.isEmpty } ?? false
+            guard pending else { return }
+            self.log("\(dom.label): did not acknowledge control/shutdown in \(Self.shutdownAckTimeoutMs) ms; sending the request on its event channel")
+            try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
+        }
         let blocks = dom.pendingBlocks
         dom.pendingBlocks.removeAll()
         for b in blocks {
@@ -48,8 +64,10 @@ extension Supervisor {
         dom.pid = 0
         loop.cancel(dom.engageTimer)
         loop.cancel(dom.virqTimer)
+        loop.cancel(dom.shutdownAckTimer)
         releaseResources(dom)
         closeEventChannels(dom)
+        releaseStore(dom)
         releaseGrants(dom)
         dom.memory?.releaseAll(to: machine)
         dom.memory = nil
@@ -185,6 +203,7 @@ extension Supervisor {
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
         domains[dom.domid] = nil
+        removeDomainTree(dom)
         dom.createWaiter?.send(.error("domain \(dom.name) went away before it started"))
         dom.createWaiter = nil
         for w in dom.destroyWaiters { w.send(.ok) }

@@ -15,6 +15,8 @@ public final class Supervisor {
     var dmesg = HypervisorLog()
     /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
     var pairPages: [UInt32: SharedPage] = [:]
+    /// XenStore: the dom0 socket and every domain's ring.
+    var xenstore: XenStoreServer!
     /// Descriptors to attach to the hypercall reply being built (set by dispatch).
     var replyFDs: [FileDescriptor] = []
     /// Of those, the ones made for this reply alone (closed once it is sent).
@@ -47,6 +49,8 @@ public final class Supervisor {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         startTime = UInt64(ts.tv_sec)
+        xenstore = XenStoreServer(loop: loop, logger: logger)
+        xenstore.log = { [unowned self] line in log(line) }
     }
 
     public enum StartError: Error, CustomStringConvertible {
@@ -75,6 +79,10 @@ public final class Supervisor {
         let l = try UnixSocket.listen(path: dir.controlSocket, mode: 0o600)
         listener = l
         listenerToken = try loop.watch(l) { [unowned self] _ in acceptConnections() }
+        try FileIO.makeDirectories(dir.xenstoreDirectory, mode: 0o700)
+        FileIO.unlink(dir.xenstoreSocket)
+        try xenstore.listen(path: dir.xenstoreSocket)
+        writeDom0Tree()
         try FileIO.write(dir.pidFile, "\(Process.pid)\n")
         logger.info("supervisor started", metadata: ["rundir": "\(dir.path)", "pid": "\(Process.pid)",
                                                      "memory_mb": "\(options.memoryMB)"])
@@ -106,6 +114,8 @@ public final class Supervisor {
         for dom in domains.values { releaseResources(dom) }
         domains.removeAll()
         if let l = listener { l.close() }
+        xenstore.stop()
+        FileIO.unlink(options.runDirectory.xenstoreSocket)
         FileIO.unlink(options.runDirectory.controlSocket)
         FileIO.unlink(options.runDirectory.pidFile)
         logger.info("supervisor stopped")

@@ -8,7 +8,7 @@ struct XL: ParsableCommand {
         abstract: "Procvisor toolstack: manage domains as Xen's xl does.",
         subcommands: [
             Create.self, Destroy.self, Shutdown.self, Reboot.self, Pause.self, Unpause.self, Rename.self,
-            List.self, Info.self, Console.self, Dmesg.self, Domid.self, Domname.self, Uptime.self, MemMax.self,
+            List.self, Info.self, Console.self, Dmesg.self, Domid.self, Domname.self, Uptime.self, MemMax.self, MemSet.self,
         ])
 }
 

@@ -117,6 +117,17 @@ final class SupervisorHarness {
         try runCommand(Products.path("xl"), args, env: env, stdin: stdin, timeout: timeout)
     }
 
+    /// The dom0 XenStore socket.
+    var xenstoreSocket: String { runDirectory + "/xenstored/socket" }
+
+    /// Runs one of Debian's xenstore-utils (`xenstore-read` …) against this supervisor's store.
+    @discardableResult
+    func xs(_ tool: String, _ args: String..., timeout: Double = 30) throws -> CommandResult {
+        var e = env
+        e["XENSTORED_PATH"] = xenstoreSocket
+        return try runCommand("/usr/bin/xenstore-" + tool, args, env: e, timeout: timeout)
+    }
+
     /// Writes an xl.cfg for the test guest (or another kernel) and returns its path.
     func config(_ name: String, mode: String? = nil, kernel: String = Products.path("testguest"), _ extra: String = "") -> String {
         let path = runDirectory + "/\(name).cfg"

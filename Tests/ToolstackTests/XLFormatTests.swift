@@ -71,12 +71,13 @@ import Toolstack
         let h = HostInfo(host: "h", release: "6.1", version: "#1", machine: "x86_64", nrCPUs: 2, cpuMHz: 2596.118,
                          totalMemoryMB: 1000, freeMemoryMB: 900, xenMajor: 4, xenMinor: 17, xenExtra: "-procvisor",
                          xenCaps: "c", xenScheduler: "linux-cfs", pageSize: 4096, commandline: "", supervisorPid: 1,
-                         runDirectory: "/r", controlSocket: "/r/control", nrDomains: 0)
+                         runDirectory: "/r", controlSocket: "/r/control", nrDomains: 0, xenstoreSocket: "/r/xenstored/socket")
         let text = XLFormat.info(h)
         #expect(text.hasPrefix("host                   : h\nrelease                : 6.1\n"))
         #expect(text.contains("cpu_mhz                : 2596.118\n"))
         #expect(text.contains("xen_version            : 4.17-procvisor\n"))
         #expect(text.hasSuffix("xend_config_format     : 4\n"))
+        #expect(text.contains("xenstore_socket        : /r/xenstored/socket\n"))
         #expect(XLFormat.infoField(h, "free_memory") == "900\n")
         #expect(XLFormat.infoField(h, "xen_m") == "4\n17\n")  // xl matches by prefix
     }

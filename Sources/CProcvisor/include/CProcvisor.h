@@ -13,6 +13,7 @@
 #include <sys/signalfd.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
+#include <malloc.h>
 #include <linux/sched.h>
 #include <sys/mman.h>
 
@@ -160,4 +161,7 @@ static inline void pv_cpu_relax(void) { __builtin_ia32_pause(); }
 #ifdef __cplusplus
 }
 #endif
+/// One malloc arena for every thread (mallopt M_ARENA_MAX = 1); nonzero on success.
+static inline int pv_malloc_single_arena(void) { return mallopt(M_ARENA_MAX, 1); }
+
 #endif

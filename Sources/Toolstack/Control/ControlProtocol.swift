@@ -19,6 +19,8 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case dmesg(clear: Bool)
     /// `xl mem-max`: the most memory (KiB) the domain may hold.
     case memMax(domain: String, kb: UInt64)
+    /// `xl mem-set`: writes `memory/target`; the guest's balloon driver follows it.
+    case memSet(domain: String, kb: UInt64)
     /// Replies `.shutdownDone` once domain `domid` has shut down (or at once if it already has).
     case waitShutdown(domid: UInt16)
     case ping
@@ -109,11 +111,14 @@ public struct HostInfo: Codable, Equatable, Sendable {
     public var runDirectory: String
     public var controlSocket: String
     public var nrDomains: Int
+    /// The dom0 XenStore socket (what `XENSTORED_PATH` should name).
+    public var xenstoreSocket: String = ""
 
     public init(host: String, release: String, version: String, machine: String, nrCPUs: Int, cpuMHz: Double,
                 totalMemoryMB: UInt64, freeMemoryMB: UInt64, xenMajor: UInt32, xenMinor: UInt32, xenExtra: String,
                 xenCaps: String, xenScheduler: String, pageSize: Int, commandline: String, supervisorPid: Int32,
-                runDirectory: String, controlSocket: String, nrDomains: Int) {
+                runDirectory: String, controlSocket: String, nrDomains: Int, xenstoreSocket: String = "") {
+        self.xenstoreSocket = xenstoreSocket
         self.host = host
         self.release = release
         self.version = version
@@ -176,6 +181,10 @@ public struct RunDirectory: Sendable {
     public init(path: String) { self.path = path }
 
     public var controlSocket: String { path + "/control" }
+    /// The XenStore socket for dom0 tools (`XENSTORED_PATH`), in its own 0700 directory as Xen's
+    /// /run/xenstored.
+    public var xenstoreDirectory: String { path + "/xenstored" }
+    public var xenstoreSocket: String { xenstoreDirectory + "/socket" }
     public var pidFile: String { path + "/procvisord.pid" }
     public var lockFile: String { path + "/procvisord.lock" }
     public var supervisorLog: String { path + "/procvisord.log" }

@@ -101,6 +101,7 @@ public enum XLFormat {
             ("cc_compiler", "swiftc"), ("cc_compile_by", ""), ("cc_compile_domain", ""), ("cc_compile_date", ""),
             ("build_id", ""),
             ("supervisor_pid", String(h.supervisorPid)), ("control_socket", h.controlSocket),
+            ("xenstore_socket", h.xenstoreSocket),
             ("xend_config_format", "4"),
         ]
         return rows.map { $0.1.isEmpty && $0.0 == "virt_caps" ? pad($0.0, 23) + ":\n" : pad($0.0, 23) + ": " + $0.1 + "\n" }.joined()

@@ -65,6 +65,27 @@ func issue(_ name: String) -> Int {
 }
 
 /// Exercises what a guest legitimately needs under the guest allow-list.
+/// Publishes `value` at `path` (relative to this domain's tree), readable by `peer` only: how a
+/// Xen frontend tells its backend its ring-ref and event channel.
+func publish(_ domain: Domain, _ path: String, _ value: String, readableBy peer: UInt16) {
+    do {
+        try domain.store.write(path, value)
+        try domain.store.setPermissions(path, [XenStorePermission(domid: domain.domid, access: .none), XenStorePermission(domid: peer, access: .read)])
+    } catch {
+        print("publish \(path): \(error)")
+    }
+}
+
+/// Reads `path` under `peer`'s tree, waiting up to 20 s for it to appear.
+func lookup(_ domain: Domain, _ peer: UInt16, _ path: String) -> String? {
+    for _ in 0..<2000 {
+        if let v = try? domain.store.read("/local/domain/\(peer)/" + path) { return v }
+        usleep(10_000)
+    }
+    print("lookup /local/domain/\(peer)/\(path): not there after 20 s")
+    return nil
+}
+
 func selfTest() -> Int32 {
     guard let p = malloc(1 << 20) else { return 9 }
     memset(p, 1, 1 << 20)
@@ -405,6 +426,7 @@ case "pair-server":
     let page = try! gt.allocatePage()
     let gref = try! gt.grantAccess(page, to: peer)
     let port = try! ev.allocUnbound(remote: peer)
+    publish(domain, "data/pair/port", "\(port)", readableBy: peer)
     var rounds = 0, errors = 0
     let words = page.base.assumingMemoryBound(to: UInt64.self)
     while true {
@@ -430,9 +452,8 @@ case "pair-client":
     let peer = UInt16(arg("peer") ?? "0") ?? 0
     let seconds = Double(arg("seconds") ?? "3") ?? 3
     var port: UInt32?
-    for _ in 0..<20000 where port == nil {
-        port = try? ev.bindInterdomain(remote: peer, remotePort: 1)
-        if port == nil { usleep(1000) }
+    if let offered = lookup(domain, peer, "data/pair/port").flatMap({ UInt32($0) }) {
+        port = try? ev.bindInterdomain(remote: peer, remotePort: offered)
     }
     guard let port else { print("client: bind failed"); domain.shutdown(.crash) }
     var rounds = 0, errors = 0
@@ -505,6 +526,7 @@ case "multicall":
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")
     domain.shutdown(.poweroff)
 default:
+    if runXenStoreMode(mode, domain) { break }
     print("testguest: unknown mode \(mode)")
     domain.shutdown(.crash)
 }

@@ -1,0 +1,63 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// The balloon driver: follows `memory/target` (KiB, written by `xl mem-set`) with the
+/// reservation hypercalls, as Linux's xen-balloon does. Giving memory back releases the highest
+/// populated pages first (their host memory is returned); taking it again populates the lowest
+/// unpopulated ones. Guests that keep data in pseudo-physical RAM should use low pages.
+public final class Balloon {
+    let memory: PhysicalMemory
+    let store: XenStoreClient
+    private var mutex = pthread_mutex_t()
+    /// The last target seen, in pages (the domain's memory at boot until the toolstack sets one).
+    public private(set) var targetPages: UInt64
+
+    init(memory: PhysicalMemory, store: XenStoreClient, bootPages: UInt64) {
+        self.memory = memory
+        self.store = store
+        targetPages = bootPages
+        pthread_mutex_init(&mutex, nil)
+    }
+
+    func start() {
+        do {
+            try store.watch("memory/target", token: "procvisor:balloon") { [unowned self] _ in
+                guard let text = try? store.read("memory/target"), let kb = UInt64(text) else { return }
+                // The watch fires once when set: nothing to do while the target is unchanged.
+                if kb / 4 != targetPages { adjust(toPages: kb / 4) }
+            }
+        } catch {
+            let msg = "procvisor: balloon: cannot watch memory/target: \(error)\n"
+            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+        }
+    }
+
+    /// Moves the reservation toward `target` pages; returns the reservation reached.
+    @discardableResult
+    public func adjust(toPages target: UInt64) -> UInt64 {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        targetPages = target
+        var current = memory.currentReservation
+        if target < current {
+            var give: [PFN] = []
+            var pfn = memory.spanPages
+            while pfn > 0 && UInt64(give.count) < current - target {
+                pfn -= 1
+                if memory.mfn(of: PFN(pfn)) != nil { give.append(PFN(pfn)) }
+            }
+            current -= UInt64(memory.decreaseReservation(give))
+        } else if target > current {
+            let limit = min(target, memory.maximumReservation)
+            var take: [PFN] = []
+            var pfn: UInt64 = 0
+            while pfn < memory.spanPages && current + UInt64(take.count) < limit {
+                if memory.mfn(of: PFN(pfn)) == nil { take.append(PFN(pfn)) }
+                pfn += 1
+            }
+            current += UInt64(memory.populate(take))
+        }
+        return current
+    }
+}

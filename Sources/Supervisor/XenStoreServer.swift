@@ -1,0 +1,372 @@
+import Glibc
+import LinuxHost
+import Logging
+import ProcvisorABI
+import XenStore
+
+/// Serves the XenStore engine to its two kinds of clients, as xenstored does: dom0 tools on a Unix
+/// socket (`xenstore-read` & co. with `XENSTORED_PATH`), and each domain on its
+/// `xenstore_domain_interface` page with an event channel. Everything runs on the supervisor's
+/// event loop; a slow or dead client never blocks the others (socket writes are non-blocking and
+/// buffered within a limit, ring replies wait in a bounded queue).
+final class XenStoreServer {
+    /// Replies and watch events buffered for one client before it counts as not reading.
+    static let maxQueuedBytes = 4 << 20
+    /// Xen's `quota-req-outstanding`: requests of a domain whose replies it has not consumed yet.
+    /// Beyond it the server stops reading the domain's ring until it catches up.
+    static let maxOutstandingRequests = 20
+
+    let engine: XenStoreEngine
+    let loop: EventLoop
+    let logger: Logger
+    private var listener: FileDescriptor?
+    private var listenerToken: UInt64 = 0
+    private var sockets: [XSConnectionID: SocketClient] = [:]
+    private var rings: [XSConnectionID: RingClient] = [:]
+    private var ringByDomain: [UInt16: XSConnectionID] = [:]
+    private var nextID: XSConnectionID = 1
+    /// Lines for the hypervisor log (`xl dmesg`).
+    var log: (String) -> Void = { _ in }
+
+    init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+        engine = XenStoreEngine()
+    }
+
+    // MARK: dom0 socket
+
+    func listen(path: String) throws {
+        let l = try UnixSocket.listen(path: path, mode: 0o600)
+        listener = l
+        listenerToken = try loop.watch(l) { [unowned self] _ in accept() }
+    }
+
+    func stop() {
+        if let l = listener {
+            loop.unwatch(l, token: listenerToken)
+            l.close()
+            listener = nil
+        }
+        for c in Array(sockets.values) { c.close() }
+        for id in Array(rings.keys) { detach(id) }
+    }
+
+    private func accept() {
+        guard let l = listener else { return }
+        while let fd = try? UnixSocket.accept(l) {
+            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
+                logger.warning("refused xenstore connection", metadata: ["uid": "\(peer.uid)"])
+                fd.close()
+                continue
+            }
+            let id = nextID
+            nextID += 1
+            let c = SocketClient(id: id, fd: fd, loop: loop)
+            c.onClose = { [unowned self] c in
+                sockets[c.id] = nil
+                engine.disconnect(c.id)
+            }
+            do {
+                c.token = try loop.watch(fd) { [unowned self, unowned c] events in socketEvent(c, events) }
+            } catch {
+                fd.close()
+                continue
+            }
+            sockets[id] = c
+            engine.connect(id, domid: 0)
+        }
+    }
+
+    private func socketEvent(_ c: SocketClient, _ events: Epoll.Events) {
+        if events.contains(.writable) { c.flush() }
+        guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n == 0 || (n < 0 && Errno.current != .wouldBlock && Errno.current != .interrupted) {
+            c.close()
+            return
+        }
+        guard n > 0 else { return }
+        c.framer.feed(buf[0..<n])
+        do {
+            while !c.closed, let m = try c.framer.next() {
+                deliver(engine.handle(c.id, m))
+            }
+        } catch {
+            logger.warning("xenstore client sent a bad header; disconnecting", metadata: ["connection": "\(c.id)", "error": "\(error)"])
+            c.close()
+        }
+    }
+
+    // MARK: domain rings
+
+    /// Connects `domid`'s ring page; `notify` raises the domain's store port. Returns the
+    /// connection id. The domain kicks the server through `kick` (an eventfd).
+    @discardableResult
+    func attach(domid: UInt16, page: SharedMapping, kick: FileDescriptor, notify: @escaping () -> Void) throws -> XSConnectionID {
+        let id = nextID
+        nextID += 1
+        let r = RingClient(id: id, domid: domid, page: page, kick: kick, notify: notify)
+        r.token = try loop.watch(kick) { [unowned self, unowned r] _ in
+            r.drainKick()
+            service(r)
+        }
+        rings[id] = r
+        ringByDomain[domid] = id
+        engine.connect(id, domid: domid)
+        r.setConnected()
+        return id
+    }
+
+    /// Drops `domid`'s ring connection (domain gone). Its watches and transactions go with it.
+    func detach(domid: UInt16) {
+        if let id = ringByDomain[domid] { detach(id) }
+    }
+
+    private func detach(_ id: XSConnectionID) {
+        guard let r = rings.removeValue(forKey: id) else { return }
+        ringByDomain[r.domid] = nil
+        loop.unwatch(r.kick, token: r.token)
+        r.kick.close()
+        engine.disconnect(id)
+    }
+
+    /// Moves requests off the domain's ring and replies onto it.
+    private func service(_ r: RingClient) {
+        guard !r.broken else { return }
+        var progress = true
+        while progress && !r.broken {
+            progress = false
+            if r.flushReplies() { progress = true }
+            if r.broken { break }
+            while r.outstanding < Self.maxOutstandingRequests, !r.broken {
+                do {
+                    guard let m = try r.nextRequest() else { break }
+                    r.outstanding += 1
+                    deliver(engine.handle(r.id, m))
+                    progress = true
+                } catch {
+                    fail(r, error)
+                    break
+                }
+            }
+        }
+        if r.broken { return }
+        if let e = r.violation { fail(r, e) }
+    }
+
+    private func fail(_ r: RingClient, _ error: Error) {
+        r.markBroken(error)
+        let why = "\(error)"
+        log("dom\(r.domid): xenstore ring disconnected: \(why)")
+        logger.error("xenstore ring disconnected", metadata: ["domid": "\(r.domid)", "error": "\(why)"])
+        engine.disconnect(r.id)
+    }
+
+    // MARK: delivery
+
+    /// Sends the engine's output (a reply and watch events) to the connections it names.
+    func deliver(_ out: [(XSConnectionID, XSMessage)]) {
+        for (id, m) in out {
+            if let c = sockets[id] {
+                c.send(m.encoded())
+            } else if let r = rings[id], !r.broken {
+                let isReply = m.rawType != XSMessageType.watchEvent.rawValue
+                if !r.queue(m.encoded(), isReply: isReply, limit: Self.maxQueuedBytes) {
+                    fail(r, XenStoreRingError.notReading(queued: r.queuedBytes))
+                    continue
+                }
+                if r.flushReplies() {}
+                if let e = r.violation { fail(r, e) }
+            }
+        }
+    }
+
+    /// Connections currently open (sockets, rings), for `xl info` and tests.
+    var connectionCounts: (sockets: Int, rings: Int) { (sockets.count, rings.count) }
+}
+
+enum XenStoreRingError: Error, CustomStringConvertible {
+    case badRequestIndexes(cons: UInt32, prod: UInt32)
+    case badResponseIndexes(cons: UInt32, prod: UInt32)
+    case notReading(queued: Int)
+
+    var description: String {
+        switch self {
+        case let .badRequestIndexes(cons, prod): return "impossible request ring indexes (req_cons \(cons), req_prod \(prod))"
+        case let .badResponseIndexes(cons, prod): return "impossible response ring indexes (rsp_cons \(cons), rsp_prod \(prod))"
+        case let .notReading(queued): return "the domain does not read its replies (\(queued) bytes queued)"
+        }
+    }
+}
+
+/// A dom0 client on the socket: framed input, buffered non-blocking output.
+final class SocketClient {
+    let id: XSConnectionID
+    let fd: FileDescriptor
+    var token: UInt64 = 0
+    var framer = XSFramer()
+    private(set) var closed = false
+    private var out = OutputBuffer()
+    private unowned let loop: EventLoop
+    var onClose: ((SocketClient) -> Void)?
+
+    init(id: XSConnectionID, fd: FileDescriptor, loop: EventLoop) {
+        self.id = id
+        self.fd = fd
+        self.loop = loop
+    }
+
+    func send(_ bytes: [UInt8]) {
+        guard !closed else { return }
+        out.append(bytes)
+        if out.pending > XenStoreServer.maxQueuedBytes { close(); return }
+        flush()
+    }
+
+    func flush() {
+        switch out.flush(to: fd) {
+        case .done: loop.modify(fd, token: token, .readable)
+        case .wouldBlock: loop.modify(fd, token: token, [.readable, .writable])
+        case .failed: close()
+        }
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        loop.unwatch(fd, token: token)
+        fd.close()
+        onClose?(self)
+    }
+}
+
+/// A domain's `xenstore_domain_interface` page, seen from the server. Every index the domain
+/// writes is checked before use: a producer more than a ring ahead of its consumer is a
+/// protocol violation that disconnects the ring (`error` = XENSTORE_ERROR_RINGIDX).
+final class RingClient {
+    let id: XSConnectionID
+    let domid: UInt16
+    let page: SharedMapping
+    let kick: FileDescriptor
+    var token: UInt64 = 0
+    let notify: () -> Void
+    private var framer = XSFramer()
+    private var pendingOut: [UInt8] = []
+    private var pendingOffset = 0
+    /// Requests handled whose replies are not yet all on the ring.
+    var outstanding = 0
+    private var replyEnds: [Int] = []
+    private(set) var broken = false
+    private(set) var violation: Error?
+
+    init(id: XSConnectionID, domid: UInt16, page: SharedMapping, kick: FileDescriptor, notify: @escaping () -> Void) {
+        self.id = id
+        self.domid = domid
+        self.page = page
+        self.kick = kick
+        self.notify = notify
+    }
+
+    private func word(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
+        (page.base + offset).assumingMemoryBound(to: UInt32.self)
+    }
+
+    var queuedBytes: Int { pendingOut.count - pendingOffset }
+
+    func setConnected() {
+        SharedAtomic.store(word(XenStoreWire.serverFeaturesOffset), XenStoreWire.featureError)
+        SharedAtomic.store(word(XenStoreWire.errorOffset), XenStoreWire.errorNone)
+        SharedAtomic.store(word(XenStoreWire.connectionOffset), XenStoreWire.connected)
+    }
+
+    func markBroken(_ e: Error) {
+        broken = true
+        let code: UInt32
+        switch e {
+        case XenStoreRingError.badRequestIndexes, XenStoreRingError.badResponseIndexes: code = XenStoreWire.errorRingIndex
+        case is WireError: code = XenStoreWire.errorProtocol
+        default: code = XenStoreWire.errorComm
+        }
+        SharedAtomic.store(word(XenStoreWire.errorOffset), code)
+        _ = try? Futex.wake(word(XenStoreWire.rspProdOffset), count: Int32.max)
+        _ = try? Futex.wake(word(XenStoreWire.reqConsOffset), count: Int32.max)
+        notify()
+    }
+
+    func drainKick() {
+        var v: UInt64 = 0
+        _ = Glibc.read(kick.rawValue, &v, 8)
+    }
+
+    /// The next whole request on the ring, consuming its bytes; nil when none is complete.
+    func nextRequest() throws -> XSMessage? {
+        if let m = try framer.next() { return m }
+        let cons = SharedAtomic.load(word(XenStoreWire.reqConsOffset))
+        let prod = SharedAtomic.load(word(XenStoreWire.reqProdOffset))
+        let avail = prod &- cons
+        guard avail <= UInt32(XenStoreWire.ringSize) else { throw XenStoreRingError.badRequestIndexes(cons: cons, prod: prod) }
+        guard avail > 0 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: Int(avail))
+        let ring = (page.base + XenStoreWire.reqOffset).assumingMemoryBound(to: UInt8.self)
+        for i in 0..<Int(avail) { bytes[i] = ring[Int((cons &+ UInt32(i)) & UInt32(XenStoreWire.ringSize - 1))] }
+        SharedAtomic.store(word(XenStoreWire.reqConsOffset), prod)
+        framer.feed(bytes)
+        // The domain may be waiting for room on the request ring: raise its port, and wake a
+        // DomainRuntime client sleeping on the index itself.
+        _ = try? Futex.wake(word(XenStoreWire.reqConsOffset), count: Int32.max)
+        notify()
+        return try framer.next()
+    }
+
+    /// Queues an encoded message. False when the domain has stopped reading (queue over `limit`).
+    func queue(_ bytes: [UInt8], isReply: Bool, limit: Int) -> Bool {
+        if pendingOffset > 0 && pendingOffset == pendingOut.count {
+            pendingOut.removeAll(keepingCapacity: true)
+            pendingOffset = 0
+        }
+        pendingOut += bytes
+        if isReply { replyEnds.append(pendingOut.count) }
+        return queuedBytes <= limit
+    }
+
+    /// Copies queued replies onto the response ring as far as there is room. True when it moved bytes.
+    @discardableResult
+    func flushReplies() -> Bool {
+        guard queuedBytes > 0, !broken else { return false }
+        let cons = SharedAtomic.load(word(XenStoreWire.rspConsOffset))
+        let prod = SharedAtomic.load(word(XenStoreWire.rspProdOffset))
+        let used = prod &- cons
+        guard used <= UInt32(XenStoreWire.ringSize) else {
+            violation = XenStoreRingError.badResponseIndexes(cons: cons, prod: prod)
+            return false
+        }
+        let room = XenStoreWire.ringSize - Int(used)
+        let n = min(room, queuedBytes)
+        guard n > 0 else { return false }
+        let ring = (page.base + XenStoreWire.rspOffset).assumingMemoryBound(to: UInt8.self)
+        pendingOut.withUnsafeBufferPointer { src in
+            for i in 0..<n { ring[Int((prod &+ UInt32(i)) & UInt32(XenStoreWire.ringSize - 1))] = src[pendingOffset + i] }
+        }
+        pendingOffset += n
+        SharedAtomic.store(word(XenStoreWire.rspProdOffset), prod &+ UInt32(n))
+        _ = try? Futex.wake(word(XenStoreWire.rspProdOffset), count: Int32.max)
+        // Replies wholly on the ring no longer count as outstanding.
+        var done = 0
+        for end in replyEnds {
+            if end <= pendingOffset { done += 1 } else { break }
+        }
+        if done > 0 {
+            replyEnds.removeFirst(done)
+            outstanding = max(0, outstanding - done)
+        }
+        if pendingOffset == pendingOut.count {
+            pendingOut.removeAll(keepingCapacity: true)
+            replyEnds = replyEnds.map { $0 - pendingOffset }
+            pendingOffset = 0
+        }
+        notify()
+        return true
+    }
+}
