@@ -31,6 +31,8 @@ let package = Package(
         // The XenStore database and its semantics (permissions, watches, transactions, quotas):
         // no I/O, so it is tested on its own; the supervisor serves it on the socket and the rings.
         .target(name: "XenStore", dependencies: ["ProcvisorABI"], swiftSettings: v5),
+        // A dom0 XenStore client on the Unix socket (xl, benchmarks, tests).
+        .target(name: "XenStoreSocket", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
         .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
         .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5),
         .target(
@@ -45,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "xl",
             dependencies: [
-                "Toolstack", "LinuxHost", "ProcvisorABI",
+                "Toolstack", "LinuxHost", "ProcvisorABI", "XenStoreSocket",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: v5
@@ -63,7 +65,7 @@ let package = Package(
         // Benchmarks run their peer in the same run and print ratios.
         .executableTarget(
             name: "procvisor-bench",
-            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"],
+            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI", "XenStoreSocket"],
             path: "Benchmarks/procvisor-bench",
             swiftSettings: v5
         ),
@@ -78,7 +80,7 @@ let package = Package(
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"],
+            dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI", "XenStoreSocket"],
             swiftSettings: v5
         ),
     ]
