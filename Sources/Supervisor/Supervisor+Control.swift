@@ -120,6 +120,10 @@ extension Supervisor {
             }
             log("\(dom.label): renamed to \(newName)")
             dom.name = newName
+            // libxl_domain_rename writes the name where the rest of the toolstack reads it.
+            store { e in
+                try e.write("/local/domain/\(dom.domid)/name", Array(newName.utf8)) + e.write("/vm/\(dom.uuid)/name", Array(newName.utf8))
+            }
             c.send(.ok)
         case let .list(specs):
             var out: [DomainInfo] = []

@@ -2,6 +2,7 @@ import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
+import XenStoreSocket
 
 /// xl's connection to the supervisor. Starts the supervisor on first use when none is running.
 struct ControlClient {
@@ -12,7 +13,7 @@ struct ControlClient {
     static func connect() -> ControlClient {
         let env = Process.environment()
         let dir = RunDirectory.resolve(environment: env, uid: getuid())
-        let path = env["XENSTORED_PATH"].map { _ in dir.controlSocket } ?? dir.controlSocket
+        let path = dir.controlSocket
         if let fd = try? UnixSocket.connect(path: path) { return ControlClient(fd: fd, runDirectory: dir) }
         if env["PROCVISOR_NO_AUTOSTART"] == "1" {
             fail("xl: cannot reach the Procvisor supervisor at \(path) (not running; autostart disabled by PROCVISOR_NO_AUTOSTART)")
@@ -23,6 +24,12 @@ struct ControlClient {
         } catch {
             fail("xl: cannot reach the Procvisor supervisor at \(path): \(error)")
         }
+    }
+
+    /// The dom0 XenStore connection (`XENSTORED_PATH`, else the supervisor's socket), nil when
+    /// the store cannot be reached.
+    func xenstore() -> XSSocketClient? {
+        try? XSSocketClient(path: XSSocketClient.socketPath(environment: Process.environment(), runDirectory: runDirectory.path))
     }
 
     /// Runs `procvisord --daemonize`, which returns once its control socket is listening.

@@ -9,7 +9,13 @@ struct List: ParsableCommand {
 
     func run() throws {
         var client = ControlClient.connect()
-        let list = client.domains(domains)
+        var list = client.domains(domains)
+        // As libxl, names come from XenStore (/local/domain/N/name) when it can be reached.
+        if let xs = client.xenstore() {
+            for i in list.indices {
+                if let name = try? xs.read("/local/domain/\(list[i].domid)/name"), !name.isEmpty { list[i].name = name }
+            }
+        }
         if l {
             print(XLFormat.listLong(list.filter { $0.domid != 0 }), terminator: "")
         } else {

@@ -68,6 +68,24 @@ import Testing
         #expect(try h.xs("exists", vm).status == 1)
     }
 
+    @Test func xlListReadsNamesFromTheStoreAndRenameWritesThem() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("before", mode: "run")
+        #expect(try h.xl("rename", "before", "after").ok)
+        #expect(try h.xs("read", "/local/domain/1/name").stdout == "after\n")
+        let vm = try h.xs("read", "/local/domain/1/vm").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try h.xs("read", vm + "/name").stdout == "after\n")
+        // A name written straight into the store is what xl list shows, as with libxl.
+        #expect(try h.xs("write", "/local/domain/1/name", "storename").ok)
+        #expect(try h.xl("list").stdout.contains("\nstorename "))
+        // XENSTORED_PATH is honoured: pointing it elsewhere falls back to the supervisor's names.
+        var env = h.env
+        env["XENSTORED_PATH"] = h.runDirectory + "/nowhere"
+        let r = try runCommand(Products.path("xl"), ["list"], env: env)
+        #expect(r.stdout.contains("\nafter "), "\(r.stdout)")
+    }
+
     @Test func releaseDomainWatchFiresOnDeath() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
