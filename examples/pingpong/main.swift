@@ -1,9 +1,10 @@
 // pingpong: two domains that share nothing but what they grant each other. `ping` grants a page
 // to `pong` and offers it an event channel; they bounce messages through a Xen shared ring on
-// that page and report the round trip. Without XenStore (a later issue) the toolstack passes the
-// offer by hand: see run.sh.
-//   ping: extra = "role=ping peer=DOMID [rounds=N] [spin=N]"
-//   pong: extra = "role=pong"; then type "peer=D gref=G port=P" into its console
+// that page and report the round trip. They meet through XenStore as a split driver's two halves
+// do: pong opens a mailbox in its tree that others may write (data/pingpong, owner pong, default
+// `w`); ping writes its offer there (ring-ref and event-channel) and makes it readable by pong only.
+//   pong: extra = "role=pong"
+//   ping: extra = "role=ping peer=DOMID-OF-PONG [rounds=N] [spin=N]"
 import DomainRuntime
 import Glibc
 
@@ -27,7 +28,16 @@ case "ping":
     let front = FrontRing(page: page.base, layout: layout)
     let gref = try! gt.grantAccess(page, to: peer)
     let port = try! ev.allocUnbound(remote: peer)
-    print("offer peer=\(domain.domid) gref=\(gref) port=\(port)")
+    let mailbox = "/local/domain/\(peer)/data/pingpong"
+    let offer = "\(mailbox)/dom\(domain.domid)"
+    do {
+        try domain.store.write(offer, "peer=\(domain.domid) gref=\(gref) port=\(port)")
+        try domain.store.setPermissions(offer, [XenStorePermission(domid: domain.domid, access: .none),
+                                                XenStorePermission(domid: peer, access: .read)])
+    } catch {
+        fail("cannot leave the offer in \(mailbox) (is dom\(peer) a pong?): \(error)")
+    }
+    print("offer peer=\(domain.domid) gref=\(gref) port=\(port) written to \(offer)")
     fflush(stdout)
     // pong binds when it gets the offer; the supervisor then tells us (portBound).
     let deadline = SystemTime.nanoseconds() + 60_000_000_000
@@ -59,9 +69,28 @@ case "ping":
     fflush(stdout)
     domain.shutdown(.poweroff)
 case "pong":
-    print("pong: dom\(domain.domid) waiting for an offer (peer=D gref=G port=P) on the console")
+    // The mailbox: owned by us, writable (not readable) by every other domain.
+    let mailbox = "data/pingpong"
+    do {
+        try domain.store.mkdir(mailbox)
+        try domain.store.setPermissions(mailbox, [XenStorePermission(domid: domain.domid, access: .write)])
+    } catch {
+        fail("cannot open the mailbox: \(error)")
+    }
+    print("pong: dom\(domain.domid) waiting for an offer in /local/domain/\(domain.domid)/\(mailbox)")
     fflush(stdout)
-    guard let line = domain.console.readLine() else { fail("no offer") }
+    var line = ""
+    let deadline = SystemTime.nanoseconds() + 120_000_000_000
+    while line.isEmpty {
+        // An offer becomes readable once its writer has handed it to us.
+        for entry in (try? domain.store.directory(mailbox)) ?? [] {
+            if let v = try? domain.store.read("\(mailbox)/\(entry)") { line = v; break }
+        }
+        if line.isEmpty {
+            if SystemTime.nanoseconds() > deadline { fail("no offer within 120 s") }
+            usleep(10_000)
+        }
+    }
     var kv: [String: UInt32] = [:]
     for part in line.split(separator: " ") {
         let f = part.split(separator: "=")
