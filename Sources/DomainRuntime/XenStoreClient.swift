@@ -76,6 +76,9 @@ public final class XenStoreClient {
     /// The raw `xenstore_domain_interface` page and the kick, for tests that play a hostile guest.
     @_spi(Testing) public var ringPage: UnsafeMutableRawPointer { page.base }
     @_spi(Testing) public func kickServer() { kick() }
+    /// Stops (or resumes) taking replies off the response ring: a guest that does not read.
+    @_spi(Testing) public func pauseReader(_ paused: Bool) { SharedAtomic.store(&readerPaused, paused ? 1 : 0) }
+    private var readerPaused: UInt32 = 0
 
     private func word(_ offset: Int) -> UnsafeMutablePointer<UInt32> {
         (page.base + offset).assumingMemoryBound(to: UInt32.self)
@@ -288,6 +291,7 @@ public final class XenStoreClient {
         var buf = [UInt8]()
         while true {
             if let e = serverError() { fail(e); return }
+            if SharedAtomic.load(&readerPaused) != 0 { usleep(10_000); continue }
             let cons = SharedAtomic.load(word(XenStoreWire.rspConsOffset))
             let prod = SharedAtomic.load(word(XenStoreWire.rspProdOffset))
             let avail = prod &- cons

@@ -153,7 +153,14 @@ final class XenStoreServer {
             }
         }
         if r.broken { return }
-        if let e = r.violation { fail(r, e) }
+        if let e = r.violation { fail(r, e); return }
+        // Requests waiting on the ring while the quota is used up: say so once per episode.
+        let throttled = r.outstanding >= Self.maxOutstandingRequests && r.hasUnreadRequests
+        if throttled && !r.throttled {
+            log("dom\(r.domid): xenstore request quota reached (\(Self.maxOutstandingRequests) replies not taken); its ring waits until it catches up")
+            logger.warning("xenstore request quota reached", metadata: ["domid": "\(r.domid)"])
+        }
+        r.throttled = throttled
     }
 
     private func fail(_ r: RingClient, _ error: Error) {
@@ -257,6 +264,8 @@ final class RingClient {
     private var pendingOffset = 0
     /// Requests handled whose replies are not yet all on the ring.
     var outstanding = 0
+    /// Whether the outstanding-request quota is holding this ring back (logged once per episode).
+    var throttled = false
     private var replyEnds: [Int] = []
     private(set) var broken = false
     private(set) var violation: Error?
@@ -298,6 +307,11 @@ final class RingClient {
     func drainKick() {
         var v: UInt64 = 0
         _ = Glibc.read(kick.rawValue, &v, 8)
+    }
+
+    /// Whether the domain has produced request bytes the server has not taken yet.
+    var hasUnreadRequests: Bool {
+        framer.pendingBytes > 0 || SharedAtomic.load(word(XenStoreWire.reqProdOffset)) != SharedAtomic.load(word(XenStoreWire.reqConsOffset))
     }
 
     /// The next whole request on the ring, consuming its bytes; nil when none is complete.

@@ -232,6 +232,24 @@ import Testing
         #expect(try h.xl("shutdown", "-w", "bystander").ok)
     }
 
+    @Test func floodingGuestIsHeldAtItsQuotaAndOthersAreServed() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("bystander", mode: "xs-box", "extra = \"mode=xs-box peer=0\"\n")
+        #expect(eventually { h.consoleLog("bystander").contains("box ready") })
+        try h.create("flooder", mode: "xs-flood")
+        #expect(eventually { (try? h.dmesg())?.contains("dom2: xenstore request quota reached (20 replies not taken)") ?? false },
+                "\((try? h.dmesg()) ?? "")")
+        // While the flooder is held back, dom0 and the other guest are served at once.
+        for i in 0..<20 {
+            #expect(try h.xs("write", "/local/domain/1/data/box", "tick\(i)").ok)
+        }
+        #expect(eventually { h.consoleLog("bystander").contains("value=tick19") })
+        #expect(eventually(timeout: 20) { h.consoleLog("flooder").contains("xs-flood done") }, "\(h.consoleLog("flooder"))")
+        #expect(h.consoleLog("flooder").contains("after=flooder\n"))
+        #expect(try h.list()["flooder"] != nil)
+    }
+
     // MARK: toolstack through the store
 
     @Test func shutdownAndRebootGoThroughControlShutdown() throws {

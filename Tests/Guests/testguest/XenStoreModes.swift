@@ -1,6 +1,7 @@
 @_spi(Testing) import DomainRuntime
 import Glibc
 import LinuxHost
+import ProcvisorABI
 
 /// Guest-side XenStore behaviours for the integration tests; each prints `key=value` results on
 /// the console. Returns false for a mode that is not a XenStore mode.
@@ -132,6 +133,35 @@ func runXenStoreMode(_ mode: String, _ domain: Domain) -> Bool {
         say("ring error=\(error)")
         say("after=\(errName { _ = try xs.read("name") })")
         say("xs-hostile done")
+        while true { domain.block() }
+    case "xs-flood":
+        // Stops reading replies and fills the request ring: the server holds it at the quota.
+        say("before=\((try? xs.read("name")) ?? "-")")
+        xs.pauseReader(true)
+        let page = xs.ringPage
+        let req = (page + 0).assumingMemoryBound(to: UInt8.self)
+        let consW = (page + 2048).assumingMemoryBound(to: UInt32.self), prodW = (page + 2052).assumingMemoryBound(to: UInt32.self)
+        var sent = 0
+        let deadline = MonotonicClock.nanoseconds() + 3_000_000_000
+        while MonotonicClock.nanoseconds() < deadline {
+            let msg = XSMessage(.read, requestID: UInt32(100_000 + sent), strings: ["name"]).encoded()
+            let cons = SharedAtomic.load(consW), prod = SharedAtomic.load(prodW)
+            if Int(prod &- cons) + msg.count > 1024 { xs.kickServer(); usleep(5_000); continue }
+            for (i, b) in msg.enumerated() { req[Int((prod &+ UInt32(i)) & 1023)] = b }
+            SharedAtomic.store(prodW, prod &+ UInt32(msg.count))
+            sent += 1
+            xs.kickServer()
+        }
+        say("flood sent=\(sent)")
+        xs.pauseReader(false)
+        // Once it reads again, everything it asked for is answered and new requests work.
+        var after = "-"
+        for _ in 0..<500 {
+            if let v = try? xs.read("name") { after = v; break }
+            usleep(10_000)
+        }
+        say("after=\(after)")
+        say("xs-flood done")
         while true { domain.block() }
     case "xs-ack":
         // Acknowledges control/shutdown (the runtime does) but records what it saw first.
