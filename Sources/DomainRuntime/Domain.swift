@@ -125,8 +125,11 @@ public final class Domain {
         let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn, memory: memory,
                             store: XenStoreClient(page: storePage, kick: { [unowned evtchn] in evtchn.kickDom0() }))
         domain.events.start(domain: domain)
-        domain.watchControlShutdown()
-        domain.balloon.start()
+        // The runtime's own watches are registered from the watch thread: guest code starts now.
+        domain.store.onWatchThread { [unowned domain] in
+            domain.watchControlShutdown()
+            domain.balloon.start()
+        }
         current = domain
         return domain
     }

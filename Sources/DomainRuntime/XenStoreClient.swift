@@ -60,7 +60,11 @@ public final class XenStoreClient {
     private var nextRequestID: UInt32 = 1
     private var replies: [UInt32: XSMessage] = [:]
     private var watches: [String: (String) -> Void] = [:]
-    private var watchQueue: [(path: String, token: String)] = []
+    private enum WatchWork {
+        case event(path: String, token: String)
+        case task(() -> Void)
+    }
+    private var watchQueue: [WatchWork] = []
     private var failure: String?
     private var started = false
 
@@ -176,6 +180,16 @@ public final class XenStoreClient {
             pthread_mutex_unlock(&mutex)
             throw error
         }
+    }
+
+    /// Runs `body` on the watch thread, in order with watch callbacks: set-up the runtime does at
+    /// boot (its own watches) without making `Domain.start` wait for the store.
+    func onWatchThread(_ body: @escaping () -> Void) {
+        startThreads()
+        pthread_mutex_lock(&mutex)
+        watchQueue.append(.task(body))
+        pthread_cond_signal(&watchCond)
+        pthread_mutex_unlock(&mutex)
     }
 
     /// `XS_UNWATCH`.
@@ -320,7 +334,7 @@ public final class XenStoreClient {
         if m.rawType == XSMessageType.watchEvent.rawValue {
             let s = m.payloadStrings
             if s.count >= 2 {
-                watchQueue.append((s[0], s[1]))
+                watchQueue.append(.event(path: s[0], token: s[1]))
                 pthread_cond_signal(&watchCond)
             }
         } else {
@@ -342,10 +356,16 @@ public final class XenStoreClient {
         while true {
             pthread_mutex_lock(&mutex)
             while watchQueue.isEmpty { pthread_cond_wait(&watchCond, &mutex) }
-            let (path, token) = watchQueue.removeFirst()
-            let handler = watches[token]
-            pthread_mutex_unlock(&mutex)
-            handler?(path)
+            let work = watchQueue.removeFirst()
+            switch work {
+            case let .event(path, token):
+                let handler = watches[token]
+                pthread_mutex_unlock(&mutex)
+                handler?(path)
+            case let .task(body):
+                pthread_mutex_unlock(&mutex)
+                body()
+            }
         }
     }
 }

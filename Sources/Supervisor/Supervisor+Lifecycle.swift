@@ -161,9 +161,21 @@ extension Supervisor {
         gmtime_r(&t, &tm)
         var buf = [CChar](repeating: 0, count: 32)
         strftime(&buf, buf.count, "-%Y%m%dT%H%MZ", &tm)
+        let oldUUID = dom.uuid
         dom.name += String(cString: buf)
         dom.uuid = Self.makeUUID()
         dom.phase = .shutdown
+        // As libxl_domain_preserve: the new name and a new /vm/<uuid> in the store.
+        let d = dom.domid, vm = "/vm/\(dom.uuid)", ro = Self.readOnly(for: d)
+        store { e in
+            var out = (try? e.rm("/vm/\(oldUUID)")) ?? []
+            out += try e.mkdir(vm, perms: ro)
+            out += try e.write(vm + "/uuid", Array(dom.uuid.utf8))
+            out += try e.write(vm + "/name", Array(dom.name.utf8))
+            out += try e.write("/local/domain/\(d)/vm", Array(vm.utf8))
+            out += try e.write("/local/domain/\(d)/name", Array(dom.name.utf8))
+            return out
+        }
     }
 
     func notifyShutdown(_ dom: DomainRecord, _ reason: ShutdownReason) {
