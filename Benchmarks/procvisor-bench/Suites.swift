@@ -3,5 +3,6 @@ enum Suites {
         "lifecycle": LifecycleSuite.run,
         "evtchn": EvtchnSuite.run,
         "grant": GrantSuite.run,
+        "xenstore": XenStoreSuite.run,
     ]
 }
