@@ -172,24 +172,32 @@ public struct XSMessage: Equatable, Sendable {
 /// Incremental framing of a XenStore byte stream (socket or ring): feed bytes, take messages.
 public struct XSFramer: Sendable {
     private var buffer: [UInt8] = []
+    /// Start of the bytes not yet taken (compacted lazily, so taking a message is O(its size)).
+    private var start = 0
 
     public init() {}
 
     /// Bytes received but not yet part of a whole message.
-    public var pendingBytes: Int { buffer.count }
+    public var pendingBytes: Int { buffer.count - start }
 
-    public mutating func feed(_ bytes: some Sequence<UInt8>) { buffer.append(contentsOf: bytes) }
+    public mutating func feed(_ bytes: some Sequence<UInt8>) {
+        if start > 0 && (start == buffer.count || start > 65536) {
+            buffer.removeFirst(start)
+            start = 0
+        }
+        buffer.append(contentsOf: bytes)
+    }
 
     /// The next whole message, nil when more bytes are needed. Throws on an oversized length
     /// (the stream is then unusable and the connection must be dropped).
     public mutating func next() throws -> XSMessage? {
-        guard buffer.count >= XenStoreWire.headerSize else { return nil }
-        let h = try XSMessage.decodeHeader(Array(buffer[0..<XenStoreWire.headerSize]))
+        guard pendingBytes >= XenStoreWire.headerSize else { return nil }
+        let h = try XSMessage.decodeHeader(Array(buffer[start..<start + XenStoreWire.headerSize]))
         let total = XenStoreWire.headerSize + h.length
-        guard buffer.count >= total else { return nil }
+        guard pendingBytes >= total else { return nil }
         let m = XSMessage(rawType: h.rawType, requestID: h.requestID, transactionID: h.transactionID,
-                          payload: Array(buffer[XenStoreWire.headerSize..<total]))
-        buffer.removeFirst(total)
+                          payload: Array(buffer[start + XenStoreWire.headerSize..<start + total]))
+        start += total
         return m
     }
 }

@@ -25,6 +25,8 @@ final class XenStoreServer {
     private var rings: [XSConnectionID: RingClient] = [:]
     private var ringByDomain: [UInt16: XSConnectionID] = [:]
     private var nextID: XSConnectionID = 1
+    /// One receive buffer for every socket client (the loop is single-threaded).
+    private var receiveBuffer = [UInt8](repeating: 0, count: 65536)
     /// Lines for the hypervisor log (`xl dmesg`).
     var log: (String) -> Void = { _ in }
 
@@ -81,14 +83,13 @@ final class XenStoreServer {
     private func socketEvent(_ c: SocketClient, _ events: Epoll.Events) {
         if events.contains(.writable) { c.flush() }
         guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
-        var buf = [UInt8](repeating: 0, count: 65536)
-        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        let n = receiveBuffer.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
         if n == 0 || (n < 0 && Errno.current != .wouldBlock && Errno.current != .interrupted) {
             c.close()
             return
         }
         guard n > 0 else { return }
-        c.framer.feed(buf[0..<n])
+        c.framer.feed(receiveBuffer[0..<n])
         do {
             while !c.closed, let m = try c.framer.next() {
                 deliver(engine.handle(c.id, m))

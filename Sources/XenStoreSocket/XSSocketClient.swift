@@ -20,6 +20,7 @@ public final class XSSocketClient {
     public let fd: FileDescriptor
     private var framer = XSFramer()
     private var nextID: UInt32 = 1
+    private var buffer = [UInt8](repeating: 0, count: 65536)
     /// Watch events received while waiting for replies: (path, token).
     public private(set) var pendingEvents: [(path: String, token: String)] = []
 
@@ -122,16 +123,15 @@ public final class XSSocketClient {
     }
 
     private func receive() throws -> XSMessage {
-        var buf = [UInt8](repeating: 0, count: 65536)
         while true {
             if let m = try framer.next() { return m }
-            let n = buf.withUnsafeMutableBytes { Glibc.recv(fd.rawValue, $0.baseAddress, $0.count, 0) }
+            let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd.rawValue, $0.baseAddress, $0.count, 0) }
             if n == 0 { throw Closed() }
             if n < 0 {
                 if Errno.current == .interrupted { continue }
                 throw SystemError("recv", "xenstore socket", errno: .current)
             }
-            framer.feed(buf[0..<n])
+            framer.feed(buffer[0..<n])
         }
     }
 }
