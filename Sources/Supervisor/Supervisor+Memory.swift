@@ -49,6 +49,7 @@ extension Supervisor {
                     self.crash(dom, "holds \(held / 1024) KiB of RAM but its reservation is \(allowed / 1024) KiB (pages written without populate_physmap)")
                 }
             }
+            self.xenstore.disconnectStalledRings(now: MonotonicClock.nanoseconds(), timeoutNs: self.options.xenstoreEventTimeoutMs * 1_000_000)
             self.scheduleReservationCheck()
         }
     }

@@ -12,6 +12,10 @@ public struct SupervisorOptions: Sendable {
     public var memoryMB: UInt64
     /// Grant table frames a domain may set up (`PROCVISOR_MAX_GRANT_FRAMES`, default 32: 16384 grefs).
     public var maxGrantFrames: Int
+    /// How long a domain may leave XenStore replies and watch events on its ring untaken before
+    /// the ring is disconnected (`PROCVISOR_XS_EVENT_TIMEOUT_MS`, default 20000: xenstored's
+    /// watch-event timeout).
+    public var xenstoreEventTimeoutMs: UInt64
     /// Hypercalls a domain may get wrong before it is crashed.
     public var malformedHypercallLimit: Int = 16
 
@@ -19,6 +23,7 @@ public struct SupervisorOptions: Sendable {
         runDirectory = RunDirectory.resolve(environment: environment, uid: uid)
         engageTimeoutMs = environment["PROCVISOR_ENGAGE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
+        xenstoreEventTimeoutMs = environment["PROCVISOR_XS_EVENT_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 20000
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024
         memoryMB = environment["PROCVISOR_MEMORY_MB"].flatMap { UInt64($0) } ?? hostMB * 3 / 4

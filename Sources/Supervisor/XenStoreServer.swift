@@ -191,6 +191,16 @@ final class XenStoreServer {
         }
     }
 
+    /// Disconnects rings whose domain has left replies or events untaken for longer than
+    /// `timeoutNs` (xenstored's watch-event timeout): quota first, then disconnection.
+    func disconnectStalledRings(now: UInt64, timeoutNs: UInt64) {
+        for r in Array(rings.values) where !r.broken {
+            if r.queuedBytes > 0, let since = r.stalledSince, now - since > timeoutNs {
+                fail(r, XenStoreRingError.notTaking(seconds: Double(now - since) / 1e9))
+            }
+        }
+    }
+
     /// Connections currently open (sockets, rings), for `xl info` and tests.
     var connectionCounts: (sockets: Int, rings: Int) { (sockets.count, rings.count) }
 }
@@ -199,12 +209,14 @@ enum XenStoreRingError: Error, CustomStringConvertible {
     case badRequestIndexes(cons: UInt32, prod: UInt32)
     case badResponseIndexes(cons: UInt32, prod: UInt32)
     case notReading(queued: Int)
+    case notTaking(seconds: Double)
 
     var description: String {
         switch self {
         case let .badRequestIndexes(cons, prod): return "impossible request ring indexes (req_cons \(cons), req_prod \(prod))"
         case let .badResponseIndexes(cons, prod): return "impossible response ring indexes (rsp_cons \(cons), rsp_prod \(prod))"
         case let .notReading(queued): return "the domain does not read its replies (\(queued) bytes queued)"
+        case let .notTaking(seconds): return "replies and watch events not taken for \(Int(seconds)) s"
         }
     }
 }
@@ -267,6 +279,8 @@ final class RingClient {
     var outstanding = 0
     /// Whether the outstanding-request quota is holding this ring back (logged once per episode).
     var throttled = false
+    /// When queued output last stopped moving (nil while the domain takes what is there).
+    private(set) var stalledSince: UInt64?
     private var replyEnds: [Int] = []
     private(set) var broken = false
     private(set) var violation: Error?
@@ -341,6 +355,7 @@ final class RingClient {
             pendingOut.removeAll(keepingCapacity: true)
             pendingOffset = 0
         }
+        if queuedBytes == 0 { stalledSince = MonotonicClock.nanoseconds() }
         pendingOut += bytes
         if isReply { replyEnds.append(pendingOut.count) }
         return queuedBytes <= limit
@@ -365,6 +380,7 @@ final class RingClient {
             for i in 0..<n { ring[Int((prod &+ UInt32(i)) & UInt32(XenStoreWire.ringSize - 1))] = src[pendingOffset + i] }
         }
         pendingOffset += n
+        stalledSince = queuedBytes > 0 ? MonotonicClock.nanoseconds() : nil
         SharedAtomic.store(word(XenStoreWire.rspProdOffset), prod &+ UInt32(n))
         _ = try? Futex.wake(word(XenStoreWire.rspProdOffset), count: Int32.max)
         // Replies wholly on the ring no longer count as outstanding.

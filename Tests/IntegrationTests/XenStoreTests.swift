@@ -250,6 +250,20 @@ import Testing
         #expect(try h.list()["flooder"] != nil)
     }
 
+    @Test func aGuestThatNeverTakesItsRepliesIsDisconnectedAfterTheEventTimeout() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_XS_EVENT_TIMEOUT_MS": "1000"])
+        defer { h.stop() }
+        try h.create("bystander", mode: "run")
+        try h.create("sleeper", mode: "xs-flood", "extra = \"mode=xs-flood seconds=4\"\n")
+        #expect(eventually(timeout: 20) { h.consoleLog("sleeper").contains("xs-flood done") }, "\(h.consoleLog("sleeper"))")
+        #expect(h.consoleLog("sleeper").contains("after=xenstore: the server disconnected the ring"), "\(h.consoleLog("sleeper"))")
+        let dmesg = try h.dmesg()
+        #expect(dmesg.contains("dom2: xenstore request quota reached"))
+        #expect(dmesg.contains("dom2: xenstore ring disconnected: replies and watch events not taken for"), "\(dmesg)")
+        #expect(try h.list()["sleeper"] != nil)
+        #expect(try h.xs("read", "/local/domain/1/name").stdout == "bystander\n")
+    }
+
     // MARK: toolstack through the store
 
     @Test func shutdownAndRebootGoThroughControlShutdown() throws {

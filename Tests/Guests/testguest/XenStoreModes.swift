@@ -142,7 +142,8 @@ func runXenStoreMode(_ mode: String, _ domain: Domain) -> Bool {
         let req = (page + 0).assumingMemoryBound(to: UInt8.self)
         let consW = (page + 2048).assumingMemoryBound(to: UInt32.self), prodW = (page + 2052).assumingMemoryBound(to: UInt32.self)
         var sent = 0
-        let deadline = MonotonicClock.nanoseconds() + 3_000_000_000
+        let seconds = UInt64(arg("seconds") ?? "3") ?? 3
+        let deadline = MonotonicClock.nanoseconds() + seconds * 1_000_000_000
         while MonotonicClock.nanoseconds() < deadline {
             let msg = XSMessage(.read, requestID: UInt32(100_000 + sent), strings: ["name"]).encoded()
             let cons = SharedAtomic.load(consW), prod = SharedAtomic.load(prodW)
@@ -157,7 +158,13 @@ func runXenStoreMode(_ mode: String, _ domain: Domain) -> Bool {
         // Once it reads again, everything it asked for is answered and new requests work.
         var after = "-"
         for _ in 0..<500 {
-            if let v = try? xs.read("name") { after = v; break }
+            do {
+                after = try xs.read("name")
+                break
+            } catch let e as XenStoreError {
+                after = "\(e)"
+                if case .disconnected = e { break }
+            } catch {}
             usleep(10_000)
         }
         say("after=\(after)")
