@@ -12,9 +12,10 @@ import XenStore
 final class XenStoreServer {
     /// Replies and watch events buffered for one client before it counts as not reading.
     static let maxQueuedBytes = 4 << 20
-    /// Xen's `quota-req-outstanding`: requests of a domain whose replies it has not consumed yet.
-    /// Beyond it the server stops reading the domain's ring until it catches up.
-    static let maxOutstandingRequests = 20
+    /// Xen's `quota-req-outstanding` (20; `CONTROL quota set outstanding N` changes it): requests
+    /// of a domain whose replies it has not consumed yet. Beyond it the server stops reading the
+    /// domain's ring until it catches up.
+    var maxOutstandingRequests: Int { engine.quota.outstanding }
 
     let engine: XenStoreEngine
     let loop: EventLoop
@@ -34,6 +35,8 @@ final class XenStoreServer {
         self.loop = loop
         self.logger = logger
         engine = XenStoreEngine()
+        // `xenstore-control log on` traces requests into the supervisor's log, as xenstored's trace file.
+        engine.logSink = { [logger] line in logger.info("xenstore", metadata: ["trace": "\(line)"]) }
     }
 
     // MARK: dom0 socket
@@ -141,7 +144,7 @@ final class XenStoreServer {
             progress = false
             if r.flushReplies() { progress = true }
             if r.broken { break }
-            while r.outstanding < Self.maxOutstandingRequests, !r.broken {
+            while r.outstanding < maxOutstandingRequests, !r.broken {
                 do {
                     guard let m = try r.nextRequest() else { break }
                     r.outstanding += 1
@@ -156,9 +159,9 @@ final class XenStoreServer {
         if r.broken { return }
         if let e = r.violation { fail(r, e); return }
         // Requests waiting on the ring while the quota is used up: say so once per episode.
-        let throttled = r.outstanding >= Self.maxOutstandingRequests && r.hasUnreadRequests
+        let throttled = r.outstanding >= maxOutstandingRequests && r.hasUnreadRequests
         if throttled && !r.throttled {
-            log("dom\(r.domid): xenstore request quota reached (\(Self.maxOutstandingRequests) replies not taken); its ring waits until it catches up")
+            log("dom\(r.domid): xenstore request quota reached (\(maxOutstandingRequests) replies not taken); its ring waits until it catches up")
             logger.warning("xenstore request quota reached", metadata: ["domid": "\(r.domid)"])
         }
         r.throttled = throttled

@@ -3,6 +3,7 @@ import Glibc
 import LinuxHost
 import ProcvisorABI
 import Testing
+import XenStoreSocket
 
 /// XenStore through Debian's xenstore-utils on the dom0 socket (`XENSTORED_PATH`), and through
 /// real domains' rings. Expected outputs are what the same tools print against Xen's xenstored
@@ -29,6 +30,12 @@ import Testing
         let rmMissing = try h.xs("rm", "/nothere/zz")
         #expect(rmMissing.status == 1)
         #expect(rmMissing.stderr == "xenstore-rm: could not remove path /nothere/zz\n")
+        // CONTROL (what xenstore-control sends; Debian's wrapper needs /sys/hypervisor, so raw here).
+        let ctl = try XSSocketClient(path: h.xenstoreSocket)
+        let quota = String(decoding: try ctl.request(.control, ["quota"]).payload, as: UTF8.self)
+        #expect(quota.hasPrefix("Quota settings:\n") && quota.contains("nodes            :     1000 Nodes per domain\n"), "\(quota)")
+        #expect(try ctl.request(.control, ["log", "on"]).payloadStrings == ["OK"])
+        #expect(throws: XSSocketClient.ServerError.self) { try ctl.request(.control, ["no-such-command"]) }
         // Values with non-printing bytes are escaped as the tools do.
         #expect(try h.xs("write", "/test/esc", "a\\tb").ok)
         #expect(try h.xs("read", "/test/esc").stdout == "a\\tb\n")
