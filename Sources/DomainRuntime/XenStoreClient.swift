@@ -311,7 +311,8 @@ public final class XenStoreClient {
             let avail = prod &- cons
             guard avail <= UInt32(XenStoreWire.ringSize) else { fail("impossible response ring indexes"); return }
             if avail == 0 {
-                _ = try? Futex.wait(word(XenStoreWire.rspProdOffset), expected: prod, timeoutNs: 1_000_000_000)
+                // The server wakes this word after every producer update and when it disconnects the ring.
+                _ = try? Futex.wait(word(XenStoreWire.rspProdOffset), expected: prod)
                 continue
             }
             buf.removeAll(keepingCapacity: true)
