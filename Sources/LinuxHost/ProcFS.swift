@@ -79,29 +79,52 @@ public enum ProcFS {
     }
 
     /// Mappings plus descriptors of process `pid` per memfd name, from one pass over
-    /// /proc/PID/maps and /proc/PID/fd.
+    /// /proc/PID/maps and /proc/PID/fd. Works on the raw bytes: it runs on every grant unmap.
     public static func memfdReferences(of pid: pid_t) -> [String: Int] {
         var counts: [String: Int] = [:]
-        func note(_ path: Substring) {
-            guard path.hasPrefix("/memfd:"), path.hasSuffix(" (deleted)") else { return }
-            counts[String(path.dropFirst(7).dropLast(10)), default: 0] += 1
+        let prefix = Array("/memfd:".utf8), suffix = Array(" (deleted)".utf8)
+        /// Counts `bytes[start..<end]` when it is "/memfd:NAME (deleted)".
+        func note(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) {
+            let n = end - start
+            guard n > prefix.count + suffix.count else { return }
+            for i in 0..<prefix.count where bytes[start + i] != prefix[i] { return }
+            for i in 0..<suffix.count where bytes[end - suffix.count + i] != suffix[i] { return }
+            let name = String(decoding: UnsafeBufferPointer(rebasing: bytes[(start + prefix.count)..<(end - suffix.count)]), as: UTF8.self)
+            counts[name, default: 0] += 1
         }
-        if let maps = try? FileIO.readString("/proc/\(pid)/maps") {
-            for line in maps.split(separator: "\n") {
-                if let slash = line.firstIndex(of: "/") { note(line[slash...]) }
+        if let maps = try? FileIO.read("/proc/\(pid)/maps") {
+            maps.withUnsafeBufferPointer { b in
+                var lineStart = 0
+                while lineStart < b.count {
+                    var lineEnd = lineStart
+                    var slash = -1
+                    while lineEnd < b.count && b[lineEnd] != 0x0A {
+                        if slash < 0 && b[lineEnd] == 0x2F { slash = lineEnd }
+                        lineEnd += 1
+                    }
+                    if slash >= 0 { note(b, slash, lineEnd) }
+                    lineStart = lineEnd + 1
+                }
             }
         }
         if let dir = opendir("/proc/\(pid)/fd") {
             defer { closedir(dir) }
-            var buf = [CChar](repeating: 0, count: 256)
+            var buf = [UInt8](repeating: 0, count: 256)
             while let ent = readdir(dir) {
-                let fd = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                guard Int(fd) != nil else { continue }
-                let len = readlink("/proc/\(pid)/fd/\(fd)", &buf, buf.count - 1)
-                if len > 0 {
-                    buf[len] = 0
-                    note(Substring(String(cString: buf)))
+                let isNumber = withUnsafeBytes(of: ent.pointee.d_name) { name -> Bool in
+                    guard let first = name.first, first >= 0x30 && first <= 0x39 else { return false }
+                    return true
                 }
+                guard isNumber else { continue }
+                let len = withUnsafeBytes(of: ent.pointee.d_name) { name -> Int in
+                    let fdName = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+                    return buf.withUnsafeMutableBufferPointer { out in
+                        out.baseAddress!.withMemoryRebound(to: CChar.self, capacity: out.count) {
+                            readlink("/proc/\(pid)/fd/\(fdName)", $0, out.count)
+                        }
+                    }
+                }
+                if len > 0 { buf.withUnsafeBufferPointer { note($0, 0, len) } }
             }
         }
         return counts
