@@ -116,6 +116,16 @@ import Testing
         #expect(line(h, "holder", prefix: "map from the dead granter") == "map from the dead granter: badDomain")
     }
 
+    @Test func consoleInputRaisesVirqConsole() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("con", mode: "console-virq")
+        #expect(line(h, "con", prefix: "console virq bound") != nil)
+        try type(h, "con", "typed text")
+        #expect(line(h, "con", prefix: "console virq delivered") == "console virq delivered: true", "\(h.consoleLog("con"))")
+        #expect(line(h, "con", prefix: "console input") == "console input: typed text")
+    }
+
     @Test func thePingpongExampleBouncesThroughAGrantedRing() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }

@@ -64,7 +64,6 @@ func issue(_ name: String) -> Int {
     }
 }
 
-/// Exercises what a guest legitimately needs under the guest allow-list.
 /// Publishes `value` at `path` (relative to this domain's tree), readable by `peer` only: how a
 /// Xen frontend tells its backend its ring-ref and event channel.
 func publish(_ domain: Domain, _ path: String, _ value: String, readableBy peer: UInt16) {
@@ -86,6 +85,7 @@ func lookup(_ domain: Domain, _ peer: UInt16, _ path: String) -> String? {
     return nil
 }
 
+/// Exercises what a guest legitimately needs under the guest allow-list.
 func selfTest() -> Int32 {
     guard let p = malloc(1 << 20) else { return 9 }
     memset(p, 1, 1 << 20)
@@ -180,6 +180,17 @@ case "echo":
         fflush(stdout)
         if line == "quit" { domain.shutdown(.poweroff) }
     }
+    domain.shutdown(.poweroff)
+case "console-virq":
+    // VIRQ_CONSOLE: raised when console input arrives; the guest then reads it.
+    let ev = domain.eventChannels
+    let port = try! ev.bindVirq(.console)
+    print("console virq bound port=\(port)")
+    fflush(stdout)
+    let got = ev.waitAny(timeoutNs: 20_000_000_000)
+    print("console virq delivered: \(got == port)")
+    print("console input: \(domain.console.readLine() ?? "-")")
+    fflush(stdout)
     domain.shutdown(.poweroff)
 case "reboot":
     print("rebooting dom\(domain.domid)")
