@@ -1,7 +1,6 @@
 /// The xenbus device states of `xen/io/xenbus.h`, written as decimal strings to the `state` key of
-/// a frontend's and a backend's XenStore directory. The state machine that drives them arrives
-/// with XenStore (issue 4) and the block driver (issue 5).
-public enum XenbusState: Int, CaseIterable, Sendable {
+/// a frontend's and a backend's XenStore directory. `Xenbus.swift` drives them.
+public enum XenbusState: Int, CaseIterable, Sendable, CustomStringConvertible {
     case unknown = 0
     case initialising = 1
     /// The backend has published what the frontend needs and waits for it.
@@ -22,5 +21,30 @@ public enum XenbusState: Int, CaseIterable, Sendable {
     public init?(storeValue: String) {
         guard let n = Int(storeValue), let s = XenbusState(rawValue: n) else { return nil }
         self = s
+    }
+
+    /// Parses the value read from `path`; throws `XenbusError.badState` naming both when it is
+    /// not a state (a number out of range, or no number at all).
+    public init(storeValue: String, path: String) throws {
+        guard let s = XenbusState(storeValue: storeValue) else { throw XenbusError.badState(path: path, value: storeValue) }
+        self = s
+    }
+
+    /// The C enumerator (`XenbusStateInitWait`).
+    public var xenName: String { "XenbusState" + description }
+
+    /// The name Linux's `xenbus_strstate` prints (`InitWait`).
+    public var description: String {
+        switch self {
+        case .unknown: return "Unknown"
+        case .initialising: return "Initialising"
+        case .initWait: return "InitWait"
+        case .initialised: return "Initialised"
+        case .connected: return "Connected"
+        case .closing: return "Closing"
+        case .closed: return "Closed"
+        case .reconfiguring: return "Reconfiguring"
+        case .reconfigured: return "Reconfigured"
+        }
     }
 }

@@ -1,0 +1,195 @@
+/// A virtual block device as a config names it (`vdev=xvda`) and the number Xen knows it by: the
+/// `virtual-device` node and the `DEVID` of `device/vbd/DEVID`. The encoding is
+/// `libxl__device_disk_dev_number` (tools/libs/light/libxl_device.c) and docs/misc/vbd-interface.txt:
+///
+///     202 << 8 | disk << 4 | partition     xvdX[N] and dNpM, disks and partitions up to 15
+///     1 << 28 | disk << 8 | partition      xvd and dNpM beyond (disks < 2^20, partitions < 256)
+///     3 << 8 | disk << 6 | partition       hda, hdb (partitions up to 63)
+///     22 << 8 | (disk-2) << 6 | partition  hdc, hdd
+///     8 << 8 | disk << 4 | partition       sda … sdp (partitions up to 15)
+///     a plain number (hex, octal, decimal) up to INT_MAX, taken as is
+///
+/// Disk letters count in bijective base 26 as Linux names drives (a … z, aa … az, ba …); a
+/// partition is a decimal number without leading zero. Where libxl accepts nonsense through
+/// `strtoul`/`sscanf` (blanks, signs, an empty name as device 0, a bare `xvd` as a negative
+/// number) this refuses it.
+public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConvertible {
+    /// The naming scheme of a vdev.
+    public enum Kind: Equatable, Hashable, Sendable {
+        /// `xvdX[N]` or `dNpM`: a Xen virtual disk.
+        case xvd
+        /// `hdX[N]`: an IDE disk.
+        case ide
+        /// `sdX[N]`: a SCSI disk.
+        case scsi
+        /// A device number written as is.
+        case number
+    }
+
+    /// The name as written in the config.
+    public let name: String
+    /// The Xen device number (`virtual-device`, the device directory's name).
+    public let devid: UInt32
+    public let kind: Kind
+    /// The disk index (0 for xvda, hda, sda, d0p…); nil for a plain number.
+    public let disk: Int?
+    /// The partition, 0 for the whole disk; nil for a plain number.
+    public let partition: Int?
+
+    /// The most disks and partitions of each scheme (libxl's limits).
+    public static let maxXvdDisk = (1 << 20) - 1
+    public static let maxXvdPartition = 255
+    public static let maxIDEDisk = 3
+    public static let maxIDEPartition = 63
+    public static let maxSCSIDisk = 15
+    public static let maxSCSIPartition = 15
+    /// `1 << 28`: the extended xvd encoding.
+    public static let extended: UInt32 = 1 << 28
+
+    /// Parses a vdev name; throws `VirtualDeviceError` naming the input and what is wrong.
+    public init(_ name: String) throws {
+        self.name = name
+        let bytes = Array(name.utf8)
+        func fail(_ reason: String) -> VirtualDeviceError { VirtualDeviceError(vdev: name, reason: reason) }
+        if bytes.isEmpty { throw fail("the name is empty") }
+
+        if let (disk, partition) = try Self.diskAndPartitionForm(bytes, fail) {
+            (kind, self.disk, self.partition) = (.xvd, disk, partition)
+            devid = Self.xvdNumber(disk: disk, partition: partition)
+        } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "xvd", scheme: "an xvd",
+                                                               maxDisk: Self.maxXvdDisk, maxPartition: Self.maxXvdPartition, fail) {
+            (kind, self.disk, self.partition) = (.xvd, disk, partition)
+            devid = Self.xvdNumber(disk: disk, partition: partition)
+        } else if let number = CInteger.scan(bytes, from: 0, base: 0, allowBlanksAndSign: false), number.end == bytes.count {
+            // strtoul(name, &end, 0) taking the whole name, up to INT_MAX as libxl.
+            guard !number.overflow, number.magnitude <= UInt64(Int32.max) else {
+                throw fail("device number \(name) is over \(Int32.max)")
+            }
+            (kind, disk, partition) = (.number, nil, nil)
+            devid = UInt32(number.magnitude)
+        } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "hd", scheme: "an IDE (hd)",
+                                                               maxDisk: Self.maxIDEDisk, maxPartition: Self.maxIDEPartition, fail) {
+            (kind, self.disk, self.partition) = (.ide, disk, partition)
+            devid = UInt32((disk < 2 ? 3 : 22) << 8 | (disk & 1) << 6 | partition)
+        } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "sd", scheme: "a SCSI (sd)",
+                                                               maxDisk: Self.maxSCSIDisk, maxPartition: Self.maxSCSIPartition, fail) {
+            (kind, self.disk, self.partition) = (.scsi, disk, partition)
+            devid = UInt32(8 << 8 | disk << 4 | partition)
+        } else {
+            throw fail("not a virtual device name (use xvdX[N] as xvda or xvdb1, hdX[N], sdX[N], dNpM, or a device number)")
+        }
+    }
+
+    /// The device number of a vdev name.
+    public static func devid(_ name: String) throws -> UInt32 { try VirtualDevice(name).devid }
+
+    /// The name a device number has, the inverse of `devid(_:)`: `xvd…` for 202<<8 and extended
+    /// numbers (as `libxl__devid_to_vdev` and Linux's blkfront name them), `hd…` for majors 3
+    /// and 22, `sd…` for major 8. Nil for numbers that are none of these encodings.
+    public static func name(forDevid devid: UInt32) -> String? {
+        if devid & extended != 0 {
+            guard devid < extended << 1 else { return nil }  // 2<<28 and up: reserved
+            let minor = devid & ~extended
+            return "xvd" + letters(Int(minor >> 8)) + partitionSuffix(Int(minor & 0xff))
+        }
+        guard devid <= 0xffff else { return nil }
+        let major = devid >> 8, minor = Int(devid & 0xff)
+        switch major {
+        case 202: return "xvd" + letters(minor >> 4) + partitionSuffix(minor & 15)
+        case 8: return "sd" + letters(minor >> 4) + partitionSuffix(minor & 15)
+        case 3, 22:
+            guard minor >> 6 <= 1 else { return nil }
+            return "hd" + letters((major == 3 ? 0 : 2) + (minor >> 6)) + partitionSuffix(minor & 63)
+        default: return nil
+        }
+    }
+
+    /// The name.
+    public var description: String { name }
+
+    // MARK: parsing
+
+    static func xvdNumber(disk: Int, partition: Int) -> UInt32 {
+        if disk <= 15 && partition <= 15 { return UInt32(202 << 8 | disk << 4 | partition) }
+        return extended | UInt32(disk << 8 | partition)
+    }
+
+    /// `d<disk>p<partition>`, the numbers in C `%i` syntax (so `0x10` and octal `020` work) but
+    /// without the blanks and signs sscanf would skip. Nil when the name is not of this form.
+    private static func diskAndPartitionForm(_ b: [UInt8], _ fail: (String) -> VirtualDeviceError) throws -> (Int, Int)? {
+        guard b.first == UInt8(ascii: "d"),
+              let disk = CInteger.scan(b, from: 1, base: 0, allowBlanksAndSign: false),
+              disk.end < b.count, b[disk.end] == UInt8(ascii: "p"),
+              let partition = CInteger.scan(b, from: disk.end + 1, base: 0, allowBlanksAndSign: false),
+              partition.end == b.count else { return nil }
+        if disk.overflow || disk.magnitude > UInt64(maxXvdDisk) {
+            throw fail("disk \(String(decoding: b[1..<disk.end], as: UTF8.self)) is over \(maxXvdDisk)")
+        }
+        if partition.overflow || partition.magnitude > UInt64(maxXvdPartition) {
+            throw fail("partition \(String(decoding: b[(disk.end + 1)...], as: UTF8.self)) is over \(maxXvdPartition)")
+        }
+        return (Int(disk.magnitude), Int(partition.magnitude))
+    }
+
+    /// `<prefix><letters>[<partition>]`. Nil when the name does not start with `prefix`; throws
+    /// when it does but the rest is wrong.
+    private static func letterForm(_ b: [UInt8], prefix: String, scheme: String, maxDisk: Int, maxPartition: Int,
+                                   _ fail: (String) -> VirtualDeviceError) throws -> (Int, Int)? {
+        let p = Array(prefix.utf8)
+        guard b.starts(with: p) else { return nil }
+        var i = p.count
+        var disk = -1
+        while i < b.count, b[i] >= UInt8(ascii: "a"), b[i] <= UInt8(ascii: "z") {
+            disk = (disk + 1) * 26 + Int(b[i] - UInt8(ascii: "a"))
+            if disk > maxDisk {
+                throw fail("\(scheme) disk name goes up to \(prefix)\(letters(maxDisk)) (disk \(maxDisk))"
+                           + (prefix == "sd" ? "; use xvd names for more disks" : ""))
+            }
+            i += 1
+        }
+        if disk < 0 { throw fail("no disk letter (a-z) after '\(prefix)' (e.g. \(prefix)a)") }
+        if i == b.count { return (disk, 0) }
+        let digits = b[i...]
+        let text = String(decoding: digits, as: UTF8.self)
+        guard digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+            throw fail("'\(text)' after '\(prefix)\(letters(disk))' is not a partition number")
+        }
+        if digits.first == UInt8(ascii: "0") {
+            throw fail("partition '\(text)' has a leading zero (the whole disk is \(prefix)\(letters(disk)))")
+        }
+        guard digits.count <= 4, let partition = Int(text), partition <= maxPartition else {
+            throw fail("partition \(text) is over \(maxPartition), the most \(scheme) disk has")
+        }
+        return (disk, partition)
+    }
+
+    /// Drive letters for a disk index: 0 → a, 25 → z, 26 → aa (Linux's `encode_disk_name`).
+    static func letters(_ disk: Int) -> String {
+        var n = disk
+        var out: [UInt8] = []
+        while true {
+            out.append(UInt8(ascii: "a") + UInt8(n % 26))
+            if n < 26 { break }
+            n = n / 26 - 1
+        }
+        return String(decoding: out.reversed(), as: UTF8.self)
+    }
+
+    private static func partitionSuffix(_ partition: Int) -> String { partition == 0 ? "" : String(partition) }
+}
+
+/// A vdev name that is not a Xen virtual device.
+public struct VirtualDeviceError: Error, Equatable, CustomStringConvertible {
+    /// The name as given.
+    public var vdev: String
+    /// What is wrong with it.
+    public var reason: String
+
+    public init(vdev: String, reason: String) {
+        self.vdev = vdev
+        self.reason = reason
+    }
+
+    /// "invalid virtual device 'xvda99999': partition is over 255, the most an xvd disk has".
+    public var description: String { "invalid virtual device '\(vdev)': \(reason)" }
+}
