@@ -74,7 +74,7 @@ let package = Package(
         // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
         .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),
 
-        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI"], swiftSettings: v5),

@@ -11,10 +11,6 @@ import Testing
     }
 }
 
-// DomainRuntimeTests does not depend on SplitDrivers in Package.swift yet. Until it does, the
-// xenbus tests are compiled out: add "SplitDrivers" to the target's dependencies and delete
-// this #if and its #endif (or define XENBUS_TESTS for the target).
-#if XENBUS_TESTS
 import Dispatch
 import Glibc
 import SplitDrivers
@@ -437,4 +433,4 @@ final class HookLog {
         #expect(front.state == .connected)
     }
 }
-#endif
+
