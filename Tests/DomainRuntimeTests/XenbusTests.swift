@@ -1,4 +1,7 @@
+import Dispatch
 import DomainRuntime
+import Glibc
+import SplitDrivers
 import Testing
 
 /// The blkif ring fits DomainRuntime's generic ring: 32 slots a page, as `__RING_SIZE`.
@@ -11,9 +14,6 @@ import Testing
     }
 }
 
-import Dispatch
-import Glibc
-import SplitDrivers
 
 /// An in-memory XenStore with xenstored's watch semantics: a watch fires once when set and
 /// then on every write or removal of its path or anything below, delivered in order on one
