@@ -308,6 +308,77 @@ int pv_uring_complete(void *ring, int wait, uint64_t *user_data, int32_t *result
     return 0;
 }
 
+// Block I/O additions: vectored read/write, fsync, fallocate, registered files, an eventfd for
+// completions, batch harvesting. `sqe_flags` is passed through (IOSQE_FIXED_FILE makes `fd` an index
+// into the registered files).
+
+int pv_uring_prep_readv(void *ring, int fd, const struct iovec *iov, unsigned int nr, uint64_t offset,
+                        uint64_t user_data, unsigned int sqe_flags) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_readv(sqe, fd, iov, nr, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    return 0;
+}
+
+int pv_uring_prep_writev(void *ring, int fd, const struct iovec *iov, unsigned int nr, uint64_t offset,
+                         uint64_t user_data, unsigned int sqe_flags) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_writev(sqe, fd, iov, nr, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    return 0;
+}
+
+int pv_uring_prep_fsync(void *ring, int fd, unsigned int fsync_flags, uint64_t user_data, unsigned int sqe_flags) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fsync(sqe, fd, fsync_flags);
+    io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    return 0;
+}
+
+int pv_uring_prep_fallocate(void *ring, int fd, int mode, int64_t offset, int64_t length,
+                            uint64_t user_data, unsigned int sqe_flags) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_fallocate(sqe, fd, mode, offset, length);
+    io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    return 0;
+}
+
+unsigned int pv_uring_sq_space_left(void *ring) { return io_uring_sq_space_left(ring); }
+unsigned int pv_uring_sq_ready(void *ring) { return io_uring_sq_ready(ring); }
+
+int pv_uring_submit_and_wait(void *ring, unsigned int wait_nr) { return io_uring_submit_and_wait(ring, wait_nr); }
+
+int pv_uring_harvest(void *ring, uint64_t *user_data, int32_t *results, unsigned int max) {
+    struct io_uring_cqe *cqe;
+    unsigned int head, n = 0;
+    io_uring_for_each_cqe((struct io_uring *)ring, head, cqe) {
+        if (n == max) break;
+        user_data[n] = io_uring_cqe_get_data64(cqe);
+        results[n] = cqe->res;
+        n++;
+    }
+    io_uring_cq_advance(ring, n);
+    return (int)n;
+}
+
+int pv_uring_register_files(void *ring, const int *fds, unsigned int nr) { return io_uring_register_files(ring, fds, nr); }
+int pv_uring_register_eventfd(void *ring, int fd) { return io_uring_register_eventfd(ring, fd); }
+unsigned int pv_uring_features(void *ring) { return ((struct io_uring *)ring)->features; }
+_Static_assert(PV_IOSQE_FIXED_FILE == IOSQE_FIXED_FILE, "IOSQE_FIXED_FILE");
+_Static_assert(PV_IORING_FSYNC_DATASYNC == IORING_FSYNC_DATASYNC, "IORING_FSYNC_DATASYNC");
+_Static_assert(PV_IORING_FEAT_NODROP == IORING_FEAT_NODROP, "IORING_FEAT_NODROP");
+_Static_assert(PV_IORING_FEAT_SUBMIT_STABLE == IORING_FEAT_SUBMIT_STABLE, "IORING_FEAT_SUBMIT_STABLE");
+_Static_assert(PV_FALLOC_KEEP_SIZE == FALLOC_FL_KEEP_SIZE, "FALLOC_FL_KEEP_SIZE");
+_Static_assert(PV_FALLOC_PUNCH_HOLE == FALLOC_FL_PUNCH_HOLE, "FALLOC_FL_PUNCH_HOLE");
+
 // ---- domain launch ----
 
 // The child may only use async-signal-safe calls: the parent may have other threads.

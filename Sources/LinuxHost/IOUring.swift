@@ -62,3 +62,116 @@ public final class IOUring {
         return (tag, res)
     }
 }
+
+// MARK: - Block I/O: vectored transfers, sync, fallocate, batches, registered files, eventfd
+
+extension IOUring {
+    /// What an operation acts on: a plain descriptor, or an index into the files registered with
+    /// `registerFiles` (IOSQE_FIXED_FILE: the kernel skips the fd table lookup and refcount per op).
+    public enum Target: Equatable, Sendable {
+        case descriptor(FileDescriptor)
+        case registered(Int32)
+
+        @inline(__always) var fd: Int32 {
+            switch self {
+            case .descriptor(let d): return d.rawValue
+            case .registered(let i): return i
+            }
+        }
+
+        @inline(__always) var sqeFlags: UInt32 {
+            if case .registered = self { return PV_IOSQE_FIXED_FILE }
+            return 0
+        }
+    }
+
+    /// fallocate(2) modes.
+    public static let fallocateKeepSize: Int32 = PV_FALLOC_KEEP_SIZE
+    public static let fallocatePunchHole: Int32 = PV_FALLOC_PUNCH_HOLE
+
+    /// Queues IORING_OP_READV into `count` iovecs at `offset`. The iovec array and the buffers must
+    /// stay valid until the completion (the array only until `submit` returns when
+    /// `hasStableSubmission`). Throws EBUSY when the submission queue is full: submit, then retry.
+    public func readv(_ target: Target, iovecs: UnsafePointer<iovec>, count: Int, offset: UInt64, userData: UInt64) throws {
+        try negErrno("io_uring_prep_readv", "\(target)") {
+            pv_uring_prep_readv(ring, target.fd, iovecs, UInt32(count), offset, userData, target.sqeFlags)
+        }
+    }
+
+    /// Queues IORING_OP_WRITEV from `count` iovecs at `offset` (same lifetime rules as `readv`).
+    public func writev(_ target: Target, iovecs: UnsafePointer<iovec>, count: Int, offset: UInt64, userData: UInt64) throws {
+        try negErrno("io_uring_prep_writev", "\(target)") {
+            pv_uring_prep_writev(ring, target.fd, iovecs, UInt32(count), offset, userData, target.sqeFlags)
+        }
+    }
+
+    /// Queues IORING_OP_FSYNC; `dataOnly` is fdatasync (IORING_FSYNC_DATASYNC).
+    /// Unordered with respect to other queued operations: it covers writes already completed.
+    public func fsync(_ target: Target, dataOnly: Bool = true, userData: UInt64) throws {
+        try negErrno("io_uring_prep_fsync", "\(target)") {
+            pv_uring_prep_fsync(ring, target.fd, dataOnly ? PV_IORING_FSYNC_DATASYNC : 0, userData, target.sqeFlags)
+        }
+    }
+
+    /// Queues IORING_OP_FALLOCATE with `mode` (`fallocatePunchHole | fallocateKeepSize` discards).
+    public func fallocate(_ target: Target, mode: Int32, offset: UInt64, length: UInt64, userData: UInt64) throws {
+        try negErrno("io_uring_prep_fallocate", "\(target)") {
+            pv_uring_prep_fallocate(ring, target.fd, mode, Int64(bitPattern: offset), Int64(bitPattern: length),
+                                    userData, target.sqeFlags)
+        }
+    }
+
+    /// Free slots in the submission queue (how many more operations can be queued before `submit`).
+    public var submissionSpace: Int { Int(pv_uring_sq_space_left(ring)) }
+
+    /// Operations queued but not yet taken by the kernel (left after a partial or failed `submit`).
+    public var unsubmitted: Int { Int(pv_uring_sq_ready(ring)) }
+
+    /// Submits everything queued (one io_uring_enter) and waits until `count` completions are
+    /// available, without consuming them (`harvest` does). Returns how many entries the kernel took.
+    @discardableResult
+    public func submit(waitingFor count: Int) throws -> Int {
+        Int(try negErrno("io_uring_submit_and_wait") { pv_uring_submit_and_wait(ring, UInt32(count)) })
+    }
+
+    /// Consumes up to `max` completions that are ready, without blocking, calling `body` with each
+    /// one's tag and result (bytes, or -errno). Returns how many were consumed.
+    @discardableResult
+    public func harvest(max: Int = .max, _ body: (_ userData: UInt64, _ result: Int32) -> Void) -> Int {
+        var total = 0
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 64) { tags in
+            withUnsafeTemporaryAllocation(of: Int32.self, capacity: 64) { results in
+                while total < max {
+                    let want = UInt32(Swift.min(64, max - total))
+                    let n = Int(pv_uring_harvest(ring, tags.baseAddress, results.baseAddress, want))
+                    for i in 0..<n { body(tags[i], results[i]) }
+                    total += n
+                    if n < Int(want) { break }
+                }
+            }
+        }
+        return total
+    }
+
+    /// io_uring_register_files: afterwards `.registered(i)` names `files[i]`. The ring keeps its own
+    /// reference to each file until it is destroyed.
+    public func registerFiles(_ files: [FileDescriptor]) throws {
+        let raw = files.map(\.rawValue)
+        try negErrno("io_uring_register_files", "\(files.count) files") {
+            pv_uring_register_files(ring, raw, UInt32(raw.count))
+        }
+    }
+
+    /// IORING_REGISTER_EVENTFD: the kernel signals `eventfd` whenever it posts a completion, so the
+    /// ring can sit in an epoll set next to other descriptors.
+    public func registerEventFD(_ eventfd: FileDescriptor) throws {
+        try negErrno("io_uring_register_eventfd", "\(eventfd)") { pv_uring_register_eventfd(ring, eventfd.rawValue) }
+    }
+
+    /// IORING_FEAT_SUBMIT_STABLE: once `submit` returns, the kernel no longer reads the submitted
+    /// entries' side data (iovec arrays), only the buffers they point to.
+    public var hasStableSubmission: Bool { pv_uring_features(ring) & PV_IORING_FEAT_SUBMIT_STABLE != 0 }
+
+    /// IORING_FEAT_NODROP: completions beyond the completion queue's size are kept, not dropped.
+    public var keepsOverflowingCompletions: Bool { pv_uring_features(ring) & PV_IORING_FEAT_NODROP != 0 }
+}

@@ -124,6 +124,35 @@ int pv_uring_prep_write(void *ring, int fd, const void *buf, unsigned int len, u
 int pv_uring_submit(void *ring);
 /// Waits for one completion (wait=1) or takes one if ready (wait=0: -EAGAIN when none).
 int pv_uring_complete(void *ring, int wait, uint64_t *user_data, int32_t *result);
+/// Vectored read/write at `offset` into/from `nr` iovecs (IORING_OP_READV/WRITEV); -EBUSY when the
+/// submission queue is full. `sqe_flags` is IOSQE_* (IOSQE_FIXED_FILE: `fd` indexes the registered files).
+int pv_uring_prep_readv(void *ring, int fd, const struct iovec *iov, unsigned int nr, uint64_t offset,
+                        uint64_t user_data, unsigned int sqe_flags);
+int pv_uring_prep_writev(void *ring, int fd, const struct iovec *iov, unsigned int nr, uint64_t offset,
+                         uint64_t user_data, unsigned int sqe_flags);
+/// IORING_OP_FSYNC; `fsync_flags` = PV_IORING_FSYNC_DATASYNC for fdatasync.
+int pv_uring_prep_fsync(void *ring, int fd, unsigned int fsync_flags, uint64_t user_data, unsigned int sqe_flags);
+/// IORING_OP_FALLOCATE with `mode` (e.g. PV_FALLOC_PUNCH_HOLE | PV_FALLOC_KEEP_SIZE).
+int pv_uring_prep_fallocate(void *ring, int fd, int mode, int64_t offset, int64_t length,
+                            uint64_t user_data, unsigned int sqe_flags);
+/// Free submission slots / slots prepared but not yet submitted.
+unsigned int pv_uring_sq_space_left(void *ring);
+unsigned int pv_uring_sq_ready(void *ring);
+/// Submits what is queued and waits for `wait_nr` completions to be available (not consumed).
+int pv_uring_submit_and_wait(void *ring, unsigned int wait_nr);
+/// Consumes up to `max` ready completions without blocking; returns how many.
+int pv_uring_harvest(void *ring, uint64_t *user_data, int32_t *results, unsigned int max);
+/// io_uring_register_files / io_uring_register_eventfd: 0 or -errno.
+int pv_uring_register_files(void *ring, const int *fds, unsigned int nr);
+int pv_uring_register_eventfd(void *ring, int fd);
+/// IORING_FEAT_* the kernel reported at setup.
+unsigned int pv_uring_features(void *ring);
+#define PV_IOSQE_FIXED_FILE 1u
+#define PV_IORING_FSYNC_DATASYNC 1u
+#define PV_IORING_FEAT_NODROP 2u
+#define PV_IORING_FEAT_SUBMIT_STABLE 4u
+#define PV_FALLOC_KEEP_SIZE 1
+#define PV_FALLOC_PUNCH_HOLE 2
 
 // ---- misc ----
 /// eventfd(2) with EFD_CLOEXEC: fd or -errno.
