@@ -66,7 +66,14 @@ public final class Domain {
     /// Call it first thing in `main`; after it returns the process can no longer open files,
     /// create sockets, fork or exec. Exits the process with a message if it was not started by a
     /// Procvisor supervisor or the sandbox cannot be engaged.
-    public static func start() -> Domain {
+    /// What the domain is, for its seccomp allow-list: a guest, or a driver domain that does I/O
+    /// on the disk images and taps the supervisor hands it (`driver_domain = 1`).
+    public enum Role: Sendable {
+        case guest
+        case driverDomain
+    }
+
+    public static func start(role: Role = .guest) -> Domain {
         if let current { return current }
         let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
         var type: Int32 = 0
@@ -114,7 +121,7 @@ public final class Domain {
         }
         evtchn.adoptDom0Port(info.storePort, kick: bootFDs[BootstrapReplyFD.dom0Kick.rawValue])
         do {
-            try SeccompPolicies.guest.compile(threadSync: true).load()
+            try (role == .driverDomain ? SeccompPolicies.driverDomain : SeccompPolicies.guest).compile(threadSync: true).load()
         } catch {
             bootFailure("cannot engage the guest seccomp filter: \(error)")
         }
@@ -190,6 +197,17 @@ public final class Domain {
         _ = hypercalls.call(.schedOp, [SchedOp.shutdown.rawValue, UInt64(reason.rawValue)])
         // The supervisor kills the process once it has recorded the shutdown; wait for it.
         while true { pause() }
+    }
+
+    /// A backend's device, opened by the supervisor: the disk image of `frontend`'s vbd `devid`.
+    /// Only the backend the toolstack named for that device gets it (EACCES otherwise).
+    public func deviceFD(_ kind: DeviceKind, frontend: UInt16, devid: UInt32) throws -> FileDescriptor {
+        let (r, fds) = hypercalls.callWithFDs(.deviceFD, [kind.rawValue, UInt64(frontend), UInt64(devid)])
+        if r.rc < 0 || fds.count != 1 {
+            fds.forEach { $0.close() }
+            throw HypercallError(operation: "device_fd \(kind.xenName) \(frontend)/\(devid)", errno: r.rc < 0 ? -r.rc : XenErrno.EIO.rawValue)
+        }
+        return fds[0]
     }
 
     /// Batches several hypercalls into one `__HYPERVISOR_multicall`; returns each call's rc.

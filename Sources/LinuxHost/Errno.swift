@@ -16,6 +16,7 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let invalidArgument = Errno(rawValue: EINVAL)
     public static let permissionDenied = Errno(rawValue: EACCES)
     public static let notPermitted = Errno(rawValue: EPERM)
+    public static let readOnlyFileSystem = Errno(rawValue: EROFS)
     public static let brokenPipe = Errno(rawValue: EPIPE)
     public static let connectionRefused = Errno(rawValue: ECONNREFUSED)
     public static let connectionReset = Errno(rawValue: ECONNRESET)

@@ -80,6 +80,24 @@ public enum SeccompPolicies {
     /// descriptors it inherited. No open, no socket, no exec, no fork.
     public static let guest = SeccompPolicy(name: "guest", defaultAction: .trap, rules: guestRules)
 
+    /// Engaged by driver domains (blkback, netback): the guest's rules plus positioned and
+    /// vectored I/O, syncing, hole punching and io_uring on the descriptors the supervisor hands
+    /// them (disk images, taps). Still no open, no socket, no exec, no fork.
+    public static let driverDomain = SeccompPolicy(name: "driver-domain", defaultAction: .trap, rules: guestRules + [
+        SeccompRule("pread64", .allow, why: "reading a disk image at an offset"),
+        SeccompRule("pwrite64", .allow, why: "writing a disk image at an offset"),
+        SeccompRule("preadv", .allow, why: "reading into several grant pages at once (thread-pool fallback)"),
+        SeccompRule("pwritev", .allow, why: "writing from several grant pages at once (thread-pool fallback)"),
+        SeccompRule("preadv2", .allow, why: "glibc may route preadv through preadv2"),
+        SeccompRule("pwritev2", .allow, why: "glibc may route pwritev through pwritev2"),
+        SeccompRule("fdatasync", .allow, why: "BLKIF_OP_FLUSH_DISKCACHE"),
+        SeccompRule("fsync", .allow, why: "BLKIF_OP_WRITE_BARRIER"),
+        SeccompRule("fallocate", .allow, why: "BLKIF_OP_DISCARD punches holes"),
+        SeccompRule("io_uring_setup", .allow, why: "the I/O engine"),
+        SeccompRule("io_uring_enter", .allow, why: "the I/O engine"),
+        SeccompRule("io_uring_register", .allow, why: "registered files, buffers and the completion eventfd"),
+    ])
+
     static let guestRules: [SeccompRule] = [
         // I/O on inherited descriptors (console pipes, hypercall and event sockets).
         SeccompRule("read", .allow, why: "console input and inherited descriptors"),

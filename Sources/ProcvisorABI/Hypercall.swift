@@ -21,6 +21,10 @@ public enum HypercallOp: UInt32, Sendable, CaseIterable {
     case allocGrantPages = 0x1003
     /// args[0] = gfn of a grantable page no longer wanted (refused while granted pages are mapped).
     case freeGrantPage = 0x1004
+    /// A backend asks for its device: args[0] = device type (`DeviceKind`), args[1] = frontend
+    /// domid, args[2] = devid. Only the backend domain the toolstack named gets it: the disk image
+    /// or block device, opened by the supervisor (read-only for `access=ro`), as one descriptor.
+    case deviceFD = 0x1005
 }
 
 /// `SCHEDOP_*` from `xen/sched.h`.
@@ -87,7 +91,7 @@ public enum ProcvisorVersion {
 public enum XenErrno: Int64, Sendable {
     case EPERM = 1, ENOENT = 2, ESRCH = 3, EINTR = 4, EIO = 5, E2BIG = 7, EBADF = 9, EAGAIN = 11
     case ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, EEXIST = 17, ENODEV = 19, EINVAL = 22
-    case ENOSPC = 28, ERANGE = 34, ENOSYS = 38, EOPNOTSUPP = 95, ENOTCONN = 107
+    case ENOSPC = 28, EROFS = 30, ERANGE = 34, ENOSYS = 38, EOPNOTSUPP = 95, ENOTCONN = 107
 }
 
 /// Request header (64 bytes, little endian) followed by `payloadLength` bytes:
@@ -229,4 +233,12 @@ public enum Multicall {
         }
         return out
     }
+}
+
+/// Device types of the `deviceFD` hypercall (the XenStore type names).
+public enum DeviceKind: UInt64, Sendable {
+    case vbd = 1
+    case vif = 2
+
+    public var xenName: String { self == .vbd ? "vbd" : "vif" }
 }

@@ -179,6 +179,9 @@ extension Supervisor {
         case .allocGrantPages:
             if inMulticall { return .error(seq, .EINVAL) }
             return allocGrantPages(dom, r)
+        case .deviceFD:
+            if inMulticall { return .error(seq, .EINVAL) }
+            return deviceFD(dom, r)
         case .freeGrantPage:
             return freeGrantPage(dom, r)
         case .setTimerOp:

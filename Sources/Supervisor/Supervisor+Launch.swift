@@ -46,6 +46,7 @@ extension Supervisor {
         if UInt64(config.maxmem) * 256 >= grantPageGFNBase {
             throw CreateError("maxmem=\(config.maxmem) MiB is larger than a domain's pseudo-physical space (8 TiB)")
         }
+        let disks = try planDisks(config)
         guard let domid = allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         do {
@@ -97,6 +98,7 @@ extension Supervisor {
             kill(dom)
             throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
         }
+        attachDisks(dom, disks)
         dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),
                                                   O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         do {

@@ -17,6 +17,8 @@ public final class Supervisor {
     var pairPages: [UInt32: SharedPage] = [:]
     /// XenStore: the dom0 socket and every domain's ring.
     var xenstore: XenStoreServer!
+    /// Virtual block devices by frontend and devid.
+    var blockDevices: [DeviceKey: VirtualBlockDevice] = [:]
     /// Descriptors to attach to the hypercall reply being built (set by dispatch).
     var replyFDs: [FileDescriptor] = []
     /// Of those, the ones made for this reply alone (closed once it is sent).

@@ -47,6 +47,19 @@ struct ConfigDomainConfigTests {
         }
     }
 
+    @Test("driver_domain: 0 or 1, anything else is refused")
+    func driverDomain() throws {
+        var warnings: [String] = []
+        func load(_ line: String) throws -> DomainConfig {
+            try DomainConfig.load(text: "name='a'\nkernel='/k'\n" + line, file: "a.cfg", extraSettings: [], warnings: &warnings)
+        }
+        #expect(try load("").driverDomain == false)
+        #expect(try load("driver_domain = 1\n").driverDomain == true)
+        #expect(try load("driver_domain = 0\n").driverDomain == false)
+        #expect(throws: XLConfigError.self) { try load("driver_domain = 2\n") }
+        #expect(throws: XLConfigError.self) { try load("driver_domain = \"yes\"\n") }
+    }
+
     @Test("load(path:) reads the file, adds command-line settings after it and names them in errors")
     func loadPath() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cfgload-\(UUID().uuidString)")

@@ -34,6 +34,9 @@ public struct DomainConfig: Codable, Equatable, Sendable {
     public var disks: [DiskSpec]
     /// `vif`, in order (a vif's default devid is its index).
     public var vifs: [VifSpec]
+    /// `driver_domain=1`: the domain may serve other domains' devices (be named by `backend=`)
+    /// and is given their disk images and taps.
+    public var driverDomain: Bool = false
 
     /// libxl's default memory for a guest that sets neither `memory` nor `maxmem`.
     public static let defaultMemoryMiB = 32
@@ -113,6 +116,7 @@ public struct DomainConfig: Codable, Equatable, Sendable {
                 "maxvcpus (\(self.maxvcpus)) is less than vcpus (\(self.vcpus))", at: file.location("maxvcpus"))
         }
 
+        driverDomain = (try reader.integer("driver_domain", in: 0...1) ?? 0) == 1
         onPoweroff = try reader.action("on_poweroff") ?? .destroy
         onReboot = try reader.action("on_reboot") ?? .restart
         onCrash = try reader.action("on_crash") ?? .destroy

@@ -150,7 +150,8 @@ default:
     break
 }
 
-let domain = Domain.start()
+// Modes starting "be-" play a driver domain (its own allow-list: positioned I/O on handed disks).
+let domain = Domain.start(role: mode.hasPrefix("be-") ? .driverDomain : .guest)
 
 switch mode {
 case "hello":
@@ -179,6 +180,52 @@ case "echo":
         print("echo: \(line)")
         fflush(stdout)
         if line == "quit" { domain.shutdown(.poweroff) }
+    }
+    domain.shutdown(.poweroff)
+case "be-peek":
+    // A backend: finds the vbds the toolstack gave it in XenStore, takes each image from the
+    // supervisor, reads its first bytes and writes a marker at sector 1.
+    let xs = domain.store
+    var seen = Set<String>()
+    print("be-peek ready")
+    fflush(stdout)
+    while true {
+        for fe in (try? xs.directory("backend/vbd")) ?? [] {
+            for dev in (try? xs.directory("backend/vbd/\(fe)")) ?? [] where !seen.contains("\(fe)/\(dev)") {
+                seen.insert("\(fe)/\(dev)")
+                let dir = "backend/vbd/\(fe)/\(dev)"
+                let params = (try? xs.read(dir + "/params")) ?? "?", mode = (try? xs.read(dir + "/mode")) ?? "?"
+                do {
+                    let fd = try domain.deviceFD(.vbd, frontend: UInt16(fe) ?? 0, devid: UInt32(dev) ?? 0)
+                    var buf = [UInt8](repeating: 0, count: 16)
+                    let n = pread(fd.rawValue, &buf, 16, 0)
+                    let first = String(decoding: buf.prefix(max(0, n)).filter { $0 >= 32 && $0 < 127 }, as: UTF8.self)
+                    var marker = Array("written by dom\(domain.domid)".utf8)
+                    let w = pwrite(fd.rawValue, &marker, marker.count, 512)
+                    print("disk \(fe)/\(dev) params=\(params) mode=\(mode) first=\(first) write=\(w < 0 ? "errno \(errno)" : "\(w)")")
+                    fd.close()
+                } catch {
+                    print("disk \(fe)/\(dev): \(error)")
+                }
+                fflush(stdout)
+            }
+        }
+        usleep(20_000)
+    }
+case "disk-snoop":
+    // Not a backend: asks for another domain's disk.
+    let fe = UInt16(arg("frontend") ?? "0") ?? 0, dev = UInt32(arg("devid") ?? "0") ?? 0
+    do {
+        _ = try domain.deviceFD(.vbd, frontend: fe, devid: dev)
+        print("snoop: got the disk")
+    } catch {
+        print("snoop: \(error)")
+    }
+    do {
+        _ = try domain.deviceFD(.vbd, frontend: fe, devid: 12345)
+        print("snoop unknown: got it")
+    } catch {
+        print("snoop unknown: \(error)")
     }
     domain.shutdown(.poweroff)
 case "console-virq":

@@ -1,0 +1,150 @@
+import Glibc
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+import XenStore
+
+/// A virtual block device: one `disk=` entry of a frontend, served by a backend domain.
+final class VirtualBlockDevice {
+    let frontend: UInt16
+    let devid: UInt32
+    let vdev: String
+    let backend: UInt16
+    let target: String
+    let readOnly: Bool
+    let isCDROM: Bool
+    let discard: Bool
+
+    init(frontend: UInt16, devid: UInt32, vdev: String, backend: UInt16, target: String, readOnly: Bool, isCDROM: Bool, discard: Bool) {
+        self.frontend = frontend
+        self.devid = devid
+        self.vdev = vdev
+        self.backend = backend
+        self.target = target
+        self.readOnly = readOnly
+        self.isCDROM = isCDROM
+        self.discard = discard
+    }
+
+    var frontendPath: String { "/local/domain/\(frontend)/device/vbd/\(devid)" }
+    var backendPath: String { "/local/domain/\(backend)/backend/vbd/\(frontend)/\(devid)" }
+}
+
+struct DeviceKey: Hashable {
+    let frontend: UInt16
+    let devid: UInt32
+}
+
+/// A disk checked at `xl create`, before the domain exists.
+struct PlannedDisk {
+    let spec: DiskSpec
+    let devid: UInt32
+    let backend: DomainRecord
+    let target: String
+}
+
+extension Supervisor {
+    /// Checks every `disk=` entry before anything is started: the backend domain, the image
+    /// (it must exist, and be writable for `access=rw`), the device number.
+    func planDisks(_ config: DomainConfig) throws -> [PlannedDisk] {
+        try config.disks.map { disk in
+            let what = "disk \(disk.vdev)"
+            guard let devid = disk.vdevNumber else { throw CreateError("\(what): invalid virtual device name") }
+            guard let target = disk.target, !target.isEmpty else {
+                throw CreateError("\(what): empty CD-ROM drives are not supported (give target=)")
+            }
+            guard let name = disk.backend else {
+                throw CreateError("\(what): name its driver domain with backend= (the default blkback driver domain is not built yet)")
+            }
+            guard let backend = domains.values.first(where: { $0.name == name }), backend.hasProcess, backend.phase == .running else {
+                throw CreateError("\(what): backend domain \"\(name)\" is not running")
+            }
+            guard backend.config.driverDomain else {
+                throw CreateError("\(what): domain \"\(name)\" is not a driver domain (set driver_domain = 1 in its config)")
+            }
+            var st = stat()
+            guard stat(target, &st) == 0 else {
+                throw CreateError("\(what): \(target): \(Errno.current.description)")
+            }
+            let kind = st.st_mode & S_IFMT
+            guard kind == S_IFREG || kind == S_IFBLK else { throw CreateError("\(what): \(target) is not a regular file or block device") }
+            // Open it as the backend will get it: a read-only image (mode, mount, immutable file)
+            // with access=rw is refused now rather than when the guest first writes.
+            let rw = disk.access == .readWrite && !disk.isCDROM
+            do {
+                try FileDescriptor.open(target, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC).close()
+            } catch let e as SystemError where rw && [.permissionDenied, .readOnlyFileSystem, .notPermitted].contains(e.errno) {
+                throw CreateError("\(what): \(target) is read-only but the disk has access=rw (\(e.errno.description))")
+            } catch let e as SystemError {
+                throw CreateError("\(what): \(target): \(e.errno.description)")
+            }
+            return PlannedDisk(spec: disk, devid: devid, backend: backend, target: target)
+        }
+    }
+
+    /// Writes the frontend and backend nodes libxl writes for a vbd, with its permissions
+    /// (frontend dir: owner F, read B; backend dir: owner B, read F), and records the device.
+    func attachDisks(_ dom: DomainRecord, _ planned: [PlannedDisk]) {
+        for p in planned {
+            let vbd = VirtualBlockDevice(frontend: dom.domid, devid: p.devid, vdev: p.spec.vdev, backend: p.backend.domid,
+                                         target: p.target, readOnly: p.spec.access == .readOnly || p.spec.isCDROM,
+                                         isCDROM: p.spec.isCDROM, discard: p.spec.discard ?? true)
+            blockDevices[DeviceKey(frontend: dom.domid, devid: p.devid)] = vbd
+            let fperm = [XSPermission(domid: vbd.frontend, access: .none), XSPermission(domid: vbd.backend, access: .read)]
+            let bperm = [XSPermission(domid: vbd.backend, access: .none), XSPermission(domid: vbd.frontend, access: .read)]
+            let f = vbd.frontendPath, b = vbd.backendPath
+            var kind = stat()
+            let isBlock = stat(vbd.target, &kind) == 0 && (kind.st_mode & S_IFMT) == S_IFBLK
+            store { e in
+                var out = try e.mkdir(b, perms: bperm)
+                for (k, v) in [("frontend", f), ("frontend-id", "\(vbd.frontend)"), ("online", "1"), ("state", "1"),
+                               ("params", vbd.target), ("type", isBlock ? "phy" : "file"), ("mode", vbd.readOnly ? "r" : "w"),
+                               ("removable", vbd.isCDROM ? "1" : "0"), ("bootable", "1"), ("dev", vbd.vdev),
+                               ("device-type", vbd.isCDROM ? "cdrom" : "disk"), ("discard-enable", vbd.discard ? "1" : "0")] {
+                    out += try e.write(b + "/" + k, Array(v.utf8))
+                }
+                out += try e.mkdir(f, perms: fperm)
+                for (k, v) in [("backend", b), ("backend-id", "\(vbd.backend)"), ("state", "1"),
+                               ("virtual-device", "\(vbd.devid)"), ("device-type", vbd.isCDROM ? "cdrom" : "disk")] {
+                    out += try e.write(f + "/" + k, Array(v.utf8))
+                }
+                return out
+            }
+            log("\(dom.label): disk \(vbd.vdev) (\(vbd.devid)) → \(vbd.target) \(vbd.readOnly ? "ro" : "rw"), backend dom\(vbd.backend)")
+        }
+    }
+
+    /// The frontend is gone: its devices are forgotten and their backend nodes removed (the
+    /// backend sees its directory vanish and tears the device down).
+    func detachDisks(_ dom: DomainRecord) {
+        for (key, vbd) in blockDevices where key.frontend == dom.domid {
+            blockDevices[key] = nil
+            store { e in try e.rm(vbd.backendPath) }
+        }
+    }
+
+    /// `deviceFD`: a backend asks for the image of a device it serves.
+    func deviceFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+        guard DeviceKind(rawValue: r.args[0]) == .vbd, r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else {
+            return .error(r.seq, .EINVAL)
+        }
+        let key = DeviceKey(frontend: UInt16(r.args[1]), devid: UInt32(r.args[2]))
+        guard let vbd = blockDevices[key] else { return .error(r.seq, .ENOENT) }
+        guard vbd.backend == dom.domid else {
+            log("\(dom.label): asked for dom\(vbd.frontend)'s disk \(vbd.vdev), which dom\(vbd.backend) serves: refused")
+            return .error(r.seq, .EACCES)
+        }
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(vbd.target, (vbd.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        } catch let e as SystemError {
+            log("\(dom.label): cannot open \(vbd.target) for dom\(vbd.frontend)'s disk \(vbd.vdev): \(e.errno.description)")
+            return .error(r.seq, XenErrno(rawValue: Int64(e.errno.rawValue)) ?? .EIO)
+        } catch {
+            return .error(r.seq, .EIO)
+        }
+        replyFDs = [fd]
+        replyOwnedFDs = [fd]
+        return HypercallReply(seq: r.seq, rc: 0)
+    }
+}

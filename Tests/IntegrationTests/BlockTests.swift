@@ -1,0 +1,80 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Testing
+
+/// Virtual block devices, toolstack side: `disk=` checked at create, Xen's frontend and backend
+/// nodes in XenStore, and the disk image handed only to the backend the toolstack named.
+@Suite struct BlockTests {
+    func image(_ h: SupervisorHarness, _ name: String, contents: String) -> String {
+        let path = h.runDirectory + "/" + name
+        var data = Data(contents.utf8)
+        data.append(Data(count: 1 << 20 - data.count))
+        FileManager.default.createFile(atPath: path, contents: data)
+        return path
+    }
+
+    @Test func diskNodesAndTheImageGoToTheNamedBackendOnly() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let img = image(h, "disk.img", contents: "PROCVISOR-DISK-1")
+        try h.create("be", mode: "be-peek", "driver_domain = 1\n")
+        #expect(eventually { h.consoleLog("be").contains("be-peek ready") })
+        try h.create("fe", mode: "run", "disk = [ 'format=raw, vdev=xvda, access=rw, backend=be, target=\(img)' ]\n")
+        // Xen's nodes and permissions (libxl's): frontend owned by dom2 and readable by the backend.
+        #expect(try h.xs("read", "/local/domain/2/device/vbd/51712/backend").stdout == "/local/domain/1/backend/vbd/2/51712\n")
+        #expect(try h.xs("read", "/local/domain/2/device/vbd/51712/backend-id").stdout == "1\n")
+        #expect(try h.xs("read", "/local/domain/2/device/vbd/51712/virtual-device").stdout == "51712\n")
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/2/51712/params").stdout == img + "\n")
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/2/51712/mode").stdout == "w\n")
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/2/51712/dev").stdout == "xvda\n")
+        #expect(try h.xs("ls", "-p", "/local/domain/2/device/vbd").stdout.contains("(n2,r1)"))
+        #expect(try h.xs("ls", "-p", "/local/domain/1/backend/vbd").stdout.contains("(n1,r2)"))
+        // The backend got the image from the supervisor (it cannot open files itself).
+        #expect(eventually { h.consoleLog("be").contains("disk 2/51712 params=\(img) mode=w first=PROCVISOR-DISK-1 write=15") },
+                "\(h.consoleLog("be"))")
+        let onDisk = try Data(contentsOf: URL(fileURLWithPath: img)).subdata(in: 512..<527)
+        #expect(String(decoding: onDisk, as: UTF8.self) == "written by dom1")
+        // Any other domain asking for that disk is refused and named in the log.
+        try h.create("snoop", mode: "disk-snoop", "extra = \"mode=disk-snoop frontend=2 devid=51712\"\n")
+        #expect(eventually { h.consoleLog("snoop").contains("snoop unknown:") })
+        #expect(h.consoleLog("snoop").contains("snoop: device_fd vbd 2/51712 failed: EACCES"), "\(h.consoleLog("snoop"))")
+        #expect(h.consoleLog("snoop").contains("snoop unknown: device_fd vbd 2/12345 failed: ENOENT"))
+        #expect(try h.dmesg().contains("dom3 (snoop): asked for dom2's disk xvda, which dom1 serves: refused"))
+        // Destroying the frontend removes the backend's nodes.
+        #expect(try h.xl("destroy", "fe").ok)
+        #expect(eventually { (try? h.xs("exists", "/local/domain/1/backend/vbd/2/51712").status) == 1 })
+    }
+
+    @Test func badDisksAreRefusedAtCreateWithTheReason() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("be", mode: "be-peek", "driver_domain = 1\n")
+        try h.create("plain", mode: "run")
+        let img = image(h, "ok.img", contents: "x")
+        func create(_ name: String, _ disk: String) throws -> CommandResult {
+            try h.xl("create", "-q", h.config(name, mode: "run", "disk = [ '\(disk)' ]\n"))
+        }
+        let missing = try create("m", "vdev=xvda, access=rw, backend=be, target=\(h.runDirectory)/nope.img")
+        #expect(!missing.ok)
+        #expect(missing.stderr.contains("disk xvda: \(h.runDirectory)/nope.img: No such file or directory"), "\(missing.stderr)")
+        let notDriver = try create("n", "vdev=xvda, access=rw, backend=plain, target=\(img)")
+        #expect(notDriver.stderr.contains("disk xvda: domain \"plain\" is not a driver domain (set driver_domain = 1 in its config)"), "\(notDriver.stderr)")
+        let noBackend = try create("b", "vdev=xvda, access=rw, backend=ghost, target=\(img)")
+        #expect(noBackend.stderr.contains("disk xvda: backend domain \"ghost\" is not running"))
+        let dup = try h.xl("create", "-q", h.config("d", mode: "run", "disk = [ 'vdev=xvda, backend=be, target=\(img)', 'vdev=xvda, backend=be, target=\(img)' ]\n"))
+        #expect(!dup.ok)
+        // A read-only file (a sysfs attribute: read-only even for root) with access=rw.
+        let candidates = ["/sys/kernel/uevent_seqnum", "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "/sys/kernel/profiling"]
+        if let ro = candidates.first(where: { open($0, O_RDWR) < 0 && errno == EACCES }) {
+            let r = try create("r", "vdev=xvda, access=rw, backend=be, target=\(ro)")
+            #expect(r.stderr.contains("disk xvda: \(ro) is read-only but the disk has access=rw"), "\(r.stderr)")
+            #expect(try create("r2", "vdev=xvda, access=ro, backend=be, target=\(ro)").ok)
+        } else {
+            Issue.record("no read-only file found to test access=rw on a read-only image")
+        }
+        // Nothing half-made is left behind and the backend is still serving.
+        #expect(try h.list().keys.sorted() == ["Domain-0", "be", "plain", "r2"])
+        #expect(try h.list()["be"] != nil)
+    }
+}
