@@ -62,6 +62,9 @@ let package = Package(
         .executableTarget(name: "balloon-demo", dependencies: ["DomainRuntime"], path: "examples/balloon-demo",
                           exclude: ["balloon-demo.cfg"], swiftSettings: v5),
 
+        // Driver domains.
+        .executableTarget(name: "blkback", dependencies: ["SplitDrivers"], path: "Sources/blkback", swiftSettings: v5),
+
         // Benchmarks run their peer in the same run and print ratios.
         .executableTarget(
             name: "procvisor-bench",

@@ -119,7 +119,13 @@ extension Supervisor {
     func detachDisks(_ dom: DomainRecord) {
         for (key, vbd) in blockDevices where key.frontend == dom.domid {
             blockDevices[key] = nil
-            store { e in try e.rm(vbd.backendPath) }
+            // libxl__xs_path_cleanup: the device's directory, then its parent if now empty.
+            let parent = "/local/domain/\(vbd.backend)/backend/vbd/\(vbd.frontend)"
+            store { e in
+                var out = try e.rm(vbd.backendPath)
+                if (try? e.directory(parent))?.isEmpty == true { out += try e.rm(parent) }
+                return out
+            }
         }
     }
 

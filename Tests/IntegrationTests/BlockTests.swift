@@ -43,7 +43,7 @@ import Testing
         #expect(try h.dmesg().contains("dom3 (snoop): asked for dom2's disk xvda, which dom1 serves: refused"))
         // Destroying the frontend removes the backend's nodes.
         #expect(try h.xl("destroy", "fe").ok)
-        #expect(eventually { (try? h.xs("exists", "/local/domain/1/backend/vbd/2/51712").status) == 1 })
+        #expect(eventually { (try? h.xs("exists", "/local/domain/1/backend/vbd/2").status) == 1 })
     }
 
     @Test func badDisksAreRefusedAtCreateWithTheReason() throws {
@@ -76,5 +76,39 @@ import Testing
         // Nothing half-made is left behind and the backend is still serving.
         #expect(try h.list().keys.sorted() == ["Domain-0", "be", "plain", "r2"])
         #expect(try h.list()["be"] != nil)
+    }
+
+    @Test func blkbackServesXensRingLayoutRefusesBadRequestsAndDropsACorruptRing() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let img = image(h, "raw.img", contents: "raw")
+        let img2 = image(h, "raw2.img", contents: "raw2")
+        #expect(try h.xl("create", "-q", h.config("blkback", kernel: Products.path("blkback"), "driver_domain = 1\n")).ok)
+        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") }, "\(h.consoleLog("blkback"))")
+        try h.create("raw", mode: "blk-raw", "extra = \"mode=blk-raw corrupt=1\"\ndisk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(img)' ]\n")
+        try h.create("raw2", mode: "blk-raw", "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(img2)' ]\n")
+        #expect(eventually(timeout: 30) { h.consoleLog("raw").contains("blk-raw done") && h.consoleLog("raw2").contains("blk-raw done") },
+                "raw: \(h.consoleLog("raw"))\nraw2: \(h.consoleLog("raw2"))\nblkback: \(h.consoleLog("blkback"))")
+        for name in ["raw", "raw2"] {
+            let log = h.consoleLog(name)
+            for line in ["backend InitWait: sectors=2048 persistent=1 flush=1", "connected: backend state 4",
+                         "write: id=1 op=1 status=okay", "read: id=2 op=0 status=okay", "read matches: true",
+                         "partial: id=3 op=1 status=okay", "flush: id=4 op=3 status=okay", "discard: id=5 op=5 status=okay",
+                         "bad op: id=6 status=eopnotsupp", "12 segments: id=7 status=error", "first>last: id=8 status=error",
+                         "past end: id=9 op=0 status=error", "ungranted gref: id=10 op=0 status=error",
+                         "still serving: id=11 op=0 status=okay"] {
+                #expect(log.contains(line + "\n"), "\(name): missing '\(line)' in \(log)")
+            }
+        }
+        // The pattern reached the image: sectors 8..15 hold i*7+3.
+        let disk = try Data(contentsOf: URL(fileURLWithPath: img))
+        #expect(Array(disk[4096..<4104]) == (0..<8).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) })
+        // The corrupting frontend was disconnected; blkback and the other frontend carry on.
+        #expect(h.consoleLog("raw").contains("after corruption: backend state 6"), "\(h.consoleLog("raw"))")
+        let corrupted = h.consoleLog("blkback").components(separatedBy: "blkback: vbd 2/51712: the frontend corrupted its ring").count - 1
+        #expect(corrupted == 1, "\(h.consoleLog("blkback"))")  // disconnected once, not reconnected behind its back
+        #expect(h.consoleLog("blkback").contains("request 6 (") || h.consoleLog("blkback").contains("id 6"))
+        #expect(try h.list()["blkback"] != nil)
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/3/51712/state").stdout == "4\n")
     }
 }
