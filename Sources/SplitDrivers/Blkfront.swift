@@ -1,0 +1,996 @@
+import DomainRuntime
+import Glibc
+
+// blkfront: the guest half of the block split driver, as Linux's xen-blkfront talks to blkback.
+//
+// Handshake (single-page ring, one queue):
+//   1. read `backend`/`backend-id` of device/vbd/DEVID; wait for the backend at InitWait (or
+//      Connected, as blkback_changed accepts);
+//   2. allocate the ring page (FRONT_RING_INIT), grant it read-write to the backend, allocate an
+//      unbound event channel for it, and write `ring-ref`, `event-channel`, `protocol`
+//      (x86_64-abi) and `feature-persistent` = 1 in one transaction (talk_to_blkback); Initialised;
+//   3. wait for the backend at Connected, read `sectors`, `info`, `sector-size` (required, as
+//      blkfront_connect's xenbus_gather) and the optional features
+//      (blkfront_gather_backend_features); Connected.
+//
+// Data path: every ring slot has up to 11 data pages of its own, allocated and granted (read-write)
+// on first use and kept granted for the life of the connection (persistent grants; with a backend
+// that does not advertise feature-persistent they stay granted too and it maps them per request,
+// which is still correct). A transfer is split into ring requests of at most 11 segments; within a
+// request, disk sector S sits in the pages at sector offset S % 8 (as a page-cache page would), so
+// `first_sect` is non-zero when a transfer does not start on a 4 KiB boundary. Request ids are
+// `generation << 32 | slot`, so a late or repeated response is caught even after the slot is reused.
+//
+// Events: one futex-backed queue serves every port of the domain (`EventChannels.waitAny`), so
+// blkfront never sleeps on its own. The application drives it from ONE thread:
+//   - `waitForCompletions(timeout:)`, `completions(wait:)` and the synchronous `read`/`write`/
+//     `flush`/`discard` sleep in `waitAny`; ports that are not this device's are appended to
+//     `strayPorts` (drain with `takeStrayPorts()`), never dropped;
+//   - or the application runs its own `waitAny` loop and passes this device's port to
+//     `handleEvent(_:)` (or calls `process()`), then collects `completions()`.
+// Several Blkfronts on one thread may record each other's ports as strays harmlessly: each reaps
+// its ring before it sleeps, so an event taken by another one is never needed.
+
+// MARK: - Errors
+
+/// Why a blkfront operation failed. `device` is the label `xvda (vbd 51712)`.
+public enum BlkfrontError: Error, Equatable, CustomStringConvertible {
+    /// Connecting failed: a node missing or malformed, the backend in the wrong state.
+    case handshake(device: String, reason: String)
+    /// The backend answered `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP` to a ring request.
+    case io(device: String, operation: BlkifOp, sector: UInt64, sectors: UInt64, status: BlkifStatus)
+    /// The backend does not offer the operation (no `feature-flush-cache`/`feature-barrier`,
+    /// no `feature-discard`, or it answered EOPNOTSUPP before).
+    case unsupported(device: String, operation: String)
+    /// A write or discard to a disk the backend marked read-only (`info` & VDISK_READONLY).
+    case readOnly(device: String)
+    /// The request itself is impossible (past the end, misaligned, empty).
+    case badRequest(device: String, reason: String)
+    /// The backend broke the protocol (impossible ring index, unknown or duplicate id, wrong
+    /// operation, garbage status): every request in flight failed and the device is unusable.
+    case brokenBackend(device: String, reason: String)
+    /// The backend went away (its state left Connected, or it closed the event channel).
+    case disconnected(device: String, reason: String)
+    /// Nothing completed in time.
+    case timeout(device: String, seconds: Double, outstanding: Int)
+    /// `close()` was called.
+    case closed(device: String)
+
+    public var description: String {
+        switch self {
+        case let .handshake(d, r): return "\(d): cannot connect: \(r)"
+        case let .io(d, op, sector, n, status):
+            return "\(d): \(op.xenName) of \(n) sector\(n == 1 ? "" : "s") at sector \(sector) failed: \(status.xenName)"
+        case let .unsupported(d, op): return "\(d): the backend does not support \(op)"
+        case let .readOnly(d): return "\(d): the disk is read-only"
+        case let .badRequest(d, r): return "\(d): \(r)"
+        case let .brokenBackend(d, r): return "\(d): broken backend, device disabled: \(r)"
+        case let .disconnected(d, r): return "\(d): disconnected: \(r)"
+        case let .timeout(d, s, n): return "\(d): no completion within \(s) s (\(n) request\(n == 1 ? "" : "s") outstanding)"
+        case let .closed(d): return "\(d): closed"
+        }
+    }
+}
+
+// MARK: - Pure pieces (no domain needed; unit-tested)
+
+/// One segment of a planned ring request: page `page` of the slot's data pages, sectors
+/// `firstSect...lastSect` of it.
+public struct BlkfrontSegmentPlan: Equatable, Sendable {
+    public var page: Int
+    public var firstSect: UInt8
+    public var lastSect: UInt8
+
+    public init(page: Int, firstSect: UInt8, lastSect: UInt8) {
+        self.page = page
+        self.firstSect = firstSect
+        self.lastSect = lastSect
+    }
+
+    public var sectorCount: Int { Int(lastSect) - Int(firstSect) + 1 }
+    public var byteOffset: Int { Int(firstSect) * Blkif.sectorSize }
+    public var byteCount: Int { sectorCount * Blkif.sectorSize }
+}
+
+/// One ring request's share of a transfer.
+public struct BlkfrontChunk: Equatable, Sendable {
+    /// The first disk sector (512-byte units).
+    public var sectorNumber: UInt64
+    public var sectorCount: Int
+    /// Where this chunk's bytes start in the caller's buffer.
+    public var bufferOffset: Int
+    /// In disk order, one per page, page indexes 0, 1, 2 …
+    public var segments: [BlkfrontSegmentPlan]
+
+    public init(sectorNumber: UInt64, sectorCount: Int, bufferOffset: Int, segments: [BlkfrontSegmentPlan]) {
+        self.sectorNumber = sectorNumber
+        self.sectorCount = sectorCount
+        self.bufferOffset = bufferOffset
+        self.segments = segments
+    }
+
+    /// The ring request for this chunk: `grefs[i]` is the grant of the slot's page `i`.
+    public func request(operation: BlkifOp, id: UInt64, handle: UInt16, grefs: [GrantRef]) -> BlkifRequest {
+        .readWrite(.init(operation: operation, handle: handle, id: id, sectorNumber: sectorNumber,
+                         segments: segments.map { BlkifSegment(gref: grefs[$0.page], firstSect: $0.firstSect, lastSect: $0.lastSect) }))
+    }
+}
+
+/// Splits transfers into ring requests.
+public enum BlkfrontPlan {
+    /// The most sectors one direct request carries (11 pages of 8).
+    public static let maxSectorsPerRequest = Blkif.maxSegmentsPerRequest * Blkif.sectorsPerPage
+
+    /// The ring requests for `count` sectors from `sector`: disk sector S lies at sector offset
+    /// S % 8 of its page, so the first request of an unaligned transfer has a non-zero
+    /// `first_sect` and carries up to `8 * maxSegments - S % 8` sectors; the next ones start on a
+    /// page boundary. Every segment but the first starts at sector 0, every one but the last ends
+    /// at sector 7.
+    public static func chunks(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> [BlkfrontChunk] {
+        precondition(count > 0, "a transfer of \(count) sectors")
+        precondition((1...Blkif.maxSegmentsPerRequest).contains(maxSegments), "maxSegments \(maxSegments)")
+        let perPage = Blkif.sectorsPerPage
+        var out: [BlkfrontChunk] = []
+        out.reserveCapacity(count / (maxSegments * perPage) + 2)
+        var s = sector, left = count, offset = 0
+        while left > 0 {
+            let lead = Int(s % UInt64(perPage))
+            let n = min(left, maxSegments * perPage - lead)
+            var segments: [BlkfrontSegmentPlan] = []
+            var position = lead, remaining = n, page = 0
+            while remaining > 0 {
+                let first = position % perPage
+                let take = min(perPage - first, remaining)
+                segments.append(BlkfrontSegmentPlan(page: page, firstSect: UInt8(first), lastSect: UInt8(first + take - 1)))
+                remaining -= take
+                position += take
+                page += 1
+            }
+            out.append(BlkfrontChunk(sectorNumber: s, sectorCount: n, bufferOffset: offset, segments: segments))
+            s += UInt64(n)
+            left -= n
+            offset += n * Blkif.sectorSize
+        }
+        return out
+    }
+}
+
+/// Linux blkfront's shadow array: what each ring slot's request was, and the checks on the
+/// backend's responses. A request's id is `generation << 32 | slot`, the generation counting the
+/// slot's uses, so a stale or repeated response cannot complete the slot's next request.
+public struct BlkfrontShadowTable<Payload> {
+    private struct Entry {
+        var op: BlkifOp
+        var payload: Payload
+    }
+
+    private var entries: [Entry?]
+    private var generations: [UInt32]
+    /// Free slots, the next to use last (the most recently freed is reused first: its data
+    /// pages are already granted).
+    private var free: [Int]
+
+    public init(capacity: Int) {
+        precondition(capacity > 0 && capacity <= Int(UInt32.max))
+        entries = Array(repeating: nil, count: capacity)
+        generations = Array(repeating: 0, count: capacity)
+        free = Array((0..<capacity).reversed())
+    }
+
+    public var capacity: Int { entries.count }
+    public var inFlight: Int { entries.count - free.count }
+    public var hasFreeSlot: Bool { !free.isEmpty }
+
+    /// The id `slot` is using now.
+    public func id(ofSlot slot: Int) -> UInt64 { UInt64(generations[slot]) << 32 | UInt64(slot) }
+
+    /// Takes a free slot for a request of `op`; nil when all are in flight.
+    public mutating func issue(op: BlkifOp, payload: Payload) -> (id: UInt64, slot: Int)? {
+        guard let slot = free.popLast() else { return nil }
+        entries[slot] = Entry(op: op, payload: payload)
+        return (id(ofSlot: slot), slot)
+    }
+
+    /// Gives back a slot issued but never put on the ring (its id is not reused).
+    public mutating func cancel(slot: Int) {
+        precondition(entries[slot] != nil, "slot \(slot) is not issued")
+        entries[slot] = nil
+        generations[slot] &+= 1
+        free.append(slot)
+    }
+
+    /// Matches a response with its request and frees the slot. Throws (a broken backend) when
+    /// the id names no slot of the ring, no request in flight (a duplicate, or one never sent),
+    /// or when the operation is not the request's.
+    public mutating func complete(_ response: BlkifResponse) throws -> (slot: Int, op: BlkifOp, payload: Payload) {
+        let id = response.id
+        let slot = Int(truncatingIfNeeded: id & 0xffff_ffff)
+        let generation = UInt32(truncatingIfNeeded: id >> 32)
+        guard slot < entries.count else {
+            throw BlkifResponseError(id: id, field: "id", value: Int64(bitPattern: id),
+                                     reason: "names slot \(slot), but the ring has \(entries.count) slots")
+        }
+        guard let entry = entries[slot], generations[slot] == generation else {
+            throw BlkifResponseError(id: id, field: "id", value: Int64(bitPattern: id),
+                                     reason: "answers no request in flight (a duplicate or one never sent; slot \(slot) is \(entries[slot] == nil ? "free" : "at id \(self.id(ofSlot: slot))"))")
+        }
+        guard response.operation == entry.op.rawValue else {
+            throw BlkifResponseError(id: id, field: "operation", value: Int64(response.operation),
+                                     reason: "is not the request's \(entry.op.xenName) (\(entry.op.rawValue))")
+        }
+        entries[slot] = nil
+        generations[slot] &+= 1
+        free.append(slot)
+        return (slot, entry.op, entry.payload)
+    }
+
+    /// Frees every slot, returning what was in flight (to fail it).
+    public mutating func removeAll() -> [(slot: Int, op: BlkifOp, payload: Payload)] {
+        var out: [(slot: Int, op: BlkifOp, payload: Payload)] = []
+        for slot in entries.indices {
+            if let e = entries[slot] {
+                out.append((slot, e.op, e.payload))
+                entries[slot] = nil
+                generations[slot] &+= 1
+                free.append(slot)
+            }
+        }
+        return out
+    }
+}
+
+/// What the backend offers, read as Linux's blkfront_connect and
+/// blkfront_gather_backend_features do.
+public struct BlkfrontFeatures: Equatable, Sendable {
+    /// Disk size in 512-byte sectors (`sectors`).
+    public var sectors: UInt64
+    /// Logical sector size in bytes (`sector-size`): transfers are multiples of it, aligned.
+    public var sectorSize: Int
+    /// `physical-sector-size` (the logical size when absent).
+    public var physicalSectorSize: Int
+    /// `info`: VDISK_CDROM, VDISK_REMOVABLE, VDISK_READONLY.
+    public var info: UInt32
+    public var flushCache: Bool
+    public var barrier: Bool
+    public var discard: Bool
+    public var discardGranularity: UInt64
+    public var discardAlignment: UInt64
+    public var discardSecure: Bool
+    public var persistent: Bool
+    /// `feature-max-indirect-segments` (not used by this version: requests are direct).
+    public var maxIndirectSegments: Int
+
+    public var readOnly: Bool { info & Blkif.vdiskReadOnly != 0 }
+    public var removable: Bool { info & Blkif.vdiskRemovable != 0 }
+    public var cdrom: Bool { info & Blkif.vdiskCDROM != 0 }
+    /// Size in bytes.
+    public var bytes: UInt64 { sectors &* UInt64(Blkif.sectorSize) }
+
+    public init(sectors: UInt64, sectorSize: Int = 512, physicalSectorSize: Int? = nil, info: UInt32 = 0,
+                flushCache: Bool = false, barrier: Bool = false, discard: Bool = false, discardGranularity: UInt64 = 0,
+                discardAlignment: UInt64 = 0, discardSecure: Bool = false, persistent: Bool = false, maxIndirectSegments: Int = 0) {
+        self.sectors = sectors
+        self.sectorSize = sectorSize
+        self.physicalSectorSize = physicalSectorSize ?? sectorSize
+        self.info = info
+        self.flushCache = flushCache
+        self.barrier = barrier
+        self.discard = discard
+        self.discardGranularity = discardGranularity
+        self.discardAlignment = discardAlignment
+        self.discardSecure = discardSecure
+        self.persistent = persistent
+        self.maxIndirectSegments = maxIndirectSegments
+    }
+
+    /// Reads the backend directory's nodes through `read` (nil = missing). `sectors`, `info`
+    /// and `sector-size` are required and must be decimal numbers (`xenbus_gather`); the
+    /// `sector-size` a power of two from 512 to 4096. Other nodes are optional numbers, missing
+    /// or malformed meaning 0 (`xenbus_read_unsigned`). Throws a message naming node and value.
+    public static func parse(backendPath: String, _ read: (String) -> String?) throws -> BlkfrontFeatures {
+        struct Bad: Error, CustomStringConvertible { var description: String }
+        func required(_ key: String) throws -> UInt64 {
+            guard let text = read(key) else { throw Bad(description: "\(backendPath)/\(key) is missing") }
+            guard let v = UInt64(text) else { throw Bad(description: "\(backendPath)/\(key) is '\(text)', not a number") }
+            return v
+        }
+        func optional(_ key: String) -> UInt64 { read(key).flatMap { UInt64($0) } ?? 0 }
+        let sectors = try required("sectors")
+        let info = try required("info")
+        guard info <= UInt64(UInt32.max) else { throw Bad(description: "\(backendPath)/info is \(info), over 32 bits") }
+        let sectorSize = try required("sector-size")
+        guard sectorSize >= 512, sectorSize <= 4096, sectorSize & (sectorSize - 1) == 0 else {
+            throw Bad(description: "\(backendPath)/sector-size is \(sectorSize), not a power of two from 512 to 4096")
+        }
+        var physical = optional("physical-sector-size")
+        if physical == 0 || physical & (physical - 1) != 0 || physical < sectorSize { physical = sectorSize }
+        let discard = optional("feature-discard") != 0
+        return BlkfrontFeatures(
+            sectors: sectors, sectorSize: Int(sectorSize), physicalSectorSize: Int(min(physical, 1 << 20)), info: UInt32(info),
+            flushCache: optional("feature-flush-cache") != 0, barrier: optional("feature-barrier") != 0,
+            discard: discard, discardGranularity: discard ? optional("discard-granularity") : 0,
+            discardAlignment: discard ? optional("discard-alignment") : 0,
+            discardSecure: discard && optional("discard-secure") != 0,
+            persistent: optional("feature-persistent") != 0,
+            maxIndirectSegments: Int(min(optional("feature-max-indirect-segments"), UInt64(Blkif.maxIndirectSegments))))
+    }
+}
+
+/// What the caller asked for.
+public enum BlkfrontOperation: Sendable, Equatable, CustomStringConvertible {
+    case read, write, flush, discard
+
+    public var description: String {
+        switch self {
+        case .read: return "read"
+        case .write: return "write"
+        case .flush: return "flush"
+        case .discard: return "discard"
+        }
+    }
+}
+
+/// A finished request: its tag, what it was, and the bytes a read returned.
+public struct BlkfrontCompletion {
+    public let tag: UInt64
+    public let operation: BlkfrontOperation
+    public let sector: UInt64
+    /// Sectors (512 bytes) of the request; 0 for a flush.
+    public let count: Int
+    /// A read's bytes (`count * 512`); nil for other operations.
+    public let result: Result<[UInt8]?, BlkfrontError>
+
+    /// The error, if it failed.
+    public var error: BlkfrontError? {
+        if case let .failure(e) = result { return e }
+        return nil
+    }
+}
+
+// MARK: - The driver
+
+/// A connected virtual block device of this domain. Not thread-safe: one thread drives it (see
+/// the notes at the top of this file for the event rules). Call `close()` when done.
+public final class Blkfront {
+    public let domain: Domain
+    public let device: XenbusDevice
+    /// `xvda (vbd 51712)`.
+    public let label: String
+    /// `xvda`.
+    public let name: String
+    public let features: BlkfrontFeatures
+    /// This device's event channel.
+    public let port: EventChannels.Port
+    public let ringRef: GrantRef
+    /// Sleep this many doorbell checks before sleeping in `waitAny` (latency versus CPU).
+    public var spin: Int = 0
+    /// The synchronous calls' limit, in seconds.
+    public var ioTimeout: Double = 30
+
+    public var sectors: UInt64 { features.sectors }
+    public var sectorSize: Int { features.sectorSize }
+    public var readOnly: Bool { features.readOnly }
+    /// Flush is offered (and not refused since).
+    public private(set) var canFlush: Bool
+    public private(set) var canDiscard: Bool
+
+    /// Ports `waitAny` returned while this device waited that are not its own, oldest first.
+    public private(set) var strayPorts: [EventChannels.Port] = []
+
+    private enum State { case connected, broken(BlkfrontError), closed }
+
+    private final class IO {
+        let serial: UInt64
+        let tag: UInt64
+        let op: BlkfrontOperation
+        let sector: UInt64
+        let count: Int
+        let secure: Bool
+        let isInternal: Bool
+        /// The write's bytes, or the read's destination.
+        var data: [UInt8]
+        var remaining: Int
+        var error: BlkfrontError?
+
+        init(serial: UInt64, tag: UInt64, op: BlkfrontOperation, sector: UInt64, count: Int, secure: Bool,
+             isInternal: Bool, data: [UInt8], remaining: Int) {
+            self.serial = serial
+            self.tag = tag
+            self.op = op
+            self.sector = sector
+            self.count = count
+            self.secure = secure
+            self.isInternal = isInternal
+            self.data = data
+            self.remaining = remaining
+        }
+    }
+
+    private struct Work {
+        let io: IO
+        let chunk: BlkfrontChunk?
+    }
+
+    private let end: XenbusEnd
+    private let ring: FrontRing
+    private let ringPage: GrantablePage
+    private let handle: UInt16
+    private var state = State.connected
+    private var shadow: BlkfrontShadowTable<Work>
+    /// Each slot's persistently granted data pages, allocated on first use.
+    private var slotPages: [[(page: GrantablePage, ref: GrantRef)]]
+    private var queue: [Work] = []
+    private var queueHead = 0
+    private var completed: [BlkfrontCompletion] = []
+    private var internalResults: [UInt64: Result<[UInt8]?, BlkfrontError>] = [:]
+    private var nextSerial: UInt64 = 1
+    /// IOs submitted and not finished (public and internal).
+    private var unfinished = 0
+
+    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, features: BlkfrontFeatures, ringPage: GrantablePage,
+                 ring: FrontRing, ringRef: GrantRef, port: EventChannels.Port) {
+        self.domain = domain
+        self.device = device
+        self.end = end
+        self.features = features
+        self.ringPage = ringPage
+        self.ring = ring
+        self.ringRef = ringRef
+        self.port = port
+        name = Blkfront.deviceName(devid: device.devid)
+        label = "\(name) (vbd \(device.devid))"
+        handle = UInt16(truncatingIfNeeded: device.devid)
+        canFlush = features.flushCache || features.barrier
+        canDiscard = features.discard
+        shadow = BlkfrontShadowTable(capacity: Int(ring.layout.count))
+        slotPages = Array(repeating: [], count: Int(ring.layout.count))
+    }
+
+    // MARK: discovery
+
+    /// This domain's vbds: the devids under `device/vbd`, in numeric order.
+    public static func devices(domain: Domain) throws -> [UInt32] {
+        let entries: [String]
+        do {
+            entries = try domain.store.directory("device/vbd")
+        } catch let e as XenStoreError where e.name == "ENOENT" {
+            return []
+        }
+        return entries.compactMap { UInt32($0) }.sorted()
+    }
+
+    /// The Linux name of a Xen device number (docs/misc/vbd-interface.txt): `xvda`, `xvdb1`,
+    /// `xvdaa`, `hda`, `sdb`; the number itself for anything else.
+    public static func deviceName(devid: UInt32) -> String {
+        func letters(_ disk: UInt32) -> String {
+            // Bijective base 26: a … z, aa … az, ba …
+            var n = Int(disk) + 1, s: [Character] = []
+            while n > 0 {
+                n -= 1
+                s.append(Character(Unicode.Scalar(UInt8(97 + n % 26))))
+                n /= 26
+            }
+            return String(s.reversed())
+        }
+        func named(_ prefix: String, _ disk: UInt32, _ part: UInt32) -> String {
+            prefix + letters(disk) + (part == 0 ? "" : String(part))
+        }
+        if devid & (1 << 28) != 0 {
+            if devid >> 28 != 1 { return String(devid) }
+            return named("xvd", (devid >> 8) & 0xfffff, devid & 0xff)
+        }
+        switch devid >> 8 {
+        case 202: return named("xvd", (devid >> 4) & 0xf, devid & 0xf)
+        case 8: return named("sd", (devid >> 4) & 0xf, devid & 0xf)
+        case 3: return named("hd", (devid >> 6) & 1, devid & 0x3f)
+        case 22: return named("hd", 2 + ((devid >> 6) & 1), devid & 0x3f)
+        default: return String(devid)
+        }
+    }
+
+    // MARK: connecting
+
+    /// Connects to vbd `devid` of `domain` (the handshake at the top of this file), waiting at
+    /// most `timeout` seconds in all for the backend. On failure this end is left Closing
+    /// (`xenbus_dev_fatal`) once it had published anything, and everything allocated is released.
+    public static func connect(domain: Domain, devid: UInt32, timeout: Double = 30) throws -> Blkfront {
+        let label = "\(deviceName(devid: devid)) (vbd \(devid))"
+        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
+        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        func fail(_ reason: String) -> BlkfrontError { .handshake(device: label, reason: reason) }
+
+        let store = XenStoreClientXenbus(domain.store)
+        let device: XenbusDevice
+        do {
+            device = try XenbusDevice.frontend(store: store, domid: domain.domid, type: "vbd", devid: devid)
+        } catch {
+            throw fail("\(error)")
+        }
+        let end = XenbusEnd(device: device, role: .frontend, store: store)
+        let ev = domain.eventChannels, gt = domain.grantTable
+        var ringPage: GrantablePage?
+        var ringRef: GrantRef?
+        var port: EventChannels.Port?
+        var published = false
+        do {
+            // A frontend connecting again (after Closed) starts from Initialising, so the backend
+            // goes back to InitWait (blkback's "prepare for reconnect").
+            if end.state != .initialising { try end.switchState(.initialising) }
+            let backendState = try end.waitForOtherEnd(states: [.initWait, .connected], timeout: left())
+
+            let page = try gt.allocatePage()
+            ringPage = page
+            let ring = FrontRing(page: page.base, layout: RingLayout(requestSize: BlkifRequest.Layout.size,
+                                                                     responseSize: BlkifResponse.Layout.size))
+            let ref = try gt.grantAccess(page, to: device.backendDomid, readonly: false)
+            ringRef = ref
+            let p = try ev.allocUnbound(remote: device.backendDomid)
+            port = p
+            let dir = device.frontendPath
+            published = true
+            try domain.store.transaction { t in
+                try domain.store.write("\(dir)/ring-ref", String(ref), transaction: t)
+                try domain.store.write("\(dir)/event-channel", String(p), transaction: t)
+                try domain.store.write("\(dir)/protocol", "x86_64-abi", transaction: t)
+                try domain.store.write("\(dir)/feature-persistent", "1", transaction: t)
+            }
+            try end.switchState(.initialised)
+
+            let s = backendState == .connected
+                ? backendState
+                : try end.waitForOtherEnd(states: [.connected, .closing, .closed], timeout: left())
+            guard s == .connected else {
+                throw fail("the backend went \(s) instead of Connected")
+            }
+            let features: BlkfrontFeatures
+            do {
+                features = try BlkfrontFeatures.parse(backendPath: device.backendPath) { key in
+                    try? domain.store.read("\(device.backendPath)/\(key)")
+                }
+            } catch let e as BlkfrontError {
+                throw e
+            } catch {
+                throw fail("\(error)")
+            }
+            // The backend bound our port before it went Connected; the supervisor's portBound
+            // reaches this domain's event thread asynchronously. Polled, not waited for with
+            // waitAny, which would take the application's events.
+            while !ev.isConnected(p) {
+                if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(p)") }
+                usleep(500)
+            }
+            try end.switchState(.connected)
+            return Blkfront(domain: domain, device: device, end: end, features: features, ringPage: page, ring: ring,
+                            ringRef: ref, port: p)
+        } catch {
+            if published { try? end.switchState(.closing) }
+            if let port { try? ev.close(port) }
+            if let ringRef, (try? gt.endAccess(ringRef)) != nil, let ringPage {
+                gt.freePage(ringPage)  // only once the backend cannot be using it
+            }
+            if let e = error as? BlkfrontError { throw e }
+            if case let XenbusError.timeout(path, states, last, seconds) = error {
+                throw fail("\(path) still \(last) after \(seconds) s waiting for \(states.map(\.description).joined(separator: " or ")) (is the backend domain running?)")
+            }
+            throw fail("\(error)")
+        }
+    }
+
+    // MARK: submitting
+
+    /// IOs submitted and not yet finished (this device's own synchronous ones included).
+    public var outstanding: Int { unfinished }
+    /// Ring requests on the ring now.
+    public var requestsInFlight: Int { shadow.inFlight }
+
+    private func checkUsable() throws {
+        switch state {
+        case .connected: return
+        case let .broken(e): throw e
+        case .closed: throw BlkfrontError.closed(device: label)
+        }
+    }
+
+    private func checkRange(_ op: BlkfrontOperation, sector: UInt64, count: Int) throws {
+        guard count > 0 else { throw BlkfrontError.badRequest(device: label, reason: "\(op) of \(count) sectors at sector \(sector)") }
+        guard sector <= features.sectors, UInt64(count) <= features.sectors - sector else {
+            throw BlkfrontError.badRequest(device: label,
+                                           reason: "\(op) of \(count) sectors at sector \(sector) is past the end of the disk (\(features.sectors) sectors)")
+        }
+        let unit = UInt64(features.sectorSize / Blkif.sectorSize)
+        if unit > 1 && (sector % unit != 0 || UInt64(count) % unit != 0) {
+            throw BlkfrontError.badRequest(device: label,
+                                           reason: "\(op) of \(count) sectors at sector \(sector) is not aligned to the \(features.sectorSize)-byte sector size")
+        }
+    }
+
+    @discardableResult
+    private func enqueue(_ op: BlkfrontOperation, sector: UInt64, count: Int, tag: UInt64, secure: Bool = false,
+                         data: [UInt8], isInternal: Bool) -> UInt64 {
+        let chunks: [BlkfrontChunk?] = (op == .read || op == .write) ? BlkfrontPlan.chunks(sector: sector, count: count) : [nil]
+        let io = IO(serial: nextSerial, tag: tag, op: op, sector: sector, count: count, secure: secure, isInternal: isInternal,
+                    data: data, remaining: chunks.count)
+        nextSerial += 1
+        unfinished += 1
+        for c in chunks { queue.append(Work(io: io, chunk: c)) }
+        pump()
+        return io.serial
+    }
+
+    /// Starts reading `count` 512-byte sectors from `sector`; the bytes come with the completion.
+    public func submitRead(sector: UInt64, count: Int, tag: UInt64) throws {
+        try checkUsable()
+        try checkRange(.read, sector: sector, count: count)
+        enqueue(.read, sector: sector, count: count, tag: tag, data: [UInt8](repeating: 0, count: count * Blkif.sectorSize),
+                isInternal: false)
+    }
+
+    /// Starts writing `data` (a non-zero multiple of 512 bytes, copied now) from `sector`.
+    public func submitWrite(sector: UInt64, data: UnsafeRawBufferPointer, tag: UInt64) throws {
+        try submitWrite(sector: sector, bytes: [UInt8](data), tag: tag, isInternal: false)
+    }
+
+    /// Starts writing `data` (a non-zero multiple of 512 bytes) from `sector`.
+    public func submitWrite(sector: UInt64, data: [UInt8], tag: UInt64) throws {
+        try submitWrite(sector: sector, bytes: data, tag: tag, isInternal: false)
+    }
+
+    @discardableResult
+    private func submitWrite(sector: UInt64, bytes: [UInt8], tag: UInt64, isInternal: Bool) throws -> UInt64 {
+        try checkUsable()
+        if features.readOnly { throw BlkfrontError.readOnly(device: label) }
+        guard bytes.count % Blkif.sectorSize == 0 else {
+            throw BlkfrontError.badRequest(device: label, reason: "write of \(bytes.count) bytes is not a multiple of 512")
+        }
+        try checkRange(.write, sector: sector, count: bytes.count / Blkif.sectorSize)
+        return enqueue(.write, sector: sector, count: bytes.count / Blkif.sectorSize, tag: tag, data: bytes, isInternal: isInternal)
+    }
+
+    /// Starts a cache flush: `BLKIF_OP_FLUSH_DISKCACHE` (or `WRITE_BARRIER` when only
+    /// `feature-barrier` is offered), no segments. It covers the writes that had completed when
+    /// it was submitted (requests in flight are unordered, as in Linux).
+    public func submitFlush(tag: UInt64) throws {
+        try checkUsable()
+        guard canFlush else { throw BlkfrontError.unsupported(device: label, operation: "flush (no feature-flush-cache or feature-barrier)") }
+        enqueue(.flush, sector: 0, count: 0, tag: tag, data: [], isInternal: false)
+    }
+
+    /// Starts discarding `count` sectors from `sector` (`BLKIF_OP_DISCARD`); `secure` asks for
+    /// BLKIF_DISCARD_SECURE (only when the backend offers `discard-secure`). What discarded
+    /// sectors read back as is up to the backend.
+    public func submitDiscard(sector: UInt64, count: Int, secure: Bool = false, tag: UInt64) throws {
+        try submitDiscard(sector: sector, count: count, secure: secure, tag: tag, isInternal: false)
+    }
+
+    @discardableResult
+    private func submitDiscard(sector: UInt64, count: Int, secure: Bool, tag: UInt64, isInternal: Bool) throws -> UInt64 {
+        try checkUsable()
+        if features.readOnly { throw BlkfrontError.readOnly(device: label) }
+        guard canDiscard else { throw BlkfrontError.unsupported(device: label, operation: "discard (no feature-discard)") }
+        if secure && !features.discardSecure {
+            throw BlkfrontError.unsupported(device: label, operation: "secure discard (no discard-secure)")
+        }
+        try checkRange(.discard, sector: sector, count: count)
+        return enqueue(.discard, sector: sector, count: count, tag: tag, secure: secure, data: [], isInternal: isInternal)
+    }
+
+    /// Puts queued work on the ring while slots are free, then publishes and notifies.
+    private func pump() {
+        guard case .connected = state else { return }
+        var placed = 0
+        while queueHead < queue.count, shadow.hasFreeSlot, !ring.isFull {
+            let work = queue[queueHead]
+            if work.io.error != nil && work.chunk != nil {
+                // An earlier chunk of this transfer already failed: do not send the rest.
+                queueHead += 1
+                finishChunk(work.io)
+                continue
+            }
+            let op: BlkifOp
+            switch work.io.op {
+            case .read: op = .read
+            case .write: op = .write
+            case .flush: op = features.flushCache ? .flushDiskcache : .writeBarrier
+            case .discard: op = .discard
+            }
+            guard let (id, slot) = shadow.issue(op: op, payload: work) else { break }
+            let request: BlkifRequest
+            if let chunk = work.chunk {
+                do {
+                    try ensurePages(slot: slot, count: chunk.segments.count)
+                } catch {
+                    shadow.cancel(slot: slot)
+                    queueHead += 1
+                    work.io.error = work.io.error ?? .badRequest(device: label, reason: "cannot grant data pages: \(error)")
+                    finishChunk(work.io)
+                    continue
+                }
+                let pages = slotPages[slot]
+                if op == .write {
+                    work.io.data.withUnsafeBytes { src in
+                        var offset = chunk.bufferOffset
+                        for s in chunk.segments {
+                            (pages[s.page].page.base + s.byteOffset).copyMemory(from: src.baseAddress! + offset, byteCount: s.byteCount)
+                            offset += s.byteCount
+                        }
+                    }
+                }
+                request = chunk.request(operation: op, id: id, handle: handle, grefs: pages.map(\.ref))
+            } else if op == .discard {
+                request = .discard(.init(secure: work.io.secure, handle: handle, id: id, sectorNumber: work.io.sector,
+                                         nrSectors: UInt64(work.io.count)))
+            } else {
+                request = .readWrite(.init(operation: op, handle: handle, id: id, sectorNumber: 0, segments: []))
+            }
+            guard let slotPointer = ring.nextRequest() else { shadow.cancel(slot: slot); break }
+            request.encode(to: slotPointer)
+            queueHead += 1
+            placed += 1
+        }
+        if queueHead == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            queueHead = 0
+        } else if queueHead > 1024 && queueHead * 2 > queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
+        }
+        if placed > 0 && ring.pushRequests() {
+            do {
+                try domain.eventChannels.send(port)
+            } catch {
+                disconnect("cannot notify the backend on event channel \(port): \(error)")
+            }
+        }
+    }
+
+    /// Allocates and grants (once, read-write) the slot's first `count` data pages.
+    private func ensurePages(slot: Int, count: Int) throws {
+        while slotPages[slot].count < count {
+            let page = try domain.grantTable.allocatePage()
+            do {
+                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: false)
+                slotPages[slot].append((page, ref))
+            } catch {
+                domain.grantTable.freePage(page)
+                throw error
+            }
+        }
+    }
+
+    // MARK: completing
+
+    /// Takes the backend's responses, finishes what they complete and puts queued work on the
+    /// freed slots; never blocks. Returns how many requests (yours and the synchronous calls')
+    /// finished. A protocol violation disables the device (`brokenBackend`): everything
+    /// outstanding then finishes with that error.
+    @discardableResult
+    public func process() -> Int {
+        let before = unfinished
+        guard case .connected = state else { return 0 }
+        do {
+            while true {
+                while let slot = try ring.takeResponse() {
+                    let response = try BlkifResponse.decode(slot: slot)
+                    let done = try shadow.complete(response)
+                    complete(done.payload, op: done.op, slot: done.slot, status: response.status)
+                }
+                // RING_FINAL_CHECK_FOR_RESPONSES while requests are out: arms rsp_event.
+                if shadow.inFlight == 0 || !ring.finalCheckForResponses() { break }
+            }
+        } catch {
+            breakDevice(.brokenBackend(device: label, reason: "\(error)"))
+            return before - unfinished
+        }
+        pump()
+        return before - unfinished
+    }
+
+    /// For an application running its own `waitAny` loop: processes this device when `port` is
+    /// its port and returns true; false for any other port (which is left to the caller).
+    @discardableResult
+    public func handleEvent(_ port: EventChannels.Port) -> Bool {
+        guard port == self.port else { return false }
+        process()
+        return true
+    }
+
+    private func complete(_ work: Work, op: BlkifOp, slot: Int, status: BlkifStatus) {
+        let io = work.io
+        if status == .okay {
+            if let chunk = work.chunk, op == .read {
+                let pages = slotPages[slot]
+                io.data.withUnsafeMutableBytes { dst in
+                    var offset = chunk.bufferOffset
+                    for s in chunk.segments {
+                        (dst.baseAddress! + offset).copyMemory(from: pages[s.page].page.base + s.byteOffset, byteCount: s.byteCount)
+                        offset += s.byteCount
+                    }
+                }
+            }
+        } else {
+            if status == .eopnotsupp {
+                // As Linux's blkif_interrupt: the backend refused it, stop offering it.
+                if op == .flushDiskcache || op == .writeBarrier { canFlush = false }
+                if op == .discard { canDiscard = false }
+            }
+            let sector = work.chunk?.sectorNumber ?? io.sector
+            let count = work.chunk.map { UInt64($0.sectorCount) } ?? UInt64(io.count)
+            if io.error == nil {
+                io.error = .io(device: label, operation: op, sector: sector, sectors: count, status: status)
+            }
+        }
+        finishChunk(io)
+    }
+
+    /// One of the IO's chunks is done (or abandoned); the IO finishes with its last.
+    private func finishChunk(_ io: IO) {
+        io.remaining -= 1
+        guard io.remaining == 0 else { return }
+        unfinished -= 1
+        let result: Result<[UInt8]?, BlkfrontError>
+        if let e = io.error {
+            result = .failure(e)
+        } else {
+            result = .success(io.op == .read ? io.data : nil)
+        }
+        io.data = []
+        if io.isInternal {
+            internalResults[io.serial] = result
+        } else {
+            completed.append(BlkfrontCompletion(tag: io.tag, operation: io.op, sector: io.sector, count: io.count, result: result))
+        }
+    }
+
+    /// Fails everything outstanding with `error` and refuses further requests.
+    private func breakDevice(_ error: BlkfrontError) {
+        if case .connected = state { state = .broken(error) }
+        for e in shadow.removeAll() {
+            if e.payload.io.error == nil { e.payload.io.error = error }
+            finishChunk(e.payload.io)
+        }
+        while queueHead < queue.count {
+            let w = queue[queueHead]
+            queueHead += 1
+            if w.io.error == nil { w.io.error = error }
+            finishChunk(w.io)
+        }
+        queue.removeAll()
+        queueHead = 0
+    }
+
+    private func disconnect(_ reason: String) {
+        breakDevice(.disconnected(device: label, reason: reason))
+    }
+
+    // MARK: waiting
+
+    /// Sleeps in `waitAny` until `done()` or nothing can change any more; throws `timeout`.
+    private func wait(timeout: Double, until done: () -> Bool) throws {
+        let start = SystemTime.nanoseconds()
+        let deadline = start + UInt64(max(0, timeout) * 1e9)
+        let ev = domain.eventChannels
+        while true {
+            process()
+            if done() { return }
+            guard case .connected = state, unfinished > 0 else { return }
+            if !ev.isConnected(port) {
+                disconnect("the backend closed event channel \(port)")
+                continue
+            }
+            let now = SystemTime.nanoseconds()
+            if now >= deadline { throw BlkfrontError.timeout(device: label, seconds: timeout, outstanding: unfinished) }
+            // Slices of at most 100 ms, to notice a backend that goes away without a word.
+            let slice = Int64(min(deadline - now, 100_000_000))
+            if let p = ev.waitAny(timeoutNs: slice, spin: spin) {
+                if p != port { strayPorts.append(p) }
+            } else if shadow.inFlight > 0 {
+                let s = (try? end.otherEndState()) ?? .unknown
+                if s != .connected { disconnect("the backend is \(s)") }
+            }
+        }
+    }
+
+    /// Processes and sleeps until at least one of your requests has finished (or none is
+    /// outstanding, or the device broke: its requests then finish with the error). Throws
+    /// `timeout` after `timeout` seconds without one.
+    public func waitForCompletions(timeout: Double) throws {
+        try wait(timeout: timeout) { !completed.isEmpty }
+    }
+
+    /// Your finished requests, oldest first, removed from the device. With `wait`, sleeps first
+    /// until at least one has finished when some are outstanding.
+    public func completions(wait: Bool = false, timeout: Double? = nil) throws -> [BlkfrontCompletion] {
+        if wait && completed.isEmpty { try waitForCompletions(timeout: timeout ?? ioTimeout) } else { process() }
+        defer { completed.removeAll(keepingCapacity: true) }
+        return completed
+    }
+
+    /// Returns and forgets `strayPorts`.
+    public func takeStrayPorts() -> [EventChannels.Port] {
+        defer { strayPorts.removeAll() }
+        return strayPorts
+    }
+
+    private func waitInternal(_ serial: UInt64) throws -> [UInt8]? {
+        try wait(timeout: ioTimeout) { internalResults[serial] != nil }
+        guard let r = internalResults.removeValue(forKey: serial) else {
+            throw BlkfrontError.disconnected(device: label, reason: "request lost")  // cannot happen: every IO finishes
+        }
+        return try r.get()
+    }
+
+    // MARK: synchronous calls (your asynchronous completions stay queued for `completions`)
+
+    /// Reads `count` sectors from `sector`.
+    public func read(sector: UInt64, count: Int) throws -> [UInt8] {
+        try checkUsable()
+        try checkRange(.read, sector: sector, count: count)
+        let serial = enqueue(.read, sector: sector, count: count, tag: 0,
+                             data: [UInt8](repeating: 0, count: count * Blkif.sectorSize), isInternal: true)
+        return try waitInternal(serial) ?? []
+    }
+
+    /// Writes `data` (a non-zero multiple of 512 bytes) from `sector`.
+    public func write(sector: UInt64, data: [UInt8]) throws {
+        _ = try waitInternal(try submitWrite(sector: sector, bytes: data, tag: 0, isInternal: true))
+    }
+
+    public func write(sector: UInt64, data: UnsafeRawBufferPointer) throws {
+        try write(sector: sector, data: [UInt8](data))
+    }
+
+    /// Waits for everything outstanding (its completions stay queued), then flushes.
+    public func flush() throws {
+        try checkUsable()
+        guard canFlush else { throw BlkfrontError.unsupported(device: label, operation: "flush (no feature-flush-cache or feature-barrier)") }
+        try wait(timeout: ioTimeout) { unfinished == 0 }
+        try checkUsable()
+        _ = try waitInternal(enqueue(.flush, sector: 0, count: 0, tag: 0, data: [], isInternal: true))
+    }
+
+    /// Discards `count` sectors from `sector`.
+    public func discard(sector: UInt64, count: Int, secure: Bool = false) throws {
+        _ = try waitInternal(try submitDiscard(sector: sector, count: count, secure: secure, tag: 0, isInternal: true))
+    }
+
+    // MARK: teardown
+
+    /// Lets outstanding requests finish (up to `timeout` seconds; the rest fail with `closed`),
+    /// then Closing, waits for the backend to close, Closed, waits for it to let go of the pages,
+    /// ends every grant and closes the event channel. Pages the backend still maps after the
+    /// timeout are left granted (never reused). Idempotent.
+    public func close(timeout: Double = 10) {
+        if case .closed = state { return }
+        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
+        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        if case .connected = state { try? wait(timeout: left()) { unfinished == 0 } }
+        breakDevice(.closed(device: label))
+        state = .closed
+        try? end.switchState(.closing)
+        _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: left())
+        try? end.switchState(.closed)
+        // The backend unmaps the ring and its persistent grants when it sees Closed.
+        _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: left())
+        let gt = domain.grantTable
+        var grants: [(page: GrantablePage, ref: GrantRef)] = [(ringPage, ringRef)]
+        for pages in slotPages { grants += pages }
+        slotPages = Array(repeating: [], count: slotPages.count)
+        while true {
+            var still: [(page: GrantablePage, ref: GrantRef)] = []
+            for g in grants {
+                do {
+                    try gt.endAccess(g.ref)
+                    gt.freePage(g.page)
+                } catch GrantError.stillMapped {
+                    still.append(g)
+                } catch {
+                    // Not ours any more: nothing to end; never reuse the page.
+                }
+            }
+            grants = still
+            if grants.isEmpty || left() <= 0 { break }
+            usleep(1000)
+        }
+        try? domain.eventChannels.close(port)
+    }
+}
