@@ -197,8 +197,17 @@ public final class GrantTable {
         try map([(domid, ref, readonly)])[0].get()
     }
 
-    /// `GNTTABOP_unmap_grant_ref`: unmaps here, then tells the supervisor (which checks).
+    /// Handles per unmap hypercall (the supervisor refuses bigger lists).
+    public static let maxUnmapBatch = 64
+
+    /// `GNTTABOP_unmap_grant_ref`: unmaps here, then tells the supervisor (which checks), in
+    /// batches of `maxUnmapBatch`.
     public func unmap(_ mappings: [GrantMapping]) -> [GNTST] {
+        if mappings.count > Self.maxUnmapBatch {
+            return stride(from: 0, to: mappings.count, by: Self.maxUnmapBatch).flatMap {
+                unmap(Array(mappings[$0..<min(mappings.count, $0 + Self.maxUnmapBatch)]))
+            }
+        }
         var w = WireWriter()
         for m in mappings {
             if m.mapped { munmap(m.base, 4096); m.mapped = false }

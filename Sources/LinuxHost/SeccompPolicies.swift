@@ -96,6 +96,7 @@ public enum SeccompPolicies {
         SeccompRule("io_uring_setup", .allow, why: "the I/O engine"),
         SeccompRule("io_uring_enter", .allow, why: "the I/O engine"),
         SeccompRule("io_uring_register", .allow, why: "registered files, buffers and the completion eventfd"),
+        SeccompRule("prctl", .allow, [.arg(0, .equal(15))], why: "naming the I/O pool's threads (PR_SET_NAME = 15 only)"),
     ])
 
     static let guestRules: [SeccompRule] = [

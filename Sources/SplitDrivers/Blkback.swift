@@ -12,12 +12,15 @@ import ProcvisorABI
 public final class Blkback {
     let domain: Domain
     let log: (String) -> Void
+    /// Settings from the command line (`PROCVISOR_FORCE_NO_IOURING=1` forces the thread pool).
+    let environment: [String: String]
     private var lock = pthread_mutex_t()
     private var devices: [String: BlkbackDevice] = [:]
     private var byPort: [EventChannels.Port: BlkbackDevice] = [:]
 
-    public init(domain: Domain, log: @escaping (String) -> Void) {
+    public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
         self.domain = domain
+        self.environment = environment
         self.log = log
         pthread_mutex_init(&lock, nil)
     }
@@ -163,6 +166,8 @@ final class BlkbackDevice {
         } catch {
             owner.log("blkback: \(label): \(error)")
         }
+        // Closing, then Closed once everything is unmapped (Linux's xen_blkif_disconnect order).
+        if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closing.storeValue) }
         teardown()
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closed.storeValue) }
         owner.finished(self)
@@ -182,7 +187,7 @@ final class BlkbackDevice {
         sectors = bytes / 512
         readOnly = read("mode") == "r"
         let discard = read("discard-enable") != "0" && !readOnly
-        engine = BlockIO.makeEngine(disk: fd, queueDepth: 64, environment: [:]) { [owner] line in owner.log("blkback: \(line)") }
+        engine = BlockIO.makeEngine(disk: fd, queueDepth: 64, environment: owner.environment) { [owner] line in owner.log("blkback: \(line)") }
         // What Linux's blkback advertises.
         var keys: [(String, String)] = [
             ("feature-flush-cache", "1"), ("feature-barrier", "1"), ("feature-persistent", "1"),
