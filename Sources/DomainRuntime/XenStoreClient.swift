@@ -184,7 +184,7 @@ public final class XenStoreClient {
 
     /// Runs `body` on the watch thread, in order with watch callbacks: set-up the runtime does at
     /// boot (its own watches) without making `Domain.start` wait for the store.
-    func onWatchThread(_ body: @escaping () -> Void) {
+    public func onWatchThread(_ body: @escaping () -> Void) {
         startThreads()
         pthread_mutex_lock(&mutex)
         watchQueue.append(.task(body))

@@ -15,6 +15,9 @@ public final class Blkback {
     /// Settings from the command line (`PROCVISOR_FORCE_NO_IOURING=1` forces the thread pool).
     let environment: [String: String]
     private var lock = pthread_mutex_t()
+    /// One scan at a time (the watch thread and finishing device threads both scan), so a device
+    /// directory never gets two device threads.
+    private var scanLock = pthread_mutex_t()
     private var devices: [String: BlkbackDevice] = [:]
     private var byPort: [EventChannels.Port: BlkbackDevice] = [:]
 
@@ -23,6 +26,7 @@ public final class Blkback {
         self.environment = environment
         self.log = log
         pthread_mutex_init(&lock, nil)
+        pthread_mutex_init(&scanLock, nil)
     }
 
     /// Watches for devices and dispatches events forever.
@@ -46,6 +50,8 @@ public final class Blkback {
 
     /// New device directories get a device thread; vanished ones are told to stop.
     func scan() {
+        pthread_mutex_lock(&scanLock)
+        defer { pthread_mutex_unlock(&scanLock) }
         var present = Set<String>()
         for fe in (try? domain.store.directory("backend/vbd")) ?? [] {
             guard let f = UInt16(fe) else { continue }
@@ -87,7 +93,9 @@ public final class Blkback {
         if let p = d.port { byPort[p] = nil }
         d.finished = true
         pthread_mutex_unlock(&lock)
-        scan()
+        // Scanned from the watch thread, not this one: the scan lock may be held by a scan that
+        // is waiting for this device's directory to settle.
+        domain.store.onWatchThread { [unowned self] in scan() }
     }
 }
 

@@ -96,10 +96,9 @@ extension Supervisor {
     /// The domain's process is gone: its ring is disconnected and @releaseDomain fires (as
     /// xenstored does on VIRQ_DOM_EXC). Its tree stays until the domain is destroyed.
     func releaseStore(_ dom: DomainRecord) {
-        guard let s = dom.store else { return }
+        guard dom.store != nil else { return }
         xenstore.detach(domid: dom.domid)
         dom.store = nil
-        _ = s
         xenstore.deliver(xenstore.engine.releaseDomain(dom.domid))
     }
 

@@ -188,7 +188,7 @@ final class XenStoreServer {
                     fail(r, XenStoreRingError.notReading(queued: r.queuedBytes))
                     continue
                 }
-                if r.flushReplies() {}
+                r.flushReplies()
                 if let e = r.violation { fail(r, e) }
             }
         }

@@ -142,7 +142,8 @@ import Testing
         #expect(eventually(timeout: 120) { (try? h.list())?.keys.filter { $0.hasPrefix("c") }.isEmpty == true },
                 "still running: \(String(describing: try? h.list().keys.sorted()))")
         for (name, disk) in [("c1", "xvda"), ("c1", "xvdb"), ("c2", "xvda"), ("c3", "xvda")] {
-            #expect(h.consoleLog(name).contains("blkcheck: \(disk) OK"), "\(name): \(h.consoleLog(name))")
+            #expect(h.consoleLog(name).contains("blkcheck: \(disk) OK"),
+                    "\(name): \(h.consoleLog(name))\nbb-uring: \(h.consoleLog("bb-uring"))\nbb-threads: \(h.consoleLog("bb-threads"))\n\((try? h.dmesg()) ?? "")")
         }
         #expect(h.consoleLog("bb-uring").contains("io_uring"), "\(h.consoleLog("bb-uring"))")
         #expect(h.consoleLog("bb-threads").contains("threads"), "\(h.consoleLog("bb-threads"))")

@@ -3,14 +3,7 @@ import Testing
 @testable import XenStore
 
 @Suite struct WatchTests {
-    func setup() throws -> (XenStoreEngine, XSTestClient, XSTestClient, XSTestClient) {
-        let e = XenStoreEngine()
-        for d: UInt16 in [1, 2] {
-            _ = try e.mkdir("/local/domain/\(d)", perms: [XSPermission(.none, d)])
-            _ = e.introduceDomain(d)
-        }
-        return (e, XSTestClient(e, id: 100, domid: 0), XSTestClient(e, id: 1, domid: 1), XSTestClient(e, id: 2, domid: 2))
-    }
+    func setup() throws -> (XenStoreEngine, XSTestClient, XSTestClient, XSTestClient) { try dom0AndTwoGuests() }
 
     @Test func firesOnRegisterThenOnChangesBelow() throws {
         let (_, d0, _, _) = try setup()

@@ -56,3 +56,14 @@ func describe(_ m: XSMessage) -> String {
 func events(_ out: [(XSConnectionID, XSMessage)], for id: XSConnectionID) -> [String] {
     out.filter { $0.0 == id && $0.1.type == .watchEvent }.map { $0.1.payloadStrings.joined(separator: " ") }
 }
+
+/// An engine with dom0 (connection 100) plus guests 1 and 2 (connections 1 and 2), each guest's
+/// home directory owned by itself and the guest introduced.
+func dom0AndTwoGuests() throws -> (XenStoreEngine, XSTestClient, XSTestClient, XSTestClient) {
+    let e = XenStoreEngine()
+    for d: UInt16 in [1, 2] {
+        _ = try e.mkdir("/local/domain/\(d)", perms: [XSPermission(.none, d)])
+        _ = e.introduceDomain(d)
+    }
+    return (e, XSTestClient(e, id: 100, domid: 0), XSTestClient(e, id: 1, domid: 1), XSTestClient(e, id: 2, domid: 2))
+}

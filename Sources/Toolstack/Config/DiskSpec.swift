@@ -95,58 +95,5 @@ public struct DiskSpec: Codable, Equatable, Sendable {
     /// `dNpM` is xvd-style; a plain number is taken as is. Nil if the name is not valid.
     public var vdevNumber: UInt32? { DiskSpec.deviceNumber(vdev) }
 
-    static func deviceNumber(_ vdev: String) -> UInt32? {
-        if let (disk, partition) = diskAndPartitionForm(vdev) ?? letterForm(vdev, prefix: "xvd", maxDisk: (1 << 20) - 1, maxPartition: 255) {
-            if disk <= 15 && partition <= 15 { return UInt32(202 << 8 | disk << 4 | partition) }
-            return UInt32(1 << 28 | disk << 8 | partition)
-        }
-        // A raw device number (strtoul base 0, up to INT_MAX).
-        let bytes = Array(vdev.utf8)
-        if let number = CInteger.scan(bytes, from: 0, base: 0, allowBlanksAndSign: false),
-           number.end == bytes.count, !number.overflow, number.magnitude <= UInt64(Int32.max) {
-            return UInt32(number.magnitude)
-        }
-        if let (disk, partition) = letterForm(vdev, prefix: "hd", maxDisk: 3, maxPartition: 63) {
-            return UInt32((disk < 2 ? 3 : 22) << 8 | (disk & 1) << 6 | partition)
-        }
-        if let (disk, partition) = letterForm(vdev, prefix: "sd", maxDisk: 15, maxPartition: 15) {
-            return UInt32(8 << 8 | disk << 4 | partition)
-        }
-        return nil
-    }
-
-    /// `PREFIX` + drive letters + optional partition. The letters count in bijective base 26
-    /// (a..z, aa..az, ...), as Linux names drives; partitions have no leading zero.
-    private static func letterForm(_ vdev: String, prefix: String, maxDisk: Int, maxPartition: Int) -> (Int, Int)? {
-        guard vdev.hasPrefix(prefix) else { return nil }
-        let rest = vdev.utf8.dropFirst(prefix.utf8.count)
-        var disk = -1
-        var index = rest.startIndex
-        while index != rest.endIndex, rest[index] >= UInt8(ascii: "a"), rest[index] <= UInt8(ascii: "z") {
-            disk = (disk + 1) * 26 + Int(rest[index] - UInt8(ascii: "a"))
-            if disk > maxDisk { return nil }
-            index = rest.index(after: index)
-        }
-        // libxl accepts a bare prefix ("xvd") as disk -1 and computes a nonsense number; here
-        // at least one letter is required.
-        guard disk >= 0 else { return nil }
-        let digits = Substring(rest[index...])
-        if digits.isEmpty { return (disk, 0) }
-        guard CInteger.isDecimalDigits(digits), digits.first != "0", digits.count <= 4,
-              let partition = Int(digits), partition <= maxPartition else { return nil }
-        return (disk, partition)
-    }
-
-    /// `d<disk>p<partition>` (numbers in C `%i` syntax, so 0x and leading-0 octal work too),
-    /// disk below 2^20 and partition below 256.
-    private static func diskAndPartitionForm(_ vdev: String) -> (Int, Int)? {
-        let bytes = Array(vdev.utf8)
-        guard bytes.first == UInt8(ascii: "d"),
-              let disk = CInteger.scan(bytes, from: 1, base: 0, allowBlanksAndSign: false), !disk.overflow,
-              disk.end < bytes.count, bytes[disk.end] == UInt8(ascii: "p"),
-              let partition = CInteger.scan(bytes, from: disk.end + 1, base: 0, allowBlanksAndSign: false),
-              !partition.overflow, partition.end == bytes.count,
-              disk.magnitude < 1 << 20, partition.magnitude < 256 else { return nil }
-        return (Int(disk.magnitude), Int(partition.magnitude))
-    }
+    static func deviceNumber(_ vdev: String) -> UInt32? { try? VirtualDevice.devid(vdev) }
 }
