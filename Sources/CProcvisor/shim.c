@@ -536,3 +536,7 @@ uint64_t pv_monotonic_ns(void) {
 }
 
 int pv_gettid(void) { return (int)syscall(SYS_gettid); }
+
+void *pv_mremap_alias(void *old, size_t length, void *to) {
+    return mremap(old, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+}

@@ -27,6 +27,19 @@ public final class GrantMapping {
     }
 }
 
+/// Grants mapped back to back: `base` spans `mappings.count` pages.
+public final class GrantMappingRun {
+    public let base: UnsafeMutableRawPointer
+    public let mappings: [GrantMapping]
+    fileprivate var aliased: Bool
+
+    init(base: UnsafeMutableRawPointer, mappings: [GrantMapping], aliased: Bool) {
+        self.base = base
+        self.mappings = mappings
+        self.aliased = aliased
+    }
+}
+
 /// Why a grant operation failed.
 public enum GrantError: Error, Equatable, CustomStringConvertible {
     /// The supervisor refused with this `GNTST_*` status.
@@ -223,6 +236,42 @@ public final class GrantTable {
     public func unmap(_ m: GrantMapping) throws {
         let s = unmap([m])[0]
         if s != .okay { throw GrantError.status(s, operation: "GNTTABOP_unmap_grant_ref") }
+    }
+
+    /// Maps `refs` of `domid` back to back (a multi-page ring: `ring-ref0` … `ring-refN`), 16 per
+    /// hypercall. All or nothing: on any failure what was mapped is unmapped and the first
+    /// failure thrown.
+    public func mapRun(domid: UInt16, refs: [GrantRef], readonly: Bool = false) throws -> GrantMappingRun {
+        precondition(!refs.isEmpty)
+        var mapped: [GrantMapping] = []
+        var failure: GrantError?
+        for start in stride(from: 0, to: refs.count, by: 16) {
+            for r in map(refs[start..<min(refs.count, start + 16)].map { (domid, $0, readonly) }) {
+                switch r {
+                case let .success(m): mapped.append(m)
+                case let .failure(e): failure = failure ?? e
+                }
+            }
+            if failure != nil { break }
+        }
+        if let failure {
+            _ = unmap(mapped)
+            throw failure
+        }
+        if mapped.count == 1 { return GrantMappingRun(base: mapped[0].base, mappings: mapped, aliased: false) }
+        do {
+            let base = try ContiguousAlias.make(mapped.map(\.base))
+            return GrantMappingRun(base: base, mappings: mapped, aliased: true)
+        } catch {
+            _ = unmap(mapped)
+            throw GrantError.status(.generalError, operation: "contiguous mapping of \(refs.count) grants: \(error)")
+        }
+    }
+
+    /// Unmaps a run (its contiguous view first, so the supervisor's check finds nothing left).
+    public func unmap(_ run: GrantMappingRun) -> [GNTST] {
+        if run.aliased { ContiguousAlias.release(run.base, pages: run.mappings.count); run.aliased = false }
+        return unmap(run.mappings)
     }
 
     /// Unmaps with a raw handle only (no munmap here): for tests of a grantee that lies.

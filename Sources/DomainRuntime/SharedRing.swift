@@ -1,24 +1,28 @@
 import LinuxHost
 
-/// Xen's shared ring (`xen/io/ring.h`) over one page, byte compatible:
+/// Xen's shared ring (`xen/io/ring.h`) over one page or several back to back, byte compatible:
 /// `req_prod` @0, `req_event` @4, `rsp_prod` @8, `rsp_event` @12, 48 bytes of padding, then
 /// `count` slots of max(request, response) size, `count` the largest power of two that fits.
 public struct RingLayout: Equatable, Sendable {
     public static let headerSize = 64
     public let requestSize: Int
     public let responseSize: Int
+    /// Pages the ring spans (`1 << ring-page-order`), mapped back to back.
+    public let pages: Int
     public var slotSize: Int { max(requestSize, responseSize) }
-    /// `__RING_SIZE`: entries per page.
+    /// `__RING_SIZE`: entries in the ring's pages.
     public var count: UInt32 {
-        let fit = (4096 - Self.headerSize) / slotSize
+        let fit = (4096 * pages - Self.headerSize) / slotSize
         var n = 1
         while n * 2 <= fit { n *= 2 }
         return UInt32(n)
     }
 
-    public init(requestSize: Int, responseSize: Int) {
+    public init(requestSize: Int, responseSize: Int, pages: Int = 1) {
+        precondition(pages >= 1)
         self.requestSize = requestSize
         self.responseSize = responseSize
+        self.pages = pages
     }
 }
 

@@ -83,3 +83,29 @@ public enum Futex {
         return Int(rc)
     }
 }
+
+/// Several separately mapped shared pages seen again back to back, for structures that span
+/// pages (Xen's multi-page rings): each page is mapped a second time into one reserved range
+/// (`mremap` with old size 0); the original mappings stay. `release` unmaps the range only.
+public enum ContiguousAlias {
+    public static func make(_ pages: [UnsafeMutableRawPointer], pageSize: Int = 4096) throws -> UnsafeMutableRawPointer {
+        precondition(!pages.isEmpty)
+        let length = pages.count * pageSize
+        guard let region = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), region != MAP_FAILED else {
+            throw SystemError("mmap", "\(length) bytes reserved for \(pages.count) pages", errno: .current)
+        }
+        for (i, p) in pages.enumerated() {
+            let to = region + i * pageSize
+            guard let r = pv_mremap_alias(p, pageSize, to), r != MAP_FAILED, r == to else {
+                let e = Errno.current
+                munmap(region, length)
+                throw SystemError("mremap", "page \(i) of \(pages.count)", errno: e)
+            }
+        }
+        return region
+    }
+
+    public static func release(_ region: UnsafeMutableRawPointer, pages: Int, pageSize: Int = 4096) {
+        munmap(region, pages * pageSize)
+    }
+}

@@ -1,3 +1,4 @@
+import CProcvisor
 import DomainRuntime
 import Glibc
 import LinuxHost
@@ -5,21 +6,26 @@ import ProcvisorABI
 
 /// blkback: serves the vbds the toolstack assigns to this driver domain
 /// (`/local/domain/SELF/backend/vbd/F/DEVID`). One thread per device does the xenbus handshake
-/// and then serves the frontend's ring with the I/O engine, straight into the frontend's granted
-/// pages (kept mapped when both ends support `feature-persistent`). The caller's thread becomes
-/// the event dispatcher: it takes every event of the domain and kicks the device it belongs to.
-/// A frontend that puts garbage on its ring is disconnected; the others keep being served.
+/// (Linux's connect_ring: multi-queue, multi-page rings, persistent grants, indirect segments)
+/// and watches the frontend; one thread per queue then serves that queue's ring with its own I/O
+/// engine, straight into the frontend's granted pages (kept mapped when both ends support
+/// `feature-persistent`). The caller's thread becomes the event dispatcher: it takes every event
+/// of the domain and kicks the queue it belongs to. A frontend that puts garbage on a ring is
+/// disconnected; the others keep being served.
+///
+/// Settings (the driver domain's command line, KEY=VALUE): `PROCVISOR_FORCE_NO_IOURING=1` forces
+/// the thread pool; `direct-io=0` keeps the page cache (by default the image is used with O_DIRECT
+/// when its file system allows); `max-queues=N` (`multi-queue-max-queues`, default the vCPUs).
 public final class Blkback {
     let domain: Domain
     let log: (String) -> Void
-    /// Settings from the command line (`PROCVISOR_FORCE_NO_IOURING=1` forces the thread pool).
     let environment: [String: String]
     private var lock = pthread_mutex_t()
     /// One scan at a time (the watch thread and finishing device threads both scan), so a device
     /// directory never gets two device threads.
     private var scanLock = pthread_mutex_t()
     private var devices: [String: BlkbackDevice] = [:]
-    private var byPort: [EventChannels.Port: BlkbackDevice] = [:]
+    private var byPort: [EventChannels.Port: BlkbackQueue] = [:]
 
     public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
         self.domain = domain
@@ -27,6 +33,13 @@ public final class Blkback {
         self.log = log
         pthread_mutex_init(&lock, nil)
         pthread_mutex_init(&scanLock, nil)
+    }
+
+    /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
+    /// is dom0's online CPUs), at most 16.
+    var maxQueues: Int {
+        if let v = environment["max-queues"].flatMap(Int.init), v >= 1 { return min(v, 16) }
+        return max(1, min(16, Int(domain.startInfo.vcpus)))
     }
 
     /// Watches for devices and dispatches events forever.
@@ -41,9 +54,9 @@ public final class Blkback {
         while true {
             for port in domain.eventChannels.wait() {
                 pthread_mutex_lock(&lock)
-                let d = byPort[port]
+                let q = byPort[port]
                 pthread_mutex_unlock(&lock)
-                d?.kick()
+                q?.kick()
             }
         }
     }
@@ -82,15 +95,15 @@ public final class Blkback {
         gone.forEach { $0.requestStop() }
     }
 
-    func registered(_ d: BlkbackDevice, port: EventChannels.Port) {
-        pthread_mutex_lock(&lock); byPort[port] = d; pthread_mutex_unlock(&lock)
+    func registered(_ q: BlkbackQueue, port: EventChannels.Port) {
+        pthread_mutex_lock(&lock); byPort[port] = q; pthread_mutex_unlock(&lock)
     }
 
     /// The device thread ended: it stays known (so a disconnected frontend is not reconnected
     /// behind its back) until its directory goes or its frontend starts over.
-    func finished(_ d: BlkbackDevice) {
+    func finished(_ d: BlkbackDevice, ports: [EventChannels.Port]) {
         pthread_mutex_lock(&lock)
-        if let p = d.port { byPort[p] = nil }
+        for p in ports { byPort[p] = nil }
         d.finished = true
         pthread_mutex_unlock(&lock)
         // Scanned from the watch thread, not this one: the scan lock may be held by a scan that
@@ -101,14 +114,14 @@ public final class Blkback {
 
 /// Why a device stopped being served.
 enum BlkbackStop: Error, CustomStringConvertible {
-    case ring(RingError)
+    case ring(queue: Int, RingError)
     case removed
     case frontendClosed
     case setup(String)
 
     var description: String {
         switch self {
-        case let .ring(e): return "the frontend corrupted its ring (\(e)); disconnected"
+        case let .ring(q, e): return "the frontend corrupted ring \(q) (\(e)); disconnected"
         case .removed: return "device removed by the toolstack"
         case .frontendClosed: return "the frontend closed the device"
         case let .setup(why): return why
@@ -116,77 +129,143 @@ enum BlkbackStop: Error, CustomStringConvertible {
     }
 }
 
-/// One vbd: its image, ring, port, grant mappings and I/O engine.
+/// A kick eventfd: the dispatcher (or anyone) wakes a thread that polls it.
+struct Kick {
+    let fd: FileDescriptor
+
+    init() { fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1) }
+
+    var valid: Bool { fd.rawValue >= 0 }
+
+    func raise() {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd.rawValue, &one, 8)
+    }
+
+    /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick.
+    func wait(timeoutMs: Int32, other: FileDescriptor? = nil) {
+        var fds = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
+        if let other { fds.append(pollfd(fd: other.rawValue, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
+        var v: UInt64 = 0
+        if fds[0].revents != 0 { _ = Glibc.read(fd.rawValue, &v, 8) }
+    }
+}
+
+/// One vbd: its image, the handshake, its queues.
 final class BlkbackDevice {
     let domain: Domain
     let frontend: UInt16
     let devid: UInt32
     unowned let owner: Blkback
-    private(set) var port: EventChannels.Port?
     /// Set (under the Blkback lock) once the device thread has ended.
     var finished = false
-    private let kickFD: FileDescriptor
-    private var stop: UInt32 = 0
+    private let kick = Kick()
+    /// Non-zero: every queue stops (set by the device thread, or by a queue whose ring is corrupt).
+    var stop: UInt32 = 0
+    private var failureLock = pthread_mutex_t()
+    private var failure: BlkbackStop?
+    private var queuesRunning: UInt32 = 0
     var dir: String { "backend/vbd/\(frontend)/\(devid)" }
     var label: String { "vbd \(frontend)/\(devid)" }
 
+    /// `feature-max-indirect-segments` (Linux's MAX_INDIRECT_SEGMENTS).
+    static let maxIndirectSegments = 256
+    /// `max-ring-page-order` (XENBUS_MAX_RING_GRANT_ORDER).
+    static let maxRingPageOrder = 4
+
     // Set up by `connect`.
-    private var disk: FileDescriptor?
-    private var engine: BlockIOEngine?
-    private var ring: BackRing?
-    private var ringMapping: GrantMapping?
-    private var sectors: UInt64 = 0
-    private var readOnly = false
-    private var persistent = false
-    /// Persistent grants: gref → mapping, kept until disconnect (Linux's max_pgrants).
-    private var persistentMaps: [GrantRef: GrantMapping] = [:]
-    static let maxPersistentGrants = 1056
-    /// Requests in flight: engine tag → (id, op, mappings to drop after completion).
-    private var inFlight: [UInt64: (id: UInt64, op: UInt8, transient: [GrantMapping])] = [:]
-    private var nextTag: UInt64 = 1
+    private(set) var disk: FileDescriptor?
+    private(set) var sectors: UInt64 = 0
+    private(set) var readOnly = false
+    private(set) var persistent = false
+    private(set) var direct = false
+    private var queues: [BlkbackQueue] = []
+    private var frontendDir = ""
+    private var watchToken: String?
 
     init(domain: Domain, frontend: UInt16, devid: UInt32, owner: Blkback) {
         self.domain = domain
         self.frontend = frontend
         self.devid = devid
         self.owner = owner
-        kickFD = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
+        pthread_mutex_init(&failureLock, nil)
     }
 
-    func kick() {
-        var one: UInt64 = 1
-        _ = Glibc.write(kickFD.rawValue, &one, 8)
-    }
-
+    /// Any thread: the device thread wakes, stops its queues and tears the device down.
     func requestStop() {
         SharedAtomic.store(&stop, 1)
-        kick()
+        kick.raise()
+    }
+
+    /// A queue hit something fatal for the whole device (a corrupt ring).
+    func fail(_ why: BlkbackStop) {
+        pthread_mutex_lock(&failureLock)
+        if failure == nil { failure = why }
+        pthread_mutex_unlock(&failureLock)
+        requestStop()
+    }
+
+    /// A queue thread ended.
+    func queueEnded() {
+        _ = SharedAtomic.fetchAdd(&queuesRunning, UInt32.max)  // -1
+        kick.raise()
     }
 
     func run() {
         let xs = domain.store
         do {
             try connect()
-            owner.log("blkback: \(label) connected (\(sectors) sectors, \(readOnly ? "ro" : "rw"), \(engine?.name ?? "?"), persistent grants \(persistent ? "on" : "off"))")
-            try serve()
+            let engineName = queues.first?.engineName ?? "?"
+            owner.log("blkback: \(label) connected (\(sectors) sectors, \(readOnly ? "ro" : "rw"), \(engineName), \(direct ? "direct I/O" : "buffered I/O"), \(queues.count) queue\(queues.count == 1 ? "" : "s") of \(queues.first?.slots ?? 0) slots, persistent grants \(persistent ? "on" : "off"))")
+            SharedAtomic.store(&queuesRunning, UInt32(queues.count))
+            for q in queues { domain.startVCPU(-11) { _ in q.run() } }
+            try supervise()
         } catch let e as BlkbackStop {
             owner.log("blkback: \(label): \(e)")
         } catch {
             owner.log("blkback: \(label): \(error)")
         }
-        // Closing, then Closed once everything is unmapped (Linux's xen_blkif_disconnect order).
+        // Every queue stops, then Closing, then Closed once everything is unmapped (Linux's
+        // xen_blkif_disconnect order).
+        SharedAtomic.store(&stop, 1)
+        queues.forEach { $0.kick() }
+        while SharedAtomic.load(&queuesRunning) != 0 { kick.wait(timeoutMs: 100) }
+        if let t = watchToken { try? xs.unwatch(frontendDir + "/state", token: t) }
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closing.storeValue) }
-        teardown()
+        let ports = queues.compactMap(\.port)
+        queues.forEach { $0.teardown() }
+        queues = []
+        disk?.close()
+        disk = nil
+        kick.fd.close()
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closed.storeValue) }
-        owner.finished(self)
+        owner.finished(self, ports: ports)
+    }
+
+    /// While the queues serve: wakes on the frontend's state (a watch) and on stop requests.
+    private func supervise() throws {
+        while true {
+            kick.wait(timeoutMs: 1000)
+            pthread_mutex_lock(&failureLock)
+            let f = failure
+            pthread_mutex_unlock(&failureLock)
+            if let f { throw f }
+            if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
+            if SharedAtomic.load(&queuesRunning) == 0 { throw BlkbackStop.removed }
+            guard read("frontend") != nil else { throw BlkbackStop.removed }
+            let s = (try? domain.store.read(frontendDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .closed
+            if s == .closing || s == .closed { throw BlkbackStop.frontendClosed }
+        }
     }
 
     private func read(_ key: String) -> String? { try? domain.store.read(dir + "/" + key) }
 
     private func connect() throws {
         let xs = domain.store
-        guard kickFD.rawValue >= 0 else { throw BlkbackStop.setup("cannot create an eventfd") }
+        guard kick.valid else { throw BlkbackStop.setup("cannot create an eventfd") }
         guard let feDir = read("frontend") else { throw BlkbackStop.removed }
+        frontendDir = feDir
         let fd = try domain.deviceFD(.vbd, frontend: frontend, devid: devid)
         disk = fd
         var st = stat()
@@ -194,159 +273,380 @@ final class BlkbackDevice {
         let bytes = (st.st_mode & S_IFMT) == S_IFBLK ? UInt64(max(0, lseek(fd.rawValue, 0, SEEK_END))) : UInt64(st.st_size)
         sectors = bytes / 512
         readOnly = read("mode") == "r"
+        direct = owner.environment["direct-io"] != "0" && Self.useDirectIO(fd)
         let discard = read("discard-enable") != "0" && !readOnly
-        engine = BlockIO.makeEngine(disk: fd, queueDepth: 64, environment: owner.environment) { [owner] line in owner.log("blkback: \(line)") }
+        let maxQueues = owner.maxQueues
         // What Linux's blkback advertises.
         var keys: [(String, String)] = [
             ("feature-flush-cache", "1"), ("feature-barrier", "1"), ("feature-persistent", "1"),
+            ("feature-max-indirect-segments", "\(Self.maxIndirectSegments)"),
+            ("multi-queue-max-queues", "\(maxQueues)"), ("max-ring-page-order", "\(Self.maxRingPageOrder)"),
             ("sectors", "\(sectors)"), ("sector-size", "512"), ("physical-sector-size", "512"),
-            ("info", readOnly ? "\(Blkif.vdiskReadOnly)" : "0"), ("max-ring-page-order", "0"),
+            ("info", readOnly ? "\(Blkif.vdiskReadOnly)" : "0"),
         ]
         if discard {
             keys += [("feature-discard", "1"), ("discard-granularity", "4096"), ("discard-alignment", "0"), ("discard-secure", "0")]
         }
         for (k, v) in keys { try xs.write(dir + "/" + k, v) }
+        let token = "blkback:\(frontend)/\(devid)"
+        try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
+        watchToken = token
         try xs.write(dir + "/state", XenbusState.initWait.storeValue)
-        // Wait for the frontend to publish its ring (Initialised) or be Connected.
+        // Wait for the frontend to publish its rings (Initialised) or be Connected.
         while true {
             if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
             let s = (try? xs.read(feDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .unknown
             if s == .initialised || s == .connected { break }
             if s == .closing || s == .closed { throw BlkbackStop.frontendClosed }
-            waitKick(timeoutMs: 100)
+            kick.wait(timeoutMs: 100)
         }
-        guard let refText = try? xs.read(feDir + "/ring-ref"), let ref = GrantRef(refText) else {
-            throw BlkbackStop.setup("frontend \(feDir) has no valid ring-ref")
-        }
-        guard let portText = try? xs.read(feDir + "/event-channel"), let remotePort = EventChannels.Port(portText) else {
-            throw BlkbackStop.setup("frontend \(feDir) has no valid event-channel")
-        }
-        if let proto = try? xs.read(feDir + "/protocol"), proto != "x86_64-abi" {
+        func feRead(_ key: String) -> String? { try? xs.read(feDir + "/" + key) }
+        if let proto = feRead("protocol"), proto != "x86_64-abi" {
             throw BlkbackStop.setup("frontend protocol \(proto) is not supported (x86_64-abi only)")
         }
-        persistent = (try? xs.read(feDir + "/feature-persistent")) == "1"
-        let m = try domain.grantTable.map(domid: frontend, ref: ref)
-        ringMapping = m
-        ring = BackRing(page: m.base, layout: RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size))
-        let p = try domain.eventChannels.bindInterdomain(remote: frontend, remotePort: remotePort)
-        port = p
-        owner.registered(self, port: p)
+        persistent = feRead("feature-persistent") == "1"
+        // connect_ring: queues, then ring pages (the frontend's numbers are checked, not trusted).
+        var nq = 1
+        if let text = feRead("multi-queue-num-queues") {
+            guard let n = Int(text), n >= 1, n <= maxQueues else {
+                throw BlkbackStop.setup("frontend \(feDir) asks for \(text) queues; multi-queue-max-queues is \(maxQueues)")
+            }
+            nq = n
+        }
+        var order: Int?
+        if let text = feRead("ring-page-order") {
+            guard let o = Int(text), o >= 0, o <= Self.maxRingPageOrder else {
+                throw BlkbackStop.setup("frontend \(feDir) asks for ring-page-order \(text); max-ring-page-order is \(Self.maxRingPageOrder)")
+            }
+            order = o
+        }
+        for q in 0..<nq {
+            let qdir = nq > 1 ? "\(feDir)/queue-\(q)" : feDir
+            var refs: [GrantRef] = []
+            if let order {
+                for i in 0..<(1 << order) {
+                    guard let t = try? xs.read("\(qdir)/ring-ref\(i)"), let r = GrantRef(t) else {
+                        throw BlkbackStop.setup("frontend \(qdir) has no valid ring-ref\(i)")
+                    }
+                    refs.append(r)
+                }
+            } else {
+                guard let t = try? xs.read("\(qdir)/ring-ref"), let r = GrantRef(t) else {
+                    throw BlkbackStop.setup("frontend \(qdir) has no valid ring-ref")
+                }
+                refs.append(r)
+            }
+            guard let t = try? xs.read("\(qdir)/event-channel"), let remotePort = EventChannels.Port(t) else {
+                throw BlkbackStop.setup("frontend \(qdir) has no valid event-channel")
+            }
+            let queue = BlkbackQueue(device: self, index: q, disk: fd)
+            queues.append(queue)
+            try queue.connect(refs: refs, remotePort: remotePort)
+            owner.registered(queue, port: queue.port!)
+        }
         try xs.write(dir + "/state", XenbusState.connected.storeValue)
     }
 
-    private func waitKick(timeoutMs: Int32) {
-        var fds = [pollfd(fd: kickFD.rawValue, events: Int16(POLLIN), revents: 0)]
-        if let e = engine { fds.append(pollfd(fd: e.completionFD.rawValue, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
-        var v: UInt64 = 0
-        if fds[0].revents != 0 { _ = Glibc.read(kickFD.rawValue, &v, 8) }
+    /// Turns on O_DIRECT when the image's file system takes it for 512-byte aligned transfers
+    /// (what blkif segments are); tmpfs and some others refuse: the page cache is used then.
+    static func useDirectIO(_ fd: FileDescriptor) -> Bool {
+        let flags = fcntl(fd.rawValue, F_GETFL)
+        guard flags >= 0, fcntl(fd.rawValue, F_SETFL, flags | PV_O_DIRECT) == 0 else { return false }
+        var buffer: UnsafeMutableRawPointer?
+        guard posix_memalign(&buffer, 4096, 8192) == 0, let buffer else { return false }
+        defer { free(buffer) }
+        // A sector at a sector offset inside a page, as a segment with first_sect 1 is.
+        if pread(fd.rawValue, buffer + 512, 512, 512) >= 0 { return true }
+        _ = fcntl(fd.rawValue, F_SETFL, flags)
+        return false
     }
+}
+
+/// One queue of a vbd: its ring (one or more pages), port, I/O engine, grant mappings, and the
+/// thread that serves it.
+final class BlkbackQueue {
+    unowned let device: BlkbackDevice
+    let index: Int
+    let disk: FileDescriptor
+    private let kickEvent = Kick()
+    private(set) var port: EventChannels.Port?
+    private var engine: BlockIOEngine?
+    private var ring: BackRing?
+    private var ringMapping: GrantMappingRun?
+    private var domain: Domain { device.domain }
+    /// Persistent grants: gref → mapping, kept until disconnect. Linux keeps 1056 per ring;
+    /// mapping costs a hypercall here and a mapped page costs nothing but address space, so the
+    /// limit is higher (a queue of 1 MiB requests keeps all its pages mapped).
+    private var persistentMaps: [GrantRef: GrantMapping] = [:]
+    /// Indirect pages, mapped read-only (the frontend grants them so).
+    private var persistentIndirect: [GrantRef: GrantMapping] = [:]
+    static let maxPersistentGrants = 8192
+    /// Requests in flight: engine tag → (id, op, mappings to drop after completion).
+    private var inFlight: [UInt64: (id: UInt64, op: UInt8, transient: [GrantMapping])] = [:]
+    private var nextTag: UInt64 = 1
+    private(set) var slots = 0
+    var engineName: String { engine?.name ?? "?" }
+    private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
+
+    init(device: BlkbackDevice, index: Int, disk: FileDescriptor) {
+        self.device = device
+        self.index = index
+        self.disk = disk
+    }
+
+    func kick() { kickEvent.raise() }
+
+    func connect(refs: [GrantRef], remotePort: EventChannels.Port) throws {
+        guard kickEvent.valid else { throw BlkbackStop.setup("cannot create an eventfd") }
+        let run: GrantMappingRun
+        do {
+            run = try domain.grantTable.mapRun(domid: device.frontend, refs: refs)
+        } catch {
+            throw BlkbackStop.setup("cannot map ring \(index) (\(refs.count) page\(refs.count == 1 ? "" : "s"), grants \(refs)): \(error)")
+        }
+        ringMapping = run
+        let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size, pages: refs.count)
+        ring = BackRing(page: run.base, layout: layout)
+        slots = Int(layout.count)
+        engine = BlockIO.makeEngine(disk: disk, queueDepth: max(64, slots), environment: device.owner.environment) { [owner = device.owner, index] line in
+            if index == 0 { owner.log("blkback: \(line)") }
+        }
+        port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
+    }
+
+    func run() {
+        do {
+            try serve()
+        } catch let e as BlkbackStop {
+            device.fail(e)
+        } catch {
+            device.fail(.setup("\(label): \(error)"))
+        }
+        device.queueEnded()
+    }
+
+    private var stopped: Bool { SharedAtomic.load(&device.stop) != 0 }
 
     private func serve() throws {
         guard let ring, let engine, let port else { return }
-        var lastStateCheck = MonotonicClock.nanoseconds()
-        while true {
-            if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
+        while !stopped {
             // Requests: everything on the ring, submitted as one batch.
             var batch: [BlockIORequest] = []
             var responses: [BlkifResponse] = []
             do {
                 repeat {
                     while let slot = try ring.takeRequest() {
-                        handle(slot, into: &batch, responses: &responses)
+                        if let barrier = handle(slot, into: &batch, responses: &responses) {
+                            // WRITE_BARRIER: everything before it completes first (Linux's drain_io).
+                            try submit(&batch, &responses, engine: engine, ring: ring, port: port)
+                            try drain(engine: engine, ring: ring, port: port)
+                            try runBarrier(barrier, engine: engine, ring: ring, port: port)
+                        }
                     }
                 } while ring.finalCheckForRequests()
             } catch let e as RingError {
-                throw BlkbackStop.ring(e)
+                throw BlkbackStop.ring(queue: index, e)
             }
-            if !batch.isEmpty { try engine.submit(batch) }
+            let submitted = !batch.isEmpty
+            try submit(&batch, &responses, engine: engine, ring: ring, port: port)
             // Completions.
             for c in engine.reap(wait: false) { responses.append(complete(c)) }
-            if !responses.isEmpty {
-                for r in responses { r.encode(to: ring.nextResponse()) }
-                if ring.pushResponses() { try? domain.eventChannels.send(port) }
-            }
-            if batch.isEmpty && responses.isEmpty {
-                waitKick(timeoutMs: 500)
-                let now = MonotonicClock.nanoseconds()
-                if now - lastStateCheck > 500_000_000 {
-                    lastStateCheck = now
-                    guard let feDir = read("frontend") else { throw BlkbackStop.removed }
-                    let s = (try? domain.store.read(feDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .closed
-                    if s == .closing || s == .closed { throw BlkbackStop.frontendClosed }
+            let answered = !responses.isEmpty
+            respond(&responses, ring: ring, port: port)
+            if !submitted && !answered { kickEvent.wait(timeoutMs: 500, other: engine.completionFD) }
+        }
+    }
+
+    private func submit(_ batch: inout [BlockIORequest], _ responses: inout [BlkifResponse], engine: BlockIOEngine,
+                        ring: BackRing, port: EventChannels.Port) throws {
+        if !batch.isEmpty { try engine.submit(batch) }
+        batch.removeAll(keepingCapacity: true)
+        respond(&responses, ring: ring, port: port)
+    }
+
+    private func respond(_ responses: inout [BlkifResponse], ring: BackRing, port: EventChannels.Port) {
+        guard !responses.isEmpty else { return }
+        for r in responses { r.encode(to: ring.nextResponse()) }
+        responses.removeAll(keepingCapacity: true)
+        if ring.pushResponses() { try? domain.eventChannels.send(port) }
+    }
+
+    /// Waits until nothing is in flight, answering as completions come.
+    private func drain(engine: BlockIOEngine, ring: BackRing, port: EventChannels.Port) throws {
+        while !inFlight.isEmpty && !stopped {
+            var responses = engine.reap(wait: true).map(complete)
+            respond(&responses, ring: ring, port: port)
+        }
+    }
+
+    /// A barrier with nothing in flight: flush, the write if it has data, flush; answered once.
+    private func runBarrier(_ rw: BlkifRequest.ReadWrite, engine: BlockIOEngine, ring: BackRing, port: EventChannels.Port) throws {
+        func step(_ make: (UInt64) -> BlockIORequest, transient: [GrantMapping] = []) throws -> Bool {
+            let tag = nextTag
+            nextTag &+= 1
+            inFlight[tag] = (rw.id, rw.operation.rawValue, transient)
+            try engine.submit([make(tag)])
+            var ok = true
+            while inFlight[tag] != nil && !stopped {
+                for c in engine.reap(wait: true) {
+                    let r = complete(c)
+                    if c.tag == tag { ok = r.status == .okay }
                 }
             }
+            return ok
         }
+        var status = BlkifStatus.okay
+        if try !step({ .flush(tag: $0) }) { status = .error }
+        if status == .okay && !rw.segments.isEmpty {
+            var transient: [GrantMapping] = []
+            if let iov = buffers(rw.segments, transient: &transient) {
+                if try !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0) }, transient: transient) { status = .error }
+            } else {
+                device.owner.log("blkback: \(label): request \(rw.id) (BLKIF_OP_WRITE_BARRIER): a gref is not granted to this backend")
+                status = .error
+            }
+            if status == .okay, try !step({ .flush(tag: $0) }) { status = .error }
+        }
+        var responses = [BlkifResponse(id: rw.id, operation: rw.operation.rawValue, status: status)]
+        respond(&responses, ring: ring, port: port)
     }
 
     /// Validates one request and turns it into an engine request, or an immediate response.
-    private func handle(_ slot: UnsafeRawPointer, into batch: inout [BlockIORequest], responses: inout [BlkifResponse]) {
+    /// Returns a barrier with data or a barrier alone, which the caller runs after draining.
+    private func handle(_ slot: UnsafeRawPointer, into batch: inout [BlockIORequest],
+                        responses: inout [BlkifResponse]) -> BlkifRequest.ReadWrite? {
         let req: BlkifRequest
         do {
-            req = try BlkifRequest.decode(slot: slot, maxIndirectSegments: 0)
+            req = try BlkifRequest.decode(slot: slot, maxIndirectSegments: BlkbackDevice.maxIndirectSegments)
         } catch let e as BlkifRequestError {
-            owner.log("blkback: \(label): \(e)")
+            device.owner.log("blkback: \(label): \(e)")
             responses.append(e.response)
-            return
+            return nil
         } catch {
-            return
+            return nil
         }
-        func fail(_ status: BlkifStatus, _ why: String) {
-            owner.log("blkback: \(label): request \(req.id) (\(req.operation.xenName)): \(why)")
-            responses.append(BlkifResponse(id: req.id, operation: req.operation.rawValue, status: status))
+        func fail(_ status: BlkifStatus, _ why: String, op: UInt8? = nil) {
+            device.owner.log("blkback: \(label): request \(req.id) (\(req.operation.xenName)): \(why)")
+            responses.append(BlkifResponse(id: req.id, operation: op ?? req.operation.rawValue, status: status))
         }
         let tag = nextTag
         nextTag &+= 1
+        var op: BlkifOp
+        var sectorNumber: UInt64
+        var segments: [BlkifSegment]
         switch req {
         case let .readWrite(rw):
-            // FLUSH_DISKCACHE, and a barrier without data, only flush (a barrier with data is
-            // written like a write: completions are not ordered, Linux's blkback drains first).
-            if rw.operation == .flushDiskcache || rw.segments.isEmpty {
+            if rw.operation == .writeBarrier {
+                if device.readOnly && !rw.segments.isEmpty { fail(.error, "write to a read-only disk"); return nil }
+                return rw
+            }
+            if rw.operation == .flushDiskcache {
                 inFlight[tag] = (rw.id, rw.operation.rawValue, [])
                 batch.append(.flush(tag: tag))
-                return
+                return nil
             }
-            let writing = rw.operation == .write || rw.operation == .writeBarrier
-            if writing && readOnly { return fail(.error, "write to a read-only disk") }
-            let count = rw.segments.reduce(UInt64(0)) { $0 + UInt64($1.sectorCount) }
-            guard rw.sectorNumber <= sectors, count <= sectors - rw.sectorNumber else {
-                return fail(.error, "sectors \(rw.sectorNumber)+\(count) past the end of the disk (\(sectors) sectors)")
+            op = rw.operation
+            sectorNumber = rw.sectorNumber
+            segments = rw.segments
+        case let .indirect(ind):
+            guard ind.indirectOp == .read || ind.indirectOp == .write else {
+                fail(.error, "indirect_op \(ind.indirectOp.xenName) is not a read or a write")
+                return nil
             }
-            var iov: [UnsafeMutableRawBufferPointer] = []
             var transient: [GrantMapping] = []
-            for seg in rw.segments {
-                guard let m = mapping(for: seg.gref, transient: &transient) else {
-                    domain.grantTable.unmap(transient).forEach { _ in }
-                    return fail(.error, "gref \(seg.gref) is not granted to this backend")
-                }
-                iov.append(UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount))
+            guard let pages = mappings(ind.indirectGrefs.prefix(ind.pageCount).map { $0 }, readonly: true, transient: &transient) else {
+                fail(.error, "an indirect page's gref is not granted to this backend")
+                return nil
             }
-            inFlight[tag] = (rw.id, rw.operation.rawValue, transient)
-            let offset = rw.sectorNumber * 512
-            batch.append(writing ? .write(offset: offset, from: iov, tag: tag) : .read(offset: offset, into: iov, tag: tag))
+            do {
+                segments = try ind.segments(pages: pages.map { UnsafeRawPointer($0.base) })
+            } catch let e as BlkifRequestError {
+                if !transient.isEmpty { _ = domain.grantTable.unmap(transient) }
+                device.owner.log("blkback: \(label): \(e)")
+                responses.append(BlkifResponse(id: req.id, operation: BlkifOp.indirect.rawValue, status: .error))
+                return nil
+            } catch {
+                return nil
+            }
+            if !transient.isEmpty { _ = domain.grantTable.unmap(transient) }
+            op = ind.indirectOp
+            sectorNumber = ind.sectorNumber
         case let .discard(d):
-            if readOnly { return fail(.error, "discard on a read-only disk") }
-            guard d.sectorNumber <= sectors, d.nrSectors <= sectors - d.sectorNumber else {
-                return fail(.error, "discard \(d.sectorNumber)+\(d.nrSectors) past the end of the disk")
+            if device.readOnly { fail(.error, "discard on a read-only disk"); return nil }
+            guard d.sectorNumber <= device.sectors, d.nrSectors <= device.sectors - d.sectorNumber else {
+                fail(.error, "discard \(d.sectorNumber)+\(d.nrSectors) past the end of the disk")
+                return nil
             }
             inFlight[tag] = (d.id, BlkifOp.discard.rawValue, [])
             batch.append(.discard(offset: d.sectorNumber * 512, length: d.nrSectors * 512, tag: tag))
-        case .indirect:
-            fail(.eopnotsupp, "indirect requests are not advertised")
+            return nil
         }
+        let wireOp = req.operation.rawValue  // INDIRECT answers as INDIRECT
+        let writing = op == .write
+        if writing && device.readOnly { fail(.error, "write to a read-only disk", op: wireOp); return nil }
+        let count = segments.reduce(UInt64(0)) { $0 + UInt64($1.sectorCount) }
+        guard sectorNumber <= device.sectors, count <= device.sectors - sectorNumber else {
+            fail(.error, "sectors \(sectorNumber)+\(count) past the end of the disk (\(device.sectors) sectors)", op: wireOp)
+            return nil
+        }
+        if segments.isEmpty {
+            // A read or write of nothing: nothing to do.
+            responses.append(BlkifResponse(id: req.id, operation: wireOp, status: .okay))
+            return nil
+        }
+        var transient: [GrantMapping] = []
+        guard let iov = buffers(segments, transient: &transient) else {
+            fail(.error, "a gref is not granted to this backend", op: wireOp)
+            return nil
+        }
+        inFlight[tag] = (req.id, wireOp, transient)
+        let offset = sectorNumber * 512
+        batch.append(writing ? .write(offset: offset, from: iov, tag: tag) : .read(offset: offset, into: iov, tag: tag))
+        return nil
     }
 
-    /// The frontend's page for `gref`: a persistent mapping when negotiated (and room is left),
-    /// else one mapped for this request only.
-    private func mapping(for gref: GrantRef, transient: inout [GrantMapping]) -> GrantMapping? {
-        if let m = persistentMaps[gref] { return m }
-        guard let m = try? domain.grantTable.map(domid: frontend, ref: gref) else { return nil }
-        if persistent && persistentMaps.count < Self.maxPersistentGrants {
-            persistentMaps[gref] = m
-        } else {
-            transient.append(m)
+    /// The segments' bytes in the frontend's pages, or nil (nothing left mapped) when a gref
+    /// cannot be mapped.
+    private func buffers(_ segments: [BlkifSegment], transient: inout [GrantMapping]) -> [UnsafeMutableRawBufferPointer]? {
+        guard let maps = mappings(segments.map(\.gref), readonly: false, transient: &transient) else { return nil }
+        return zip(segments, maps).map { seg, m in UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount) }
+    }
+
+    /// The frontend's pages for `grefs`: persistent mappings when negotiated (and room is left),
+    /// else mapped for this request only (appended to `transient`). New ones are mapped 16 per
+    /// hypercall. Nil when any cannot be mapped (the request's transient ones are unmapped).
+    private func mappings(_ grefs: [GrantRef], readonly: Bool, transient: inout [GrantMapping]) -> [GrantMapping]? {
+        var known: [GrantRef: GrantMapping] = readonly ? persistentIndirect : [:]
+        var missing: [GrantRef] = []
+        for g in grefs where (readonly ? persistentIndirect[g] : persistentMaps[g]) == nil && !missing.contains(g) { missing.append(g) }
+        let firstTransient = transient.count
+        for start in stride(from: 0, to: missing.count, by: 16) {
+            let chunk = missing[start..<min(missing.count, start + 16)]
+            let results = domain.grantTable.map(chunk.map { (device.frontend, $0, readonly) })
+            var failed = false
+            for (g, r) in zip(chunk, results) {
+                guard case let .success(m) = r else { failed = true; continue }
+                if device.persistent && persistentMaps.count + persistentIndirect.count < Self.maxPersistentGrants {
+                    if readonly { persistentIndirect[g] = m } else { persistentMaps[g] = m }
+                } else {
+                    transient.append(m)
+                    known[g] = m
+                }
+            }
+            if failed {
+                let mine = Array(transient[firstTransient...])
+                if !mine.isEmpty { _ = domain.grantTable.unmap(mine) }
+                transient.removeSubrange(firstTransient...)
+                return nil
+            }
         }
-        return m
+        var out: [GrantMapping] = []
+        out.reserveCapacity(grefs.count)
+        for g in grefs {
+            guard let m = (readonly ? persistentIndirect[g] : persistentMaps[g]) ?? known[g] else { return nil }
+            out.append(m)
+        }
+        return out
     }
 
     private func complete(_ c: BlockIOCompletion) -> BlkifResponse {
@@ -356,26 +656,28 @@ final class BlkbackDevice {
         case .success:
             return BlkifResponse(id: f.id, operation: f.op, status: .okay)
         case let .failure(e):
-            owner.log("blkback: \(label): request \(f.id) failed: \(e)")
+            device.owner.log("blkback: \(label): request \(f.id) failed: \(e)")
             return BlkifResponse(id: f.id, operation: f.op, status: .error)
         }
     }
 
-    private func teardown() {
+    /// After the thread has ended: the engine (in-flight I/O finishes or is cancelled into the
+    /// pages first), the grants, the ring, the port.
+    func teardown() {
         if let e = engine {
             e.close()
             for (_, f) in inFlight where !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
             inFlight.removeAll()
         }
         engine = nil
-        if !persistentMaps.isEmpty { _ = domain.grantTable.unmap(Array(persistentMaps.values)) }
+        let persistent = Array(persistentMaps.values) + Array(persistentIndirect.values)
+        if !persistent.isEmpty { _ = domain.grantTable.unmap(persistent) }
         persistentMaps.removeAll()
-        if let m = ringMapping { _ = domain.grantTable.unmap([m]) }
+        persistentIndirect.removeAll()
+        if let m = ringMapping { _ = domain.grantTable.unmap(m) }
         ringMapping = nil
         ring = nil
         if let p = port { try? domain.eventChannels.close(p) }
-        disk?.close()
-        disk = nil
-        kickFD.close()
+        kickEvent.fd.close()
     }
 }

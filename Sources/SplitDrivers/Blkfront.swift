@@ -1,25 +1,36 @@
 import DomainRuntime
 import Glibc
+import LinuxHost
 
 // blkfront: the guest half of the block split driver, as Linux's xen-blkfront talks to blkback.
 //
-// Handshake (single-page ring, one queue):
+// Handshake (Linux's talk_to_blkback; `BlkfrontOptions` asks for queues, ring pages, indirect segments):
 //   1. read `backend`/`backend-id` of device/vbd/DEVID; wait for the backend at InitWait (or
 //      Connected, as blkback_changed accepts);
-//   2. allocate the ring page (FRONT_RING_INIT), grant it read-write to the backend, allocate an
-//      unbound event channel for it, and write `ring-ref`, `event-channel`, `protocol`
-//      (x86_64-abi) and `feature-persistent` = 1 in one transaction (talk_to_blkback); Initialised;
+//   2. read the backend's `multi-queue-max-queues` and `max-ring-page-order`; per queue allocate
+//      2^order ring pages (seen back to back; FRONT_RING_INIT), grant them read-write to the
+//      backend, allocate an unbound event channel; write in one transaction `ring-page-order`
+//      (order > 0), `multi-queue-num-queues` (several queues), per queue (under `queue-N/` when
+//      several) `ring-ref` or `ring-ref0..`, `event-channel`, then `protocol` (x86_64-abi) and
+//      `feature-persistent` = 1; Initialised;
 //   3. wait for the backend at Connected, read `sectors`, `info`, `sector-size` (required, as
 //      blkfront_connect's xenbus_gather) and the optional features
 //      (blkfront_gather_backend_features); Connected.
 //
-// Data path: every ring slot has up to 11 data pages of its own, allocated and granted (read-write)
+// Data path: requests go to the queues round robin. Every ring slot has up to 11 data pages
+// (or the negotiated indirect maximum, with BLKIF_OP_INDIRECT and read-only granted indirect
+// pages for requests over 11 segments) of its own, allocated and granted (read-write)
 // on first use and kept granted for the life of the connection (persistent grants; with a backend
 // that does not advertise feature-persistent they stay granted too and it maps them per request,
 // which is still correct). A transfer is split into ring requests of at most 11 segments; within a
 // request, disk sector S sits in the pages at sector offset S % 8 (as a page-cache page would), so
 // `first_sect` is non-zero when a transfer does not start on a 4 KiB boundary. Request ids are
 // `generation << 32 | slot`, so a late or repeated response is caught even after the slot is reused.
+//
+// Detach: a watch on the backend's `state` flags changes; the driving thread acts on the flag in
+// `process()` (every call and wait goes through it). Backend Closing (the toolstack removing the
+// device): new submissions fail with `closed`, queued work fails, what is on the rings finishes,
+// then the device closes itself (`isClosed`). Backend Closed or gone: everything outstanding fails.
 //
 // Events: one futex-backed queue serves every port of the domain (`EventChannels.waitAny`), so
 // blkfront never sleeps on its own. The application drives it from ONE thread:
@@ -128,7 +139,7 @@ public enum BlkfrontPlan {
     /// at sector 7.
     public static func chunks(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> [BlkfrontChunk] {
         precondition(count > 0, "a transfer of \(count) sectors")
-        precondition((1...Blkif.maxSegmentsPerRequest).contains(maxSegments), "maxSegments \(maxSegments)")
+        precondition((1...Blkif.maxIndirectSegments).contains(maxSegments), "maxSegments \(maxSegments)")
         let perPage = Blkif.sectorsPerPage
         var out: [BlkfrontChunk] = []
         out.reserveCapacity(count / (maxSegments * perPage) + 2)
@@ -257,7 +268,7 @@ public struct BlkfrontFeatures: Equatable, Sendable {
     public var discardAlignment: UInt64
     public var discardSecure: Bool
     public var persistent: Bool
-    /// `feature-max-indirect-segments` (not used by this version: requests are direct).
+    /// `feature-max-indirect-segments` (0: no indirect requests).
     public var maxIndirectSegments: Int
 
     public var readOnly: Bool { info & Blkif.vdiskReadOnly != 0 }
@@ -349,6 +360,28 @@ public struct BlkfrontCompletion {
 
 // MARK: - The driver
 
+/// What a frontend asks for at connect; each is capped by what the backend advertises.
+public struct BlkfrontOptions: Sendable {
+    /// Queues (`multi-queue-num-queues`), each its own ring and event channel, capped by the
+    /// backend's `multi-queue-max-queues` (1 when absent).
+    public var queues: Int
+    /// Ring pages per queue as an order (`ring-page-order`: 2^order pages), capped by the
+    /// backend's `max-ring-page-order` (0 when absent). Linux's default is 0.
+    public var ringPageOrder: Int
+    /// Segments per indirect request (`BLKIF_OP_INDIRECT`), capped by the backend's
+    /// `feature-max-indirect-segments`; 0 never sends indirect requests. Linux's default is 32.
+    public var maxIndirectSegments: Int
+
+    public init(queues: Int = 1, ringPageOrder: Int = 0, maxIndirectSegments: Int = 32) {
+        self.queues = queues
+        self.ringPageOrder = ringPageOrder
+        self.maxIndirectSegments = maxIndirectSegments
+    }
+
+    /// `XENBUS_MAX_RING_GRANT_ORDER`: at most 16 ring pages.
+    public static let maxRingPageOrder = 4
+}
+
 /// A connected virtual block device of this domain. Not thread-safe: one thread drives it (see
 /// the notes at the top of this file for the event rules). Call `close()` when done.
 public final class Blkfront {
@@ -359,9 +392,18 @@ public final class Blkfront {
     /// `xvda`.
     public let name: String
     public let features: BlkfrontFeatures
-    /// This device's event channel.
-    public let port: EventChannels.Port
-    public let ringRef: GrantRef
+    /// The first queue's event channel (`ports` has every queue's).
+    public var port: EventChannels.Port { queues[0].port }
+    /// Every queue's event channel, queue 0 first.
+    public var ports: [EventChannels.Port] { queues.map(\.port) }
+    /// The first queue's first ring page grant.
+    public var ringRef: GrantRef { queues[0].refs[0] }
+    /// Queues negotiated (`multi-queue-num-queues`, 1 without multi-queue).
+    public var queueCount: Int { queues.count }
+    /// `ring-page-order` negotiated.
+    public let ringPageOrder: Int
+    /// Segments per request: 11, or the negotiated indirect maximum.
+    public let maxSegmentsPerRequest: Int
     /// Sleep this many doorbell checks before sleeping in `waitAny` (latency versus CPU).
     public var spin: Int = 0
     /// The synchronous calls' limit, in seconds.
@@ -377,7 +419,9 @@ public final class Blkfront {
     /// Ports `waitAny` returned while this device waited that are not its own, oldest first.
     public private(set) var strayPorts: [EventChannels.Port] = []
 
-    private enum State { case connected, broken(BlkfrontError), closed }
+    /// `detaching`: the backend went Closing (the toolstack is removing the device): nothing new
+    /// is sent, what is on the rings finishes, then the device closes itself.
+    private enum State { case connected, detaching, broken(BlkfrontError), closed }
 
     private final class IO {
         let serial: UInt64
@@ -411,39 +455,72 @@ public final class Blkfront {
         let chunk: BlkfrontChunk?
     }
 
+    private typealias Grant = (page: GrantablePage, ref: GrantRef)
+
+    /// One ring (queue): its pages (back to back at `ring`'s base), grants, event channel, the
+    /// shadow of its slots and each slot's persistently granted data and indirect pages.
+    private final class Queue {
+        let index: Int
+        let pages: [GrantablePage]
+        let refs: [GrantRef]
+        /// The contiguous view of `pages` when there are several.
+        let alias: UnsafeMutableRawPointer?
+        let ring: FrontRing
+        let port: EventChannels.Port
+        var shadow: BlkfrontShadowTable<Work>
+        var slotPages: [[Grant]]
+        var slotIndirect: [[Grant]]
+        var placed = 0
+
+        init(index: Int, pages: [GrantablePage], refs: [GrantRef], alias: UnsafeMutableRawPointer?, ring: FrontRing,
+             port: EventChannels.Port) {
+            self.index = index
+            self.pages = pages
+            self.refs = refs
+            self.alias = alias
+            self.ring = ring
+            self.port = port
+            shadow = BlkfrontShadowTable(capacity: Int(ring.layout.count))
+            slotPages = Array(repeating: [], count: Int(ring.layout.count))
+            slotIndirect = Array(repeating: [], count: Int(ring.layout.count))
+        }
+    }
+
     private let end: XenbusEnd
-    private let ring: FrontRing
-    private let ringPage: GrantablePage
+    private let queues: [Queue]
     private let handle: UInt16
     private var state = State.connected
-    private var shadow: BlkfrontShadowTable<Work>
-    /// Each slot's persistently granted data pages, allocated on first use.
-    private var slotPages: [[(page: GrantablePage, ref: GrantRef)]]
     private var queue: [Work] = []
     private var queueHead = 0
+    /// The next queue to offer a request to (round robin).
+    private var nextQueue = 0
     private var completed: [BlkfrontCompletion] = []
     private var internalResults: [UInt64: Result<[UInt8]?, BlkfrontError>] = [:]
     private var nextSerial: UInt64 = 1
     /// IOs submitted and not finished (public and internal).
     private var unfinished = 0
+    /// Set by the watch on the backend's `state` (on the store's watch thread); read here.
+    private var backendChanged: UInt32 = 1
+    /// `close()` has started (it processes while it waits; this keeps it from starting again).
+    private var closing = false
+    private let watchToken: String
+    private static let watchCounter = XenbusCounter()
 
-    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, features: BlkfrontFeatures, ringPage: GrantablePage,
-                 ring: FrontRing, ringRef: GrantRef, port: EventChannels.Port) {
+    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, features: BlkfrontFeatures, queues: [Queue],
+                 ringPageOrder: Int, maxSegments: Int) {
         self.domain = domain
         self.device = device
         self.end = end
         self.features = features
-        self.ringPage = ringPage
-        self.ring = ring
-        self.ringRef = ringRef
-        self.port = port
+        self.queues = queues
+        self.ringPageOrder = ringPageOrder
+        maxSegmentsPerRequest = maxSegments
         name = Blkfront.deviceName(devid: device.devid)
         label = "\(name) (vbd \(device.devid))"
         handle = UInt16(truncatingIfNeeded: device.devid)
         canFlush = features.flushCache || features.barrier
         canDiscard = features.discard
-        shadow = BlkfrontShadowTable(capacity: Int(ring.layout.count))
-        slotPages = Array(repeating: [], count: Int(ring.layout.count))
+        watchToken = "blkfront-\(device.devid)-\(Self.watchCounter.next())"
     }
 
     // MARK: discovery
@@ -493,7 +570,8 @@ public final class Blkfront {
     /// Connects to vbd `devid` of `domain` (the handshake at the top of this file), waiting at
     /// most `timeout` seconds in all for the backend. On failure this end is left Closing
     /// (`xenbus_dev_fatal`) once it had published anything, and everything allocated is released.
-    public static func connect(domain: Domain, devid: UInt32, timeout: Double = 30) throws -> Blkfront {
+    public static func connect(domain: Domain, devid: UInt32, timeout: Double = 30,
+                               options: BlkfrontOptions = BlkfrontOptions()) throws -> Blkfront {
         let label = "\(deviceName(devid: devid)) (vbd \(devid))"
         let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
         func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
@@ -508,9 +586,12 @@ public final class Blkfront {
         }
         let end = XenbusEnd(device: device, role: .frontend, store: store)
         let ev = domain.eventChannels, gt = domain.grantTable
-        var ringPage: GrantablePage?
-        var ringRef: GrantRef?
-        var port: EventChannels.Port?
+        var queues: [Queue] = []
+        // Allocated for a queue not yet complete (released on failure).
+        var loosePages: [GrantablePage] = []
+        var looseRefs: [GrantRef] = []
+        var loosePort: EventChannels.Port?
+        var looseAlias: UnsafeMutableRawPointer?
         var published = false
         do {
             // A frontend connecting again (after Closed) starts from Initialising, so the backend
@@ -518,21 +599,47 @@ public final class Blkfront {
             if end.state != .initialising { try end.switchState(.initialising) }
             let backendState = try end.waitForOtherEnd(states: [.initWait, .connected], timeout: left())
 
-            let page = try gt.allocatePage()
-            ringPage = page
-            let ring = FrontRing(page: page.base, layout: RingLayout(requestSize: BlkifRequest.Layout.size,
-                                                                     responseSize: BlkifResponse.Layout.size))
-            let ref = try gt.grantAccess(page, to: device.backendDomid, readonly: false)
-            ringRef = ref
-            let p = try ev.allocUnbound(remote: device.backendDomid)
-            port = p
+            // What the backend allows (blkfront_setup_indirect/talk_to_blkback read these first).
+            func backendNumber(_ key: String) -> Int {
+                (try? domain.store.read("\(device.backendPath)/\(key)")).flatMap { Int($0) } ?? 0
+            }
+            let maxQueues = max(1, backendNumber("multi-queue-max-queues"))
+            let queueCount = max(1, min(options.queues, maxQueues))
+            let order = max(0, min(options.ringPageOrder, backendNumber("max-ring-page-order"), BlkfrontOptions.maxRingPageOrder))
+            let nPages = 1 << order
+            let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size, pages: nPages)
+
+            for q in 0..<queueCount {
+                for _ in 0..<nPages { loosePages.append(try gt.allocatePage()) }
+                let alias = nPages > 1 ? try ContiguousAlias.make(loosePages.map(\.base)) : nil
+                looseAlias = alias
+                let ring = FrontRing(page: alias ?? loosePages[0].base, layout: layout)
+                for page in loosePages { looseRefs.append(try gt.grantAccess(page, to: device.backendDomid, readonly: false)) }
+                let p = try ev.allocUnbound(remote: device.backendDomid)
+                loosePort = p
+                queues.append(Queue(index: q, pages: loosePages, refs: looseRefs, alias: alias, ring: ring, port: p))
+                loosePages = []
+                looseRefs = []
+                loosePort = nil
+                looseAlias = nil
+            }
             let dir = device.frontendPath
             published = true
             try domain.store.transaction { t in
-                try domain.store.write("\(dir)/ring-ref", String(ref), transaction: t)
-                try domain.store.write("\(dir)/event-channel", String(p), transaction: t)
-                try domain.store.write("\(dir)/protocol", "x86_64-abi", transaction: t)
-                try domain.store.write("\(dir)/feature-persistent", "1", transaction: t)
+                func put(_ key: String, _ value: String) throws { try domain.store.write("\(dir)/\(key)", value, transaction: t) }
+                if nPages > 1 { try put("ring-page-order", String(order)) }
+                if queueCount > 1 { try put("multi-queue-num-queues", String(queueCount)) }
+                for q in queues {
+                    let prefix = queueCount > 1 ? "queue-\(q.index)/" : ""
+                    if nPages == 1 {
+                        try put(prefix + "ring-ref", String(q.refs[0]))
+                    } else {
+                        for (i, r) in q.refs.enumerated() { try put(prefix + "ring-ref\(i)", String(r)) }
+                    }
+                    try put(prefix + "event-channel", String(q.port))
+                }
+                try put("protocol", "x86_64-abi")
+                try put("feature-persistent", "1")
             }
             try end.switchState(.initialised)
 
@@ -552,22 +659,33 @@ public final class Blkfront {
             } catch {
                 throw fail("\(error)")
             }
-            // The backend bound our port before it went Connected; the supervisor's portBound
+            // The backend bound our ports before it went Connected; the supervisor's portBound
             // reaches this domain's event thread asynchronously. Polled, not waited for with
             // waitAny, which would take the application's events.
-            while !ev.isConnected(p) {
-                if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(p)") }
-                usleep(500)
+            for q in queues {
+                while !ev.isConnected(q.port) {
+                    if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(q.port)") }
+                    usleep(500)
+                }
             }
+            let indirect = min(options.maxIndirectSegments, features.maxIndirectSegments)
+            let maxSegments = indirect > Blkif.maxSegmentsPerRequest ? indirect : Blkif.maxSegmentsPerRequest
             try end.switchState(.connected)
-            return Blkfront(domain: domain, device: device, end: end, features: features, ringPage: page, ring: ring,
-                            ringRef: ref, port: p)
+            let front = Blkfront(domain: domain, device: device, end: end, features: features, queues: queues,
+                                 ringPageOrder: order, maxSegments: maxSegments)
+            // Linux's otherend watch: the backend going Closing means the toolstack is removing
+            // the device. The flag is looked at by the driving thread.
+            try? domain.store.watch(device.backendPath + "/state", token: front.watchToken) { [weak front] _ in
+                if let front { SharedAtomic.store(&front.backendChanged, 1) }
+            }
+            return front
         } catch {
             if published { try? end.switchState(.closing) }
-            if let port { try? ev.close(port) }
-            if let ringRef, (try? gt.endAccess(ringRef)) != nil, let ringPage {
-                gt.freePage(ringPage)  // only once the backend cannot be using it
-            }
+            if let loosePort { try? ev.close(loosePort) }
+            for r in looseRefs { try? gt.endAccess(r) }
+            if let looseAlias { ContiguousAlias.release(looseAlias, pages: loosePages.count) }
+            loosePages.forEach(gt.freePage)  // never granted, or granted and just ended above
+            for q in queues { release(q, gt: gt, ev: ev) }
             if let e = error as? BlkfrontError { throw e }
             if case let XenbusError.timeout(path, states, last, seconds) = error {
                 throw fail("\(path) still \(last) after \(seconds) s waiting for \(states.map(\.description).joined(separator: " or ")) (is the backend domain running?)")
@@ -576,18 +694,41 @@ public final class Blkfront {
         }
     }
 
+    /// Ends a queue's ring grants and closes its port; pages the backend still maps are never
+    /// reused.
+    private static func release(_ q: Queue, gt: GrantTable, ev: EventChannels) {
+        var ringFree = true
+        for ref in q.refs {
+            do {
+                try gt.endAccess(ref)
+            } catch GrantError.stillMapped {
+                ringFree = false
+            } catch {}
+        }
+        if ringFree {
+            if let a = q.alias { ContiguousAlias.release(a, pages: q.pages.count) }
+            q.pages.forEach(gt.freePage)
+        }
+        try? ev.close(q.port)
+    }
+
     // MARK: submitting
 
     /// IOs submitted and not yet finished (this device's own synchronous ones included).
     public var outstanding: Int { unfinished }
-    /// Ring requests on the ring now.
-    public var requestsInFlight: Int { shadow.inFlight }
+    /// Ring requests on the rings now.
+    public var requestsInFlight: Int { queues.reduce(0) { $0 + $1.shadow.inFlight } }
+    /// The device is closed (by `close()`, or by itself after the toolstack detached it).
+    public var isClosed: Bool { if case .closed = state { return true } else { return false } }
+    /// The toolstack is detaching the device: nothing new is accepted, what is in flight finishes.
+    public var isDetaching: Bool { if case .detaching = state { return true } else { return false } }
 
     private func checkUsable() throws {
+        checkBackend()
         switch state {
         case .connected: return
         case let .broken(e): throw e
-        case .closed: throw BlkfrontError.closed(device: label)
+        case .closed, .detaching: throw BlkfrontError.closed(device: label)
         }
     }
 
@@ -607,7 +748,8 @@ public final class Blkfront {
     @discardableResult
     private func enqueue(_ op: BlkfrontOperation, sector: UInt64, count: Int, tag: UInt64, secure: Bool = false,
                          data: [UInt8], isInternal: Bool) -> UInt64 {
-        let chunks: [BlkfrontChunk?] = (op == .read || op == .write) ? BlkfrontPlan.chunks(sector: sector, count: count) : [nil]
+        let chunks: [BlkfrontChunk?] = (op == .read || op == .write)
+            ? BlkfrontPlan.chunks(sector: sector, count: count, maxSegments: maxSegmentsPerRequest) : [nil]
         let io = IO(serial: nextSerial, tag: tag, op: op, sector: sector, count: count, secure: secure, isInternal: isInternal,
                     data: data, remaining: chunks.count)
         nextSerial += 1
@@ -674,11 +816,22 @@ public final class Blkfront {
         return enqueue(.discard, sector: sector, count: count, tag: tag, secure: secure, data: [], isInternal: isInternal)
     }
 
-    /// Puts queued work on the ring while slots are free, then publishes and notifies.
+    /// A queue with a free slot and room on its ring, round robin from `nextQueue`.
+    private func queueWithRoom() -> Queue? {
+        for i in 0..<queues.count {
+            let q = queues[(nextQueue + i) % queues.count]
+            if q.shadow.hasFreeSlot && !q.ring.isFull {
+                nextQueue = (q.index + 1) % queues.count
+                return q
+            }
+        }
+        return nil
+    }
+
+    /// Puts queued work on the rings while slots are free, then publishes and notifies.
     private func pump() {
         guard case .connected = state else { return }
-        var placed = 0
-        while queueHead < queue.count, shadow.hasFreeSlot, !ring.isFull {
+        while queueHead < queue.count, let q = queueWithRoom() {
             let work = queue[queueHead]
             if work.io.error != nil && work.chunk != nil {
                 // An earlier chunk of this transfer already failed: do not send the rest.
@@ -693,19 +846,21 @@ public final class Blkfront {
             case .flush: op = features.flushCache ? .flushDiskcache : .writeBarrier
             case .discard: op = .discard
             }
-            guard let (id, slot) = shadow.issue(op: op, payload: work) else { break }
+            let indirect = (work.chunk?.segments.count ?? 0) > Blkif.maxSegmentsPerRequest
+            guard let (id, slot) = q.shadow.issue(op: indirect ? .indirect : op, payload: work) else { break }
             let request: BlkifRequest
             if let chunk = work.chunk {
                 do {
-                    try ensurePages(slot: slot, count: chunk.segments.count)
+                    try ensurePages(q, slot: slot, count: chunk.segments.count)
+                    if indirect { try ensureIndirectPages(q, slot: slot, count: BlkifRequest.Indirect.pageCount(segments: chunk.segments.count)) }
                 } catch {
-                    shadow.cancel(slot: slot)
+                    q.shadow.cancel(slot: slot)
                     queueHead += 1
                     work.io.error = work.io.error ?? .badRequest(device: label, reason: "cannot grant data pages: \(error)")
                     finishChunk(work.io)
                     continue
                 }
-                let pages = slotPages[slot]
+                let pages = q.slotPages[slot]
                 if op == .write {
                     work.io.data.withUnsafeBytes { src in
                         var offset = chunk.bufferOffset
@@ -715,17 +870,26 @@ public final class Blkfront {
                         }
                     }
                 }
-                request = chunk.request(operation: op, id: id, handle: handle, grefs: pages.map(\.ref))
+                if indirect {
+                    let segments = chunk.segments.map { BlkifSegment(gref: pages[$0.page].ref, firstSect: $0.firstSect, lastSect: $0.lastSect) }
+                    let ind = q.slotIndirect[slot]
+                    let count = BlkifRequest.Indirect.pageCount(segments: segments.count)
+                    BlkifRequest.Indirect.store(segments, to: ind.prefix(count).map(\.page.base))
+                    request = .indirect(.init(indirectOp: op, nrSegments: UInt16(segments.count), handle: handle, id: id,
+                                              sectorNumber: chunk.sectorNumber, indirectGrefs: ind.prefix(count).map(\.ref)))
+                } else {
+                    request = chunk.request(operation: op, id: id, handle: handle, grefs: pages.map(\.ref))
+                }
             } else if op == .discard {
                 request = .discard(.init(secure: work.io.secure, handle: handle, id: id, sectorNumber: work.io.sector,
                                          nrSectors: UInt64(work.io.count)))
             } else {
                 request = .readWrite(.init(operation: op, handle: handle, id: id, sectorNumber: 0, segments: []))
             }
-            guard let slotPointer = ring.nextRequest() else { shadow.cancel(slot: slot); break }
+            guard let slotPointer = q.ring.nextRequest() else { q.shadow.cancel(slot: slot); break }
             request.encode(to: slotPointer)
             queueHead += 1
-            placed += 1
+            q.placed += 1
         }
         if queueHead == queue.count {
             queue.removeAll(keepingCapacity: true)
@@ -734,22 +898,45 @@ public final class Blkfront {
             queue.removeFirst(queueHead)
             queueHead = 0
         }
-        if placed > 0 && ring.pushRequests() {
-            do {
-                try domain.eventChannels.send(port)
-            } catch {
-                disconnect("cannot notify the backend on event channel \(port): \(error)")
+        for q in queues where q.placed > 0 {
+            q.placed = 0
+            if q.ring.pushRequests() {
+                do {
+                    try domain.eventChannels.send(q.port)
+                } catch {
+                    disconnect("cannot notify the backend on event channel \(q.port): \(error)")
+                    return
+                }
             }
         }
     }
 
-    /// Allocates and grants (once, read-write) the slot's first `count` data pages.
-    private func ensurePages(slot: Int, count: Int) throws {
-        while slotPages[slot].count < count {
+    /// Grants (once, read-write) `count` pages into `list`.
+    private func grow(_ list: inout [Grant], to count: Int) throws {
+        while list.count < count {
             let page = try domain.grantTable.allocatePage()
             do {
                 let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: false)
-                slotPages[slot].append((page, ref))
+                list.append((page, ref))
+            } catch {
+                domain.grantTable.freePage(page)
+                throw error
+            }
+        }
+    }
+
+    /// The slot's first `count` data pages, allocated and granted on first use.
+    private func ensurePages(_ q: Queue, slot: Int, count: Int) throws {
+        if q.slotPages[slot].count < count { try grow(&q.slotPages[slot], to: count) }
+    }
+
+    /// The slot's first `count` indirect pages (granted read-only as Linux does: the backend only reads them).
+    private func ensureIndirectPages(_ q: Queue, slot: Int, count: Int) throws {
+        while q.slotIndirect[slot].count < count {
+            let page = try domain.grantTable.allocatePage()
+            do {
+                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: true)
+                q.slotIndirect[slot].append((page, ref))
             } catch {
                 domain.grantTable.freePage(page)
                 throw error
@@ -762,43 +949,74 @@ public final class Blkfront {
     /// Takes the backend's responses, finishes what they complete and puts queued work on the
     /// freed slots; never blocks. Returns how many requests (yours and the synchronous calls')
     /// finished. A protocol violation disables the device (`brokenBackend`): everything
-    /// outstanding then finishes with that error.
+    /// outstanding then finishes with that error. Also notices the toolstack detaching the
+    /// device (the backend going Closing): the device then closes itself once its rings are
+    /// empty (`isClosed`).
     @discardableResult
     public func process() -> Int {
         let before = unfinished
-        guard case .connected = state else { return 0 }
+        checkBackend()
+        switch state {
+        case .connected, .detaching: break
+        default: return before - unfinished
+        }
         do {
-            while true {
-                while let slot = try ring.takeResponse() {
-                    let response = try BlkifResponse.decode(slot: slot)
-                    let done = try shadow.complete(response)
-                    complete(done.payload, op: done.op, slot: done.slot, status: response.status)
+            for q in queues {
+                while true {
+                    while let slot = try q.ring.takeResponse() {
+                        let response = try BlkifResponse.decode(slot: slot)
+                        let done = try q.shadow.complete(response)
+                        complete(q, done.payload, op: done.op, slot: done.slot, status: response.status)
+                    }
+                    // RING_FINAL_CHECK_FOR_RESPONSES while requests are out: arms rsp_event.
+                    if q.shadow.inFlight == 0 || !q.ring.finalCheckForResponses() { break }
                 }
-                // RING_FINAL_CHECK_FOR_RESPONSES while requests are out: arms rsp_event.
-                if shadow.inFlight == 0 || !ring.finalCheckForResponses() { break }
             }
         } catch {
             breakDevice(.brokenBackend(device: label, reason: "\(error)"))
             return before - unfinished
         }
-        pump()
+        if case .detaching = state {
+            if requestsInFlight == 0 && !closing { close() }
+        } else {
+            pump()
+        }
         return before - unfinished
     }
 
+    /// Acts on a change of the backend's state the watch flagged: Closing starts the detach;
+    /// Closed or gone fails what is in flight (the backend will not answer it) and closes.
+    private func checkBackend() {
+        guard SharedAtomic.load(&backendChanged) != 0 else { return }
+        SharedAtomic.store(&backendChanged, 0)
+        let s = (try? end.otherEndState()) ?? .unknown
+        switch (state, s) {
+        case (.connected, .closing):
+            state = .detaching
+            failQueued(.closed(device: label))
+        case (.connected, .closed), (.connected, .unknown), (.detaching, .closed), (.detaching, .unknown):
+            breakDevice(.disconnected(device: label, reason: s == .unknown ? "the toolstack removed the device" : "the backend closed the device"))
+            if !closing { close(timeout: 1) }
+        default:
+            break
+        }
+    }
+
     /// For an application running its own `waitAny` loop: processes this device when `port` is
-    /// its port and returns true; false for any other port (which is left to the caller).
+    /// one of its ports and returns true; false for any other port (which is left to the caller).
     @discardableResult
     public func handleEvent(_ port: EventChannels.Port) -> Bool {
-        guard port == self.port else { return false }
+        guard queues.contains(where: { $0.port == port }) else { return false }
         process()
         return true
     }
 
-    private func complete(_ work: Work, op: BlkifOp, slot: Int, status: BlkifStatus) {
+    private func complete(_ q: Queue, _ work: Work, op: BlkifOp, slot: Int, status: BlkifStatus) {
         let io = work.io
+        let op = op == .indirect ? (io.op == .read ? BlkifOp.read : .write) : op
         if status == .okay {
             if let chunk = work.chunk, op == .read {
-                let pages = slotPages[slot]
+                let pages = q.slotPages[slot]
                 io.data.withUnsafeMutableBytes { dst in
                     var offset = chunk.bufferOffset
                     for s in chunk.segments {
@@ -841,13 +1059,8 @@ public final class Blkfront {
         }
     }
 
-    /// Fails everything outstanding with `error` and refuses further requests.
-    private func breakDevice(_ error: BlkfrontError) {
-        if case .connected = state { state = .broken(error) }
-        for e in shadow.removeAll() {
-            if e.payload.io.error == nil { e.payload.io.error = error }
-            finishChunk(e.payload.io)
-        }
+    /// Fails the work not yet on a ring.
+    private func failQueued(_ error: BlkfrontError) {
         while queueHead < queue.count {
             let w = queue[queueHead]
             queueHead += 1
@@ -856,6 +1069,21 @@ public final class Blkfront {
         }
         queue.removeAll()
         queueHead = 0
+    }
+
+    /// Fails everything outstanding with `error` and refuses further requests.
+    private func breakDevice(_ error: BlkfrontError) {
+        switch state {
+        case .connected, .detaching: state = .broken(error)
+        default: break
+        }
+        for q in queues {
+            for e in q.shadow.removeAll() {
+                if e.payload.io.error == nil { e.payload.io.error = error }
+                finishChunk(e.payload.io)
+            }
+        }
+        failQueued(error)
     }
 
     private func disconnect(_ reason: String) {
@@ -872,9 +1100,13 @@ public final class Blkfront {
         while true {
             process()
             if done() { return }
-            guard case .connected = state, unfinished > 0 else { return }
-            if !ev.isConnected(port) {
-                disconnect("the backend closed event channel \(port)")
+            switch state {
+            case .connected, .detaching: break
+            default: return
+            }
+            guard unfinished > 0 else { return }
+            if let q = queues.first(where: { !ev.isConnected($0.port) }) {
+                disconnect("the backend closed event channel \(q.port)")
                 continue
             }
             let now = SystemTime.nanoseconds()
@@ -882,10 +1114,10 @@ public final class Blkfront {
             // Slices of at most 100 ms, to notice a backend that goes away without a word.
             let slice = Int64(min(deadline - now, 100_000_000))
             if let p = ev.waitAny(timeoutNs: slice, spin: spin) {
-                if p != port { strayPorts.append(p) }
-            } else if shadow.inFlight > 0 {
+                if !queues.contains(where: { $0.port == p }) { strayPorts.append(p) }
+            } else if requestsInFlight > 0 {
                 let s = (try? end.otherEndState()) ?? .unknown
-                if s != .connected { disconnect("the backend is \(s)") }
+                if s != .connected && s != .closing { disconnect("the backend is \(s)") }
             }
         }
     }
@@ -957,40 +1189,59 @@ public final class Blkfront {
 
     /// Lets outstanding requests finish (up to `timeout` seconds; the rest fail with `closed`),
     /// then Closing, waits for the backend to close, Closed, waits for it to let go of the pages,
-    /// ends every grant and closes the event channel. Pages the backend still maps after the
+    /// ends every grant and closes the event channels. Pages the backend still maps after the
     /// timeout are left granted (never reused). Idempotent.
     public func close(timeout: Double = 10) {
-        if case .closed = state { return }
+        if closing { return }
+        closing = true
+        try? domain.store.unwatch(device.backendPath + "/state", token: watchToken)
         let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
         func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
-        if case .connected = state { try? wait(timeout: left()) { unfinished == 0 } }
+        switch state {
+        case .connected, .detaching: try? wait(timeout: left()) { unfinished == 0 }
+        default: break
+        }
         breakDevice(.closed(device: label))
         state = .closed
         try? end.switchState(.closing)
         _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: left())
         try? end.switchState(.closed)
-        // The backend unmaps the ring and its persistent grants when it sees Closed.
+        // The backend unmaps the rings and its persistent grants when it sees Closed.
         _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: left())
-        let gt = domain.grantTable
-        var grants: [(page: GrantablePage, ref: GrantRef)] = [(ringPage, ringRef)]
-        for pages in slotPages { grants += pages }
-        slotPages = Array(repeating: [], count: slotPages.count)
-        while true {
-            var still: [(page: GrantablePage, ref: GrantRef)] = []
-            for g in grants {
-                do {
-                    try gt.endAccess(g.ref)
-                    gt.freePage(g.page)
-                } catch GrantError.stillMapped {
-                    still.append(g)
-                } catch {
-                    // Not ours any more: nothing to end; never reuse the page.
-                }
+        let gt = domain.grantTable, ev = domain.eventChannels
+        var pending: [(Queue, [Grant])] = queues.map { q in
+            let grants = q.slotPages.flatMap { $0 } + q.slotIndirect.flatMap { $0 }
+            q.slotPages = Array(repeating: [], count: q.slotPages.count)
+            q.slotIndirect = Array(repeating: [], count: q.slotIndirect.count)
+            return (q, grants)
+        }
+        // Retried while the backend still maps something, until the deadline.
+        while !pending.isEmpty {
+            var still: [(Queue, [Grant])] = []
+            for (q, grants) in pending {
+                let left = Self.releaseGrants(grants, gt: gt)
+                if !left.isEmpty { still.append((q, left)) }
             }
-            grants = still
-            if grants.isEmpty || left() <= 0 { break }
+            pending = still
+            if pending.isEmpty || left() <= 0 { break }
             usleep(1000)
         }
-        try? domain.eventChannels.close(port)
+        for q in queues { Self.release(q, gt: gt, ev: ev) }
+    }
+
+    /// Ends `grants` and frees their pages; returns those still mapped by the backend.
+    private static func releaseGrants(_ grants: [Grant], gt: GrantTable) -> [Grant] {
+        var still: [Grant] = []
+        for g in grants {
+            do {
+                try gt.endAccess(g.ref)
+                gt.freePage(g.page)
+            } catch GrantError.stillMapped {
+                still.append(g)
+            } catch {
+                // Not ours any more: nothing to end; never reuse the page.
+            }
+        }
+        return still
     }
 }

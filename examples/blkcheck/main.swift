@@ -1,12 +1,15 @@
 // blkcheck: a guest that checks its virtual disks end to end. For every vbd in device/vbd it
 // connects blkfront, then for `rounds` rounds writes patterns at random sector offsets and sizes
-// (1–88 sectors, `depth` requests in flight at once, never overlapping while in flight), discards
+// (1–`maxio` sectors, 88 by default, `depth` requests in flight at once, never overlapping while in flight), discards
 // now and then, flushes, and reads random ranges back; finally it reads the whole tested span back
 // in 1 MiB reads (split into many ring requests) and checks every sector written. A sector's pattern
 // is derived from the seed, the write that last covered it and its number, so a sector that landed
 // at the wrong place or from the wrong write is caught, not only a corrupted one.
 //
-//   extra = "seed=N rounds=N depth=N span=SECTORS timeout=SECONDS"
+//   extra = "seed=N rounds=N depth=N span=SECTORS timeout=SECONDS maxio=SECTORS queues=N order=N indirect=N"
+//
+// `queues`, `order` (ring-page-order) and `indirect` (segments per indirect request; 0 = none)
+// are what blkfront asks for; the backend's maximums cap them (printed after connecting).
 //
 // Prints `blkcheck: xvda OK writes=N reads=M bytes=B` per disk and powers off; on any failure it
 // prints what was expected and what was found, and crashes.
@@ -37,6 +40,9 @@ let seed = number("seed", 1)
 let rounds = Int(number("rounds", 20))
 let depth = max(1, min(Int(number("depth", 32)), 256))
 let timeout = Double(number("timeout", 60))
+let maxIO = max(1, min(number("maxio", 88), 8192))
+let options = BlkfrontOptions(queues: Int(number("queues", 1)), ringPageOrder: Int(number("order", 0)),
+                              maxIndirectSegments: Int(min(number("indirect", 32), UInt64(Blkif.maxIndirectSegments))))
 
 /// splitmix64: the generator for both the random choices and the patterns.
 struct SplitMix {
@@ -89,7 +95,7 @@ final class Checker {
     }
 
     /// A random range of 1–`maxCount` sectors inside the span, aligned to the sector size.
-    func randomRange(maxCount: UInt64 = 88) -> (sector: UInt64, count: Int) {
+    func randomRange(maxCount: UInt64 = maxIO) -> (sector: UInt64, count: Int) {
         let unit = UInt64(front.sectorSize / 512)
         let units = span / unit
         let count = (1 + rng.below(max(1, min(maxCount / unit, units)))) * unit
@@ -265,9 +271,9 @@ if devids.isEmpty { fail("no virtual disk: device/vbd is empty (add a disk= line
 for devid in devids {
     let started = SystemTime.nanoseconds()
     let front: Blkfront
-    do { front = try Blkfront.connect(domain: domain, devid: devid, timeout: timeout) } catch { fail("\(error)") }
+    do { front = try Blkfront.connect(domain: domain, devid: devid, timeout: timeout, options: options) } catch { fail("\(error)") }
     let f = front.features
-    say("\(front.label): \(f.sectors) sectors (\(f.bytes / 1_048_576) MiB), sector-size \(f.sectorSize), \(f.readOnly ? "ro" : "rw"), flush \(f.flushCache ? "flush-cache" : f.barrier ? "barrier" : "none"), discard \(f.discard ? (f.discardSecure ? "secure" : "yes") : "no"), persistent grants \(f.persistent ? "yes" : "no"); ring-ref \(front.ringRef), event channel \(front.port)")
+    say("\(front.label): \(f.sectors) sectors (\(f.bytes / 1_048_576) MiB), sector-size \(f.sectorSize), \(f.readOnly ? "ro" : "rw"), flush \(f.flushCache ? "flush-cache" : f.barrier ? "barrier" : "none"), discard \(f.discard ? (f.discardSecure ? "secure" : "yes") : "no"), persistent grants \(f.persistent ? "yes" : "no"); ring-ref \(front.ringRef), event channel \(front.port); \(front.queueCount) queue(s), ring-page-order \(front.ringPageOrder), \(front.maxSegmentsPerRequest) segments per request")
     let checker = Checker(front: front, seed: seed)
     checker.run()
     front.close()

@@ -21,6 +21,12 @@
 #define PV_AT_EMPTY_PATH 0x1000
 /// MFD_CLOEXEC (sys/mman.h declares memfd flags only under _GNU_SOURCE).
 #define PV_MFD_CLOEXEC 0x0001U
+/// O_DIRECT (fcntl.h declares it only under _GNU_SOURCE); x86-64 and arm64 differ.
+#if defined(__aarch64__)
+#define PV_O_DIRECT 0200000
+#else
+#define PV_O_DIRECT 040000
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -186,6 +192,9 @@ static inline uint16_t pv_atomic_cmpxchg_u16(uint16_t *p, uint16_t expected, uin
     return expected;
 }
 static inline void pv_cpu_relax(void) { __builtin_ia32_pause(); }
+/// mremap(old, 0, length, MREMAP_MAYMOVE|MREMAP_FIXED, to): maps the shared pages at `old` a
+/// second time, at `to` (mremap is variadic, which Swift cannot call). Returns `to` or MAP_FAILED.
+void *pv_mremap_alias(void *old, size_t length, void *to);
 
 #ifdef __cplusplus
 }
