@@ -62,6 +62,7 @@ let package = Package(
         .executableTarget(name: "balloon-demo", dependencies: ["DomainRuntime"], path: "examples/balloon-demo",
                           exclude: ["balloon-demo.cfg"], swiftSettings: v5),
         .executableTarget(name: "blkcheck", dependencies: ["SplitDrivers"], path: "examples/blkcheck", exclude: ["blkcheck.cfg"], swiftSettings: v5),
+        .executableTarget(name: "blkbench", dependencies: ["SplitDrivers"], path: "examples/blkbench", exclude: ["blkbench.cfg"], swiftSettings: v5),
 
         // Driver domains.
         .executableTarget(name: "blkback", dependencies: ["SplitDrivers"], path: "Sources/blkback", swiftSettings: v5),

@@ -4,5 +4,6 @@ enum Suites {
         "evtchn": EvtchnSuite.run,
         "grant": GrantSuite.run,
         "xenstore": XenStoreSuite.run,
+        "blk": BlkSuite.run,
     ]
 }
