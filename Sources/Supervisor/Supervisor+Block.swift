@@ -14,6 +14,8 @@ final class VirtualBlockDevice {
     let readOnly: Bool
     let isCDROM: Bool
     let discard: Bool
+    /// `xl block-detach` in progress.
+    var removal: DeviceRemoval?
 
     init(frontend: UInt16, devid: UInt32, vdev: String, backend: UInt16, target: String, readOnly: Bool, isCDROM: Bool, discard: Bool) {
         self.frontend = frontend
@@ -35,58 +37,111 @@ struct DeviceKey: Hashable {
     let devid: UInt32
 }
 
-/// A disk checked at `xl create`, before the domain exists.
+/// A disk checked at `xl create` (before the domain exists) or `xl block-attach`.
 struct PlannedDisk {
     let spec: DiskSpec
     let devid: UInt32
-    let backend: DomainRecord
+    /// Nil until resolved: the disk has no `backend=` and goes to the default driver domain.
+    var backend: DomainRecord?
     let target: String
 }
 
 extension Supervisor {
+    /// The driver domain disks without `backend=` go to, started on demand.
+    static let defaultDriverDomainName = "blkback"
+
     /// Checks every `disk=` entry before anything is started: the backend domain, the image
-    /// (it must exist, and be writable for `access=rw`), the device number.
+    /// (it must exist, and be writable for `access=rw`), the device number. Only once every disk
+    /// passed is the default driver domain found or started, for the disks without `backend=`.
     func planDisks(_ config: DomainConfig) throws -> [PlannedDisk] {
-        try config.disks.map { disk in
-            let what = "disk \(disk.vdev)"
-            guard let devid = disk.vdevNumber else { throw CreateError("\(what): invalid virtual device name") }
-            guard let target = disk.target, !target.isEmpty else {
-                throw CreateError("\(what): empty CD-ROM drives are not supported (give target=)")
-            }
-            guard let name = disk.backend else {
-                throw CreateError("\(what): name its driver domain with backend= (the default blkback driver domain is not built yet)")
-            }
-            guard let backend = domains.values.first(where: { $0.name == name }), backend.hasProcess, backend.phase == .running else {
+        try resolveBackends(config.disks.map(checkDisk))
+    }
+
+    /// The checks of one disk (`xl create` and `xl block-attach` alike).
+    func checkDisk(_ disk: DiskSpec) throws -> PlannedDisk {
+        let what = "disk \(disk.vdev)"
+        guard let devid = disk.vdevNumber else { throw CreateError("\(what): invalid virtual device name") }
+        guard let target = disk.target, !target.isEmpty else {
+            throw CreateError("\(what): empty CD-ROM drives are not supported (give target=)")
+        }
+        var backend: DomainRecord?
+        if let name = disk.backend {
+            guard let b = domains.values.first(where: { $0.name == name }), b.hasProcess, b.phase == .running else {
                 throw CreateError("\(what): backend domain \"\(name)\" is not running")
             }
-            guard backend.config.driverDomain else {
+            guard b.config.driverDomain else {
                 throw CreateError("\(what): domain \"\(name)\" is not a driver domain (set driver_domain = 1 in its config)")
             }
-            var st = stat()
-            guard stat(target, &st) == 0 else {
-                throw CreateError("\(what): \(target): \(Errno.current.description)")
-            }
-            let kind = st.st_mode & S_IFMT
-            guard kind == S_IFREG || kind == S_IFBLK else { throw CreateError("\(what): \(target) is not a regular file or block device") }
-            // Open it as the backend will get it: a read-only image (mode, mount, immutable file)
-            // with access=rw is refused now rather than when the guest first writes.
-            let rw = disk.access == .readWrite && !disk.isCDROM
-            do {
-                try FileDescriptor.open(target, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC).close()
-            } catch let e as SystemError where rw && [.permissionDenied, .readOnlyFileSystem, .notPermitted].contains(e.errno) {
-                throw CreateError("\(what): \(target) is read-only but the disk has access=rw (\(e.errno.description))")
-            } catch let e as SystemError {
-                throw CreateError("\(what): \(target): \(e.errno.description)")
-            }
-            return PlannedDisk(spec: disk, devid: devid, backend: backend, target: target)
+            backend = b
         }
+        var st = stat()
+        guard stat(target, &st) == 0 else {
+            throw CreateError("\(what): \(target): \(Errno.current.description)")
+        }
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK else { throw CreateError("\(what): \(target) is not a regular file or block device") }
+        // Open it as the backend will get it: a read-only image (mode, mount, immutable file)
+        // with access=rw is refused now rather than when the guest first writes.
+        let rw = disk.access == .readWrite && !disk.isCDROM
+        do {
+            try FileDescriptor.open(target, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC).close()
+        } catch let e as SystemError where rw && [.permissionDenied, .readOnlyFileSystem, .notPermitted].contains(e.errno) {
+            throw CreateError("\(what): \(target) is read-only but the disk has access=rw (\(e.errno.description))")
+        } catch let e as SystemError {
+            throw CreateError("\(what): \(target): \(e.errno.description)")
+        }
+        return PlannedDisk(spec: disk, devid: devid, backend: backend, target: target)
+    }
+
+    /// Gives the disks without `backend=` the default driver domain.
+    func resolveBackends(_ disks: [PlannedDisk]) throws -> [PlannedDisk] {
+        guard let first = disks.first(where: { $0.backend == nil }) else { return disks }
+        let dd = try defaultDriverDomain(for: "disk \(first.spec.vdev)")
+        return disks.map { d in
+            var d = d
+            if d.backend == nil { d.backend = dd }
+            return d
+        }
+    }
+
+    /// The running (or still booting) driver domain named `blkback`; if there is none, one is
+    /// started from the `blkback` executable next to procvisord (driver_domain = 1, 64 MiB,
+    /// 2 vCPUs), as a domain like any other.
+    func defaultDriverDomain(for what: String) throws -> DomainRecord {
+        let name = Self.defaultDriverDomainName
+        if let d = domains.values.first(where: { $0.name == name }) {
+            guard d.config.driverDomain, d.hasProcess, d.phase == .running || d.phase == .booting else {
+                throw CreateError("\(what): no backend= given, and the default driver domain \"\(name)\" (dom\(d.domid)) is not a running driver domain")
+            }
+            return d
+        }
+        let exe = Process.executablePath() ?? "/proc/self/exe"
+        let kernel = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)]) + "/" + name
+        guard FileIO.isExecutable(kernel) else {
+            throw CreateError("\(what): no backend= given and the default driver domain cannot be started: \(kernel) is missing or not executable (install blkback next to procvisord, or start a driver domain and name it with backend=)")
+        }
+        var config = DomainConfig(name: name, kernel: kernel)
+        config.driverDomain = true
+        config.memory = 64
+        config.maxmem = 64
+        config.vcpus = 2
+        config.maxvcpus = 2
+        let dom: DomainRecord
+        do {
+            dom = try createDomain(config, paused: false, waiter: nil)
+        } catch {
+            throw CreateError("\(what): no backend= given and the default driver domain could not be started: \(error)")
+        }
+        log("\(what): no backend= given: started the default driver domain \(dom.label) from \(kernel)")
+        return dom
     }
 
     /// Writes the frontend and backend nodes libxl writes for a vbd, with its permissions
     /// (frontend dir: owner F, read B; backend dir: owner B, read F), and records the device.
     func attachDisks(_ dom: DomainRecord, _ planned: [PlannedDisk]) {
         for p in planned {
-            let vbd = VirtualBlockDevice(frontend: dom.domid, devid: p.devid, vdev: p.spec.vdev, backend: p.backend.domid,
+            guard let backend = p.backend else { continue }  // resolveBackends gave every disk one
+            let vbd = VirtualBlockDevice(frontend: dom.domid, devid: p.devid, vdev: p.spec.vdev, backend: backend.domid,
                                          target: p.target, readOnly: p.spec.access == .readOnly || p.spec.isCDROM,
                                          isCDROM: p.spec.isCDROM, discard: p.spec.discard ?? true)
             blockDevices[DeviceKey(frontend: dom.domid, devid: p.devid)] = vbd
@@ -115,18 +170,34 @@ extension Supervisor {
     }
 
     /// The frontend is gone: its devices are forgotten and their backend nodes removed (the
-    /// backend sees its directory vanish and tears the device down).
+    /// backend sees its directory vanish and tears the device down). The frontend's own nodes go
+    /// with its tree.
     func detachDisks(_ dom: DomainRecord) {
         for (key, vbd) in blockDevices where key.frontend == dom.domid {
-            blockDevices[key] = nil
-            // libxl__xs_path_cleanup: the device's directory, then its parent if now empty.
-            let parent = "/local/domain/\(vbd.backend)/backend/vbd/\(vbd.frontend)"
-            store { e in
-                var out = try e.rm(vbd.backendPath)
-                if (try? e.directory(parent))?.isEmpty == true { out += try e.rm(parent) }
-                return out
-            }
+            forgetDevice(vbd, removeFrontend: false)
+            endRemoval(vbd, error: nil)
         }
+    }
+
+    /// Drops a device from the table and removes its nodes as libxl__device_destroy does: the
+    /// device's directory, then its parent if now empty (libxl__xs_path_cleanup), for the backend
+    /// and, when asked, the frontend.
+    func forgetDevice(_ vbd: VirtualBlockDevice, removeFrontend: Bool) {
+        let key = DeviceKey(frontend: vbd.frontend, devid: vbd.devid)
+        if blockDevices[key] === vbd { blockDevices[key] = nil }
+        store { e in
+            var out = removeFrontend ? try Self.removeWithEmptyParent(e, vbd.frontendPath) : []
+            out += try Self.removeWithEmptyParent(e, vbd.backendPath)
+            return out
+        }
+    }
+
+    /// `path` and, if that leaves it empty, its parent.
+    static func removeWithEmptyParent(_ e: XenStoreEngine, _ path: String) throws -> [(XSConnectionID, XSMessage)] {
+        var out = (try? e.rm(path)) ?? []
+        let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
+        if (try? e.directory(parent))?.isEmpty == true { out += try e.rm(parent) }
+        return out
     }
 
     /// `deviceFD`: a backend asks for the image of a device it serves.

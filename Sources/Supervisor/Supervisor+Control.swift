@@ -173,6 +173,12 @@ extension Supervisor {
             } else {
                 c.send(unknownDomain(String(domid)))
             }
+        case let .blockAttach(spec, disk):
+            c.send(blockAttach(spec, disk))
+        case let .blockDetach(spec, device, force):
+            blockDetach(spec, device, force: force, from: c)
+        case let .blockList(spec):
+            c.send(blockList(spec))
         case let .dmesg(clear):
             c.send(.dmesg(dmesg.text))
             if clear { dmesg.clear() }

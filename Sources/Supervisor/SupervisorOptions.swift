@@ -16,6 +16,9 @@ public struct SupervisorOptions: Sendable {
     /// the ring is disconnected (`PROCVISOR_XS_EVENT_TIMEOUT_MS`, default 20000: xenstored's
     /// watch-event timeout).
     public var xenstoreEventTimeoutMs: UInt64
+    /// How long `xl block-detach` waits for the backend to reach Closed
+    /// (`PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS`, default 10000: libxl's LIBXL_DESTROY_TIMEOUT).
+    public var deviceRemoveTimeoutMs: UInt64
     /// Hypercalls a domain may get wrong before it is crashed.
     public var malformedHypercallLimit: Int = 16
 
@@ -24,6 +27,7 @@ public struct SupervisorOptions: Sendable {
         engageTimeoutMs = environment["PROCVISOR_ENGAGE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         xenstoreEventTimeoutMs = environment["PROCVISOR_XS_EVENT_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 20000
+        deviceRemoveTimeoutMs = environment["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 10000
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024
         memoryMB = environment["PROCVISOR_MEMORY_MB"].flatMap { UInt64($0) } ?? hostMB * 3 / 4

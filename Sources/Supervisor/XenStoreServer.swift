@@ -30,6 +30,9 @@ final class XenStoreServer {
     private var receiveBuffer = [UInt8](repeating: 0, count: 65536)
     /// Lines for the hypervisor log (`xl dmesg`).
     var log: (String) -> Void = { _ in }
+    /// Watches the supervisor holds itself (libxl's devstate waits): a dom0 connection with no
+    /// socket or ring whose watch events go to a closure, run later from the event loop.
+    private var internalWatchers: [XSConnectionID: (String) -> Void] = [:]
 
     init(loop: EventLoop, logger: Logger) {
         self.loop = loop
@@ -175,6 +178,24 @@ final class XenStoreServer {
         engine.disconnect(r.id)
     }
 
+    // MARK: the supervisor's own watches
+
+    /// Watches `path` (and below) as dom0; `handler` gets each event's path, from the event
+    /// loop (never inside the write that fired it). The initial event XS_WATCH fires comes too.
+    func watch(_ path: String, _ handler: @escaping (String) -> Void) -> XSConnectionID {
+        let id = nextID
+        nextID += 1
+        engine.connect(id, domid: 0)
+        internalWatchers[id] = handler
+        deliver(engine.handle(id, XSMessage(.watch, strings: [path, "procvisord"])))
+        return id
+    }
+
+    func unwatch(_ id: XSConnectionID) {
+        guard internalWatchers.removeValue(forKey: id) != nil else { return }
+        engine.disconnect(id)
+    }
+
     // MARK: delivery
 
     /// Sends the engine's output (a reply and watch events) to the connections it names.
@@ -190,6 +211,9 @@ final class XenStoreServer {
                 }
                 r.flushReplies()
                 if let e = r.violation { fail(r, e) }
+            } else if internalWatchers[id] != nil, m.rawType == XSMessageType.watchEvent.rawValue {
+                let path = m.payloadStrings.first ?? ""
+                loop.after(ms: 0) { [weak self] in self?.internalWatchers[id]?(path) }
             }
         }
     }

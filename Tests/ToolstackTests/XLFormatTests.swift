@@ -88,4 +88,39 @@ import Toolstack
         #expect(XLFormat.fixed1(1.25) == "1.2")   // %.1f rounds ties to even on binary halves
         #expect(XLFormat.fixed1(1234.56) == "1234.6")
     }
+
+    /// `xl block-list`: xl_block.c's `%-5s %-3s %-6s %-5s %-6s %-8s %-30s` header and
+    /// `%-5d %-3d %-6d %-5d %-6d %-8d %-30s` rows (checked against printf(1)).
+    @Test func blockListMatchesXlByteForByte() {
+        #expect(XLFormat.blockListHeader == "Vdev  BE  handle state evt-ch ring-ref BE-path                       ")
+        let connected = BlockDeviceInfo(devid: 51712, vdev: "xvda", backendID: 1, frontendID: 2, state: 4, eventChannel: 5,
+                                        ringRef: 8, backendPath: "/local/domain/1/backend/vbd/2/51712")
+        #expect(XLFormat.blockListRow(connected) == "51712 1   2      4     5      8        /local/domain/1/backend/vbd/2/51712")
+        // Wider values push the columns out as printf does; missing nodes are -1.
+        let fresh = BlockDeviceInfo(devid: 268442112, vdev: "xvdq", backendID: 12, frontendID: 345, state: 1, eventChannel: -1,
+                                    ringRef: -1, backendPath: "/local/domain/12/backend/vbd/345/268442112")
+        #expect(XLFormat.blockListRow(fresh) == "268442112 12  345    1     -1     -1       /local/domain/12/backend/vbd/345/268442112")
+        let short = BlockDeviceInfo(devid: 768, vdev: "hda", backendID: 0, frontendID: 3, state: 6, eventChannel: 17,
+                                    ringRef: 2047, backendPath: "/x")
+        #expect(XLFormat.blockListRow(short) == "768   0   3      6     17     2047     /x                            ")
+    }
+
+    /// `xl block-attach DOMAIN PART...`: the parts are one spec, scanned one by one as
+    /// xlu_disk_parse does (positional parameters carry on; `target=` ends with its part).
+    @Test func blockAttachSpecComponents() throws {
+        let d = try DiskSpec.parse(components: ["phy:/dev/sdb", "xvdb", "w"])
+        #expect(d.target == "/dev/sdb" && d.vdev == "xvdb" && d.access == .readWrite)
+        let kv = try DiskSpec.parse(components: ["format=raw", "vdev=xvdc", "access=ro", "target=/img,with,commas"])
+        #expect(kv.target == "/img,with,commas" && kv.vdev == "xvdc" && kv.access == .readOnly && kv.format == .raw)
+        let targetFirst = try DiskSpec.parse(components: ["target=/a.img", "vdev=xvdd"])
+        #expect(targetFirst.target == "/a.img" && targetFirst.vdev == "xvdd")
+        #expect(try DiskSpec.parse(components: ["/b.img,raw", "xvde,r"]) == DiskSpec.parse("/b.img,raw,xvde,r"))
+        #expect(throws: (any Error).self) { try DiskSpec.parse(components: ["vdev=xvdb", "vdev=xvdc", "target=/x"]) }
+        do {
+            _ = try DiskSpec.parse(components: ["vdev=xvdb", "format=zip", "target=/x"])
+            Issue.record("format=zip accepted")
+        } catch {
+            #expect("\(error)".contains("unknown value for format: near `zip' in `format=zip'"), "\(error)")
+        }
+    }
 }

@@ -63,7 +63,15 @@ public struct DiskSpec: Codable, Equatable, Sendable {
     /// in `SPEC'") plus, where it helps, the supported values. The vdev is also checked here
     /// (xl leaves that to libxl at create time) so a bad one is reported with the config.
     public static func parse(_ spec: String) throws -> DiskSpec {
-        let scanned = try DiskSpecScanner.scan(spec)
+        try parse(components: [spec])
+    }
+
+    /// Parses a spec given as several strings, as `xl block-attach DOMAIN COMPONENT...` takes it
+    /// (xlu_disk_parse with several specs): `'phy:/dev/sdb' xvdb w` is the same disk as
+    /// `phy:/dev/sdb,xvdb,w`. `spec` is the components joined with commas.
+    public static func parse(components: [String]) throws -> DiskSpec {
+        let spec = components.joined(separator: ",")
+        let scanned = try DiskSpecScanner.scan(components: components)
         var format = scanned.format ?? .raw
         var readWrite = scanned.readWrite
         if scanned.isCDROM {

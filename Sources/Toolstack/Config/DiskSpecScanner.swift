@@ -36,8 +36,8 @@ struct DiskSpecScanner {
         case bad
     }
 
-    private let spec: String
-    private let bytes: [UInt8]
+    private var spec: String
+    private var bytes: [UInt8]
     private var result = Result()
 
     init(spec: String) {
@@ -47,8 +47,20 @@ struct DiskSpecScanner {
 
     /// Scans the whole spec; the first error xl would print is thrown.
     static func scan(_ spec: String) throws -> Result {
-        var scanner = DiskSpecScanner(spec: spec)
-        try scanner.run()
+        try scan(components: [spec])
+    }
+
+    /// Scans the components of one spec given as several strings (`xl block-attach DOM A B C`),
+    /// as xlu_disk_parse does: each is scanned on its own (so `target=` ends with its string),
+    /// into one result (positional parameters continue across them); errors quote the
+    /// component they are in.
+    static func scan(components: [String]) throws -> Result {
+        var scanner = DiskSpecScanner(spec: components.first ?? "")
+        for component in components {
+            scanner.spec = component
+            scanner.bytes = Array(component.utf8)
+            try scanner.run()
+        }
         return scanner.result
     }
 

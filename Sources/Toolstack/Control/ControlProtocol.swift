@@ -23,6 +23,17 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case memSet(domain: String, kb: UInt64)
     /// Replies `.shutdownDone` once domain `domid` has shut down (or at once if it already has).
     case waitShutdown(domid: UInt16)
+    /// `xl block-attach`: a disk (parsed by xl with the `disk=` grammar) for a running domain.
+    /// The same checks as `xl create`, plus the vdev must be free; `.ok` once the nodes are written.
+    case blockAttach(domain: String, disk: DiskSpec)
+    /// `xl block-detach`: `device` is a vdev name or number. Without `force`, libxl's safe removal
+    /// (backend `online`=0, `state`=Closing; the backend must reach Closed within the device
+    /// removal timeout, else it fails and the device stays); with `force`, libxl's destroy (the
+    /// frontend's nodes go first, and everything goes even if the backend does not answer).
+    /// Replies when the removal is over.
+    case blockDetach(domain: String, device: String, force: Bool)
+    /// `xl block-list`: one domain's virtual block devices, replied as `.blockDevices`.
+    case blockList(domain: String)
     case ping
 }
 
@@ -38,6 +49,39 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case pong(pid: Int32)
     /// Domain `domid` has shut down with this `SHUTDOWN_*` reason code.
     case shutdownDone(domid: UInt16, reason: ShutdownReason)
+    /// The reply to `.blockList`, in device number order.
+    case blockDevices([BlockDeviceInfo])
+}
+
+/// One virtual block device as `xl block-list` shows it (libxl_diskinfo): the values are read
+/// from XenStore when asked; -1 where a node is missing, as libxl.
+public struct BlockDeviceInfo: Codable, Equatable, Sendable {
+    /// The device number (`virtual-device`), e.g. 51712.
+    public var devid: UInt32
+    /// The name it was attached with, e.g. `xvda`.
+    public var vdev: String
+    public var backendID: UInt16
+    public var frontendID: UInt16
+    /// The frontend's xenbus `state`.
+    public var state: Int
+    /// The frontend's `event-channel`.
+    public var eventChannel: Int
+    /// The frontend's `ring-ref` (`ring-ref0` for a multi-page ring).
+    public var ringRef: Int
+    /// `/local/domain/B/backend/vbd/F/DEVID`.
+    public var backendPath: String
+
+    public init(devid: UInt32, vdev: String, backendID: UInt16, frontendID: UInt16, state: Int, eventChannel: Int,
+                ringRef: Int, backendPath: String) {
+        self.devid = devid
+        self.vdev = vdev
+        self.backendID = backendID
+        self.frontendID = frontendID
+        self.state = state
+        self.eventChannel = eventChannel
+        self.ringRef = ringRef
+        self.backendPath = backendPath
+    }
 }
 
 /// One row of the domain table, as `xl list` needs it.

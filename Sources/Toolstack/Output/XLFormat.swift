@@ -137,6 +137,21 @@ public enum XLFormat {
 
     public static let uptimeHeader = pad("Name", 33) + " " + lpad("ID", 4) + " Uptime"
 
+    /// `xl block-list` header (xl_block.c): `%-5s %-3s %-6s %-5s %-6s %-8s %-30s`.
+    public static let blockListHeader = blockListLine(["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"])
+
+    /// One `xl block-list` row: `%-5d %-3d %-6d %-5d %-6d %-8d %-30s` with the device number,
+    /// the backend domid, the frontend domid (xl's "handle" column), the frontend's state,
+    /// event channel and ring-ref, and the backend path.
+    public static func blockListRow(_ d: BlockDeviceInfo) -> String {
+        blockListLine([String(d.devid), String(d.backendID), String(d.frontendID), String(d.state), String(d.eventChannel),
+                       String(d.ringRef), d.backendPath])
+    }
+
+    static func blockListLine(_ fields: [String]) -> String {
+        zip(fields, [5, 3, 6, 5, 6, 8, 30]).map { pad($0, $1) }.joined(separator: " ")
+    }
+
     // MARK: helpers
 
     public static func pad(_ s: String, _ width: Int) -> String {
