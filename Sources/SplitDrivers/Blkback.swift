@@ -384,6 +384,8 @@ final class BlkbackQueue {
     /// Requests in flight: engine tag → (id, op, mappings to drop after completion).
     private var inFlight: [UInt64: (id: UInt64, op: UInt8, transient: [GrantMapping])] = [:]
     private var nextTag: UInt64 = 1
+    /// Why `mappings` last returned nil: `gref N (GNTST_...)`.
+    private var mapFailure = ""
     private(set) var slots = 0
     var engineName: String { engine?.name ?? "?" }
     private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
@@ -502,7 +504,7 @@ final class BlkbackQueue {
             if let iov = buffers(rw.segments, transient: &transient) {
                 if try !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0) }, transient: transient) { status = .error }
             } else {
-                device.owner.log("blkback: \(label): request \(rw.id) (BLKIF_OP_WRITE_BARRIER): a gref is not granted to this backend")
+                device.owner.log("blkback: \(label): request \(rw.id) (BLKIF_OP_WRITE_BARRIER): \(mapFailure) is not granted to this backend")
                 status = .error
             }
             if status == .okay, try !step({ .flush(tag: $0) }) { status = .error }
@@ -550,12 +552,12 @@ final class BlkbackQueue {
             segments = rw.segments
         case let .indirect(ind):
             guard ind.indirectOp == .read || ind.indirectOp == .write else {
-                fail(.error, "indirect_op \(ind.indirectOp.xenName) is not a read or a write")
+                fail(.error, "indirect_op \(ind.indirectOp.xenName) is not a read or a write", op: ind.indirectOp.rawValue)
                 return nil
             }
             var transient: [GrantMapping] = []
             guard let pages = mappings(ind.indirectGrefs.prefix(ind.pageCount).map { $0 }, readonly: true, transient: &transient) else {
-                fail(.error, "an indirect page's gref is not granted to this backend")
+                fail(.error, "indirect page \(mapFailure) is not granted to this backend", op: ind.indirectOp.rawValue)
                 return nil
             }
             do {
@@ -563,7 +565,7 @@ final class BlkbackQueue {
             } catch let e as BlkifRequestError {
                 if !transient.isEmpty { _ = domain.grantTable.unmap(transient) }
                 device.owner.log("blkback: \(label): \(e)")
-                responses.append(BlkifResponse(id: req.id, operation: BlkifOp.indirect.rawValue, status: .error))
+                responses.append(e.response)
                 return nil
             } catch {
                 return nil
@@ -581,7 +583,9 @@ final class BlkbackQueue {
             batch.append(.discard(offset: d.sectorNumber * 512, length: d.nrSectors * 512, tag: tag))
             return nil
         }
-        let wireOp = req.operation.rawValue  // INDIRECT answers as INDIRECT
+        // An indirect request is answered with its indirect_op, as Linux's blkback does (and
+        // Linux's blkfront checks).
+        let wireOp = op.rawValue
         let writing = op == .write
         if writing && device.readOnly { fail(.error, "write to a read-only disk", op: wireOp); return nil }
         let count = segments.reduce(UInt64(0)) { $0 + UInt64($1.sectorCount) }
@@ -596,7 +600,7 @@ final class BlkbackQueue {
         }
         var transient: [GrantMapping] = []
         guard let iov = buffers(segments, transient: &transient) else {
-            fail(.error, "a gref is not granted to this backend", op: wireOp)
+            fail(.error, "\(mapFailure) is not granted to this backend", op: wireOp)
             return nil
         }
         inFlight[tag] = (req.id, wireOp, transient)
@@ -625,7 +629,11 @@ final class BlkbackQueue {
             let results = domain.grantTable.map(chunk.map { (device.frontend, $0, readonly) })
             var failed = false
             for (g, r) in zip(chunk, results) {
-                guard case let .success(m) = r else { failed = true; continue }
+                guard case let .success(m) = r else {
+                    if !failed, case let .failure(e) = r { mapFailure = "gref \(g) (\(e))" }
+                    failed = true
+                    continue
+                }
                 if device.persistent && persistentMaps.count + persistentIndirect.count < Self.maxPersistentGrants {
                     if readonly { persistentIndirect[g] = m } else { persistentMaps[g] = m }
                 } else {

@@ -847,7 +847,8 @@ public final class Blkfront {
             case .discard: op = .discard
             }
             let indirect = (work.chunk?.segments.count ?? 0) > Blkif.maxSegmentsPerRequest
-            guard let (id, slot) = q.shadow.issue(op: indirect ? .indirect : op, payload: work) else { break }
+            // Indirect requests are answered with their indirect_op: the shadow expects that.
+            guard let (id, slot) = q.shadow.issue(op: op, payload: work) else { break }
             let request: BlkifRequest
             if let chunk = work.chunk {
                 do {
@@ -1013,7 +1014,6 @@ public final class Blkfront {
 
     private func complete(_ q: Queue, _ work: Work, op: BlkifOp, slot: Int, status: BlkifStatus) {
         let io = work.io
-        let op = op == .indirect ? (io.op == .read ? BlkifOp.read : .write) : op
         if status == .okay {
             if let chunk = work.chunk, op == .read {
                 let pages = q.slotPages[slot]

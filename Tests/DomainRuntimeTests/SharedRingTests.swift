@@ -23,6 +23,13 @@ import Testing
         #expect(RingLayout(requestSize: req, responseSize: rsp).count == UInt32(expected))
     }
 
+    /// `__CONST_RING_SIZE(blkif, XEN_PAGE_SIZE << order)`: Linux's BLK_RING_SIZE for ring-page-order
+    /// 0…4 (32, 64, 128, 256, 512 slots of 112 bytes).
+    @Test(arguments: [(1, 32), (2, 64), (4, 128), (8, 256), (16, 512)])
+    func multiPageBlkifRingSizes(_ pages: Int, _ expected: Int) {
+        #expect(RingLayout(requestSize: 112, responseSize: 12, pages: pages).count == UInt32(expected))
+    }
+
     @Test func requestsAndResponsesFlowWithXensNotifyRules() throws {
         let page = Page()
         let layout = RingLayout(requestSize: 16, responseSize: 16)

@@ -87,6 +87,10 @@ import Testing
         #expect(eventually { h.consoleLog("blkback").contains("serving vbds") }, "\(h.consoleLog("blkback"))")
         try h.create("raw", mode: "blk-raw", "extra = \"mode=blk-raw corrupt=1\"\ndisk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(img)' ]\n")
         try h.create("raw2", mode: "blk-raw", "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(img2)' ]\n")
+        // Negotiation numbers over the backend's maximums: that device is closed, nothing else.
+        for bad in ["queues", "order"] {
+            try h.create("neg-" + bad, mode: "blk-raw", "extra = \"mode=blk-raw badneg=\(bad)\"\ndisk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(image(h, bad + ".img", contents: bad))' ]\n")
+        }
         #expect(eventually(timeout: 30) { h.consoleLog("raw").contains("blk-raw done") && h.consoleLog("raw2").contains("blk-raw done") },
                 "raw: \(h.consoleLog("raw"))\nraw2: \(h.consoleLog("raw2"))\nblkback: \(h.consoleLog("blkback"))")
         for name in ["raw", "raw2"] {
@@ -96,7 +100,12 @@ import Testing
                          "partial: id=3 op=1 status=okay", "flush: id=4 op=3 status=okay", "discard: id=5 op=5 status=okay",
                          "bad op: id=6 status=eopnotsupp", "12 segments: id=7 status=error", "first>last: id=8 status=error",
                          "past end: id=9 op=0 status=error", "ungranted gref: id=10 op=0 status=error",
-                         "still serving: id=11 op=0 status=okay"] {
+                         "still serving: id=11 op=0 status=okay",
+                         "indirect read: id=12 op=0 status=okay", "indirect matches: true",
+                         "indirect 257 segments: id=13 op=0 status=error", "indirect op discard: id=14 op=5 status=error",
+                         "indirect page ungranted: id=15 op=0 status=error", "indirect seg ungranted: id=16 op=0 status=error",
+                         "indirect first>last: id=17 op=0 status=error", "indirect past end: id=18 op=0 status=error",
+                         "barrier: id=19 op=2 status=okay", "still serving: id=20 op=0 status=okay", "barrier data matches: true"] {
                 #expect(log.contains(line + "\n"), "\(name): missing '\(line)' in \(log)")
             }
         }
@@ -105,15 +114,23 @@ import Testing
         #expect(Array(disk[4096..<4104]) == (0..<8).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) })
         // The corrupting frontend was disconnected; blkback and the other frontend carry on.
         #expect(h.consoleLog("raw").contains("after corruption: backend state 6"), "\(h.consoleLog("raw"))")
-        let corrupted = h.consoleLog("blkback").components(separatedBy: "blkback: vbd 2/51712: the frontend corrupted its ring").count - 1
+        let corrupted = h.consoleLog("blkback").components(separatedBy: "blkback: vbd 2/51712: the frontend corrupted ring 0").count - 1
         #expect(corrupted == 1, "\(h.consoleLog("blkback"))")  // disconnected once, not reconnected behind its back
         #expect(h.consoleLog("blkback").contains("request 6 (") || h.consoleLog("blkback").contains("id 6"))
+        #expect(eventually { h.consoleLog("neg-queues").contains("bad queues: backend state 6") && h.consoleLog("neg-order").contains("bad order: backend state 6") },
+                "\(h.consoleLog("neg-queues"))\n\(h.consoleLog("neg-order"))")
+        #expect(h.consoleLog("neg-queues").contains("backend offers: max-queues=1 max-ring-page-order=4 max-indirect=256"), "\(h.consoleLog("neg-queues"))")
+        #expect(h.consoleLog("blkback").contains("asks for 99 queues; multi-queue-max-queues is 1"), "\(h.consoleLog("blkback"))")
+        #expect(h.consoleLog("blkback").contains("asks for ring-page-order 9; max-ring-page-order is 4"), "\(h.consoleLog("blkback"))")
+        #expect(h.consoleLog("blkback").contains("indirect page gref 60001"), "\(h.consoleLog("blkback"))")
         #expect(try h.list()["blkback"] != nil)
         #expect(try h.xs("read", "/local/domain/1/backend/vbd/3/51712/state").stdout == "4\n")
     }
 
     /// Data integrity: guests write patterns to their own disks concurrently through blkfront and
-    /// verify them, against a blkback on io_uring and one forced onto the thread pool.
+    /// verify them, against a blkback on io_uring and one forced onto the thread pool; some with
+    /// one queue and a one-page ring, some with several queues, multi-page rings and indirect
+    /// requests of up to 256 segments.
     @Test func blkcheckGuestsVerifyTheirDisksWithBothIOEngines() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
@@ -124,27 +141,39 @@ import Testing
             return path
         }
         let blkback = Products.path("blkback"), blkcheck = Products.path("blkcheck")
-        #expect(try h.xl("create", "-q", h.config("bb-uring", kernel: blkback, "driver_domain = 1\n")).ok)
+        #expect(try h.xl("create", "-q", h.config("bb-uring", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=4\"\n")).ok)
         #expect(try h.xl("create", "-q", h.config("bb-threads", kernel: blkback,
-                                                  "driver_domain = 1\nextra = \"PROCVISOR_FORCE_NO_IOURING=1\"\n")).ok)
+                                                  "driver_domain = 1\nextra = \"PROCVISOR_FORCE_NO_IOURING=1 max-queues=4\"\n")).ok)
         #expect(eventually { h.consoleLog("bb-uring").contains("serving vbds") && h.consoleLog("bb-threads").contains("serving vbds") })
-        let guests: [(String, String)] = [
-            ("c1", "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c1a.img", mb: 16))',\n"
+        let guests: [(String, String, String)] = [
+            ("c1", "", "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c1a.img", mb: 16))',\n"
                  + "         'vdev=xvdb, access=rw, backend=bb-threads, target=\(sparse("c1b.img", mb: 16))' ]\n"),
-            ("c2", "disk = [ 'vdev=xvda, access=rw, backend=bb-threads, target=\(sparse("c2.img", mb: 16))' ]\n"),
-            ("c3", "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c3.img", mb: 16))' ]\n"),
+            ("c2", "", "disk = [ 'vdev=xvda, access=rw, backend=bb-threads, target=\(sparse("c2.img", mb: 16))' ]\n"),
+            ("c3", "indirect=0", "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c3.img", mb: 16))' ]\n"),
+            ("c4", "queues=3 order=2 indirect=256 maxio=600",
+             "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c4.img", mb: 16))' ]\n"),
+            ("c5", "queues=2 order=1 indirect=64 maxio=300",
+             "disk = [ 'vdev=xvda, access=rw, backend=bb-threads, target=\(sparse("c5.img", mb: 16))' ]\n"),
         ]
-        for (i, (name, disks)) in guests.enumerated() {
+        for (i, (name, options, disks)) in guests.enumerated() {
             let r = try h.xl("create", "-q", h.config(name, kernel: blkcheck,
-                                                      "extra = \"seed=\(i + 1) rounds=6 depth=16 span=16384\"\nmemory = 32\n" + disks))
+                                                      "extra = \"seed=\(i + 1) rounds=6 depth=16 span=16384 \(options)\"\nmemory = 32\n" + disks))
             #expect(r.ok, "\(name): \(r.stderr)")
         }
         #expect(eventually(timeout: 120) { (try? h.list())?.keys.filter { $0.hasPrefix("c") }.isEmpty == true },
                 "still running: \(String(describing: try? h.list().keys.sorted()))")
-        for (name, disk) in [("c1", "xvda"), ("c1", "xvdb"), ("c2", "xvda"), ("c3", "xvda")] {
+        for (name, disk) in [("c1", "xvda"), ("c1", "xvdb"), ("c2", "xvda"), ("c3", "xvda"), ("c4", "xvda"), ("c5", "xvda")] {
             #expect(h.consoleLog(name).contains("blkcheck: \(disk) OK"),
                     "\(name): \(h.consoleLog(name))\nbb-uring: \(h.consoleLog("bb-uring"))\nbb-threads: \(h.consoleLog("bb-threads"))\n\((try? h.dmesg()) ?? "")")
         }
+        // What was negotiated: the defaults (one queue, one page, Linux's 32 indirect segments),
+        // none, and the several-queue, multi-page ones.
+        #expect(h.consoleLog("c2").contains("1 queue(s), ring-page-order 0, 32 segments per request"), "\(h.consoleLog("c2"))")
+        #expect(h.consoleLog("c3").contains("1 queue(s), ring-page-order 0, 11 segments per request"), "\(h.consoleLog("c3"))")
+        #expect(h.consoleLog("c4").contains("3 queue(s), ring-page-order 2, 256 segments per request"), "\(h.consoleLog("c4"))")
+        #expect(h.consoleLog("c5").contains("2 queue(s), ring-page-order 1, 64 segments per request"), "\(h.consoleLog("c5"))")
+        #expect(h.consoleLog("bb-uring").contains("3 queues of 128 slots"), "\(h.consoleLog("bb-uring"))")
+        #expect(h.consoleLog("bb-threads").contains("2 queues of 64 slots"), "\(h.consoleLog("bb-threads"))")
         #expect(h.consoleLog("bb-uring").contains("io_uring"), "\(h.consoleLog("bb-uring"))")
         #expect(h.consoleLog("bb-threads").contains("threads"), "\(h.consoleLog("bb-threads"))")
         let dmesg = try h.dmesg()

@@ -16,6 +16,23 @@ import Testing
         #expect(b.bytes[0] == 0)  // a punched page reads as zero
     }
 
+    /// Pages mapped one by one (as grants are) seen back to back: a multi-page ring.
+    @Test func contiguousAliasShowsSeparatePagesBackToBack() throws {
+        let fds = try (0..<4).map { try MemFD.create(name: "page\($0)", size: 4096) }
+        defer { fds.forEach { $0.close() } }
+        let pages = try fds.map { try SharedMapping($0, length: 4096) }
+        for (i, p) in pages.enumerated() { memset(p.base, Int32(0x10 + i), 4096) }
+        let view = try ContiguousAlias.make(pages.map(\.base))
+        for i in 0..<4 {
+            #expect(view.load(fromByteOffset: i * 4096 + 17, as: UInt8.self) == UInt8(0x10 + i))
+        }
+        // Writes through the view land in the pages, across the page boundaries.
+        memset(view + 4090, 0xee, 12)
+        #expect(pages[0].bytes[4095] == 0xee && pages[1].bytes[5] == 0xee && pages[1].bytes[6] == 0x11)
+        ContiguousAlias.release(view, pages: 4)
+        #expect(pages[3].bytes[0] == 0x13)  // the originals stay
+    }
+
     @Test func futexWakesAWaiterInAnotherThread() throws {
         let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
         defer { word.deallocate() }

@@ -26,6 +26,20 @@ func runBlkMode(_ mode: String, _ domain: Domain) -> Bool {
     let data = (0..<2).map { _ in try! gt.allocatePage() }
     let refs = data.map { try! gt.grantAccess($0, to: bid) }
     let port = try! ev.allocUnbound(remote: bid)
+    if let bad = arg("badneg") {
+        // Numbers blkback must refuse (connect_ring): it closes the device and says why.
+        say("backend offers: max-queues=\((try? xs.read(bdir + "/multi-queue-max-queues")) ?? "-") max-ring-page-order=\((try? xs.read(bdir + "/max-ring-page-order")) ?? "-") max-indirect=\((try? xs.read(bdir + "/feature-max-indirect-segments")) ?? "-")")
+        if bad == "queues" { try! xs.write(fdir + "/multi-queue-num-queues", "99") }
+        if bad == "order" { try! xs.write(fdir + "/ring-page-order", "9") }
+        try! xs.write(fdir + "/ring-ref", "\(ringRef)")
+        try! xs.write(fdir + "/event-channel", "\(port)")
+        try! xs.write(fdir + "/state", "3")
+        waited = 0
+        while !["5", "6"].contains(backendState()) && waited < 1000 { usleep(10_000); waited += 1 }
+        say("bad \(bad): backend state \(backendState())")
+        say("blk-raw done")
+        while true { domain.block() }
+    }
     try! xs.write(fdir + "/ring-ref", "\(ringRef)")
     try! xs.write(fdir + "/event-channel", "\(port)")
     try! xs.write(fdir + "/protocol", "x86_64-abi")
@@ -75,6 +89,32 @@ func runBlkMode(_ mode: String, _ domain: Domain) -> Bool {
     say("past end: " + request(.readWrite(.init(operation: .read, id: 9, sectorNumber: sectors - 4, segments: [BlkifSegment(gref: refs[1])]))))
     say("ungranted gref: " + request(.readWrite(.init(operation: .read, id: 10, sectorNumber: 0, segments: [BlkifSegment(gref: 60000)]))))
     say("still serving: " + request(.readWrite(.init(operation: .read, id: 11, sectorNumber: 8, segments: [BlkifSegment(gref: refs[1])]))))
+
+    // BLKIF_OP_INDIRECT: the segments in a page granted read-only.
+    let ind = try! gt.allocatePage()
+    let indRef = try! gt.grantAccess(ind, to: bid, readonly: true)
+    func indirect(id: UInt64, op: BlkifOp = .read, sector: UInt64 = 8, nr: UInt16, grefs: [GrantRef]? = nil,
+                  _ segments: [BlkifSegment]) -> String {
+        memset(ind.base, 0, 4096)
+        BlkifRequest.Indirect.store(segments, to: [ind.base])
+        return request(.indirect(.init(indirectOp: op, nrSegments: nr, id: id, sectorNumber: sector, indirectGrefs: grefs ?? [indRef])))
+    }
+    memset(data[1].base, 0, 4096)
+    // Sectors 8..11 then 12..15, from two segments of the same page: the pattern written above.
+    say("indirect read: " + indirect(id: 12, nr: 2, [BlkifSegment(gref: refs[1], firstSect: 0, lastSect: 3),
+                                                     BlkifSegment(gref: refs[1], firstSect: 4, lastSect: 7)]))
+    say("indirect matches: \(memcmp(data[0].base, data[1].base, 4096) == 0)")
+    let one = [BlkifSegment(gref: refs[1])]
+    say("indirect 257 segments: " + indirect(id: 13, nr: 257, Array(repeating: BlkifSegment(gref: refs[1]), count: 257)))
+    say("indirect op discard: " + indirect(id: 14, op: .discard, nr: 1, one))
+    say("indirect page ungranted: " + indirect(id: 15, nr: 1, grefs: [60001], one))
+    say("indirect seg ungranted: " + indirect(id: 16, nr: 1, [BlkifSegment(gref: 60002)]))
+    say("indirect first>last: " + indirect(id: 17, nr: 1, [BlkifSegment(gref: refs[1], firstSect: 7, lastSect: 1)]))
+    say("indirect past end: " + indirect(id: 18, sector: sectors - 4, nr: 1, one))
+    // WRITE_BARRIER with data: drained, flushed, written, flushed.
+    say("barrier: " + request(.readWrite(.init(operation: .writeBarrier, id: 19, sectorNumber: 16, segments: [BlkifSegment(gref: refs[0])]))))
+    say("still serving: " + request(.readWrite(.init(operation: .read, id: 20, sectorNumber: 16, segments: [BlkifSegment(gref: refs[1])]))))
+    say("barrier data matches: \(memcmp(data[0].base, data[1].base, 4096) == 0)")
     if arg("corrupt") == "1" {
         // Impossible producer index: the backend must disconnect this device, not loop.
         ringPage.base.storeBytes(of: UInt32(5000), as: UInt32.self)
