@@ -50,6 +50,22 @@ import Testing
         #expect(c.map(\.sectorNumber) == [0, 16, 32])
     }
 
+    /// With indirect segments a 1 MiB transfer is one request of 256 segments (Linux's blkfront
+    /// with max_indirect_segments=256), and an unaligned one spills one page into a second.
+    @Test func indirectSegmentsCarryAMebibytePerRequest() throws {
+        let c = BlkfrontPlan.chunks(sector: 2048, count: 2048, maxSegments: 256)
+        #expect(c.count == 1 && c[0].segments.count == 256 && c[0].sectorCount == 2048)
+        let u = BlkfrontPlan.chunks(sector: 3, count: 2048, maxSegments: 256)
+        #expect(u.map(\.sectorCount) == [2045, 3] && u[0].segments.count == 256 && u[0].segments[0].firstSect == 3)
+        // The segments round-trip through an indirect page as blkback reads them.
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        let segs = c[0].segments.map { BlkifSegment(gref: GrantRef(100 + $0.page), firstSect: $0.firstSect, lastSect: $0.lastSect) }
+        BlkifRequest.Indirect.store(segs, to: [page])
+        let req = BlkifRequest.Indirect(indirectOp: .read, nrSegments: 256, id: 1, sectorNumber: 2048, indirectGrefs: [9])
+        #expect(try req.segments(pages: [UnsafeRawPointer(page)]) == segs)
+    }
+
     /// Random transfers: the chunks tile the range and the buffer exactly, every request is one
     /// blkback accepts, and only a request's first segment starts, and its last ends, inside a page.
     @Test func randomTransfersTileExactlyAndDecodeAsValidRequests() throws {
