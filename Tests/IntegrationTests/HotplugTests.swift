@@ -31,11 +31,17 @@ import Testing
     /// printf's `%-Ns` for the expected block-list text.
     func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
 
+    /// The row xl would print, from XenStore: the frontend's `state`, `event-channel` and
+    /// `ring-ref` (`ring-ref0` for a multi-page ring), -1 where missing (as with several queues,
+    /// whose nodes are under `queue-N/`).
     func blockListRow(_ h: SupervisorHarness, fe: Int, be: Int, devid: Int) throws -> String {
         let f = "/local/domain/\(fe)/device/vbd/\(devid)"
-        func read(_ p: String) throws -> String { try h.xs("read", p).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
-        return [pad("\(devid)", 5), pad("\(be)", 3), pad("\(fe)", 6), pad(try read(f + "/state"), 5),
-                pad(try read(f + "/event-channel"), 6), pad(try read(f + "/ring-ref"), 8),
+        func read(_ p: String) throws -> String? {
+            let r = try h.xs("read", p)
+            return r.ok ? r.stdout.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+        }
+        return [pad("\(devid)", 5), pad("\(be)", 3), pad("\(fe)", 6), pad(try read(f + "/state") ?? "-1", 5),
+                pad(try read(f + "/event-channel") ?? "-1", 6), pad(try read(f + "/ring-ref") ?? (try read(f + "/ring-ref0")) ?? "-1", 8),
                 pad("/local/domain/\(be)/backend/vbd/\(fe)/\(devid)", 30)].joined(separator: " ")
     }
 
@@ -96,7 +102,9 @@ import Testing
         let took = Date().timeIntervalSince(start)
         #expect(detach.ok && detach.stderr.isEmpty, "\(detach.stderr)\n\(h.consoleLog("g"))")
         #expect(took < 8, "block-detach took \(took) s")
-        #expect(h.consoleLog("g").contains("hotplug: xvdb closed; late read: xvdb (vbd 51728): closed\n"), "\(h.consoleLog("g"))")
+        // The guest says so once its close handshake is over (xl may be back first).
+        #expect(eventually(timeout: 10) { h.consoleLog("g").contains("hotplug: xvdb closed; late read: xvdb (vbd 51728): closed\n") },
+                "\(h.consoleLog("g"))")
         #expect(try h.xs("exists", "/local/domain/2/device/vbd/51728").status == 1)
         #expect(try h.xs("exists", "/local/domain/1/backend/vbd/2/51728").status == 1)
         #expect(try h.xs("exists", "/local/domain/1/backend/vbd/2/51712").status == 0)
@@ -153,13 +161,13 @@ import Testing
         defer { h.stop() }
         try startBlkback(h)
         let a = image(h, "a.img"), b = image(h, "b.img")
-        try hotplugGuest(h, "g", "busy=xvdb deaf=4", disk: "vdev=xvda, access=rw, backend=bb, target=\(a)")
+        try hotplugGuest(h, "g", "busy=xvdb deaf=8", disk: "vdev=xvda, access=rw, backend=bb, target=\(a)")
         #expect(eventually(timeout: 30) { h.consoleLog("g").contains("hotplug: xvda verified") }, "\(h.consoleLog("g"))")
         #expect(try h.xl("block-attach", "g", "vdev=xvdb, access=rw, backend=bb, target=\(b)").ok)
         #expect(eventually(timeout: 30) { h.consoleLog("g").contains("hotplug: xvdb busy") }, "\(h.consoleLog("g"))")
         usleep(500_000)
         #expect(try h.xs("write", "/local/domain/2/data/deaf", "1").ok)
-        #expect(eventually(timeout: 10) { h.consoleLog("g").contains("hotplug: deaf for 4.0 s; outstanding xvda=0 xvdb=") }, "\(h.consoleLog("g"))")
+        #expect(eventually(timeout: 10) { h.consoleLog("g").contains("hotplug: deaf for 8.0 s; outstanding xvda=0 xvdb=") }, "\(h.consoleLog("g"))")
         let start = Date()
         let safe = try h.xl("block-detach", "g", "xvdb")
         #expect(Date().timeIntervalSince(start) < 6)
@@ -240,7 +248,7 @@ import Testing
         let h = try SupervisorHarness()
         defer { h.stop() }
         let a = image(h, "a.img"), b = image(h, "b.img"), c = image(h, "c.img")
-        try hotplugGuest(h, "g1", disk: "vdev=xvda, access=rw, target=\(a)")
+        try hotplugGuest(h, "g1", "queues=2", disk: "vdev=xvda, access=rw, target=\(a)")
         // Started before the guest, shown like any domain.
         let list = try h.list()
         #expect(list["blkback"]?.domid == 1 && list["g1"]?.domid == 2, "\(list)")
@@ -249,11 +257,17 @@ import Testing
         // Reused by a hot-plugged disk and by another guest.
         #expect(try h.xl("block-attach", "g1", "vdev=xvdb, access=rw, target=\(b)").ok)
         #expect(eventually(timeout: 30) { h.consoleLog("g1").contains("hotplug: xvdb verified") }, "\(h.consoleLog("g1"))")
-        try hotplugGuest(h, "g2", disk: "vdev=xvda, access=rw, target=\(c)")
+        try hotplugGuest(h, "g2", "ring_order=2", disk: "vdev=xvda, access=rw, target=\(c)")
         #expect(eventually(timeout: 30) { h.consoleLog("g2").contains("hotplug: xvda verified") }, "\(h.consoleLog("g2"))")
         #expect(try h.xl("block-list", "g1", "g2").stdout == [Self.header, try blockListRow(h, fe: 2, be: 1, devid: 51712),
                                                                try blockListRow(h, fe: 2, be: 1, devid: 51728),
                                                                try blockListRow(h, fe: 3, be: 1, devid: 51712)].joined(separator: "\n") + "\n")
+        // Two queues: xl finds no event-channel or ring-ref at the top (-1); four ring pages: ring-ref0.
+        let rows = try h.xl("block-list", "g1", "g2").stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ") }
+        #expect(rows.count == 3 && rows[0][4] == "-1" && rows[0][5] == "-1" && rows[1][4] == "-1", "\(rows)")
+        let ringRef0 = try h.xs("read", "/local/domain/3/device/vbd/51712/ring-ref0").stdout.dropLast()
+        #expect(rows.count == 3 && rows[2][5] == ringRef0, "\(rows)")
+        #expect(h.consoleLog("g1").contains("hotplug: xvda connected sectors=16384 queues=2"))
         #expect(try h.list().keys.sorted() == ["Domain-0", "blkback", "g1", "g2"])
         #expect(try h.dmesg().components(separatedBy: "started the default driver domain").count == 2)
     }

@@ -20,6 +20,7 @@ func hotplugPattern(sector: UInt64, byte i: Int) -> UInt8 {
 /// - `deaf=SECONDS`: once `data/deaf` is written (by the test, through dom0's socket), stop
 ///   calling blkfront for that long, requests in flight and all (so a toolstack's safe removal
 ///   meanwhile times out), then carry on.
+/// - `queues=N`, `ring_order=N`: blkfront's options for every device (multi-queue, multi-page).
 /// When a device goes, every other device is verified again ("xvda ok after xvdb left").
 /// An `alive N` line every second shows the guest still runs.
 func runHotplugMode(_ mode: String, _ domain: Domain) -> Bool {
@@ -28,6 +29,8 @@ func runHotplugMode(_ mode: String, _ domain: Domain) -> Bool {
     let xs = domain.store, ev = domain.eventChannels
     let busyName = arg("busy")
     let deafSeconds = arg("deaf").flatMap { Double($0) }
+    let options = BlkfrontOptions(queues: arg("queues").flatMap { Int($0) } ?? 1,
+                                  ringPageOrder: arg("ring_order").flatMap { Int($0) } ?? 0)
 
     // The watch thread only raises a flag; blkfront is driven from this thread alone.
     let changed = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
@@ -96,7 +99,7 @@ func runHotplugMode(_ mode: String, _ domain: Domain) -> Bool {
             let name = Blkfront.deviceName(devid: devid)
             say("found \(name) (vbd \(devid))")
             do {
-                let f = try Blkfront.connect(domain: domain, devid: devid, timeout: 20)
+                let f = try Blkfront.connect(domain: domain, devid: devid, timeout: 20, options: options)
                 say("\(name) connected sectors=\(f.sectors) queues=\(f.queueCount)")
                 let d = Device(f)
                 devices[devid] = d
