@@ -2,6 +2,7 @@
 // (`procvisor-bench blk` runs fio on the same image with the same parameters).
 //
 //   extra = "rw=randread bs=4096 depth=32 seconds=5 span=BYTES seed=N spin=N ios=N timeout=SECONDS"
+//   (a setting given twice: the last one counts)
 //
 //   rw       randread | randwrite | read | write (fio's names; read/write are sequential)
 //   bs       bytes per IO, a multiple of the disk's sector size (4096 for random, 1 MiB for
@@ -34,7 +35,7 @@ import SplitDrivers
 
 let domain = Domain.start()
 let args = CommandLine.arguments.dropFirst()
-func arg(_ key: String) -> String? { args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) } }
+func arg(_ key: String) -> String? { args.last { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) } }
 func number(_ key: String, _ fallback: UInt64) -> UInt64 {
     guard let text = arg(key) else { return fallback }
     guard let v = UInt64(text) else { fail("\(key)=\(text) is not a number") }
