@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(name: "bench-guest", dependencies: ["DomainRuntime"], path: "Benchmarks/bench-guest", swiftSettings: v5),
 
         // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
-        .executableTarget(name: "testguest", dependencies: ["DomainRuntime"], path: "Tests/Guests/testguest", swiftSettings: v5),
+        .executableTarget(name: "testguest", dependencies: ["DomainRuntime", "SplitDrivers"], path: "Tests/Guests/testguest", swiftSettings: v5),
 
         .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),

@@ -3,9 +3,10 @@
 #   libseccomp-dev, liburing-dev  build dependencies (C shims)
 #   xen-utils-common               Xen's example configs (/etc/xen/xlexample.*) the config tests parse
 #   xenstore-utils                 Xen's xenstore-read/-write/-ls… the XenStore tests drive the store with
+#   fio                            the peer of the blk benchmark suite (procvisor-bench blk)
 set -euo pipefail
 
-packages=(libseccomp-dev liburing-dev xen-utils-common xenstore-utils)
+packages=(libseccomp-dev liburing-dev xen-utils-common xenstore-utils fio)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

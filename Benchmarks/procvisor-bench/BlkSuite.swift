@@ -22,6 +22,7 @@ import Toolstack
 ///                           size matches)
 ///   PROCVISOR_BLK_SPIN      blkbench spin= (doorbell checks before sleeping; 0)
 ///   PROCVISOR_BLK_ONLY      comma-separated workload names to run (all by default)
+///   PROCVISOR_BLK_EXTRA     more blkbench settings, e.g. "queues=2 ring_order=2 indirect=0"
 ///
 /// Targets (issue 5), printed as met / not met and never failing the run: at depth 32, at least
 /// 90% of fio's IOPS; sequential, at least 95% of its bandwidth; at depth 1, p99 latency within
@@ -67,6 +68,7 @@ enum BlkSuite {
         var keep = false
         var spin = 0
         var only: Set<String>?
+        var extra = ""
 
         init() {
             let env = ProcessInfo.processInfo.environment
@@ -75,6 +77,7 @@ enum BlkSuite {
             if let s = env["PROCVISOR_BLK_DIR"], !s.isEmpty { dir = s }
             keep = env["PROCVISOR_BLK_KEEP"] == "1"
             if let s = env["PROCVISOR_BLK_SPIN"], let v = Int(s), v >= 0 { spin = v }
+            extra = env["PROCVISOR_BLK_EXTRA"] ?? ""
             if let s = env["PROCVISOR_BLK_ONLY"], !s.isEmpty { only = Set(s.split(separator: ",").map(String.init)) }
         }
     }
@@ -99,7 +102,7 @@ enum BlkSuite {
         defer {
             if options.keep { print("blk: image kept at \(image)") } else { unlink(image) }
         }
-        print("blk: image \(image), \(options.sizeMiB) MiB on \(fsType(options.dir)), \(options.seconds) s per run and side, blkbench spin=\(options.spin)")
+        print("blk: image \(image), \(options.sizeMiB) MiB on \(fsType(options.dir)), \(options.seconds) s per run and side, blkbench spin=\(options.spin) \(options.extra)")
         fflush(stdout)
 
         let sup = try BenchSupervisor()
@@ -132,7 +135,7 @@ enum BlkSuite {
             try """
             name = "\(guest)"
             kernel = "\(blkbench)"
-            extra = "rw=\(w.rw) bs=\(w.bs) depth=\(w.depth) seconds=\(options.seconds) span=\(span) seed=\(i + 1) spin=\(options.spin)"
+            extra = "rw=\(w.rw) bs=\(w.bs) depth=\(w.depth) seconds=\(options.seconds) span=\(span) seed=\(i + 1) spin=\(options.spin) \(options.extra)"
             memory = 64
             vcpus = 1
             on_poweroff = "destroy"
@@ -155,6 +158,8 @@ enum BlkSuite {
             let connected = sup.consoleLog(backendName).split(separator: "\n")
                 .last { $0.contains("connected (") }.map(String.init) ?? "(no connected line)"
             let mode = connected.contains("direct I/O") ? "direct I/O" : "buffered (page cache)"
+            let frontLine = sup.consoleLog(guest).split(separator: "\n").first { $0.contains("segments per request") }
+                .map { String($0.drop { $0 != ";" }.dropFirst()).trimmingCharacters(in: .whitespaces) } ?? "?"
 
             // The peer: fio on the same file, same pattern.
             var peer: Figures?
@@ -165,7 +170,7 @@ enum BlkSuite {
             rows.append((w, ours, peer, mode))
             print("blk: \(w.label): procvisor \(fmt(ours.iops)) IOPS \(fmt1(ours.mbps)) MB/s p50 \(fmt1(ours.p50)) µs p99 \(fmt1(ours.p99)) µs"
                 + (peer.map { "; fio \(fmt($0.iops)) IOPS \(fmt1($0.mbps)) MB/s p50 \(fmt1($0.p50)) µs p99 \(fmt1($0.p99)) µs" } ?? "")
-                + "; backend: \(connected.trimmingCharacters(in: .whitespaces))")
+                + "; blkfront: \(frontLine); backend: \(connected.trimmingCharacters(in: .whitespaces))")
             fflush(stdout)
         }
 

@@ -74,7 +74,9 @@ final class SupervisorHarness {
     let env: [String: String]
     private(set) var stopped = false
 
-    init(extraEnv: [String: String] = [:]) throws {
+    /// `supervisor`: the procvisord executable to run (a copy elsewhere shows what it does
+    /// without the products next to it).
+    init(extraEnv: [String: String] = [:], supervisor supervisorPath: String = Products.path("procvisord")) throws {
         var template = Array("/tmp/pvt.XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw Errno.current }
         runDirectory = String(cString: template)
@@ -85,7 +87,7 @@ final class SupervisorHarness {
         for (k, v) in extraEnv { env[k] = v }
         self.env = env
         supervisor = Foundation.Process()
-        supervisor.executableURL = URL(fileURLWithPath: Products.path("procvisord"))
+        supervisor.executableURL = URL(fileURLWithPath: supervisorPath)
         supervisor.environment = env
         try supervisor.run()
         let socket = runDirectory + "/control"

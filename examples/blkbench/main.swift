@@ -2,6 +2,7 @@
 // (`procvisor-bench blk` runs fio on the same image with the same parameters).
 //
 //   extra = "rw=randread bs=4096 depth=32 seconds=5 span=BYTES seed=N spin=N ios=N timeout=SECONDS"
+//   (a setting given twice: the last one counts)
 //
 //   rw       randread | randwrite | read | write (fio's names; read/write are sequential)
 //   bs       bytes per IO, a multiple of the disk's sector size (4096 for random, 1 MiB for
@@ -13,6 +14,9 @@
 //   seed     random offsets (splitmix64; 1 by default)
 //   spin     Blkfront.spin: doorbell checks before sleeping in waitAny (0 by default)
 //   timeout  seconds a wait for a completion may take before the run fails (30)
+//   queues, ring_order, indirect
+//            blkfront's options (BlkfrontOptions: queues, ring-page-order, indirect segments per
+//            request; Linux's defaults 1, 0, 32 unless given), capped by what the backend offers
 //
 // Random offsets are uniform over the span, aligned to bs; sequential ones advance by bs and
 // wrap at the end of the span. Latency is per IO, submit → completion, on the monotonic clock,
@@ -31,7 +35,7 @@ import SplitDrivers
 
 let domain = Domain.start()
 let args = CommandLine.arguments.dropFirst()
-func arg(_ key: String) -> String? { args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) } }
+func arg(_ key: String) -> String? { args.last { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) } }
 func number(_ key: String, _ fallback: UInt64) -> UInt64 {
     guard let text = arg(key) else { return fallback }
     guard let v = UInt64(text) else { fail("\(key)=\(text) is not a number") }
@@ -136,11 +140,15 @@ let devids: [UInt32]
 do { devids = try Blkfront.devices(domain: domain) } catch { fail("cannot list device/vbd: \(error)") }
 guard let devid = devids.first else { fail("no virtual disk: device/vbd is empty (add a disk= line to the config)") }
 let front: Blkfront
-do { front = try Blkfront.connect(domain: domain, devid: devid, timeout: timeout) } catch { fail("\(error)") }
+var options = BlkfrontOptions()
+options.queues = Int(number("queues", UInt64(options.queues)))
+options.ringPageOrder = Int(number("ring_order", UInt64(options.ringPageOrder)))
+options.maxIndirectSegments = Int(number("indirect", UInt64(options.maxIndirectSegments)))
+do { front = try Blkfront.connect(domain: domain, devid: devid, timeout: timeout, options: options) } catch { fail("\(error)") }
 front.spin = spin
 front.ioTimeout = timeout
 let f = front.features
-say("\(front.label): \(f.sectors) sectors (\(f.bytes / 1_048_576) MiB), sector-size \(f.sectorSize), \(f.readOnly ? "ro" : "rw"), persistent grants \(f.persistent ? "yes" : "no"); ring-ref \(front.ringRef), event channel \(front.port)")
+say("\(front.label): \(f.sectors) sectors (\(f.bytes / 1_048_576) MiB), sector-size \(f.sectorSize), \(f.readOnly ? "ro" : "rw"), persistent grants \(f.persistent ? "yes" : "no"); \(front.queueCount) queue(s), ring-page-order \(front.ringPageOrder), \(front.maxSegmentsPerRequest) segments per request")
 
 guard bs % front.sectorSize == 0 else { fail("bs=\(bs) is not a multiple of the disk's \(front.sectorSize)-byte sectors") }
 if rw.isWrite && front.readOnly { fail("rw=\(rw.rawValue) on a read-only disk") }
