@@ -297,7 +297,9 @@ final class BlkbackDevice {
             if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
             let s = (try? xs.read(feDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .unknown
             if s == .initialised || s == .connected { break }
-            if s == .closing || s == .closed { throw BlkbackStop.frontendClosed }
+            // A frontend directory that vanished (forced removal before it connected) reads as
+            // Unknown: Linux's blkback unregisters then too.
+            if s == .closing || s == .closed || s == .unknown { throw BlkbackStop.frontendClosed }
             kick.wait(timeoutMs: 100)
         }
         func feRead(_ key: String) -> String? { try? xs.read(feDir + "/" + key) }

@@ -244,6 +244,27 @@ import Testing
         #expect(try h.list().keys.sorted() == ["Domain-0", "be", "g"])
     }
 
+    /// `xl block-detach -f` of a disk whose guest never connected it (the backend waits at
+    /// InitWait): blkback sees the frontend directory go and closes the device, so the forced
+    /// removal completes at once instead of running into the timeout.
+    @Test func forcedDetachOfADiskTheGuestNeverOpened() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startBlkback(h)
+        try h.create("g", mode: "run", "disk = [ 'vdev=xvda, access=rw, backend=bb, target=\(image(h, "a.img"))' ]\n")
+        let state = "/local/domain/1/backend/vbd/2/51712/state"
+        #expect(eventually { (try? h.xs("read", state).stdout) == "2\n" }, "backend never reached InitWait")
+        let started = Date()
+        let r = try h.xl("block-detach", "-f", "g", "xvda")
+        #expect(r.ok, "\(r.stderr)")
+        #expect(Date().timeIntervalSince(started) < 5, "the forced detach waited for the timeout")
+        let backendGone = try !h.xs("read", state).ok, frontends = try h.xs("list", "/local/domain/2/device/vbd").stdout
+        #expect(backendGone && frontends == "")
+        #expect(eventually { h.consoleLog("bb").contains("vbd 2/51712: the frontend closed the device") }, "\(h.consoleLog("bb"))")
+        let domains = try h.list()
+        #expect(domains["bb"] != nil && domains["g"] != nil)
+    }
+
     @Test func disksWithoutABackendGoToABlkbackStartedOnDemand() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
