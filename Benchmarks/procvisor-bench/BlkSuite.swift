@@ -15,7 +15,9 @@ import Toolstack
 /// page cache; the suite prints it, since buffered I/O is not comparable with fio's direct I/O.
 ///
 /// Options (environment):
-///   PROCVISOR_BLK_SECONDS   run time of each side of each workload (5)
+///   PROCVISOR_BLK_SECONDS   run time of each side of each workload, per round (5)
+///   PROCVISOR_BLK_ROUNDS    rounds per workload, alternating which side goes first; each
+///                           figure is the median of its side's rounds (3)
 ///   PROCVISOR_BLK_SIZE_MIB  image size (1024)
 ///   PROCVISOR_BLK_DIR       where the image lives (/var/tmp)
 ///   PROCVISOR_BLK_KEEP=1    keep the image afterwards (it is reused by the next run when the
@@ -69,6 +71,7 @@ enum BlkSuite {
         var spin = 0
         var only: Set<String>?
         var extra = ""
+        var rounds = 3
 
         init() {
             let env = ProcessInfo.processInfo.environment
@@ -78,6 +81,7 @@ enum BlkSuite {
             keep = env["PROCVISOR_BLK_KEEP"] == "1"
             if let s = env["PROCVISOR_BLK_SPIN"], let v = Int(s), v >= 0 { spin = v }
             extra = env["PROCVISOR_BLK_EXTRA"] ?? ""
+            if let s = env["PROCVISOR_BLK_ROUNDS"], let v = Int(s), v >= 1 { rounds = v }
             if let s = env["PROCVISOR_BLK_ONLY"], !s.isEmpty { only = Set(s.split(separator: ",").map(String.init)) }
         }
     }
@@ -102,14 +106,12 @@ enum BlkSuite {
         defer {
             if options.keep { print("blk: image kept at \(image)") } else { unlink(image) }
         }
-        print("blk: image \(image), \(options.sizeMiB) MiB on \(fsType(options.dir)), \(options.seconds) s per run and side, blkbench spin=\(options.spin) \(options.extra)")
+        print("blk: image \(image), \(options.sizeMiB) MiB on \(fsType(options.dir)), \(options.seconds) s per run, \(options.rounds) rounds per workload (medians), blkbench spin=\(options.spin) \(options.extra)")
         fflush(stdout)
 
         let sup = try BenchSupervisor()
-        var guests: [String] = []
         let backendName = "blkback-bench"
         defer {
-            for g in guests { _ = try? sup.call(.destroy(domain: g)) }
             _ = try? sup.call(.destroy(domain: backendName))
             sup.stop()
         }
@@ -128,54 +130,82 @@ enum BlkSuite {
         guard let backendPid = try domainInfo(sup, backendName)?.pid else { throw BenchError("\(backendName) is not running") }
 
         var rows: [(Workload, Figures, Figures?, String)] = []
-        for (i, w) in selected.enumerated() {
-            // Ours: a blkbench guest on the image through blkback.
-            let guest = "blkbench-\(w.name)"
-            let guestConfig = sup.dir + "/\(guest).cfg"
-            try """
-            name = "\(guest)"
-            kernel = "\(blkbench)"
-            extra = "rw=\(w.rw) bs=\(w.bs) depth=\(w.depth) seconds=\(options.seconds) span=\(span) seed=\(i + 1) spin=\(options.spin) \(options.extra)"
-            memory = 64
-            vcpus = 1
-            on_poweroff = "destroy"
-            disk = [ 'format=raw, vdev=xvda, access=rw, backend=\(backendName), target=\(image)' ]
-            """.write(toFile: guestConfig, atomically: true, encoding: .utf8)
-            dropCache(image)
-            let backendCPU0 = ProcFS.cpuTimeNs(of: backendPid), supCPU0 = ProcFS.cpuTimeNs(of: sup.pid)
-            guests.append(guest)
-            try create(sup, configPath: guestConfig)
-            let line = try awaitLine(sup, guest, containing: "blkbench: rw=", timeout: Double(options.seconds) + 60)
-            let backendCPU = ProcFS.cpuTimeNs(of: backendPid) - backendCPU0, supCPU = ProcFS.cpuTimeNs(of: sup.pid) - supCPU0
-            try awaitGone(sup, guest, timeout: 30)
-            guests.removeAll { $0 == guest }
-            let v = keyValues(line)
-            guard let iops = v["iops"], let ios = v["ios"] else { throw BenchError("\(guest): cannot parse '\(line)'") }
-            var ours = Figures(iops: iops, mbps: v["mbps"] ?? 0, p50: v["lat_p50_us"] ?? 0, p99: v["lat_p99_us"] ?? 0,
-                               max: v["lat_max_us"] ?? 0, ios: ios)
-            ours.cpuPerIO = ["guest": v["cpu_us_per_io"] ?? 0, "backend": Double(backendCPU) / 1000 / ios,
-                             "supervisor": Double(supCPU) / 1000 / ios]
-            let connected = sup.consoleLog(backendName).split(separator: "\n")
-                .last { $0.contains("connected (") }.map(String.init) ?? "(no connected line)"
-            let mode = connected.contains("direct I/O") ? "direct I/O" : "buffered (page cache)"
-            let frontLine = sup.consoleLog(guest).split(separator: "\n").first { $0.contains("segments per request") }
-                .map { String($0.drop { $0 != ";" }.dropFirst()).trimmingCharacters(in: .whitespaces) } ?? "?"
-
-            // The peer: fio on the same file, same pattern.
-            var peer: Figures?
-            if let fio {
-                dropCache(image)
-                peer = try runFio(fio, image: image, w, seconds: options.seconds, span: span)
+        var run = 0
+        for w in selected {
+            // Rounds alternate which side goes first (ours, fio, then fio, ours …); each figure
+            // is the median of its side's rounds, so a burst of noise on the shared machine (or a
+            // lucky run of the host's cache) in one round does not decide the result.
+            var ourRuns: [Figures] = [], peerRuns: [Figures] = []
+            var mode = "?"
+            for round in 0..<options.rounds {
+                let peerFirst = round % 2 == 1
+                var peer: Figures?
+                if peerFirst, let fio {
+                    dropCache(image)
+                    peer = try runFio(fio, image: image, w, seconds: options.seconds, span: span)
+                }
+                run += 1
+                let (ours, connected, frontLine) = try runGuest(sup, w, name: "blkbench-\(w.name)-\(round + 1)", kernel: blkbench,
+                                                                backend: backendName, backendPid: backendPid, image: image,
+                                                                span: span, seed: run, options: options)
+                mode = connected.contains("direct I/O") ? "direct I/O" : "buffered (page cache)"
+                if !peerFirst, let fio {
+                    dropCache(image)
+                    peer = try runFio(fio, image: image, w, seconds: options.seconds, span: span)
+                }
+                ourRuns.append(ours)
+                if let peer { peerRuns.append(peer) }
+                print("blk: \(w.label), round \(round + 1): procvisor \(fmt(ours.iops)) IOPS \(fmt1(ours.mbps)) MB/s p50 \(fmt1(ours.p50)) µs p99 \(fmt1(ours.p99)) µs"
+                    + (peer.map { "; fio \(fmt($0.iops)) IOPS \(fmt1($0.mbps)) MB/s p50 \(fmt1($0.p50)) µs p99 \(fmt1($0.p99)) µs" } ?? "")
+                    + "; blkfront: \(frontLine); backend: \(connected)")
+                fflush(stdout)
             }
-            rows.append((w, ours, peer, mode))
-            print("blk: \(w.label): procvisor \(fmt(ours.iops)) IOPS \(fmt1(ours.mbps)) MB/s p50 \(fmt1(ours.p50)) µs p99 \(fmt1(ours.p99)) µs"
-                + (peer.map { "; fio \(fmt($0.iops)) IOPS \(fmt1($0.mbps)) MB/s p50 \(fmt1($0.p50)) µs p99 \(fmt1($0.p99)) µs" } ?? "")
-                + "; blkfront: \(frontLine); backend: \(connected.trimmingCharacters(in: .whitespaces))")
-            fflush(stdout)
+            rows.append((w, median(ourRuns), peerRuns.isEmpty ? nil : median(peerRuns), mode))
         }
 
         printTable(rows)
         return results(rows)
+    }
+
+    /// One blkbench guest on the image through the driver domain: its figures, the backend's
+    /// `connected` line and blkfront's negotiated layout.
+    static func runGuest(_ sup: BenchSupervisor, _ w: Workload, name guest: String, kernel: String, backend: String,
+                         backendPid: Int32, image: String, span: UInt64, seed: Int, options: Options) throws
+        -> (Figures, String, String)
+    {
+        let guestConfig = sup.dir + "/\(guest).cfg"
+        try """
+        name = "\(guest)"
+        kernel = "\(kernel)"
+        extra = "rw=\(w.rw) bs=\(w.bs) depth=\(w.depth) seconds=\(options.seconds) span=\(span) seed=\(seed) spin=\(options.spin) \(options.extra)"
+        memory = 64
+        vcpus = 1
+        on_poweroff = "destroy"
+        disk = [ 'format=raw, vdev=xvda, access=rw, backend=\(backend), target=\(image)' ]
+        """.write(toFile: guestConfig, atomically: true, encoding: .utf8)
+        dropCache(image)
+        let backendCPU0 = ProcFS.cpuTimeNs(of: backendPid), supCPU0 = ProcFS.cpuTimeNs(of: sup.pid)
+        try create(sup, configPath: guestConfig)
+        let line: String
+        do {
+            line = try awaitLine(sup, guest, containing: "blkbench: rw=", timeout: Double(options.seconds) + 60)
+            try awaitGone(sup, guest, timeout: 30)
+        } catch {
+            _ = try? sup.call(.destroy(domain: guest))
+            throw error
+        }
+        let backendCPU = ProcFS.cpuTimeNs(of: backendPid) - backendCPU0, supCPU = ProcFS.cpuTimeNs(of: sup.pid) - supCPU0
+        let v = keyValues(line)
+        guard let iops = v["iops"], let ios = v["ios"] else { throw BenchError("\(guest): cannot parse '\(line)'") }
+        var ours = Figures(iops: iops, mbps: v["mbps"] ?? 0, p50: v["lat_p50_us"] ?? 0, p99: v["lat_p99_us"] ?? 0,
+                           max: v["lat_max_us"] ?? 0, ios: ios)
+        ours.cpuPerIO = ["guest": v["cpu_us_per_io"] ?? 0, "backend": Double(backendCPU) / 1000 / ios,
+                         "supervisor": Double(supCPU) / 1000 / ios]
+        let connected = sup.consoleLog(backend).split(separator: "\n")
+            .last { $0.contains("connected (") }.map { $0.trimmingCharacters(in: .whitespaces) } ?? "(no connected line)"
+        let frontLine = sup.consoleLog(guest).split(separator: "\n").first { $0.contains("segments per request") }
+            .map { String($0.drop { $0 != ";" }.dropFirst()).trimmingCharacters(in: .whitespaces) } ?? "?"
+        return (ours, connected, frontLine)
     }
 
     // MARK: the peer
@@ -239,7 +269,7 @@ enum BlkSuite {
         }
         printAligned(header, table)
         // Where the time goes: CPU per IO on each side.
-        print("CPU time per IO (µs; ticks of 10 ms over the run, so small figures are coarse):")
+        print("CPU time per IO (µs, medians; ticks of 10 ms over each run, so small figures are coarse):")
         let cpuHeader = ["workload", "guest", "backend domain", "supervisor", "procvisor total", "fio"]
         let cpuRows = rows.map { (w, o, p, _) -> [String] in
             let g = o.cpuPerIO["guest"] ?? 0, b = o.cpuPerIO["backend"] ?? 0, s = o.cpuPerIO["supervisor"] ?? 0
@@ -283,6 +313,17 @@ enum BlkSuite {
     }
 
     // MARK: helpers
+
+    /// Each figure's median over the rounds (the lower middle one for an even count).
+    static func median(_ runs: [Figures]) -> Figures {
+        func m(_ key: (Figures) -> Double) -> Double {
+            let v = runs.map(key).sorted()
+            return v[(v.count - 1) / 2]
+        }
+        var f = Figures(iops: m(\.iops), mbps: m(\.mbps), p50: m(\.p50), p99: m(\.p99), max: m(\.max), ios: m(\.ios))
+        for key in Set(runs.flatMap { $0.cpuPerIO.keys }) { f.cpuPerIO[key] = m { $0.cpuPerIO[key] ?? 0 } }
+        return f
+    }
 
     static func fmt(_ v: Double) -> String { String(format: "%.0f", v) }
     static func fmt1(_ v: Double) -> String { String(format: "%.1f", v) }
