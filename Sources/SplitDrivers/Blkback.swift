@@ -7,11 +7,12 @@ import ProcvisorABI
 /// blkback: serves the vbds the toolstack assigns to this driver domain
 /// (`/local/domain/SELF/backend/vbd/F/DEVID`). One thread per device does the xenbus handshake
 /// (Linux's connect_ring: multi-queue, multi-page rings, persistent grants, indirect segments)
-/// and watches the frontend; one thread per queue then serves that queue's ring with its own I/O
-/// engine, straight into the frontend's granted pages (kept mapped when both ends support
-/// `feature-persistent`). The caller's thread becomes the event dispatcher: it takes every event
-/// of the domain and kicks the queue it belongs to. A frontend that puts garbage on a ring is
-/// disconnected; the others keep being served.
+/// and watches the frontend. Each queue has its own I/O engine working straight in the
+/// frontend's granted pages (kept mapped when both ends support `feature-persistent`). The
+/// caller's thread becomes the event dispatcher: it takes every event of the domain and takes the
+/// requests off that queue's ring into its engine itself (no hand-off on the way in); each queue
+/// has a thread that answers completions and runs barriers. A frontend that puts garbage on a
+/// ring is disconnected; the others keep being served.
 ///
 /// Settings (the driver domain's command line, KEY=VALUE): `PROCVISOR_FORCE_NO_IOURING=1` forces
 /// the thread pool; `direct-io=0` keeps the page cache (by default the image is used with O_DIRECT
@@ -56,7 +57,7 @@ public final class Blkback {
                 pthread_mutex_lock(&lock)
                 let q = byPort[port]
                 pthread_mutex_unlock(&lock)
-                q?.kick()
+                q?.serviceRing()
             }
         }
     }
@@ -386,6 +387,12 @@ final class BlkbackQueue {
     /// Requests in flight: engine tag → (id, op, mappings to drop after completion).
     private var inFlight: [UInt64: (id: UInt64, op: UInt8, transient: [GrantMapping])] = [:]
     private var nextTag: UInt64 = 1
+    /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
+    private var mutex = pthread_mutex_t()
+    /// Set by `teardown`: nothing is touched any more.
+    private var closed = false
+    /// A WRITE_BARRIER taken off the ring, waiting for the queue thread to run it.
+    private var barrier: BlkifRequest.ReadWrite?
     /// Why `mappings` last returned nil: `gref N (GNTST_...)`.
     private var mapFailure = ""
     private(set) var slots = 0
@@ -396,6 +403,7 @@ final class BlkbackQueue {
         self.device = device
         self.index = index
         self.disk = disk
+        pthread_mutex_init(&mutex, nil)
     }
 
     func kick() { kickEvent.raise() }
@@ -418,101 +426,138 @@ final class BlkbackQueue {
         port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
     }
 
+    /// The queue thread: completions, barriers, and the ring once at the start (requests put
+    /// there before the port was registered). Requests themselves are taken by the event
+    /// dispatcher (`serviceRing`), so an IO costs no hand-off between threads on its way in.
     func run() {
-        do {
-            try serve()
-        } catch let e as BlkbackStop {
-            device.fail(e)
-        } catch {
-            device.fail(.setup("\(label): \(error)"))
+        serviceRing()
+        while !stopped {
+            kickEvent.wait(timeoutMs: 500, other: engine?.completionFD)
+            reapAndRespond()
+            if locked({ barrier != nil }) {
+                runBarrier()
+                serviceRing()
+            }
         }
         device.queueEnded()
     }
 
     private var stopped: Bool { SharedAtomic.load(&device.stop) != 0 }
 
-    private func serve() throws {
-        guard let ring, let engine, let port else { return }
-        while !stopped {
-            // Requests: everything on the ring, submitted as one batch.
-            var batch: [BlockIORequest] = []
-            var responses: [BlkifResponse] = []
-            do {
-                repeat {
-                    while let slot = try ring.takeRequest() {
-                        if let barrier = handle(slot, into: &batch, responses: &responses) {
-                            // WRITE_BARRIER: everything before it completes first (Linux's drain_io).
-                            try submit(&batch, &responses, engine: engine, ring: ring, port: port)
-                            try drain(engine: engine, ring: ring, port: port)
-                            try runBarrier(barrier, engine: engine, ring: ring, port: port)
-                        }
+    private func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return body()
+    }
+
+    /// Takes every request on the ring and submits them to the engine as one batch; answers the
+    /// refused ones. Called by the event dispatcher on every event of this queue's port (and by
+    /// the queue thread); never waits for I/O. A WRITE_BARRIER stops the intake: the queue
+    /// thread runs it once everything before it has completed, then takes the rest.
+    func serviceRing() {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard !closed, barrier == nil, !stopped, let ring, let engine else { return }
+        var batch: [BlockIORequest] = []
+        var responses: [BlkifResponse] = []
+        do {
+            intake: repeat {
+                while let slot = try ring.takeRequest() {
+                    if let b = handle(slot, into: &batch, responses: &responses) {
+                        barrier = b
+                        break intake
                     }
-                } while ring.finalCheckForRequests()
-            } catch let e as RingError {
-                throw BlkbackStop.ring(queue: index, e)
+                }
+            } while ring.finalCheckForRequests()
+        } catch let e as RingError {
+            device.fail(.ring(queue: index, e))
+            return
+        } catch {
+            return
+        }
+        if !batch.isEmpty {
+            do {
+                try engine.submit(batch)
+            } catch {
+                device.fail(.setup("\(label): the I/O engine refused a batch: \(error)"))
+                return
             }
-            let submitted = !batch.isEmpty
-            try submit(&batch, &responses, engine: engine, ring: ring, port: port)
-            // Completions.
-            for c in engine.reap(wait: false) { responses.append(complete(c)) }
-            let answered = !responses.isEmpty
-            respond(&responses, ring: ring, port: port)
-            if !submitted && !answered { kickEvent.wait(timeoutMs: 500, other: engine.completionFD) }
+        }
+        respond(&responses)
+        if barrier != nil { kickEvent.raise() }
+    }
+
+    /// Answers what the engine has completed.
+    private func reapAndRespond() {
+        locked {
+            guard !closed, let engine else { return }
+            var responses = engine.reap(wait: false).map(complete)
+            respond(&responses)
         }
     }
 
-    private func submit(_ batch: inout [BlockIORequest], _ responses: inout [BlkifResponse], engine: BlockIOEngine,
-                        ring: BackRing, port: EventChannels.Port) throws {
-        if !batch.isEmpty { try engine.submit(batch) }
-        batch.removeAll(keepingCapacity: true)
-        respond(&responses, ring: ring, port: port)
-    }
-
-    private func respond(_ responses: inout [BlkifResponse], ring: BackRing, port: EventChannels.Port) {
-        guard !responses.isEmpty else { return }
+    /// Puts responses on the ring and notifies (caller holds the lock).
+    private func respond(_ responses: inout [BlkifResponse]) {
+        guard !responses.isEmpty, let ring, let port else { return }
         for r in responses { r.encode(to: ring.nextResponse()) }
         responses.removeAll(keepingCapacity: true)
         if ring.pushResponses() { try? domain.eventChannels.send(port) }
     }
 
-    /// Waits until nothing is in flight, answering as completions come.
-    private func drain(engine: BlockIOEngine, ring: BackRing, port: EventChannels.Port) throws {
-        while !inFlight.isEmpty && !stopped {
-            var responses = engine.reap(wait: true).map(complete)
-            respond(&responses, ring: ring, port: port)
+    /// Queue thread, lock not held: waits until nothing is in flight (Linux's drain_io), then
+    /// flush, the write if the barrier has data, flush; answers the barrier once.
+    private func runBarrier() {
+        guard let rw = locked({ barrier }) else { return }
+        func waitCompletions() { kickEvent.wait(timeoutMs: 100, other: engine?.completionFD) }
+        while !stopped {
+            reapAndRespond()
+            if locked({ inFlight.isEmpty }) { break }
+            waitCompletions()
         }
-    }
-
-    /// A barrier with nothing in flight: flush, the write if it has data, flush; answered once.
-    private func runBarrier(_ rw: BlkifRequest.ReadWrite, engine: BlockIOEngine, ring: BackRing, port: EventChannels.Port) throws {
-        func step(_ make: (UInt64) -> BlockIORequest, transient: [GrantMapping] = []) throws -> Bool {
-            let tag = nextTag
-            nextTag &+= 1
-            inFlight[tag] = (rw.id, rw.operation.rawValue, transient)
-            try engine.submit([make(tag)])
-            var ok = true
-            while inFlight[tag] != nil && !stopped {
-                for c in engine.reap(wait: true) {
-                    let r = complete(c)
-                    if c.tag == tag { ok = r.status == .okay }
-                }
+        /// One engine request, waited for; other completions are answered meanwhile.
+        func step(_ make: (UInt64) -> BlockIORequest, transient: [GrantMapping] = []) -> Bool {
+            let tag: UInt64? = locked {
+                guard !closed, let engine else { return nil }
+                let tag = nextTag
+                nextTag &+= 1
+                inFlight[tag] = (rw.id, rw.operation.rawValue, transient)
+                do { try engine.submit([make(tag)]) } catch { inFlight[tag] = nil; return nil }
+                return tag
             }
-            return ok
+            guard let tag else { return false }
+            var ok: Bool?
+            while ok == nil && !stopped {
+                locked {
+                    guard !closed, let engine else { return }
+                    var responses: [BlkifResponse] = []
+                    for c in engine.reap(wait: false) {
+                        let r = complete(c)
+                        if c.tag == tag { ok = r.status == .okay } else { responses.append(r) }
+                    }
+                    respond(&responses)
+                }
+                if ok == nil { waitCompletions() }
+            }
+            return ok ?? false
         }
         var status = BlkifStatus.okay
-        if try !step({ .flush(tag: $0) }) { status = .error }
+        if stopped { return }
+        if !step({ .flush(tag: $0) }) { status = .error }
         if status == .okay && !rw.segments.isEmpty {
             var transient: [GrantMapping] = []
-            if let iov = buffers(rw.segments, transient: &transient) {
-                if try !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0) }, transient: transient) { status = .error }
+            if let iov = locked({ buffers(rw.segments, transient: &transient) }) {
+                if !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0) }, transient: transient) { status = .error }
             } else {
                 device.owner.log("blkback: \(label): request \(rw.id) (BLKIF_OP_WRITE_BARRIER): \(mapFailure) is not granted to this backend")
                 status = .error
             }
-            if status == .okay, try !step({ .flush(tag: $0) }) { status = .error }
+            if status == .okay && !step({ .flush(tag: $0) }) { status = .error }
         }
-        var responses = [BlkifResponse(id: rw.id, operation: rw.operation.rawValue, status: status)]
-        respond(&responses, ring: ring, port: port)
+        locked {
+            var responses = [BlkifResponse(id: rw.id, operation: rw.operation.rawValue, status: status)]
+            respond(&responses)
+            barrier = nil
+        }
     }
 
     /// Validates one request and turns it into an engine request, or an immediate response.
@@ -674,6 +719,9 @@ final class BlkbackQueue {
     /// After the thread has ended: the engine (in-flight I/O finishes or is cancelled into the
     /// pages first), the grants, the ring, the port.
     func teardown() {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        closed = true
         if let e = engine {
             e.close()
             for (_, f) in inFlight where !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
