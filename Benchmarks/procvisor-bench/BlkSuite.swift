@@ -71,6 +71,8 @@ enum BlkSuite {
         var spin = 0
         var only: Set<String>?
         var extra = ""
+        /// blkback's settings (its `extra=`), e.g. `spin=2000 poll-us=50`.
+        var backendExtra = ""
         var rounds = 3
 
         init() {
@@ -81,6 +83,7 @@ enum BlkSuite {
             keep = env["PROCVISOR_BLK_KEEP"] == "1"
             if let s = env["PROCVISOR_BLK_SPIN"], let v = Int(s), v >= 0 { spin = v }
             extra = env["PROCVISOR_BLK_EXTRA"] ?? ""
+            backendExtra = env["PROCVISOR_BLK_BACKEND_EXTRA"] ?? ""
             if let s = env["PROCVISOR_BLK_ROUNDS"], let v = Int(s), v >= 1 { rounds = v }
             if let s = env["PROCVISOR_BLK_ONLY"], !s.isEmpty { only = Set(s.split(separator: ",").map(String.init)) }
         }
@@ -124,6 +127,7 @@ enum BlkSuite {
         driver_domain = 1
         memory = 64
         vcpus = 2
+        extra = "\(options.backendExtra)"
         """.write(toFile: backendConfig, atomically: true, encoding: .utf8)
         try create(sup, configPath: backendConfig)
         try awaitLine(sup, backendName, containing: "serving vbds", timeout: 30)

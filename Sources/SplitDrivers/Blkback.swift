@@ -36,6 +36,12 @@ public final class Blkback {
         pthread_mutex_init(&scanLock, nil)
     }
 
+    /// `spin=N`: doorbell checks the dispatcher makes before it sleeps (0: sleep at once).
+    var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
+    /// `poll-us=N`: microseconds a queue thread with I/O in flight keeps looking for completions
+    /// before it sleeps (0: sleep at once).
+    var pollNs: UInt64 { environment["poll-us"].flatMap(UInt64.init).map { min($0, 10_000) * 1000 } ?? 0 }
+
     /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
     /// is dom0's online CPUs), at most 16.
     var maxQueues: Int {
@@ -53,7 +59,7 @@ public final class Blkback {
         }
         log("blkback: dom\(domain.domid) serving vbds")
         while true {
-            for port in domain.eventChannels.wait() {
+            for port in domain.eventChannels.wait(spin: spin) {
                 pthread_mutex_lock(&lock)
                 let q = byPort[port]
                 pthread_mutex_unlock(&lock)
@@ -431,7 +437,17 @@ final class BlkbackQueue {
     /// dispatcher (`serviceRing`), so an IO costs no hand-off between threads on its way in.
     func run() {
         serviceRing()
+        let pollNs = device.owner.pollNs
         while !stopped {
+            if pollNs > 0 && locked({ !inFlight.isEmpty }) {
+                // Completions expected soon: look for them a while rather than sleep (a sleeping
+                // vCPU takes tens of microseconds to wake in a VM).
+                let deadline = MonotonicClock.nanoseconds() + pollNs
+                while MonotonicClock.nanoseconds() < deadline && !stopped {
+                    if reapAndRespond() > 0 { break }
+                    SharedAtomic.relax()
+                }
+            }
             kickEvent.wait(timeoutMs: 500, other: engine?.completionFD)
             reapAndRespond()
             if locked({ barrier != nil }) {
@@ -487,12 +503,15 @@ final class BlkbackQueue {
         if barrier != nil { kickEvent.raise() }
     }
 
-    /// Answers what the engine has completed.
-    private func reapAndRespond() {
+    /// Answers what the engine has completed; returns how many.
+    @discardableResult
+    private func reapAndRespond() -> Int {
         locked {
-            guard !closed, let engine else { return }
+            guard !closed, let engine else { return 0 }
             var responses = engine.reap(wait: false).map(complete)
+            let n = responses.count
             respond(&responses)
+            return n
         }
     }
 
