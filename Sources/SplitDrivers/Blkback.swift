@@ -36,6 +36,9 @@ public final class Blkback {
         pthread_mutex_init(&scanLock, nil)
     }
 
+    /// `submit=queue`: the queue thread takes the requests (the dispatcher only kicks it), so
+    /// the thread that submits to io_uring is the one that waits for its completions.
+    var queueThreadSubmits: Bool { environment["submit"] == "queue" }
     /// `spin=N`: doorbell checks the dispatcher makes before it sleeps (0: sleep at once).
     var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
     /// `poll-us=N`: microseconds a queue thread with I/O in flight keeps looking for completions
@@ -63,7 +66,7 @@ public final class Blkback {
                 pthread_mutex_lock(&lock)
                 let q = byPort[port]
                 pthread_mutex_unlock(&lock)
-                q?.serviceRing()
+                if queueThreadSubmits { q?.kick() } else { q?.serviceRing() }
             }
         }
     }
@@ -450,6 +453,7 @@ final class BlkbackQueue {
             }
             kickEvent.wait(timeoutMs: 500, other: engine?.completionFD)
             reapAndRespond()
+            if device.owner.queueThreadSubmits { serviceRing() }
             if locked({ barrier != nil }) {
                 runBarrier()
                 serviceRing()
