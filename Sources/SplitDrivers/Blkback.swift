@@ -690,7 +690,8 @@ final class BlkbackQueue {
     /// else mapped for this request only (appended to `transient`). New ones are mapped 16 per
     /// hypercall. Nil when any cannot be mapped (the request's transient ones are unmapped).
     private func mappings(_ grefs: [GrantRef], readonly: Bool, transient: inout [GrantMapping]) -> [GrantMapping]? {
-        var known: [GrantRef: GrantMapping] = readonly ? persistentIndirect : [:]
+        /// This request's transient mappings (the persistent ones are looked up below).
+        var known: [GrantRef: GrantMapping] = [:]
         var missing: [GrantRef] = []
         for g in grefs where (readonly ? persistentIndirect[g] : persistentMaps[g]) == nil && !missing.contains(g) { missing.append(g) }
         let firstTransient = transient.count

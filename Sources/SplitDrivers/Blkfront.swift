@@ -912,12 +912,12 @@ public final class Blkfront {
         }
     }
 
-    /// Grants (once, read-write) `count` pages into `list`.
-    private func grow(_ list: inout [Grant], to count: Int) throws {
+    /// Allocates and grants (once) pages into `list` until it has `count`.
+    private func grow(_ list: inout [Grant], to count: Int, readonly: Bool) throws {
         while list.count < count {
             let page = try domain.grantTable.allocatePage()
             do {
-                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: false)
+                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: readonly)
                 list.append((page, ref))
             } catch {
                 domain.grantTable.freePage(page)
@@ -926,23 +926,14 @@ public final class Blkfront {
         }
     }
 
-    /// The slot's first `count` data pages, allocated and granted on first use.
+    /// The slot's first `count` data pages, granted read-write on first use.
     private func ensurePages(_ q: Queue, slot: Int, count: Int) throws {
-        if q.slotPages[slot].count < count { try grow(&q.slotPages[slot], to: count) }
+        try grow(&q.slotPages[slot], to: count, readonly: false)
     }
 
     /// The slot's first `count` indirect pages (granted read-only as Linux does: the backend only reads them).
     private func ensureIndirectPages(_ q: Queue, slot: Int, count: Int) throws {
-        while q.slotIndirect[slot].count < count {
-            let page = try domain.grantTable.allocatePage()
-            do {
-                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: true)
-                q.slotIndirect[slot].append((page, ref))
-            } catch {
-                domain.grantTable.freePage(page)
-                throw error
-            }
-        }
+        try grow(&q.slotIndirect[slot], to: count, readonly: true)
     }
 
     // MARK: completing
