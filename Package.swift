@@ -66,6 +66,7 @@ let package = Package(
 
         // Driver domains.
         .executableTarget(name: "blkback", dependencies: ["SplitDrivers"], path: "Sources/blkback", swiftSettings: v5),
+        .executableTarget(name: "netback", dependencies: ["SplitDrivers"], path: "Sources/netback", swiftSettings: v5),
 
         // Benchmarks run their peer in the same run and print ratios.
         .executableTarget(

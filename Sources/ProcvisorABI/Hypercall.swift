@@ -239,6 +239,16 @@ public enum Multicall {
 public enum DeviceKind: UInt64, Sendable {
     case vbd = 1
     case vif = 2
+    /// The tap device that is the uplink of a vif's bridge: args[1]/args[2] name a vif the
+    /// caller serves; the supervisor creates (or fails to create: no CAP_NET_ADMIN) a tap named
+    /// after that vif's `bridge` and hands it over.
+    case uplink = 3
 
-    public var xenName: String { self == .vbd ? "vbd" : "vif" }
+    public var xenName: String {
+        switch self {
+        case .vbd: return "vbd"
+        case .vif: return "vif"
+        case .uplink: return "uplink"
+        }
+    }
 }

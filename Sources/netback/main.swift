@@ -1,0 +1,17 @@
+// netback: the network backend driver domain. The supervisor starts one named `netback` on
+// demand for vifs without backend=; examples/netback/netback.cfg starts one by hand.
+import DomainRuntime
+import Glibc
+import SplitDrivers
+
+let domain = Domain.start(role: .driverDomain)
+// KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
+var settings: [String: String] = [:]
+for word in CommandLine.arguments.dropFirst() {
+    let kv = word.split(separator: "=", maxSplits: 1)
+    if kv.count == 2 { settings[String(kv[0])] = String(kv[1]) }
+}
+Netback(domain: domain, environment: settings) { line in
+    print(line)
+    fflush(stdout)
+}.run()
