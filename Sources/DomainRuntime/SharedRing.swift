@@ -71,6 +71,9 @@ public final class FrontRing {
     /// `RING_FULL`.
     public var isFull: Bool { reqProdPvt &- rspCons == layout.count }
 
+    /// `RING_FREE_REQUESTS`.
+    public var freeRequests: UInt32 { layout.count &- (reqProdPvt &- rspCons) }
+
     /// The next request slot (`RING_GET_REQUEST(req_prod_pvt++)`); nil when the ring is full.
     public func nextRequest() -> UnsafeMutableRawPointer? {
         if isFull { return nil }
@@ -142,6 +145,22 @@ public final class BackRing {
         reqCons &+= 1
         return UnsafeRawPointer(s)
     }
+
+    /// Requests waiting to be consumed, checked as `takeRequest` checks them (throws for an
+    /// impossible `req_prod`), and limited to those whose response slots are free.
+    public func pendingRequests() throws -> UInt32 {
+        let prod = SharedAtomic.load(sring.reqProd)
+        if prod &- rspProdPvt > layout.count {
+            throw RingError(message: "impossible req_prod \(prod): rsp_prod_pvt \(rspProdPvt), ring size \(layout.count)")
+        }
+        return min(prod &- reqCons, layout.count &- (reqCons &- rspProdPvt))
+    }
+
+    /// The request `i` places after `req_cons`, without consuming it (`i` < `pendingRequests()`).
+    public func peekRequest(_ i: UInt32) -> UnsafeRawPointer { UnsafeRawPointer(slot(reqCons &+ i)) }
+
+    /// Consumes `n` requests seen with `peekRequest`.
+    public func consume(_ n: UInt32) { reqCons &+= n }
 
     /// The slot for the next response.
     public func nextResponse() -> UnsafeMutableRawPointer {

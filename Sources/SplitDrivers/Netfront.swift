@@ -1,0 +1,512 @@
+import DomainRuntime
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+// netfront: a guest's network interface (`device/vif/N`), speaking netif as Linux's netfront.
+//
+// Handshake (Linux's talk_to_netback): wait for the backend's InitWait; read what it offers
+// (`multi-queue-max-queues`, `feature-split-event-channels`); per queue grant a tx and an rx
+// ring page and write `tx-ring-ref`, `rx-ring-ref` and `event-channel` (or
+// `event-channel-tx`/`event-channel-rx`), under `queue-N/` when there are several queues; then
+// `request-rx-copy` 1, `feature-rx-notify` 1, `feature-sg` 1, `feature-no-csum-offload` 1 (the
+// guest stack computes its checksums); Initialised; wait for Connected; Connected.
+//
+// Buffers: every tx slot id and every rx slot id owns one page, granted to the backend once
+// (tx read-only, rx writable) and reused for the life of the device, so a backend that keeps
+// mapped grants (netback does) maps each page once. A frame over one page takes several slots
+// (`feature-sg`, NETTXF_more_data), up to 64 KiB.
+//
+// Events: the domain has one event queue (`EventChannels.waitAny`); `poll` sleeps in it when
+// nothing is waiting and keeps ports that are not this device's in `strayPorts`, or an
+// application with its own `waitAny` loop calls `poll(timeoutNs: 0)` when `isOwnPort` says an
+// event is this device's. Single-threaded: one thread drives a Netfront.
+
+/// What the guest asks for at connect.
+public struct NetfrontOptions: Sendable {
+    /// Queues wanted (`multi-queue-num-queues`), at most what the backend offers.
+    public var queues: Int
+    /// Separate tx and rx event channels when the backend offers `feature-split-event-channels`.
+    public var splitEventChannels: Bool
+
+    public init(queues: Int = 1, splitEventChannels: Bool = false) {
+        self.queues = queues
+        self.splitEventChannels = splitEventChannels
+    }
+}
+
+public enum NetfrontError: Error, CustomStringConvertible, Equatable {
+    case handshake(device: String, reason: String)
+    case closed(device: String)
+    case badConfig(device: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .handshake(d, r): return "\(d): handshake failed: \(r)"
+        case let .closed(d): return "\(d): the device is closed"
+        case let .badConfig(d, r): return "\(d): \(r)"
+        }
+    }
+}
+
+/// Counters of a netfront.
+public struct NetfrontStatistics: Sendable, Equatable {
+    public var txFrames = 0
+    public var txBytes = 0
+    public var rxFrames = 0
+    public var rxBytes = 0
+    /// Frames the backend answered NETIF_RSP_ERROR/DROPPED.
+    public var txErrors = 0
+    /// Frames refused before the ring: too big for the MTU, or the device is closed.
+    public var txDropped = 0
+    /// Rx responses that made no sense (unknown id, offset/size past the page, error status).
+    public var rxErrors = 0
+}
+
+public final class Netfront: NetworkLink {
+    public let domain: Domain
+    public let device: XenbusDevice
+    public let label: String
+    public let mac: MACAddress
+    public let mtu: Int
+    /// The vif's `ip` key (Xen's ip= text), if the toolstack wrote one.
+    public let ipText: String?
+    /// The vif's `gateway` key, if any.
+    public let gatewayText: String?
+    public private(set) var statistics = NetfrontStatistics()
+    /// Ports `poll` saw that are not this device's, oldest first.
+    public private(set) var strayPorts: [EventChannels.Port] = []
+
+    static let slots = 256
+
+    private final class Queue {
+        let index: Int
+        let txPage: GrantablePage
+        let rxPage: GrantablePage
+        let txRef: GrantRef
+        let rxRef: GrantRef
+        let tx: FrontRing
+        let rx: FrontRing
+        let txPort: EventChannels.Port
+        let rxPort: EventChannels.Port
+        var txBuffers: [(page: GrantablePage, ref: GrantRef)] = []
+        var rxBuffers: [(page: GrantablePage, ref: GrantRef)] = []
+        /// Free tx ids (each id owns `txBuffers[id]`).
+        var txFree: [UInt16] = []
+        /// Tx ids on the ring: true while the backend owns the page.
+        var txBusy: [Bool]
+        var rxPosted: [Bool]
+        var unpushedTx = false
+
+        init(index: Int, txPage: GrantablePage, rxPage: GrantablePage, txRef: GrantRef, rxRef: GrantRef,
+             txPort: EventChannels.Port, rxPort: EventChannels.Port) {
+            self.index = index
+            self.txPage = txPage
+            self.rxPage = rxPage
+            self.txRef = txRef
+            self.rxRef = rxRef
+            tx = FrontRing(page: txPage.base, layout: Netfront.txLayout)
+            rx = FrontRing(page: rxPage.base, layout: Netfront.rxLayout)
+            self.txPort = txPort
+            self.rxPort = rxPort
+            txBusy = Array(repeating: false, count: Netfront.slots)
+            rxPosted = Array(repeating: false, count: Netfront.slots)
+        }
+    }
+
+    static let txLayout = RingLayout(requestSize: Netif.txRequestSize, responseSize: Netif.txResponseSize)
+    static let rxLayout = RingLayout(requestSize: Netif.rxRequestSize, responseSize: Netif.rxResponseSize)
+
+    private let end: XenbusEnd
+    private let queues: [Queue]
+    private var nextQueue = 0
+    private var closedState = false
+    private var closing = false
+    private var backendChanged: UInt32 = 0
+    private let watchToken: String
+    private static let watchCounter = XenbusCounter()
+    /// Where a multi-slot received frame is put together.
+    private let scratch: UnsafeMutableRawPointer
+    private let ownPorts: Set<EventChannels.Port>
+
+    public var queueCount: Int { queues.count }
+    public var isClosed: Bool { closedState }
+    public var eventChannelsSplit: Bool { queues.first.map { $0.txPort != $0.rxPort } ?? false }
+    public var ports: [EventChannels.Port] { Array(ownPorts).sorted() }
+    public func isOwnPort(_ p: EventChannels.Port) -> Bool { ownPorts.contains(p) }
+
+    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, queues: [Queue], mac: MACAddress, mtu: Int,
+                 ip: String?, gateway: String?) {
+        self.domain = domain
+        self.device = device
+        self.end = end
+        self.queues = queues
+        self.mac = mac
+        self.mtu = mtu
+        ipText = ip
+        gatewayText = gateway
+        label = "vif \(device.devid)"
+        watchToken = "netfront-\(device.devid)-\(Self.watchCounter.next())"
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: Netif.maxTxSize + 1, alignment: 16)
+        var own = Set<EventChannels.Port>()
+        for q in queues { own.insert(q.txPort); own.insert(q.rxPort) }
+        ownPorts = own
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// This domain's vifs (the devids under `device/vif`), in order.
+    public static func devices(domain: Domain) throws -> [UInt32] {
+        do {
+            return try domain.store.directory("device/vif").compactMap { UInt32($0) }.sorted()
+        } catch let e as XenStoreError where e.name == "ENOENT" {
+            return []
+        }
+    }
+
+    /// Connects vif `devid`, waiting at most `timeout` seconds for the backend. On failure this
+    /// end is left Closing once it had published anything, and what was allocated is released.
+    public static func connect(domain: Domain, devid: UInt32 = 0, timeout: Double = 30,
+                               options: NetfrontOptions = NetfrontOptions()) throws -> Netfront {
+        let label = "vif \(devid)"
+        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
+        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        func fail(_ reason: String) -> NetfrontError { .handshake(device: label, reason: reason) }
+        let store = XenStoreClientXenbus(domain.store)
+        let device: XenbusDevice
+        do {
+            device = try XenbusDevice.frontend(store: store, domid: domain.domid, type: "vif", devid: devid)
+        } catch {
+            throw fail("\(error)")
+        }
+        let dir = device.frontendPath
+        func own(_ key: String) -> String? { try? domain.store.read("\(dir)/\(key)") }
+        guard let macText = own("mac"), let mac = MACAddress(macText), !mac.isMulticast else {
+            throw NetfrontError.badConfig(device: label, reason: "\(dir)/mac is missing or not a unicast MAC address")
+        }
+        var mtu = 1500
+        if let t = own("mtu") {
+            guard let m = Int(t), m >= 68, m <= Netif.maxMTU else {
+                throw NetfrontError.badConfig(device: label, reason: "\(dir)/mtu \"\(t)\" is not 68…\(Netif.maxMTU)")
+            }
+            mtu = m
+        }
+        let end = XenbusEnd(device: device, role: .frontend, store: store)
+        let ev = domain.eventChannels, gt = domain.grantTable
+        var queues: [Queue] = []
+        var published = false
+        var loose: [GrantablePage] = []
+        var looseRefs: [GrantRef] = []
+        var loosePorts: [EventChannels.Port] = []
+        do {
+            if end.state != .initialising { try end.switchState(.initialising) }
+            let backendState = try end.waitForOtherEnd(states: [.initWait, .connected], timeout: left())
+            func backend(_ key: String) -> String? { try? domain.store.read("\(device.backendPath)/\(key)") }
+            let maxQueues = max(1, backend("multi-queue-max-queues").flatMap { Int($0) } ?? 1)
+            let nq = max(1, min(options.queues, maxQueues))
+            let split = options.splitEventChannels && backend("feature-split-event-channels") == "1"
+            for q in 0..<nq {
+                let txPage = try gt.allocatePage(); loose.append(txPage)
+                let rxPage = try gt.allocatePage(); loose.append(rxPage)
+                let txRef = try gt.grantAccess(txPage, to: device.backendDomid); looseRefs.append(txRef)
+                let rxRef = try gt.grantAccess(rxPage, to: device.backendDomid); looseRefs.append(rxRef)
+                let txPort = try ev.allocUnbound(remote: device.backendDomid); loosePorts.append(txPort)
+                let rxPort = split ? try ev.allocUnbound(remote: device.backendDomid) : txPort
+                if split { loosePorts.append(rxPort) }
+                let queue = Queue(index: q, txPage: txPage, rxPage: rxPage, txRef: txRef, rxRef: rxRef, txPort: txPort, rxPort: rxPort)
+                for _ in 0..<slots {
+                    let p = try gt.allocatePage(); loose.append(p)
+                    let r = try gt.grantAccess(p, to: device.backendDomid, readonly: true); looseRefs.append(r)
+                    queue.txBuffers.append((p, r))
+                    let rp = try gt.allocatePage(); loose.append(rp)
+                    let rr = try gt.grantAccess(rp, to: device.backendDomid); looseRefs.append(rr)
+                    queue.rxBuffers.append((rp, rr))
+                }
+                queue.txFree = (0..<UInt16(slots)).reversed().map { $0 }
+                // Every rx page is offered before the backend connects.
+                for id in 0..<slots {
+                    guard let s = queue.rx.nextRequest() else { break }
+                    NetifRxRequest(id: UInt16(id), gref: queue.rxBuffers[id].ref).store(to: s)
+                    queue.rxPosted[id] = true
+                }
+                _ = queue.rx.pushRequests()
+                queues.append(queue)
+            }
+            published = true
+            try domain.store.transaction { t in
+                func put(_ key: String, _ value: String) throws { try domain.store.write("\(dir)/\(key)", value, transaction: t) }
+                if nq > 1 { try put("multi-queue-num-queues", String(nq)) }
+                for q in queues {
+                    let prefix = nq > 1 ? "queue-\(q.index)/" : ""
+                    try put(prefix + "tx-ring-ref", String(q.txRef))
+                    try put(prefix + "rx-ring-ref", String(q.rxRef))
+                    if split {
+                        try put(prefix + "event-channel-tx", String(q.txPort))
+                        try put(prefix + "event-channel-rx", String(q.rxPort))
+                    } else {
+                        try put(prefix + "event-channel", String(q.txPort))
+                    }
+                }
+                try put("request-rx-copy", "1")
+                try put("feature-rx-notify", "1")
+                try put("feature-sg", "1")
+                try put("feature-no-csum-offload", "1")
+                try put("feature-gso-tcpv4", "0")
+            }
+            try end.switchState(.initialised)
+            let s = backendState == .connected
+                ? backendState
+                : try end.waitForOtherEnd(states: [.connected, .closing, .closed], timeout: left())
+            guard s == .connected else { throw fail("the backend went \(s) instead of Connected") }
+            for q in queues {
+                for p in Set([q.txPort, q.rxPort]) {
+                    while !ev.isConnected(p) {
+                        if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(p)") }
+                        usleep(500)
+                    }
+                }
+            }
+            try end.switchState(.connected)
+            let front = Netfront(domain: domain, device: device, end: end, queues: queues, mac: mac, mtu: mtu,
+                                 ip: own("ip"), gateway: own("gateway"))
+            try? domain.store.watch(device.backendPath + "/state", token: front.watchToken) { [weak front] _ in
+                if let front { SharedAtomic.store(&front.backendChanged, 1) }
+            }
+            return front
+        } catch {
+            if published { try? end.switchState(.closing) }
+            for p in loosePorts { try? ev.close(p) }
+            var stillMapped = false
+            for r in looseRefs {
+                do { try gt.endAccess(r) } catch GrantError.stillMapped { stillMapped = true } catch {}
+            }
+            if !stillMapped { loose.forEach(gt.freePage) }
+            if let e = error as? NetfrontError { throw e }
+            if case let XenbusError.timeout(path, states, last, seconds) = error {
+                throw fail("\(path) still \(last) after \(seconds) s waiting for \(states.map(\.description).joined(separator: " or ")) (is the backend domain running?)")
+            }
+            throw fail("\(error)")
+        }
+    }
+
+    // MARK: transmitting
+
+    /// Puts one frame on a tx ring (copied into the slot pages); false when the ring has no room
+    /// for it now. Frames over `mtu + 14` (+4 with an 802.1Q tag) and frames on a closed device
+    /// are dropped (counted in `txDropped`) and reported as sent.
+    public func transmit(_ frame: UnsafeRawBufferPointer) -> Bool {
+        checkBackend()
+        guard !closedState, frame.count >= Netif.ethernetHeaderSize, frame.count <= min(mtu + 18, Netif.maxTxSize), let src = frame.baseAddress else {
+            statistics.txDropped += 1
+            return true
+        }
+        let q = queues.count == 1 ? queues[0] : pickQueue(frame)
+        let pages = (frame.count + Netif.pageSize - 1) / Netif.pageSize
+        if q.txFree.count < pages || q.tx.freeRequests < UInt32(pages) {
+            reapTx(q)
+            if q.txFree.count < pages || q.tx.freeRequests < UInt32(pages) { return false }
+        }
+        var done = 0
+        for i in 0..<pages {
+            let id = q.txFree.removeLast()
+            q.txBusy[Int(id)] = true
+            let n = min(Netif.pageSize, frame.count - done)
+            let buffer = q.txBuffers[Int(id)]
+            memcpy(buffer.page.base, src + done, n)
+            let more = i < pages - 1
+            let size = i == 0 ? frame.count : n
+            guard let slot = q.tx.nextRequest() else { break }  // room was checked above
+            NetifTxRequest(gref: buffer.ref, offset: 0, flags: more ? Netif.txMoreData : 0, id: id, size: UInt16(size)).store(to: slot)
+            done += n
+        }
+        q.unpushedTx = true
+        statistics.txFrames += 1
+        statistics.txBytes += frame.count
+        return true
+    }
+
+    /// The queue for a frame with several queues: by its addresses, so one flow stays in order.
+    private func pickQueue(_ frame: UnsafeRawBufferPointer) -> Queue {
+        var h: UInt32 = 2166136261
+        for i in 0..<min(frame.count, 12) { h = (h ^ UInt32(frame[i])) &* 16777619 }
+        if frame.count >= 34, frame[12] == 0x08, frame[13] == 0x00 {
+            for i in 26..<34 { h = (h ^ UInt32(frame[i])) &* 16777619 }
+        }
+        return queues[Int(h % UInt32(queues.count))]
+    }
+
+    /// Publishes the queued frames (one notification per queue at most).
+    public func flush() {
+        for q in queues where q.unpushedTx {
+            q.unpushedTx = false
+            if q.tx.pushRequests() { try? domain.eventChannels.send(q.txPort) }
+        }
+    }
+
+    /// Takes tx responses: pages come back to their ids.
+    @discardableResult
+    private func reapTx(_ q: Queue) -> Int {
+        var n = 0
+        while true {
+            let slot: UnsafeRawPointer?
+            do { slot = try q.tx.takeResponse() } catch {
+                statistics.rxErrors += 1
+                return n
+            }
+            guard let slot else { return n }
+            let rsp = NetifTxResponse(loading: slot)
+            if rsp.status == Netif.rspNull { continue }
+            let id = Int(rsp.id)
+            guard id < Self.slots, q.txBusy[id] else {
+                statistics.rxErrors += 1
+                continue
+            }
+            q.txBusy[id] = false
+            q.txFree.append(rsp.id)
+            if rsp.status != Netif.rspOkay { statistics.txErrors += 1 }
+            n += 1
+        }
+    }
+
+    // MARK: receiving
+
+    /// Hands every received frame to `handler`, gives the pages back to the backend, reclaims
+    /// tx pages; sleeps (up to `timeoutNs`; negative: no limit) when nothing was waiting.
+    public func poll(timeoutNs: Int64, _ handler: (UnsafeRawBufferPointer) -> Void) -> Int {
+        let deadline = timeoutNs > 0 ? SystemTime.nanoseconds() + UInt64(timeoutNs) : 0
+        let ev = domain.eventChannels
+        while true {
+            checkBackend()
+            var n = 0
+            for q in queues {
+                reapTx(q)
+                n += receive(q, handler)
+            }
+            if n > 0 || timeoutNs == 0 || closedState { return n }
+            // Arm both rings' rsp_event, then look again before sleeping.
+            var pending = false
+            for q in queues where q.rx.finalCheckForResponses() || q.tx.finalCheckForResponses() { pending = true }
+            if pending { continue }
+            var slice: Int64 = 100_000_000
+            if timeoutNs > 0 {
+                let now = SystemTime.nanoseconds()
+                if now >= deadline { return 0 }
+                slice = min(slice, Int64(deadline - now))
+            }
+            if let p = ev.waitAny(timeoutNs: slice), !ownPorts.contains(p) { strayPorts.append(p) }
+        }
+    }
+
+    private func receive(_ q: Queue, _ handler: (UnsafeRawBufferPointer) -> Void) -> Int {
+        var frames = 0
+        var assembled = 0
+        var inFrame = false
+        var taken = 0
+        while true {
+            let slot: UnsafeRawPointer?
+            do { slot = try q.rx.takeResponse() } catch {
+                statistics.rxErrors += 1
+                break
+            }
+            guard let slot else { break }
+            taken += 1
+            let rsp = NetifRxResponse(loading: slot)
+            let id = Int(rsp.id)
+            guard id < Self.slots, q.rxPosted[id] else {
+                statistics.rxErrors += 1
+                continue
+            }
+            q.rxPosted[id] = false
+            let page = q.rxBuffers[id].page.base
+            let size = Int(rsp.status), offset = Int(rsp.offset)
+            var ok = rsp.status > 0 && offset + size <= Netif.pageSize && assembled + size <= Netif.maxTxSize
+            if rsp.flags & Netif.rxExtraInfo != 0 { ok = false }  // never asked for (no GSO, no hash)
+            if ok {
+                if !inFrame && !rsp.moreData {
+                    handler(UnsafeRawBufferPointer(start: page + offset, count: size))
+                    frames += 1
+                    statistics.rxFrames += 1
+                    statistics.rxBytes += size
+                } else {
+                    memcpy(scratch + assembled, page + offset, size)
+                    assembled += size
+                    inFrame = rsp.moreData
+                    if !inFrame {
+                        handler(UnsafeRawBufferPointer(start: scratch, count: assembled))
+                        frames += 1
+                        statistics.rxFrames += 1
+                        statistics.rxBytes += assembled
+                        assembled = 0
+                    }
+                }
+            } else {
+                statistics.rxErrors += 1
+                inFrame = rsp.moreData && inFrame
+                assembled = 0
+            }
+            repost(q, id)
+        }
+        if taken > 0, q.rx.pushRequests() { try? domain.eventChannels.send(q.rxPort) }
+        return frames
+    }
+
+    private func repost(_ q: Queue, _ id: Int) {
+        guard let s = q.rx.nextRequest() else { return }
+        NetifRxRequest(id: UInt16(id), gref: q.rxBuffers[id].ref).store(to: s)
+        q.rxPosted[id] = true
+    }
+
+    /// Returns and forgets `strayPorts`.
+    public func takeStrayPorts() -> [EventChannels.Port] {
+        defer { strayPorts.removeAll() }
+        return strayPorts
+    }
+
+    // MARK: closing
+
+    /// The backend going Closing or away (the toolstack detaching the vif) closes this end.
+    private func checkBackend() {
+        guard SharedAtomic.load(&backendChanged) != 0, !closing else { return }
+        SharedAtomic.store(&backendChanged, 0)
+        let s = (try? end.otherEndState()) ?? .unknown
+        if s == .closing || s == .closed || s == .unknown { close(timeout: 5) }
+    }
+
+    /// Closing, waits for the backend to close, Closed, then ends the grants (pages the backend
+    /// still maps are never reused) and closes the event channels. Idempotent.
+    public func close(timeout: Double = 10) {
+        if closing { return }
+        closing = true
+        closedState = true
+        try? domain.store.unwatch(device.backendPath + "/state", token: watchToken)
+        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
+        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        try? end.switchState(.closing)
+        _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: left())
+        try? end.switchState(.closed)
+        _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: left())
+        let gt = domain.grantTable, ev = domain.eventChannels
+        var grants: [(page: GrantablePage, ref: GrantRef)] = []
+        for q in queues {
+            grants += q.txBuffers + q.rxBuffers + [(q.txPage, q.txRef), (q.rxPage, q.rxRef)]
+        }
+        while true {
+            var still: [(page: GrantablePage, ref: GrantRef)] = []
+            for g in grants {
+                do {
+                    try gt.endAccess(g.ref)
+                    gt.freePage(g.page)
+                } catch GrantError.stillMapped {
+                    still.append(g)
+                } catch {}
+            }
+            grants = still
+            if grants.isEmpty || left() <= 0 { break }
+            usleep(1000)
+        }
+        for q in queues {
+            try? ev.close(q.txPort)
+            if q.rxPort != q.txPort { try? ev.close(q.rxPort) }
+        }
+    }
+}
