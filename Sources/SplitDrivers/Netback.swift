@@ -1,21 +1,623 @@
+import CProcvisor
 import DomainRuntime
 import Glibc
+import LinuxHost
 import ProcvisorABI
 
-/// netback (being written: this first version only reports that it serves nothing yet).
+/// netback: serves the vifs the toolstack assigns to this driver domain
+/// (`/local/domain/SELF/backend/vif/F/DEVID`) and switches their frames on learning L2 bridges,
+/// one per `bridge=` name, each with an optional tap uplink the supervisor hands over.
+///
+/// Threads: one per vif does the xenbus handshake (Linux's connect: rings, event channels,
+/// queues) and watches the frontend; the caller's thread becomes the switch: it takes every
+/// event of the domain and moves frames. The switch serves the vifs' tx rings round robin, at
+/// most `budget` packets from each per pass, so a busy guest cannot starve the others; each
+/// frame is checked (anti-spoofing, the bridge's filter rules, the vif's `rate=` credit),
+/// learned, and copied straight from the sender's granted page into the receiver's (grants are
+/// mapped once and kept: no system call per packet). Responses and notifications go out once per
+/// pass. A frame for a vif whose rx ring is empty waits in a short backlog and is dropped when
+/// that is full: a guest that never refills its ring loses its own frames, nobody else's. Each
+/// bridge's uplink thread moves frames between its tap and the switch with io_uring (or plain
+/// read/write when io_uring is refused).
+///
+/// Settings (the driver domain's command line, KEY=VALUE): `PROCVISOR_FORCE_NO_IOURING=1`,
+/// `max-queues=N` (`multi-queue-max-queues`, default the vCPUs, at most 8), `spin=N` (doorbell
+/// checks before the switch sleeps), `budget=N` (packets per vif per pass, default 64),
+/// `backlog=N` (frames waiting per vif for rx slots, default 256), `broadcast-pps=N`
+/// (broadcast/multicast/unknown-unicast frames a vif may flood per second, default 20000).
 public final class Netback {
     let domain: Domain
     let log: (String) -> Void
     let environment: [String: String]
+    /// Guards the switch state: vifs, bridges, ports. The switch holds it for a pass.
+    var lock = pthread_mutex_t()
+    private var scanLock = pthread_mutex_t()
+    private var devices: [String: NetbackVif] = [:]
+    private var byPort: [EventChannels.Port: (vif: NetbackVif, queue: Int)] = [:]
+    var bridges: [String: NetBridge] = [:]
+    /// Vif queues in service order.
+    private var queues: [NetbackQueue] = []
+    private var nextStart = 0
+    private var nextPortID = 1
+    /// The port uplink threads signal when frames came in from a tap.
+    private(set) var wakePort: EventChannels.Port = 0
+    /// Queues (or uplinks) whose responses/rx must be pushed at the end of this pass.
+    private var touched: [NetbackQueue] = []
+    private var uplinksToKick: [NetUplink] = []
+    /// Where a multi-slot frame is gathered.
+    private let scratch = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 64)
+    private var lastLog: [String: UInt64] = [:]
+    private(set) var filterText: [String: String] = [:]
 
     public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
         self.domain = domain
         self.environment = environment
         self.log = log
+        pthread_mutex_init(&lock, nil)
+        pthread_mutex_init(&scanLock, nil)
     }
 
-    public func run() -> Never {
-        log("netback: dom\(domain.domid): the data path is not built yet")
-        domain.shutdown(.crash)
+    var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
+    var budget: Int { environment["budget"].flatMap(Int.init).map { max(1, $0) } ?? 64 }
+    var backlogLimit: Int { environment["backlog"].flatMap(Int.init).map { max(0, $0) } ?? 256 }
+    var broadcastPPS: Int { environment["broadcast-pps"].flatMap(Int.init).map { max(1, $0) } ?? 20_000 }
+    var maxQueues: Int {
+        if let v = environment["max-queues"].flatMap(Int.init), v >= 1 { return min(v, 8) }
+        return max(1, min(8, Int(domain.startInfo.vcpus)))
     }
+
+    /// Logs `line`, at most once a second per `key` (a hostile guest must not flood the log).
+    func logLimited(_ key: String, _ line: @autoclosure () -> String) {
+        let now = MonotonicClock.nanoseconds()
+        if let last = lastLog[key], now - last < 1_000_000_000 { return }
+        lastLog[key] = now
+        log(line())
+    }
+
+    /// Watches for vifs and filter rules and switches frames forever.
+    public func run() -> Never {
+        do {
+            wakePort = try domain.eventChannels.bindIPI()
+            try domain.store.watch("backend/vif", token: "netback:devices") { [unowned self] _ in scan() }
+            try domain.store.watch("netfilter", token: "netback:filters") { [unowned self] _ in reloadFilters() }
+        } catch {
+            log("netback: cannot start: \(error)")
+            domain.shutdown(.crash)
+        }
+        log("netback: dom\(domain.domid) serving vifs (\(maxQueues) queue\(maxQueues == 1 ? "" : "s") per vif at most)")
+        let ev = domain.eventChannels
+        var timeout: Int64 = -1
+        while true {
+            let ports = ev.wait(timeoutNs: timeout, spin: spin)
+            pthread_mutex_lock(&lock)
+            for p in ports {
+                if p == wakePort {
+                    for b in bridges.values { b.uplink?.inboundPending = true }
+                } else if let (vif, qi) = byPort[p], qi < vif.queues.count {
+                    let q = vif.queues[qi]
+                    if q.txPort == p { q.txWork = true }
+                    if q.rxPort == p { q.rxWork = true }
+                }
+            }
+            timeout = switchFrames()
+            pthread_mutex_unlock(&lock)
+        }
+    }
+
+    // MARK: the switch
+
+    /// Passes over every vif queue and uplink until none has work (or all that remain are
+    /// held by their rate); returns how long the caller may sleep (-1: until an event).
+    private func switchFrames() -> Int64 {
+        let now0 = MonotonicClock.nanoseconds()
+        var wakeAt: UInt64 = .max
+        while true {
+            var progress = false
+            let n = queues.count
+            let now = MonotonicClock.nanoseconds()
+            if n > 0 {
+                let start = nextStart % n
+                for i in 0..<n {
+                    let q = queues[(start + i) % n]
+                    if q.dead { continue }
+                    if q.rxWork || !q.vif.backlog.isEmpty { deliverBacklog(q.vif) }
+                    guard q.txWork else { continue }
+                    if let t = q.vif.creditBlockedUntil, t > now {
+                        wakeAt = min(wakeAt, t)
+                        continue
+                    }
+                    q.vif.creditBlockedUntil = nil
+                    let done = serviceTx(q, now: now)
+                    if q.dead { continue }
+                    if done == budget {
+                        progress = true
+                    } else if q.vif.creditBlockedUntil != nil {
+                        wakeAt = min(wakeAt, q.vif.creditBlockedUntil!)
+                    } else if !q.tx.finalCheckForRequests() {
+                        q.txWork = false
+                    } else {
+                        progress = true
+                    }
+                }
+                nextStart = start + 1
+            }
+            for b in bridges.values {
+                guard let up = b.uplink, up.inboundPending else { continue }
+                if takeUplinkFrames(b, up) == budget { progress = true }
+            }
+            pushTouched()
+            if !progress { break }
+        }
+        for q in queues where !q.dead && q.rxWork {
+            // The frontend posted rx pages: what waited has been delivered; arm rx req_event again.
+            if q.vif.backlog.isEmpty || !q.rx.finalCheckForRequests() { q.rxWork = false }
+        }
+        if queues.contains(where: { !$0.dead && !$0.vif.backlog.isEmpty }) {
+            // Backlogged frames: look again soon even if the guest does not notify.
+            wakeAt = min(wakeAt, now0 + 10_000_000)
+        }
+        if wakeAt == .max { return -1 }
+        let now = MonotonicClock.nanoseconds()
+        return wakeAt > now ? Int64(wakeAt - now) : 0
+    }
+
+    /// Responses and notifications of everything this pass touched.
+    private func pushTouched() {
+        let ev = domain.eventChannels
+        for q in touched {
+            q.isTouched = false
+            if q.dead { continue }
+            if q.txResponsesPending {
+                q.txResponsesPending = false
+                if q.tx.pushResponses() { try? ev.send(q.txPort) }
+            }
+            if q.rxResponsesPending {
+                q.rxResponsesPending = false
+                if q.rx.pushResponses() { try? ev.send(q.rxPort) }
+            }
+        }
+        touched.removeAll(keepingCapacity: true)
+        for u in uplinksToKick { u.kick() }
+        uplinksToKick.removeAll(keepingCapacity: true)
+    }
+
+    private func touch(_ q: NetbackQueue) {
+        if !q.isTouched {
+            q.isTouched = true
+            touched.append(q)
+        }
+    }
+
+    /// Takes up to `budget` packets off a tx ring. A packet that breaks the protocol is answered
+    /// NETIF_RSP_ERROR and logged; a ring whose indexes are impossible disconnects the vif.
+    private func serviceTx(_ q: NetbackQueue, now: UInt64) -> Int {
+        let vif = q.vif
+        var avail: UInt32
+        do { avail = try q.tx.pendingRequests() } catch {
+            fatal(vif, "tx ring \(q.index): \(error)")
+            return 0
+        }
+        var done = 0
+        while done < budget && avail > 0 {
+            // Walk the chain: first slot, extras, more_data slots.
+            let first = NetifTxRequest(loading: q.tx.peekRequest(0))
+            var slots: UInt32 = 1
+            var error: NetifTxError?
+            var incomplete = false
+            if first.hasExtraInfo {
+                var more = true
+                while more {
+                    if slots >= avail { incomplete = true; break }
+                    let extra = NetifExtraInfo(loading: q.tx.peekRequest(slots))
+                    slots += 1
+                    // Only multicast add/del and hash are taken (and ignored); GSO was not offered.
+                    if extra.type != Netif.extraTypeMcastAdd && extra.type != Netif.extraTypeMcastDel && extra.type != Netif.extraTypeHash {
+                        error = error ?? .badExtraInfo(type: extra.type)
+                    }
+                    more = extra.more
+                    if more && slots > UInt32(Netif.maxSlotsPerPacket) { error = error ?? .tooManySlots(Int(slots)); break }
+                }
+            }
+            var dataSlots = 1
+            var last = first
+            var sizes = 0
+            while !incomplete && last.moreData {
+                if slots >= avail { incomplete = true; break }
+                last = NetifTxRequest(loading: q.tx.peekRequest(slots))
+                slots += 1
+                dataSlots += 1
+                sizes += Int(last.size)
+                if dataSlots > Netif.maxSlotsPerPacket {
+                    error = error ?? .tooManySlots(dataSlots)
+                    // The chain is answered up to here; the rest are taken as packets of their own.
+                    break
+                }
+            }
+            if incomplete {
+                if avail == q.tx.layout.count {
+                    fatal(vif, "tx ring \(q.index): a packet's slots fill the whole ring without ending")
+                    return done
+                }
+                break  // the rest of the chain is not on the ring yet
+            }
+            let total = Int(first.size)
+            if error == nil {
+                if total < Netif.ethernetHeaderSize || total > Netif.maxTxSize {
+                    error = .badPacketSize(total)
+                } else if sizes > total {
+                    error = .sizeMismatch(announced: total, slots: sizes)
+                }
+            }
+            if error == nil, vif.credit != nil {
+                if !vif.credit!.consume(total, now: now) {
+                    vif.creditBlockedUntil = vif.credit!.nextCreditTime
+                    vif.stats.rateHeld += 1
+                    return done
+                }
+            }
+            var frame: UnsafeRawBufferPointer?
+            if error == nil {
+                // Map (or find) every data slot's page and put the frame together.
+                var gathered = 0
+                var index: UInt32 = 0
+                var dataIndex = 0
+                while index < slots {
+                    let p = q.tx.peekRequest(index)
+                    let isExtra = index > 0 && index <= slots - UInt32(dataSlots) && first.hasExtraInfo
+                    index += 1
+                    if isExtra { continue }
+                    let r = NetifTxRequest(loading: p)
+                    let size = dataIndex == 0 ? total - sizes : Int(r.size)
+                    let offset = Int(r.offset)
+                    dataIndex += 1
+                    if offset + size > Netif.pageSize {
+                        error = .slotPastPage(slot: dataIndex - 1, offset: offset, size: size)
+                        break
+                    }
+                    guard let page = q.txPage(r.gref, vif: vif) else {
+                        error = .badGrant(gref: r.gref, status: q.lastMapFailure)
+                        break
+                    }
+                    if dataSlots == 1 {
+                        frame = UnsafeRawBufferPointer(start: page + offset, count: size)
+                    } else {
+                        memcpy(scratch + gathered, page + offset, size)
+                        gathered += size
+                    }
+                }
+                if error == nil && dataSlots > 1 { frame = UnsafeRawBufferPointer(start: scratch, count: gathered) }
+            }
+            if let error {
+                vif.stats.txErrors += 1
+                logLimited("tx-\(vif.name)", "netback: \(vif.name): malformed tx packet: \(error); answered NETIF_RSP_ERROR")
+            } else if let frame, let bridge = vif.bridge {
+                vif.stats.txFrames += 1
+                vif.stats.txBytes += frame.count
+                forward(frame, from: vif.bridgePort, bridge: bridge, sourceVif: vif, now: now)
+            }
+            // Answer every slot of the chain (extras with NETIF_RSP_NULL).
+            let status = error == nil ? Netif.rspOkay : Netif.rspError
+            for i in 0..<slots {
+                let r = NetifTxRequest(loading: q.tx.peekRequest(i))
+                let isExtra = i > 0 && i <= slots - UInt32(dataSlots) && first.hasExtraInfo
+                NetifTxResponse(id: r.id, status: isExtra ? Netif.rspNull : status).store(to: q.tx.nextResponse())
+            }
+            q.tx.consume(slots)
+            q.txResponsesPending = true
+            touch(q)
+            avail -= slots
+            done += 1
+            if q.dead { return done }
+        }
+        return done
+    }
+
+    /// A vif broke the ring protocol: it is disconnected (its device thread tears it down).
+    func fatal(_ vif: NetbackVif, _ why: String) {
+        for q in vif.queues { q.dead = true }
+        log("netback: \(vif.name): \(why); disconnected")
+        vif.requestStop(why)
+    }
+
+    // MARK: forwarding
+
+    /// One frame entering `bridge` on `port`: checks, learning, delivery.
+    func forward(_ frame: UnsafeRawBufferPointer, from port: Int, bridge: NetBridge, sourceVif: NetbackVif?, now: UInt64) {
+        guard let info = FrameInfo.parse(frame) else {
+            sourceVif?.stats.dropped += 1
+            return
+        }
+        if let vif = sourceVif {
+            let verdict = vif.antiSpoof.check(info)
+            if verdict != .ok {
+                vif.stats.spoofDropped += 1
+                logLimited("spoof-\(vif.name)", "netback: \(vif.name): dropped a forged frame (\(verdict))")
+                return
+            }
+        }
+        if !bridge.filter.isEmpty {
+            let ingress = sourceVif?.name ?? "uplink"
+            if bridge.filter.verdict(info, ingress: ingress) == .drop {
+                bridge.filterDropped += 1
+                sourceVif?.stats.filterDropped += 1
+                return
+            }
+        }
+        bridge.macs.learn(info.src, port: port, now: now)
+        var destination: Int?
+        if !info.dst.isMulticast { destination = bridge.macs.lookup(info.dst, now: now) }
+        if let d = destination {
+            if d == port { return }
+            bridge.port(d)?.deliver(frame, info: info)
+            return
+        }
+        // Broadcast, multicast, unknown unicast: every other port, within the sender's allowance.
+        if let vif = sourceVif, !vif.floodLimiter.allow(now: now) {
+            vif.stats.floodDropped += 1
+            logLimited("flood-\(vif.name)", "netback: \(vif.name): flooding over \(broadcastPPS) frames/s; dropping the excess")
+            return
+        }
+        for p in bridge.ports where p.id != port { p.deliver(frame, info: info) }
+    }
+
+    /// A frame for a vif: into its rx ring now, or its backlog when the ring has no pages.
+    func deliver(_ frame: UnsafeRawBufferPointer, to vif: NetbackVif, info: FrameInfo) {
+        if vif.queues.isEmpty || vif.queues[0].dead { return }
+        let q = vif.queues.count == 1 ? vif.queues[0] : vif.queues[vif.queueIndex(for: info)]
+        if vif.backlog.isEmpty, copyToRx(frame, q) { return }
+        if vif.backlog.count >= backlogLimit {
+            vif.stats.rxDropped += 1
+            logLimited("rxfull-\(vif.name)", "netback: \(vif.name): rx ring not refilled; dropping frames for it")
+            return
+        }
+        vif.backlog.append((Array(frame), q.index))
+    }
+
+    private func deliverBacklog(_ vif: NetbackVif) {
+        var taken = 0
+        while taken < vif.backlog.count {
+            let (bytes, qi) = vif.backlog[taken]
+            let q = vif.queues[qi]
+            if q.dead { taken = vif.backlog.count; break }
+            let ok = bytes.withUnsafeBytes { copyToRx($0, q) }
+            if !ok { break }
+            taken += 1
+        }
+        if taken > 0 { vif.backlog.removeFirst(taken) }
+    }
+
+    /// Copies a frame into the pages of the next rx requests; false when there are not enough.
+    private func copyToRx(_ frame: UnsafeRawBufferPointer, _ q: NetbackQueue) -> Bool {
+        let vif = q.vif
+        let need = UInt32((frame.count + Netif.pageSize - 1) / Netif.pageSize)
+        let avail: UInt32
+        do { avail = try q.rx.pendingRequests() } catch {
+            fatal(vif, "rx ring \(q.index): \(error)")
+            return true
+        }
+        if avail < need { return false }
+        var done = 0
+        for i in 0..<need {
+            let r = NetifRxRequest(loading: q.rx.peekRequest(0))
+            q.rx.consume(1)
+            let n = min(Netif.pageSize, frame.count - done)
+            let more = i + 1 < need
+            if let page = q.rxPage(r.gref, vif: vif) {
+                memcpy(page, frame.baseAddress! + done, n)
+                NetifRxResponse(id: r.id, offset: 0, flags: (more ? Netif.rxMoreData : 0) | Netif.rxDataValidated,
+                                status: Int16(n)).store(to: q.rx.nextResponse())
+            } else {
+                vif.stats.rxErrors += 1
+                logLimited("rxgref-\(vif.name)", "netback: \(vif.name): rx gref \(r.gref) cannot be mapped (\(q.lastMapFailure)); frame dropped")
+                NetifRxResponse(id: r.id, offset: 0, flags: more ? Netif.rxMoreData : 0, status: Netif.rspError).store(to: q.rx.nextResponse())
+            }
+            done += n
+        }
+        vif.stats.rxFrames += 1
+        vif.stats.rxBytes += frame.count
+        q.rxResponsesPending = true
+        touch(q)
+        return true
+    }
+
+    private func takeUplinkFrames(_ b: NetBridge, _ up: NetUplink) -> Int {
+        let frames = up.takeInbound(max: budget)
+        if frames.count < budget { up.inboundPending = false }
+        let now = MonotonicClock.nanoseconds()
+        for f in frames {
+            f.withUnsafeBytes { forward($0, from: NetBridge.uplinkPort, bridge: b, sourceVif: nil, now: now) }
+        }
+        return frames.count
+    }
+
+    func queueUplinkKick(_ u: NetUplink) {
+        if !uplinksToKick.contains(where: { $0 === u }) { uplinksToKick.append(u) }
+    }
+
+    // MARK: devices
+
+    /// New vif directories get a device thread; vanished ones are told to stop.
+    func scan() {
+        pthread_mutex_lock(&scanLock)
+        defer { pthread_mutex_unlock(&scanLock) }
+        var present = Set<String>()
+        for fe in (try? domain.store.directory("backend/vif")) ?? [] {
+            guard let f = UInt16(fe) else { continue }
+            for dev in (try? domain.store.directory("backend/vif/\(fe)")) ?? [] {
+                guard let d = UInt32(dev) else { continue }
+                let key = "\(f)/\(d)"
+                present.insert(key)
+                pthread_mutex_lock(&lock)
+                let existing = devices[key]
+                pthread_mutex_unlock(&lock)
+                if let existing {
+                    guard existing.finished, let fe = try? domain.store.read("backend/vif/\(fe)/\(dev)/frontend"),
+                          (try? domain.store.read(fe + "/state")) == XenbusState.initialising.storeValue else { continue }
+                }
+                let vif = NetbackVif(owner: self, frontend: f, devid: d)
+                pthread_mutex_lock(&lock)
+                devices[key] = vif
+                pthread_mutex_unlock(&lock)
+                domain.startVCPU(-10) { _ in vif.run() }
+            }
+        }
+        pthread_mutex_lock(&lock)
+        let gone = devices.filter { !present.contains($0.key) }.map(\.value)
+        for key in devices.keys where !present.contains(key) && devices[key]?.finished == true { devices[key] = nil }
+        pthread_mutex_unlock(&lock)
+        gone.forEach { $0.requestStop(nil) }
+    }
+
+    /// The bridge named `name`, created (with its uplink asked for) on first use. Caller holds `lock`.
+    func bridge(named name: String, askingUplinkWith vif: NetbackVif) -> NetBridge {
+        if let b = bridges[name] { return b }
+        let b = NetBridge(name: name)
+        b.filter = parseFilter(bridge: name, filterText[name])
+        bridges[name] = b
+        return b
+    }
+
+    /// Asks the supervisor for the bridge's tap (outside `lock`: a hypercall).
+    func attachUplink(_ b: NetBridge, via vif: NetbackVif) {
+        guard !b.uplinkRequested else { return }
+        b.uplinkRequested = true
+        do {
+            let fd = try domain.deviceFD(.uplink, frontend: vif.frontend, devid: vif.devid)
+            let up = NetUplink(owner: self, bridge: b, tap: fd)
+            pthread_mutex_lock(&lock)
+            b.uplink = up
+            b.addPort(up)
+            pthread_mutex_unlock(&lock)
+            up.start()
+            b.uplinkStatus = "tap \(b.name) (\(up.engineName))"
+            log("netback: bridge \(b.name): uplink is tap \(b.name) (\(up.engineName))")
+        } catch {
+            b.uplinkStatus = "none: \(error)"
+            log("netback: bridge \(b.name): guest-only, no uplink (the supervisor could not create tap \(b.name): \(error))")
+        }
+        try? domain.store.write("bridge/\(b.name)/uplink", b.uplinkStatus)
+    }
+
+    /// Adds a connected vif to its bridge and the switch; nil, or why it was refused.
+    func register(_ vif: NetbackVif) -> String? {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        let b = bridge(named: vif.bridgeName, askingUplinkWith: vif)
+        if let other = b.ports.compactMap({ $0 as? NetbackVifPort }).first(where: { $0.vif.mac == vif.mac }) {
+            return "MAC \(vif.mac) is already on bridge \(b.name) (\(other.vif.name))"
+        }
+        vif.bridge = b
+        vif.bridgePort = nextPortID
+        nextPortID += 1
+        b.addPort(NetbackVifPort(id: vif.bridgePort, vif: vif, owner: self))
+        for q in vif.queues {
+            byPort[q.txPort] = (vif, q.index)
+            byPort[q.rxPort] = (vif, q.index)
+            q.txWork = true
+            q.rxWork = true
+            queues.append(q)
+        }
+        return nil
+    }
+
+    /// Takes a vif out of the switch (its device thread then unmaps everything).
+    func unregister(_ vif: NetbackVif) {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        for q in vif.queues {
+            q.dead = true
+            if byPort[q.txPort]?.vif === vif { byPort[q.txPort] = nil }
+            if byPort[q.rxPort]?.vif === vif { byPort[q.rxPort] = nil }
+        }
+        queues.removeAll { $0.vif === vif }
+        touched.removeAll { $0.vif === vif }
+        vif.backlog.removeAll()
+        if let b = vif.bridge {
+            b.removePort(vif.bridgePort)
+        }
+    }
+
+    func finished(_ vif: NetbackVif) {
+        pthread_mutex_lock(&lock)
+        vif.finished = true
+        pthread_mutex_unlock(&lock)
+        domain.store.onWatchThread { [unowned self] in scan() }
+    }
+
+    // MARK: filter rules
+
+    private func parseFilter(bridge: String, _ text: String?) -> NetFilterRuleSet {
+        guard let text, !text.isEmpty else { return NetFilterRuleSet() }
+        do {
+            return try NetFilterRuleSet.parse(text)
+        } catch {
+            log("netback: bridge \(bridge): filter rules refused, none applied: \(error)")
+            return NetFilterRuleSet()
+        }
+    }
+
+    /// `netfilter/BRIDGE` changed (dom0 writes it): each bridge's rules are replaced as a whole.
+    func reloadFilters() {
+        var texts: [String: String] = [:]
+        for name in (try? domain.store.directory("netfilter")) ?? [] {
+            texts[name] = (try? domain.store.read("netfilter/\(name)")) ?? ""
+        }
+        pthread_mutex_lock(&lock)
+        let old = filterText
+        filterText = texts
+        for (name, b) in bridges where old[name] != texts[name] {
+            b.filter = parseFilter(bridge: name, texts[name])
+            log("netback: bridge \(name): \(b.filter.rules.count) filter rule\(b.filter.rules.count == 1 ? "" : "s")")
+        }
+        pthread_mutex_unlock(&lock)
+    }
+}
+
+/// A port of a bridge: a vif or the uplink.
+protocol NetBridgePortProtocol: AnyObject {
+    var id: Int { get }
+    func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo)
+}
+
+/// A learning L2 bridge.
+final class NetBridge {
+    static let uplinkPort = 0
+    let name: String
+    let macs = MACTable()
+    var filter = NetFilterRuleSet()
+    var filterDropped = 0
+    private(set) var ports: [NetBridgePortProtocol] = []
+    private var byID: [Int: NetBridgePortProtocol] = [:]
+    var uplink: NetUplink?
+    var uplinkRequested = false
+    var uplinkStatus = "pending"
+
+    init(name: String) { self.name = name }
+
+    func addPort(_ p: NetBridgePortProtocol) {
+        ports.append(p)
+        byID[p.id] = p
+    }
+
+    func removePort(_ id: Int) {
+        ports.removeAll { $0.id == id }
+        byID[id] = nil
+        macs.forget(port: id)
+    }
+
+    func port(_ id: Int) -> NetBridgePortProtocol? { byID[id] }
+}
+
+final class NetbackVifPort: NetBridgePortProtocol {
+    let id: Int
+    let vif: NetbackVif
+    unowned let owner: Netback
+
+    init(id: Int, vif: NetbackVif, owner: Netback) {
+        self.id = id
+        self.vif = vif
+        self.owner = owner
+    }
+
+    func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo) { owner.deliver(frame, to: vif, info: info) }
 }

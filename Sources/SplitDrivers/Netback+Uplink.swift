@@ -1,0 +1,179 @@
+import DomainRuntime
+import Glibc
+import LinuxHost
+import ProcvisorABI
+
+/// A bridge's uplink: the tap the supervisor created and handed over. Its thread moves frames
+/// between the tap and the switch: reads land in `inbound` (the switch is woken through the
+/// netback's wake port), frames the switch sends wait in `outbound` until the thread writes
+/// them. With io_uring the thread keeps reads posted on the tap and a read on its kick eventfd,
+/// and sleeps in one `io_uring_enter`; without it, it polls the two descriptors.
+final class NetUplink: NetBridgePortProtocol {
+    let id = NetBridge.uplinkPort
+    unowned let owner: Netback
+    unowned let bridge: NetBridge
+    let tap: FileDescriptor
+    private let kickEvent = Kick()
+    /// Switch thread only (under the netback lock).
+    var inboundPending = false
+    private var mutex = pthread_mutex_t()
+    private var inbound: [[UInt8]] = []
+    private var outbound: [UnsafeMutableRawBufferPointer] = []
+    private var ring: IOUring?
+    private(set) var engineName = "threads"
+    /// Frames waiting in either direction at most; beyond, frames are dropped (counted).
+    static let queueLimit = 1024
+    private(set) var droppedIn = 0
+    private(set) var droppedOut = 0
+    static let bufferSize = 65536
+    static let reads = 16
+
+    init(owner: Netback, bridge: NetBridge, tap: FileDescriptor) {
+        self.owner = owner
+        self.bridge = bridge
+        self.tap = tap
+        pthread_mutex_init(&mutex, nil)
+        if IOUring.probe(environment: owner.environment.merging(Process.environment()) { a, _ in a }) == nil,
+           let r = try? IOUring(entries: 128) {
+            ring = r
+            engineName = "io_uring"
+        }
+    }
+
+    /// Switch thread: a frame for the tap (copied; the thread writes it).
+    func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo) {
+        pthread_mutex_lock(&mutex)
+        if outbound.count >= Self.queueLimit {
+            droppedOut += 1
+            pthread_mutex_unlock(&mutex)
+            return
+        }
+        let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 16)
+        copy.copyMemory(from: frame)
+        outbound.append(copy)
+        pthread_mutex_unlock(&mutex)
+        owner.queueUplinkKick(self)
+    }
+
+    func kick() { kickEvent.raise() }
+
+    /// Switch thread: frames that came in from the tap, oldest first.
+    func takeInbound(max: Int) -> [[UInt8]] {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        if inbound.count <= max {
+            defer { inbound.removeAll(keepingCapacity: true) }
+            return inbound
+        }
+        let out = Array(inbound[..<max])
+        inbound.removeFirst(max)
+        return out
+    }
+
+    private func received(_ p: UnsafeRawPointer, _ n: Int) {
+        pthread_mutex_lock(&mutex)
+        if inbound.count >= Self.queueLimit {
+            droppedIn += 1
+            pthread_mutex_unlock(&mutex)
+            return
+        }
+        let wasEmpty = inbound.isEmpty
+        inbound.append(Array(UnsafeRawBufferPointer(start: p, count: n)))
+        pthread_mutex_unlock(&mutex)
+        if wasEmpty { try? owner.domain.eventChannels.send(owner.wakePort) }
+    }
+
+    private func takeOutbound() -> [UnsafeMutableRawBufferPointer] {
+        pthread_mutex_lock(&mutex)
+        defer { outbound.removeAll(keepingCapacity: true); pthread_mutex_unlock(&mutex) }
+        return outbound
+    }
+
+    func start() {
+        owner.domain.startVCPU(-12) { [self] _ in
+            if ring != nil { runRing() } else { runThreads() }
+        }
+    }
+
+    private static let kickTag: UInt64 = 1 << 40
+    private static let writeTag: UInt64 = 1 << 41
+
+    private func runRing() {
+        guard let ring else { return }
+        let buffers = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize * Self.reads, alignment: 4096)
+        let kickWord = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+        var writes: [UInt64: UnsafeMutableRawBufferPointer] = [:]
+        var nextWrite: UInt64 = 0
+        func postRead(_ i: Int) {
+            try? ring.read(tap, into: UnsafeMutableRawBufferPointer(start: buffers + i * Self.bufferSize, count: Self.bufferSize),
+                           offset: UInt64.max, userData: UInt64(i))
+        }
+        func postKick() {
+            try? ring.read(kickEvent.fd, into: UnsafeMutableRawBufferPointer(start: kickWord, count: 8), offset: UInt64.max,
+                           userData: Self.kickTag)
+        }
+        for i in 0..<Self.reads { postRead(i) }
+        postKick()
+        var failures = 0
+        while true {
+            _ = try? ring.submit(waitingFor: 1)
+            var rearm: [Int] = []
+            var kicked = false
+            _ = ring.harvest { tag, res in
+                if tag == Self.kickTag {
+                    kicked = true
+                } else if tag & Self.writeTag != 0 {
+                    writes.removeValue(forKey: tag)?.deallocate()
+                    if res < 0 { owner.logLimited("uplink-w-\(bridge.name)", "netback: bridge \(bridge.name): write to tap: \(Errno(rawValue: -res))") }
+                } else {
+                    let i = Int(tag)
+                    if res > 0 {
+                        received(buffers + i * Self.bufferSize, Int(res))
+                        failures = 0
+                    } else if res < 0 {
+                        failures += 1
+                        owner.logLimited("uplink-r-\(bridge.name)", "netback: bridge \(bridge.name): read from tap: \(Errno(rawValue: -res))")
+                    }
+                    rearm.append(i)
+                }
+            }
+            if failures > 100 { usleep(10_000) }
+            for i in rearm { postRead(i) }
+            if kicked {
+                postKick()
+                for frame in takeOutbound() {
+                    nextWrite += 1
+                    let tag = Self.writeTag | nextWrite
+                    writes[tag] = frame
+                    if ring.submissionSpace == 0 { _ = try? ring.submit() }
+                    do {
+                        try ring.write(tap, from: UnsafeRawBufferPointer(frame), offset: UInt64.max, userData: tag)
+                    } catch {
+                        writes.removeValue(forKey: tag)?.deallocate()
+                    }
+                }
+            }
+        }
+    }
+
+    private func runThreads() {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 4096)
+        while true {
+            var fds = [pollfd(fd: tap.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: kickEvent.fd.rawValue, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 2, -1)
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let n = Glibc.read(tap.rawValue, buffer, Self.bufferSize)
+                if n > 0 { received(buffer, n) }
+            }
+            if fds[1].revents != 0 {
+                var v: UInt64 = 0
+                _ = Glibc.read(kickEvent.fd.rawValue, &v, 8)
+                for frame in takeOutbound() {
+                    _ = Glibc.write(tap.rawValue, frame.baseAddress, frame.count)
+                    frame.deallocate()
+                }
+            }
+        }
+    }
+}
