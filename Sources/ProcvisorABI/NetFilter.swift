@@ -143,12 +143,12 @@ public struct NetFilterError: Error, Hashable, Sendable, CustomStringConvertible
         case .missingValue:
             return prefix + "\"\(word)\" has no value after '='"
         case .unknownKey:
-            let key = word.split(separator: "=", maxSplits: 1).first.map(String.init) ?? word
+            let key = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? word
             return prefix + "unknown match key \"\(key)\" (expected \(NetFilterRule.keys.joined(separator: ", ")))"
         case .badValue(let expected):
             return prefix + "bad value in \"\(word)\" (expected \(expected))"
         case .duplicateKey:
-            let key = word.split(separator: "=", maxSplits: 1).first.map(String.init) ?? word
+            let key = word.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? word
             return prefix + "\"\(word)\": \(key) is given twice in one rule (all matches must hold: give it once)"
         case .portWithoutTCPOrUDP:
             return prefix + "\"\(word)\" needs proto=tcp or proto=udp in the same rule"
