@@ -63,6 +63,11 @@ let package = Package(
                           exclude: ["balloon-demo.cfg"], swiftSettings: v5),
         .executableTarget(name: "blkcheck", dependencies: ["SplitDrivers"], path: "examples/blkcheck", exclude: ["blkcheck.cfg"], swiftSettings: v5),
         .executableTarget(name: "blkbench", dependencies: ["SplitDrivers"], path: "examples/blkbench", exclude: ["blkbench.cfg"], swiftSettings: v5),
+        .executableTarget(name: "ping", dependencies: ["SplitDrivers"], path: "examples/ping", exclude: ["ping.cfg"], swiftSettings: v5),
+        .executableTarget(name: "udp-echo", dependencies: ["SplitDrivers"], path: "examples/udp-echo",
+                          exclude: ["udp-echo.cfg", "udp-echo-client.cfg"], swiftSettings: v5),
+        .executableTarget(name: "netbench", dependencies: ["SplitDrivers"], path: "examples/netbench",
+                          exclude: ["netbench.cfg", "netbench-send.cfg"], swiftSettings: v5),
 
         // Driver domains.
         .executableTarget(name: "blkback", dependencies: ["SplitDrivers"], path: "Sources/blkback", swiftSettings: v5),

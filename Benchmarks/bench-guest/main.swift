@@ -2,6 +2,7 @@
 //  bare (no supervisor):   reports "R" on stdout as soon as main runs (lifecycle peer);
 //    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
 //    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
+//    --dgram-send SIZE SECONDS / --dgram-recv  datagrams over the AF_UNIX socketpair end at fd 3 (net peer);
 //  as a domain: "mode=idle" (lifecycle), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S".
 import DomainRuntime
 import Glibc
@@ -93,6 +94,36 @@ case "--eventfd-ping", "--eventfd-pong":
     } else {
         while read(inp, &got, 8) == 8 && got == 1 { _ = write(out, &one, 8) }
     }
+    exit(0)
+case "--dgram-send":
+    // SIZE-byte datagrams (first byte 0) for SECONDS, as fast as send(2) takes them, then a
+    // stop datagram (first byte 1). The socketpair is reliable: send blocks when the peer lags.
+    let size = args.count > 1 ? max(1, Int(args[1]) ?? 64) : 64
+    let seconds = args.count > 2 ? Double(args[2]) ?? 3 : 3
+    var buffer = [UInt8](repeating: 0, count: size)
+    var sent = 0
+    let end = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+    while MonotonicClock.nanoseconds() < end {
+        for _ in 0..<64 where send(3, &buffer, size, 0) == size { sent += 1 }
+    }
+    buffer[0] = 1
+    _ = send(3, &buffer, size, 0)
+    report("sent=\(sent)")
+    exit(0)
+case "--dgram-recv":
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    var count = 0, bytes = 0
+    var first: UInt64 = 0
+    while true {
+        let n = recv(3, &buffer, buffer.count, 0)
+        if n <= 0 { break }
+        if buffer[0] == 1 { break }
+        if count == 0 { first = MonotonicClock.nanoseconds() }
+        count += 1
+        bytes += n
+    }
+    let seconds = Double(MonotonicClock.nanoseconds() - first) / 1e9
+    report("pps=\(Double(count) / seconds) gbps=\(Double(bytes) * 8 / seconds / 1e9) datagrams=\(count)")
     exit(0)
 default:
     break

@@ -5,5 +5,6 @@ enum Suites {
         "grant": GrantSuite.run,
         "xenstore": XenStoreSuite.run,
         "blk": BlkSuite.run,
+        "net": NetSuite.run,
     ]
 }
