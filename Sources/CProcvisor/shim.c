@@ -22,6 +22,8 @@
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 
 int pv_errno(void) { return errno; }
 
@@ -539,4 +541,56 @@ int pv_gettid(void) { return (int)syscall(SYS_gettid); }
 
 void *pv_mremap_alias(void *old, size_t length, void *to) {
     return mremap(old, 0, length, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+}
+
+// ---- tap devices and interface settings ----
+
+int pv_tap_open(const char *name, int exclusive) {
+    if (strlen(name) >= IFNAMSIZ) return -EINVAL;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return neg_errno();
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (exclusive ? IFF_TUN_EXCL : 0);
+    memcpy(ifr.ifr_name, name, strlen(name));
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+/// An AF_INET datagram socket for interface ioctls, with `name` in `ifr`.
+static int netif_socket(const char *name, struct ifreq *ifr) {
+    if (strlen(name) >= IFNAMSIZ) return -EINVAL;
+    memset(ifr, 0, sizeof *ifr);
+    memcpy(ifr->ifr_name, name, strlen(name));
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    return s < 0 ? neg_errno() : s;
+}
+
+int pv_netif_set_up(const char *name, int up) {
+    struct ifreq ifr;
+    int s = netif_socket(name, &ifr);
+    if (s < 0) return s;
+    int rc = 0;
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) {
+        rc = neg_errno();
+    } else {
+        if (up) ifr.ifr_flags |= IFF_UP; else ifr.ifr_flags &= ~IFF_UP;
+        if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) rc = neg_errno();
+    }
+    close(s);
+    return rc;
+}
+
+int pv_netif_set_mtu(const char *name, int mtu) {
+    struct ifreq ifr;
+    int s = netif_socket(name, &ifr);
+    if (s < 0) return s;
+    ifr.ifr_mtu = mtu;
+    int rc = ioctl(s, SIOCSIFMTU, &ifr) < 0 ? neg_errno() : 0;
+    close(s);
+    return rc;
 }

@@ -5,7 +5,7 @@ import Toolstack
 import XenStore
 
 /// A virtual block device: one `disk=` entry of a frontend, served by a backend domain.
-final class VirtualBlockDevice {
+final class VirtualBlockDevice: SplitDevice {
     let frontend: UInt16
     let devid: UInt32
     let vdev: String
@@ -30,6 +30,7 @@ final class VirtualBlockDevice {
 
     var frontendPath: String { "/local/domain/\(frontend)/device/vbd/\(devid)" }
     var backendPath: String { "/local/domain/\(backend)/backend/vbd/\(frontend)/\(devid)" }
+    var what: String { "disk \(vdev) (\(devid))" }
 }
 
 struct DeviceKey: Hashable {
@@ -46,15 +47,25 @@ struct PlannedDisk {
     let target: String
 }
 
+/// The devices of a domain being created, checked before anything is started.
+struct PlannedDevices {
+    var disks: [PlannedDisk]
+    var vifs: [PlannedVif]
+}
+
 extension Supervisor {
     /// The driver domain disks without `backend=` go to, started on demand.
     static let defaultDriverDomainName = "blkback"
 
-    /// Checks every `disk=` entry before anything is started: the backend domain, the image
-    /// (it must exist, and be writable for `access=rw`), the device number. Only once every disk
-    /// passed is the default driver domain found or started, for the disks without `backend=`.
-    func planDisks(_ config: DomainConfig) throws -> [PlannedDisk] {
-        try resolveBackends(config.disks.map(checkDisk))
+    /// Checks every `disk=` and `vif=` entry before anything is started: for disks the backend
+    /// domain, the image (it must exist, and be writable for `access=rw`), the device number;
+    /// for vifs what `planVifs` checks. Only once every device passed are the default driver
+    /// domains (`blkback`, `netback`) found or started, for the devices without `backend=`.
+    /// (Named after its first job; `createDomain` calls it.)
+    func planDisks(_ config: DomainConfig) throws -> PlannedDevices {
+        let disks = try config.disks.map(checkDisk)
+        let vifs = try planVifs(config.vifs, frontend: nil)
+        return PlannedDevices(disks: try resolveBackends(disks), vifs: try resolveVifBackends(vifs))
     }
 
     /// The checks of one disk (`xl create` and `xl block-attach` alike).
@@ -96,7 +107,7 @@ extension Supervisor {
     /// Gives the disks without `backend=` the default driver domain.
     func resolveBackends(_ disks: [PlannedDisk]) throws -> [PlannedDisk] {
         guard let first = disks.first(where: { $0.backend == nil }) else { return disks }
-        let dd = try defaultDriverDomain(for: "disk \(first.spec.vdev)")
+        let dd = try defaultDriverDomain(Self.defaultDriverDomainName, for: "disk \(first.spec.vdev)")
         return disks.map { d in
             var d = d
             if d.backend == nil { d.backend = dd }
@@ -104,11 +115,10 @@ extension Supervisor {
         }
     }
 
-    /// The running (or still booting) driver domain named `blkback`; if there is none, one is
-    /// started from the `blkback` executable next to procvisord (driver_domain = 1, 64 MiB,
-    /// 2 vCPUs), as a domain like any other.
-    func defaultDriverDomain(for what: String) throws -> DomainRecord {
-        let name = Self.defaultDriverDomainName
+    /// The running (or still booting) driver domain called `name` (`blkback`, `netback`); if
+    /// there is none, one is started from the executable of that name next to procvisord
+    /// (driver_domain = 1, 64 MiB, 2 vCPUs), as a domain like any other.
+    func defaultDriverDomain(_ name: String, for what: String) throws -> DomainRecord {
         if let d = domains.values.first(where: { $0.name == name }) {
             guard d.config.driverDomain, d.hasProcess, d.phase == .running || d.phase == .booting else {
                 throw CreateError("\(what): no backend= given, and the default driver domain \"\(name)\" (dom\(d.domid)) is not a running driver domain")
@@ -118,7 +128,7 @@ extension Supervisor {
         let exe = Process.executablePath() ?? "/proc/self/exe"
         let kernel = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)]) + "/" + name
         guard FileIO.isExecutable(kernel) else {
-            throw CreateError("\(what): no backend= given and the default driver domain cannot be started: \(kernel) is missing or not executable (install blkback next to procvisord, or start a driver domain and name it with backend=)")
+            throw CreateError("\(what): no backend= given and the default driver domain cannot be started: \(kernel) is missing or not executable (install \(name) next to procvisord, or start a driver domain and name it with backend=)")
         }
         var config = DomainConfig(name: name, kernel: kernel)
         config.driverDomain = true
@@ -134,6 +144,13 @@ extension Supervisor {
         }
         log("\(what): no backend= given: started the default driver domain \(dom.label) from \(kernel)")
         return dom
+    }
+
+    /// Writes the nodes of the devices `planDisks` checked (`createDomain` calls it once the
+    /// domain's tree exists).
+    func attachDisks(_ dom: DomainRecord, _ planned: PlannedDevices) {
+        attachDisks(dom, planned.disks)
+        attachVifs(dom, planned.vifs)
     }
 
     /// Writes the frontend and backend nodes libxl writes for a vbd, with its permissions
@@ -169,40 +186,9 @@ extension Supervisor {
         }
     }
 
-    /// The frontend is gone: its devices are forgotten and their backend nodes removed (the
-    /// backend sees its directory vanish and tears the device down). The frontend's own nodes go
-    /// with its tree.
-    func detachDisks(_ dom: DomainRecord) {
-        for (key, vbd) in blockDevices where key.frontend == dom.domid {
-            forgetDevice(vbd, removeFrontend: false)
-            endRemoval(vbd, error: nil)
-        }
-    }
-
-    /// Drops a device from the table and removes its nodes as libxl__device_destroy does: the
-    /// device's directory, then its parent if now empty (libxl__xs_path_cleanup), for the backend
-    /// and, when asked, the frontend.
-    func forgetDevice(_ vbd: VirtualBlockDevice, removeFrontend: Bool) {
-        let key = DeviceKey(frontend: vbd.frontend, devid: vbd.devid)
-        if blockDevices[key] === vbd { blockDevices[key] = nil }
-        store { e in
-            var out = removeFrontend ? try Self.removeWithEmptyParent(e, vbd.frontendPath) : []
-            out += try Self.removeWithEmptyParent(e, vbd.backendPath)
-            return out
-        }
-    }
-
-    /// `path` and, if that leaves it empty, its parent.
-    static func removeWithEmptyParent(_ e: XenStoreEngine, _ path: String) throws -> [(XSConnectionID, XSMessage)] {
-        var out = (try? e.rm(path)) ?? []
-        let parent = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-        if (try? e.directory(parent))?.isEmpty == true { out += try e.rm(parent) }
-        return out
-    }
-
-    /// `deviceFD`: a backend asks for the image of a device it serves.
-    func deviceFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
-        guard DeviceKind(rawValue: r.args[0]) == .vbd, r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else {
+    /// `deviceFD(.vbd)`: a backend asks for the image of a device it serves.
+    func vbdFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+        guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else {
             return .error(r.seq, .EINVAL)
         }
         let key = DeviceKey(frontend: UInt16(r.args[1]), devid: UInt32(r.args[2]))

@@ -179,6 +179,14 @@ extension Supervisor {
             blockDetach(spec, device, force: force, from: c)
         case let .blockList(spec):
             c.send(blockList(spec))
+        case let .networkAttach(spec, vif):
+            c.send(networkAttach(spec, vif))
+        case let .networkDetach(spec, device):
+            networkDetach(spec, device, from: c)
+        case let .networkList(spec):
+            c.send(networkList(spec))
+        case let .networkFilter(backend, command):
+            c.send(networkFilter(backend: backend, command))
         case let .dmesg(clear):
             c.send(.dmesg(dmesg.text))
             if clear { dmesg.clear() }

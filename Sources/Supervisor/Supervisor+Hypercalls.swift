@@ -181,7 +181,12 @@ extension Supervisor {
             return allocGrantPages(dom, r)
         case .deviceFD:
             if inMulticall { return .error(seq, .EINVAL) }
-            return deviceFD(dom, r)
+            switch DeviceKind(rawValue: r.args[0]) {
+            case .vbd: return vbdFD(dom, r)
+            case .uplink: return uplinkFD(dom, r)
+            // netback needs no descriptor per vif: its frontends' rings come through grants.
+            case .vif, nil: return .error(seq, .EINVAL)
+            }
         case .freeGrantPage:
             return freeGrantPage(dom, r)
         case .setTimerOp:

@@ -19,6 +19,8 @@ public final class Supervisor {
     var xenstore: XenStoreServer!
     /// Virtual block devices by frontend and devid.
     var blockDevices: [DeviceKey: VirtualBlockDevice] = [:]
+    /// Virtual network interfaces by frontend and devid.
+    var networkDevices: [DeviceKey: VirtualNetworkDevice] = [:]
     /// Descriptors to attach to the hypercall reply being built (set by dispatch).
     var replyFDs: [FileDescriptor] = []
     /// Of those, the ones made for this reply alone (closed once it is sent).

@@ -23,11 +23,11 @@ struct ConfigVifSpecTests {
         ("mac=00:00:00:00:00:00", VifSpec(spec: "mac=00:00:00:00:00:00")),
         ("bridge=xenbr1, ip=192.0.2.10,script=vif-route,gatewaydev=eth0,vifname=web0,backend=netdom,type=vif,devid=3,trusted",
          vif("bridge=xenbr1, ip=192.0.2.10,script=vif-route,gatewaydev=eth0,vifname=web0,backend=netdom,type=vif,devid=3,trusted") {
-             $0.bridge = "xenbr1"; $0.ip = "192.0.2.10"; $0.script = "vif-route"; $0.gateway = "eth0"
+             $0.bridge = "xenbr1"; $0.ip = "192.0.2.10"; $0.script = "vif-route"; $0.gatewaydev = "eth0"
              $0.vifname = "web0"; $0.backend = "netdom"; $0.type = "vif"; $0.devid = 3; $0.trusted = true
          }),
         ("netdev=eth1,untrusted,type=ioemu", vif("netdev=eth1,untrusted,type=ioemu") {
-            $0.gateway = "eth1"; $0.trusted = false; $0.type = "ioemu"
+            $0.gatewaydev = "eth1"; $0.trusted = false; $0.type = "ioemu"
         }),
         ("mtu=9000", vif("mtu=9000") { $0.mtu = 9000 }),
         ("mtu=0", VifSpec(spec: "mtu=0")),

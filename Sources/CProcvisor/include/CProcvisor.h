@@ -192,6 +192,19 @@ static inline uint16_t pv_atomic_cmpxchg_u16(uint16_t *p, uint16_t expected, uin
     return expected;
 }
 static inline void pv_cpu_relax(void) { __builtin_ia32_pause(); }
+// ---- tap devices and interface settings ----
+/// Opens /dev/net/tun (O_RDWR, close-on-exec, blocking) and attaches it with TUNSETIFF to a tap
+/// named `name` (IFF_TAP | IFF_NO_PI; plus IFF_TUN_EXCL when `exclusive`, so an interface that
+/// already exists is EBUSY instead of being attached to). Not made persistent: the tap goes away
+/// with its last descriptor. Returns the descriptor or -errno (-EINVAL for a name of IFNAMSIZ
+/// bytes or more; -EPERM without CAP_NET_ADMIN).
+int pv_tap_open(const char *name, int exclusive);
+/// Sets (up != 0) or clears IFF_UP on interface `name` (SIOCGIFFLAGS/SIOCSIFFLAGS through an
+/// AF_INET datagram socket): 0 or -errno.
+int pv_netif_set_up(const char *name, int up);
+/// Sets the MTU of interface `name` (SIOCSIFMTU through an AF_INET datagram socket): 0 or -errno.
+int pv_netif_set_mtu(const char *name, int mtu);
+
 /// mremap(old, 0, length, MREMAP_MAYMOVE|MREMAP_FIXED, to): maps the shared pages at `old` a
 /// second time, at `to` (mremap is variadic, which Swift cannot call). Returns `to` or MAP_FAILED.
 void *pv_mremap_alias(void *old, size_t length, void *to);

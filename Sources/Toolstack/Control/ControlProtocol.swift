@@ -34,6 +34,21 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case blockDetach(domain: String, device: String, force: Bool)
     /// `xl block-list`: one domain's virtual block devices, replied as `.blockDevices`.
     case blockList(domain: String)
+    /// `xl network-attach`: a vif (parsed by xl with the `vif=` grammar) for a running domain.
+    /// The checks of `xl create` plus a free devid; `.ok` once the nodes are written.
+    case networkAttach(domain: String, vif: VifSpec)
+    /// `xl network-detach`: `device` is a devid or a MAC address. libxl_device_nic_remove:
+    /// backend `online`=0, `state`=Closing; if the backend does not reach Closed within the
+    /// device removal timeout, the removal is forced (the frontend's nodes go, the backend is
+    /// asked again) and, after one more timeout, the nodes are removed anyway and the reply is
+    /// an error. Replies when the removal is over.
+    case networkDetach(domain: String, device: String)
+    /// `xl network-list`: one domain's vifs, replied as `.networkDevices`.
+    case networkList(domain: String)
+    /// `xl network-filter` (Procvisor): the packet filter rules of the bridges of a netback
+    /// driver domain (`backend`, nil = the default `netback`). `.networkFilters` for `.list`,
+    /// `.ok` for the others.
+    case networkFilter(backend: String?, command: NetworkFilterCommand)
     case ping
 }
 
@@ -51,6 +66,67 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case shutdownDone(domid: UInt16, reason: ShutdownReason)
     /// The reply to `.blockList`, in device number order.
     case blockDevices([BlockDeviceInfo])
+    /// The reply to `.networkList`, in devid order.
+    case networkDevices([NetworkDeviceInfo])
+    /// The reply to `.networkFilter(.list)`, bridges in name order.
+    case networkFilters([NetworkFilterRules])
+}
+
+/// What `xl network-filter` asks of a bridge's rule list. Positions count from 1.
+public enum NetworkFilterCommand: Codable, Equatable, Sendable {
+    /// The rules of one bridge, or of every bridge that has some.
+    case list(bridge: String?)
+    /// Appends a rule.
+    case add(bridge: String, rule: String)
+    /// Inserts a rule before rule `position` (`count + 1` appends).
+    case insert(bridge: String, position: Int, rule: String)
+    /// Deletes rule `position`.
+    case delete(bridge: String, position: Int)
+    /// Deletes every rule of the bridge.
+    case flush(bridge: String)
+}
+
+/// The ordered packet filter rules of one bridge, one rule per element.
+public struct NetworkFilterRules: Codable, Equatable, Sendable {
+    public var bridge: String
+    public var rules: [String]
+
+    public init(bridge: String, rules: [String]) {
+        self.bridge = bridge
+        self.rules = rules
+    }
+}
+
+/// One vif as `xl network-list` shows it (libxl_nicinfo): values read from XenStore when
+/// asked; -1 where a node is missing, as libxl.
+public struct NetworkDeviceInfo: Codable, Equatable, Sendable {
+    public var devid: UInt32
+    public var backendID: UInt16
+    public var frontendID: UInt16
+    /// `aa:bb:cc:dd:ee:ff`.
+    public var mac: String
+    /// The frontend's xenbus `state`.
+    public var state: Int
+    /// The frontend's `event-channel` (`event-channel-tx` with split event channels).
+    public var eventChannel: Int
+    /// The frontend's `tx-ring-ref` and `rx-ring-ref`.
+    public var txRingRef: Int
+    public var rxRingRef: Int
+    /// `/local/domain/B/backend/vif/F/DEVID`.
+    public var backendPath: String
+
+    public init(devid: UInt32, backendID: UInt16, frontendID: UInt16, mac: String, state: Int, eventChannel: Int,
+                txRingRef: Int, rxRingRef: Int, backendPath: String) {
+        self.devid = devid
+        self.backendID = backendID
+        self.frontendID = frontendID
+        self.mac = mac
+        self.state = state
+        self.eventChannel = eventChannel
+        self.txRingRef = txRingRef
+        self.rxRingRef = rxRingRef
+        self.backendPath = backendPath
+    }
 }
 
 /// One virtual block device as `xl block-list` shows it (libxl_diskinfo): the values are read

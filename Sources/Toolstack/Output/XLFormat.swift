@@ -57,8 +57,9 @@ public enum XLFormat {
             if let b = d.backend { f.append("\"backend_domname\": \(q(b))") }
             return "{ " + f.joined(separator: ", ") + " }"
         }
+        let devids = VifSpec.assignDevids(c.vifs)
         let nics = c.vifs.enumerated().map { (i, v) -> String in
-            var f = ["\"devid\": \(i)"]
+            var f = ["\"devid\": \(devids[i])"]
             if let m = v.mac { f.append("\"mac\": \(q(m))") }
             if let b = v.bridge { f.append("\"bridge\": \(q(b))") }
             if let ip = v.ip { f.append("\"ip\": \(q(ip))") }
@@ -150,6 +151,31 @@ public enum XLFormat {
 
     static func blockListLine(_ fields: [String]) -> String {
         zip(fields, [5, 3, 6, 5, 6, 8, 30]).map { pad($0, $1) }.joined(separator: " ")
+    }
+
+    /// `xl network-list` header (xl_nic.c): `%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s`.
+    public static let networkListHeader = pad("Idx", 3) + " " + pad("BE", 2) + " " + pad("Mac Addr.", 17) + " "
+        + pad("handle", 6) + " " + pad("state", 5) + " " + pad("evt-ch", 6) + " " + lpad("tx-", 5) + "/"
+        + pad("rx-ring-ref", 5) + " " + pad("BE-path", 30)
+
+    /// One `xl network-list` row: `%-3d %-2d ` then the MAC (`%02hhx:...`, no space after it),
+    /// then `%6d %5d %6d %5d/%-11d %-30s`: devid, backend domid, MAC, devid again (xl's
+    /// "handle"), the frontend's state, event channel, tx and rx ring refs, backend path.
+    public static func networkListRow(_ n: NetworkDeviceInfo) -> String {
+        pad(String(n.devid), 3) + " " + pad(String(n.backendID), 2) + " " + n.mac
+            + lpad(String(n.devid), 6) + " " + lpad(String(n.state), 5) + " " + lpad(String(n.eventChannel), 6) + " "
+            + lpad(String(n.txRingRef), 5) + "/" + pad(String(n.rxRingRef), 11) + " " + pad(n.backendPath, 30)
+    }
+
+    /// `xl network-filter list` (a Procvisor command): per bridge a `BRIDGE:` line, then its
+    /// rules in order, each numbered from 1 as `del` and `insert` count them (`%4d  RULE`).
+    public static func networkFilterList(_ sets: [NetworkFilterRules]) -> String {
+        var out = ""
+        for set in sets {
+            out += set.bridge + ":\n"
+            for (i, rule) in set.rules.enumerated() { out += lpad(String(i + 1), 4) + "  " + rule + "\n" }
+        }
+        return out
     }
 
     // MARK: helpers

@@ -1,0 +1,26 @@
+import ArgumentParser
+import Glibc
+import Toolstack
+
+struct NetworkList: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "network-list", abstract: "List virtual network interfaces for a domain.")
+    @Argument(help: "Domain names or ids.") var domains: [String] = []
+
+    func run() throws {
+        guard !domains.isEmpty else { throw ValidationError("'xl network-list' requires at least 1 argument: DOMAIN...") }
+        var client = ControlClient.connect()
+        print(XLFormat.networkListHeader)
+        for domain in domains {
+            switch client.request(.networkList(domain: domain)) {
+            case let .networkDevices(rows):
+                for row in rows { print(XLFormat.networkListRow(row)) }
+            case let .error(msg):
+                // As xl's find_domain: an unknown name ends the command.
+                fflush(stdout)
+                fail(msg)
+            case let other:
+                fail("xl: unexpected reply \(other)")
+            }
+        }
+    }
+}
