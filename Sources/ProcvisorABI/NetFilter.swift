@@ -209,7 +209,7 @@ public struct NetFilterRule: Hashable, Sendable, CustomStringConvertible {
     /// Nil for a blank or comment-only line.
     static func parse(_ line: String, lineNumber: Int?) throws -> NetFilterRule? {
         let code = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let words = code.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
+        let words = code.split(whereSeparator: \.isWhitespace).map(String.init)
         guard let first = words.first else { return nil }
         func fail(_ word: String, _ problem: NetFilterError.Problem) -> NetFilterError {
             NetFilterError(line: lineNumber, word: word, problem: problem)
@@ -328,7 +328,8 @@ public struct NetFilterRuleSet: Hashable, Sendable, CustomStringConvertible {
     /// `NetFilterError`, with its 1-based line number and the bad word.
     public static func parse(_ text: String) throws -> NetFilterRuleSet {
         var rules: [NetFilterRule] = []
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character in Swift: split on it too, so CRLF text counts lines right.
+        for (i, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             if let rule = try NetFilterRule.parse(String(line), lineNumber: i + 1) { rules.append(rule) }
         }
         return NetFilterRuleSet(rules)

@@ -66,7 +66,7 @@ public struct AntiSpoof: Hashable, Sendable {
     /// not widen what it may send from). Empty or blank text: no restriction (an empty list).
     public static func parseIPList(_ text: String) throws -> [IPv4Address] {
         var addresses: [IPv4Address] = []
-        for word in text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }) {
+        for word in text.split(whereSeparator: \.isWhitespace) {
             guard let network = IPv4Network(String(word)) else {
                 throw NetPolicyError(setting: "ip", value: text,
                                      reason: "\"\(word)\" is not an IPv4 address (expected space-separated A.B.C.D or A.B.C.D/N)")

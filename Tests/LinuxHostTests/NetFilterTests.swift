@@ -87,7 +87,7 @@ private struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-@Suite struct NetFrameTests {
+@Suite struct NetFilterFrameInfoTests {
     @Test func shorterThanAnEthernetHeaderIsNil() throws {
         #expect(FrameInfo.parse([]) == nil)
         #expect(FrameInfo.parse([UInt8](repeating: 0, count: 13)) == nil)
@@ -295,6 +295,8 @@ private struct SplitMix64: RandomNumberGenerator {
         #expect(try NetFilterRuleSet.parse(set.description) == set)
         #expect(try NetFilterRuleSet.parse("").isEmpty)
         #expect(try NetFilterRuleSet.parse("# nothing\n\n").isEmpty)
+        #expect(try NetFilterRuleSet.parse("accept in=uplink\r\ndrop\r\n").rules.count == 2)
+        #expect(parseError("accept\r\n\r\ndrop src_ip=1")?.line == 3, "CRLF lines are counted like LF lines")
     }
 
     @Test func theExampleErrorMessage() {
