@@ -72,12 +72,12 @@ extension Supervisor {
             if let problem = vif.validationProblem() { throw CreateError("\(what): \(problem)") }
             guard let id = UInt32(exactly: devid), devid <= 999_999_999 else { throw CreateError("\(what): devid \(devid) is out of range") }
             if let j = devids[..<i].firstIndex(of: devid) {
-                throw CreateError("\(what): devid \(devid) is also the devid of vif entry \(j + 1) (each vif needs its own)")
+                throw CreateError("\(what): devid \(devid) is given twice (vif entries \(j + 1) and \(i + 1); each vif needs its own)")
             }
             if let dom {
                 let frontendPath = "/local/domain/\(dom.domid)/device/vif/\(devid)"
                 if let other = networkDevices[DeviceKey(frontend: dom.domid, devid: id)] {
-                    throw CreateError("\(what): devid \(devid) is already in use by \(dom.label) (\(other.what))")
+                    throw CreateError("\(what): devid \(devid) is already in use by \(dom.label) (its vif with MAC \(other.mac))")
                 }
                 if (try? xenstore.engine.read(frontendPath)) != nil {
                     throw CreateError("\(what): devid \(devid) is already in use by \(dom.label): \(frontendPath) already exists in xenstore")

@@ -78,7 +78,7 @@ public struct VifSpec: Codable, Equatable, Sendable {
             case "netdev", "gatewaydev": vif.gatewaydev = value
             case "ip":
                 if let problem = ipProblem(value) { throw fail("invalid ip `\(value)'", hint: problem) }
-                vif.ip = value
+                vif.ip = value.split(separator: " ").joined(separator: " ")
             case "gateway":
                 guard IPv4Address(value) != nil else {
                     throw fail("invalid gateway `\(value)'", hint: "expected an IPv4 address A.B.C.D")
