@@ -274,6 +274,45 @@ import XenStoreSocket
         #expect(try h.dmesg().contains("network-filter: dom1 (nb) bridge br0: rule 1 inserted: drop src-mac=00:16:3e:00:00:09"))
     }
 
+    @Test func vifsWithoutABackendGoToANetbackStartedOnDemand() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        // Rules for the default netback start it too.
+        #expect(try h.xl("network-filter", "add", "pvnb0", "drop", "proto=udp", "dst-port=9").ok)
+        #expect(try h.list()["netback"]?.domid == 1)
+        #expect(try h.dmesg().contains("network-filter: no backend= given: started the default driver domain dom1 (netback) from \(Products.path("netback"))"))
+        #expect(try h.xs("read", "/local/domain/1/netfilter/pvnb0").stdout == "drop proto=udp dst-port=9\n")
+        try h.create("g1", mode: "run", "vif = [ '' ]\n")
+        try h.create("g2", mode: "run")
+        #expect(try h.xl("network-attach", "g2", "bridge=pvnb0").ok)
+        #expect(try read(h, "/local/domain/2/device/vif/0/backend-id") == "1")
+        #expect(try read(h, "/local/domain/1/backend/vif/3/0/bridge") == "pvnb0")
+        #expect(try h.xl("network-filter", "list").stdout == "pvnb0:\n   1  drop proto=udp dst-port=9\n")
+        #expect(try h.list().keys.sorted() == ["Domain-0", "g1", "g2", "netback"])
+        #expect(try h.dmesg().components(separatedBy: "started the default driver domain").count == 2)
+    }
+
+    @Test func theDefaultNetbackMustBeThereToBeStarted() throws {
+        // A supervisor with no netback next to it.
+        var template = Array("/tmp/pvbin.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw Errno.current }
+        let dir = String(cString: template)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.copyItem(atPath: Products.path("procvisord"), toPath: dir + "/procvisord")
+        let h = try SupervisorHarness(supervisor: dir + "/procvisord")
+        defer { h.stop() }
+        let r = try h.xl("create", "-q", h.config("g", mode: "run", "vif = [ 'mac=00:16:3e:00:00:01' ]\n"))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("vif 0 (mac=00:16:3e:00:00:01): no backend= given and the default driver domain cannot be started: \(dir)/netback is missing or not executable (install netback next to procvisord, or start a driver domain and name it with backend=)"), "\(r.stderr)")
+        // A domain called netback that is no driver domain is not taken for one.
+        try h.create("netback", mode: "run")
+        let r2 = try h.xl("create", "-q", h.config("g", mode: "run", "vif = [ '' ]\n"))
+        #expect(r2.stderr.contains("vif 0: no backend= given, and the default driver domain \"netback\" (dom1) is not a running driver domain"), "\(r2.stderr)")
+        let r3 = try h.xl("network-filter", "add", "br0", "drop")
+        #expect(r3.status == 1 && r3.stderr.contains("is not a running driver domain"), "\(r3.stderr)")
+        #expect(try h.list().keys.sorted() == ["Domain-0", "netback"])
+    }
+
     /// A name no other test run uses for the tap.
     static let bridge = "pvup\(getpid() % 100_000)"
 
