@@ -143,9 +143,10 @@ extension Supervisor {
                 return
             }
             let uuid = dom.uuid
+            let config = configForRestart(dom)
             if action == .renameRestart { preserveName(dom) } else { remove(dom) }
             do {
-                let new = try createDomain(dom.config, paused: false, waiter: nil, uuid: uuid, quickRestarts: quick)
+                let new = try createDomain(config, paused: false, waiter: nil, uuid: uuid, quickRestarts: quick)
                 log("\(dom.label): \(reason.name): restarted as dom\(new.domid)")
             } catch {
                 log("\(dom.label): \(reason.name): restart failed: \(error)")

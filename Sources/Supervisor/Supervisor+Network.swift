@@ -117,7 +117,8 @@ extension Supervisor {
             return "the default netback"
         }
         var used: [Key: String] = [:]
-        for dev in networkDevices.values {
+        // A domain whose process is gone (preserved, or being restarted) sends nothing.
+        for dev in networkDevices.values where domains[dev.frontend]?.hasProcess == true {
             used[Key(backend: Int(dev.backend), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
         }
         for p in planned where p.spec.mac != nil {
@@ -151,6 +152,19 @@ extension Supervisor {
             if v.backend == nil { v.backend = netback }
             return v
         }
+    }
+
+    /// The config a restarted domain (on_reboot/on_crash restart) is created from: as libxl
+    /// writes a generated MAC back into the domain's config, vifs without `mac=` keep the MAC
+    /// they had.
+    func configForRestart(_ dom: DomainRecord) -> DomainConfig {
+        var config = dom.config
+        let devids = VifSpec.assignDevids(config.vifs)
+        for i in config.vifs.indices where config.vifs[i].mac == nil {
+            guard let devid = UInt32(exactly: devids[i]) else { continue }
+            if let vif = networkDevices[DeviceKey(frontend: dom.domid, devid: devid)] { config.vifs[i].mac = vif.mac }
+        }
+        return config
     }
 
     // MARK: nodes

@@ -313,6 +313,21 @@ import XenStoreSocket
         #expect(try h.list().keys.sorted() == ["Domain-0", "netback"])
     }
 
+    /// libxl keeps a generated MAC in the domain's config: a restarted domain has the same one.
+    @Test func aRestartedDomainKeepsItsGeneratedMAC() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try idleBackend(h)
+        try h.create("rb", mode: "run", "on_reboot = \"restart\"\nvif = [ 'backend=nb', 'backend=nb, mac=00:16:3e:00:00:07' ]\n")
+        let before = try read(h, "/local/domain/2/device/vif/0/mac")
+        #expect(try h.xl("reboot", "-w", "rb").ok)
+        #expect(eventually { (try? h.list())?["rb"]?.domid == 3 })
+        let after = try read(h, "/local/domain/3/device/vif/0/mac")
+        #expect(before != nil && after == before)
+        #expect(try read(h, "/local/domain/3/device/vif/1/mac") == "00:16:3e:00:00:07")
+        #expect(try h.xs("exists", "/local/domain/1/backend/vif/2").status == 1)
+    }
+
     /// A name no other test run uses for the tap.
     static let bridge = "pvup\(getpid() % 100_000)"
 
