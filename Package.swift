@@ -5,6 +5,7 @@ import PackageDescription
 // process and explicit threads for vCPUs; strict Sendable checking would force
 // @unchecked annotations everywhere without adding safety.
 let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+let fastPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
 let package = Package(
     name: "procvisor",
@@ -33,8 +34,10 @@ let package = Package(
         .target(name: "XenStore", dependencies: ["ProcvisorABI"], swiftSettings: v5),
         // A dom0 XenStore client on the Unix socket (xl, benchmarks, tests).
         .target(name: "XenStoreSocket", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
-        .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
-        .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
+        // The data paths (rings, switch, stacks) run per packet: no dynamic exclusivity checks in
+        // release builds (debug builds and the tests keep them).
+        .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5 + fastPath),
         .target(
             name: "Supervisor",
             dependencies: [

@@ -9,20 +9,20 @@ public struct RingLayout: Equatable, Sendable {
     public let responseSize: Int
     /// Pages the ring spans (`1 << ring-page-order`), mapped back to back.
     public let pages: Int
-    public var slotSize: Int { max(requestSize, responseSize) }
+    public let slotSize: Int
     /// `__RING_SIZE`: entries in the ring's pages.
-    public var count: UInt32 {
-        let fit = (4096 * pages - Self.headerSize) / slotSize
-        var n = 1
-        while n * 2 <= fit { n *= 2 }
-        return UInt32(n)
-    }
+    public let count: UInt32
 
     public init(requestSize: Int, responseSize: Int, pages: Int = 1) {
         precondition(pages >= 1)
         self.requestSize = requestSize
         self.responseSize = responseSize
         self.pages = pages
+        slotSize = max(requestSize, responseSize)
+        let fit = (4096 * pages - Self.headerSize) / slotSize
+        var n = 1
+        while n * 2 <= fit { n *= 2 }
+        count = UInt32(n)
     }
 }
 

@@ -217,6 +217,18 @@ public enum NetifTxError: Error, Equatable, CustomStringConvertible {
     /// A slot names a grant the backend could not map (not granted, revoked, wrong domain).
     case badGrant(gref: UInt32, status: String)
 
+    /// The case's name (for grouping log lines).
+    public var kind: String {
+        switch self {
+        case .badPacketSize: return "badPacketSize"
+        case .slotPastPage: return "slotPastPage"
+        case .sizeMismatch: return "sizeMismatch"
+        case .tooManySlots: return "tooManySlots"
+        case .badExtraInfo: return "badExtraInfo"
+        case .badGrant: return "badGrant"
+        }
+    }
+
     public var description: String {
         switch self {
         case let .badPacketSize(n): return "packet size \(n) (must be \(Netif.ethernetHeaderSize)…\(Netif.maxTxSize))"

@@ -257,9 +257,16 @@ final class NetbackQueue {
     var rxResponsesPending = false
     private var domain: Domain { vif.domain }
 
+    deinit {
+        txFast.deallocate()
+        rxFast.deallocate()
+    }
+
     init(vif: NetbackVif, index: Int, txRef: GrantRef, rxRef: GrantRef, txRemote: EventChannels.Port, rxRemote: EventChannels.Port) throws {
         self.vif = vif
         self.index = index
+        txFast.initialize(repeating: nil, count: Self.fastRefs)
+        rxFast.initialize(repeating: nil, count: Self.fastRefs)
         let gt = vif.domain.grantTable, ev = vif.domain.eventChannels
         let fe = vif.frontend
         let maps = gt.map([(fe, txRef, false), (fe, rxRef, false)])
@@ -293,27 +300,39 @@ final class NetbackQueue {
         }
     }
 
+    /// Direct lookup for the low grant references (where a frontend's buffers are): gref → base.
+    static let fastRefs = 8192
+    private let txFast = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: NetbackQueue.fastRefs)
+    private let rxFast = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: NetbackQueue.fastRefs)
+
     /// The frontend's tx page `gref`, mapped read-only (kept); nil when it cannot be mapped.
+    @inline(__always)
     func txPage(_ gref: GrantRef, vif: NetbackVif) -> UnsafeMutableRawPointer? {
+        if Int(gref) < Self.fastRefs, let p = txFast[Int(gref)] { return p }
         if let m = txCache[gref] { return m.base }
-        return map(gref, readonly: true, cache: &txCache)
+        return map(gref, readonly: true, cache: &txCache, fast: txFast)
     }
 
     /// The frontend's rx page `gref`, mapped writable (kept).
+    @inline(__always)
     func rxPage(_ gref: GrantRef, vif: NetbackVif) -> UnsafeMutableRawPointer? {
+        if Int(gref) < Self.fastRefs, let p = rxFast[Int(gref)] { return p }
         if let m = rxCache[gref] { return m.base }
-        return map(gref, readonly: false, cache: &rxCache)
+        return map(gref, readonly: false, cache: &rxCache, fast: rxFast)
     }
 
-    private func map(_ gref: GrantRef, readonly: Bool, cache: inout [GrantRef: GrantMapping]) -> UnsafeMutableRawPointer? {
+    private func map(_ gref: GrantRef, readonly: Bool, cache: inout [GrantRef: GrantMapping],
+                     fast: UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> UnsafeMutableRawPointer? {
         let gt = domain.grantTable
         if cache.count >= Self.cacheLimit {
             _ = gt.unmap(Array(cache.values))
             cache.removeAll(keepingCapacity: true)
+            fast.update(repeating: nil, count: Self.fastRefs)
         }
         switch gt.map([(vif.frontend, gref, readonly)])[0] {
         case let .success(m):
             cache[gref] = m
+            if Int(gref) < Self.fastRefs { fast[Int(gref)] = m.base }
             return m.base
         case let .failure(e):
             lastMapFailure = "\(e)"
@@ -327,6 +346,8 @@ final class NetbackQueue {
         _ = gt.unmap(Array(txCache.values) + Array(rxCache.values) + [txRing, rxRing])
         txCache.removeAll()
         rxCache.removeAll()
+        txFast.update(repeating: nil, count: Self.fastRefs)
+        rxFast.update(repeating: nil, count: Self.fastRefs)
         try? ev.close(txPort)
         if rxPort != txPort { try? ev.close(rxPort) }
     }

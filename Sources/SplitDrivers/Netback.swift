@@ -289,7 +289,8 @@ public final class Netback {
             }
             if let error {
                 vif.stats.txErrors += 1
-                logLimited("tx-\(vif.name)", "netback: \(vif.name): malformed tx packet: \(error); answered NETIF_RSP_ERROR")
+                // One line per vif and kind of error per second.
+                logLimited("tx-\(vif.name)-\(error.kind)", "netback: \(vif.name): malformed tx packet: \(error); answered NETIF_RSP_ERROR")
             } else if let frame, let bridge = vif.bridge {
                 vif.stats.txFrames += 1
                 vif.stats.txBytes += frame.count

@@ -371,18 +371,20 @@ public final class Netfront: NetworkLink {
     // MARK: receiving
 
     /// Hands every received frame to `handler`, gives the pages back to the backend, reclaims
-    /// tx pages; sleeps (up to `timeoutNs`; negative: no limit) when nothing was waiting.
+    /// tx pages; sleeps (up to `timeoutNs`; negative: no limit) when neither frames nor transmit
+    /// space came back.
     public func poll(timeoutNs: Int64, _ handler: (UnsafeRawBufferPointer) -> Void) -> Int {
         let deadline = timeoutNs > 0 ? SystemTime.nanoseconds() + UInt64(timeoutNs) : 0
         let ev = domain.eventChannels
         while true {
             checkBackend()
-            var n = 0
+            var n = 0, reclaimed = 0
             for q in queues {
-                reapTx(q)
+                reclaimed += reapTx(q)
                 n += receive(q, handler)
             }
-            if n > 0 || timeoutNs == 0 || closedState { return n }
+            // Transmit space coming back ends the wait too (a sender waits here for it).
+            if n > 0 || reclaimed > 0 || timeoutNs == 0 || closedState { return n }
             // Arm both rings' rsp_event, then look again before sleeping.
             var pending = false
             for q in queues where q.rx.finalCheckForResponses() || q.tx.finalCheckForResponses() { pending = true }

@@ -119,6 +119,15 @@ while !front.isClosed {
     guard let (data, _, _) = try? socket.receive(timeout: 1), data.first == 0 else { continue }
     var count = 1, bytes = data.count
     let first = SystemTime.nanoseconds()
+    // The stack may have queued more of the run's datagrams than the first one: they count
+    // (at most a socket queue's worth goes through the stack, then the ring is read directly).
+    var drained = 0
+    while drained < 1024, let (more, _, _) = try? socket.receive(timeout: 0) {
+        drained += 1
+        if more.first == 1 { break }
+        count += 1
+        bytes += more.count
+    }
     var stopped = false
     var idle = 0
     while !stopped && idle < 50 && !front.isClosed {
@@ -135,6 +144,9 @@ while !front.isClosed {
         idle = n == 0 ? idle + 1 : 0
     }
     let seconds = Double(SystemTime.nanoseconds() - first) / 1e9
+    // Late stop marks (and anything else queued) must not start a run of their own.
+    usleep(400_000)
+    while (try? socket.receive(timeout: 0)) != nil {}
     let pps = Double(count) / seconds, gbps = Double(bytes) * 8 / seconds / 1e9
     say("recv datagrams=\(count) bytes=\(bytes) seconds=\(seconds) pps=\(Int(pps)) gbps=\(gbps)")
 }
