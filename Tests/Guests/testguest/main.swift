@@ -584,7 +584,7 @@ case "multicall":
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")
     domain.shutdown(.poweroff)
 default:
-    if runXenStoreMode(mode, domain) || runBlkMode(mode, domain) || runHotplugMode(mode, domain) || runNetToolMode(mode, domain) { break }
+    if runXenStoreMode(mode, domain) || runBlkMode(mode, domain) || runHotplugMode(mode, domain) || runNetMode(mode, domain) || runNetToolMode(mode, domain) { break }
     print("testguest: unknown mode \(mode)")
     domain.shutdown(.crash)
 }
