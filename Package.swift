@@ -91,7 +91,7 @@ let package = Package(
         .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
-        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI"], swiftSettings: v5),
+        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI", "DomainRuntime"], swiftSettings: v5),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI", "XenStoreSocket"],
