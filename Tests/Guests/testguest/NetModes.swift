@@ -12,13 +12,16 @@ import SplitDrivers
 //                 with optional forged srcmac= / srcip=
 //   net-sink      counts UDP datagrams arriving on port=, per source, printing totals each 250 ms
 //   net-hotplug   connects every vif that appears under device/vif and pings target= through it
+// queues=N and split=1 are what netfront asks for (net-send, net-sink, net-hotplug).
 func runNetMode(_ mode: String, _ domain: Domain) -> Bool {
     func say(_ s: String) { print(s); fflush(stdout) }
     let args = CommandLine.arguments.dropFirst()
     func arg(_ key: String) -> String? { args.first { $0.hasPrefix(key + "=") }.map { String($0.dropFirst(key.count + 1)) } }
     func connect(_ devid: UInt32 = 0) -> (Netfront, NetStack)? {
         do {
-            let front = try Netfront.connect(domain: domain, devid: devid, timeout: 30)
+            let options = NetfrontOptions(queues: Int(arg("queues") ?? "1") ?? 1, splitEventChannels: arg("split") == "1")
+            let front = try Netfront.connect(domain: domain, devid: devid, timeout: 30, options: options)
+            say("\(mode): vif \(devid) connected: \(front.queueCount) queue(s)\(front.eventChannelsSplit ? ", split event channels" : "")")
             let stack = NetStack(link: front, config: try NetStackConfig.parse(ip: front.ipText ?? "", gateway: front.gatewayText))
             stack.announce()
             return (front, stack)
