@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds Procvisor, starts a supervisor in a private run directory,
 # creates the example domains from their xl.cfg files, shows them, their consoles and the
-# sandbox at work, ballooning and two domains talking through a granted page, then destroys
-# them and stops the supervisor.
+# sandbox at work, ballooning, two domains talking through a granted page and guests on a
+# network bridge, then destroys them and stops the supervisor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -33,5 +33,9 @@ run $xl shutdown -w spinner
 run $xl destroy "$($xl list | awk '/^evil-/ {print $1}')"
 run $xl create -c examples/balloon-demo/balloon-demo.cfg  # gives memory back to the host and takes it again
 run bash examples/pingpong/run.sh                       # two domains: a granted ring and an event channel
+run $xl create examples/udp-echo/udp-echo.cfg           # 10.0.0.2 on bridge xenbr0; starts the netback driver domain
+run $xl create -c examples/ping/ping.cfg                # pings it through netfront → netback → netfront
+run $xl create -c examples/udp-echo/udp-echo-client.cfg # UDP datagrams echoed
+run $xl network-list udp-echo
 run $xl list
 run $xl info total_memory
