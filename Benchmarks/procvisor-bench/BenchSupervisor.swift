@@ -104,8 +104,8 @@ func runPeer(_ args: [String], fds: [FileDescriptor]) throws -> (pid: pid_t, out
     return (pid, r)
 }
 
-/// Reads `key=NUMBER` from a peer's output and reaps it.
-func peerValue(_ p: (pid: pid_t, output: FileDescriptor), key: String) throws -> Double {
+/// Reads a peer's whole output and reaps it.
+func peerOutput(_ p: (pid: pid_t, output: FileDescriptor)) throws -> String {
     var text = ""
     while true {
         let chunk = try p.output.read(upTo: 4096)
@@ -114,6 +114,12 @@ func peerValue(_ p: (pid: pid_t, output: FileDescriptor), key: String) throws ->
     }
     p.output.close()
     _ = try ChildReaper.wait(p.pid)
+    return text
+}
+
+/// Reads `key=NUMBER` from a peer's output and reaps it.
+func peerValue(_ p: (pid: pid_t, output: FileDescriptor), key: String) throws -> Double {
+    let text = try peerOutput(p)
     guard let r = text.range(of: key + "="), let v = Double(text[r.upperBound...].prefix { $0.isNumber }) else {
         throw BenchError("peer printed no \(key): \(text)")
     }

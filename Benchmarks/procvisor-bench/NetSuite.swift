@@ -152,21 +152,9 @@ enum NetSuite {
         a.close()
         b.close()
         _ = try peerValue(send, key: "sent")
-        let text = try peerText(recv)
+        let text = try peerOutput(recv)
         let v = BlkSuite.keyValues(text.replacingOccurrences(of: "\n", with: " "))
         return Figures(pps: v["pps"] ?? 0, gbps: v["gbps"] ?? 0)
-    }
-
-    static func peerText(_ p: (pid: pid_t, output: FileDescriptor)) throws -> String {
-        var text = ""
-        while true {
-            let chunk = try p.output.read(upTo: 4096)
-            if chunk.isEmpty { break }
-            text += String(decoding: chunk, as: UTF8.self)
-        }
-        p.output.close()
-        _ = try ChildReaper.wait(p.pid)
-        return text
     }
 
     static func median(_ runs: [Figures]) -> Figures {

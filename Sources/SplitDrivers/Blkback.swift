@@ -22,10 +22,9 @@ public final class Blkback {
     let log: (String) -> Void
     let environment: [String: String]
     private var lock = pthread_mutex_t()
-    /// One scan at a time (the watch thread and finishing device threads both scan), so a device
-    /// directory never gets two device threads.
-    private var scanLock = pthread_mutex_t()
-    private var devices: [String: BlkbackDevice] = [:]
+    private lazy var devices = BackendDevices<BlkbackDevice>(
+        domain: domain, type: "vbd", make: { [unowned self] f, d in BlkbackDevice(domain: domain, frontend: f, devid: d, owner: self) },
+        start: { [domain] device in domain.startVCPU(-10) { _ in device.run() } }, stop: { $0.requestStop() })
     private var byPort: [EventChannels.Port: BlkbackQueue] = [:]
 
     public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
@@ -33,7 +32,6 @@ public final class Blkback {
         self.environment = environment
         self.log = log
         pthread_mutex_init(&lock, nil)
-        pthread_mutex_init(&scanLock, nil)
     }
 
     /// `submit=queue`: the queue thread takes the requests (the dispatcher only kicks it), so
@@ -55,7 +53,7 @@ public final class Blkback {
     /// Watches for devices and dispatches events forever.
     public func run() -> Never {
         do {
-            try domain.store.watch("backend/vbd", token: "blkback:devices") { [unowned self] _ in scan() }
+            try domain.store.watch("backend/vbd", token: "blkback:devices") { [unowned self] _ in devices.scan() }
         } catch {
             log("blkback: cannot watch backend/vbd: \(error)")
             domain.shutdown(.crash)
@@ -71,54 +69,16 @@ public final class Blkback {
         }
     }
 
-    /// New device directories get a device thread; vanished ones are told to stop.
-    func scan() {
-        pthread_mutex_lock(&scanLock)
-        defer { pthread_mutex_unlock(&scanLock) }
-        var present = Set<String>()
-        for fe in (try? domain.store.directory("backend/vbd")) ?? [] {
-            guard let f = UInt16(fe) else { continue }
-            for dev in (try? domain.store.directory("backend/vbd/\(fe)")) ?? [] {
-                guard let d = UInt32(dev) else { continue }
-                let key = "\(f)/\(d)"
-                present.insert(key)
-                pthread_mutex_lock(&lock)
-                let existing = devices[key]
-                pthread_mutex_unlock(&lock)
-                if let existing {
-                    // A device that was disconnected is served again only once its frontend starts
-                    // over (back to Initialising), as Linux's blkback reconnects.
-                    guard existing.finished, let fe = try? domain.store.read("backend/vbd/\(fe)/\(dev)/frontend"),
-                          (try? domain.store.read(fe + "/state")) == XenbusState.initialising.storeValue else { continue }
-                }
-                let device = BlkbackDevice(domain: domain, frontend: f, devid: d, owner: self)
-                pthread_mutex_lock(&lock)
-                devices[key] = device
-                pthread_mutex_unlock(&lock)
-                domain.startVCPU(-10) { _ in device.run() }
-            }
-        }
-        pthread_mutex_lock(&lock)
-        let gone = devices.filter { !present.contains($0.key) }.map(\.value)
-        for key in devices.keys where !present.contains(key) && devices[key]?.finished == true { devices[key] = nil }
-        pthread_mutex_unlock(&lock)
-        gone.forEach { $0.requestStop() }
-    }
-
     func registered(_ q: BlkbackQueue, port: EventChannels.Port) {
         pthread_mutex_lock(&lock); byPort[port] = q; pthread_mutex_unlock(&lock)
     }
 
-    /// The device thread ended: it stays known (so a disconnected frontend is not reconnected
-    /// behind its back) until its directory goes or its frontend starts over.
+    /// The device thread ended.
     func finished(_ d: BlkbackDevice, ports: [EventChannels.Port]) {
         pthread_mutex_lock(&lock)
         for p in ports { byPort[p] = nil }
-        d.finished = true
         pthread_mutex_unlock(&lock)
-        // Scanned from the watch thread, not this one: the scan lock may be held by a scan that
-        // is waiting for this device's directory to settle.
-        domain.store.onWatchThread { [unowned self] in scan() }
+        devices.finished(frontend: d.frontend, devid: d.devid)
     }
 }
 
@@ -168,8 +128,6 @@ final class BlkbackDevice {
     let frontend: UInt16
     let devid: UInt32
     unowned let owner: Blkback
-    /// Set (under the Blkback lock) once the device thread has ended.
-    var finished = false
     private let kick = Kick()
     /// Non-zero: every queue stops (set by the device thread, or by a queue whose ring is corrupt).
     var stop: UInt32 = 0

@@ -36,8 +36,6 @@ final class NetbackVif {
     let frontend: UInt16
     let devid: UInt32
     var domain: Domain { owner.domain }
-    /// Set (under the Netback lock) once the device thread has ended.
-    var finished = false
     private(set) var name: String
     private let kick = Kick()
     private var stop: UInt32 = 0

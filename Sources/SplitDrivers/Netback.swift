@@ -31,8 +31,9 @@ public final class Netback {
     let environment: [String: String]
     /// Guards the switch state: vifs, bridges, ports. The switch holds it for a pass.
     var lock = pthread_mutex_t()
-    private var scanLock = pthread_mutex_t()
-    private var devices: [String: NetbackVif] = [:]
+    private lazy var devices = BackendDevices<NetbackVif>(
+        domain: domain, type: "vif", make: { [unowned self] f, d in NetbackVif(owner: self, frontend: f, devid: d) },
+        start: { [domain] vif in domain.startVCPU(-10) { _ in vif.run() } }, stop: { $0.requestStop(nil) })
     private var byPort: [EventChannels.Port: (vif: NetbackVif, queue: Int)] = [:]
     var bridges: [String: NetBridge] = [:]
     /// Vif queues in service order.
@@ -54,7 +55,6 @@ public final class Netback {
         self.environment = environment
         self.log = log
         pthread_mutex_init(&lock, nil)
-        pthread_mutex_init(&scanLock, nil)
     }
 
     var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
@@ -78,7 +78,7 @@ public final class Netback {
     public func run() -> Never {
         do {
             wakePort = try domain.eventChannels.bindIPI()
-            try domain.store.watch("backend/vif", token: "netback:devices") { [unowned self] _ in scan() }
+            try domain.store.watch("backend/vif", token: "netback:devices") { [unowned self] _ in devices.scan() }
             try domain.store.watch("netfilter", token: "netback:filters") { [unowned self] _ in reloadFilters() }
         } catch {
             log("netback: cannot start: \(error)")
@@ -437,38 +437,6 @@ public final class Netback {
 
     // MARK: devices
 
-    /// New vif directories get a device thread; vanished ones are told to stop.
-    func scan() {
-        pthread_mutex_lock(&scanLock)
-        defer { pthread_mutex_unlock(&scanLock) }
-        var present = Set<String>()
-        for fe in (try? domain.store.directory("backend/vif")) ?? [] {
-            guard let f = UInt16(fe) else { continue }
-            for dev in (try? domain.store.directory("backend/vif/\(fe)")) ?? [] {
-                guard let d = UInt32(dev) else { continue }
-                let key = "\(f)/\(d)"
-                present.insert(key)
-                pthread_mutex_lock(&lock)
-                let existing = devices[key]
-                pthread_mutex_unlock(&lock)
-                if let existing {
-                    guard existing.finished, let fe = try? domain.store.read("backend/vif/\(fe)/\(dev)/frontend"),
-                          (try? domain.store.read(fe + "/state")) == XenbusState.initialising.storeValue else { continue }
-                }
-                let vif = NetbackVif(owner: self, frontend: f, devid: d)
-                pthread_mutex_lock(&lock)
-                devices[key] = vif
-                pthread_mutex_unlock(&lock)
-                domain.startVCPU(-10) { _ in vif.run() }
-            }
-        }
-        pthread_mutex_lock(&lock)
-        let gone = devices.filter { !present.contains($0.key) }.map(\.value)
-        for key in devices.keys where !present.contains(key) && devices[key]?.finished == true { devices[key] = nil }
-        pthread_mutex_unlock(&lock)
-        gone.forEach { $0.requestStop(nil) }
-    }
-
     /// The bridge named `name`, created (with its uplink asked for) on first use. Caller holds `lock`.
     func bridge(named name: String, askingUplinkWith vif: NetbackVif) -> NetBridge {
         if let b = bridges[name] { return b }
@@ -538,12 +506,7 @@ public final class Netback {
         }
     }
 
-    func finished(_ vif: NetbackVif) {
-        pthread_mutex_lock(&lock)
-        vif.finished = true
-        pthread_mutex_unlock(&lock)
-        domain.store.onWatchThread { [unowned self] in scan() }
-    }
+    func finished(_ vif: NetbackVif) { devices.finished(frontend: vif.frontend, devid: vif.devid) }
 
     // MARK: filter rules
 

@@ -6,12 +6,7 @@ import SplitDrivers
 
 let domain = Domain.start(role: .driverDomain)
 // KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
-var settings: [String: String] = [:]
-for word in CommandLine.arguments.dropFirst() {
-    let kv = word.split(separator: "=", maxSplits: 1)
-    if kv.count == 2 { settings[String(kv[0])] = String(kv[1]) }
-}
-Netback(domain: domain, environment: settings) { line in
+Netback(domain: domain, environment: DriverSettings.parse(CommandLine.arguments.dropFirst())) { line in
     print(line)
     fflush(stdout)
 }.run()

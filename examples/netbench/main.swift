@@ -36,10 +36,7 @@ let port = UInt16(truncatingIfNeeded: number("port", 9000))
 let front: Netfront
 let stack: NetStack
 do {
-    front = try Netfront.connect(domain: domain, devid: 0, timeout: 30)
-    guard let ip = front.ipText else { fail("vif 0 has no ip= in its vif spec") }
-    stack = NetStack(link: front, config: try NetStackConfig.parse(ip: ip, gateway: front.gatewayText))
-    stack.announce()
+    (front, stack) = try Netfront.connectWithStack(domain: domain, devid: 0, timeout: 30)
 } catch {
     fail("\(error)")
 }

@@ -43,10 +43,7 @@ func ms(_ v: Double) -> String {
 let front: Netfront
 let stack: NetStack
 do {
-    front = try Netfront.connect(domain: domain, devid: 0, timeout: timeout)
-    guard let ip = front.ipText else { fail("vif 0 has no ip= in its vif spec") }
-    stack = NetStack(link: front, config: try NetStackConfig.parse(ip: ip, gateway: front.gatewayText))
-    stack.announce()
+    (front, stack) = try Netfront.connectWithStack(domain: domain, devid: 0, timeout: timeout)
 } catch {
     fail("\(error)")
 }

@@ -20,10 +20,8 @@ func runNetMode(_ mode: String, _ domain: Domain) -> Bool {
     func connect(_ devid: UInt32 = 0) -> (Netfront, NetStack)? {
         do {
             let options = NetfrontOptions(queues: Int(arg("queues") ?? "1") ?? 1, splitEventChannels: arg("split") == "1")
-            let front = try Netfront.connect(domain: domain, devid: devid, timeout: 30, options: options)
+            let (front, stack) = try Netfront.connectWithStack(domain: domain, devid: devid, timeout: 30, options: options)
             say("\(mode): vif \(devid) connected: \(front.queueCount) queue(s)\(front.eventChannelsSplit ? ", split event channels" : "")")
-            let stack = NetStack(link: front, config: try NetStackConfig.parse(ip: front.ipText ?? "", gateway: front.gatewayText))
-            stack.announce()
             return (front, stack)
         } catch {
             say("\(mode): connect vif \(devid) failed: \(error)")
