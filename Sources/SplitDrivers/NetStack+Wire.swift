@@ -62,38 +62,36 @@ enum NetStackWire {
     // MARK: Internet checksum
 
     /// The one's-complement sum of `count` bytes at `p` as big-endian 16-bit words (an odd last
-    /// byte is padded with a zero), folded to 16 bits; not complemented. Sums native 64-bit words
-    /// with end-around carry and swaps once at the end (RFC 1071: the sum is byte-order independent).
+    /// byte is padded with a zero), folded to 16 bits; not complemented. Adds native 32-bit words
+    /// into 64-bit accumulators (no carries to chase below 16 GiB; 2^32 ≡ 1 mod 65535) and swaps
+    /// once at the end (RFC 1071: the sum is byte-order independent).
     static func sum(_ p: UnsafeRawPointer, _ count: Int) -> UInt16 {
-        var acc: UInt64 = 0
+        var a: UInt64 = 0
+        var b: UInt64 = 0
         var i = 0
-        @inline(__always) func add(_ w: UInt64) {
-            let (s, overflow) = acc.addingReportingOverflow(w)
-            acc = overflow ? s &+ 1 : s
+        while i + 16 <= count {
+            let x = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let y = p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+            a &+= (x & 0xFFFF_FFFF) &+ (y & 0xFFFF_FFFF)
+            b &+= (x >> 32) &+ (y >> 32)
+            i += 16
         }
-        while i + 32 <= count {
-            add(p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            add(p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
-            add(p.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
-            add(p.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
-            i += 32
+        while i + 4 <= count {
+            a &+= UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt32.self))
+            i += 4
         }
-        while i + 8 <= count {
-            add(p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            i += 8
-        }
-        while i + 2 <= count {
-            add(UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt16.self)))
+        if i + 2 <= count {
+            b &+= UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt16.self))
             i += 2
         }
         if i < count {
             #if _endian(little)
-            add(UInt64(p.load(fromByteOffset: i, as: UInt8.self)))
+            b &+= UInt64(p.load(fromByteOffset: i, as: UInt8.self))
             #else
-            add(UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << 8)
+            b &+= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << 8
             #endif
         }
-        let folded = fold(acc)
+        let folded = fold(UInt64(fold(a)) + UInt64(fold(b)))
         #if _endian(little)
         return folded.byteSwapped
         #else

@@ -81,7 +81,10 @@ public final class NetStack {
     /// The clock when the current link poll began (for decisions that tolerate a stale clock).
     private var pollStartNs: UInt64 = 0
 
-    struct SocketRef { weak var socket: UDPSocket? }
+    /// Bound sockets, unretained so that dropping a socket closes it.
+    /// SAFETY: a socket removes its entry in `close` and in `deinit`, before its memory goes;
+    /// single-threaded, so no lookup runs in between.
+    struct SocketRef { unowned(unsafe) let socket: UDPSocket }
     private var sockets: [UInt16: SocketRef] = [:]
     private var nextEphemeral: UInt16
 
@@ -226,7 +229,7 @@ public final class NetStack {
     /// ephemeral port in 49152...65535. Throws `portInUse`.
     public func udpSocket(port: UInt16 = 0) throws -> UDPSocket {
         if port != 0 {
-            guard sockets[port]?.socket == nil else { throw NetStackError.portInUse(port) }
+            guard sockets[port] == nil else { throw NetStackError.portInUse(port) }
             let s = UDPSocket(stack: self, port: port)
             sockets[port] = SocketRef(socket: s)
             return s
@@ -234,7 +237,7 @@ public final class NetStack {
         for _ in 0..<16384 {
             let p = nextEphemeral
             nextEphemeral = p == 65535 ? 49152 : p + 1
-            if sockets[p]?.socket == nil {
+            if sockets[p] == nil {
                 let s = UDPSocket(stack: self, port: p)
                 sockets[p] = SocketRef(socket: s)
                 return s
@@ -291,7 +294,7 @@ public final class NetStack {
                 if age >= arpLifetimeNs - arpLifetimeNs / 12, now &- e.probedNs >= arpRetryNs {
                     e.probedNs = now
                     arpCache[hop] = e
-                    buildARP(txBuffer, operation: NetStackWire.arpRequest, to: e.mac, targetMAC: e.mac, targetIP: hop)
+                    buildARP(txBuffer, operation: NetStackWire.arpRequest, to: e.mac, targetMAC: MACAddress(value: 0), targetIP: hop)
                     if transmitUser(NetStackWire.ethernetHeader + NetStackWire.arpLength) { stats.arpRequestsOut += 1 }
                 }
                 return e.mac
@@ -569,9 +572,10 @@ public final class NetStack {
     }
 
     /// Traffic from a neighbour (the source on the subnet, or the gateway for an off-link source)
-    /// carrying its cached MAC refreshes its ARP entry; at most once a second per source in a row.
+    /// carrying its cached MAC refreshes its ARP entry; for a run of packets from one source, at
+    /// most every sixteenth of the lifetime (and at least once a second).
     @inline(__always) private func confirmNeighbour(_ src: UInt32, _ srcMAC: MACAddress) {
-        if src == refreshedSource && pollStartNs &- refreshedAtNs < 1_000_000_000 { return }
+        if src == refreshedSource && pollStartNs &- refreshedAtNs < min(arpLifetimeNs / 16, 1_000_000_000) { return }
         let hop: UInt32
         if (src ^ address) & subnetMask == 0 {
             hop = src
