@@ -46,8 +46,11 @@ public final class NetStack {
     public static let arpRetryInterval = 0.2
     /// The most ARP cache entries kept; a new host beyond it evicts expired entries, else the oldest.
     public static let arpCacheCapacity = 1024
-    /// Times a send retries a full link (polling it between tries) before dropping the frame.
+    /// Times a send retries a full link before dropping the frame: the first half after a poll
+    /// with timeout 0 and a yield, the second half after a poll waiting up to `transmitWaitNs`.
     public static let transmitRetries = 8
+    /// The longest one retry waits for the link to return transmit space: 1 ms.
+    public static let transmitWaitNs: Int64 = 1_000_000
     /// Port unreachable messages: at most this many in a burst, refilled at `unreachableRate` per second.
     public static let unreachableBurst = 10
     public static let unreachableRate = 10
@@ -334,17 +337,19 @@ public final class NetStack {
             flushPending = true
             return true
         }
-        for _ in 0..<NetStack.transmitRetries {
+        for attempt in 0..<NetStack.transmitRetries {
             // The room may be held by frames queued but not yet flushed: let the peer see them.
             link.flush()
             flushPending = false
-            _ = pollLink(timeoutNs: 0)
+            // First reclaim what is already back; then wait a little for the peer to return room
+            // (a link's poll ends when transmit space comes back), so a sender is slowed, not dropped.
+            _ = pollLink(timeoutNs: attempt < NetStack.transmitRetries / 2 ? 0 : NetStack.transmitWaitNs)
             if link.transmit(frame) {
                 stats.framesOut += 1
                 flushPending = true
                 return true
             }
-            sched_yield()
+            if attempt < NetStack.transmitRetries / 2 { sched_yield() }
         }
         stats.dropTransmitFull += 1
         return false
