@@ -391,6 +391,12 @@ public final class Netback {
     private func copyToRx(_ frame: UnsafeRawBufferPointer, _ q: NetbackQueue) -> Bool {
         let vif = q.vif
         let need = UInt32((frame.count + Netif.pageSize - 1) / Netif.pageSize)
+        if need > 1 && !vif.sg {
+            // The frontend did not offer feature-sg: it takes one slot per frame.
+            vif.stats.rxDropped += 1
+            logLimited("rxsg-\(vif.name)", "netback: \(vif.name): a \(frame.count)-byte frame needs \(need) rx slots but the frontend has no feature-sg; dropped")
+            return true
+        }
         let avail: UInt32
         do { avail = try q.rx.pendingRequests() } catch {
             fatal(vif, "rx ring \(q.index): \(error)")

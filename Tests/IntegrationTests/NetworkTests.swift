@@ -55,6 +55,20 @@ import Testing
         #expect(eventually(timeout: 10) { netback(h).components(separatedBy: "disconnected (").count == 3 }, "\(netback(h))")
     }
 
+    @Test func jumboFramesSpanSeveralRingSlots() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let br = bridge("j")
+        // mtu=9000: 8000-byte datagrams are two-slot frames on both rings (feature-sg).
+        let path = h.config("server", kernel: Products.path("udp-echo"), "extra = \"port=7\"\n" + vif("13:02", "10.0.0.2", br, extra: ", mtu=9000"))
+        #expect(try h.xl("create", "-q", path).ok)
+        #expect(eventually(timeout: 30) { h.consoleLog("server").contains("listening on 10.0.0.2:7") }, "\(h.consoleLog("server"))")
+        try run(h, "client", kernel: "udp-echo", extra: "client=10.0.0.2 port=7 count=20 size=8000",
+                vif: vif("13:03", "10.0.0.3", br, extra: ", mtu=9000"))
+        #expect(eventually(timeout: 30) { h.consoleLog("client").contains("OK 20 datagrams of 8000 bytes echoed by 10.0.0.2:7") },
+                "\(h.consoleLog("client"))\n\(netback(h))")
+    }
+
     @Test func guestsOnDifferentBridgesCannotReachEachOther() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
