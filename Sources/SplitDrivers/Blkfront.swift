@@ -573,8 +573,8 @@ public final class Blkfront {
     public static func connect(domain: Domain, devid: UInt32, timeout: Double = 30,
                                options: BlkfrontOptions = BlkfrontOptions()) throws -> Blkfront {
         let label = "\(deviceName(devid: devid)) (vbd \(devid))"
-        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
-        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        let deadline = XenbusDeadline(seconds: timeout)
+        func left() -> Double { deadline.left }
         func fail(_ reason: String) -> BlkfrontError { .handshake(device: label, reason: reason) }
 
         let store = XenStoreClientXenbus(domain.store)
@@ -687,10 +687,7 @@ public final class Blkfront {
             loosePages.forEach(gt.freePage)  // never granted, or granted and just ended above
             for q in queues { release(q, gt: gt, ev: ev) }
             if let e = error as? BlkfrontError { throw e }
-            if case let XenbusError.timeout(path, states, last, seconds) = error {
-                throw fail("\(path) still \(last) after \(seconds) s waiting for \(states.map(\.description).joined(separator: " or ")) (is the backend domain running?)")
-            }
-            throw fail("\(error)")
+            throw fail(XenbusDeadline.reason(error))
         }
     }
 

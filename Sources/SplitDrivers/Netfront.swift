@@ -169,8 +169,8 @@ public final class Netfront: NetworkLink {
     public static func connect(domain: Domain, devid: UInt32 = 0, timeout: Double = 30,
                                options: NetfrontOptions = NetfrontOptions()) throws -> Netfront {
         let label = "vif \(devid)"
-        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
-        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        let deadline = XenbusDeadline(seconds: timeout)
+        func left() -> Double { deadline.left }
         func fail(_ reason: String) -> NetfrontError { .handshake(device: label, reason: reason) }
         let store = XenStoreClientXenbus(domain.store)
         let device: XenbusDevice
@@ -282,10 +282,7 @@ public final class Netfront: NetworkLink {
             }
             if !stillMapped { loose.forEach(gt.freePage) }
             if let e = error as? NetfrontError { throw e }
-            if case let XenbusError.timeout(path, states, last, seconds) = error {
-                throw fail("\(path) still \(last) after \(seconds) s waiting for \(states.map(\.description).joined(separator: " or ")) (is the backend domain running?)")
-            }
-            throw fail("\(error)")
+            throw fail(XenbusDeadline.reason(error))
         }
     }
 
