@@ -21,10 +21,11 @@ final class NetUplink: NetBridgePortProtocol {
     private var outbound: [UnsafeMutableRawBufferPointer] = []
     private var ring: IOUring?
     private(set) var engineName = "threads"
-    /// Frames waiting in either direction at most; beyond, frames are dropped (counted).
+    /// Frames waiting in either direction at most; beyond, frames are dropped (and logged).
     static let queueLimit = 1024
-    private(set) var droppedIn = 0
-    private(set) var droppedOut = 0
+    /// Frames from the tap dropped since the last log line (uplink thread only).
+    private var droppedIn = 0
+    private var lastDropLog: UInt64 = 0
     static let bufferSize = 65536
     static let reads = 16
 
@@ -44,8 +45,9 @@ final class NetUplink: NetBridgePortProtocol {
     func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo) {
         pthread_mutex_lock(&mutex)
         if outbound.count >= Self.queueLimit {
-            droppedOut += 1
             pthread_mutex_unlock(&mutex)
+            // The switch thread, under the netback lock: logLimited is safe here.
+            owner.logLimited("uplink-out-\(bridge.name)", "netback: bridge \(bridge.name): tap \(bridge.name) is not keeping up; dropping frames for it")
             return
         }
         let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 16)
@@ -73,8 +75,14 @@ final class NetUplink: NetBridgePortProtocol {
     private func received(_ p: UnsafeRawPointer, _ n: Int) {
         pthread_mutex_lock(&mutex)
         if inbound.count >= Self.queueLimit {
-            droppedIn += 1
             pthread_mutex_unlock(&mutex)
+            droppedIn += 1
+            let now = MonotonicClock.nanoseconds()
+            if now - lastDropLog >= 1_000_000_000 {
+                lastDropLog = now
+                owner.log("netback: bridge \(bridge.name): the switch is not keeping up with tap \(bridge.name); dropped \(droppedIn) frames from it")
+                droppedIn = 0
+            }
             return
         }
         let wasEmpty = inbound.isEmpty

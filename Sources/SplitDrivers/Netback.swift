@@ -443,8 +443,9 @@ public final class Netback {
 
     // MARK: devices
 
-    /// The bridge named `name`, created (with its uplink asked for) on first use. Caller holds `lock`.
-    func bridge(named name: String, askingUplinkWith vif: NetbackVif) -> NetBridge {
+    /// The bridge named `name`, created on first use (its uplink is asked for by `attachUplink`).
+    /// Caller holds `lock`.
+    func bridge(named name: String) -> NetBridge {
         if let b = bridges[name] { return b }
         let b = NetBridge(name: name)
         b.filter = parseFilter(bridge: name, filterText[name])
@@ -477,7 +478,7 @@ public final class Netback {
     func register(_ vif: NetbackVif) -> String? {
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
-        let b = bridge(named: vif.bridgeName, askingUplinkWith: vif)
+        let b = bridge(named: vif.bridgeName)
         if let other = b.ports.compactMap({ $0 as? NetbackVifPort }).first(where: { $0.vif.mac == vif.mac }) {
             return "MAC \(vif.mac) is already on bridge \(b.name) (\(other.vif.name))"
         }

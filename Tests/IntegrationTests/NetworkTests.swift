@@ -254,8 +254,10 @@ import Testing
         defer { h.stop() }
         let br = bridge("p")
         try echo(h, "server", mac: "11:02", ip: "10.0.0.2", bridge: br)
-        // Traffic: a sender streaming datagrams at the server for the whole test.
-        try run(h, "stream", kernel: "testguest", extra: "mode=net-send dst=10.0.0.2 dport=5000 seconds=30", vif: vif("11:05", "10.0.0.5", br))
+        // Traffic: a sender streaming 20,000 datagrams a second at the server for the whole test
+        // (a flat-out flood would make the server itself drop the pings below: loss, not a stall).
+        try run(h, "stream", kernel: "testguest", extra: "mode=net-send dst=10.0.0.2 dport=5000 seconds=30 pps=20000",
+                vif: vif("11:05", "10.0.0.5", br))
         try h.create("plug", mode: "net-hotplug target=10.0.0.2")
         #expect(eventually(timeout: 20) { h.consoleLog("plug").contains("waiting for vifs") })
         let a = try h.xl("network-attach", "plug", "mac=00:16:3e:00:11:31", "ip=10.0.0.31", "bridge=\(br)")

@@ -8,8 +8,8 @@ import SplitDrivers
 //   net-hostile   a raw netif frontend on vif 0 that puts malformed tx requests on its ring,
 //                 checks each is answered NETIF_RSP_ERROR, floods broadcasts and never gives
 //                 its rx ring a page
-//   net-send      sends count= UDP datagrams (or for seconds=) to dst=IP dport=P, size= bytes,
-//                 with optional forged srcmac= / srcip=
+//   net-send      sends count= UDP datagrams (or for seconds=, at most pps= a second) to
+//                 dst=IP dport=P, size= bytes, with optional forged srcmac= / srcip=
 //   net-sink      counts UDP datagrams arriving on port=, per source, printing totals each 250 ms
 //   net-hotplug   connects every vif that appears under device/vif and pings target= through it
 // queues=N and split=1 are what netfront asks for (net-send, net-sink, net-hotplug).
@@ -66,8 +66,11 @@ func runNetMode(_ mode: String, _ domain: Domain) -> Bool {
             udp.storeBytes(of: dport.bigEndian, toByteOffset: 2, as: UInt16.self)
             udp.storeBytes(of: UInt16(8 + size).bigEndian, toByteOffset: 4, as: UInt16.self)
         }
+        // pps=N paces the sender (N datagrams per second); without it, as fast as the ring takes them.
+        let pps = Double(arg("pps") ?? "0") ?? 0
         var sent = 0
-        let end = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+        let start = MonotonicClock.nanoseconds()
+        let end = start + UInt64(seconds * 1e9)
         frame.withUnsafeBytes { f in
             while seconds > 0 ? MonotonicClock.nanoseconds() < end : sent < count {
                 while !front.transmit(f) {
@@ -76,6 +79,10 @@ func runNetMode(_ mode: String, _ domain: Domain) -> Bool {
                 }
                 sent += 1
                 if sent % 32 == 0 || seconds == 0 { front.flush() }
+                if pps > 0, sent % 32 == 0 {
+                    let due = start + UInt64(Double(sent) / pps * 1e9), now = MonotonicClock.nanoseconds()
+                    if due > now { usleep(UInt32((due - now) / 1000)) }
+                }
             }
             front.flush()
         }
@@ -122,12 +129,19 @@ func runNetMode(_ mode: String, _ domain: Domain) -> Bool {
                 guard let c = connect(devid) else { continue }
                 connected[devid] = c
                 say("net-hotplug: vif \(devid) connected as \(c.1.config.address) mac \(c.0.mac)")
-                do {
-                    let rtt = try c.1.ping(target, sequence: 1, timeout: 10)
-                    say("net-hotplug: vif \(devid) ping \(target) ok rtt_us=\(Int(rtt * 1e6))")
-                } catch {
-                    say("net-hotplug: vif \(devid) ping \(target) failed: \(error)")
+                // The target may be busy with other traffic (a frame can be dropped on the way):
+                // up to five echo requests.
+                var result = "failed"
+                for seq in 1...5 {
+                    do {
+                        let rtt = try c.1.ping(target, sequence: UInt16(seq), timeout: 3)
+                        result = "ok rtt_us=\(Int(rtt * 1e6))"
+                        break
+                    } catch {
+                        result = "failed: \(error)"
+                    }
                 }
+                say("net-hotplug: vif \(devid) ping \(target) \(result)")
             }
             for (devid, c) in connected {
                 _ = c.1.poll(timeoutNs: 0)
