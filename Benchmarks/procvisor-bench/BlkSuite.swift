@@ -217,7 +217,7 @@ enum BlkSuite {
     static func runFio(_ fio: String, image: String, _ w: Workload, seconds: Int, span: UInt64) throws -> Figures {
         let args = ["--name=x", "--filename=\(image)", "--ioengine=io_uring", "--direct=1", "--rw=\(w.rw)", "--bs=\(w.bs)",
                     "--iodepth=\(w.depth)", "--runtime=\(seconds)", "--time_based", "--size=\(span)", "--norandommap",
-                    "--output-format=json", "--percentile_list=50:99"]
+                    "--output-format=json", "--percentile_list=50:99", "--lat_percentiles=1"]
         let p = Foundation.Process()
         p.executableURL = URL(fileURLWithPath: fio)
         p.arguments = args
@@ -242,14 +242,17 @@ enum BlkSuite {
             throw BenchError("fio printed no usable JSON: \(String(decoding: data.prefix(500), as: UTF8.self)) \(errText.suffix(300))")
         }
         func num(_ d: [String: Any], _ k: String) -> Double { (d[k] as? NSNumber)?.doubleValue ?? 0 }
-        let percentiles = clat["percentile"] as? [String: Any] ?? [:]
+        // blkbench times an IO from the call that submits it to its completion, so the peer's
+        // figure is fio's total latency (lat_ns: submission + completion), not clat_ns alone.
+        let lat = (side["lat_ns"] as? [String: Any]).flatMap { $0["percentile"] == nil ? nil : $0 } ?? clat
+        let percentiles = lat["percentile"] as? [String: Any] ?? [:]
         func pct(_ p: String) -> Double {
             (percentiles.first { Double($0.key) == Double(p) }?.value as? NSNumber)?.doubleValue ?? 0
         }
         let ios = num(side, "total_ios")
         let runtime = num(side, "runtime") / 1000  // ms
         var f = Figures(iops: num(side, "iops"), mbps: num(side, "bw_bytes") / 1e6, p50: pct("50") / 1000, p99: pct("99") / 1000,
-                        max: num(clat, "max") / 1000, ios: ios)
+                        max: num(lat, "max") / 1000, ios: ios)
         // usr_cpu/sys_cpu: percent of one CPU over the run.
         f.cpuPerIO = ["fio": (num(job, "usr_cpu") + num(job, "sys_cpu")) / 100 * runtime * 1e6 / max(ios, 1)]
         return f

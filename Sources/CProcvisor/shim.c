@@ -374,7 +374,73 @@ int pv_uring_harvest(void *ring, uint64_t *user_data, int32_t *results, unsigned
 int pv_uring_register_files(void *ring, const int *fds, unsigned int nr) { return io_uring_register_files(ring, fds, nr); }
 int pv_uring_register_eventfd(void *ring, int fd) { return io_uring_register_eventfd(ring, fd); }
 unsigned int pv_uring_features(void *ring) { return ((struct io_uring *)ring)->features; }
+void *pv_uring_create_flags(unsigned int entries, unsigned int flags, int *err) {
+    struct io_uring *ring = calloc(1, sizeof(*ring));
+    if (!ring) { *err = -ENOMEM; return NULL; }
+    int rc = io_uring_queue_init(entries, ring, flags);
+    if (rc < 0) { free(ring); *err = rc; return NULL; }
+    *err = 0;
+    return ring;
+}
+
+unsigned int pv_uring_setup_flags(void *ring) { return ((struct io_uring *)ring)->flags; }
+
+int pv_uring_enable(void *ring) {
+    // liburing 2.3 has no io_uring_enable_rings in its library: the register call itself.
+    long rc = syscall(__NR_io_uring_register, ((struct io_uring *)ring)->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return rc < 0 ? -errno : 0;
+}
+
+int pv_uring_supports(void *ring, int opcode) {
+    struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+    if (!probe) return 0;
+    int ok = io_uring_opcode_supported(probe, opcode);
+    io_uring_free_probe(probe);
+    return ok ? 1 : 0;
+}
+
+// liburing 2.3 predates IORING_OP_FUTEX_WAIT: the SQE is laid out as the kernel's io_futex_prep
+// reads it (addr = word, addr2 = expected value, addr3 = bitset mask, fd = FUTEX2_* flags).
+int pv_uring_prep_futex_wait(void *ring, uint32_t *word, uint32_t expected, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_rw(PV_IORING_OP_FUTEX_WAIT, sqe, 0x02 /* FUTEX2_SIZE_U32, shared */, word, 0, expected);
+    sqe->addr3 = 0xffffffffu;  // FUTEX_BITSET_MATCH_ANY
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int pv_uring_prep_poll(void *ring, int fd, unsigned int events, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_poll_add(sqe, fd, events);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int pv_uring_submit_and_wait_timeout(void *ring, unsigned int wait_nr, int64_t timeout_ns) {
+    struct __kernel_timespec ts = { .tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000 };
+    struct io_uring_cqe *cqe = NULL;
+    int rc = io_uring_submit_and_wait_timeout(ring, &cqe, wait_nr, &ts, NULL);
+    return rc == -ETIME ? 0 : (rc < 0 ? rc : 0);
+}
+
+void pv_uring_flush_deferred(void *ring) {
+    struct io_uring *r = ring;
+    if (IO_URING_READ_ONCE(*r->sq.kflags) & IORING_SQ_TASKRUN) io_uring_get_events(r);
+}
+
+int pv_uring_has_completions(void *ring) {
+    struct io_uring *r = ring;
+    return io_uring_cq_ready(r) > 0 || (IO_URING_READ_ONCE(*r->sq.kflags) & IORING_SQ_TASKRUN) != 0;
+}
+
 _Static_assert(PV_IOSQE_FIXED_FILE == IOSQE_FIXED_FILE, "IOSQE_FIXED_FILE");
+_Static_assert(PV_IORING_SETUP_COOP_TASKRUN == IORING_SETUP_COOP_TASKRUN, "IORING_SETUP_COOP_TASKRUN");
+_Static_assert(PV_IORING_SETUP_TASKRUN_FLAG == IORING_SETUP_TASKRUN_FLAG, "IORING_SETUP_TASKRUN_FLAG");
+_Static_assert(PV_IORING_SETUP_SINGLE_ISSUER == IORING_SETUP_SINGLE_ISSUER, "IORING_SETUP_SINGLE_ISSUER");
+_Static_assert(PV_IORING_SETUP_DEFER_TASKRUN == IORING_SETUP_DEFER_TASKRUN, "IORING_SETUP_DEFER_TASKRUN");
+_Static_assert(PV_IORING_SETUP_R_DISABLED == IORING_SETUP_R_DISABLED, "IORING_SETUP_R_DISABLED");
 _Static_assert(PV_IORING_FSYNC_DATASYNC == IORING_FSYNC_DATASYNC, "IORING_FSYNC_DATASYNC");
 _Static_assert(PV_IORING_FEAT_NODROP == IORING_FEAT_NODROP, "IORING_FEAT_NODROP");
 _Static_assert(PV_IORING_FEAT_SUBMIT_STABLE == IORING_FEAT_SUBMIT_STABLE, "IORING_FEAT_SUBMIT_STABLE");

@@ -73,6 +73,13 @@ public final class EventChannels {
     var doorbellWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self) }
     var sleepersWord: UnsafeMutablePointer<UInt32> { (ownDoorbell.base + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self) }
 
+    /// This domain's doorbell (a shared futex word every send to this domain increments) and its
+    /// sleeper count, for a thread that sleeps somewhere other than `wait` (an io_uring futex
+    /// wait). Such a thread adds one to `sleepers` (senders then wake the word), reads `word`,
+    /// checks its rings, and only then sleeps while `word` still holds what it read; it takes one
+    /// away when it wakes. It must not call `wait`/`poll`: the ports stay pending for them.
+    public var doorbell: (word: UnsafeMutablePointer<UInt32>, sleepers: UnsafeMutablePointer<UInt32>) { (doorbellWord, sleepersWord) }
+
     init(domid: UInt16, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
         self.domid = domid
         self.hypercalls = hypercalls

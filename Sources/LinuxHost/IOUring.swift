@@ -17,6 +17,8 @@ public final class IOUring {
         ring = r
     }
 
+    init(raw: UnsafeMutableRawPointer) { ring = raw }
+
     deinit { pv_uring_destroy(ring) }
 
     /// Whether io_uring can be used here; the errno that refused it otherwise.
@@ -174,4 +176,58 @@ extension IOUring {
 
     /// IORING_FEAT_NODROP: completions beyond the completion queue's size are kept, not dropped.
     public var keepsOverflowingCompletions: Bool { pv_uring_features(ring) & PV_IORING_FEAT_NODROP != 0 }
+}
+
+// MARK: - One thread owning the ring: deferred completion work, futex waits
+
+extension IOUring {
+    /// A ring for one thread that submits and reaps everything itself (IORING_SETUP_SINGLE_ISSUER
+    /// with DEFER_TASKRUN, created disabled: the thread that calls `enable` becomes its owner).
+    /// Completion work then runs only when the owner asks for completions, never by interrupting
+    /// it. Kernels before 6.1 get COOP_TASKRUN, before 5.19 a plain ring (`enable` is then a no-op).
+    public static func owned(entries: UInt32) throws -> IOUring {
+        let choices: [UInt32] = [
+            PV_IORING_SETUP_SINGLE_ISSUER | PV_IORING_SETUP_DEFER_TASKRUN | PV_IORING_SETUP_TASKRUN_FLAG | PV_IORING_SETUP_R_DISABLED,
+            PV_IORING_SETUP_COOP_TASKRUN | PV_IORING_SETUP_TASKRUN_FLAG,
+        ]
+        for flags in choices {
+            var err: Int32 = 0
+            if let r = pv_uring_create_flags(entries, flags, &err) { return IOUring(raw: r) }
+            if err != -EINVAL { throw SystemError("io_uring_queue_init", "\(entries) entries", errno: Errno(rawValue: -err)) }
+        }
+        return try IOUring(entries: entries)
+    }
+
+    /// Makes the calling thread the owner of a ring from `owned` (IORING_REGISTER_ENABLE_RINGS).
+    public func enable() throws {
+        guard pv_uring_setup_flags(ring) & PV_IORING_SETUP_R_DISABLED != 0 else { return }
+        try negErrno("io_uring_enable_rings") { pv_uring_enable(ring) }
+    }
+
+    /// Whether the kernel implements IORING_OP_FUTEX_WAIT (Linux 6.7).
+    public var supportsFutexWait: Bool { pv_uring_supports(ring, PV_IORING_OP_FUTEX_WAIT) == 1 }
+
+    /// Queues IORING_OP_FUTEX_WAIT on a shared 32-bit futex word (another process may wake it):
+    /// completes with 0 once woken, at once with -EAGAIN if `word` no longer holds `expected`.
+    public func futexWait(_ word: UnsafeMutablePointer<UInt32>, expected: UInt32, userData: UInt64) throws {
+        try negErrno("io_uring_prep_futex_wait") { pv_uring_prep_futex_wait(ring, word, expected, userData) }
+    }
+
+    /// Queues a one-shot IORING_OP_POLL_ADD for readability of `fd`: completes with the revents.
+    public func pollReadable(_ fd: FileDescriptor, userData: UInt64) throws {
+        try negErrno("io_uring_prep_poll_add", "\(fd)") { pv_uring_prep_poll(ring, fd.rawValue, UInt32(POLLIN), userData) }
+    }
+
+    /// Submits what is queued and waits until `count` completions are available or `timeoutNs`
+    /// passed (no error then); completions are not consumed (`harvest` does).
+    public func submit(waitingFor count: Int, timeoutNs: Int64) throws {
+        try negErrno("io_uring_submit_and_wait_timeout") { pv_uring_submit_and_wait_timeout(ring, UInt32(count), timeoutNs) }
+    }
+
+    /// Runs the completion work the kernel deferred to this thread, if it flagged any, so that
+    /// `harvest` sees it (one system call, only when needed).
+    public func flushDeferredCompletions() { pv_uring_flush_deferred(ring) }
+
+    /// Completions ready, or deferred completion work flagged: no system call.
+    public var hasCompletions: Bool { pv_uring_has_completions(ring) != 0 }
 }

@@ -26,6 +26,7 @@ public final class Blkback {
         domain: domain, type: "vbd", make: { [unowned self] f, d in BlkbackDevice(domain: domain, frontend: f, devid: d, owner: self) },
         start: { [domain] device in domain.startVCPU(-10) { _ in device.run() } }, stop: { $0.requestStop() })
     private var byPort: [EventChannels.Port: BlkbackQueue] = [:]
+    private let dispatcherKick = Kick()
 
     public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
         self.domain = domain
@@ -37,6 +38,10 @@ public final class Blkback {
     /// `submit=queue`: the queue thread takes the requests (the dispatcher only kicks it), so
     /// the thread that submits to io_uring is the one that waits for its completions.
     var queueThreadSubmits: Bool { environment["submit"] == "queue" }
+    /// Whether a queue may run on one thread that sleeps in its io_uring, waiting for its
+    /// completions and the domain's doorbell at once (the default; `dispatch=1` or `submit=queue`
+    /// keep the event dispatcher).
+    var ownedQueues: Bool { environment["dispatch"] != "1" && !queueThreadSubmits }
     /// `spin=N`: doorbell checks the dispatcher makes before it sleeps (0: sleep at once).
     var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
     /// `poll-us=N`: microseconds a queue thread with I/O in flight keeps looking for completions
@@ -60,7 +65,16 @@ public final class Blkback {
         }
         log("blkback: dom\(domain.domid) serving vbds")
         while true {
-            for port in domain.eventChannels.wait(spin: spin) {
+            pthread_mutex_lock(&lock)
+            let dispatching = !byPort.isEmpty
+            pthread_mutex_unlock(&lock)
+            // Queues that wait on their own io_uring take their events themselves: without
+            // others, this thread stays off the doorbell (it would wake with every event).
+            guard dispatching else {
+                dispatcherKick.wait(timeoutMs: 1000)
+                continue
+            }
+            for port in domain.eventChannels.wait(timeoutNs: 1_000_000_000, spin: spin) {
                 pthread_mutex_lock(&lock)
                 let q = byPort[port]
                 pthread_mutex_unlock(&lock)
@@ -69,8 +83,10 @@ public final class Blkback {
         }
     }
 
+    /// A queue whose requests this thread takes (one without its own io_uring wait).
     func registered(_ q: BlkbackQueue, port: EventChannels.Port) {
         pthread_mutex_lock(&lock); byPort[port] = q; pthread_mutex_unlock(&lock)
+        dispatcherKick.raise()
     }
 
     /// The device thread ended.
@@ -103,13 +119,23 @@ enum BlkbackStop: Error, CustomStringConvertible {
 struct Kick {
     let fd: FileDescriptor
 
-    init() { fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1) }
+    /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
+    init() {
+        fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
+        if fd.rawValue >= 0 { try? fd.setNonBlocking() }
+    }
 
     var valid: Bool { fd.rawValue >= 0 }
 
     func raise() {
         var one: UInt64 = 1
         _ = Glibc.write(fd.rawValue, &one, 8)
+    }
+
+    /// Consumes a pending kick, if any (never blocks).
+    func drain() {
+        var v: UInt64 = 0
+        _ = Glibc.read(fd.rawValue, &v, 8)
     }
 
     /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick.
@@ -312,7 +338,7 @@ final class BlkbackDevice {
             let queue = BlkbackQueue(device: self, index: q, disk: fd)
             queues.append(queue)
             try queue.connect(refs: refs, remotePort: remotePort)
-            owner.registered(queue, port: queue.port!)
+            if !queue.owned { owner.registered(queue, port: queue.port!) }
         }
         try xs.write(dir + "/state", XenbusState.connected.storeValue)
     }
@@ -363,6 +389,11 @@ final class BlkbackQueue {
     /// Why `mappings` last returned nil: `gref N (GNTST_...)`.
     private var mapFailure = ""
     private(set) var slots = 0
+    /// The queue's thread owns an io_uring and sleeps in it, on completions and on the domain's
+    /// doorbell (IORING_OP_FUTEX_WAIT): it takes its requests itself, no dispatcher in between.
+    private(set) var owned = false
+    /// Requests handed to the disk per io_uring_enter (`submit-chunk=N`, owned queues; default 4).
+    private var submitChunk = Int.max
     var engineName: String { engine?.name ?? "?" }
     private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
 
@@ -387,9 +418,25 @@ final class BlkbackQueue {
         let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size, pages: refs.count)
         ring = BackRing(page: run.base, layout: layout)
         slots = Int(layout.count)
-        engine = BlockIO.makeEngine(disk: disk, queueDepth: max(64, slots), environment: device.owner.environment) { [owner = device.owner, index] line in
+        let depth = max(64, slots)
+        let env = device.owner.environment
+        let log: (String) -> Void = { [owner = device.owner, index] line in
             if index == 0 { owner.log("blkback: \(line)") }
         }
+        if device.owner.ownedQueues && env[BlockIO.forceNoIOUringVariable] != "1",
+           let chunk = Optional(env["submit-chunk"].flatMap(Int.init).map { max(1, $0) } ?? 4),
+           let uring = try? IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true) {
+            if uring.supportsFutexWait {
+                submitChunk = chunk
+                uring.submitChunk = chunk
+                engine = uring
+                owned = true
+                log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
+            } else {
+                uring.close()
+            }
+        }
+        if engine == nil { engine = BlockIO.makeEngine(disk: disk, queueDepth: depth, environment: env, log: log) }
         port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
     }
 
@@ -397,6 +444,75 @@ final class BlkbackQueue {
     /// there before the port was registered). Requests themselves are taken by the event
     /// dispatcher (`serviceRing`), so an IO costs no hand-off between threads on its way in.
     func run() {
+        if owned, let uring = engine as? IOUringBlockIOEngine {
+            runOwned(uring)
+        } else {
+            runDispatched()
+        }
+        device.queueEnded()
+    }
+
+    /// The queue's thread alone: takes requests, submits them, answers completions, and sleeps
+    /// in one io_uring_enter until an I/O completes, the frontend rings or the device thread
+    /// kicks. Closes the engine before it returns (the ring belongs to this thread).
+    private func runOwned(_ uring: IOUringBlockIOEngine) {
+        do {
+            try uring.adopt()
+        } catch {
+            device.fail(.setup("\(label): cannot take over the io_uring: \(error)"))
+            locked { uring.close() }
+            return
+        }
+        let bell = domain.eventChannels.doorbell
+        let pollNs = device.owner.pollNs
+        while !stopped {
+            serviceRing()
+            reapAndRespond()
+            if locked({ barrier != nil }) {
+                runBarrier()
+                continue
+            }
+            if uring.kicked {
+                uring.kicked = false
+                kickEvent.drain()
+            }
+            uring.doorbellRang = false
+            if pollNs > 0 && locked({ !inFlight.isEmpty }) {
+                // Completions expected soon: look for them (and for requests) a while first.
+                let deadline = MonotonicClock.nanoseconds() + pollNs
+                while MonotonicClock.nanoseconds() < deadline && !stopped && !uring.hasCompletions && !hasRequests {
+                    SharedAtomic.relax()
+                }
+            }
+            // Sleep, unless something arrived: counted as a sleeper first, so a frontend that
+            // rings after the check below wakes the futex wait.
+            SharedAtomic.fetchAdd(bell.sleepers, 1)
+            let seen = SharedAtomic.load(bell.word)
+            if !stopped && !hasRequests && !uring.hasCompletions {
+                uring.armDoorbell(bell.word, expected: seen)
+                uring.armKick(kickEvent.fd)
+                uring.waitForEvent()
+            }
+            SharedAtomic.fetchAdd(bell.sleepers, UInt32.max)  // -1
+        }
+        locked {
+            uring.close()
+            for (_, f) in inFlight where !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
+            inFlight.removeAll()
+        }
+    }
+
+    /// Requests on the ring not yet taken (a corrupt index counts: `serviceRing` reports it).
+    private var hasRequests: Bool {
+        locked {
+            guard let ring, !closed else { return false }
+            return ((try? ring.pendingRequests()) ?? 1) > 0
+        }
+    }
+
+    /// Served with the event dispatcher: it takes the requests; this thread answers completions
+    /// (woken by the engine's eventfd) and runs barriers.
+    private func runDispatched() {
         serviceRing()
         let pollNs = device.owner.pollNs
         while !stopped {
@@ -417,7 +533,6 @@ final class BlkbackQueue {
                 serviceRing()
             }
         }
-        device.queueEnded()
     }
 
     private var stopped: Bool { SharedAtomic.load(&device.stop) != 0 }
@@ -445,12 +560,18 @@ final class BlkbackQueue {
                         barrier = b
                         break intake
                     }
+                    if batch.count >= submitChunk {
+                        // The first requests of a burst reach the disk before the rest is decoded.
+                        try engine.submit(batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
                 }
             } while ring.finalCheckForRequests()
         } catch let e as RingError {
             device.fail(.ring(queue: index, e))
             return
         } catch {
+            device.fail(.setup("\(label): the I/O engine refused a batch: \(error)"))
             return
         }
         if !batch.isEmpty {
@@ -489,7 +610,15 @@ final class BlkbackQueue {
     /// flush, the write if the barrier has data, flush; answers the barrier once.
     private func runBarrier() {
         guard let rw = locked({ barrier }) else { return }
-        func waitCompletions() { kickEvent.wait(timeoutMs: 100, other: engine?.completionFD) }
+        func waitCompletions() {
+            if owned, let uring = engine as? IOUringBlockIOEngine {
+                uring.armKick(kickEvent.fd)
+                uring.waitForEvent()
+                if uring.kicked { uring.kicked = false; kickEvent.drain() }
+            } else {
+                kickEvent.wait(timeoutMs: 100, other: engine?.completionFD)
+            }
+        }
         while !stopped {
             reapAndRespond()
             if locked({ inFlight.isEmpty }) { break }

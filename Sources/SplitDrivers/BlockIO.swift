@@ -270,25 +270,77 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     /// Completed, not yet returned by `reap`.
     private var ready: [BlockIOCompletion] = []
     private var closed = false
+    /// Requests handed to the kernel per io_uring_enter.
+    var submitChunk = Int.max
+    /// Made by `owned`: one thread (the one that calls `adopt`) submits, reaps and waits; the
+    /// completion eventfd is not signalled.
+    let owned: Bool
+    /// Tags of the owner's wake-up sources (never slot numbers).
+    static let doorbellTag = UInt64.max
+    static let kickTag = UInt64.max - 1
+    /// Owned mode: a futex wait / a poll on the kick descriptor is in the kernel.
+    private(set) var doorbellArmed = false
+    private(set) var kickArmed = false
+    /// Owned mode: the futex wait or the kick poll completed since the owner last looked.
+    var doorbellRang = false
+    var kicked = false
 
-    init(disk: FileDescriptor, queueDepth: Int) throws {
-        let ring = try IOUring(entries: UInt32(queueDepth))
+    /// `owned`: a ring for one thread (`IOUring.owned`: deferred completion work), which must call
+    /// `adopt` before anything else and be the only one to use the engine, `close` included.
+    init(disk: FileDescriptor, queueDepth: Int, owned: Bool = false) throws {
+        let ring = owned ? try IOUring.owned(entries: UInt32(queueDepth + 2)) : try IOUring(entries: UInt32(queueDepth))
         let efd = try makeEventFD()
-        do {
-            try ring.registerEventFD(efd)
-        } catch {
-            efd.close()
-            throw error
+        if !owned {
+            do {
+                try ring.registerEventFD(efd)
+            } catch {
+                efd.close()
+                throw error
+            }
         }
         var fixed = true
         do { try ring.registerFiles([disk]) } catch { fixed = false }
         self.ring = ring
+        self.owned = owned
         self.completionFD = efd
         self.fixedFile = fixed
         self.target = fixed ? .registered(0) : .descriptor(disk)
         self.depth = queueDepth
         self.slots = Array(repeating: nil, count: queueDepth)
         self.freeSlots = Array((0..<queueDepth).reversed())
+    }
+
+    /// Owned mode: the calling thread becomes the ring's only submitter.
+    func adopt() throws { try ring?.enable() }
+
+    /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7).
+    var supportsFutexWait: Bool { ring?.supportsFutexWait ?? false }
+
+    /// Owned mode: queues a wait on a shared futex word (the domain's event-channel doorbell), so
+    /// `waitForEvent` also returns when it is woken (`doorbellRang`). One at a time.
+    func armDoorbell(_ word: UnsafeMutablePointer<UInt32>, expected: UInt32) {
+        guard let ring, !doorbellArmed, !closed else { return }
+        if (try? ring.futexWait(word, expected: expected, userData: Self.doorbellTag)) != nil { doorbellArmed = true }
+    }
+
+    /// Owned mode: queues a poll for `fd` becoming readable (`kicked`). One at a time.
+    func armKick(_ fd: FileDescriptor) {
+        guard let ring, !kickArmed, !closed else { return }
+        if (try? ring.pollReadable(fd, userData: Self.kickTag)) != nil { kickArmed = true }
+    }
+
+    /// Owned mode: completions ready (or deferred work flagged) without a system call.
+    var hasCompletions: Bool { !ready.isEmpty || (ring?.hasCompletions ?? false) }
+
+    /// Owned mode: submits what is queued and sleeps until at least one completion (an I/O, the
+    /// doorbell, the kick) is there; `reap` takes them.
+    func waitForEvent(timeoutNs: Int64 = 100_000_000) {
+        guard let ring, !closed else { return }
+        do {
+            try ring.submit(waitingFor: 1, timeoutNs: timeoutNs)
+        } catch let e as SystemError where e.errno == .wouldBlock {
+            usleep(1000)
+        } catch {}
     }
 
     deinit { close() }
@@ -306,7 +358,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
             }
         }
         try start(ring)
-        if ready.count > before { signalEventFD(completionFD) }
+        if ready.count > before && !owned { signalEventFD(completionFD) }
     }
 
     /// Queues SQEs for retries and for pending transfers while slots are free, then submits them.
@@ -316,11 +368,14 @@ final class IOUringBlockIOEngine: BlockIOEngine {
             let s = toQueue.removeLast()
             if !queue(ring, slot: s) { break }
         }
+        var queued = 0
         while pendingCount > 0, let s = freeSlots.last, ring.submissionSpace > 0 {
             freeSlots.removeLast()
             slots[s] = pending[pendingHead]
             pendingHead += 1
             if !queue(ring, slot: s) { break }
+            queued += 1
+            if queued % submitChunk == 0 && pendingCount > 0 { _ = try? ring.submit() }
         }
         if pendingHead == pending.count {
             pending.removeAll(keepingCapacity: true)
@@ -333,8 +388,9 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         do {
             try ring.submit()
         } catch let e as SystemError where e.errno == .wouldBlock || e.errno == Errno(rawValue: EBUSY) {
-            // The entries stay queued; the next reap retries. Make sure there will be one.
-            signalEventFD(completionFD)
+            // The entries stay queued; the next reap retries. Make sure there will be one (the
+            // owner of an owned ring reaps after every wake-up anyway).
+            if !owned { signalEventFD(completionFD) }
         }
     }
 
@@ -365,7 +421,18 @@ final class IOUringBlockIOEngine: BlockIOEngine {
 
     /// Takes the kernel's completions: finishes transfers or schedules the rest of short ones.
     private func harvest(_ ring: IOUring) {
+        if owned { ring.flushDeferredCompletions() }
         ring.harvest { userData, res in
+            if userData == Self.doorbellTag {
+                doorbellArmed = false
+                doorbellRang = true
+                return
+            }
+            if userData == Self.kickTag {
+                kickArmed = false
+                kicked = true
+                return
+            }
             let s = Int(userData)
             guard s < slots.count, var t = slots[s] else { return }
             var outcome: Result<Int, Errno>?
@@ -405,7 +472,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
 
     func reap(wait: Bool) -> [BlockIOCompletion] {
         guard !closed, let ring else { return [] }
-        drainEventFD(completionFD)  // before harvesting: a completion posted after this re-arms it
+        if !owned { drainEventFD(completionFD) }  // before harvesting: a completion posted after this re-arms it
         harvest(ring)
         try? start(ring)
         while wait && ready.isEmpty && inFlight > 0 {

@@ -153,6 +153,34 @@ int pv_uring_register_files(void *ring, const int *fds, unsigned int nr);
 int pv_uring_register_eventfd(void *ring, int fd);
 /// IORING_FEAT_* the kernel reported at setup.
 unsigned int pv_uring_features(void *ring);
+/// As pv_uring_create with IORING_SETUP_* `flags`; *err = -EINVAL when the kernel does not know one.
+void *pv_uring_create_flags(unsigned int entries, unsigned int flags, int *err);
+/// The IORING_SETUP_* flags the ring was created with.
+unsigned int pv_uring_setup_flags(void *ring);
+/// IORING_REGISTER_ENABLE_RINGS (a ring created with IORING_SETUP_R_DISABLED): the calling
+/// thread becomes the ring's submitter (IORING_SETUP_SINGLE_ISSUER). 0 or -errno.
+int pv_uring_enable(void *ring);
+/// 1 when the kernel implements `opcode` (IORING_REGISTER_PROBE), else 0.
+int pv_uring_supports(void *ring, int opcode);
+/// IORING_OP_FUTEX_WAIT (Linux 6.7) on a 32-bit shared (not process-private) futex word: completes
+/// with 0 when woken, -EAGAIN at once when *word != expected. -EBUSY when the queue is full.
+int pv_uring_prep_futex_wait(void *ring, uint32_t *word, uint32_t expected, uint64_t user_data);
+/// Runs completion work the kernel deferred to this task (IORING_SETUP_DEFER_TASKRUN / COOP_TASKRUN)
+/// when it flagged some (IORING_SQ_TASKRUN), so `pv_uring_harvest` sees those completions.
+void pv_uring_flush_deferred(void *ring);
+/// 1 when completions are ready or deferred completion work is flagged (no system call).
+int pv_uring_has_completions(void *ring);
+/// IORING_OP_POLL_ADD (one shot) for `events` (POLLIN...): completes with the revents.
+int pv_uring_prep_poll(void *ring, int fd, unsigned int events, uint64_t user_data);
+/// Submits what is queued and waits until `wait_nr` completions are available or `timeout_ns`
+/// passed (0 on a timeout too); -errno on failure.
+int pv_uring_submit_and_wait_timeout(void *ring, unsigned int wait_nr, int64_t timeout_ns);
+#define PV_IORING_OP_FUTEX_WAIT 51
+#define PV_IORING_SETUP_COOP_TASKRUN (1u << 8)
+#define PV_IORING_SETUP_TASKRUN_FLAG (1u << 9)
+#define PV_IORING_SETUP_SINGLE_ISSUER (1u << 12)
+#define PV_IORING_SETUP_DEFER_TASKRUN (1u << 13)
+#define PV_IORING_SETUP_R_DISABLED (1u << 6)
 #define PV_IOSQE_FIXED_FILE 1u
 #define PV_IORING_FSYNC_DATASYNC 1u
 #define PV_IORING_FEAT_NODROP 2u
