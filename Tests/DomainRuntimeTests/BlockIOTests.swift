@@ -121,7 +121,16 @@ private func checksum<C: Collection>(_ bytes: C) -> UInt64 where C.Element == UI
     return h
 }
 
+/// io_uring with IORING_OP_FUTEX_WAIT (Linux 6.7): what blkback's owned queues need.
+private let futexWaitAllowed = ioUringAllowed && ((try? IOUring(entries: 2))?.supportsFutexWait ?? false)
+
 private func makeEngine(_ kind: String, disk: FileDescriptor, depth: Int = 32) -> BlockIOEngine {
+    if kind == "owned" {
+        // blkback's owned queue: one thread (this one) submits, reaps and waits.
+        let engine = try! IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true)
+        try! engine.adopt()
+        return engine
+    }
     var logs: [String] = []
     let engine = BlockIO.makeEngine(disk: disk, queueDepth: depth,
                                     environment: kind == "threads" ? forceThreads : [:]) { logs.append($0) }
@@ -192,6 +201,78 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
     @Test(.enabled(if: ioUringAllowed, "io_uring refused on this host (IOUring.probe): only the thread pool is tested"))
     func ioUringRandomWritesReadBack() throws { try randomWritesReadBack("io_uring") }
 
+    @Test(.enabled(if: futexWaitAllowed, "no IORING_OP_FUTEX_WAIT here: blkback keeps its event dispatcher"))
+    func ownedRingRandomWritesReadBack() throws { try randomWritesReadBack("owned") }
+
+    /// blkback's owned queue sleeps in one io_uring_enter on its I/O, the domain's doorbell (a
+    /// shared futex word another process increments and wakes) and its kick eventfd.
+    @Test(.enabled(if: futexWaitAllowed, "no IORING_OP_FUTEX_WAIT here: blkback keeps its event dispatcher"))
+    func ownedRingWakesOnTheDoorbellTheKickAndItsIO() throws {
+        let disk = try TempDisk(size: 1 << 20, fill: 0x11)
+        defer { disk.remove() }
+        let engine = makeEngine("owned", disk: disk.fd, depth: 8) as! IOUringBlockIOEngine
+        defer { engine.close() }
+        let shared = try #require(mmap(nil, pageSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0))
+        defer { munmap(shared, pageSize) }
+        let word = shared.assumingMemoryBound(to: UInt32.self)
+        func elapsedMs(_ body: () -> Void) -> Double {
+            let t0 = MonotonicClock.nanoseconds()
+            body()
+            return Double(MonotonicClock.nanoseconds() - t0) / 1e6
+        }
+        // The word moved since it was read: the wait completes at once (no lost wake-up).
+        engine.armDoorbell(word, expected: 7)
+        #expect(elapsedMs { engine.waitForEvent(timeoutNs: 5_000_000_000) } < 2000)
+        _ = engine.reap(wait: false)
+        #expect(engine.doorbellRang && !engine.doorbellArmed)
+        engine.doorbellRang = false
+        // Unchanged: it sleeps until another thread rings (increment, then wake), as a frontend does.
+        engine.armDoorbell(word, expected: 0)
+        var waker = pthread_t()
+        pthread_create(&waker, nil, { arg in
+            let w = arg!.assumingMemoryBound(to: UInt32.self)
+            usleep(100_000)
+            SharedAtomic.fetchAdd(w, 1)
+            _ = try? Futex.wake(w, count: Int32.max)
+            return nil
+        }, shared)
+        let slept = elapsedMs {
+            while !engine.doorbellRang {
+                engine.waitForEvent(timeoutNs: 5_000_000_000)
+                _ = engine.reap(wait: false)
+            }
+        }
+        pthread_join(waker, nil)
+        #expect(slept >= 50, "slept \(slept) ms before the wake")
+        #expect(slept < 4000, "woken by the futex, not the timeout: \(slept) ms")
+        // A timeout with nothing armed but the kick: returns, nothing rang.
+        let kick = try FileDescriptor.eventfd()
+        defer { kick.close() }
+        engine.doorbellRang = false
+        engine.armKick(kick)
+        let idle = elapsedMs { engine.waitForEvent(timeoutNs: 50_000_000) }
+        _ = engine.reap(wait: false)
+        #expect(idle >= 40 && !engine.kicked && !engine.doorbellRang)
+        // The kick: readable eventfd, poll completes.
+        var one: UInt64 = 1
+        _ = Glibc.write(kick.rawValue, &one, 8)
+        engine.waitForEvent(timeoutNs: 5_000_000_000)
+        _ = engine.reap(wait: false)
+        #expect(engine.kicked && !engine.kickArmed)
+        // I/O completes while a doorbell wait stays armed, and is what wakes the wait.
+        engine.armDoorbell(word, expected: SharedAtomic.load(word))
+        let pages = try PagePool(pages: 1)
+        try engine.submit([.read(offset: 4096, into: [pages.page(0)], tag: 42)])
+        var got: [BlockIOCompletion] = []
+        while got.isEmpty {
+            engine.waitForEvent(timeoutNs: 5_000_000_000)
+            got = engine.reap(wait: false)
+        }
+        #expect(got == [BlockIOCompletion(tag: 42, result: .success(4096))])
+        #expect(pages.page(0).allSatisfy { $0 == 0x11 })
+        #expect(engine.doorbellArmed, "the doorbell wait is still pending")
+    }
+
     /// Up to 48 requests in flight on a depth-32 engine (so some wait inside it), each 1…11 blkif
     /// segments (page, first_sect…last_sect) contiguous on disk, never overlapping one in flight;
     /// then random reads checked on completion, then the whole disk read back by the engine and by
@@ -256,7 +337,7 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
                 }
                 if !batch.isEmpty { try engine.submit(batch) }
                 let got: [BlockIOCompletion]
-                if rng.below(2) == 0 {
+                if rng.below(2) == 0, kind != "owned" {  // an owned ring has no completion eventfd
                     got = pollAndReap(engine)
                     viaPoll += 1
                 } else {
@@ -280,7 +361,7 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
                 }
             }
             #expect(inFlight.isEmpty)
-            #expect(viaPoll > 0)
+            #expect(viaPoll > 0 || kind == "owned")
         }
 
         try phase(count: 1500, writes: true)

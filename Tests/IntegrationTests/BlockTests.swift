@@ -144,7 +144,9 @@ import Testing
         #expect(try h.xl("create", "-q", h.config("bb-uring", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=4\"\n")).ok)
         #expect(try h.xl("create", "-q", h.config("bb-threads", kernel: blkback,
                                                   "driver_domain = 1\nextra = \"PROCVISOR_FORCE_NO_IOURING=1 max-queues=4\"\n")).ok)
-        #expect(eventually { h.consoleLog("bb-uring").contains("serving vbds") && h.consoleLog("bb-threads").contains("serving vbds") })
+        // io_uring with the event dispatcher (what kernels without IORING_OP_FUTEX_WAIT get).
+        #expect(try h.xl("create", "-q", h.config("bb-dispatch", kernel: blkback, "driver_domain = 1\nextra = \"dispatch=1 max-queues=2\"\n")).ok)
+        #expect(eventually { ["bb-uring", "bb-threads", "bb-dispatch"].allSatisfy { h.consoleLog($0).contains("serving vbds") } })
         let guests: [(String, String, String)] = [
             ("c1", "", "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c1a.img", mb: 16))',\n"
                  + "         'vdev=xvdb, access=rw, backend=bb-threads, target=\(sparse("c1b.img", mb: 16))' ]\n"),
@@ -154,6 +156,8 @@ import Testing
              "disk = [ 'vdev=xvda, access=rw, backend=bb-uring, target=\(sparse("c4.img", mb: 16))' ]\n"),
             ("c5", "queues=2 order=1 indirect=64 maxio=300",
              "disk = [ 'vdev=xvda, access=rw, backend=bb-threads, target=\(sparse("c5.img", mb: 16))' ]\n"),
+            ("c6", "queues=2",
+             "disk = [ 'vdev=xvda, access=rw, backend=bb-dispatch, target=\(sparse("c6.img", mb: 16))' ]\n"),
         ]
         for (i, (name, options, disks)) in guests.enumerated() {
             let r = try h.xl("create", "-q", h.config(name, kernel: blkcheck,
@@ -162,7 +166,7 @@ import Testing
         }
         #expect(eventually(timeout: 120) { (try? h.list())?.keys.filter { $0.hasPrefix("c") }.isEmpty == true },
                 "still running: \(String(describing: try? h.list().keys.sorted()))")
-        for (name, disk) in [("c1", "xvda"), ("c1", "xvdb"), ("c2", "xvda"), ("c3", "xvda"), ("c4", "xvda"), ("c5", "xvda")] {
+        for (name, disk) in [("c1", "xvda"), ("c1", "xvdb"), ("c2", "xvda"), ("c3", "xvda"), ("c4", "xvda"), ("c5", "xvda"), ("c6", "xvda")] {
             #expect(h.consoleLog(name).contains("blkcheck: \(disk) OK"),
                     "\(name): \(h.consoleLog(name))\nbb-uring: \(h.consoleLog("bb-uring"))\nbb-threads: \(h.consoleLog("bb-threads"))\n\((try? h.dmesg()) ?? "")")
         }
@@ -176,10 +180,15 @@ import Testing
         #expect(h.consoleLog("bb-threads").contains("2 queues of 64 slots"), "\(h.consoleLog("bb-threads"))")
         #expect(h.consoleLog("bb-uring").contains("io_uring"), "\(h.consoleLog("bb-uring"))")
         #expect(h.consoleLog("bb-threads").contains("threads"), "\(h.consoleLog("bb-threads"))")
+        // Owned queues where the kernel has futex waits in io_uring; the dispatcher when asked.
+        let futexWait = (try? IOUring(entries: 2))?.supportsFutexWait ?? false
+        #expect(h.consoleLog("bb-uring").contains("IORING_OP_FUTEX_WAIT") == futexWait, "\(h.consoleLog("bb-uring"))")
+        #expect(!h.consoleLog("bb-dispatch").contains("IORING_OP_FUTEX_WAIT") && h.consoleLog("bb-dispatch").contains("io_uring"),
+                "\(h.consoleLog("bb-dispatch"))")
         let dmesg = try h.dmesg()
         #expect(!dmesg.contains("crash") && !dmesg.contains("malformed"), "\(dmesg)")
         // Backends keep running, their device directories are gone with the frontends.
-        #expect(try h.list()["bb-uring"] != nil && h.list()["bb-threads"] != nil)
+        #expect(try h.list()["bb-uring"] != nil && h.list()["bb-threads"] != nil && h.list()["bb-dispatch"] != nil)
         #expect(try h.xs("list", "/local/domain/1/backend/vbd").stdout == "")
     }
 }

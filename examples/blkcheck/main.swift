@@ -170,27 +170,30 @@ final class Checker {
                 var pending: [UInt64: String] = [:]
                 var planned: [UInt64: (sector: UInt64, count: Int, version: UInt32)] = [:]
                 var attempts = 0
-                while ranges.count < depth && attempts < depth * 8 {
-                    attempts += 1
-                    let r = randomRange()
-                    if ranges.contains(where: { r.sector < $0.0 + UInt64($0.1) && $0.0 < r.sector + UInt64(r.count) }) { continue }
-                    ranges.append(r)
-                    tag += 1
-                    do {
-                        if front.canDiscard && rng.below(10) == 0 {
-                            let secure = front.features.discardSecure
-                            try front.submitDiscard(sector: r.sector, count: r.count, secure: secure, tag: tag)
-                            pending[tag] = "round \(round): discard of \(r.count) sectors at \(r.sector)"
-                            planned[tag] = (r.sector, r.count, secure ? zeroed : unknown)
-                        } else {
-                            let v = nextVersion
-                            nextVersion += 1
-                            try front.submitWrite(sector: r.sector, data: pattern(sector: r.sector, count: r.count, version: v), tag: tag)
-                            pending[tag] = "round \(round): write #\(v) of \(r.count) sectors at \(r.sector)"
-                            planned[tag] = (r.sector, r.count, v)
+                // Submitted as one burst (published in groups, as Linux's blk-mq batches).
+                front.batch {
+                    while ranges.count < depth && attempts < depth * 8 {
+                        attempts += 1
+                        let r = randomRange()
+                        if ranges.contains(where: { r.sector < $0.0 + UInt64($0.1) && $0.0 < r.sector + UInt64(r.count) }) { continue }
+                        ranges.append(r)
+                        tag += 1
+                        do {
+                            if front.canDiscard && rng.below(10) == 0 {
+                                let secure = front.features.discardSecure
+                                try front.submitDiscard(sector: r.sector, count: r.count, secure: secure, tag: tag)
+                                pending[tag] = "round \(round): discard of \(r.count) sectors at \(r.sector)"
+                                planned[tag] = (r.sector, r.count, secure ? zeroed : unknown)
+                            } else {
+                                let v = nextVersion
+                                nextVersion += 1
+                                try front.submitWrite(sector: r.sector, data: pattern(sector: r.sector, count: r.count, version: v), tag: tag)
+                                pending[tag] = "round \(round): write #\(v) of \(r.count) sectors at \(r.sector)"
+                                planned[tag] = (r.sector, r.count, v)
+                            }
+                        } catch {
+                            fail("\(name): round \(round): submitting: \(error)")
                         }
-                    } catch {
-                        fail("\(name): round \(round): submitting: \(error)")
                     }
                 }
                 drain(&pending) { c in
@@ -210,13 +213,15 @@ final class Checker {
             }
             // Reads, all in flight together (over anything: nothing is being written).
             var pending: [UInt64: String] = [:]
-            for _ in 0..<depth {
-                let r = randomRange()
-                tag += 1
-                do { try front.submitRead(sector: r.sector, count: r.count, tag: tag) } catch {
-                    fail("\(name): round \(round): submitting a read: \(error)")
+            front.batch {
+                for _ in 0..<depth {
+                    let r = randomRange()
+                    tag += 1
+                    do { try front.submitRead(sector: r.sector, count: r.count, tag: tag) } catch {
+                        fail("\(name): round \(round): submitting a read: \(error)")
+                    }
+                    pending[tag] = "round \(round): read of \(r.count) sectors at \(r.sector)"
                 }
-                pending[tag] = "round \(round): read of \(r.count) sectors at \(r.sector)"
             }
             drain(&pending) { c in
                 guard case let .success(data?) = c.result else { fail("\(name): read tag \(c.tag) returned no data") }
