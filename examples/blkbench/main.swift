@@ -13,6 +13,8 @@
 //   span     bytes of the disk used, from its start (the whole disk by default)
 //   seed     random offsets (splitmix64; 1 by default)
 //   spin     Blkfront.spin: doorbell checks before sleeping in waitAny (0 by default)
+//   publish  Blkfront.batchPublish: resubmissions after a batch of completions are published
+//            this many at a time (4 by default; `depth` publishes each burst whole)
 //   timeout  seconds a wait for a completion may take before the run fails (30)
 //   queues, ring_order, indirect
 //            blkfront's options (BlkfrontOptions: queues, ring-page-order, indirect segments per
