@@ -77,7 +77,8 @@ public final class EventChannels {
     /// sleeper count, for a thread that sleeps somewhere other than `wait` (an io_uring futex
     /// wait). Such a thread adds one to `sleepers` (senders then wake the word), reads `word`,
     /// checks its rings, and only then sleeps while `word` still holds what it read; it takes one
-    /// away when it wakes. It must not call `wait`/`poll`: the ports stay pending for them.
+    /// away when it wakes. Its rings are the truth: it leaves the ports' pending bits alone (a
+    /// `wait`/`poll` elsewhere in the domain may still collect them).
     public var doorbell: (word: UnsafeMutablePointer<UInt32>, sleepers: UnsafeMutablePointer<UInt32>) { (doorbellWord, sleepersWord) }
 
     init(domid: UInt16, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {

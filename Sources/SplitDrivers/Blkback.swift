@@ -424,11 +424,10 @@ final class BlkbackQueue {
             if index == 0 { owner.log("blkback: \(line)") }
         }
         if device.owner.ownedQueues && env[BlockIO.forceNoIOUringVariable] != "1",
-           let chunk = Optional(env["submit-chunk"].flatMap(Int.init).map { max(1, $0) } ?? 4),
            let uring = try? IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true) {
             if uring.supportsFutexWait {
-                submitChunk = chunk
-                uring.submitChunk = chunk
+                submitChunk = env["submit-chunk"].flatMap(Int.init).map { max(1, $0) } ?? 4
+                uring.submitChunk = submitChunk
                 engine = uring
                 owned = true
                 log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
