@@ -137,13 +137,13 @@ public struct BlkifSegment: Equatable, Hashable, Sendable {
     public var byteCount: Int { sectorCount * Blkif.sectorSize }
 
     /// Why the segment is not a valid range of a 4 KiB page, or nil. `name` is how the message
-    /// calls it (`seg[3]`).
-    func problem(_ name: String) -> (field: String, value: UInt64, reason: String)? {
+    /// calls it (`seg[3]`); built only for a bad segment.
+    func problem(_ name: @autoclosure () -> String) -> (field: String, value: UInt64, reason: String)? {
         if lastSect >= Blkif.sectorsPerPage {
-            return ("\(name).last_sect", UInt64(lastSect), "is beyond the page (at most \(Blkif.sectorsPerPage - 1))")
+            return ("\(name()).last_sect", UInt64(lastSect), "is beyond the page (at most \(Blkif.sectorsPerPage - 1))")
         }
         if firstSect > lastSect {
-            return ("\(name).first_sect", UInt64(firstSect), "is after last_sect \(lastSect)")
+            return ("\(name()).first_sect", UInt64(firstSect), "is after last_sect \(lastSect)")
         }
         return nil
     }
@@ -352,14 +352,8 @@ public enum BlkifRequest: Equatable, Sendable {
         func u64(_ offset: Int, _ v: UInt64) { slot.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self) }
         switch self {
         case let .readWrite(r):
-            precondition(r.segments.count <= Blkif.maxSegmentsPerRequest,
-                         "\(r.segments.count) segments do not fit a slot; use an indirect request")
-            u8(Layout.operation, r.operation.rawValue)
-            u8(Layout.nrSegments, UInt8(r.segments.count))
-            u16(Layout.handle, r.handle)
-            u64(Layout.id, r.id)
-            u64(Layout.sectorNumber, r.sectorNumber)
-            for (i, s) in r.segments.enumerated() { s.store(slot + Layout.seg + i * BlkifSegment.Layout.size) }
+            Self.encodeReadWrite(to: slot, operation: r.operation, handle: r.handle, id: r.id, sectorNumber: r.sectorNumber,
+                                 segmentCount: r.segments.count) { r.segments[$0] }
         case let .discard(d):
             u8(DiscardLayout.operation, BlkifOp.discard.rawValue)
             u8(DiscardLayout.flag, d.flag)
@@ -378,6 +372,21 @@ public enum BlkifRequest: Equatable, Sendable {
             u16(IndirectLayout.handle, i.handle)
             for (n, g) in i.indirectGrefs.enumerated() { u32(IndirectLayout.indirectGrefs + 4 * n, g) }
         }
+    }
+
+    /// Writes a read/write request into a ring slot as `encode` does, its segments given by
+    /// `segment(0..<segmentCount)`: no array of them is built (the data path's per-request form).
+    public static func encodeReadWrite(to slot: UnsafeMutableRawPointer, operation: BlkifOp, handle: UInt16, id: UInt64,
+                                       sectorNumber: UInt64, segmentCount: Int, _ segment: (Int) -> BlkifSegment) {
+        precondition(segmentCount <= Blkif.maxSegmentsPerRequest,
+                     "\(segmentCount) segments do not fit a slot; use an indirect request")
+        slot.initializeMemory(as: UInt8.self, repeating: 0, count: Layout.size)
+        slot.storeBytes(of: operation.rawValue, toByteOffset: Layout.operation, as: UInt8.self)
+        slot.storeBytes(of: UInt8(segmentCount), toByteOffset: Layout.nrSegments, as: UInt8.self)
+        slot.storeBytes(of: handle.littleEndian, toByteOffset: Layout.handle, as: UInt16.self)
+        slot.storeBytes(of: id.littleEndian, toByteOffset: Layout.id, as: UInt64.self)
+        slot.storeBytes(of: sectorNumber.littleEndian, toByteOffset: Layout.sectorNumber, as: UInt64.self)
+        for i in 0..<segmentCount { segment(i).store(slot + Layout.seg + i * BlkifSegment.Layout.size) }
     }
 
     /// The slot's 112 bytes.

@@ -768,6 +768,14 @@ final class BlkbackQueue {
     /// The segments' bytes in the frontend's pages, or nil (nothing left mapped) when a gref
     /// cannot be mapped.
     private func buffers(_ segments: [BlkifSegment], transient: inout [GrantMapping]) -> [UnsafeMutableRawBufferPointer]? {
+        // The usual case once a frontend's pages are known: every one persistently mapped.
+        var iov: [UnsafeMutableRawBufferPointer] = []
+        iov.reserveCapacity(segments.count)
+        for seg in segments {
+            guard let m = persistentMaps[seg.gref] else { break }
+            iov.append(UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount))
+        }
+        if iov.count == segments.count { return iov }
         guard let maps = mappings(segments.map(\.gref), readonly: false, transient: &transient) else { return nil }
         return zip(segments, maps).map { seg, m in UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount) }
     }

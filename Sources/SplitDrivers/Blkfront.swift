@@ -103,22 +103,39 @@ public struct BlkfrontSegmentPlan: Equatable, Sendable {
     public var byteCount: Int { sectorCount * Blkif.sectorSize }
 }
 
-/// One ring request's share of a transfer.
+/// One ring request's share of a transfer. Its segments follow from where it starts: disk
+/// sector S sits at sector S % 8 of its page, so the first segment starts there and every other
+/// one at 0, and every segment but the last ends at sector 7.
 public struct BlkfrontChunk: Equatable, Sendable {
     /// The first disk sector (512-byte units).
     public var sectorNumber: UInt64
     public var sectorCount: Int
     /// Where this chunk's bytes start in the caller's buffer.
     public var bufferOffset: Int
-    /// In disk order, one per page, page indexes 0, 1, 2 …
-    public var segments: [BlkfrontSegmentPlan]
 
-    public init(sectorNumber: UInt64, sectorCount: Int, bufferOffset: Int, segments: [BlkfrontSegmentPlan]) {
+    public init(sectorNumber: UInt64, sectorCount: Int, bufferOffset: Int) {
         self.sectorNumber = sectorNumber
         self.sectorCount = sectorCount
         self.bufferOffset = bufferOffset
-        self.segments = segments
     }
+
+    /// The sector offset of the first segment in its page.
+    private var lead: Int { Int(sectorNumber % UInt64(Blkif.sectorsPerPage)) }
+
+    /// Pages the chunk spans: one segment each.
+    public var segmentCount: Int { (lead + sectorCount + Blkif.sectorsPerPage - 1) / Blkif.sectorsPerPage }
+
+    /// Segment `i` (page `i` of the slot's data pages); computed, nothing allocated.
+    public func segment(_ i: Int) -> BlkfrontSegmentPlan {
+        let perPage = Blkif.sectorsPerPage
+        let first = i == 0 ? lead : 0
+        let before = i == 0 ? 0 : perPage * i - lead  // this chunk's sectors in the pages before
+        let last = min(perPage - 1, first + (sectorCount - before) - 1)
+        return BlkfrontSegmentPlan(page: i, firstSect: UInt8(first), lastSect: UInt8(last))
+    }
+
+    /// In disk order, one per page, page indexes 0, 1, 2 …
+    public var segments: [BlkfrontSegmentPlan] { (0..<segmentCount).map(segment) }
 
     /// The ring request for this chunk: `grefs[i]` is the grant of the slot's page `i`.
     public func request(operation: BlkifOp, id: UInt64, handle: UInt16, grefs: [GrantRef]) -> BlkifRequest {
@@ -132,37 +149,31 @@ public enum BlkfrontPlan {
     /// The most sectors one direct request carries (11 pages of 8).
     public static let maxSectorsPerRequest = Blkif.maxSegmentsPerRequest * Blkif.sectorsPerPage
 
-    /// The ring requests for `count` sectors from `sector`: disk sector S lies at sector offset
-    /// S % 8 of its page, so the first request of an unaligned transfer has a non-zero
-    /// `first_sect` and carries up to `8 * maxSegments - S % 8` sectors; the next ones start on a
-    /// page boundary. Every segment but the first starts at sector 0, every one but the last ends
-    /// at sector 7.
+    /// How many ring requests `count` sectors from `sector` take (see `chunk`).
+    public static func chunkCount(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> Int {
+        let per = maxSegments * Blkif.sectorsPerPage
+        let first = min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage)))
+        return 1 + (count - first + per - 1) / per
+    }
+
+    /// Ring request `k` of `count` sectors from `sector`: the first of an unaligned transfer
+    /// carries up to `8 * maxSegments - S % 8` sectors; the next ones start on a page boundary
+    /// and carry up to `8 * maxSegments`.
+    public static func chunk(_ k: Int, sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> BlkfrontChunk {
+        let per = maxSegments * Blkif.sectorsPerPage
+        let first = min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage)))
+        let done = k == 0 ? 0 : first + (k - 1) * per
+        return BlkfrontChunk(sectorNumber: sector + UInt64(done), sectorCount: min(count - done, k == 0 ? first : per),
+                             bufferOffset: done * Blkif.sectorSize)
+    }
+
+    /// Every ring request of a transfer (`chunk` for each of `chunkCount`).
     public static func chunks(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> [BlkfrontChunk] {
         precondition(count > 0, "a transfer of \(count) sectors")
         precondition((1...Blkif.maxIndirectSegments).contains(maxSegments), "maxSegments \(maxSegments)")
-        let perPage = Blkif.sectorsPerPage
-        var out: [BlkfrontChunk] = []
-        out.reserveCapacity(count / (maxSegments * perPage) + 2)
-        var s = sector, left = count, offset = 0
-        while left > 0 {
-            let lead = Int(s % UInt64(perPage))
-            let n = min(left, maxSegments * perPage - lead)
-            var segments: [BlkfrontSegmentPlan] = []
-            var position = lead, remaining = n, page = 0
-            while remaining > 0 {
-                let first = position % perPage
-                let take = min(perPage - first, remaining)
-                segments.append(BlkfrontSegmentPlan(page: page, firstSect: UInt8(first), lastSect: UInt8(first + take - 1)))
-                remaining -= take
-                position += take
-                page += 1
-            }
-            out.append(BlkfrontChunk(sectorNumber: s, sectorCount: n, bufferOffset: offset, segments: segments))
-            s += UInt64(n)
-            left -= n
-            offset += n * Blkif.sectorSize
+        return (0..<chunkCount(sector: sector, count: count, maxSegments: maxSegments)).map {
+            chunk($0, sector: sector, count: count, maxSegments: maxSegments)
         }
-        return out
     }
 }
 
@@ -348,7 +359,7 @@ public struct BlkfrontCompletion {
     public let sector: UInt64
     /// Sectors (512 bytes) of the request; 0 for a flush.
     public let count: Int
-    /// A read's bytes (`count * 512`); nil for other operations.
+    /// A read's bytes (`count * 512`); nil for other operations and for reads into a caller's buffer.
     public let result: Result<[UInt8]?, BlkfrontError>
 
     /// The error, if it failed.
@@ -448,13 +459,15 @@ public final class Blkfront {
         let count: Int
         let secure: Bool
         let isInternal: Bool
-        /// The write's bytes, or the read's destination.
+        /// The write's bytes, or the read's destination (unless `into`).
         var data: [UInt8]
+        /// A read's destination in the caller's memory (`submitRead(into:)`), else nil.
+        let into: UnsafeMutableRawPointer?
         var remaining: Int
         var error: BlkfrontError?
 
         init(serial: UInt64, tag: UInt64, op: BlkfrontOperation, sector: UInt64, count: Int, secure: Bool,
-             isInternal: Bool, data: [UInt8], remaining: Int) {
+             isInternal: Bool, data: [UInt8], into: UnsafeMutableRawPointer?, remaining: Int) {
             self.serial = serial
             self.tag = tag
             self.op = op
@@ -463,6 +476,7 @@ public final class Blkfront {
             self.secure = secure
             self.isInternal = isInternal
             self.data = data
+            self.into = into
             self.remaining = remaining
         }
     }
@@ -761,14 +775,20 @@ public final class Blkfront {
 
     @discardableResult
     private func enqueue(_ op: BlkfrontOperation, sector: UInt64, count: Int, tag: UInt64, secure: Bool = false,
-                         data: [UInt8], isInternal: Bool) -> UInt64 {
-        let chunks: [BlkfrontChunk?] = (op == .read || op == .write)
-            ? BlkfrontPlan.chunks(sector: sector, count: count, maxSegments: maxSegmentsPerRequest) : [nil]
+                         data: [UInt8], into: UnsafeMutableRawPointer? = nil, isInternal: Bool) -> UInt64 {
+        let transfer = op == .read || op == .write
+        let chunks = transfer ? BlkfrontPlan.chunkCount(sector: sector, count: count, maxSegments: maxSegmentsPerRequest) : 1
         let io = IO(serial: nextSerial, tag: tag, op: op, sector: sector, count: count, secure: secure, isInternal: isInternal,
-                    data: data, remaining: chunks.count)
+                    data: data, into: into, remaining: chunks)
         nextSerial += 1
         unfinished += 1
-        for c in chunks { queue.append(Work(io: io, chunk: c)) }
+        if transfer {
+            for k in 0..<chunks {
+                queue.append(Work(io: io, chunk: BlkfrontPlan.chunk(k, sector: sector, count: count, maxSegments: maxSegmentsPerRequest)))
+            }
+        } else {
+            queue.append(Work(io: io, chunk: nil))
+        }
         pump()
         return io.serial
     }
@@ -779,6 +799,19 @@ public final class Blkfront {
         try checkRange(.read, sector: sector, count: count)
         enqueue(.read, sector: sector, count: count, tag: tag, data: [UInt8](repeating: 0, count: count * Blkif.sectorSize),
                 isInternal: false)
+    }
+
+    /// Starts reading `count` 512-byte sectors from `sector` into `buffer` (at least `count * 512`
+    /// bytes), as a block layer reads into a bio's pages: nothing is allocated per read. The
+    /// buffer must stay valid, and unread by the caller, until the completion, whose result is
+    /// then `.success(nil)` (after a failure its contents are undefined).
+    public func submitRead(sector: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer, tag: UInt64) throws {
+        try checkUsable()
+        try checkRange(.read, sector: sector, count: count)
+        guard let base = buffer.baseAddress, buffer.count >= count * Blkif.sectorSize else {
+            throw BlkfrontError.badRequest(device: label, reason: "read of \(count) sectors into a buffer of \(buffer.count) bytes")
+        }
+        enqueue(.read, sector: sector, count: count, tag: tag, data: [], into: base, isInternal: false)
     }
 
     /// Starts writing `data` (a non-zero multiple of 512 bytes, copied now) from `sector`.
@@ -860,14 +893,14 @@ public final class Blkfront {
             case .flush: op = features.flushCache ? .flushDiskcache : .writeBarrier
             case .discard: op = .discard
             }
-            let indirect = (work.chunk?.segments.count ?? 0) > Blkif.maxSegmentsPerRequest
+            let indirect = (work.chunk?.segmentCount ?? 0) > Blkif.maxSegmentsPerRequest
             // Indirect requests are answered with their indirect_op: the shadow expects that.
             guard let (id, slot) = q.shadow.issue(op: op, payload: work) else { break }
             let request: BlkifRequest
             if let chunk = work.chunk {
                 do {
-                    try ensurePages(q, slot: slot, count: chunk.segments.count)
-                    if indirect { try ensureIndirectPages(q, slot: slot, count: BlkifRequest.Indirect.pageCount(segments: chunk.segments.count)) }
+                    try ensurePages(q, slot: slot, count: chunk.segmentCount)
+                    if indirect { try ensureIndirectPages(q, slot: slot, count: BlkifRequest.Indirect.pageCount(segments: chunk.segmentCount)) }
                 } catch {
                     q.shadow.cancel(slot: slot)
                     queueHead += 1
@@ -879,21 +912,34 @@ public final class Blkfront {
                 if op == .write {
                     work.io.data.withUnsafeBytes { src in
                         var offset = chunk.bufferOffset
-                        for s in chunk.segments {
+                        for i in 0..<chunk.segmentCount {
+                            let s = chunk.segment(i)
                             (pages[s.page].page.base + s.byteOffset).copyMemory(from: src.baseAddress! + offset, byteCount: s.byteCount)
                             offset += s.byteCount
                         }
                     }
                 }
                 if indirect {
-                    let segments = chunk.segments.map { BlkifSegment(gref: pages[$0.page].ref, firstSect: $0.firstSect, lastSect: $0.lastSect) }
+                    let segments = (0..<chunk.segmentCount).map { i in
+                        let s = chunk.segment(i)
+                        return BlkifSegment(gref: pages[s.page].ref, firstSect: s.firstSect, lastSect: s.lastSect)
+                    }
                     let ind = q.slotIndirect[slot]
                     let count = BlkifRequest.Indirect.pageCount(segments: segments.count)
                     BlkifRequest.Indirect.store(segments, to: ind.prefix(count).map(\.page.base))
                     request = .indirect(.init(indirectOp: op, nrSegments: UInt16(segments.count), handle: handle, id: id,
                                               sectorNumber: chunk.sectorNumber, indirectGrefs: ind.prefix(count).map(\.ref)))
                 } else {
-                    request = chunk.request(operation: op, id: id, handle: handle, grefs: pages.map(\.ref))
+                    // The common request: encoded straight into its slot.
+                    guard let slotPointer = q.ring.nextRequest() else { q.shadow.cancel(slot: slot); break }
+                    BlkifRequest.encodeReadWrite(to: slotPointer, operation: op, handle: handle, id: id, sectorNumber: chunk.sectorNumber,
+                                                 segmentCount: chunk.segmentCount) { i in
+                        let s = chunk.segment(i)
+                        return BlkifSegment(gref: pages[s.page].ref, firstSect: s.firstSect, lastSect: s.lastSect)
+                    }
+                    queueHead += 1
+                    q.placed += 1
+                    continue
                 }
             } else if op == .discard {
                 request = .discard(.init(secure: work.io.secure, handle: handle, id: id, sectorNumber: work.io.sector,
@@ -1030,12 +1076,18 @@ public final class Blkfront {
         if status == .okay {
             if let chunk = work.chunk, op == .read {
                 let pages = q.slotPages[slot]
-                io.data.withUnsafeMutableBytes { dst in
+                func copy(to dst: UnsafeMutableRawPointer) {
                     var offset = chunk.bufferOffset
-                    for s in chunk.segments {
-                        (dst.baseAddress! + offset).copyMemory(from: pages[s.page].page.base + s.byteOffset, byteCount: s.byteCount)
+                    for i in 0..<chunk.segmentCount {
+                        let s = chunk.segment(i)
+                        (dst + offset).copyMemory(from: pages[s.page].page.base + s.byteOffset, byteCount: s.byteCount)
                         offset += s.byteCount
                     }
+                }
+                if let into = io.into {
+                    copy(to: into)
+                } else {
+                    io.data.withUnsafeMutableBytes { copy(to: $0.baseAddress!) }
                 }
             }
         } else {
@@ -1062,7 +1114,7 @@ public final class Blkfront {
         if let e = io.error {
             result = .failure(e)
         } else {
-            result = .success(io.op == .read ? io.data : nil)
+            result = .success(io.op == .read && io.into == nil ? io.data : nil)
         }
         io.data = []
         if io.isInternal {

@@ -8,14 +8,14 @@ import Testing
 @Suite struct BlkfrontPlanTests {
     @Test func anAlignedPageIsOneFullSegment() {
         let c = BlkfrontPlan.chunks(sector: 16, count: 8)
-        #expect(c == [BlkfrontChunk(sectorNumber: 16, sectorCount: 8, bufferOffset: 0,
-                                    segments: [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 7)])])
+        #expect(c == [BlkfrontChunk(sectorNumber: 16, sectorCount: 8, bufferOffset: 0)])
+        #expect(c[0].segments == [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 7)])
     }
 
     @Test func aSectorInsideAPageKeepsItsOffset() {
         let c = BlkfrontPlan.chunks(sector: 11, count: 1)
-        #expect(c == [BlkfrontChunk(sectorNumber: 11, sectorCount: 1, bufferOffset: 0,
-                                    segments: [BlkfrontSegmentPlan(page: 0, firstSect: 3, lastSect: 3)])])
+        #expect(c == [BlkfrontChunk(sectorNumber: 11, sectorCount: 1, bufferOffset: 0)])
+        #expect(c[0].segments == [BlkfrontSegmentPlan(page: 0, firstSect: 3, lastSect: 3)])
     }
 
     @Test func eightyEightAlignedSectorsFillElevenSegments() {
@@ -30,8 +30,8 @@ import Testing
     @Test func eightyNineSectorsTakeTwoRequests() {
         let c = BlkfrontPlan.chunks(sector: 8, count: 89)
         #expect(c.count == 2)
-        #expect(c[1] == BlkfrontChunk(sectorNumber: 96, sectorCount: 1, bufferOffset: 88 * 512,
-                                      segments: [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 0)]))
+        #expect(c[1] == BlkfrontChunk(sectorNumber: 96, sectorCount: 1, bufferOffset: 88 * 512))
+        #expect(c[1].segments == [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 0)])
     }
 
     @Test func anUnalignedStartShortensTheFirstRequest() {
@@ -40,8 +40,8 @@ import Testing
         #expect(c[0].sectorNumber == 3 && c[0].sectorCount == 85)
         #expect(c[0].segments.first == BlkfrontSegmentPlan(page: 0, firstSect: 3, lastSect: 7))
         #expect(c[0].segments.count == 11)
-        #expect(c[1] == BlkfrontChunk(sectorNumber: 88, sectorCount: 3, bufferOffset: 85 * 512,
-                                      segments: [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 2)]))
+        #expect(c[1] == BlkfrontChunk(sectorNumber: 88, sectorCount: 3, bufferOffset: 85 * 512))
+        #expect(c[1].segments == [BlkfrontSegmentPlan(page: 0, firstSect: 0, lastSect: 2)])
     }
 
     @Test func fewerSegmentsPerRequestWhenAsked() {
@@ -95,6 +95,16 @@ import Testing
                 let grefs = (0..<11).map { GrantRef(100 + $0) }
                 let request = c.request(operation: .write, id: 42, handle: 0xca00, grefs: grefs)
                 let decoded = try BlkifRequest.decode(request.bytes, maxIndirectSegments: 0)
+                // The data path's encoder (no segment array) writes the same 112 bytes.
+                var direct = [UInt8](repeating: 0xff, count: BlkifRequest.Layout.size)
+                direct.withUnsafeMutableBytes { slot in
+                    BlkifRequest.encodeReadWrite(to: slot.baseAddress!, operation: .write, handle: 0xca00, id: 42,
+                                                 sectorNumber: c.sectorNumber, segmentCount: c.segmentCount) {
+                        let s = c.segment($0)
+                        return BlkifSegment(gref: grefs[s.page], firstSect: s.firstSect, lastSect: s.lastSect)
+                    }
+                }
+                #expect(direct == request.bytes)
                 #expect(decoded == request)
                 guard case let .readWrite(rw) = decoded else { Issue.record("not a read/write"); return }
                 #expect(rw.sectorCount == c.sectorCount && rw.sectorNumber == c.sectorNumber)
@@ -104,6 +114,12 @@ import Testing
             }
             #expect(expectSector == sector + UInt64(count))
             #expect(expectOffset == count * 512)
+            // With indirect segments too: the chunks tile the transfer, each within its limit.
+            let maxSegments = [1, 32, 256][Int(next() % 3)]
+            let wide = BlkfrontPlan.chunks(sector: sector, count: count, maxSegments: maxSegments)
+            #expect(wide.reduce(0) { $0 + $1.sectorCount } == count)
+            #expect(wide.allSatisfy { $0.segmentCount <= maxSegments && $0.segments.reduce(0) { $0 + $1.sectorCount } == $0.sectorCount })
+            #expect(zip(wide, wide.dropFirst()).allSatisfy { $0.sectorNumber + UInt64($0.sectorCount) == $1.sectorNumber && $1.sectorNumber % 8 == 0 })
         }
     }
 }

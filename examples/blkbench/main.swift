@@ -23,7 +23,8 @@
 // Random offsets are uniform over the span, aligned to bs; sequential ones advance by bs and
 // wrap at the end of the span. Latency is per IO, submit → completion, on the monotonic clock,
 // in a log-linear histogram (1/128 of a power of two: under 0.8% error, no allocation per IO).
-// Writes reuse one preallocated random buffer (blkfront copies it into its granted pages).
+// Writes reuse one preallocated random buffer (blkfront copies it into its granted pages); reads
+// land in a buffer per slot (as fio's per-IO buffers), nothing allocated per IO.
 //
 // Prints, then powers off:
 //   blkbench: xvda: <features>
@@ -168,6 +169,9 @@ writeBuffer.withUnsafeMutableBytes { b in
     for i in stride(from: 0, to: b.count & ~7, by: 8) { b.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self) }
 }
 
+// Each slot's read buffer, page aligned.
+let readBuffers = UnsafeMutableRawBufferPointer.allocate(byteCount: rw.isWrite ? 0 : bs * depth, alignment: 4096)
+
 // Tags are slots 0..<depth; each slot remembers when its IO was submitted.
 var submittedAt = [UInt64](repeating: 0, count: depth)
 var nextBlock: UInt64 = 0
@@ -190,7 +194,8 @@ var histogram = Histogram()
         if rw.isWrite {
             try front.submitWrite(sector: sector, data: writeBuffer, tag: UInt64(slot))
         } else {
-            try front.submitRead(sector: sector, count: sectorsPerIO, tag: UInt64(slot))
+            try front.submitRead(sector: sector, count: sectorsPerIO,
+                                 into: UnsafeMutableRawBufferPointer(rebasing: readBuffers[slot * bs..<(slot + 1) * bs]), tag: UInt64(slot))
         }
     } catch {
         fail("submitting \(rw.rawValue) of \(bs) bytes at sector \(sector): \(error)")

@@ -114,22 +114,25 @@ final class Checker {
     /// Checks a read of `count` sectors at `sector` against what the span should hold.
     func verify(_ data: [UInt8], sector: UInt64, count: Int, what: String) {
         guard data.count == count * 512 else { fail("\(name): \(what) returned \(data.count) bytes, expected \(count * 512)") }
+        data.withUnsafeBytes { verify($0, sector: sector, count: count, what: what) }
+    }
+
+    /// The same for bytes read into a buffer of ours (`submitRead(into:)`).
+    func verify(_ got: UnsafeRawBufferPointer, sector: UInt64, count: Int, what: String) {
         var expected = [UInt8](repeating: 0, count: 512)
-        data.withUnsafeBytes { got in
-            for i in 0..<count {
-                let s = sector + UInt64(i)
-                let v = versions[Int(s)]
-                if v == unknown { continue }
-                expected.withUnsafeMutableBytes { e in
-                    if v == zeroed { memset(e.baseAddress!, 0, 512) } else { fillPattern(e.baseAddress!, version: v, sector: s) }
-                }
-                let g = UnsafeRawBufferPointer(rebasing: got[(i * 512)..<((i + 1) * 512)])
-                if memcmp(g.baseAddress!, expected, 512) != 0 {
-                    let at = (0..<512).first { g[$0] != expected[$0] } ?? 0
-                    let source = v == zeroed ? "zeros (securely discarded)" : "write #\(v)"
-                    let e = expected.withUnsafeBytes { checksum($0) }
-                    fail("\(name): sector \(s) (\(what)): expected \(source) checksum \(hex(e)), got checksum \(hex(checksum(g))); first difference at byte \(at): \(g[at]) instead of \(expected[at])")
-                }
+        for i in 0..<count {
+            let s = sector + UInt64(i)
+            let v = versions[Int(s)]
+            if v == unknown { continue }
+            expected.withUnsafeMutableBytes { e in
+                if v == zeroed { memset(e.baseAddress!, 0, 512) } else { fillPattern(e.baseAddress!, version: v, sector: s) }
+            }
+            let g = UnsafeRawBufferPointer(rebasing: got[(i * 512)..<((i + 1) * 512)])
+            if memcmp(g.baseAddress!, expected, 512) != 0 {
+                let at = (0..<512).first { g[$0] != expected[$0] } ?? 0
+                let source = v == zeroed ? "zeros (securely discarded)" : "write #\(v)"
+                let e = expected.withUnsafeBytes { checksum($0) }
+                fail("\(name): sector \(s) (\(what)): expected \(source) checksum \(hex(e)), got checksum \(hex(checksum(g))); first difference at byte \(at): \(g[at]) instead of \(expected[at])")
             }
         }
     }
@@ -230,19 +233,28 @@ final class Checker {
                 bytes += UInt64(c.count * 512)
             }
         }
-        // The whole span, 1 MiB at a time, four in flight.
+        // The whole span, 1 MiB at a time, four in flight, each into a buffer of ours (the
+        // reads above come back as arrays: both of blkfront's read forms are checked).
         var sector: UInt64 = 0
         var pending: [UInt64: String] = [:]
+        let buffers = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        defer { buffers.deallocate() }
+        var freeBuffers = Array(0..<4)
+        var bufferOf: [UInt64: Int] = [:]
         while sector < span || !pending.isEmpty {
-            while sector < span && pending.count < 4 {
+            while sector < span, let b = freeBuffers.popLast() {
                 let unit = UInt64(front.sectorSize / 512)
                 let count = Int(min(2048, span - sector) / unit * unit)
-                if count == 0 { sector = span; break }
+                if count == 0 { sector = span; freeBuffers.append(b); break }
                 tag += 1
-                do { try front.submitRead(sector: sector, count: count, tag: tag) } catch {
+                // Stale bytes from the last use would pass for a read that never landed: poison them.
+                let buffer = UnsafeMutableRawBufferPointer(rebasing: buffers[(b << 20)..<((b + 1) << 20)])
+                memset(buffer.baseAddress!, 0xa5, buffer.count)
+                do { try front.submitRead(sector: sector, count: count, into: buffer, tag: tag) } catch {
                     fail("\(name): final read-back: submitting: \(error)")
                 }
                 pending[tag] = "final read-back of \(count) sectors at \(sector)"
+                bufferOf[tag] = b
                 sector += UInt64(count)
             }
             if pending.isEmpty { break }
@@ -252,8 +264,11 @@ final class Checker {
             }
             for c in batch {
                 guard let what = pending.removeValue(forKey: c.tag) else { fail("\(name): completion for unknown tag \(c.tag)") }
-                guard case let .success(data?) = c.result else { fail("\(name): \(what): \(c.error.map { "\($0)" } ?? "no data")") }
-                verify(data, sector: c.sector, count: c.count, what: what)
+                guard case .success(nil) = c.result, let b = bufferOf.removeValue(forKey: c.tag) else {
+                    fail("\(name): \(what): \(c.error.map { "\($0)" } ?? "returned an array for a read into a buffer")")
+                }
+                verify(UnsafeRawBufferPointer(rebasing: buffers[(b << 20)..<((b << 20) + c.count * 512)]), sector: c.sector, count: c.count, what: what)
+                freeBuffers.append(b)
                 reads += 1
                 bytes += UInt64(c.count * 512)
             }
