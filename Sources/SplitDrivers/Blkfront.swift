@@ -137,10 +137,16 @@ public struct BlkfrontChunk: Equatable, Sendable {
     /// In disk order, one per page, page indexes 0, 1, 2 …
     public var segments: [BlkfrontSegmentPlan] { (0..<segmentCount).map(segment) }
 
+    /// Segment `i` on the wire, `gref` being the grant of the slot's page `i`.
+    public func segment(_ i: Int, gref: GrantRef) -> BlkifSegment {
+        let s = segment(i)
+        return BlkifSegment(gref: gref, firstSect: s.firstSect, lastSect: s.lastSect)
+    }
+
     /// The ring request for this chunk: `grefs[i]` is the grant of the slot's page `i`.
     public func request(operation: BlkifOp, id: UInt64, handle: UInt16, grefs: [GrantRef]) -> BlkifRequest {
         .readWrite(.init(operation: operation, handle: handle, id: id, sectorNumber: sectorNumber,
-                         segments: segments.map { BlkifSegment(gref: grefs[$0.page], firstSect: $0.firstSect, lastSect: $0.lastSect) }))
+                         segments: (0..<segmentCount).map { segment($0, gref: grefs[$0]) }))
     }
 }
 
@@ -149,10 +155,16 @@ public enum BlkfrontPlan {
     /// The most sectors one direct request carries (11 pages of 8).
     public static let maxSectorsPerRequest = Blkif.maxSegmentsPerRequest * Blkif.sectorsPerPage
 
+    /// Sectors per full request, and the first request's share (shorter when `sector` is not
+    /// on a page boundary).
+    private static func split(sector: UInt64, count: Int, maxSegments: Int) -> (per: Int, first: Int) {
+        let per = maxSegments * Blkif.sectorsPerPage
+        return (per, min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage))))
+    }
+
     /// How many ring requests `count` sectors from `sector` take (see `chunk`).
     public static func chunkCount(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> Int {
-        let per = maxSegments * Blkif.sectorsPerPage
-        let first = min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage)))
+        let (per, first) = split(sector: sector, count: count, maxSegments: maxSegments)
         return 1 + (count - first + per - 1) / per
     }
 
@@ -160,8 +172,7 @@ public enum BlkfrontPlan {
     /// carries up to `8 * maxSegments - S % 8` sectors; the next ones start on a page boundary
     /// and carry up to `8 * maxSegments`.
     public static func chunk(_ k: Int, sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> BlkfrontChunk {
-        let per = maxSegments * Blkif.sectorsPerPage
-        let first = min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage)))
+        let (per, first) = split(sector: sector, count: count, maxSegments: maxSegments)
         let done = k == 0 ? 0 : first + (k - 1) * per
         return BlkfrontChunk(sectorNumber: sector + UInt64(done), sectorCount: min(count - done, k == 0 ? first : per),
                              bufferOffset: done * Blkif.sectorSize)
@@ -920,10 +931,7 @@ public final class Blkfront {
                     }
                 }
                 if indirect {
-                    let segments = (0..<chunk.segmentCount).map { i in
-                        let s = chunk.segment(i)
-                        return BlkifSegment(gref: pages[s.page].ref, firstSect: s.firstSect, lastSect: s.lastSect)
-                    }
+                    let segments = (0..<chunk.segmentCount).map { chunk.segment($0, gref: pages[$0].ref) }
                     let ind = q.slotIndirect[slot]
                     let count = BlkifRequest.Indirect.pageCount(segments: segments.count)
                     BlkifRequest.Indirect.store(segments, to: ind.prefix(count).map(\.page.base))
@@ -933,10 +941,7 @@ public final class Blkfront {
                     // The common request: encoded straight into its slot.
                     guard let slotPointer = q.ring.nextRequest() else { q.shadow.cancel(slot: slot); break }
                     BlkifRequest.encodeReadWrite(to: slotPointer, operation: op, handle: handle, id: id, sectorNumber: chunk.sectorNumber,
-                                                 segmentCount: chunk.segmentCount) { i in
-                        let s = chunk.segment(i)
-                        return BlkifSegment(gref: pages[s.page].ref, firstSect: s.firstSect, lastSect: s.lastSect)
-                    }
+                                                 segmentCount: chunk.segmentCount) { chunk.segment($0, gref: pages[$0].ref) }
                     queueHead += 1
                     q.placed += 1
                     continue
