@@ -410,6 +410,30 @@ int pv_uring_prep_futex_wait(void *ring, uint32_t *word, uint32_t expected, uint
     return 0;
 }
 
+int pv_uring_register_buffer_table(void *ring, unsigned int nr) {
+    int rc = io_uring_register_buffers_sparse(ring, nr);
+    return rc < 0 ? rc : 0;
+}
+
+int pv_uring_update_buffer(void *ring, unsigned int index, void *base, size_t len) {
+    struct iovec iov = { .iov_base = base, .iov_len = len };
+    __u64 tag = 0;
+    int rc = io_uring_register_buffers_update_tag(ring, index, &iov, &tag, 1);
+    return rc < 0 ? rc : 0;
+}
+
+// liburing 2.3 predates IORING_OP_READV_FIXED: the SQE is a plain read/write one with buf_index.
+int pv_uring_prep_rw_fixed(void *ring, int opcode, int fd, const void *addr, unsigned int len, uint64_t offset,
+                           unsigned int buf_index, uint64_t user_data, unsigned int sqe_flags) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_rw(opcode, sqe, fd, addr, len, offset);
+    sqe->buf_index = (__u16)buf_index;
+    io_uring_sqe_set_data64(sqe, user_data);
+    io_uring_sqe_set_flags(sqe, sqe_flags);
+    return 0;
+}
+
 int pv_uring_prep_poll(void *ring, int fd, unsigned int events, uint64_t user_data) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) return -EBUSY;

@@ -25,6 +25,7 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let noMemory = Errno(rawValue: ENOMEM)
     public static let exists = Errno(rawValue: EEXIST)
     public static let badFileDescriptor = Errno(rawValue: EBADF)
+    public static let badAddress = Errno(rawValue: EFAULT)
 
     public var description: String {
         let msg = String(cString: strerror(rawValue))

@@ -107,6 +107,41 @@ extension IOUring {
         }
     }
 
+    /// Queues a read (`write` false) or write of `count` iovecs at `offset` that all lie inside
+    /// registered buffer `bufferIndex` (`updateBuffer`): IORING_OP_READ_FIXED / WRITE_FIXED for
+    /// one iovec, READV_FIXED / WRITEV_FIXED for more (check `supportsVectoredFixed` first). The
+    /// kernel does not pin the pages again: registration did. Same lifetime rules as `readv`.
+    public func transferFixed(_ target: Target, write: Bool, iovecs: UnsafePointer<iovec>, count: Int, offset: UInt64,
+                              bufferIndex: Int, userData: UInt64) throws {
+        try negErrno("io_uring_prep_\(write ? "write" : "read")\(count == 1 ? "" : "v")_fixed", "\(target), buffer \(bufferIndex)") {
+            count == 1
+                ? pv_uring_prep_rw_fixed(ring, write ? PV_IORING_OP_WRITE_FIXED : PV_IORING_OP_READ_FIXED, target.fd,
+                                         iovecs.pointee.iov_base, UInt32(iovecs.pointee.iov_len), offset, UInt32(bufferIndex),
+                                         userData, target.sqeFlags)
+                : pv_uring_prep_rw_fixed(ring, write ? PV_IORING_OP_WRITEV_FIXED : PV_IORING_OP_READV_FIXED, target.fd,
+                                         iovecs, UInt32(count), offset, UInt32(bufferIndex), userData, target.sqeFlags)
+        }
+    }
+
+    /// Whether the kernel implements IORING_OP_READV_FIXED and WRITEV_FIXED (Linux 6.15).
+    public var supportsVectoredFixed: Bool {
+        pv_uring_supports(ring, PV_IORING_OP_READV_FIXED) == 1 && pv_uring_supports(ring, PV_IORING_OP_WRITEV_FIXED) == 1
+    }
+
+    /// Registers a table of `count` empty buffer slots (IORING_REGISTER_BUFFERS2, sparse).
+    public func registerBufferTable(count: Int) throws {
+        try negErrno("IORING_REGISTER_BUFFERS2", "\(count) sparse buffers") { pv_uring_register_buffer_table(ring, UInt32(count)) }
+    }
+
+    /// Points registered buffer `index` at `buffer` (IORING_REGISTER_BUFFERS_UPDATE): the kernel
+    /// pins its pages now, and keeps them pinned until the slot changes or the ring closes.
+    /// Requests already submitted keep the buffer they were given. Nil empties the slot.
+    public func updateBuffer(_ index: Int, _ buffer: UnsafeMutableRawBufferPointer?) throws {
+        try negErrno("IORING_REGISTER_BUFFERS_UPDATE", "buffer \(index), \(buffer?.count ?? 0) bytes") {
+            pv_uring_update_buffer(ring, UInt32(index), buffer?.baseAddress, buffer?.count ?? 0)
+        }
+    }
+
     /// Queues IORING_OP_FSYNC; `dataOnly` is fdatasync (IORING_FSYNC_DATASYNC).
     /// Unordered with respect to other queued operations: it covers writes already completed.
     public func fsync(_ target: Target, dataOnly: Bool = true, userData: UInt64) throws {

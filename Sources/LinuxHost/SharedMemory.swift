@@ -109,3 +109,48 @@ public enum ContiguousAlias {
         munmap(region, pages * pageSize)
     }
 }
+
+/// A reserved stretch of address space that shared pages mapped elsewhere are aliased into, one
+/// after the other (`append`): pages scattered over many mappings become one contiguous range,
+/// which io_uring can register as a single buffer. Releasing it unmaps the aliases only.
+public final class AliasRegion {
+    public let base: UnsafeMutableRawPointer
+    public let capacity: Int
+    public let pageSize: Int
+    /// Pages aliased so far: they fill [base, base + count * pageSize).
+    public private(set) var count = 0
+    private var released = false
+
+    /// Reserves `capacity` pages of address space (PROT_NONE: nothing is allocated).
+    public init(capacity: Int, pageSize: Int = 4096) throws {
+        precondition(capacity > 0)
+        guard let p = mmap(nil, capacity * pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
+            throw SystemError("mmap", "\(capacity * pageSize) bytes reserved for \(capacity) aliased pages", errno: .current)
+        }
+        base = p
+        self.capacity = capacity
+        self.pageSize = pageSize
+    }
+
+    /// Aliases the shared page at `page` at the next free place; returns its index, or nil when
+    /// the region is full or released (or the kernel refuses: the page is then not aliased).
+    public func append(_ page: UnsafeMutableRawPointer) -> Int? {
+        guard !released, count < capacity else { return nil }
+        let to = base + count * pageSize
+        guard let r = pv_mremap_alias(page, pageSize, to), r != MAP_FAILED, r == to else { return nil }
+        count += 1
+        return count - 1
+    }
+
+    /// Where page `index` is aliased.
+    public func address(_ index: Int) -> UnsafeMutableRawPointer { base + index * pageSize }
+
+    /// Unmaps every alias (the original mappings stay). Idempotent.
+    public func release() {
+        guard !released else { return }
+        released = true
+        munmap(base, capacity * pageSize)
+    }
+
+    deinit { release() }
+}

@@ -373,7 +373,22 @@ final class BlkbackQueue {
     /// Persistent grants: gref → mapping, kept until disconnect. Linux keeps 1056 per ring;
     /// mapping costs a hypercall here and a mapped page costs nothing but address space, so the
     /// limit is higher (a queue of 1 MiB requests keeps all its pages mapped).
-    private var persistentMaps: [GrantRef: GrantMapping] = [:]
+    private var persistentMaps: [GrantRef: PersistentPage] = [:]
+    /// A persistent data page: its mapping, and where transfers address it (its alias in
+    /// `fixedRegion`, index `alias`, when it has one; else the mapping, alias -1).
+    private struct PersistentPage {
+        let mapping: GrantMapping
+        let io: UnsafeMutableRawPointer
+        let alias: Int
+    }
+    /// Owned io_uring queues: the persistent data pages again, back to back, registered with the
+    /// ring as one buffer (`fixedPages` of them so far), so transfers into them skip the kernel's
+    /// pinning of every page of every transfer (`fixed-buffers=0` turns it off).
+    private var fixedRegion: AliasRegion?
+    private var fixedPages = 0
+    /// `fixedRegion.count` at the queue thread's previous look.
+    private var fixedSeen = 0
+    private var fixedFailed = false
     /// Indirect pages, mapped read-only (the frontend grants them so).
     private var persistentIndirect: [GrantRef: GrantMapping] = [:]
     static let maxPersistentGrants = 8192
@@ -392,7 +407,8 @@ final class BlkbackQueue {
     /// The queue's thread owns an io_uring and sleeps in it, on completions and on the domain's
     /// doorbell (IORING_OP_FUTEX_WAIT): it takes its requests itself, no dispatcher in between.
     private(set) var owned = false
-    /// Requests handed to the disk per io_uring_enter (`submit-chunk=N`, owned queues; default 4).
+    /// Requests handed to the disk per io_uring_enter (`submit-chunk=N`, owned queues; default 4),
+    /// runs of requests that continue one another on the disk excepted (`SubmitChunker`).
     private var submitChunk = Int.max
     var engineName: String { engine?.name ?? "?" }
     private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
@@ -430,6 +446,9 @@ final class BlkbackQueue {
                 uring.submitChunk = submitChunk
                 engine = uring
                 owned = true
+                if device.persistent && env["fixed-buffers"] != "0" {
+                    fixedRegion = try? AliasRegion(capacity: Self.maxPersistentGrants)
+                }
                 log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
             } else {
                 uring.close()
@@ -466,6 +485,7 @@ final class BlkbackQueue {
         let pollNs = device.owner.pollNs
         while !stopped {
             serviceRing()
+            refreshFixedBuffer(uring)
             reapAndRespond()
             if locked({ barrier != nil }) {
                 runBarrier()
@@ -498,6 +518,27 @@ final class BlkbackQueue {
             uring.close()
             for (_, f) in inFlight where !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
             inFlight.removeAll()
+        }
+    }
+
+    /// The queue thread (which alone may register with its ring): registers the aliased persistent
+    /// pages as buffer 0 when there are more of them than it covers: at once while they keep
+    /// doubling, else once the frontend's pool has stopped growing (no new page since the last
+    /// look). Each registration pins the whole range again, so the pool is pinned about twice in
+    /// all. A refusal (RLIMIT_MEMLOCK, say) is logged once; transfers then go without.
+    private func refreshFixedBuffer(_ uring: IOUringBlockIOEngine) {
+        locked {
+            guard !closed, !fixedFailed, let region = fixedRegion else { return }
+            let n = region.count
+            defer { fixedSeen = n }
+            guard n > fixedPages, n >= 2 * fixedPages || n == fixedSeen else { return }
+            do {
+                try uring.setFixedBuffer(0, UnsafeMutableRawBufferPointer(start: region.base, count: n * region.pageSize))
+                fixedPages = n
+            } catch {
+                fixedFailed = true
+                device.owner.log("blkback: \(label): persistent pages not registered with io_uring (\(error)); transfers pin them each time")
+            }
         }
     }
 
@@ -552,14 +593,16 @@ final class BlkbackQueue {
         guard !closed, barrier == nil, !stopped, let ring, let engine else { return }
         var batch: [BlockIORequest] = []
         var responses: [BlkifResponse] = []
+        var chunker = SubmitChunker(limit: submitChunk)
         do {
             intake: repeat {
                 while let slot = try ring.takeRequest() {
+                    let before = batch.count
                     if let b = handle(slot, into: &batch, responses: &responses) {
                         barrier = b
                         break intake
                     }
-                    if batch.count >= submitChunk {
+                    if batch.count > before, let r = batch.last, chunker.cutAfter(r.op, offset: r.offset, length: r.length) {
                         // The first requests of a burst reach the disk before the rest is decoded.
                         try engine.submit(batch)
                         batch.removeAll(keepingCapacity: true)
@@ -654,8 +697,10 @@ final class BlkbackQueue {
         if !step({ .flush(tag: $0) }) { status = .error }
         if status == .okay && !rw.segments.isEmpty {
             var transient: [GrantMapping] = []
-            if let iov = locked({ buffers(rw.segments, transient: &transient) }) {
-                if !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0) }, transient: transient) { status = .error }
+            if let (iov, fixed) = locked({ buffers(rw.segments, transient: &transient) }) {
+                if !step({ .write(offset: rw.sectorNumber * 512, from: iov, tag: $0, fixedBuffer: fixed ? 0 : nil) }, transient: transient) {
+                    status = .error
+                }
             } else {
                 device.owner.log("blkback: \(label): request \(rw.id) (BLKIF_OP_WRITE_BARRIER): \(mapFailure) is not granted to this backend")
                 status = .error
@@ -755,29 +800,33 @@ final class BlkbackQueue {
             return nil
         }
         var transient: [GrantMapping] = []
-        guard let iov = buffers(segments, transient: &transient) else {
+        guard let (iov, fixed) = buffers(segments, transient: &transient) else {
             fail(.error, "\(mapFailure) is not granted to this backend", op: wireOp)
             return nil
         }
         inFlight[tag] = (req.id, wireOp, transient)
         let offset = sectorNumber * 512
-        batch.append(writing ? .write(offset: offset, from: iov, tag: tag) : .read(offset: offset, into: iov, tag: tag))
+        let registered = fixed ? 0 : nil
+        batch.append(writing ? .write(offset: offset, from: iov, tag: tag, fixedBuffer: registered)
+                             : .read(offset: offset, into: iov, tag: tag, fixedBuffer: registered))
         return nil
     }
 
-    /// The segments' bytes in the frontend's pages, or nil (nothing left mapped) when a gref
-    /// cannot be mapped.
-    private func buffers(_ segments: [BlkifSegment], transient: inout [GrantMapping]) -> [UnsafeMutableRawBufferPointer]? {
+    /// The segments' bytes in the frontend's pages, and whether they all lie in the registered
+    /// buffer; nil (nothing left mapped) when a gref cannot be mapped.
+    private func buffers(_ segments: [BlkifSegment], transient: inout [GrantMapping]) -> (iov: [UnsafeMutableRawBufferPointer], fixed: Bool)? {
         // The usual case once a frontend's pages are known: every one persistently mapped.
         var iov: [UnsafeMutableRawBufferPointer] = []
         iov.reserveCapacity(segments.count)
+        var fixed = fixedPages > 0
         for seg in segments {
-            guard let m = persistentMaps[seg.gref] else { break }
-            iov.append(UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount))
+            guard let p = persistentMaps[seg.gref] else { break }
+            if p.alias < 0 || p.alias >= fixedPages { fixed = false }
+            iov.append(UnsafeMutableRawBufferPointer(start: p.io + seg.byteOffset, count: seg.byteCount))
         }
-        if iov.count == segments.count { return iov }
+        if iov.count == segments.count { return (iov, fixed) }
         guard let maps = mappings(segments.map(\.gref), readonly: false, transient: &transient) else { return nil }
-        return zip(segments, maps).map { seg, m in UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount) }
+        return (zip(segments, maps).map { seg, m in UnsafeMutableRawBufferPointer(start: m.base + seg.byteOffset, count: seg.byteCount) }, false)
     }
 
     /// The frontend's pages for `grefs`: persistent mappings when negotiated (and room is left),
@@ -787,7 +836,7 @@ final class BlkbackQueue {
         /// This request's transient mappings (the persistent ones are looked up below).
         var known: [GrantRef: GrantMapping] = [:]
         var missing: [GrantRef] = []
-        for g in grefs where (readonly ? persistentIndirect[g] : persistentMaps[g]) == nil && !missing.contains(g) { missing.append(g) }
+        for g in grefs where (readonly ? persistentIndirect[g] : persistentMaps[g]?.mapping) == nil && !missing.contains(g) { missing.append(g) }
         let firstTransient = transient.count
         for start in stride(from: 0, to: missing.count, by: 16) {
             let chunk = missing[start..<min(missing.count, start + 16)]
@@ -800,7 +849,13 @@ final class BlkbackQueue {
                     continue
                 }
                 if device.persistent && persistentMaps.count + persistentIndirect.count < Self.maxPersistentGrants {
-                    if readonly { persistentIndirect[g] = m } else { persistentMaps[g] = m }
+                    if readonly {
+                        persistentIndirect[g] = m
+                    } else if let region = fixedRegion, let a = region.append(m.base) {
+                        persistentMaps[g] = PersistentPage(mapping: m, io: region.address(a), alias: a)
+                    } else {
+                        persistentMaps[g] = PersistentPage(mapping: m, io: m.base, alias: -1)
+                    }
                 } else {
                     transient.append(m)
                     known[g] = m
@@ -816,7 +871,7 @@ final class BlkbackQueue {
         var out: [GrantMapping] = []
         out.reserveCapacity(grefs.count)
         for g in grefs {
-            guard let m = (readonly ? persistentIndirect[g] : persistentMaps[g]) ?? known[g] else { return nil }
+            guard let m = (readonly ? persistentIndirect[g] : persistentMaps[g]?.mapping) ?? known[g] else { return nil }
             out.append(m)
         }
         return out
@@ -846,7 +901,10 @@ final class BlkbackQueue {
             inFlight.removeAll()
         }
         engine = nil
-        let persistent = Array(persistentMaps.values) + Array(persistentIndirect.values)
+        // The aliases first: unmapping a grant that is still mapped somewhere is refused.
+        fixedRegion?.release()
+        fixedRegion = nil
+        let persistent = persistentMaps.values.map(\.mapping) + Array(persistentIndirect.values)
         if !persistent.isEmpty { _ = domain.grantTable.unmap(persistent) }
         persistentMaps.removeAll()
         persistentIndirect.removeAll()

@@ -38,21 +38,27 @@ public struct BlockIORequest {
     public var length: UInt64
     /// The caller's tag, returned in the completion.
     public var tag: UInt64
+    /// read/write: every buffer lies inside this registered buffer of the engine
+    /// (`IOUringBlockIOEngine.setFixedBuffer`), so the kernel need not pin the pages per
+    /// transfer. A hint: engines without registered buffers ignore it.
+    public var fixedBuffer: Int?
 
-    public init(op: BlockIOOp, offset: UInt64, iov: [UnsafeMutableRawBufferPointer] = [], length: UInt64 = 0, tag: UInt64) {
+    public init(op: BlockIOOp, offset: UInt64, iov: [UnsafeMutableRawBufferPointer] = [], length: UInt64 = 0, tag: UInt64,
+                fixedBuffer: Int? = nil) {
         self.op = op
         self.offset = offset
         self.iov = iov
         self.length = length
         self.tag = tag
+        self.fixedBuffer = fixedBuffer
     }
 
-    public static func read(offset: UInt64, into iov: [UnsafeMutableRawBufferPointer], tag: UInt64) -> BlockIORequest {
-        BlockIORequest(op: .read, offset: offset, iov: iov, length: UInt64(iov.reduce(0) { $0 + $1.count }), tag: tag)
+    public static func read(offset: UInt64, into iov: [UnsafeMutableRawBufferPointer], tag: UInt64, fixedBuffer: Int? = nil) -> BlockIORequest {
+        BlockIORequest(op: .read, offset: offset, iov: iov, length: UInt64(iov.reduce(0) { $0 + $1.count }), tag: tag, fixedBuffer: fixedBuffer)
     }
 
-    public static func write(offset: UInt64, from iov: [UnsafeMutableRawBufferPointer], tag: UInt64) -> BlockIORequest {
-        BlockIORequest(op: .write, offset: offset, iov: iov, length: UInt64(iov.reduce(0) { $0 + $1.count }), tag: tag)
+    public static func write(offset: UInt64, from iov: [UnsafeMutableRawBufferPointer], tag: UInt64, fixedBuffer: Int? = nil) -> BlockIORequest {
+        BlockIORequest(op: .write, offset: offset, iov: iov, length: UInt64(iov.reduce(0) { $0 + $1.count }), tag: tag, fixedBuffer: fixedBuffer)
     }
 
     public static func flush(tag: UInt64) -> BlockIORequest { BlockIORequest(op: .flush, offset: 0, tag: tag) }
@@ -150,6 +156,36 @@ public enum BlockIO {
 // MARK: - Shared request state
 
 /// One accepted request: an owned copy of its iovecs, advanced in place over short transfers.
+/// Where a burst of requests is cut into io_uring_enter calls: after every `limit` requests, so
+/// the first of a burst reach the disk while the rest is still being decoded, but not inside a
+/// run of reads or writes that carry on from one another on the disk (same direction, next byte)
+/// until the run reaches `mergeBytes`. Such a run goes in with one call, so the block layer's
+/// plug merges it into large disk requests, as Linux's blkback gets from plugging its bios.
+struct SubmitChunker {
+    let limit: Int
+    var mergeBytes: UInt64 = 1 << 20
+    private var count = 0
+    private var runOp: BlockIOOp?
+    private var runEnd: UInt64 = 0
+    private var runBytes: UInt64 = 0
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    /// Counts one request in; true when what has been counted since the last cut should be
+    /// submitted now.
+    mutating func cutAfter(_ op: BlockIOOp, offset: UInt64, length: UInt64) -> Bool {
+        let continues = (op == .read || op == .write) && op == runOp && offset == runEnd
+        runBytes = continues ? runBytes + length : length
+        runOp = op == .read || op == .write ? op : nil
+        runEnd = offset &+ length
+        count += 1
+        guard count >= limit, !(continues && runBytes < mergeBytes) else { return false }
+        count = 0
+        runBytes = 0
+        return true
+    }
+}
+
 struct BlockTransfer {
     var tag: UInt64
     var op: BlockIOOp
@@ -163,6 +199,8 @@ struct BlockTransfer {
     /// read/write: bytes; discard: length; flush: 0.
     var total: Int
     var retries = 0
+    /// The request's `fixedBuffer`.
+    var fixedBuffer: Int?
 
     enum Accepted {
         case transfer(BlockTransfer)
@@ -191,7 +229,8 @@ struct BlockTransfer {
             }
             let v = UnsafeMutablePointer<iovec>.allocate(capacity: r.iov.count)
             for (i, b) in r.iov.enumerated() { v[i] = iovec(iov_base: b.baseAddress, iov_len: b.count) }
-            return .transfer(BlockTransfer(tag: r.tag, op: r.op, offset: r.offset, iov: v, iovCount: r.iov.count, total: total))
+            return .transfer(BlockTransfer(tag: r.tag, op: r.op, offset: r.offset, iov: v, iovCount: r.iov.count, total: total,
+                                           fixedBuffer: r.fixedBuffer))
         }
     }
 
@@ -313,6 +352,27 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     /// Owned mode: the calling thread becomes the ring's only submitter.
     func adopt() throws { try ring?.enable() }
 
+    /// Owned mode, the owner's thread: points registered buffer `index` (below `fixedBufferSlots`)
+    /// at `buffer`, pinning its pages once for every transfer that names it
+    /// (`BlockIORequest.fixedBuffer`). The first call registers the table.
+    func setFixedBuffer(_ index: Int, _ buffer: UnsafeMutableRawBufferPointer) throws {
+        guard owned, let ring, !closed else { throw SystemError("block I/O registered buffer", "not an owned, open engine", errno: .invalidArgument) }
+        if !fixedBuffers {
+            try ring.registerBufferTable(count: Self.fixedBufferSlots)
+            fixedBuffers = true
+            vectoredFixed = ring.supportsVectoredFixed
+        }
+        try ring.updateBuffer(index, buffer)
+    }
+    static let fixedBufferSlots = 1
+    /// A registered buffer table exists (`setFixedBuffer`).
+    private(set) var fixedBuffers = false
+    /// The kernel has READV_FIXED / WRITEV_FIXED (Linux 6.15): transfers of several iovecs can use
+    /// a registered buffer too, not only single-buffer ones.
+    private(set) var vectoredFixed = false
+    /// Transfers handed to the kernel on a registered buffer (READ_FIXED and kin).
+    private(set) var fixedTransfers = 0
+
     /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7).
     var supportsFutexWait: Bool { ring?.supportsFutexWait ?? false }
 
@@ -368,14 +428,14 @@ final class IOUringBlockIOEngine: BlockIOEngine {
             let s = toQueue.removeLast()
             if !queue(ring, slot: s) { break }
         }
-        var queued = 0
+        var chunker = SubmitChunker(limit: submitChunk)
         while pendingCount > 0, let s = freeSlots.last, ring.submissionSpace > 0 {
             freeSlots.removeLast()
-            slots[s] = pending[pendingHead]
+            let t = pending[pendingHead]
+            slots[s] = t
             pendingHead += 1
             if !queue(ring, slot: s) { break }
-            queued += 1
-            if queued % submitChunk == 0 && pendingCount > 0 { _ = try? ring.submit() }
+            if chunker.cutAfter(t.op, offset: t.offset, length: UInt64(t.total)) && pendingCount > 0 { _ = try? ring.submit() }
         }
         if pendingHead == pending.count {
             pending.removeAll(keepingCapacity: true)
@@ -399,13 +459,18 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         guard let t = slots[s] else { return true }
         do {
             let tag = UInt64(s)
+            let count = Swift.min(t.remainingIovecs, BlockIO.maxSegments)
+            if t.op == .read || t.op == .write, let b = t.fixedBuffer, fixedBuffers, count == 1 || vectoredFixed {
+                try ring.transferFixed(target, write: t.op == .write, iovecs: t.iov! + t.first, count: count, offset: t.offset,
+                                       bufferIndex: b, userData: tag)
+                fixedTransfers += 1
+                return true
+            }
             switch t.op {
             case .read:
-                try ring.readv(target, iovecs: t.iov! + t.first, count: Swift.min(t.remainingIovecs, BlockIO.maxSegments),
-                               offset: t.offset, userData: tag)
+                try ring.readv(target, iovecs: t.iov! + t.first, count: count, offset: t.offset, userData: tag)
             case .write:
-                try ring.writev(target, iovecs: t.iov! + t.first, count: Swift.min(t.remainingIovecs, BlockIO.maxSegments),
-                                offset: t.offset, userData: tag)
+                try ring.writev(target, iovecs: t.iov! + t.first, count: count, offset: t.offset, userData: tag)
             case .flush:
                 try ring.fsync(target, dataOnly: true, userData: tag)
             case .discard:
@@ -440,6 +505,9 @@ final class IOUringBlockIOEngine: BlockIOEngine {
                 let e = Errno(rawValue: -res)
                 if (e == .interrupted || e == .wouldBlock) && t.retries < 100 {
                     t.retries += 1
+                } else if e == .badAddress && t.fixedBuffer != nil {
+                    // The kernel did not find the buffers in the registered one: again, pinned as usual.
+                    t.fixedBuffer = nil
                 } else {
                     outcome = .failure(e)
                 }

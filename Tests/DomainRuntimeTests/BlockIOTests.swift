@@ -204,6 +204,12 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
     @Test(.enabled(if: futexWaitAllowed, "no IORING_OP_FUTEX_WAIT here: blkback keeps its event dispatcher"))
     func ownedRingRandomWritesReadBack() throws { try randomWritesReadBack("owned") }
 
+    /// blkback's persistent pages registered with the ring: transfers name the registered buffer
+    /// (READ_FIXED for one page, READV_FIXED for several where the kernel has it), the data is
+    /// the same, and one whose buffers lie outside the registered one still completes.
+    @Test(.enabled(if: futexWaitAllowed, "no IORING_OP_FUTEX_WAIT here: blkback keeps its event dispatcher"))
+    func registeredBuffersRandomWritesReadBack() throws { try randomWritesReadBack("owned-fixed") }
+
     /// blkback's owned queue sleeps in one io_uring_enter on its I/O, the domain's doorbell (a
     /// shared futex word another process increments and wakes) and its kick eventfd.
     @Test(.enabled(if: futexWaitAllowed, "no IORING_OP_FUTEX_WAIT here: blkback keeps its event dispatcher"))
@@ -281,15 +287,22 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
         let diskSize = 8 << 20
         let disk = try TempDisk(size: diskSize, fill: 0xa5)
         defer { disk.remove() }
-        let engine = makeEngine(kind, disk: disk.fd)
+        let fixed = kind == "owned-fixed"
+        let engine = makeEngine(fixed ? "owned" : kind, disk: disk.fd)
         defer { engine.close() }
         let slotsInFlight = 48, segsMax = 11
         let pages = try PagePool(pages: slotsInFlight * segsMax)
+        if fixed {
+            // The last slot's pages stay outside the registered buffer.
+            let uring = try #require(engine as? IOUringBlockIOEngine)
+            try uring.setFixedBuffer(0, UnsafeMutableRawBufferPointer(start: pages.mapping.base, count: (slotsInFlight - 1) * segsMax * pageSize))
+        }
         var model = [UInt8](repeating: 0xa5, count: diskSize)
         var rng = Rng(kind == "threads" ? 0x5eed : 0xfeed)
 
         struct Flight { var offset: Int; var length: Int; var iov: [UnsafeMutableRawBufferPointer]; var write: Bool }
         var inFlight: [Int: Flight] = [:]  // slot → request (tag == slot)
+        var expectedFixed = 0  // requests inside the registered buffer that the kernel can take as fixed
         var freeSlots = Array(0..<slotsInFlight)
 
         func makeRequest(slot: Int, write: Bool) -> (BlockIORequest, Flight) {
@@ -317,9 +330,11 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
                     at += seg.count
                 }
             }
+            let registered = fixed ? 0 : nil
+            if fixed && slot < slotsInFlight - 1 && (iov.count == 1 || (engine as! IOUringBlockIOEngine).vectoredFixed) { expectedFixed += 1 }
             let r: BlockIORequest = write
-                ? .write(offset: UInt64(offset), from: iov, tag: UInt64(slot))
-                : .read(offset: UInt64(offset), into: iov, tag: UInt64(slot))
+                ? .write(offset: UInt64(offset), from: iov, tag: UInt64(slot), fixedBuffer: registered)
+                : .read(offset: UInt64(offset), into: iov, tag: UInt64(slot), fixedBuffer: registered)
             #expect(r.length == UInt64(length))
             return (r, Flight(offset: offset, length: length, iov: iov, write: write))
         }
@@ -337,7 +352,7 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
                 }
                 if !batch.isEmpty { try engine.submit(batch) }
                 let got: [BlockIOCompletion]
-                if rng.below(2) == 0, kind != "owned" {  // an owned ring has no completion eventfd
+                if rng.below(2) == 0, !kind.hasPrefix("owned") {  // an owned ring has no completion eventfd
                     got = pollAndReap(engine)
                     viaPoll += 1
                 } else {
@@ -361,7 +376,7 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
                 }
             }
             #expect(inFlight.isEmpty)
-            #expect(viaPoll > 0 || kind == "owned")
+            #expect(viaPoll > 0 || kind.hasPrefix("owned"))
         }
 
         try phase(count: 1500, writes: true)
@@ -388,6 +403,11 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
         }
         #expect(checksum(back) == checksum(model), "engine read-back matches what was written")
         #expect(checksum(disk.pread(diskSize, at: 0)) == checksum(model), "pread read-back matches")
+        if fixed {
+            let uring = engine as! IOUringBlockIOEngine
+            #expect(expectedFixed > 500 && uring.fixedTransfers >= expectedFixed,
+                    "\(uring.fixedTransfers) transfers on the registered buffer, \(expectedFixed) expected (READV_FIXED: \(uring.vectoredFixed))")
+        }
     }
 
     // MARK: flush, discard, errors

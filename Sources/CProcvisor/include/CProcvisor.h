@@ -175,7 +175,22 @@ int pv_uring_prep_poll(void *ring, int fd, unsigned int events, uint64_t user_da
 /// Submits what is queued and waits until `wait_nr` completions are available or `timeout_ns`
 /// passed (0 on a timeout too); -errno on failure.
 int pv_uring_submit_and_wait_timeout(void *ring, unsigned int wait_nr, int64_t timeout_ns);
+/// IORING_REGISTER_BUFFERS2 with IORING_RSRC_REGISTER_SPARSE: a table of `nr` empty buffer slots.
+/// 0 or -errno.
+int pv_uring_register_buffer_table(void *ring, unsigned int nr);
+/// IORING_REGISTER_BUFFERS_UPDATE of slot `index` to [base, base+len) (pinned by the kernel now;
+/// len 0 empties the slot). 0 or -errno.
+int pv_uring_update_buffer(void *ring, unsigned int index, void *base, size_t len);
+/// A read or write on registered buffer `buf_index`: IORING_OP_READ_FIXED / WRITE_FIXED (`addr` a
+/// buffer of `len` bytes) or READV_FIXED / WRITEV_FIXED (Linux 6.15; `addr` an iovec array of
+/// `len` entries, all inside the buffer). -EBUSY when the queue is full.
+int pv_uring_prep_rw_fixed(void *ring, int opcode, int fd, const void *addr, unsigned int len, uint64_t offset,
+                           unsigned int buf_index, uint64_t user_data, unsigned int sqe_flags);
 #define PV_IORING_OP_FUTEX_WAIT 51
+#define PV_IORING_OP_READ_FIXED 4
+#define PV_IORING_OP_WRITE_FIXED 5
+#define PV_IORING_OP_READV_FIXED 60
+#define PV_IORING_OP_WRITEV_FIXED 61
 #define PV_IORING_SETUP_COOP_TASKRUN (1u << 8)
 #define PV_IORING_SETUP_TASKRUN_FLAG (1u << 9)
 #define PV_IORING_SETUP_SINGLE_ISSUER (1u << 12)
