@@ -895,6 +895,9 @@ final class BlkbackQueue {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         closed = true
+        if owned, let uring = engine as? IOUringBlockIOEngine, uring.transfers > 0 {
+            device.owner.log("blkback: \(label): \(uring.transfers) transfers, \(uring.fixedTransfers) on registered buffers")
+        }
         if let e = engine {
             e.close()
             for (_, f) in inFlight where !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }

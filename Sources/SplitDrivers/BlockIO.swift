@@ -370,7 +370,9 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     /// The kernel has READV_FIXED / WRITEV_FIXED (Linux 6.15): transfers of several iovecs can use
     /// a registered buffer too, not only single-buffer ones.
     private(set) var vectoredFixed = false
-    /// Transfers handed to the kernel on a registered buffer (READ_FIXED and kin).
+    /// Reads and writes handed to the kernel (resubmissions of short ones included), and those
+    /// of them on a registered buffer (READ_FIXED and kin).
+    private(set) var transfers = 0
     private(set) var fixedTransfers = 0
 
     /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7).
@@ -460,6 +462,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         do {
             let tag = UInt64(s)
             let count = Swift.min(t.remainingIovecs, BlockIO.maxSegments)
+            if t.op == .read || t.op == .write { transfers += 1 }
             if t.op == .read || t.op == .write, let b = t.fixedBuffer, fixedBuffers, count == 1 || vectoredFixed {
                 try ring.transferFixed(target, write: t.op == .write, iovecs: t.iov! + t.first, count: count, offset: t.offset,
                                        bufferIndex: b, userData: tag)

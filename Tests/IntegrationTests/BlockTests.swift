@@ -185,6 +185,15 @@ import Testing
         #expect(h.consoleLog("bb-uring").contains("IORING_OP_FUTEX_WAIT") == futexWait, "\(h.consoleLog("bb-uring"))")
         #expect(!h.consoleLog("bb-dispatch").contains("IORING_OP_FUTEX_WAIT") && h.consoleLog("bb-dispatch").contains("io_uring"),
                 "\(h.consoleLog("bb-dispatch"))")
+        if futexWait {
+            // The owned queues took their transfers on the registered persistent pages (counted
+            // when each queue is torn down, after its frontend has gone).
+            func registered(_ log: String) -> Int {
+                log.split(separator: "\n").filter { $0.hasSuffix("on registered buffers") }
+                    .compactMap { Int($0.split(separator: " ").dropLast(3).last ?? "") }.reduce(0, +)
+            }
+            #expect(eventually { registered(h.consoleLog("bb-uring")) > 100 }, "\(h.consoleLog("bb-uring"))")
+        }
         let dmesg = try h.dmesg()
         #expect(!dmesg.contains("crash") && !dmesg.contains("malformed"), "\(dmesg)")
         // Backends keep running, their device directories are gone with the frontends.
