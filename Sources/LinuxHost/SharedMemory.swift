@@ -90,19 +90,28 @@ public enum Futex {
 public enum ContiguousAlias {
     public static func make(_ pages: [UnsafeMutableRawPointer], pageSize: Int = 4096) throws -> UnsafeMutableRawPointer {
         precondition(!pages.isEmpty)
-        let length = pages.count * pageSize
-        guard let region = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), region != MAP_FAILED else {
-            throw SystemError("mmap", "\(length) bytes reserved for \(pages.count) pages", errno: .current)
-        }
-        for (i, p) in pages.enumerated() {
-            let to = region + i * pageSize
-            guard let r = pv_mremap_alias(p, pageSize, to), r != MAP_FAILED, r == to else {
-                let e = Errno.current
-                munmap(region, length)
-                throw SystemError("mremap", "page \(i) of \(pages.count)", errno: e)
-            }
+        let region = try reserve(pages: pages.count, pageSize: pageSize)
+        for (i, p) in pages.enumerated() where !alias(p, pageSize: pageSize, at: region + i * pageSize) {
+            let e = Errno.current
+            munmap(region, pages.count * pageSize)
+            throw SystemError("mremap", "page \(i) of \(pages.count)", errno: e)
         }
         return region
+    }
+
+    /// Reserves address space for `pages` pages (PROT_NONE: nothing is allocated).
+    static func reserve(pages: Int, pageSize: Int) throws -> UnsafeMutableRawPointer {
+        let length = pages * pageSize
+        guard let region = mmap(nil, length, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), region != MAP_FAILED else {
+            throw SystemError("mmap", "\(length) bytes reserved for \(pages) pages", errno: .current)
+        }
+        return region
+    }
+
+    /// Maps the shared page at `page` a second time at `to` (mremap with old size 0).
+    static func alias(_ page: UnsafeMutableRawPointer, pageSize: Int, at to: UnsafeMutableRawPointer) -> Bool {
+        guard let r = pv_mremap_alias(page, pageSize, to), r != MAP_FAILED else { return false }
+        return r == to
     }
 
     public static func release(_ region: UnsafeMutableRawPointer, pages: Int, pageSize: Int = 4096) {
@@ -124,10 +133,7 @@ public final class AliasRegion {
     /// Reserves `capacity` pages of address space (PROT_NONE: nothing is allocated).
     public init(capacity: Int, pageSize: Int = 4096) throws {
         precondition(capacity > 0)
-        guard let p = mmap(nil, capacity * pageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
-            throw SystemError("mmap", "\(capacity * pageSize) bytes reserved for \(capacity) aliased pages", errno: .current)
-        }
-        base = p
+        base = try ContiguousAlias.reserve(pages: capacity, pageSize: pageSize)
         self.capacity = capacity
         self.pageSize = pageSize
     }
@@ -136,8 +142,7 @@ public final class AliasRegion {
     /// the region is full or released (or the kernel refuses: the page is then not aliased).
     public func append(_ page: UnsafeMutableRawPointer) -> Int? {
         guard !released, count < capacity else { return nil }
-        let to = base + count * pageSize
-        guard let r = pv_mremap_alias(page, pageSize, to), r != MAP_FAILED, r == to else { return nil }
+        guard ContiguousAlias.alias(page, pageSize: pageSize, at: base + count * pageSize) else { return nil }
         count += 1
         return count - 1
     }
