@@ -619,3 +619,90 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
         }
     }
 }
+
+/// blkback's layout exactly: every page a memfd of its own (as the supervisor's grantable pages
+/// are), aliased one after another into an `AliasRegion`, registered as it grows (doubling), and
+/// large requests of up to 64 segments whose first and last pages are partial, on O_DIRECT.
+@Suite(.serialized) struct RegisteredAliasTests {
+    @Test(.enabled(if: futexWaitAllowed, "no owned rings here"))
+    func aliasedPagesRegisteredWhileGrowing() throws {
+        let diskSize = 8 << 20
+        let disk = try TempDisk(size: diskSize, fill: 0x5a, flags: oDirect)
+        defer { disk.remove() }
+        let engine = makeEngine("owned", disk: disk.fd, depth: 64) as! IOUringBlockIOEngine
+        defer { engine.close() }
+        let total = 16 * 64
+        var fds: [FileDescriptor] = []
+        var maps: [SharedMapping] = []
+        defer { fds.forEach { $0.close() } }
+        let region = try AliasRegion(capacity: total)
+        defer { region.release() }
+        var registered = 0
+        var rng = Rng(0xa11a5)
+        var model = [UInt8](repeating: 0x5a, count: diskSize)
+        var round = 0
+        while region.count < total || round < 40 {
+            round += 1
+            // The pool grows by a slot's worth of pages, registered as blkback does.
+            if region.count < total {
+                for _ in 0..<64 {
+                    let fd = try MemFD.create(name: "alias-page", size: pageSize)
+                    let m = try SharedMapping(fd, length: pageSize)
+                    fds.append(fd); maps.append(m)
+                    #expect(region.append(m.base) != nil)
+                }
+                if region.count >= 2 * registered {
+                    try engine.setFixedBuffer(0, UnsafeMutableRawBufferPointer(start: region.base, count: region.count * pageSize))
+                    registered = region.count
+                }
+            }
+            // 16 requests at once, each on its own 64-page stretch of the registered part.
+            let slots = registered / 64
+            var batch: [BlockIORequest] = []
+            var flights: [(write: Bool, offset: Int, iov: [UnsafeMutableRawBufferPointer])] = []
+            var used: [(Int, Int)] = []
+            let write = round % 2 == 1
+            for k in 0..<min(16, slots) {
+                let nseg = 1 + rng.below(64)
+                var iov: [UnsafeMutableRawBufferPointer] = []
+                for s in 0..<nseg {
+                    let first = s == 0 ? rng.below(8) : 0
+                    let last = s == nseg - 1 ? first + rng.below(8 - first) : 7
+                    iov.append(UnsafeMutableRawBufferPointer(start: region.address(k * 64 + s) + first * sector, count: (last - first + 1) * sector))
+                }
+                let length = iov.reduce(0) { $0 + $1.count }
+                var offset = 0
+                repeat { offset = rng.below((diskSize - length) / sector + 1) * sector } while used.contains { $0.0 < offset + length && offset < $0.1 }
+                used.append((offset, offset + length))
+                if write {
+                    var at = offset
+                    for b in iov {
+                        rng.fill(b)
+                        model.withUnsafeMutableBytes { _ = memcpy($0.baseAddress! + at, b.baseAddress!, b.count) }
+                        at += b.count
+                    }
+                }
+                flights.append((write, offset, iov))
+                batch.append(write ? .write(offset: UInt64(offset), from: iov, tag: UInt64(k), fixedBuffer: 0)
+                                   : .read(offset: UInt64(offset), into: iov, tag: UInt64(k), fixedBuffer: 0))
+            }
+            let results = try run(engine, batch)
+            for (k, f) in flights.enumerated() {
+                #expect(results[UInt64(k)] == .success(f.iov.reduce(0) { $0 + $1.count }))
+                guard !f.write else { continue }
+                var at = f.offset
+                for (i, b) in f.iov.enumerated() {
+                    let same = model.withUnsafeBytes { memcmp($0.baseAddress! + at, b.baseAddress!, b.count) == 0 }
+                    #expect(same, "round \(round) request \(k): segment \(i) at \(at)")
+                    at += b.count
+                }
+            }
+        }
+        #expect(engine.fixedTransfers > 0)
+        let buffered = try FileDescriptor.open(disk.path, O_RDONLY)
+        defer { buffered.close() }
+        var back = [UInt8](repeating: 0, count: diskSize)
+        #expect(back.withUnsafeMutableBytes { Glibc.pread(buffered.rawValue, $0.baseAddress, diskSize, 0) } == diskSize)
+        #expect(checksum(back) == checksum(model), "the disk holds what was written")
+    }
+}
