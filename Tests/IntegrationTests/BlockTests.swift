@@ -141,7 +141,7 @@ import Testing
             return path
         }
         let blkback = Products.path("blkback"), blkcheck = Products.path("blkcheck")
-        #expect(try h.xl("create", "-q", h.config("bb-uring", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=4\"\n")).ok)
+        #expect(try h.xl("create", "-q", h.config("bb-uring", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=4 fixed-buffers=1\"\n")).ok)
         #expect(try h.xl("create", "-q", h.config("bb-threads", kernel: blkback,
                                                   "driver_domain = 1\nextra = \"PROCVISOR_FORCE_NO_IOURING=1 max-queues=4\"\n")).ok)
         // io_uring with the event dispatcher (what kernels without IORING_OP_FUTEX_WAIT get).
