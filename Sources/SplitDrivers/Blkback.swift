@@ -89,11 +89,20 @@ public final class Blkback {
         dispatcherKick.raise()
     }
 
-    /// The device thread ended.
-    func finished(_ d: BlkbackDevice, ports: [EventChannels.Port]) {
+    /// Queues about to close their ports: their events stop coming here. Called before the
+    /// ports are closed, and an entry goes only while it is still this queue's: once closed, a
+    /// port number can be bound again at once by a device connecting meanwhile, and that
+    /// device's queue must keep its entry.
+    func unregister(_ queues: [BlkbackQueue]) {
         pthread_mutex_lock(&lock)
-        for p in ports { byPort[p] = nil }
+        for q in queues {
+            if let p = q.port, byPort[p] === q { byPort[p] = nil }
+        }
         pthread_mutex_unlock(&lock)
+    }
+
+    /// The device thread ended.
+    func finished(_ d: BlkbackDevice) {
         devices.finished(frontend: d.frontend, devid: d.devid)
     }
 }
@@ -116,20 +125,51 @@ enum BlkbackStop: Error, CustomStringConvertible {
 }
 
 /// A kick eventfd: the dispatcher (or anyone) wakes a thread that polls it.
-struct Kick {
+///
+/// Closing is safe against late raisers. A XenStore watch callback already on its way, or a
+/// thread that has not seen its device finish, can still raise a kick after the owner closed
+/// it; a write to the closed descriptor number would land in whatever file took that number
+/// next. In a driver domain that is usually a grant page's memfd just received from the
+/// supervisor: the frontend's page then starts with a 64-bit 1, and that is what reached the
+/// disk. So `raise` and `close` take a lock, and a closed kick ignores raises. `drain` and
+/// `wait` are for the owner's thread, which closes the kick only after its last wait.
+final class Kick {
     let fd: FileDescriptor
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var closed = false
 
     /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
     init() {
         fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
         if fd.rawValue >= 0 { try? fd.setNonBlocking() }
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        close()
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
     }
 
     var valid: Bool { fd.rawValue >= 0 }
 
     func raise() {
-        var one: UInt64 = 1
-        _ = Glibc.write(fd.rawValue, &one, 8)
+        pthread_mutex_lock(mutex)
+        if !closed && valid {
+            var one: UInt64 = 1
+            _ = Glibc.write(fd.rawValue, &one, 8)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Closes the eventfd; later raises do nothing. Idempotent.
+    func close() {
+        pthread_mutex_lock(mutex)
+        if !closed {
+            closed = true
+            if valid { fd.close() }
+        }
+        pthread_mutex_unlock(mutex)
     }
 
     /// Consumes a pending kick, if any (never blocks).
@@ -227,14 +267,14 @@ final class BlkbackDevice {
         while SharedAtomic.load(&queuesRunning) != 0 { kick.wait(timeoutMs: 100) }
         if let t = watchToken { try? xs.unwatch(frontendDir + "/state", token: t) }
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closing.storeValue) }
-        let ports = queues.compactMap(\.port)
+        owner.unregister(queues)
         queues.forEach { $0.teardown() }
         queues = []
         disk?.close()
         disk = nil
-        kick.fd.close()
+        kick.close()
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closed.storeValue) }
-        owner.finished(self, ports: ports)
+        owner.finished(self)
     }
 
     /// While the queues serve: wakes on the frontend's state (a watch) and on stop requests.
@@ -916,6 +956,6 @@ final class BlkbackQueue {
         ringMapping = nil
         ring = nil
         if let p = port { try? domain.eventChannels.close(p) }
-        kickEvent.fd.close()
+        kickEvent.close()
     }
 }

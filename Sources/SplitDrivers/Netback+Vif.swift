@@ -119,7 +119,7 @@ final class NetbackVif {
         publishStatistics()
         queues.forEach { $0.teardown() }
         queues = []
-        kick.fd.close()
+        kick.close()
         if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closed.storeValue) }
         owner.log("netback: \(name) disconnected (\(stats.text))")
         owner.finished(self)
