@@ -61,9 +61,14 @@ struct SplitMix {
 let unknown: UInt32 = 0            // never written (or discarded without a zeroing guarantee)
 let zeroed: UInt32 = .max          // securely discarded: reads back zeros
 
-/// The 512 bytes write number `version` put at `sector`.
+/// The generator of what write number `version` puts at `sector`.
+func patternGenerator(version: UInt32, sector: UInt64) -> SplitMix {
+    SplitMix(state: seed &* 0x2545_F491_4F6C_DD1D ^ UInt64(version) << 40 ^ sector)
+}
+
+/// The 512 bytes write number `version` puts at `sector`.
 func fillPattern(_ p: UnsafeMutableRawPointer, version: UInt32, sector: UInt64) {
-    var g = SplitMix(state: seed &* 0x2545_F491_4F6C_DD1D ^ UInt64(version) << 40 ^ sector)
+    var g = patternGenerator(version: version, sector: sector)
     for i in 0..<64 { p.storeBytes(of: g.next(), toByteOffset: i * 8, as: UInt64.self) }
 }
 
@@ -120,6 +125,8 @@ final class Checker {
     /// The same for bytes read into a buffer of ours (`submitRead(into:)`).
     func verify(_ got: UnsafeRawBufferPointer, sector: UInt64, count: Int, what: String) {
         var expected = [UInt8](repeating: 0, count: 512)
+        var bad: [Int] = []
+        var first = ""
         for i in 0..<count {
             let s = sector + UInt64(i)
             let v = versions[Int(s)]
@@ -129,12 +136,46 @@ final class Checker {
             }
             let g = UnsafeRawBufferPointer(rebasing: got[(i * 512)..<((i + 1) * 512)])
             if memcmp(g.baseAddress!, expected, 512) != 0 {
-                let at = (0..<512).first { g[$0] != expected[$0] } ?? 0
-                let source = v == zeroed ? "zeros (securely discarded)" : "write #\(v)"
-                let e = expected.withUnsafeBytes { checksum($0) }
-                fail("\(name): sector \(s) (\(what)): expected \(source) checksum \(hex(e)), got checksum \(hex(checksum(g))); first difference at byte \(at): \(g[at]) instead of \(expected[at])")
+                if bad.isEmpty {
+                    let at = (0..<512).first { g[$0] != expected[$0] } ?? 0
+                    let e = expected.withUnsafeBytes { checksum($0) }
+                    first = "sector \(s) (\(what)): expected \(describe(v, sector: s)) checksum \(hex(e)), got \(identify(g, sector: s)) checksum \(hex(checksum(g))); first difference at byte \(at): \(g[at]) instead of \(expected[at])"
+                }
+                bad.append(i)
             }
         }
+        if let lo = bad.first, let hi = bad.last {
+            let lastSector = sector + UInt64(hi)
+            fail("\(name): \(first); \(bad.count) of the read's \(count) sectors wrong, its sectors \(lo)–\(hi) (\(sector + UInt64(lo))–\(lastSector)); the last wrong one holds \(identify(UnsafeRawBufferPointer(rebasing: got[(hi * 512)..<((hi + 1) * 512)]), sector: lastSector))")
+        }
+    }
+
+    /// Writes made so far: sector, count and round of each, by version.
+    var written: [UInt32: (sector: UInt64, count: Int, round: Int)] = [:]
+
+    func describe(_ v: UInt32, sector: UInt64) -> String {
+        if v == zeroed { return "zeros (securely discarded)" }
+        guard let w = written[v] else { return "write #\(v)" }
+        return "write #\(v) (round \(w.round), \(w.count) sectors at \(w.sector))"
+    }
+
+    /// What a wrong sector holds: zeros, the final read-back's poison, or which write's pattern
+    /// for which sector (found by its first eight bytes), so a stale or misplaced sector shows
+    /// as such.
+    func identify(_ g: UnsafeRawBufferPointer, sector: UInt64) -> String {
+        if g.allSatisfy({ $0 == 0 }) { return "zeros" }
+        if g.allSatisfy({ $0 == 0xa5 }) { return "the read-back's poison (0xa5: nothing was read into it)" }
+        let word = g.loadUnaligned(as: UInt64.self)
+        for v in 1..<nextVersion {
+            for s in 0..<span {
+                var r = patternGenerator(version: v, sector: s)
+                if r.next() == word {
+                    return "\(describe(v, sector: s))'s data for " + (s == sector ? "this sector" : "sector \(s)")
+                }
+            }
+        }
+        let head = g.prefix(32).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        return "no pattern of this run (it begins \(head))"
     }
 
     /// Waits for every tag in `pending`, calling `done` with each successful completion.
@@ -191,6 +232,7 @@ final class Checker {
                                 let v = nextVersion
                                 nextVersion += 1
                                 try front.submitWrite(sector: r.sector, data: pattern(sector: r.sector, count: r.count, version: v), tag: tag)
+                                written[v] = (r.sector, r.count, round)
                                 pending[tag] = "round \(round): write #\(v) of \(r.count) sectors at \(r.sector)"
                                 planned[tag] = (r.sector, r.count, v)
                             }
