@@ -25,7 +25,7 @@ import Toolstack
 ///   PROCVISOR_BLK_SPIN      blkbench spin= (doorbell checks before sleeping; 0)
 ///   PROCVISOR_BLK_ONLY      comma-separated workload names to run (all by default)
 ///   PROCVISOR_BLK_EXTRA     more blkbench settings, e.g. "queues=2 ring_order=2 indirect=0"
-///   PROCVISOR_BLK_BACKEND_EXTRA  more blkback settings, e.g. "fixed-buffers=1 poll-us=50"
+///   PROCVISOR_BLK_BACKEND_EXTRA  more blkback settings, e.g. "fixed-buffers=0 poll-us=50"
 ///
 /// Targets (issue 5), printed as met / not met and never failing the run: at depth 32, at least
 /// 90% of fio's IOPS; sequential, at least 95% of its bandwidth; at depth 1, p99 latency within

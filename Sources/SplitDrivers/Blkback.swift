@@ -423,8 +423,7 @@ final class BlkbackQueue {
     }
     /// Owned io_uring queues: the persistent data pages again, back to back, registered with the
     /// ring as one buffer (`fixedPages` of them so far), so transfers into them skip the kernel's
-    /// pinning of every page of every transfer. Off unless `fixed-buffers=1` (docs/block.md: one
-    /// clean-clone run saw a blkcheck mismatch with it on that nothing has reproduced since).
+    /// pinning of every page of every transfer. On unless `fixed-buffers=0`.
     private var fixedRegion: AliasRegion?
     private var fixedPages = 0
     /// `fixedRegion.count` at the queue thread's previous look.
@@ -487,7 +486,7 @@ final class BlkbackQueue {
                 uring.submitChunk = submitChunk
                 engine = uring
                 owned = true
-                if device.persistent && env["fixed-buffers"] == "1" {
+                if device.persistent && env["fixed-buffers"] != "0" {
                     fixedRegion = try? AliasRegion(capacity: Self.maxPersistentGrants)
                 }
                 log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
