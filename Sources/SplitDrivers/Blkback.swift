@@ -429,11 +429,33 @@ final class BlkbackQueue {
     /// `fixedRegion.count` at the queue thread's previous look.
     private var fixedSeen = 0
     private var fixedFailed = false
+    /// Registered buffers are allowed (`fixed-buffers=0` turns them off).
+    private let fixedAllowed: Bool
     /// Indirect pages, mapped read-only (the frontend grants them so).
     private var persistentIndirect: [GrantRef: GrantMapping] = [:]
     static let maxPersistentGrants = 8192
-    /// Requests in flight: engine tag → (id, op, mappings to drop after completion).
-    private var inFlight: [UInt64: (id: UInt64, op: UInt8, transient: [GrantMapping])] = [:]
+    /// A request in flight: its id and op, mappings to drop after completion, and for one staged
+    /// in `bounce`, its run there and (reads) where the bytes go when it completes.
+    private struct Pending {
+        let id: UInt64
+        let op: UInt8
+        var transient: [GrantMapping] = []
+        var bounce: BounceBuffers.Run? = nil
+        var readInto: [UnsafeMutableRawBufferPointer] = []
+    }
+    /// Requests in flight, by engine tag.
+    private var inFlight: [UInt64: Pending] = [:]
+    /// Staging for large requests (`BounceBuffers`), made at the first one; off with `bounce=0`.
+    private var bounce: BounceBuffers?
+    private var bounceTried = false
+    /// `bounce` is registered with the owned ring as buffer 1.
+    private var bounceRegistered = false
+    private let bounceEnabled: Bool
+    /// Requests of at least this many bytes are staged (`bounce-min=` KiB; 64 KiB).
+    private let bounceMin: Int
+    static let bounceBytes = 8 << 20
+    /// Requests that went through `bounce`.
+    private var staged = 0
     private var nextTag: UInt64 = 1
     /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
     private var mutex = pthread_mutex_t()
@@ -457,6 +479,10 @@ final class BlkbackQueue {
         self.device = device
         self.index = index
         self.disk = disk
+        let env = device.owner.environment
+        fixedAllowed = env["fixed-buffers"] != "0"
+        bounceEnabled = env["bounce"] != "0"
+        bounceMin = (env["bounce-min"].flatMap(Int.init).map { max(4, $0) } ?? 64) << 10
         pthread_mutex_init(&mutex, nil)
     }
 
@@ -486,7 +512,7 @@ final class BlkbackQueue {
                 uring.submitChunk = submitChunk
                 engine = uring
                 owned = true
-                if device.persistent && env["fixed-buffers"] != "0" {
+                if device.persistent && fixedAllowed {
                     fixedRegion = try? AliasRegion(capacity: Self.maxPersistentGrants)
                 }
                 log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
@@ -712,7 +738,7 @@ final class BlkbackQueue {
                 guard !closed, let engine else { return nil }
                 let tag = nextTag
                 nextTag &+= 1
-                inFlight[tag] = (rw.id, rw.operation.rawValue, transient)
+                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue, transient: transient)
                 do { try engine.submit([make(tag)]) } catch { inFlight[tag] = nil; return nil }
                 return tag
             }
@@ -784,7 +810,7 @@ final class BlkbackQueue {
                 return rw
             }
             if rw.operation == .flushDiskcache {
-                inFlight[tag] = (rw.id, rw.operation.rawValue, [])
+                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue)
                 batch.append(.flush(tag: tag))
                 return nil
             }
@@ -820,7 +846,7 @@ final class BlkbackQueue {
                 fail(.error, "discard \(d.sectorNumber)+\(d.nrSectors) past the end of the disk")
                 return nil
             }
-            inFlight[tag] = (d.id, BlkifOp.discard.rawValue, [])
+            inFlight[tag] = Pending(id: d.id, op: BlkifOp.discard.rawValue)
             batch.append(.discard(offset: d.sectorNumber * 512, length: d.nrSectors * 512, tag: tag))
             return nil
         }
@@ -844,12 +870,56 @@ final class BlkbackQueue {
             fail(.error, "\(mapFailure) is not granted to this backend", op: wireOp)
             return nil
         }
-        inFlight[tag] = (req.id, wireOp, transient)
         let offset = sectorNumber * 512
+        let total = iov.reduce(0) { $0 + $1.count }
+        if let (buffer, run, index) = staging(total) {
+            // One contiguous stretch for the disk; the grant pages' bytes copied in now
+            // (writes) or out at completion (reads).
+            if writing {
+                var at = 0
+                for b in iov {
+                    (buffer + at).copyMemory(from: b.baseAddress!, byteCount: b.count)
+                    at += b.count
+                }
+            }
+            inFlight[tag] = Pending(id: req.id, op: wireOp, transient: transient, bounce: run, readInto: writing ? [] : iov)
+            let one = [UnsafeMutableRawBufferPointer(start: buffer, count: total)]
+            batch.append(writing ? .write(offset: offset, from: one, tag: tag, fixedBuffer: index)
+                                 : .read(offset: offset, into: one, tag: tag, fixedBuffer: index))
+            return nil
+        }
+        inFlight[tag] = Pending(id: req.id, op: wireOp, transient: transient)
         let registered = fixed ? 0 : nil
         batch.append(writing ? .write(offset: offset, from: iov, tag: tag, fixedBuffer: registered)
                              : .read(offset: offset, into: iov, tag: tag, fixedBuffer: registered))
         return nil
+    }
+
+    /// A stretch of `bounce` for a request of `total` bytes (and its registered buffer index),
+    /// when it is large enough to be staged and one is free. Makes the region at the first
+    /// such request; an owned ring registers it then (this is its thread).
+    private func staging(_ total: Int) -> (UnsafeMutableRawPointer, BounceBuffers.Run, Int?)? {
+        guard bounceEnabled, total >= bounceMin, total <= Self.bounceBytes else { return nil }
+        if bounce == nil {
+            guard !bounceTried else { return nil }
+            bounceTried = true
+            guard let b = BounceBuffers(bytes: Self.bounceBytes) else {
+                device.owner.log("blkback: \(label): no memory for staging large transfers; they go to the grant pages directly")
+                return nil
+            }
+            bounce = b
+            if owned, fixedAllowed, let uring = engine as? IOUringBlockIOEngine {
+                do {
+                    try uring.setFixedBuffer(1, b.region)
+                    bounceRegistered = true
+                } catch {
+                    device.owner.log("blkback: \(label): staging buffer not registered with io_uring (\(error))")
+                }
+            }
+        }
+        guard let b = bounce, let run = b.take(total) else { return nil }
+        staged += 1
+        return (b.address(run), run, bounceRegistered ? 1 : nil)
     }
 
     /// The segments' bytes in the frontend's pages, and whether they all lie in the registered
@@ -919,6 +989,16 @@ final class BlkbackQueue {
 
     private func complete(_ c: BlockIOCompletion) -> BlkifResponse {
         guard let f = inFlight.removeValue(forKey: c.tag) else { return BlkifResponse(id: 0, operation: 0, status: .error) }
+        if let run = f.bounce, let b = bounce {
+            if case .success = c.result, !f.readInto.isEmpty {
+                var from = UnsafeRawPointer(b.address(run))
+                for d in f.readInto {
+                    d.baseAddress!.copyMemory(from: from, byteCount: d.count)
+                    from += d.count
+                }
+            }
+            b.give(run)
+        }
         if !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
         switch c.result {
         case .success:
@@ -936,7 +1016,9 @@ final class BlkbackQueue {
         defer { pthread_mutex_unlock(&mutex) }
         closed = true
         if owned, let uring = engine as? IOUringBlockIOEngine, uring.transfers > 0 {
-            device.owner.log("blkback: \(label): \(uring.transfers) transfers, \(uring.fixedTransfers) on registered buffers")
+            device.owner.log("blkback: \(label): \(uring.transfers) transfers, \(uring.fixedTransfers) on registered buffers, \(staged) staged")
+        } else if staged > 0 {
+            device.owner.log("blkback: \(label): \(staged) staged")
         }
         if let e = engine {
             e.close()
@@ -944,6 +1026,7 @@ final class BlkbackQueue {
             inFlight.removeAll()
         }
         engine = nil
+        bounce = nil
         // The aliases first: unmapping a grant that is still mapped somewhere is refused.
         fixedRegion?.release()
         fixedRegion = nil

@@ -364,7 +364,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         }
         try ring.updateBuffer(index, buffer)
     }
-    static let fixedBufferSlots = 1
+    static let fixedBufferSlots = 2
     /// A registered buffer table exists (`setFixedBuffer`).
     private(set) var fixedBuffers = false
     /// The kernel has READV_FIXED / WRITEV_FIXED (Linux 6.15): transfers of several iovecs can use
