@@ -48,6 +48,27 @@ public final class Blkback {
     /// before it sleeps (0: sleep at once).
     var pollNs: UInt64 { environment["poll-us"].flatMap(UInt64.init).map { min($0, 10_000) * 1000 } ?? 0 }
 
+    /// Staging memory for large requests (`BounceBuffers`), all queues together: it is this
+    /// process's own memory, out of the headroom the supervisor's memory limit leaves above the
+    /// domain's RAM (64 MiB), so it is capped: `staging-mib=N`, 16 by default, 0 for none.
+    private lazy var stagingBudget: Int = (environment["staging-mib"].flatMap(Int.init).map { max(0, min($0, 1024)) } ?? 16) << 20
+    private var stagingUsed = 0
+
+    /// Takes `bytes` of the staging budget; false when that would exceed it.
+    func reserveStaging(_ bytes: Int) -> Bool {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        guard stagingUsed + bytes <= stagingBudget else { return false }
+        stagingUsed += bytes
+        return true
+    }
+
+    func releaseStaging(_ bytes: Int) {
+        pthread_mutex_lock(&lock)
+        stagingUsed -= bytes
+        pthread_mutex_unlock(&lock)
+    }
+
     /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
     /// is dom0's online CPUs), at most 16.
     var maxQueues: Int {
@@ -445,15 +466,16 @@ final class BlkbackQueue {
     }
     /// Requests in flight, by engine tag.
     private var inFlight: [UInt64: Pending] = [:]
-    /// Staging for large requests (`BounceBuffers`), made at the first one; off with `bounce=0`.
+    /// Staging for large requests (`BounceBuffers`), made at the first one while the driver
+    /// domain's staging budget lasts (`staging-mib=`).
     private var bounce: BounceBuffers?
     private var bounceTried = false
     /// `bounce` is registered with the owned ring as buffer 1.
     private var bounceRegistered = false
-    private let bounceEnabled: Bool
     /// Requests of at least this many bytes are staged (`bounce-min=` KiB; 64 KiB).
     private let bounceMin: Int
-    static let bounceBytes = 8 << 20
+    /// One queue's staging: four 1 MiB transfers, or 32 of Linux's 128 KiB requests.
+    static let bounceBytes = 4 << 20
     /// Requests that went through `bounce`.
     private var staged = 0
     private var nextTag: UInt64 = 1
@@ -481,7 +503,6 @@ final class BlkbackQueue {
         self.disk = disk
         let env = device.owner.environment
         fixedAllowed = env["fixed-buffers"] != "0"
-        bounceEnabled = env["bounce"] != "0"
         bounceMin = (env["bounce-min"].flatMap(Int.init).map { max(4, $0) } ?? 64) << 10
         pthread_mutex_init(&mutex, nil)
     }
@@ -899,11 +920,15 @@ final class BlkbackQueue {
     /// when it is large enough to be staged and one is free. Makes the region at the first
     /// such request; an owned ring registers it then (this is its thread).
     private func staging(_ total: Int) -> (UnsafeMutableRawPointer, BounceBuffers.Run, Int?)? {
-        guard bounceEnabled, total >= bounceMin, total <= Self.bounceBytes else { return nil }
+        guard total >= bounceMin, total <= Self.bounceBytes else { return nil }
         if bounce == nil {
             guard !bounceTried else { return nil }
             bounceTried = true
+            // Without budget (all taken by other queues, or staging-mib=0) large requests go to
+            // the grant pages directly, as they did before staging.
+            guard device.owner.reserveStaging(Self.bounceBytes) else { return nil }
             guard let b = BounceBuffers(bytes: Self.bounceBytes) else {
+                device.owner.releaseStaging(Self.bounceBytes)
                 device.owner.log("blkback: \(label): no memory for staging large transfers; they go to the grant pages directly")
                 return nil
             }
@@ -1026,7 +1051,10 @@ final class BlkbackQueue {
             inFlight.removeAll()
         }
         engine = nil
-        bounce = nil
+        if bounce != nil {
+            bounce = nil
+            device.owner.releaseStaging(Self.bounceBytes)
+        }
         // The aliases first: unmapping a grant that is still mapped somewhere is refused.
         fixedRegion?.release()
         fixedRegion = nil
