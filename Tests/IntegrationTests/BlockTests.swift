@@ -209,6 +209,34 @@ import Testing
         #expect(try h.xs("list", "/local/domain/1/backend/vbd").stdout == "")
     }
 
+    /// Staging memory for large requests is the driver domain's own, within the supervisor's
+    /// limit: unbounded (8 MiB for each of 18 queues) it got the domain killed. With a budget of
+    /// two queues' worth, a four-queue disk doing large I/O stages on two queues, the other two
+    /// go to the grant pages directly, and the data is right either way.
+    @Test func stagingStaysWithinTheDriverDomainsBudget() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let blkback = Products.path("blkback"), blkcheck = Products.path("blkcheck")
+        #expect(try h.xl("create", "-q", h.config("bb", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=4 staging-mib=8\"\n")).ok)
+        #expect(eventually { h.consoleLog("bb").contains("serving vbds") })
+        let path = h.runDirectory + "/g.img"
+        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = truncate(path, 8 << 20)
+        #expect(try h.xl("create", "-q", h.config("g", kernel: blkcheck,
+            "extra = \"seed=7 rounds=3 depth=16 span=16384 queues=4 indirect=256 maxio=600\"\nmemory = 32\n"
+            + "disk = [ 'vdev=xvda, access=rw, backend=bb, target=\(path)' ]\n")).ok)
+        #expect(eventually(timeout: 60) { h.consoleLog("g").contains("blkcheck: xvda OK") || h.consoleLog("g").contains("FAILED") })
+        #expect(h.consoleLog("g").contains("blkcheck: xvda OK"), "\(h.consoleLog("g"))")
+        // Each queue's teardown line ends "…, S staged".
+        func stagedPerQueue() -> [Int] {
+            h.consoleLog("bb").split(separator: "\n").filter { $0.hasSuffix(" staged") }
+                .compactMap { Int($0.split(separator: " ").dropLast().last ?? "") }
+        }
+        #expect(eventually { stagedPerQueue().count == 4 }, "\(h.consoleLog("bb"))")
+        #expect(stagedPerQueue().filter { $0 > 0 }.count == 2, "\(stagedPerQueue()): \(h.consoleLog("bb"))")
+        #expect(try h.list()["bb"] != nil)
+    }
+
     /// Devices connecting on a driver domain while others disconnect: each new one gets event
     /// channel ports the finished ones just closed. blkback's dispatcher once dropped a finished
     /// device's ports from its table by number after closing them, taking the new device's
