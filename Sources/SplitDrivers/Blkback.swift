@@ -892,17 +892,11 @@ final class BlkbackQueue {
             return nil
         }
         let offset = sectorNumber * 512
-        let total = iov.reduce(0) { $0 + $1.count }
+        let total = Int(count) * 512
         if let (buffer, run, index) = staging(total) {
             // One contiguous stretch for the disk; the grant pages' bytes copied in now
             // (writes) or out at completion (reads).
-            if writing {
-                var at = 0
-                for b in iov {
-                    (buffer + at).copyMemory(from: b.baseAddress!, byteCount: b.count)
-                    at += b.count
-                }
-            }
+            if writing { BounceBuffers.gather(iov, into: buffer) }
             inFlight[tag] = Pending(id: req.id, op: wireOp, transient: transient, bounce: run, readInto: writing ? [] : iov)
             let one = [UnsafeMutableRawBufferPointer(start: buffer, count: total)]
             batch.append(writing ? .write(offset: offset, from: one, tag: tag, fixedBuffer: index)
@@ -1015,13 +1009,7 @@ final class BlkbackQueue {
     private func complete(_ c: BlockIOCompletion) -> BlkifResponse {
         guard let f = inFlight.removeValue(forKey: c.tag) else { return BlkifResponse(id: 0, operation: 0, status: .error) }
         if let run = f.bounce, let b = bounce {
-            if case .success = c.result, !f.readInto.isEmpty {
-                var from = UnsafeRawPointer(b.address(run))
-                for d in f.readInto {
-                    d.baseAddress!.copyMemory(from: from, byteCount: d.count)
-                    from += d.count
-                }
-            }
+            if case .success = c.result, !f.readInto.isEmpty { BounceBuffers.scatter(b.address(run), to: f.readInto) }
             b.give(run)
         }
         if !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }

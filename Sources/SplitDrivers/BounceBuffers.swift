@@ -78,4 +78,22 @@ final class BounceBuffers {
     }
 
     func address(_ run: Run) -> UnsafeMutableRawPointer { base + run.first * granule }
+
+    /// Copies `pieces` one after the other to `into` (a write's grant pages into its run).
+    static func gather(_ pieces: [UnsafeMutableRawBufferPointer], into: UnsafeMutableRawPointer) {
+        var at = into
+        for p in pieces {
+            at.copyMemory(from: p.baseAddress!, byteCount: p.count)
+            at += p.count
+        }
+    }
+
+    /// Copies consecutive bytes from `from` out to `pieces` (a read's run to its grant pages).
+    static func scatter(_ from: UnsafeMutableRawPointer, to pieces: [UnsafeMutableRawBufferPointer]) {
+        var at = UnsafeRawPointer(from)
+        for p in pieces {
+            p.baseAddress!.copyMemory(from: at, byteCount: p.count)
+            at += p.count
+        }
+    }
 }
