@@ -45,8 +45,9 @@ public final class Blkback {
     /// `spin=N`: doorbell checks the dispatcher makes before it sleeps (0: sleep at once).
     var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
     /// `poll-us=N`: microseconds a queue thread with I/O in flight keeps looking for completions
-    /// before it sleeps (0: sleep at once).
-    var pollNs: UInt64 { environment["poll-us"].flatMap(UInt64.init).map { min($0, 10_000) * 1000 } ?? 0 }
+    /// before it sleeps (0: sleep at once). Unset, dispatched queues sleep at once and owned
+    /// queues poll adaptively up to `AdaptivePoll.defaultMaxNs`.
+    var pollNs: UInt64? { environment["poll-us"].flatMap(UInt64.init).map { min($0, 10_000) * 1000 } }
 
     /// Staging memory for large requests (`BounceBuffers`), all queues together: it is this
     /// process's own memory, out of the headroom the supervisor's memory limit leaves above the
@@ -479,6 +480,8 @@ final class BlkbackQueue {
     /// Requests that went through `bounce`.
     private var staged = 0
     private var nextTag: UInt64 = 1
+    /// When the queue last put responses on its ring (monotonic ns).
+    private var lastAnswered: UInt64 = 0
     /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
     private var mutex = pthread_mutex_t()
     /// Set by `teardown`: nothing is touched any more.
@@ -569,7 +572,7 @@ final class BlkbackQueue {
             return
         }
         let bell = domain.eventChannels.doorbell
-        let pollNs = device.owner.pollNs
+        var poll = AdaptivePoll(maxNs: device.owner.pollNs ?? AdaptivePoll.defaultMaxNs)
         while !stopped {
             serviceRing()
             refreshFixedBuffer(uring)
@@ -583,12 +586,23 @@ final class BlkbackQueue {
                 kickEvent.drain()
             }
             uring.doorbellRang = false
-            if pollNs > 0 && locked({ !inFlight.isEmpty }) {
-                // Completions expected soon: look for them (and for requests) a while first.
-                let deadline = MonotonicClock.nanoseconds() + pollNs
-                while MonotonicClock.nanoseconds() < deadline && !stopped && !uring.hasCompletions && !hasRequests {
+            // Idle from here. With I/O in flight, or just after answering (the frontend sends
+            // the next requests within microseconds), look a while before sleeping: this vCPU
+            // would halt, and a halted vCPU takes tens of microseconds to wake.
+            let idleSince = MonotonicClock.nanoseconds()
+            if poll.windowNs > 0 && (idleSince < lastAnswered + poll.maxNs || locked({ !inFlight.isEmpty })) {
+                let deadline = idleSince + poll.windowNs
+                var now = idleSince
+                var nextYield = now + AdaptivePoll.yieldEveryNs
+                while now < deadline && !stopped && !uring.hasCompletions && !hasRequests {
                     SharedAtomic.relax()
+                    now = MonotonicClock.nanoseconds()
+                    if now >= nextYield {
+                        sched_yield()  // a runnable frontend on this vCPU goes first
+                        nextYield = now + AdaptivePoll.yieldEveryNs
+                    }
                 }
+                if now < deadline { continue }
             }
             // Sleep, unless something arrived: counted as a sleeper first, so a frontend that
             // rings after the check below wakes the futex wait.
@@ -598,6 +612,7 @@ final class BlkbackQueue {
                 uring.armDoorbell(bell.word, expected: seen)
                 uring.armKick(kickEvent.fd)
                 uring.waitForEvent()
+                poll.idled(MonotonicClock.nanoseconds() - idleSince)
             }
             SharedAtomic.fetchAdd(bell.sleepers, UInt32.max)  // -1
         }
@@ -641,7 +656,7 @@ final class BlkbackQueue {
     /// (woken by the engine's eventfd) and runs barriers.
     private func runDispatched() {
         serviceRing()
-        let pollNs = device.owner.pollNs
+        let pollNs = device.owner.pollNs ?? 0
         while !stopped {
             if pollNs > 0 && locked({ !inFlight.isEmpty }) {
                 // Completions expected soon: look for them a while rather than sleep (a sleeping
@@ -732,6 +747,7 @@ final class BlkbackQueue {
         guard !responses.isEmpty, let ring, let port else { return }
         for r in responses { r.encode(to: ring.nextResponse()) }
         responses.removeAll(keepingCapacity: true)
+        lastAnswered = MonotonicClock.nanoseconds()
         if ring.pushResponses() { try? domain.eventChannels.send(port) }
     }
 
@@ -1055,5 +1071,35 @@ final class BlkbackQueue {
         ring = nil
         if let p = port { try? domain.eventChannels.close(p) }
         kickEvent.close()
+    }
+}
+
+/// How long an owned queue thread polls before it sleeps: Linux's cpuidle-haltpoll rule, in the
+/// driver domain. The window grows (doubling from `growStartNs`) while idle periods end within
+/// `maxNs`, where polling would have caught the wake-up, and halves, to nothing below
+/// `growStartNs`, while they last longer, where polling only burns the vCPU. So a disk that
+/// answers within tens of microseconds, and a frontend that sends again at once, are polled for;
+/// slow completions and an idle frontend are slept on.
+struct AdaptivePoll {
+    /// Cpuidle-haltpoll's default `guest_halt_poll_ns`.
+    static let defaultMaxNs: UInt64 = 200_000
+    static let growStartNs: UInt64 = 50_000
+    static let yieldEveryNs: UInt64 = 10_000
+    let maxNs: UInt64
+    private(set) var windowNs: UInt64
+
+    init(maxNs: UInt64) {
+        self.maxNs = maxNs
+        windowNs = min(maxNs, Self.growStartNs)
+    }
+
+    /// An idle period (poll and sleep) ended after `ns`.
+    mutating func idled(_ ns: UInt64) {
+        if ns > maxNs {
+            windowNs /= 2
+            if windowNs < Self.growStartNs { windowNs = 0 }
+        } else if ns > windowNs {
+            windowNs = min(maxNs, max(windowNs * 2, Self.growStartNs))
+        }
     }
 }
