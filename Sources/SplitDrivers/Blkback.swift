@@ -480,8 +480,6 @@ final class BlkbackQueue {
     /// Requests that went through `bounce`.
     private var staged = 0
     private var nextTag: UInt64 = 1
-    /// When the queue last put responses on its ring (monotonic ns).
-    private var lastAnswered: UInt64 = 0
     /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
     private var mutex = pthread_mutex_t()
     /// Set by `teardown`: nothing is touched any more.
@@ -573,10 +571,11 @@ final class BlkbackQueue {
         }
         let bell = domain.eventChannels.doorbell
         var poll = AdaptivePoll(maxNs: device.owner.pollNs ?? AdaptivePoll.defaultMaxNs)
+        var lastAnswered: UInt64 = 0  // when completions were last answered (monotonic ns)
         while !stopped {
             serviceRing()
             refreshFixedBuffer(uring)
-            reapAndRespond()
+            if reapAndRespond() > 0 { lastAnswered = MonotonicClock.nanoseconds() }
             if locked({ barrier != nil }) {
                 runBarrier()
                 continue
@@ -747,7 +746,6 @@ final class BlkbackQueue {
         guard !responses.isEmpty, let ring, let port else { return }
         for r in responses { r.encode(to: ring.nextResponse()) }
         responses.removeAll(keepingCapacity: true)
-        lastAnswered = MonotonicClock.nanoseconds()
         if ring.pushResponses() { try? domain.eventChannels.send(port) }
     }
 
