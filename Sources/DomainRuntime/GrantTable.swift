@@ -50,6 +50,9 @@ public enum GrantError: Error, Equatable, CustomStringConvertible {
     /// No free entry left in the grant table at its maximum size.
     case tableFull
     case invalidReference(GrantRef)
+    /// The access ended, but the page could not be re-backed (the supervisor refused, or the
+    /// new page could not be mapped over it): the page must not be reused.
+    case rebacking(gfn: UInt64, reason: String)
 
     public var description: String {
         switch self {
@@ -58,6 +61,7 @@ public enum GrantError: Error, Equatable, CustomStringConvertible {
         case let .stillMapped(r): return "grant \(r) is still mapped by its grantee"
         case .tableFull: return "the grant table is full"
         case let .invalidReference(r): return "grant \(r) is not one of ours"
+        case let .rebacking(gfn, reason): return "re-backing grantable page \(String(gfn, radix: 16)): \(reason)"
         }
     }
 }
@@ -75,6 +79,11 @@ public final class GrantTable {
     private var freeRefs: [GrantRef] = []
     private var pool: [GrantablePage] = []
     private var pageMappings: [UInt64: SharedMapping] = [:]
+    /// The supervisor's exposure map (`GrantExposureMap`), read-only.
+    private var exposure: SharedMapping?
+    /// Where else each grantable page is mapped here (`contiguousView`), so re-backing replaces
+    /// those views too.
+    private var aliases: [UInt64: [UnsafeMutableRawPointer]] = [:]
 
     init(hypercalls: HypercallChannel) {
         self.hypercalls = hypercalls
@@ -111,11 +120,20 @@ public final class GrantTable {
     public func allocatePage() throws -> GrantablePage {
         lock(); defer { unlock() }
         if pool.isEmpty {
-            let (r, fds) = hypercalls.callWithFDs(.allocGrantPages, [16])
+            let wantMap = exposure == nil
+            // 16 descriptors fit in one reply: 15 pages and the map the first time.
+            let (r, fds) = hypercalls.callWithFDs(.allocGrantPages, [wantMap ? 15 : 16, wantMap ? 1 : 0])
             defer { fds.forEach { $0.close() } }
             if r.rc < 0 { throw GrantError.hypercall(HypercallError(operation: "alloc_grant_pages", errno: -r.rc)) }
+            var pageFDs = fds[...]
+            if wantMap {
+                guard let mapFD = pageFDs.popLast(), pageFDs.count == Int(r.rc) else {
+                    throw GrantError.hypercall(HypercallError(operation: "alloc_grant_pages (exposure map)", errno: XenErrno.EIO.rawValue))
+                }
+                exposure = try SharedMapping(mapFD, length: GrantExposureMap.bytes, writable: false)
+            }
             var rd = WireReader(r.payload, what: "grant pages")
-            for fd in fds {
+            for fd in pageFDs {
                 let gfn = try rd.u64()
                 let m = try SharedMapping(fd, length: 4096)
                 pageMappings[gfn] = m
@@ -149,19 +167,111 @@ public final class GrantTable {
         return ref
     }
 
-    /// Revokes a grant; refused while the grantee has it mapped, as in Xen.
+    /// Revokes a grant; refused while the grantee has it mapped, as in Xen. When it returns, the
+    /// grantee holds this page in no form: if the supervisor ever sent its descriptor to another
+    /// domain (the exposure map says so), the page has been re-backed — a fresh copy mapped over
+    /// it (and over its `contiguousView`s) — and whatever the grantee kept is the old page,
+    /// which no longer reaches this domain. A page never exposed costs no hypercall.
     public func endAccess(_ ref: GrantRef) throws {
+        if let e = endAccess([ref])[0] { throw e }
+    }
+
+    /// Ends several grants, re-backing the exposed pages with as few hypercalls as can be
+    /// (16 pages each): an error per ref, nil where the access ended (and the page, if it was
+    /// exposed, was re-backed).
+    public func endAccess(_ refs: [GrantRef]) -> [GrantError?] {
         lock(); defer { unlock() }
-        guard table != nil, ref >= Self.reservedEntries, Int(ref) < nrFrames * GrantEntryV1.perFrame else {
-            throw GrantError.invalidReference(ref)
+        var results = [GrantError?](repeating: nil, count: refs.count)
+        var exposed: [(index: Int, gfn: UInt64)] = []
+        for (i, ref) in refs.enumerated() {
+            guard table != nil, ref >= Self.reservedEntries, Int(ref) < nrFrames * GrantEntryV1.perFrame else {
+                results[i] = .invalidReference(ref)
+                continue
+            }
+            let word = entryWord(ref)
+            var ended = false
+            while true {
+                let old = SharedAtomic.load(word)
+                if UInt16(old & 0xffff) & (GTF.reading | GTF.writing) != 0 { results[i] = .stillMapped(ref); break }
+                if SharedAtomic.compareExchange(word, expected: old, desired: 0) == old { ended = true; break }
+            }
+            guard ended else { continue }
+            freeRefs.append(ref)
+            // Read after the compare-and-swap: the supervisor marks a page before it can be
+            // mapped (GTF_reading/writing set by its own CAS), so an access that ended here saw
+            // any mapping's mark. An unmapped frame (a raw entry) has no mark.
+            let gfn = UInt64((table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee)
+            if isExposed(gfn), !exposed.contains(where: { $0.gfn == gfn }) { exposed.append((i, gfn)) }
         }
-        let word = entryWord(ref)
-        while true {
-            let old = SharedAtomic.load(word)
-            if UInt16(old & 0xffff) & (GTF.reading | GTF.writing) != 0 { throw GrantError.stillMapped(ref) }
-            if SharedAtomic.compareExchange(word, expected: old, desired: 0) == old { break }
+        for start in stride(from: 0, to: exposed.count, by: UnixSocket.maxFDsPerMessage) {
+            let batch = Array(exposed[start..<min(exposed.count, start + UnixSocket.maxFDsPerMessage)])
+            for (k, failure) in reback(batch.map(\.gfn)).enumerated() where failure != nil {
+                results[batch[k].index] = failure
+            }
         }
-        freeRefs.append(ref)
+        return results
+    }
+
+    private func isExposed(_ gfn: UInt64) -> Bool {
+        guard let exposure, gfn >= grantPageGFNBase, gfn - grantPageGFNBase < UInt64(GrantExposureMap.maxPages),
+              pageMappings[gfn] != nil else { return false }
+        return SharedAtomic.load((exposure.base + Int(gfn - grantPageGFNBase) * 4).assumingMemoryBound(to: UInt32.self)) != 0
+    }
+
+    /// `rebackGrantPages` for `gfns` (caller holds the lock): maps each fresh page over the old
+    /// one at its address and at every alias. A page another grantee still maps through a second
+    /// grant is left as it is (the supervisor answers EBUSY; it stays exposed and is re-backed
+    /// when that grant ends). A failure per gfn.
+    private func reback(_ gfns: [UInt64]) -> [GrantError?] {
+        var w = WireWriter()
+        for gfn in gfns { w.u64(gfn) }
+        let (r, fds) = hypercalls.callWithFDs(.rebackGrantPages, [], payload: w.bytes)
+        var remaining = fds[...]
+        defer { remaining.forEach { $0.close() } }
+        var rd = WireReader(r.payload, what: "reback grant pages")
+        return gfns.map { gfn in
+            guard r.rc >= 0, let raw = try? rd.u32() else {
+                return .rebacking(gfn: gfn, reason: "the supervisor answered \(r.rc)")
+            }
+            let status = Int32(bitPattern: raw)
+            if status == -Int32(XenErrno.EBUSY.rawValue) { return nil }
+            guard status == 0, let fd = remaining.popFirst() else {
+                return .rebacking(gfn: gfn, reason: "the supervisor refused (\(status))")
+            }
+            defer { fd.close() }
+            let places = [pageMappings[gfn]!.base] + (aliases[gfn] ?? [])
+            for place in places {
+                // MAP_FIXED replaces the old page's mapping in one step: no instant where the
+                // address is unmapped for another thread to fault on or to map something else at.
+                guard let p = mmap(place, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd.rawValue, 0), p == place else {
+                    return .rebacking(gfn: gfn, reason: "mmap(MAP_FIXED): \(Errno.current)")
+                }
+            }
+            return nil
+        }
+    }
+
+    // MARK: views of grantable pages
+
+    /// The pages seen again back to back (a multi-page ring the granter reads as one), through
+    /// mremap aliases this table keeps track of: when a page's grant ends and it is re-backed,
+    /// the view is re-backed with it. Aliases of grantable pages made any other way would keep
+    /// the old page after a re-back (and so stay shared with the grantee): use this.
+    public func contiguousView(_ pages: [GrantablePage]) throws -> UnsafeMutableRawPointer {
+        lock(); defer { unlock() }
+        let base = try ContiguousAlias.make(pages.map(\.base))
+        for (i, page) in pages.enumerated() { aliases[page.gfn, default: []].append(base + i * 4096) }
+        return base
+    }
+
+    /// Unmaps a `contiguousView` of `pages`.
+    public func releaseContiguousView(_ base: UnsafeMutableRawPointer, pages: [GrantablePage]) {
+        lock(); defer { unlock() }
+        for (i, page) in pages.enumerated() {
+            aliases[page.gfn]?.removeAll { $0 == base + i * 4096 }
+            if aliases[page.gfn]?.isEmpty == true { aliases[page.gfn] = nil }
+        }
+        ContiguousAlias.release(base, pages: pages.count)
     }
 
     /// The raw v1 entry words (flags | domid << 16): lets tests and tools inspect the table.
@@ -205,6 +315,23 @@ public final class GrantTable {
         }
     }
 
+    /// `GNTTABOP_map_grant_ref` for one grant, handing back the page's descriptor unmapped: for
+    /// callers that map it their own way, and for tests of a grantee that keeps it. Unmap the
+    /// handle with `unmapHandleOnly`.
+    public func mapDescriptor(domid: UInt16, ref: GrantRef, readonly: Bool = false) throws -> (handle: UInt32, fd: FileDescriptor) {
+        let req = GrantMapRequest(ref: ref, domid: domid, flags: readonly ? GNTMAP_readonly : 0)
+        let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode([req]))
+        guard r.rc >= 0, let res = try? GrantMapResult.decode(r.payload), res.count == 1 else {
+            fds.forEach { $0.close() }
+            throw GrantError.hypercall(HypercallError(operation: "GNTTABOP_map_grant_ref", errno: r.rc < 0 ? -r.rc : XenErrno.EIO.rawValue))
+        }
+        guard res[0].status == .okay, let fd = fds.first else {
+            fds.forEach { $0.close() }
+            throw GrantError.status(res[0].status, operation: "GNTTABOP_map_grant_ref")
+        }
+        return (res[0].handle, fd)
+    }
+
     /// Maps one grant.
     public func map(domid: UInt16, ref: GrantRef, readonly: Bool = false) throws -> GrantMapping {
         try map([(domid, ref, readonly)])[0].get()
@@ -213,8 +340,8 @@ public final class GrantTable {
     /// Handles per unmap hypercall (the supervisor refuses bigger lists).
     public static let maxUnmapBatch = 64
 
-    /// `GNTTABOP_unmap_grant_ref`: unmaps here, then tells the supervisor (which checks), in
-    /// batches of `maxUnmapBatch`.
+    /// `GNTTABOP_unmap_grant_ref`: unmaps here, then tells the supervisor (Xen's GTF_reading/
+    /// writing bookkeeping), in batches of `maxUnmapBatch`.
     public func unmap(_ mappings: [GrantMapping]) -> [GNTST] {
         if mappings.count > Self.maxUnmapBatch {
             return stride(from: 0, to: mappings.count, by: Self.maxUnmapBatch).flatMap {
@@ -268,13 +395,13 @@ public final class GrantTable {
         }
     }
 
-    /// Unmaps a run (its contiguous view first, so the supervisor's check finds nothing left).
+    /// Unmaps a run (its contiguous view first, then the pages).
     public func unmap(_ run: GrantMappingRun) -> [GNTST] {
         if run.aliased { ContiguousAlias.release(run.base, pages: run.mappings.count); run.aliased = false }
         return unmap(run.mappings)
     }
 
-    /// Unmaps with a raw handle only (no munmap here): for tests of a grantee that lies.
+    /// Unmaps with a raw handle only (no munmap here): for tests of a grantee that keeps its mapping.
     public func unmapHandleOnly(_ handle: UInt32) -> GNTST {
         var w = WireWriter()
         w.u32(handle)

@@ -1,11 +1,77 @@
 import CProcvisor
 import Glibc
 
+/// The seals of a memfd (`F_SEAL_*`).
+public struct MemFDSeals: OptionSet, Sendable, CustomStringConvertible {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    /// No more seals can be added, by anyone holding any descriptor.
+    public static let seal = MemFDSeals(rawValue: PV_F_SEAL_SEAL)
+    public static let shrink = MemFDSeals(rawValue: PV_F_SEAL_SHRINK)
+    public static let grow = MemFDSeals(rawValue: PV_F_SEAL_GROW)
+    public static let write = MemFDSeals(rawValue: PV_F_SEAL_WRITE)
+    /// No new writable mapping and no write(2), through any descriptor; mappings made before stay writable.
+    public static let futureWrite = MemFDSeals(rawValue: PV_F_SEAL_FUTURE_WRITE)
+
+    /// What every memfd handed to a domain carries. The size is fixed, so no holder can truncate
+    /// it under a mapping (the only way a domain could make another process's access to shared
+    /// memory raise SIGBUS: shmem faults beyond EOF are SIGBUS, holes within it read as zeros),
+    /// nor grow it into memory nobody accounted for. `seal` keeps a domain from adding seals of
+    /// its own (say `futureWrite` on a doorbell, which would stop every later peer mapping it).
+    /// Hole punching (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE) stays possible: shmem refuses it only
+    /// under `write` / `futureWrite`, and decrease_reservation needs it on RAM.
+    public static let handedOut: MemFDSeals = [.shrink, .grow, .seal]
+    /// `handedOut` plus `futureWrite`, for memory domains may only read (P2M, M2P, grant exposure map).
+    public static let handedOutReadOnly: MemFDSeals = [.shrink, .grow, .seal, .futureWrite]
+
+    public var description: String {
+        var names: [String] = []
+        if contains(.seal) { names.append("seal") }
+        if contains(.shrink) { names.append("shrink") }
+        if contains(.grow) { names.append("grow") }
+        if contains(.write) { names.append("write") }
+        if contains(.futureWrite) { names.append("future_write") }
+        return "[" + names.joined(separator: ",") + "]"
+    }
+}
+
 /// memfd-backed memory: the medium of domain RAM and grant frames.
 public enum MemFD {
-    /// An anonymous memory file of `size` bytes (close-on-exec). The corresponding C function is `memfd_create`.
+    /// An anonymous memory file of `size` bytes (close-on-exec), sealed `handedOut` before it is
+    /// returned: nobody, including whoever receives a descriptor for it later, can change its
+    /// size. The corresponding C functions are `memfd_create` (MFD_ALLOW_SEALING), `ftruncate`
+    /// and `fcntl(F_ADD_SEALS)`.
     public static func create(name: String, size: Int) throws -> FileDescriptor {
-        let raw = try negErrno("memfd_create", name) { pv_memfd_create(name, PV_MFD_CLOEXEC) }
+        let fd = try createUnsealed(name: name, size: size)
+        do {
+            try addSeals(fd, MemFDSeals.handedOut, context: name)
+        } catch {
+            fd.close()
+            throw error
+        }
+        return fd
+    }
+
+    /// Memory the creator writes and others only read: a memfd of `size` bytes, the creator's
+    /// writable mapping of it (made first: `futureWrite` refuses writable mappings made after it,
+    /// keeps the ones made before), then sealed `handedOutReadOnly`, and a read-only descriptor
+    /// for it to hand out. Through no descriptor can it be resized, written or mapped writable again.
+    public static func createReadOnlyShared(name: String, size: Int) throws -> (fd: FileDescriptor, readOnlyFD: FileDescriptor, mapping: SharedMapping) {
+        let fd = try createUnsealed(name: name, size: size)
+        do {
+            let mapping = try SharedMapping(fd, length: size)
+            try addSeals(fd, MemFDSeals.handedOutReadOnly, context: name)
+            let ro = try FileDescriptor.open("/proc/self/fd/\(fd.rawValue)", O_RDONLY | O_CLOEXEC)
+            return (fd, ro, mapping)
+        } catch {
+            fd.close()
+            throw error
+        }
+    }
+
+    /// A sized memfd that accepts seals but has none yet (callers seal it before handing it out).
+    public static func createUnsealed(name: String, size: Int) throws -> FileDescriptor {
+        let raw = try negErrno("memfd_create", name) { pv_memfd_create(name, PV_MFD_CLOEXEC | PV_MFD_ALLOW_SEALING) }
         let fd = FileDescriptor(rawValue: raw)
         do {
             try retrying("ftruncate", name) { ftruncate(raw, off_t(size)) }
@@ -14,6 +80,34 @@ public enum MemFD {
             throw error
         }
         return fd
+    }
+
+    /// Adds `seals`, then reads them back: a kernel that silently kept one off would void the
+    /// guarantees callers build on. The corresponding C call is `fcntl(F_ADD_SEALS)`.
+    public static func addSeals(_ fd: FileDescriptor, _ seals: MemFDSeals, context: String = "") throws {
+        let what = context.isEmpty ? "\(fd) \(seals)" : "\(context) (\(fd)) \(seals)"
+        try negErrno("fcntl(F_ADD_SEALS)", what) { pv_memfd_add_seals(fd.rawValue, seals.rawValue) }
+        let have = try self.seals(fd)
+        guard have.isSuperset(of: seals) else {
+            throw SystemError("fcntl(F_GET_SEALS)", "\(what): only \(have) took", errno: .invalidArgument)
+        }
+    }
+
+    /// The seals a memfd carries. The corresponding C call is `fcntl(F_GET_SEALS)`.
+    public static func seals(_ fd: FileDescriptor) throws -> MemFDSeals {
+        MemFDSeals(rawValue: try negErrno("fcntl(F_GET_SEALS)", "\(fd)") { pv_memfd_get_seals(fd.rawValue) })
+    }
+
+    /// Sets the file's size (refused with EPERM once `shrink` or `grow` forbid it). The
+    /// corresponding C function is `ftruncate`.
+    public static func resize(_ fd: FileDescriptor, to size: Int) throws {
+        try negErrno("ftruncate", "\(fd) to \(size)") { pv_ftruncate(fd.rawValue, Int64(size)) }
+    }
+
+    /// Allocates `length` bytes at `offset` (fallocate mode 0: past the end it grows the file,
+    /// refused with EPERM under `grow`). The corresponding C function is `fallocate`.
+    public static func allocate(_ fd: FileDescriptor, offset: Int, length: Int) throws {
+        try negErrno("fallocate", "\(fd) offset \(offset) length \(length)") { pv_fallocate(fd.rawValue, 0, Int64(offset), Int64(length)) }
     }
 
     /// Returns `length` bytes at `offset` to the host (FALLOC_FL_PUNCH_HOLE).

@@ -62,6 +62,17 @@ public let GNTCOPY_dest_gref: UInt16 = 1 << 1
 /// still within the 32-bit `frame` of a v1 grant entry.
 public let grantPageGFNBase: UInt64 = 0x8000_0000
 
+/// The grant exposure map: one u32 per grantable page (index gfn - `grantPageGFNBase`), written
+/// by the supervisor only (the domain's descriptor is read-only and sealed). Nonzero: the
+/// supervisor has sent a descriptor of this page to another domain since it was last re-backed,
+/// so ending its access must re-back it (`rebackGrantPages`). A domain gets the map with its
+/// first grantable pages (`allocGrantPages` args[1] = 1: the map's descriptor comes last).
+public enum GrantExposureMap {
+    /// Grantable pages a domain can ever hold at once (gfns are reused, so indices stay below it).
+    public static let maxPages = 4096
+    public static let bytes = maxPages * 4
+}
+
 public struct GrantMapRequest: Equatable, Sendable {
     public var ref: GrantRef
     public var domid: UInt16

@@ -653,7 +653,8 @@ public final class Blkfront {
 
             for q in 0..<queueCount {
                 for _ in 0..<nPages { loosePages.append(try gt.allocatePage()) }
-                let alias = nPages > 1 ? try ContiguousAlias.make(loosePages.map(\.base)) : nil
+                // Through the grant table, so re-backing at endAccess replaces the view too.
+                let alias = nPages > 1 ? try gt.contiguousView(loosePages) : nil
                 looseAlias = alias
                 let ring = FrontRing(page: alias ?? loosePages[0].base, layout: layout)
                 for page in loosePages { looseRefs.append(try gt.grantAccess(page, to: device.backendDomid, readonly: false)) }
@@ -725,7 +726,7 @@ public final class Blkfront {
             if published { try? end.switchState(.closing) }
             if let loosePort { try? ev.close(loosePort) }
             for r in looseRefs { try? gt.endAccess(r) }
-            if let looseAlias { ContiguousAlias.release(looseAlias, pages: loosePages.count) }
+            if let looseAlias { gt.releaseContiguousView(looseAlias, pages: loosePages) }
             loosePages.forEach(gt.freePage)  // never granted, or granted and just ended above
             for q in queues { release(q, gt: gt, ev: ev) }
             if let e = error as? BlkfrontError { throw e }
@@ -745,7 +746,7 @@ public final class Blkfront {
             } catch {}
         }
         if ringFree {
-            if let a = q.alias { ContiguousAlias.release(a, pages: q.pages.count) }
+            if let a = q.alias { gt.releaseContiguousView(a, pages: q.pages) }
             q.pages.forEach(gt.freePage)
         }
         try? ev.close(q.port)
@@ -1300,17 +1301,17 @@ public final class Blkfront {
         for q in queues { Self.release(q, gt: gt, ev: ev) }
     }
 
-    /// Ends `grants` and frees their pages; returns those still mapped by the backend.
+    /// Ends `grants` and frees their pages; returns those still mapped by the backend. One call
+    /// for all: the backend mapped every persistent grant, so each page is re-backed, 16 per
+    /// hypercall.
     private static func releaseGrants(_ grants: [Grant], gt: GrantTable) -> [Grant] {
         var still: [Grant] = []
-        for g in grants {
-            do {
-                try gt.endAccess(g.ref)
-                gt.freePage(g.page)
-            } catch GrantError.stillMapped {
-                still.append(g)
-            } catch {
-                // Not ours any more: nothing to end; never reuse the page.
+        for (g, failure) in zip(grants, gt.endAccess(grants.map(\.ref))) {
+            switch failure {
+            case nil: gt.freePage(g.page)
+            case .stillMapped?: still.append(g)
+            // Not ours any more, or not re-backed: never reuse the page.
+            default: break
             }
         }
         return still

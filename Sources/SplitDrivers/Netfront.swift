@@ -491,13 +491,13 @@ public final class Netfront: NetworkLink {
         }
         while true {
             var still: [(page: GrantablePage, ref: GrantRef)] = []
-            for g in grants {
-                do {
-                    try gt.endAccess(g.ref)
-                    gt.freePage(g.page)
-                } catch GrantError.stillMapped {
-                    still.append(g)
-                } catch {}
+            // One call for all: the exposed pages are re-backed 16 per hypercall.
+            for (g, failure) in zip(grants, gt.endAccess(grants.map(\.ref))) {
+                switch failure {
+                case nil: gt.freePage(g.page)
+                case .stillMapped?: still.append(g)
+                default: break  // never reuse a page that was not re-backed
+                }
             }
             grants = still
             if grants.isEmpty || left() <= 0 { break }

@@ -4,12 +4,21 @@ import ProcvisorABI
 
 /// A grantable page: a memfd of its own, so a grantee can be handed exactly this page and
 /// nothing else. Mappings in other domains keep it alive after its owner dies.
+///
+/// The memfd is sealed against resizing (`MemFDSeals.handedOut`) before any descriptor of it
+/// exists outside this object, so the supervisor's own mapping (grant copy, re-backing) can never
+/// fault past EOF: no domain can make it raise SIGBUS here.
 final class GrantPage {
     static var nextSerial: UInt64 = 1
+    /// Pages alive (each holds one descriptor here), whoever owns them: the descriptor budget
+    /// counts these, including pages of dead granters that maptracks keep.
+    static var live = 0
     let name: String
     let fd: FileDescriptor
     let owner: UInt16
     let gfn: UInt64
+    /// Maptrack entries (in any grantee) holding this page.
+    var mapCount = 0
     private var mapping: SharedMapping?
 
     init(owner: UInt16, gfn: UInt64) throws {
@@ -18,9 +27,13 @@ final class GrantPage {
         fd = try MemFD.create(name: name, size: 4096)
         self.owner = owner
         self.gfn = gfn
+        GrantPage.live += 1
     }
 
-    deinit { fd.close() }
+    deinit {
+        fd.close()
+        GrantPage.live -= 1
+    }
 
     /// The supervisor's own mapping (for grant copy), made on first use.
     func bytes() throws -> UnsafeMutableRawPointer {
@@ -47,13 +60,21 @@ struct MapTrackEntry {
 
 /// A domain's grant state: its table (as granter), its grantable pages, its mappings (as grantee).
 final class DomainGrants {
-    static let maxPages = 4096
+    /// The most grantable pages one domain may hold, whatever the descriptor budget allows.
+    static let maxPages = GrantExposureMap.maxPages
     let maxFrames: Int
     var nrFrames = 0
     var tableFD: FileDescriptor?
     var table: SharedMapping?
     var pages: [UInt64: GrantPage] = [:]
     var nextGFN = grantPageGFNBase
+    /// gfns of freed pages, reused first: every live page's gfn stays below
+    /// `grantPageGFNBase + maxPages`, inside the exposure map.
+    var freeGFNs: [UInt64] = []
+    /// The exposure map (`GrantExposureMap`): written here, read-only and sealed for the domain.
+    var exposure: (fd: FileDescriptor, readOnlyFD: FileDescriptor, mapping: SharedMapping)?
+    /// A budget refusal was logged since the domain last held fewer pages (one line, not a flood).
+    var budgetRefusalLogged = false
     var maptrack: [UInt32: MapTrackEntry] = [:]
     var nextHandle: UInt32 = 1
     /// Active mappings of this domain's grant entries by others: (readers, writers) per ref.
@@ -61,7 +82,36 @@ final class DomainGrants {
 
     init(maxFrames: Int) { self.maxFrames = maxFrames }
 
-    deinit { tableFD?.close() }
+    deinit {
+        tableFD?.close()
+        exposure?.fd.close()
+        exposure?.readOnlyFD.close()
+    }
+
+    func allocateGFN() -> UInt64 {
+        if let gfn = freeGFNs.popLast() { return gfn }
+        nextGFN += 1
+        return nextGFN - 1
+    }
+
+    private func exposureWord(_ gfn: UInt64) -> UnsafeMutablePointer<UInt32>? {
+        guard let exposure, gfn >= grantPageGFNBase, gfn - grantPageGFNBase < UInt64(Self.maxPages) else { return nil }
+        return (exposure.mapping.base + Int(gfn - grantPageGFNBase) * 4).assumingMemoryBound(to: UInt32.self)
+    }
+
+    /// Marks `page` exposed (its descriptor is about to leave for another domain), or not. The
+    /// mark is stored before the descriptor is sent and before the entry's GTF_reading/writing
+    /// can be cleared again (both after this store, the clear by an atomic RMW), so a granter
+    /// whose endAccess compare-and-swap succeeds always sees it.
+    func setExposed(_ page: GrantPage, _ exposed: Bool) {
+        guard let w = exposureWord(page.gfn) else { return }
+        SharedAtomic.store(w, exposed ? 1 : 0)
+    }
+
+    func isExposed(_ page: GrantPage) -> Bool {
+        guard let w = exposureWord(page.gfn) else { return false }
+        return SharedAtomic.load(w) != 0
+    }
 
     var entryCount: Int { nrFrames * GrantEntryV1.perFrame }
 
@@ -84,21 +134,46 @@ extension Supervisor {
         return g
     }
 
-    /// `PROCVISOR allocGrantPages`: new grantable pages, one memfd each.
+    /// `PROCVISOR allocGrantPages`: new grantable pages, one memfd each; with args[1] = 1 the
+    /// domain's exposure map (read-only) comes after them.
     func allocGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
-        let count = Int(min(r.args[0], 64))
-        guard count >= 1, count <= UnixSocket.maxFDsPerMessage else { return .error(r.seq, .EINVAL) }
+        let wantMap = r.args.count > 1 && r.args[1] == 1
+        var count = Int(min(r.args[0], 64))
+        guard count >= 1, count + (wantMap ? 1 : 0) <= UnixSocket.maxFDsPerMessage else { return .error(r.seq, .EINVAL) }
         let g = grants(dom)
-        guard g.pages.count + count <= DomainGrants.maxPages else { return .error(r.seq, .ENOMEM) }
+        // Fewer than asked when that is all the budget leaves (rc says how many); none: ENOMEM.
+        let (room, refusal) = grantPageRoom(dom, g)
+        count = min(count, room)
+        if count == 0 {
+            if !g.budgetRefusalLogged {
+                g.budgetRefusalLogged = true
+                log(refusal)
+                logger.warning("grantable pages refused", metadata: ["domid": "\(dom.domid)", "reason": "\(refusal)"])
+            }
+            return .error(r.seq, .ENOMEM)
+        }
+        if g.exposure == nil {
+            do {
+                g.exposure = try MemFD.createReadOnlyShared(name: "pv-gntexp-\(dom.domid)", size: GrantExposureMap.bytes)
+            } catch {
+                logger.error("cannot create the grant exposure map", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
+                return .error(r.seq, .ENOMEM)
+            }
+        }
         var w = WireWriter()
         var fds: [FileDescriptor] = []
         for _ in 0..<count {
-            guard let page = try? GrantPage(owner: dom.domid, gfn: g.nextGFN) else { return .error(r.seq, .ENOMEM) }
-            g.nextGFN += 1
+            let gfn = g.allocateGFN()
+            guard let page = try? GrantPage(owner: dom.domid, gfn: gfn) else {
+                g.freeGFNs.append(gfn)
+                return .error(r.seq, .ENOMEM)
+            }
             g.pages[page.gfn] = page
+            g.setExposed(page, false)
             fds.append(page.fd)
             w.u64(page.gfn)
         }
+        if wantMap, let exposure = g.exposure { fds.append(exposure.readOnlyFD) }
         replyFDs = fds
         return HypercallReply(seq: r.seq, rc: Int64(count), payload: w.bytes)
     }
@@ -107,10 +182,46 @@ extension Supervisor {
         let g = grants(dom)
         guard let page = g.pages[r.args[0]] else { return .error(r.seq, .EINVAL) }
         // A page still mapped by someone cannot go back (its entries say GTF_reading/writing).
-        let mapped = domains.values.contains { $0.grants?.maptrack.values.contains { $0.page === page } ?? false }
-        if mapped { return .error(r.seq, .EBUSY) }
+        if page.mapCount > 0 { return .error(r.seq, .EBUSY) }
         g.pages[r.args[0]] = nil
+        // Whatever a grantee kept of it is that memfd; the gfn's next page is a new one.
+        g.setExposed(page, false)
+        g.freeGFNs.append(page.gfn)
+        g.budgetRefusalLogged = false
         return HypercallReply(seq: r.seq, rc: 0)
+    }
+
+    /// `PROCVISOR rebackGrantPages`: the granter ended access to these exposed pages. Each gets a
+    /// fresh memfd with the page's current contents, which takes its place here (grant copy and
+    /// later maps use it) and goes to the granter to map over the old one; the old memfd is
+    /// dropped, so it lives on only in what a grantee kept (a descriptor, a mapping, a registered
+    /// buffer) and no longer reaches the granter. Refused (-EBUSY) for a page still mapped
+    /// through another grant: that grantee is entitled to it; the page stays exposed and is
+    /// re-backed when that grant ends.
+    func rebackGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+        guard r.payload.count % 8 == 0, !r.payload.isEmpty, r.payload.count / 8 <= UnixSocket.maxFDsPerMessage else {
+            malformed(dom, seq: r.seq, "reback grant pages: bad gfn list")
+            return .error(r.seq, .EINVAL)
+        }
+        let g = grants(dom)
+        var rd = WireReader(r.payload, what: "reback grant pages")
+        var w = WireWriter()
+        var fds: [FileDescriptor] = []
+        for _ in 0..<(r.payload.count / 8) {
+            guard let gfn = try? rd.u64(), let old = g.pages[gfn] else { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EINVAL.rawValue))); continue }
+            if old.mapCount > 0 { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EBUSY.rawValue))); continue }
+            guard let fresh = try? GrantPage(owner: dom.domid, gfn: gfn), let to = try? fresh.bytes(), let from = try? old.bytes() else {
+                w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.ENOMEM.rawValue)))
+                continue
+            }
+            memcpy(to, from, 4096)
+            g.pages[gfn] = fresh
+            g.setExposed(fresh, false)
+            fds.append(fresh.fd)
+            w.u32(0)
+        }
+        replyFDs = fds
+        return HypercallReply(seq: r.seq, rc: Int64(fds.count), payload: w.bytes)
     }
 
     /// `__HYPERVISOR_grant_table_op`.
@@ -159,10 +270,8 @@ extension Supervisor {
             }
             var rd = WireReader(r.payload, what: "grant unmap")
             var statuses: [GNTST] = []
-            // One look at the grantee's mappings and descriptors serves the whole batch.
-            let refs = dom.hasProcess ? ProcFS.memfdReferences(of: dom.pid) : [:]
             for _ in 0..<(r.payload.count / 4) {
-                statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0, references: refs))
+                statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0))
             }
             return HypercallReply(seq: seq, rc: 0, payload: GrantStatusList.encode(statuses))
         case .copy:
@@ -206,6 +315,9 @@ extension Supervisor {
             return (.generalError, 0, nil)
         }
         let sent = (fd: fd, owned: readonly)
+        // Exposed before the descriptor leaves (the reply is sent after dispatch returns).
+        gg.setExposed(page, true)
+        page.mapCount += 1
         var counts = gg.active[q.ref] ?? (0, 0)
         if readonly { counts.readers += 1 } else { counts.writers += 1 }
         gg.active[q.ref] = counts
@@ -228,23 +340,19 @@ extension Supervisor {
         }
     }
 
-    /// The grantee says it unmapped: check it really holds no mapping or descriptor of the page
-    /// beyond its other handles (a mapping cannot be revoked from outside), then release.
-    func unmapGrant(_ dom: DomainRecord, handle: UInt32, references: [String: Int]) -> GNTST {
-        let g = grants(dom)
-        guard let entry = g.maptrack[handle] else { return .badHandle }
-        // Handles still held for the page after this one: the snapshot may show at most that many
-        // mappings and descriptors (earlier handles of the batch are already dropped).
-        let others = g.maptrack.values.filter { $0.page === entry.page }.count - 1
-        if dom.hasProcess && (references[entry.page.name] ?? 0) > others {
-            return .generalError
-        }
+    /// The grantee says it unmapped: Xen's bookkeeping only (GTF_reading/GTF_writing). Nothing
+    /// here checks what the grantee really let go of, and nothing needs to: the page is marked
+    /// exposed, so when the granter ends access it is re-backed (`rebackGrantPages`) and whatever
+    /// the grantee kept is detached from the granter by construction.
+    func unmapGrant(_ dom: DomainRecord, handle: UInt32) -> GNTST {
+        guard grants(dom).maptrack[handle] != nil else { return .badHandle }
         dropMapping(dom, handle: handle)
         return .okay
     }
 
     func dropMapping(_ dom: DomainRecord, handle: UInt32) {
         guard let g = dom.grants, let entry = g.maptrack.removeValue(forKey: handle) else { return }
+        entry.page.mapCount -= 1
         guard let granter = domains[entry.granter], granter.grants != nil, let gg = granter.grants else { return }
         var counts = gg.active[entry.ref] ?? (0, 0)
         if entry.readonly { counts.readers = max(0, counts.readers - 1) } else { counts.writers = max(0, counts.writers - 1) }

@@ -23,9 +23,8 @@ final class MachineMemory {
         while gcd(s, self.totalFrames) != 1 { s += 2 }
         stride = s
         let bytes = Int(self.totalFrames) * 8
-        m2pFD = try MemFD.create(name: "pv-m2p", size: bytes)
-        m2pReadOnlyFD = try FileDescriptor.open("/proc/self/fd/\(m2pFD.rawValue)", O_RDONLY)
-        m2p = try SharedMapping(m2pFD, length: bytes)
+        // Sealed read-only for everyone but this mapping (F_SEAL_FUTURE_WRITE after it is made).
+        (m2pFD, m2pReadOnlyFD, m2p) = try MemFD.createReadOnlyShared(name: "pv-m2p", size: bytes)
     }
 
     deinit {
@@ -70,10 +69,11 @@ final class DomainMemory {
     init(domid: UInt16, spanPages: UInt64) throws {
         self.spanPages = spanPages
         maxPages = spanPages
+        // RAM is sealed against resizing only: decrease_reservation punches holes in it, which
+        // F_SEAL_SHRINK/GROW allow (only the write seals refuse FALLOC_FL_PUNCH_HOLE).
         ramFD = try MemFD.create(name: "pv-ram-\(domid)", size: Int(spanPages) * 4096)
-        p2mFD = try MemFD.create(name: "pv-p2m-\(domid)", size: max(4096, Int(spanPages) * 8))
-        p2mReadOnlyFD = try FileDescriptor.open("/proc/self/fd/\(p2mFD.rawValue)", O_RDONLY)
-        p2m = try SharedMapping(p2mFD, length: max(4096, Int(spanPages) * 8))
+        // The P2M: written through this mapping only, read-only for the domain by seal.
+        (p2mFD, p2mReadOnlyFD, p2m) = try MemFD.createReadOnlyShared(name: "pv-p2m-\(domid)", size: max(4096, Int(spanPages) * 8))
         for i in 0..<Int(spanPages) { p2m.base.storeBytes(of: PhysMap.invalidEntry, toByteOffset: i * 8, as: UInt64.self) }
     }
 

@@ -6,7 +6,15 @@ import Toolstack
 extension Supervisor {
     func acceptConnections() {
         guard let l = listener else { return }
-        while let fd = try? UnixSocket.accept(l) {
+        while true {
+            let accepted: FileDescriptor?
+            do {
+                accepted = try UnixSocket.accept(l)
+            } catch {
+                if Self.isDescriptorShortage(error) { pauseAccepting(l) }
+                return
+            }
+            guard let fd = accepted else { return }
             // The socket is 0600, but check the peer anyway: only our own user may drive us.
             if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
                 logger.warning("refused control connection", metadata: ["uid": "\(peer.uid)"])
@@ -23,6 +31,21 @@ extension Supervisor {
                 continue
             }
             connections[ObjectIdentifier(c)] = c
+        }
+    }
+
+    /// Out of descriptors: the pending connection stays queued and the listener readable, so
+    /// watching it would spin. Unwatch it for 50 ms (descriptors free up as clients and
+    /// domains go), then watch again.
+    func pauseAccepting(_ l: FileDescriptor) {
+        loop.unwatch(l, token: listenerToken)
+        logger.warning("control socket: out of descriptors, accepting again in 50 ms",
+                       metadata: ["nofile": "\(DescriptorBudget.limit)"])
+        loop.after(ms: 50) { [weak self] in
+            guard let self, !self.stopping, let current = self.listener, current.rawValue == l.rawValue else { return }
+            if let token = try? self.loop.watch(current, .readable, { [unowned self] _ in self.acceptConnections() }) {
+                self.listenerToken = token
+            }
         }
     }
 

@@ -62,7 +62,15 @@ final class XenStoreServer {
 
     private func accept() {
         guard let l = listener else { return }
-        while let fd = try? UnixSocket.accept(l) {
+        while true {
+            let accepted: FileDescriptor?
+            do {
+                accepted = try UnixSocket.accept(l)
+            } catch {
+                if let e = error as? SystemError, e.errno.rawValue == EMFILE || e.errno.rawValue == ENFILE { pauseAccepting(l) }
+                return
+            }
+            guard let fd = accepted else { return }
             if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
                 logger.warning("refused xenstore connection", metadata: ["uid": "\(peer.uid)"])
                 fd.close()
@@ -83,6 +91,19 @@ final class XenStoreServer {
             }
             sockets[id] = c
             engine.connect(id, domid: 0)
+        }
+    }
+
+    /// Out of descriptors: stop watching the listener (it stays readable: the watch would spin)
+    /// for 50 ms, then watch again.
+    private func pauseAccepting(_ l: FileDescriptor) {
+        loop.unwatch(l, token: listenerToken)
+        logger.warning("xenstore socket: out of descriptors, accepting again in 50 ms")
+        loop.after(ms: 50) { [weak self] in
+            guard let self, let current = self.listener, current.rawValue == l.rawValue else { return }
+            if let token = try? self.loop.watch(current, .readable, { [unowned self] _ in self.accept() }) {
+                self.listenerToken = token
+            }
         }
     }
 
