@@ -3,23 +3,62 @@ import Glibc
 
 /// An io_uring instance (liburing). The owner frees the ring in `deinit`.
 ///
-/// Where the kernel refuses io_uring (`io_uring_disabled`, a seccomp policy, an old kernel) `init`
-/// throws with EPERM/ENOSYS: callers fall back to a thread pool with preadv/pwritev. Setting
-/// `PROCVISOR_FORCE_NO_IOURING=1` makes `IOUring.probe()` report it refused, so tests cover both paths.
+/// Every ring is restricted (`IORingPolicy`): created disabled, limited to the operations the
+/// backends use, every SQE on a registered file (`Target.registered`), then enabled.
+///
+/// Where the kernel refuses io_uring (`io_uring_disabled`, a seccomp policy, an old kernel) `init` throws with EPERM/ENOSYS: callers fall back to a thread pool with
+/// preadv/pwritev. Setting `PROCVISOR_FORCE_NO_IOURING=1` makes `IOUring.probe()` report it
+/// refused, so tests cover both paths.
 public final class IOUring {
     let ring: UnsafeMutableRawPointer
+    /// IORING_REGISTER_ENABLE_RINGS has been done (by `enable`, or by `init(entries:)`).
+    public private(set) var enabled = false
 
+    /// A ring for any thread, enabled at once: register files (`registerFiles`) before using it.
     public init(entries: UInt32 = 64) throws {
+        ring = try Self.make(IORingPolicy.Request(entries: entries))
+        try enable()
+    }
+
+    /// Maps a ring made elsewhere (`IORingPolicy.create`, possibly in another process): its descriptor and the
+    /// io_uring_params the kernel returned. The ring owns `fd` from then on; on failure `fd` is
+    /// left to the caller. Not enabled: register what is needed, then `enable`.
+    public init(adopting fd: FileDescriptor, params: [UInt8]) throws {
         var err: Int32 = 0
-        guard let r = pv_uring_create(entries, &err) else {
-            throw SystemError("io_uring_queue_init", "\(entries) entries", errno: Errno(rawValue: -err))
+        guard let r = params.withUnsafeBytes({ pv_uring_adopt(fd.rawValue, $0.baseAddress, $0.count, &err) }) else {
+            throw SystemError("io_uring_queue_mmap", "\(fd)", errno: Errno(rawValue: -err))
         }
         ring = r
     }
 
     init(raw: UnsafeMutableRawPointer) { ring = raw }
 
+    /// A ring without restrictions, enabled: only for tests that show an operation the policy
+    /// refuses does work where nothing restricts it (so the refusal is the policy's doing).
+    init(unrestrictedForTesting entries: UInt32) throws {
+        var err: Int32 = 0
+        guard let r = pv_uring_create(entries, &err) else {
+            throw SystemError("io_uring_queue_init", "\(entries) entries", errno: Errno(rawValue: -err))
+        }
+        ring = r
+        enabled = true
+    }
+
     deinit { pv_uring_destroy(ring) }
+
+    /// A restricted, disabled ring, mapped.
+    static func make(_ request: IORingPolicy.Request) throws -> UnsafeMutableRawPointer {
+        let made = try IORingPolicy.create(request)
+        var err: Int32 = 0
+        guard let r = made.params.withUnsafeBytes({ pv_uring_adopt(made.fd.rawValue, $0.baseAddress, $0.count, &err) }) else {
+            made.fd.close()
+            throw SystemError("io_uring_queue_mmap", "ring \(made.fd) (\(request))", errno: Errno(rawValue: -err))
+        }
+        return r
+    }
+
+    /// The ring's descriptor (owned by the ring).
+    public var descriptor: FileDescriptor { FileDescriptor(rawValue: pv_uring_ring_fd(ring)) }
 
     /// Whether io_uring can be used here; the errno that refused it otherwise.
     public static func probe(environment: [String: String] = Process.environment()) -> Errno? {
@@ -34,18 +73,36 @@ public final class IOUring {
         }
     }
 
-    /// Queues a read into `buffer` (which must stay valid until its completion).
-    public func read(_ fd: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64, userData: UInt64) throws {
-        try negErrno("io_uring_prep_read", "\(fd)") {
-            pv_uring_prep_read(ring, fd.rawValue, buffer.baseAddress, UInt32(buffer.count), offset, userData)
+    /// Queues a read into `buffer` (which must stay valid until its completion). `offset`
+    /// UInt64.max reads at the file position (taps, eventfds).
+    public func read(_ target: Target, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64, userData: UInt64) throws {
+        try negErrno("io_uring_prep_read", "\(target)") {
+            pv_uring_prep_raw(ring, PV_IORING_OP_READ, target.fd, UInt64(UInt(bitPattern: buffer.baseAddress)), UInt32(buffer.count),
+                              offset, 0, 0, target.sqeFlags, userData)
         }
     }
 
     /// Queues a write from `buffer` (which must stay valid until its completion).
-    public func write(_ fd: FileDescriptor, from buffer: UnsafeRawBufferPointer, offset: UInt64, userData: UInt64) throws {
-        try negErrno("io_uring_prep_write", "\(fd)") {
-            pv_uring_prep_write(ring, fd.rawValue, buffer.baseAddress, UInt32(buffer.count), offset, userData)
+    public func write(_ target: Target, from buffer: UnsafeRawBufferPointer, offset: UInt64, userData: UInt64) throws {
+        try negErrno("io_uring_prep_write", "\(target)") {
+            pv_uring_prep_raw(ring, PV_IORING_OP_WRITE, target.fd, UInt64(UInt(bitPattern: buffer.baseAddress)), UInt32(buffer.count),
+                              offset, 0, 0, target.sqeFlags, userData)
         }
+    }
+
+    /// Queues any SQE (io_uring_prep_rw's layout plus the operation's flags word): for tests
+    /// showing what a restricted ring refuses. `sqeFlags` is IOSQE_*.
+    public func prepareRaw(opcode: Int32, fd: Int32, address: UInt64 = 0, length: UInt32 = 0, offset: UInt64 = 0,
+                           operationFlags: UInt32 = 0, address3: UInt64 = 0, sqeFlags: UInt32 = 0, userData: UInt64) throws {
+        try negErrno("io_uring_prep_rw", "opcode \(opcode)") {
+            pv_uring_prep_raw(ring, opcode, fd, address, length, offset, operationFlags, address3, sqeFlags, userData)
+        }
+    }
+
+    /// io_uring_register with `opcode` and no argument: the kernel's answer (>= 0) or the errno.
+    public func registerWithoutArgument(_ opcode: Int32) -> Result<Int32, Errno> {
+        let rc = pv_uring_register_noarg(pv_uring_ring_fd(ring), UInt32(opcode))
+        return rc < 0 ? .failure(Errno(rawValue: -rc)) : .success(rc)
     }
 
     /// Submits everything queued; returns how many entries the kernel took.
@@ -68,8 +125,10 @@ public final class IOUring {
 // MARK: - Block I/O: vectored transfers, sync, fallocate, batches, registered files, eventfd
 
 extension IOUring {
-    /// What an operation acts on: a plain descriptor, or an index into the files registered with
-    /// `registerFiles` (IOSQE_FIXED_FILE: the kernel skips the fd table lookup and refcount per op).
+    /// What an operation acts on: an index into the files registered with `registerFiles`
+    /// (IOSQE_FIXED_FILE: the kernel skips the fd table lookup and refcount per op), or a plain
+    /// descriptor, which the restrictions every ring carries refuse (EACCES): it is here so
+    /// tests can show that.
     public enum Target: Equatable, Sendable {
         case descriptor(FileDescriptor)
         case registered(Int32)
@@ -199,6 +258,14 @@ extension IOUring {
         }
     }
 
+    /// Points registered file `index` at `fd` (IORING_REGISTER_FILES_UPDATE), nil empties it. The
+    /// table must exist (`registerFiles`; -1 entries there are empty slots).
+    public func updateFile(_ index: Int, _ fd: FileDescriptor?) throws {
+        try negErrno("IORING_REGISTER_FILES_UPDATE", "slot \(index) = \(fd.map { "\($0)" } ?? "empty")") {
+            pv_uring_update_file(ring, UInt32(index), fd?.rawValue ?? -1)
+        }
+    }
+
     /// IORING_REGISTER_EVENTFD: the kernel signals `eventfd` whenever it posts a completion, so the
     /// ring can sit in an epoll set next to other descriptors.
     public func registerEventFD(_ eventfd: FileDescriptor) throws {
@@ -219,25 +286,38 @@ extension IOUring {
     /// A ring for one thread that submits and reaps everything itself (IORING_SETUP_SINGLE_ISSUER
     /// with DEFER_TASKRUN, created disabled: the thread that calls `enable` becomes its owner).
     /// Completion work then runs only when the owner asks for completions, never by interrupting
-    /// it. Kernels before 6.1 get COOP_TASKRUN, before 5.19 a plain ring (`enable` is then a no-op).
+    /// it. Kernels before 6.1 get COOP_TASKRUN, before 5.19 a plain ring (enabled all the same:
+    /// every ring starts disabled, for its restrictions).
     public static func owned(entries: UInt32) throws -> IOUring {
         let choices: [UInt32] = [
-            PV_IORING_SETUP_SINGLE_ISSUER | PV_IORING_SETUP_DEFER_TASKRUN | PV_IORING_SETUP_TASKRUN_FLAG | PV_IORING_SETUP_R_DISABLED,
+            PV_IORING_SETUP_SINGLE_ISSUER | PV_IORING_SETUP_DEFER_TASKRUN | PV_IORING_SETUP_TASKRUN_FLAG,
             PV_IORING_SETUP_COOP_TASKRUN | PV_IORING_SETUP_TASKRUN_FLAG,
+            0,
         ]
+        var last: Error?
         for flags in choices {
-            var err: Int32 = 0
-            if let r = pv_uring_create_flags(entries, flags, &err) { return IOUring(raw: r) }
-            if err != -EINVAL { throw SystemError("io_uring_queue_init", "\(entries) entries", errno: Errno(rawValue: -err)) }
+            do {
+                return IOUring(raw: try make(IORingPolicy.Request(entries: entries, flags: flags)))
+            } catch let e as SystemError where e.errno == .invalidArgument {
+                last = e  // a kernel without these flags: try the next set
+            }
         }
-        return try IOUring(entries: entries)
+        throw last!
     }
 
-    /// Makes the calling thread the owner of a ring from `owned` (IORING_REGISTER_ENABLE_RINGS).
+    /// Enables the ring (IORING_REGISTER_ENABLE_RINGS): submissions work from now on, and the
+    /// restrictions apply. For a SINGLE_ISSUER ring from `owned`, the calling thread becomes its
+    /// only submitter (and the only one that may register with it). Once only: the policy does
+    /// not allow ENABLE_RINGS on an enabled ring.
     public func enable() throws {
-        guard pv_uring_setup_flags(ring) & PV_IORING_SETUP_R_DISABLED != 0 else { return }
+        guard !enabled else { return }
         try negErrno("io_uring_enable_rings") { pv_uring_enable(ring) }
+        enabled = true
     }
+
+    /// Created with IORING_SETUP_SINGLE_ISSUER: once enabled, only the enabling thread submits
+    /// and registers (others get EEXIST).
+    public var isSingleIssuer: Bool { pv_uring_setup_flags(ring) & PV_IORING_SETUP_SINGLE_ISSUER != 0 }
 
     /// Whether the kernel implements IORING_OP_FUTEX_WAIT (Linux 6.7).
     public var supportsFutexWait: Bool { pv_uring_supports(ring, PV_IORING_OP_FUTEX_WAIT) == 1 }
@@ -245,12 +325,21 @@ extension IOUring {
     /// Queues IORING_OP_FUTEX_WAIT on a shared 32-bit futex word (another process may wake it):
     /// completes with 0 once woken, at once with -EAGAIN if `word` no longer holds `expected`.
     public func futexWait(_ word: UnsafeMutablePointer<UInt32>, expected: UInt32, userData: UInt64) throws {
-        try negErrno("io_uring_prep_futex_wait") { pv_uring_prep_futex_wait(ring, word, expected, userData) }
+        // The kernel's io_futex_prep layout (liburing 2.3 predates the opcode): fd = FUTEX2_*
+        // flags (0x02: 32-bit, shared), addr = word, off = expected value, addr3 = bitset mask
+        // (FUTEX_BITSET_MATCH_ANY). IOSQE_FIXED_FILE because the policy requires it on every
+        // SQE; the kernel ignores it for an operation without a file.
+        try negErrno("io_uring_prep_futex_wait") {
+            pv_uring_prep_raw(ring, PV_IORING_OP_FUTEX_WAIT, 0x02, UInt64(UInt(bitPattern: word)), 0, UInt64(expected), 0,
+                              0xffff_ffff, PV_IOSQE_FIXED_FILE, userData)
+        }
     }
 
-    /// Queues a one-shot IORING_OP_POLL_ADD for readability of `fd`: completes with the revents.
-    public func pollReadable(_ fd: FileDescriptor, userData: UInt64) throws {
-        try negErrno("io_uring_prep_poll_add", "\(fd)") { pv_uring_prep_poll(ring, fd.rawValue, UInt32(POLLIN), userData) }
+    /// Queues a one-shot IORING_OP_POLL_ADD for readability of `target`: completes with the revents.
+    public func pollReadable(_ target: Target, userData: UInt64) throws {
+        try negErrno("io_uring_prep_poll_add", "\(target)") {
+            pv_uring_prep_raw(ring, PV_IORING_OP_POLL_ADD, target.fd, 0, 0, 0, UInt32(POLLIN), 0, target.sqeFlags, userData)
+        }
     }
 
     /// Submits what is queued and waits until `count` completions are available or `timeoutNs`

@@ -287,7 +287,7 @@ private func makeEventFD() throws -> FileDescriptor {
 // MARK: - io_uring engine
 
 /// io_uring on one disk: READV/WRITEV straight into the caller's pages, FSYNC(DATASYNC), FALLOCATE;
-/// the disk registered as a fixed file when the kernel allows; at most `queueDepth` operations in
+/// the disk registered as a fixed file (the ring's restrictions refuse anything else); at most `queueDepth` operations in
 /// the kernel (so the completion queue, twice the submission queue, never overflows).
 final class IOUringBlockIOEngine: BlockIOEngine {
     let name = "io_uring"
@@ -326,24 +326,24 @@ final class IOUringBlockIOEngine: BlockIOEngine {
 
     /// `owned`: a ring for one thread (`IOUring.owned`: deferred completion work), which must call
     /// `adopt` before anything else and be the only one to use the engine, `close` included.
+    /// The ring is restricted (`IORingPolicy`): it acts only on registered files, so the disk is
+    /// registered (slot 0, with slot 1 kept for the owner's kick descriptor) or the engine is not
+    /// made. A plain ring is enabled here; an owned one by `adopt`, on its thread.
     init(disk: FileDescriptor, queueDepth: Int, owned: Bool = false) throws {
         let ring = owned ? try IOUring.owned(entries: UInt32(queueDepth + 2)) : try IOUring(entries: UInt32(queueDepth))
         let efd = try makeEventFD()
-        if !owned {
-            do {
-                try ring.registerEventFD(efd)
-            } catch {
-                efd.close()
-                throw error
-            }
+        do {
+            if !owned { try ring.registerEventFD(efd) }
+            try ring.registerFiles(owned ? [disk, FileDescriptor(rawValue: -1)] : [disk])
+        } catch {
+            efd.close()
+            throw error
         }
-        var fixed = true
-        do { try ring.registerFiles([disk]) } catch { fixed = false }
         self.ring = ring
         self.owned = owned
         self.completionFD = efd
-        self.fixedFile = fixed
-        self.target = fixed ? .registered(0) : .descriptor(disk)
+        self.fixedFile = true
+        self.target = .registered(0)
         self.depth = queueDepth
         self.slots = Array(repeating: nil, count: queueDepth)
         self.freeSlots = Array((0..<queueDepth).reversed())
@@ -385,11 +385,20 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         if (try? ring.futexWait(word, expected: expected, userData: Self.doorbellTag)) != nil { doorbellArmed = true }
     }
 
-    /// Owned mode: queues a poll for `fd` becoming readable (`kicked`). One at a time.
+    /// Owned mode: queues a poll for `fd` becoming readable (`kicked`). One at a time. The ring
+    /// polls only registered files: `fd` goes into slot 1 first if another descriptor was there
+    /// (the owner's thread registers; a SINGLE_ISSUER ring refuses other threads).
     func armKick(_ fd: FileDescriptor) {
         guard let ring, !kickArmed, !closed else { return }
-        if (try? ring.pollReadable(fd, userData: Self.kickTag)) != nil { kickArmed = true }
+        if kickFile != fd {
+            guard (try? ring.updateFile(Self.kickSlot, fd)) != nil else { return }
+            kickFile = fd
+        }
+        if (try? ring.pollReadable(.registered(Int32(Self.kickSlot)), userData: Self.kickTag)) != nil { kickArmed = true }
     }
+    static let kickSlot = 1
+    /// The descriptor in registered slot `kickSlot` (owned mode).
+    private var kickFile: FileDescriptor?
 
     /// Owned mode: completions ready (or deferred work flagged) without a system call.
     var hasCompletions: Bool { !ready.isEmpty || (ring?.hasCompletions ?? false) }

@@ -34,8 +34,9 @@ final class NetUplink: NetBridgePortProtocol {
         self.bridge = bridge
         self.tap = tap
         pthread_mutex_init(&mutex, nil)
+        // The ring acts on registered files only (IORingPolicy): the tap is file 0, the kick 1.
         if IOUring.probe(environment: owner.environment.merging(Process.environment()) { a, _ in a }) == nil,
-           let r = try? IOUring(entries: 128) {
+           let r = try? IOUring(entries: 128), (try? r.registerFiles([tap, kickEvent.fd])) != nil {
             ring = r
             engineName = "io_uring"
         }
@@ -103,6 +104,9 @@ final class NetUplink: NetBridgePortProtocol {
         }
     }
 
+    /// Registered file slots of the ring.
+    private static let tapFile: Int32 = 0
+    private static let kickFile: Int32 = 1
     private static let kickTag: UInt64 = 1 << 40
     private static let writeTag: UInt64 = 1 << 41
 
@@ -113,11 +117,11 @@ final class NetUplink: NetBridgePortProtocol {
         var writes: [UInt64: UnsafeMutableRawBufferPointer] = [:]
         var nextWrite: UInt64 = 0
         func postRead(_ i: Int) {
-            try? ring.read(tap, into: UnsafeMutableRawBufferPointer(start: buffers + i * Self.bufferSize, count: Self.bufferSize),
+            try? ring.read(.registered(Self.tapFile), into: UnsafeMutableRawBufferPointer(start: buffers + i * Self.bufferSize, count: Self.bufferSize),
                            offset: UInt64.max, userData: UInt64(i))
         }
         func postKick() {
-            try? ring.read(kickEvent.fd, into: UnsafeMutableRawBufferPointer(start: kickWord, count: 8), offset: UInt64.max,
+            try? ring.read(.registered(Self.kickFile), into: UnsafeMutableRawBufferPointer(start: kickWord, count: 8), offset: UInt64.max,
                            userData: Self.kickTag)
         }
         for i in 0..<Self.reads { postRead(i) }
@@ -155,7 +159,7 @@ final class NetUplink: NetBridgePortProtocol {
                     writes[tag] = frame
                     if ring.submissionSpace == 0 { _ = try? ring.submit() }
                     do {
-                        try ring.write(tap, from: UnsafeRawBufferPointer(frame), offset: UInt64.max, userData: tag)
+                        try ring.write(.registered(Self.tapFile), from: UnsafeRawBufferPointer(frame), offset: UInt64.max, userData: tag)
                     } catch {
                         writes.removeValue(forKey: tag)?.deallocate()
                     }

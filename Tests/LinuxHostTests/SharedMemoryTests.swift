@@ -64,13 +64,14 @@ import Testing
             return
         }
         let ring = try IOUring(entries: 8)
+        try ring.registerFiles([fd])  // every ring acts on registered files only (IORingPolicy)
         let data: [UInt8] = Array("procvisor".utf8)
-        try data.withUnsafeBytes { try ring.write(fd, from: $0, offset: 100, userData: 7) }
+        try data.withUnsafeBytes { try ring.write(.registered(0), from: $0, offset: 100, userData: 7) }
         try ring.submit()
         let w = try #require(try ring.complete())
         #expect(w.userData == 7 && w.result == Int32(data.count))
         var back = [UInt8](repeating: 0, count: data.count)
-        try back.withUnsafeMutableBytes { try ring.read(fd, into: $0, offset: 100, userData: 8) }
+        try back.withUnsafeMutableBytes { try ring.read(.registered(0), into: $0, offset: 100, userData: 8) }
         try ring.submit()
         let r = try #require(try ring.complete())
         #expect(r.userData == 8 && r.result == Int32(data.count))
