@@ -87,6 +87,8 @@ let package = Package(
 
         // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
         .executableTarget(name: "testguest", dependencies: ["DomainRuntime", "SplitDrivers"], path: "Tests/Guests/testguest", swiftSettings: v5),
+        // A domain kernel in plain C with no DomainRuntime: the isolation tests' hostile guest.
+        .executableTarget(name: "cattack", path: "Tests/Guests/cattack"),
 
         .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),

@@ -190,6 +190,7 @@ uint32_t pv_seccomp_act_allow(void) { return SCMP_ACT_ALLOW; }
 uint32_t pv_seccomp_act_trap(void) { return SCMP_ACT_TRAP; }
 uint32_t pv_seccomp_act_kill_process(void) { return SCMP_ACT_KILL_PROCESS; }
 uint32_t pv_seccomp_act_errno(int err) { return SCMP_ACT_ERRNO(err); }
+uint32_t pv_seccomp_act_notify(void) { return SCMP_ACT_NOTIFY; }
 
 void *pv_seccomp_new(uint32_t default_action) { return seccomp_init(default_action); }
 void pv_seccomp_release(void *ctx) { if (ctx) seccomp_release(ctx); }
@@ -227,6 +228,8 @@ int pv_seccomp_add_rule(void *ctx, uint32_t action, int syscall_nr, const struct
     }
     return seccomp_rule_add_array(ctx, action, syscall_nr, nargs, cmp);
 }
+
+int pv_seccomp_set_badarch(void *ctx, uint32_t action) { return seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, action); }
 
 int pv_seccomp_set_tsync(void *ctx, int on) { return seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, on ? 1 : 0); }
 
@@ -471,92 +474,7 @@ _Static_assert(PV_IORING_FEAT_SUBMIT_STABLE == IORING_FEAT_SUBMIT_STABLE, "IORIN
 _Static_assert(PV_FALLOC_KEEP_SIZE == FALLOC_FL_KEEP_SIZE, "FALLOC_FL_KEEP_SIZE");
 _Static_assert(PV_FALLOC_PUNCH_HOLE == FALLOC_FL_PUNCH_HOLE, "FALLOC_FL_PUNCH_HOLE");
 
-// ---- domain launch ----
-
-// The child may only use async-signal-safe calls: the parent may have other threads.
-static void child_fail(int report_fd, int step) {
-    int payload[2] = { step, errno };
-    ssize_t ignored = write(report_fd, payload, sizeof(payload));
-    (void)ignored;
-    _exit(127);
-}
-
-pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
-               const struct pv_spawn_fd *fds, int nfds,
-               const struct pv_spawn_rlimit *limits, int nlimits,
-               const void *bpf, size_t bpf_len, uint32_t pid_placeholder,
-               int *failed_step) {
-    *failed_step = PV_STEP_NONE;
-    int report[2];
-    if (pipe2(report, O_CLOEXEC) < 0) { *failed_step = PV_STEP_FORK; return neg_errno(); }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(report[0]); close(report[1]);
-        *failed_step = PV_STEP_FORK;
-        return -e;
-    }
-    if (pid == 0) {
-        close(report[0]);
-        setsid();
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail(report[1], PV_STEP_FDS);
-        if (getppid() != parent) _exit(127);  // the supervisor died between fork and prctl
-        // Move every source out of the way first so a target can never clobber a later source:
-        // copies go above every descriptor involved (F_DUPFD never replaces an open descriptor,
-        // whatever the number of descriptors the supervisor holds).
-        int base = report[1];
-        for (int i = 0; i < nfds; i++)
-            if (fds[i].source > base) base = fds[i].source;
-        base += 1;
-        int staged[nfds > 0 ? nfds : 1];
-        for (int i = 0; i < nfds; i++)
-            if ((staged[i] = fcntl(fds[i].source, F_DUPFD_CLOEXEC, base)) < 0) child_fail(report[1], PV_STEP_FDS);
-        // The report pipe must survive until exec; park it above the staging area.
-        int rfd = fcntl(report[1], F_DUPFD_CLOEXEC, base);
-        if (rfd < 0) child_fail(report[1], PV_STEP_FDS);
-        int maxtarget = -1;
-        for (int i = 0; i < nfds; i++) {
-            if (dup2(staged[i], fds[i].target) < 0) child_fail(rfd, PV_STEP_FDS);  // dup2 clears CLOEXEC
-            if (fds[i].target > maxtarget) maxtarget = fds[i].target;
-        }
-        // Close everything else except the report pipe (CLOEXEC, it closes at exec).
-        if (maxtarget + 1 < rfd) syscall(SYS_close_range, maxtarget + 1, rfd - 1, 0);
-        syscall(SYS_close_range, rfd + 1, ~0U, 0);
-        sigset_t empty;
-        sigemptyset(&empty);
-        sigprocmask(SIG_SETMASK, &empty, NULL);
-        for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
-        for (int i = 0; i < nlimits; i++) {
-            struct rlimit rl = { .rlim_cur = limits[i].soft, .rlim_max = limits[i].hard };
-            if (setrlimit(limits[i].resource, &rl) < 0) child_fail(rfd, PV_STEP_RLIMIT);
-        }
-        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(rfd, PV_STEP_NNP);
-        if (bpf && bpf_len >= sizeof(struct sock_filter)) {
-            struct sock_filter *insns = (struct sock_filter *)bpf;  // the child's private copy
-            unsigned short count = (unsigned short)(bpf_len / sizeof(struct sock_filter));
-            uint32_t self = (uint32_t)getpid();
-            for (unsigned short i = 0; i < count; i++)
-                if (insns[i].k == pid_placeholder) insns[i].k = self;
-            struct sock_fprog prog = { .len = count, .filter = insns };
-            if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) child_fail(rfd, PV_STEP_SECCOMP);
-        }
-        execve(path, argv, envp);
-        child_fail(rfd, PV_STEP_EXEC);
-    }
-    close(report[1]);
-    int payload[2];
-    ssize_t n;
-    do { n = read(report[0], payload, sizeof(payload)); } while (n < 0 && errno == EINTR);
-    close(report[0]);
-    if (n == (ssize_t)sizeof(payload)) {
-        int status;
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        *failed_step = payload[0];
-        return -(payload[1] ? payload[1] : EIO);
-    }
-    return pid;
-}
+// ---- domain launch: see spawn.c ----
 
 // ---- SIGSYS reporter ----
 

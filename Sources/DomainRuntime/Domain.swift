@@ -66,14 +66,11 @@ public final class Domain {
     /// Call it first thing in `main`; after it returns the process can no longer open files,
     /// create sockets, fork or exec. Exits the process with a message if it was not started by a
     /// Procvisor supervisor or the sandbox cannot be engaged.
-    /// What the domain is, for its seccomp allow-list: a guest, or a driver domain that does I/O
-    /// on the disk images and taps the supervisor hands it (`driver_domain = 1`).
-    public enum Role: Sendable {
-        case guest
-        case driverDomain
-    }
-
-    public static func start(role: Role = .guest) -> Domain {
+    ///
+    /// Whether the domain is a guest or a driver domain (I/O on the disk images and taps the
+    /// supervisor hands it) comes from its config (`driver_domain = 1`), through the start-info;
+    /// the supervisor bounded the process accordingly before it ran, and this only narrows it.
+    public static func start() -> Domain {
         if let current { return current }
         let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
         var type: Int32 = 0
@@ -121,7 +118,7 @@ public final class Domain {
         }
         evtchn.adoptDom0Port(info.storePort, kick: bootFDs[BootstrapReplyFD.dom0Kick.rawValue])
         do {
-            try (role == .driverDomain ? SeccompPolicies.driverDomain : SeccompPolicies.guest).compile(threadSync: true).load()
+            try SeccompPolicies.allowList(driverDomain: info.isDriverDomain).compile(threadSync: true, ownPid: UInt32(getpid())).load()
         } catch {
             bootFailure("cannot engage the guest seccomp filter: \(error)")
         }

@@ -73,6 +73,8 @@ public enum IORingPolicy {
     public static let maxCompletionEntries: UInt32 = 2 * maxEntries
     /// Rings one domain may hold at once (for the supervisor's budget; `ringsHeld` counts them).
     public static let maxRingsPerDomain = 64
+    /// IORING_SETUP_CQSIZE: io_uring_params.cq_entries is an input.
+    public static let completionSizeFlag: UInt32 = PV_IORING_SETUP_CQSIZE
 
     /// What a domain asks for: `entries` submission slots, `flags` from `allowedSetupFlags`,
     /// `completionEntries` with IORING_SETUP_CQSIZE (0 otherwise).

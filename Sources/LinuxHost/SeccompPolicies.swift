@@ -13,77 +13,80 @@ public enum SeccompPolicies {
         ("CLONE_NEWUSER", CLONE_NEWUSER), ("CLONE_NEWPID", CLONE_NEWPID), ("CLONE_NEWNET", CLONE_NEWNET),
         ("CLONE_NEWCGROUP", CLONE_NEWCGROUP),
     ]
+    static let namespaceMask = namespaceFlags.reduce(UInt64(0)) { $0 | UInt64($1.1) }
 
-    /// Installed by the supervisor between fork and exec of every domain: default allow, and a trap
-    /// for everything that reaches outside the process (debugging others, the kernel's global
-    /// state, namespaces, non-local networking, signals to others).
-    public static let baseline = SeccompPolicy(name: "baseline", defaultAction: .allow, rules: [
-        SeccompRule("ptrace", .trap, why: "inspecting or controlling other processes"),
-        SeccompRule("process_vm_readv", .trap, why: "reading another process's memory"),
-        SeccompRule("process_vm_writev", .trap, why: "writing another process's memory"),
-        SeccompRule("pidfd_getfd", .trap, why: "stealing another process's descriptors"),
-        SeccompRule("kcmp", .trap, why: "probing other processes' kernel objects"),
-        SeccompRule("mount", .trap, why: "changing the host's mount table"),
-        SeccompRule("umount2", .trap, why: "changing the host's mount table"),
-        SeccompRule("pivot_root", .trap, why: "changing the root of the mount namespace"),
-        SeccompRule("chroot", .trap, why: "changing the root directory"),
-        SeccompRule("fsopen", .trap, why: "new mount API"),
-        SeccompRule("fsmount", .trap, why: "new mount API"),
-        SeccompRule("fsconfig", .trap, why: "new mount API"),
-        SeccompRule("fspick", .trap, why: "new mount API"),
-        SeccompRule("move_mount", .trap, why: "new mount API"),
-        SeccompRule("open_tree", .trap, why: "new mount API"),
-        SeccompRule("mount_setattr", .trap, why: "new mount API"),
-        SeccompRule("bpf", .trap, why: "loading programs into the kernel"),
-        SeccompRule("kexec_load", .trap, why: "replacing the running kernel"),
-        SeccompRule("kexec_file_load", .trap, why: "replacing the running kernel"),
-        SeccompRule("init_module", .trap, why: "loading kernel modules"),
-        SeccompRule("finit_module", .trap, why: "loading kernel modules"),
-        SeccompRule("delete_module", .trap, why: "unloading kernel modules"),
-        SeccompRule("unshare", .trap, why: "creating namespaces"),
-        SeccompRule("setns", .trap, why: "joining other namespaces"),
-        SeccompRule("clone3", .errno(ENOSYS), why: "flags live in memory seccomp cannot read; libc falls back to clone"),
-        SeccompRule("perf_event_open", .trap, why: "observing other processes and the kernel"),
-        SeccompRule("add_key", .trap, why: "the kernel keyrings are shared with the host"),
-        SeccompRule("request_key", .trap, why: "the kernel keyrings are shared with the host"),
-        SeccompRule("keyctl", .trap, why: "the kernel keyrings are shared with the host"),
-        SeccompRule("socket", .trap, [.arg(0, .notEqual(afUnix))], why: "only AF_UNIX sockets: domains have no network but their vifs"),
-        SeccompRule("socketpair", .trap, [.arg(0, .notEqual(afUnix))], why: "only AF_UNIX sockets"),
-        SeccompRule("kill", .trap, [.arg(0, .notEqual(own))], why: "signals only to itself"),
-        SeccompRule("tgkill", .trap, [.arg(0, .notEqual(own))], why: "signals only to its own threads"),
-        SeccompRule("tkill", .trap, why: "obsolete; cannot be restricted to its own threads"),
-        SeccompRule("rt_sigqueueinfo", .trap, [.arg(0, .notEqual(own))], why: "signals only to itself"),
-        SeccompRule("rt_tgsigqueueinfo", .trap, [.arg(0, .notEqual(own))], why: "signals only to its own threads"),
-        SeccompRule("pidfd_send_signal", .trap, why: "signals to other processes"),
-        SeccompRule("reboot", .trap, why: "the host's power state"),
-        SeccompRule("swapon", .trap, why: "the host's swap"),
-        SeccompRule("swapoff", .trap, why: "the host's swap"),
-        SeccompRule("settimeofday", .trap, why: "the host's clock"),
-        SeccompRule("clock_settime", .trap, why: "the host's clock"),
-        SeccompRule("clock_adjtime", .trap, why: "the host's clock"),
-        SeccompRule("adjtimex", .trap, why: "the host's clock"),
-        SeccompRule("sethostname", .trap, why: "the host's identity"),
-        SeccompRule("setdomainname", .trap, why: "the host's identity"),
-        SeccompRule("acct", .trap, why: "host process accounting"),
-        SeccompRule("quotactl", .trap, why: "host file system quotas"),
-        SeccompRule("open_by_handle_at", .trap, why: "opening files outside any path check"),
-        SeccompRule("iopl", .trap, why: "raw I/O port access"),
-        SeccompRule("ioperm", .trap, why: "raw I/O port access"),
-        SeccompRule("userfaultfd", .trap, why: "a classic kernel-exploit primitive; domains have no use for it"),
-    ] + namespaceFlags.map { flag in
-        SeccompRule("clone", .trap, [.arg(0, .maskedEqual(mask: UInt64(flag.1), value: UInt64(flag.1)))],
-                    why: "creating a namespace (\(flag.0))")
+    /// The bounding filter of a guest, installed by the supervisor between fork and exec: default
+    /// trap; what the dynamic loader needs inside the read-only jail, plus everything the guest
+    /// allow-list grants (so DomainRuntime's own filter only ever narrows it). No socket,
+    /// socketpair, fork, exec after the first, io_uring, ptrace or signal to another process is
+    /// possible, whatever the kernel binary does before or instead of `Domain.start()`.
+    public static let guestBound = SeccompPolicy(name: "guest-bound", defaultAction: .trap, rules: loaderRules + guestRules)
+
+    /// The bounding filter of a driver domain (`driver_domain = 1` in its config, never the
+    /// domain's say): the guest bound plus positioned I/O, syncing, hole punching and io_uring on
+    /// the descriptors the supervisor hands it.
+    public static let driverDomainBound = SeccompPolicy(name: "driver-domain-bound", defaultAction: .trap,
+                                                        rules: loaderRules + guestRules + driverRules.map { rule in
+        guard rule.syscall == "io_uring_setup" else { return rule }
+        // A ring the domain made itself could open files and sockets: the supervisor makes it,
+        // disabled and restricted to the backends' operations on registered files, and installs
+        // it as the call's result (see Supervisor.ioRingSetup). Without a listener: ENOSYS.
+        return SeccompRule("io_uring_setup", .notify, why: "rings are made by the supervisor, restricted, and handed back as the call's result")
     })
+
+    /// The bound for a domain of this kind.
+    public static func bound(driverDomain: Bool) -> SeccompPolicy { driverDomain ? driverDomainBound : guestBound }
 
     /// Engaged by DomainRuntime before any guest code runs: default trap; only what a guest needs
     /// to compute, allocate memory, run vCPU threads and talk to the supervisor over the
     /// descriptors it inherited. No open, no socket, no exec, no fork.
     public static let guest = SeccompPolicy(name: "guest", defaultAction: .trap, rules: guestRules)
 
-    /// Engaged by driver domains (blkback, netback): the guest's rules plus positioned and
-    /// vectored I/O, syncing, hole punching and io_uring on the descriptors the supervisor hands
-    /// them (disk images, taps). Still no open, no socket, no exec, no fork.
-    public static let driverDomain = SeccompPolicy(name: "driver-domain", defaultAction: .trap, rules: guestRules + [
+    /// Engaged by driver domains (blkback, netback): the guest's rules plus the driver rules.
+    /// Still no open, no socket, no exec, no fork.
+    public static let driverDomain = SeccompPolicy(name: "driver-domain", defaultAction: .trap, rules: guestRules + driverRules)
+
+    /// What DomainRuntime engages for a domain of this kind.
+    public static func allowList(driverDomain: Bool) -> SeccompPolicy { driverDomain ? self.driverDomain : guest }
+
+    // open(2)/openat(2) flags that would write, create or truncate (O_ACCMODE, O_CREAT, O_TRUNC,
+    // O_APPEND, __O_TMPFILE): the loader opens read-only, and the jail is read-only anyway.
+    static let writingOpenFlags: UInt64 = 0o3 | 0o100 | 0o1000 | 0o2000 | 0o20000000
+
+    /// The loader and the C/Swift runtimes before `main` (and before `Domain.start()`): reading
+    /// the program's own files inside the jail. Nothing here writes, creates or reaches out.
+    static let loaderRules: [SeccompRule] = [
+        SeccompRule("execve", .allow, why: "the launcher's own exec of the kernel; the jail holds nothing else to run"),
+        SeccompRule("openat", .allow, [.arg(2, .maskedEqual(mask: writingOpenFlags, value: 0))],
+                    why: "the loader opens libraries, read-only, inside the read-only jail"),
+        SeccompRule("open", .allow, [.arg(1, .maskedEqual(mask: writingOpenFlags, value: 0))],
+                    why: "as openat, for programs that use the old call"),
+        SeccompRule("pread64", .allow, why: "the loader reads ELF headers at offsets"),
+        SeccompRule("newfstatat", .allow, why: "the loader probes library directories (the jail's only)"),
+        SeccompRule("stat", .allow, why: "as newfstatat"),
+        SeccompRule("lstat", .allow, why: "as newfstatat"),
+        SeccompRule("statx", .allow, why: "as newfstatat"),
+        SeccompRule("access", .allow, why: "the loader checks /etc/ld.so.preload"),
+        SeccompRule("faccessat", .allow, why: "as access"),
+        SeccompRule("faccessat2", .allow, why: "as access"),
+        SeccompRule("readlink", .allow, why: "the loader reads /proc/self/exe for $ORIGIN (absent in the jail)"),
+        SeccompRule("readlinkat", .allow, why: "as readlink"),
+        SeccompRule("getcwd", .allow, why: "runtime start-up"),
+        SeccompRule("arch_prctl", .allow, why: "the loader sets the thread pointer (ARCH_SET_FS)"),
+        SeccompRule("getsockopt", .allow, why: "DomainRuntime checks fd 3 is its SOCK_SEQPACKET hypercall channel"),
+        SeccompRule("seccomp", .allow, why: "DomainRuntime narrows this filter with its own; filters only ever add restrictions"),
+        SeccompRule("prctl", .allow, [.arg(0, .equal(38))], why: "PR_SET_NO_NEW_PRIVS, set again by libseccomp when DomainRuntime engages"),
+        SeccompRule("prctl", .allow, [.arg(0, .equal(21))], why: "PR_GET_SECCOMP (libseccomp probes the mode)"),
+        SeccompRule("getuid", .allow, why: "identity queries by runtimes"),
+        SeccompRule("geteuid", .allow, why: "identity queries by runtimes"),
+        SeccompRule("getgid", .allow, why: "identity queries by runtimes"),
+        SeccompRule("getegid", .allow, why: "identity queries by runtimes"),
+        SeccompRule("getppid", .allow, why: "identity queries by runtimes (0 in the domain's pid namespace)"),
+        SeccompRule("sysinfo", .allow, why: "glibc sizes caches from it"),
+    ]
+
+    /// Driver domains (blkback, netback) add to the guest's rules.
+    static let driverRules: [SeccompRule] = [
         SeccompRule("pread64", .allow, why: "reading a disk image at an offset"),
         SeccompRule("pwrite64", .allow, why: "writing a disk image at an offset"),
         SeccompRule("preadv", .allow, why: "reading into several grant pages at once (thread-pool fallback)"),
@@ -93,13 +96,27 @@ public enum SeccompPolicies {
         SeccompRule("fdatasync", .allow, why: "BLKIF_OP_FLUSH_DISKCACHE"),
         SeccompRule("fsync", .allow, why: "BLKIF_OP_WRITE_BARRIER"),
         SeccompRule("fallocate", .allow, why: "BLKIF_OP_DISCARD punches holes"),
-        SeccompRule("io_uring_setup", .allow, why: "the I/O engine"),
+        SeccompRule("io_uring_setup", .allow, why: "the I/O engine; the bound hands the call to the supervisor, which makes the ring"),
         SeccompRule("io_uring_enter", .allow, why: "the I/O engine"),
         SeccompRule("io_uring_register", .allow, why: "registered files, buffers and the completion eventfd"),
         SeccompRule("prctl", .allow, [.arg(0, .equal(15))], why: "naming the I/O pool's threads (PR_SET_NAME = 15 only)"),
-    ])
+    ]
 
-    static let guestRules: [SeccompRule] = [
+    // fcntl(2) commands a domain may use on its descriptors: flags, close-on-exec, duplication.
+    // Never F_SETOWN(_EX), F_SETSIG, F_SETLEASE, F_NOTIFY (signals aimed at other processes), and
+    // F_SETFL never with O_ASYNC (SIGIO to the owner).
+    static let fcntlRules: [SeccompRule] = [
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(0))], why: "F_DUPFD"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(1030))], why: "F_DUPFD_CLOEXEC"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(1))], why: "F_GETFD"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(2))], why: "F_SETFD (close-on-exec)"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(3))], why: "F_GETFL"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(4)), .arg(2, .maskedEqual(mask: UInt64(O_ASYNC), value: 0))],
+                    why: "F_SETFL (non-blocking), never O_ASYNC: SIGIO would go to the descriptor's owner"),
+        SeccompRule("fcntl", .allow, [.arg(1, .equal(1034))], why: "F_GET_SEALS: how a shared page is sealed"),
+    ]
+
+    static let guestRules: [SeccompRule] = fcntlRules + [
         // I/O on inherited descriptors (console pipes, hypercall and event sockets).
         SeccompRule("read", .allow, why: "console input and inherited descriptors"),
         SeccompRule("write", .allow, why: "console output"),
@@ -118,7 +135,6 @@ public enum SeccompPolicies {
         SeccompRule("epoll_pwait", .allow, why: "waiting on inherited descriptors"),
         SeccompRule("eventfd2", .allow, why: "local wakeups between vCPU threads"),
         SeccompRule("lseek", .allow, why: "libc stdio probes seekability of stdout"),
-        SeccompRule("fcntl", .allow, why: "descriptor flags (non-blocking, close-on-exec)"),
         SeccompRule("ioctl", .allow, [.arg(1, .equal(UInt64(TCGETS)))], why: "isatty() on the console; no other ioctl"),
         SeccompRule("fstat", .allow, why: "libc stdio buffering decisions"),
         SeccompRule("newfstatat", .allow, [.arg(3, .maskedEqual(mask: UInt64(PV_AT_EMPTY_PATH), value: UInt64(PV_AT_EMPTY_PATH)))],
@@ -132,8 +148,8 @@ public enum SeccompPolicies {
         SeccompRule("brk", .allow, why: "malloc"),
         SeccompRule("membarrier", .allow, why: "used by the Swift runtime and allocators"),
         // Threads (vCPUs) and synchronisation.
-        SeccompRule("clone", .allow, [.arg(0, .maskedEqual(mask: cloneThread, value: cloneThread))],
-                    why: "new threads only (CLONE_THREAD); fork is refused"),
+        SeccompRule("clone", .allow, [.arg(0, .maskedEqual(mask: cloneThread | namespaceMask, value: cloneThread))],
+                    why: "new threads only (CLONE_THREAD, no namespace); fork is refused"),
         SeccompRule("clone3", .errno(ENOSYS), why: "flags are in memory seccomp cannot read; glibc falls back to clone"),
         SeccompRule("futex", .allow, why: "locks, condition variables, event channels"),
         SeccompRule("futex_waitv", .allow, why: "waiting on many event channels at once"),
@@ -146,8 +162,8 @@ public enum SeccompPolicies {
         SeccompRule("sched_getaffinity", .allow, why: "glibc counts CPUs this way"),
         SeccompRule("gettid", .allow, why: "thread identity"),
         SeccompRule("getpid", .allow, why: "process identity (raise, abort)"),
-        SeccompRule("tgkill", .allow, why: "raise/abort/pthread_kill on itself; baseline restricts the target"),
-        SeccompRule("kill", .allow, why: "kill(getpid()); baseline restricts the target"),
+        SeccompRule("tgkill", .allow, [.arg(0, .equal(own))], why: "raise/abort/pthread_kill on its own threads only"),
+        SeccompRule("kill", .allow, [.arg(0, .equal(own))], why: "kill(getpid()) only: never another process"),
         // Signals.
         SeccompRule("rt_sigaction", .allow, why: "installing handlers"),
         SeccompRule("rt_sigprocmask", .allow, why: "masking signals in threads"),

@@ -25,6 +25,13 @@ public enum HypercallOp: UInt32, Sendable, CaseIterable {
     /// domid, args[2] = devid. Only the backend domain the toolstack named gets it: the disk image
     /// or block device, opened by the supervisor (read-only for `access=ro`), as one descriptor.
     case deviceFD = 0x1005
+    /// A granter ended access to grantable pages the supervisor had exposed (sent a descriptor
+    /// of to a grantee): payload = their gfns (u64, 1…16). For each the supervisor makes a fresh
+    /// page holding the current contents, puts it in the page's place and drops the old one, which
+    /// then lives on only in whatever the grantee kept. Reply payload: an i32 per gfn, 0 = a new
+    /// descriptor is attached (in order) for the granter to map over the page, -EBUSY = still
+    /// mapped through another grant (stays exposed), -EINVAL = not one of the caller's pages.
+    case rebackGrantPages = 0x1007
 }
 
 /// `SCHEDOP_*` from `xen/sched.h`.

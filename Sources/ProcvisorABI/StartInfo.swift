@@ -15,8 +15,13 @@ public struct StartInfo: Equatable, Sendable {
     public var maxVCPUs: UInt32
     /// The guest command line as libxl builds it (cmdline, or root= plus extra).
     public var cmdline: String
-    /// `SIF_*` flags; Procvisor sets `SIF_PRIVILEGED` (1) for dom0 only, so guests see 0.
+    /// `SIF_*` flags; Procvisor sets `SIF_PRIVILEGED` (1) for dom0 only, so guests never see it,
+    /// and `driverDomainFlag` for domains whose config says `driver_domain = 1`.
     public var flags: UInt32
+    /// A Procvisor flag above Xen's SIF_* bits: the supervisor bounded this domain as a driver
+    /// domain, so DomainRuntime engages the driver allow-list (narrowing a bound it cannot widen).
+    public static let driverDomainFlag: UInt32 = 1 << 16
+    public var isDriverDomain: Bool { flags & Self.driverDomainFlag != 0 }
     /// Milliseconds the domain has to engage its sandbox before it is destroyed.
     public var engageTimeoutMs: UInt32
     /// Size of the machine (entries of the M2P table).

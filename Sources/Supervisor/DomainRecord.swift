@@ -42,6 +42,8 @@ final class DomainRecord {
     let consoleOutFD: FileDescriptor
     let consoleInFD: FileDescriptor
     var watchTokens: [(FileDescriptor, UInt64)] = []
+    /// The bounding filter's notification listener: calls the bound refuses arrive here.
+    var boundListener: FileDescriptor?
     /// Event channels; nil once the domain is gone.
     var evtchn: DomainEventChannels?
     /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
@@ -52,6 +54,8 @@ final class DomainRecord {
     var grants: DomainGrants?
     /// RAM, P2M and reservation; nil once the domain's frames went back to the machine.
     var memory: DomainMemory?
+    /// The domain's pids cgroup (every task of the domain, for limits and destroy).
+    var pidsCgroup: PidsCgroup?
     /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
     var virqTimer: UInt64?
     /// The descriptors above have been closed (process gone or supervisor stopping).

@@ -47,6 +47,10 @@ extension Supervisor {
             throw CreateError("maxmem=\(config.maxmem) MiB is larger than a domain's pseudo-physical space (8 TiB)")
         }
         let disks = try planDisks(config)
+        if let why = jail.refusal { throw CreateError("cannot start domain \(config.name): \(why)") }
+        guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
+        let jailed = jail.uses(.namespaces)
+        let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
         guard let domid = allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         do {
@@ -58,6 +62,24 @@ extension Supervisor {
             memory.releaseAll(to: machine)
             throw CreateError("out of machine frames while populating dom\(domid)")
         }
+        let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
+        var pids: PidsCgroup?
+        var cgroupProcs: [FileDescriptor] = []
+        defer { cgroupProcs.forEach { $0.close() } }
+        if jail.uses(.cgroups) {
+            do {
+                let name = "procvisor-\(Process.pid)-dom\(domid)"
+                let m = try MemoryCgroup(name: name, limitBytes: memory.maxPages * 4096 + Self.cgroupSlackBytes)
+                memory.cgroup = m
+                let p = try PidsCgroup(name: name, maxTasks: tasks + 8)
+                pids = p
+                cgroupProcs = [try m.procsFile(), try p.procsFile()]
+            } catch {
+                pids?.remove()
+                memory.releaseAll(to: machine)
+                throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
+            }
+        }
 
         let (hcParent, hcChild) = try UnixSocket.pair()
         let (evParent, evChild) = try UnixSocket.pair()
@@ -67,22 +89,40 @@ extension Supervisor {
         defer { childEnds.forEach { $0.close() } }
         let parentEnds = [hcParent, evParent, conRead, inWrite]
         let pid: pid_t
+        let listener: FileDescriptor?
         do {
             for fd in parentEnds { try fd.setNonBlocking() }
             let argv = [kernel] + config.commandLine.split(separator: " ").map(String.init)
-            pid = try Spawner.spawn(
-                path: kernel, argv: argv,
+            var confinement: Spawner.Jail?
+            if jailed, let root {
+                let id = jail.uidBase + UInt32(domid)
+                var j = Spawner.Jail(namespaces: jail.namespaces, mountPoint: options.runDirectory.jailMountPoint,
+                                     directories: root.directories, files: root.files,
+                                     hostname: config.name, uid: id, gid: id)
+                j.outerUID = geteuid()
+                j.outerGID = getegid()
+                j.cgroups = cgroupProcs
+                confinement = j
+            } else if !cgroupProcs.isEmpty {
+                var j = Spawner.Jail(namespaces: 0, mountPoint: nil, directories: [], files: [], hostname: nil, uid: 0, gid: 0)
+                j.cgroups = cgroupProcs
+                j.dropCapabilities = false
+                confinement = j
+            }
+            (pid, listener) = try Spawner.spawn(
+                path: jailed ? kernelPath : kernel, argv: argv,
                 env: ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"],
                 fds: [(inRead, BootstrapFD.consoleIn), (conWrite, BootstrapFD.consoleOut), (conWrite, 2),
                       (hcChild, BootstrapFD.hypercall), (evChild, BootstrapFD.events)],
-                limits: [.init(Int32(RLIMIT_CORE.rawValue), 0, 0), .init(Int32(RLIMIT_NOFILE.rawValue), 1024, 1024)],
-                filter: baselineBPF)
+                limits: Self.limits(for: config, tasks: jailed && !jail.userNamespace ? tasks : nil),
+                filter: config.driverDomain ? driverBoundBPF : guestBoundBPF,
+                jail: confinement, listener: true)
         } catch {
             parentEnds.forEach { $0.close() }
+            pids?.remove()
             memory.releaseAll(to: machine)
             throw CreateError("cannot start kernel \(kernel): \(error)")
         }
-        attachCgroup(memory, pid: pid, domid: domid)
         let dom = DomainRecord(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(),
                                config: config, startPaused: paused, pid: pid,
                                hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
@@ -90,6 +130,7 @@ extension Supervisor {
         dom.createWaiter = waiter
         dom.evtchn = try? DomainEventChannels(domid: domid)
         dom.memory = memory
+        dom.pidsCgroup = pids
         domains[domid] = dom
         domidByPid[pid] = domid
         do {
@@ -105,6 +146,11 @@ extension Supervisor {
             let t1 = try loop.watch(hcParent) { [unowned self, unowned dom] _ in hypercallReadable(dom) }
             let t2 = try loop.watch(conRead) { [unowned self, unowned dom] _ in consoleReadable(dom) }
             dom.watchTokens = [(hcParent, t1), (conRead, t2)]
+            if let listener {
+                dom.boundListener = listener
+                let t3 = try loop.watch(listener) { [unowned self, unowned dom] _ in boundRefused(dom) }
+                dom.watchTokens.append((listener, t3))
+            }
         } catch {
             kill(dom)
             throw CreateError("cannot watch dom\(domid)'s descriptors: \(error)")
@@ -121,18 +167,64 @@ extension Supervisor {
     /// Memory cgroup slack above the reservation: the domain process's own heap, stacks and runtime.
     static let cgroupSlackBytes: UInt64 = 64 << 20
 
-    /// Puts the domain in a memory cgroup limited to its reservation (plus slack) where cgroups are
-    /// writable; otherwise measurement alone enforces it (said once in the log).
-    func attachCgroup(_ memory: DomainMemory, pid: pid_t, domid: UInt16) {
-        guard cgroupsUsable else { return }
+    /// A domain's resource limits: no core dumps, no file writes but a driver domain's disk
+    /// images, no locked memory but a driver domain's registered I/O buffers, a bounded descriptor
+    /// table, and (when the domain has a uid of its own) a bounded number of tasks.
+    static func limits(for config: DomainConfig, tasks: Int?) -> [Spawner.Limits] {
+        let driver = config.driverDomain
+        let unlimited = UInt64.max  // RLIM_INFINITY
+        var l: [Spawner.Limits] = [
+            .init(Int32(RLIMIT_CORE.rawValue), 0, 0),
+            .init(Int32(RLIMIT_NOFILE.rawValue), driver ? 4096 : 1024, driver ? 4096 : 1024),
+            .init(Int32(RLIMIT_FSIZE.rawValue), driver ? unlimited : 0, driver ? unlimited : 0),
+            .init(Int32(__RLIMIT_MEMLOCK.rawValue), driver ? 512 << 20 : 0, driver ? 512 << 20 : 0),
+        ]
+        if let tasks { l.append(.init(Int32(__RLIMIT_NPROC.rawValue), UInt64(tasks), UInt64(tasks))) }
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which a supervisor in a container may lack:
+        // never ask for more than the supervisor's own hard limit.
+        return l.map { limit in
+            var cur = rlimit()
+            guard getrlimit(__rlimit_resource_t(UInt32(limit.resource)), &cur) == 0 else { return limit }
+            let hard = min(limit.hard, UInt64(cur.rlim_max))
+            return .init(limit.resource, min(limit.soft, hard), hard)
+        }
+    }
+
+    /// The bound refused a call (one its default action hands here rather than to a SIGSYS the
+    /// kernel may never report): name it, as the runtime's reporter would, and crash the domain.
+    func boundRefused(_ dom: DomainRecord) {
+        guard let listener = dom.boundListener else { return }
+        let call: SeccompNotification.Call
         do {
-            let cg = try MemoryCgroup(name: "procvisor-\(Process.pid)-dom\(domid)", limitBytes: memory.maxPages * 4096 + Self.cgroupSlackBytes)
-            try cg.add(pid)
-            memory.cgroup = cg
+            call = try SeccompNotification.receive(listener)
+        } catch let e as SystemError where e.errno == .noSuchFile || e.errno == .interrupted {
+            return  // the caller died meanwhile
         } catch {
-            cgroupsUsable = false
-            logger.notice("memory cgroups unavailable; enforcing reservations by measurement", metadata: ["error": "\(error)"])
-            log("memory cgroups unavailable (\(error)); enforcing reservations by measurement")
+            // A listener that fails is of no more use; the bound still refuses (ENOSYS) without it.
+            logger.warning("seccomp listener failed", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
+            unwatchListener(dom)
+            return
+        }
+        if dom.config.driverDomain, Int(call.number) == Self.ioUringSetupNumber {
+            ioRingSetup(dom, call, listener: listener)
+            return
+        }
+        SeccompNotification.fail(listener, call, .notPermitted)
+        let name = Syscalls.name(Int(call.number)) ?? "#\(call.number)"
+        if dom.crashReason == nil { dom.crashReason = "forbidden system call \(name)" }
+        log("\(dom.label): forbidden system call \(name)")
+        logger.error("forbidden system call", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "syscall": "\(name)",
+                                                         "args": "\(call.args.prefix(3).map { "0x" + String($0, radix: 16) })"])
+        kill(dom)
+    }
+
+    static let ioUringSetupNumber = Syscalls.number("io_uring_setup") ?? 425
+
+    func unwatchListener(_ dom: DomainRecord) {
+        guard let l = dom.boundListener else { return }
+        dom.watchTokens.removeAll { fd, token in
+            if fd == l { loop.unwatch(fd, token: token); return true }
+            return false
         }
     }
 
@@ -149,8 +241,11 @@ extension Supervisor {
     }
 
     /// SIGKILL the domain's process (reaping and cleanup follow from SIGCHLD).
+    /// The domain's process is the first of its pid namespace: when it dies the kernel kills every
+    /// other process in it. The cgroup is emptied too, for domains run without namespaces.
     func kill(_ dom: DomainRecord) {
         guard dom.hasProcess else { return }
         try? Signals.send(SIGKILL, to: dom.pid)
+        dom.pidsCgroup?.killAll()
     }
 }

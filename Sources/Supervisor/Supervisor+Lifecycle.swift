@@ -71,6 +71,13 @@ extension Supervisor {
         releaseGrants(dom)
         dom.memory?.releaseAll(to: machine)
         dom.memory = nil
+        // The pid namespace died with its first process; anything left in the cgroup (a domain
+        // run without namespaces) goes now.
+        if let p = dom.pidsCgroup {
+            p.killAll()
+            if !p.remove() { logger.warning("pids cgroup not removed", metadata: ["domid": "\(domid)", "path": "\(p.path)"]) }
+            dom.pidsCgroup = nil
+        }
         let how: String
         switch status {
         case let .exited(code): how = "exited with status \(code)"
@@ -204,6 +211,8 @@ extension Supervisor {
         for (fd, token) in dom.watchTokens { loop.unwatch(fd, token: token) }
         dom.watchTokens.removeAll()
         for fd in [dom.hypercallFD, dom.eventFD, dom.consoleOutFD, dom.consoleInFD] { fd.close() }
+        dom.boundListener?.close()
+        dom.boundListener = nil
         for b in dom.pendingBlocks { loop.cancel(b.timer) }
         dom.pendingBlocks.removeAll()
         for id in dom.consoleClients { connections[id]?.closeAfterFlush = true; connections[id]?.flush() }

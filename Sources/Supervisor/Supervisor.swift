@@ -36,8 +36,14 @@ public final class Supervisor {
     var lockFD: FileDescriptor?
     var stopping = false
     var stopDeadline: UInt64?
-    /// The compiled baseline filter, built once: every domain gets the same program.
-    let baselineBPF: [UInt8]
+    /// The compiled bounding filters, built once: every guest gets the same program, every driver
+    /// domain the other.
+    let guestBoundBPF: [UInt8]
+    let driverBoundBPF: [UInt8]
+    /// Which jail layers are in force (probed at start).
+    var jail: JailSettings
+    /// Read-only roots per kernel binary.
+    let jailRoots = JailRoots()
     /// Machine frames and the global M2P.
     let machine: MachineMemory
     /// Whether domain memory cgroups could be created (else reservations are enforced by measurement only).
@@ -48,7 +54,11 @@ public final class Supervisor {
         self.options = options
         self.logger = logger
         loop = try EventLoop()
-        baselineBPF = try SeccompPolicies.baseline.compile().bpf()
+        // Refused calls go to the supervisor, which names them in `xl dmesg` and crashes the domain:
+        // a kernel without DomainRuntime has no SIGSYS reporter of its own.
+        guestBoundBPF = try SeccompPolicies.guestBound.withDefault(.notify).compile().bpf()
+        driverBoundBPF = try SeccompPolicies.driverDomainBound.withDefault(.notify).compile().bpf()
+        jail = JailSettings(waived: options.insecure, userNamespace: geteuid() != 0, uidBase: options.jailUIDBase)
         machine = try MachineMemory(totalFrames: options.memoryMB * 256)
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -74,6 +84,7 @@ public final class Supervisor {
         let (held, lock) = try Process.lockExclusive(dir.lockFile)
         guard held else { throw StartError.alreadyRunning(dir.path) }
         lockFD = lock
+        raiseDescriptorLimit()
         let blocked: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP]
         try Signals.block(blocked)
         signal(SIGPIPE, SIG_IGN)
@@ -86,12 +97,23 @@ public final class Supervisor {
         try FileIO.makeDirectories(dir.xenstoreDirectory, mode: 0o700)
         FileIO.unlink(dir.xenstoreSocket)
         try xenstore.listen(path: dir.xenstoreSocket)
+        try FileIO.makeDirectories(dir.jailMountPoint, mode: 0o755)
+        jail = JailSettings.probe(waived: options.insecure, uidBase: options.jailUIDBase, cgroupName: "procvisor-\(Process.pid)-probe")
         writeDom0Tree()
         try FileIO.write(dir.pidFile, "\(Process.pid)\n")
         logger.info("supervisor started", metadata: ["rundir": "\(dir.path)", "pid": "\(Process.pid)",
                                                      "memory_mb": "\(options.memoryMB)"])
         log("Procvisor supervisor started (Xen \(ProcvisorVersion.major).\(ProcvisorVersion.minor) interface), pid \(Process.pid)")
         log("machine memory: \(options.memoryMB) MiB (\(machine.totalFrames) frames)")
+        log("domain jail: \(jail.summary)")
+        for layer in jail.waived.sorted(by: { $0.rawValue < $1.rawValue }) {
+            log("WARNING: \(layer.option): domains run without their \(layer.rawValue) layer")
+            logger.warning("jail layer waived", metadata: ["layer": "\(layer.rawValue)"])
+        }
+        if let why = jail.refusal {
+            log("domains cannot be started: \(why)")
+            logger.error("domains cannot be jailed", metadata: ["why": "\(why)"])
+        }
         scheduleReservationCheck()
     }
 

@@ -7,6 +7,10 @@ public enum SupervisorMain {
     /// Exit codes: 0 clean stop, 1 failure, 3 another supervisor holds the run directory.
     public static func run(environment: [String: String], daemonize: Bool) -> Int32 {
         let options = SupervisorOptions(environment: environment, uid: getuid())
+        if !options.problems.isEmpty {
+            options.problems.forEach { fputs("procvisord: \($0)\n", stderr) }
+            return 2
+        }
         var ready: (read: FileDescriptor, write: FileDescriptor)?
         if daemonize {
             // The parent waits for one status byte so `xl` knows the socket is listening when it returns.

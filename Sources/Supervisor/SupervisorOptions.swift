@@ -21,6 +21,13 @@ public struct SupervisorOptions: Sendable {
     public var deviceRemoveTimeoutMs: UInt64
     /// Hypercalls a domain may get wrong before it is crashed.
     public var malformedHypercallLimit: Int = 16
+    /// Jail layers the operator runs without (`PROCVISOR_INSECURE=no-cgroups,no-namespaces`,
+    /// or `procvisord --insecure-no-…`). `xl info` and `xl dmesg` say so.
+    var insecure: Set<JailSettings.Layer> = []
+    /// What in `PROCVISOR_INSECURE` or `PROCVISOR_JAIL_UID_BASE` could not be understood.
+    public var problems: [String] = []
+    /// Domains run as uid and gid `jailUIDBase + domid` (`PROCVISOR_JAIL_UID_BASE`, default 100000).
+    public var jailUIDBase: UInt32 = 100_000
 
     public init(environment: [String: String], uid: UInt32) {
         runDirectory = RunDirectory.resolve(environment: environment, uid: uid)
@@ -31,5 +38,27 @@ public struct SupervisorOptions: Sendable {
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024
         memoryMB = environment["PROCVISOR_MEMORY_MB"].flatMap { UInt64($0) } ?? hostMB * 3 / 4
+        for word in (environment["PROCVISOR_INSECURE"] ?? "").split(separator: ",").map({ $0.trimmingSpaces }) where !word.isEmpty {
+            if word.hasPrefix("no-"), let layer = JailSettings.Layer(rawValue: String(word.dropFirst(3))) {
+                insecure.insert(layer)
+            } else {
+                problems.append("PROCVISOR_INSECURE: unknown layer \"\(word)\" (known: "
+                    + JailSettings.Layer.allCases.map { "no-" + $0.rawValue }.joined(separator: ", ") + ")")
+            }
+        }
+        if let base = environment["PROCVISOR_JAIL_UID_BASE"] {
+            // Every domid (below 0x7FF0) must map to a uid that is neither 0 nor (uid_t)-1.
+            if let v = UInt32(base), v >= 1, UInt64(v) + 0x7FF0 < UInt64(UInt32.max) {
+                jailUIDBase = v
+            } else {
+                problems.append("PROCVISOR_JAIL_UID_BASE=\(base): not a uid between 1 and \(UInt32.max - 0x7FF0 - 1)")
+            }
+        }
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }

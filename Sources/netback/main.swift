@@ -4,7 +4,7 @@ import DomainRuntime
 import Glibc
 import SplitDrivers
 
-let domain = Domain.start(role: .driverDomain)
+let domain = Domain.start()
 // KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
 Netback(domain: domain, environment: DriverSettings.parse(CommandLine.arguments.dropFirst())) { line in
     print(line)

@@ -1,7 +1,9 @@
 // procvisord: the Procvisor supervisor daemon (hypervisor + dom0 toolstack).
 //   procvisord [--daemonize] [--rundir DIR]
 // Configuration comes from the environment: PROCVISOR_RUNDIR, PROCVISOR_ENGAGE_TIMEOUT_MS,
-// PROCVISOR_SHUTDOWN_TIMEOUT_MS, PROCVISOR_MEMORY_MB, PROCVISOR_LOG_LEVEL.
+// PROCVISOR_SHUTDOWN_TIMEOUT_MS, PROCVISOR_MEMORY_MB, PROCVISOR_LOG_LEVEL, PROCVISOR_INSECURE,
+// PROCVISOR_JAIL_UID_BASE. The --insecure-no-… options run domains without a jail layer the
+// kernel refuses; xl info and xl dmesg report it.
 import Glibc
 import LinuxHost
 import Supervisor
@@ -15,8 +17,11 @@ while let a = args.popFirst() {
     case "--rundir":
         guard let dir = args.popFirst() else { fputs("procvisord: --rundir needs a directory\n", stderr); exit(2) }
         env["PROCVISOR_RUNDIR"] = dir
+    case "--insecure-no-cgroups", "--insecure-no-namespaces":
+        let word = String(a.dropFirst("--insecure-".count))
+        env["PROCVISOR_INSECURE"] = (env["PROCVISOR_INSECURE"].map { $0 + "," } ?? "") + word
     case "-h", "--help":
-        print("usage: procvisord [--daemonize] [--rundir DIR]")
+        print("usage: procvisord [--daemonize] [--rundir DIR] [--insecure-no-cgroups] [--insecure-no-namespaces]")
         exit(0)
     default:
         fputs("procvisord: unknown argument \(a)\n", stderr)

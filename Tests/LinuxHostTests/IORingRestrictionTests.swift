@@ -84,7 +84,9 @@ private struct Escapes {
             #expect(IOUring.probe(environment: [:]) == refused)
             return
         }
-        let file = try MemFD.create(name: "uring-restrict", size: 4096)
+        // An unsealed file: the last check truncates it through an unrestricted ring (every memfd
+        // MemFD makes is sealed against that).
+        let file = try MemFD.createUnsealed(name: "uring-restrict", size: 4096)
         defer { file.close() }
         let ring = try supervisorRing(files: [file])
         let escapes = Escapes()

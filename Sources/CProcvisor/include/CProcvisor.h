@@ -82,6 +82,7 @@ uint32_t pv_seccomp_act_allow(void);
 uint32_t pv_seccomp_act_trap(void);
 uint32_t pv_seccomp_act_kill_process(void);
 uint32_t pv_seccomp_act_errno(int err);
+uint32_t pv_seccomp_act_notify(void);
 void *pv_seccomp_new(uint32_t default_action);
 void pv_seccomp_release(void *ctx);
 /// Number of `name` on the native architecture, or -1 when the kernel/libseccomp does not know it.
@@ -90,6 +91,9 @@ int pv_seccomp_syscall_number(const char *name);
 int pv_seccomp_syscall_name(int nr, char *buf, size_t len);
 int pv_seccomp_add_rule(void *ctx, uint32_t action, int syscall_nr, const struct pv_seccomp_arg *args, unsigned int nargs);
 int pv_seccomp_set_tsync(void *ctx, int on);
+/// The action for a call made through another ABI than x86-64's (int 0x80, x32): libseccomp
+/// checks the audit architecture and the x32 bit before any rule.
+int pv_seccomp_set_badarch(void *ctx, uint32_t action);
 /// Loads the filter into the calling process (all threads when tsync is set).
 int pv_seccomp_load(void *ctx);
 /// Writes the compiled BPF program into a fresh malloc'd buffer (*out, *out_len bytes).
@@ -97,21 +101,70 @@ int pv_seccomp_export_bpf(void *ctx, void **out, size_t *out_len);
 /// Reads "Seccomp:" and "Seccomp_filters:" from /proc/PID/status.
 int pv_proc_seccomp_status(pid_t pid, int *mode, int *filters);
 
-// ---- domain launch ----
+// ---- domain launch (spawn.c) ----
 struct pv_spawn_fd { int source; int target; };
 struct pv_spawn_rlimit { int resource; uint64_t soft; uint64_t hard; };
-/// fork + exec a domain kernel. The child: new session, parent-death signal SIGKILL, exactly the
-/// listed descriptors (source -> target, everything else closed), default signal dispositions and an
-/// empty mask, the resource limits, NO_NEW_PRIVS, then the baseline BPF filter (every 32-bit constant
-/// equal to `pid_placeholder` is replaced by the child's own pid first), then execve.
-/// On success returns the pid. A failure before exec is reported as -errno with *failed_step set to
-/// one of PV_STEP_*; the child is reaped.
-enum { PV_STEP_NONE = 0, PV_STEP_FORK, PV_STEP_FDS, PV_STEP_RLIMIT, PV_STEP_NNP, PV_STEP_SECCOMP, PV_STEP_EXEC };
+/// A host file bind-mounted read-only at `target` (an absolute path inside the jail).
+struct pv_jail_file { const char *source; const char *target; };
+/// The jail a domain is started in. Every pointer must stay valid for the call.
+struct pv_jail {
+    /// CLONE_NEW* namespaces for the child (CLONE_NEWUSER when the supervisor is not root).
+    /// CLONE_NEWCGROUP is unshared after the child joined its cgroups.
+    unsigned long clone_flags;
+    /// A host directory the jail's tmpfs root is mounted on (in the child's mount namespace only);
+    /// NULL: no new root.
+    const char *mount_point;
+    /// Directories to create in the root, parents first (absolute jail paths).
+    const char *const *dirs;
+    int ndirs;
+    const struct pv_jail_file *files;
+    int nfiles;
+    /// The UTS namespace's host name, or NULL.
+    const char *hostname;
+    /// The domain's uid and gid (inside its user namespace in user-namespace mode).
+    uint32_t uid, gid;
+    /// User-namespace mode: the ids the domain's uid and gid map to outside (the supervisor's).
+    uint32_t outer_uid, outer_gid;
+    /// Open `cgroup.procs` files the child writes "0" to before anything else.
+    const int *cgroup_fds;
+    int ncgroup_fds;
+    /// Drop every capability (bounding, ambient, inheritable, permitted, effective) and change to uid/gid.
+    int drop_caps;
+};
+/// clone + exec a domain kernel. The child, in order: waits for its id maps (user-namespace mode),
+/// joins its cgroups, unshares its cgroup namespace, starts a new session with parent-death signal
+/// SIGKILL, builds and pivots into its read-only root, sets its host name, keeps exactly the listed
+/// descriptors (source -> target, everything else closed), resets signal dispositions and mask,
+/// applies the resource limits, drops its privileges, sets NO_NEW_PRIVS, installs the bounding BPF
+/// filter (every 32-bit constant equal to `pid_placeholder` is replaced by the child's own pid,
+/// 1 in a new pid namespace) and execs. `jail` NULL: a plain fork+exec with only the descriptors,
+/// limits and filter. `want_listener`: the filter is installed with SECCOMP_FILTER_FLAG_NEW_LISTENER
+/// and the listener comes back in *listener (else -1). On success returns the pid. A failure before exec is reported as -errno with
+/// *failed_step set to one of PV_STEP_* and *failed_detail to the index of the file, directory,
+/// cgroup, capability or resource involved (-1 when none; directories are 1000000 + index); the
+/// child is reaped.
+enum { PV_STEP_NONE = 0, PV_STEP_FORK, PV_STEP_FDS, PV_STEP_RLIMIT, PV_STEP_NNP, PV_STEP_SECCOMP, PV_STEP_EXEC,
+       PV_STEP_USERNS, PV_STEP_CGROUP, PV_STEP_MOUNT, PV_STEP_PIVOT, PV_STEP_HOSTNAME, PV_STEP_CREDS, PV_STEP_CAPS };
 pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
                const struct pv_spawn_fd *fds, int nfds,
                const struct pv_spawn_rlimit *limits, int nlimits,
                const void *bpf, size_t bpf_len, uint32_t pid_placeholder,
-               int *failed_step);
+               const struct pv_jail *jail, int want_listener, int *listener, int *failed_step, int *failed_detail);
+/// Receives one pending notification from a bound's listener (a call the bound's default action
+/// hands to the supervisor): its id, the call, the calling thread's pid as the supervisor sees it.
+int pv_seccomp_notif_recv(int listener, uint64_t *id, int32_t *nr, uint32_t *arch, pid_t *pid, uint64_t args[6]);
+/// process_vm_readv/process_vm_writev of one range: bytes moved or -errno.
+ssize_t pv_process_vm_rw(pid_t pid, void *local, size_t len, uint64_t remote, int write);
+/// 0 while notification `id` is still pending (its caller alive and waiting), else -ENOENT.
+int pv_seccomp_notif_id_valid(int listener, uint64_t id);
+/// Answers notification `id`: the call returns -error, or val when error is 0.
+int pv_seccomp_notif_respond(int listener, uint64_t id, int error, int64_t val);
+/// Installs `fd` (close-on-exec) in the caller's table and makes it the call's return value
+/// (SECCOMP_ADDFD_FLAG_SEND). The number in the domain, or -errno.
+int pv_seccomp_notif_addfd_send(int listener, uint64_t id, int fd);
+
+/// Whether this process may create a child in new namespaces `flags`: 0 or clone's -errno.
+int pv_probe_clone(unsigned long flags);
 
 /// Installs a SIGSYS handler (on an alternate stack) that reports the trapped system call as a
 /// Procvisor "seccomp violation" hypercall on `hypercall_fd`, then dies of SIGSYS.
@@ -258,4 +311,6 @@ void *pv_mremap_alias(void *old, size_t length, void *to);
 /// One malloc arena for every thread (mallopt M_ARENA_MAX = 1); nonzero on success.
 static inline int pv_malloc_single_arena(void) { return mallopt(M_ARENA_MAX, 1); }
 
+#include "pv_seals.h"
 #endif
+#include "pv_uring_restrict.h"

@@ -309,5 +309,8 @@ public struct RunDirectory: Sendable {
     public var lockFile: String { path + "/procvisord.lock" }
     public var supervisorLog: String { path + "/procvisord.log" }
     public var consoleLogDirectory: String { path + "/console" }
+    /// Where each domain's read-only root is mounted, in that domain's own mount namespace only
+    /// (on the host it stays an empty directory).
+    public var jailMountPoint: String { path + "/jail" }
     public func consoleLog(name: String) -> String { consoleLogDirectory + "/guest-\(name).log" }
 }

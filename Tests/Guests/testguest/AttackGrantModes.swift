@@ -55,9 +55,9 @@ private func writableMapping(_ fd: FileDescriptor, length: Int) -> String {
 
 /// Modes that replace DomainRuntime's bootstrap (run before `Domain.start`): true when handled.
 /// `be-attack-resize` bootstraps by hand, keeps every descriptor the supervisor hands out and
-/// tries to resize each: first while only the baseline filter is on (ftruncate is possible
-/// there), then, after engaging the driver-domain allow-list itself (fallocate is possible
-/// there), on the grant table frame, grantable pages and the exposure map.
+/// tries to grow each with fallocate (which a driver domain's bound allows; ftruncate it never
+/// does, see SeccompPolicyTests): first under the supervisor's bound alone, then, after engaging
+/// the driver-domain allow-list itself, on the grant table frame, grantable pages and the exposure map.
 func runAttackBootstrapMode(_ mode: String) -> Bool {
     guard mode == "be-attack-resize" else { return false }
     let hc = FileDescriptor(rawValue: BootstrapFD.hypercall)
@@ -85,13 +85,13 @@ func runAttackBootstrapMode(_ mode: String) -> Bool {
     let names: [(BootstrapReplyFD, String)] = [(.ram, "RAM"), (.p2m, "P2M"), (.m2p, "M2P"), (.doorbell, "doorbell"),
                                                (.selfPairPage, "pair page"), (.storePage, "XenStore page")]
     for (which, name) in names {
-        say("resize \(name): \(resizeAttempts(fds[which.rawValue], truncate: true))")
+        say("resize \(name): \(resizeAttempts(fds[which.rawValue], truncate: false))")
     }
     for (which, name) in [(BootstrapReplyFD.p2m, "P2M"), (.m2p, "M2P")] {
         say("writable map \(name): \(writableMapping(fds[which.rawValue], length: 4096))")
     }
     do {
-        try SeccompPolicies.driverDomain.compile(threadSync: true).load()
+        try SeccompPolicies.driverDomain.compile(threadSync: true, ownPid: UInt32(getpid())).load()
     } catch {
         say("attack-resize: cannot engage: \(error)")
         exit(4)
