@@ -251,7 +251,7 @@ extension Supervisor {
             totalMemoryMB: machine.totalFrames / 256, freeMemoryMB: freeMemoryMB,
             xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
             xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,
-            commandline: "procvisord rundir=\(options.runDirectory.path)", supervisorPid: Process.pid,
+            commandline: "procvisord rundir=\(options.runDirectory.path) \(jail.summary)", supervisorPid: Process.pid,
             runDirectory: options.runDirectory.path, controlSocket: options.runDirectory.controlSocket,
             nrDomains: domains.count, xenstoreSocket: options.runDirectory.xenstoreSocket)
     }

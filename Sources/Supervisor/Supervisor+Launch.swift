@@ -209,13 +209,15 @@ extension Supervisor {
             ioRingSetup(dom, call, listener: listener)
             return
         }
-        SeccompNotification.fail(listener, call, .notPermitted)
         let name = Syscalls.name(Int(call.number)) ?? "#\(call.number)"
         if dom.crashReason == nil { dom.crashReason = "forbidden system call \(name)" }
         log("\(dom.label): forbidden system call \(name)")
         logger.error("forbidden system call", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "syscall": "\(name)",
                                                          "args": "\(call.args.prefix(3).map { "0x" + String($0, radix: 16) })"])
+        // As a trap: the call never returns. SIGKILL first, so the thread dies in the kernel
+        // rather than running on with the error; the answer only covers a kill that failed.
         kill(dom)
+        SeccompNotification.fail(listener, call, .notPermitted)
     }
 
     static let ioUringSetupNumber = Syscalls.number("io_uring_setup") ?? 425

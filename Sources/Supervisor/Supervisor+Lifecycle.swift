@@ -91,7 +91,10 @@ extension Supervisor {
             return
         }
         if dom.phase == .booting {
-            let why = dom.crashReason ?? (dom.bootstrapped ? "exited during bootstrap (\(how))" : "\(how) before bootstrap (is it a DomainRuntime program?)")
+            var why = dom.crashReason ?? (dom.bootstrapped ? "exited during bootstrap (\(how))" : "\(how) before bootstrap (is it a DomainRuntime program?)")
+            if dom.crashReason == nil, case .signaled(SIGSYS) = status {
+                why = "killed by SIGSYS before bootstrap: a system call through another ABI (int 0x80, x32), which its bound never allows"
+            }
             log("\(dom.label): failed to start: \(why)")
             dom.createWaiter?.send(.error("domain \(dom.name) failed to start: \(why)"))
             dom.createWaiter = nil
@@ -107,7 +110,9 @@ extension Supervisor {
             case .exited(0): reason = .poweroff
             case let .signaled(sig) where sig == SIGSYS:
                 reason = .crash
-                if dom.crashReason == nil { dom.crashReason = "forbidden system call (killed by SIGSYS)" }
+                // The bound names every other refused call itself (the supervisor's listener);
+                // only a call through another ABI kills at once.
+                if dom.crashReason == nil { dom.crashReason = "forbidden system call (killed by SIGSYS: another ABI, or a call its own filter traps)" }
             default:
                 reason = .crash
                 if dom.crashReason == nil { dom.crashReason = how }

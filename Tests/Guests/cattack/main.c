@@ -61,6 +61,16 @@ static long hypercall(uint32_t op, uint64_t seq) {
     return (long)rc;
 }
 
+// Code before main: a constructor attacks first when the command line says `ctor=PATH`.
+__attribute__((constructor)) static void constructor_attack(int argc, char **argv, char **envp) {
+    (void)envp;
+    const char *path = arg(argc, argv, "ctor");
+    if (!path) return;
+    say("constructor: opening %s for writing\n", path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    say("constructor survived: %s\n", fd < 0 ? strerror(errno) : "ok");
+}
+
 int main(int argc, char **argv) {
     const char *mode = arg(argc, argv, "mode");
     const char *target = arg(argc, argv, "target");   // a path or a pid, depending on the mode

@@ -153,6 +153,7 @@ let mode = arg("mode") ?? "hello"
 
 // Modes that misbehave during bootstrap, before DomainRuntime would engage the sandbox.
 if runAttackBootstrapMode(mode) { exit(0) }
+if runPreStartJailMode(mode) { exit(0) }
 switch mode {
 case "exit-in-bootstrap":
     // Ask for the start-info, then leave without engaging.
@@ -602,7 +603,8 @@ case "multicall":
     print("multicall: \(rcs.map(String.init).joined(separator: ","))")
     domain.shutdown(.poweroff)
 default:
-    if runXenStoreMode(mode, domain) || runBlkMode(mode, domain) || runHotplugMode(mode, domain) || runNetMode(mode, domain) || runNetToolMode(mode, domain) || runAttackGrantMode(mode, domain) { break }
+    if runXenStoreMode(mode, domain) || runBlkMode(mode, domain) || runHotplugMode(mode, domain) || runNetMode(mode, domain) || runNetToolMode(mode, domain) || runAttackGrantMode(mode, domain)
+        || runJailMode(mode, domain) { break }
     print("testguest: unknown mode \(mode)")
     domain.shutdown(.crash)
 }
