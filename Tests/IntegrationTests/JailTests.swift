@@ -257,6 +257,58 @@ import Testing
         #expect(r.stderr.contains("PROCVISOR_INSECURE: unknown layer \"no-seccomp\""), "\(r.stderr)")
     }
 
+    /// An ordinary user runs Procvisor: the jail adds a user namespace mapping the domain's uid onto
+    /// the supervisor's; without a delegated cgroup the supervisor refuses domains, saying how to
+    /// fix it, unless the operator waives the cgroup layer.
+    @Test func anOrdinaryUserRunsJailedDomainsInAUserNamespace() throws {
+        guard geteuid() == 0, FileIO.isExecutable("/usr/bin/setpriv"), Spawner.probeNamespaces(Namespace.user) == nil else {
+            return  // needs root to become another user, and user namespaces
+        }
+        var template = Array("/tmp/pvu.XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        let dir = String(cString: try #require(made))
+        defer { _ = try? runCommand("/bin/rm", ["-rf", dir], env: [:]) }
+        chmod(dir, 0o755)
+        chown(dir, 65534, 65534)
+        let cfg = dir + "/user.cfg"
+        try "name = \"user\"\nkernel = \"\(Products.path("testguest"))\"\nmemory = 16\nextra = \"mode=run\"\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        chmod(cfg, 0o644)
+        func asNobody(_ args: [String], insecure: Bool) throws -> CommandResult {
+            var env = ["PROCVISOR_RUNDIR": dir + "/run", "PATH": "/usr/bin:/bin"]
+            if insecure { env["PROCVISOR_INSECURE"] = "no-cgroups" }
+            return try runCommand("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", Products.path("xl")] + args, env: env)
+        }
+        func stopSupervisor() {
+            guard let text = try? FileIO.readString(dir + "/run/procvisord.pid"), let pid = pid_t(text.split(separator: "\n").first ?? "") else { return }
+            kill(pid, SIGTERM)
+            _ = eventually(timeout: 15) { kill(pid, 0) != 0 }
+        }
+        defer { stopSupervisor() }
+        do {
+            // Where nobody cannot write a cgroup (almost everywhere): refused, with what to do.
+            let refused = try asNobody(["create", cfg], insecure: false)
+            if refused.status != 0 {
+                #expect(refused.stderr.contains("cgroups layer is unavailable") && refused.stderr.contains("--insecure-no-cgroups"), "\(refused.stderr)")
+            } else {
+                _ = try asNobody(["destroy", "user"], insecure: false)  // a delegated cgroup: nothing to refuse
+            }
+            stopSupervisor()
+        }
+        let r = try asNobody(["create", cfg], insecure: true)
+        #expect(r.ok, "\(r.stderr)")
+        let text = try FileIO.readString(dir + "/run/procvisord.pid")
+        let sup = try #require(pid_t(text.split(separator: "\n").first ?? ""))
+        let dom = try #require(ProcFS.children(of: sup).first)
+        let seen = try Self.see(dom)
+        #expect(seen.uid.hasPrefix("65534"), "the domain is the supervisor's user outside: \(seen.uid)")
+        #expect(seen.capEff == "0000000000000000")
+        let mine = Self.namespaces(of: getpid())
+        for ns in ["user", "mnt", "pid", "net", "ipc"] { #expect(seen.namespaces[ns] != mine[ns], "\(ns)") }
+        #expect(!seen.rootFiles.contains("/etc/passwd") && seen.rootFiles.contains("/dev/null"))
+        #expect(try asNobody(["info", "xen_commandline"], insecure: true).stdout.contains("jail=userns cgroups=off insecure-no-cgroups"))
+        #expect(try asNobody(["destroy", "user"], insecure: true).ok)
+    }
+
     static func processesExist(uid: UInt32) -> Bool {
         guard let dir = opendir("/proc") else { return false }
         defer { closedir(dir) }
