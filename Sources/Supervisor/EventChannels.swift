@@ -105,12 +105,11 @@ extension Supervisor {
         return [try pairPage(dom.domid, peer.domid).fd, pev.doorbell.fd]
     }
 
-    /// `__HYPERVISOR_event_channel_op`. Returns the reply and any descriptors to attach.
-    func eventChannelOp(_ dom: DomainRecord, _ r: HypercallRequest) -> (HypercallReply, [FileDescriptor]) {
-        let seq = r.seq
-        guard let ev = dom.evtchn else { return (.error(seq, .ENOSYS), []) }
-        func err(_ e: XenErrno) -> (HypercallReply, [FileDescriptor]) { (.error(seq, e), []) }
-        func ok(_ rc: Int64, _ payload: [UInt8] = []) -> (HypercallReply, [FileDescriptor]) { (HypercallReply(seq: seq, rc: rc, payload: payload), []) }
+    /// `__HYPERVISOR_event_channel_op`.
+    func eventChannelOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard let ev = dom.evtchn else { return .error(.ENOSYS) }
+        func err(_ e: XenErrno) -> HypercallOutcome { .error(e) }
+        func ok(_ rc: Int64, _ payload: [UInt8] = []) -> HypercallOutcome { .ok(rc, payload) }
         func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(dom.domid) }
         func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(v) : nil }
 
@@ -146,7 +145,7 @@ extension Supervisor {
             var w = WireWriter()
             w.u32(fds.isEmpty ? 0 : 1)
             w.u32(UInt32(remoteId))
-            return (HypercallReply(seq: seq, rc: Int64(port), payload: w.bytes), fds)
+            return .ok(Int64(port), w.bytes, fds: fds)
 
         case .bindVirq:
             guard r.args[1] <= UInt64(UInt32.max), let virq = VIRQ(rawValue: UInt32(r.args[1])) else { return err(.EINVAL) }

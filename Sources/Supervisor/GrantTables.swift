@@ -136,10 +136,10 @@ extension Supervisor {
 
     /// `PROCVISOR allocGrantPages`: new grantable pages, one memfd each; with args[1] = 1 the
     /// domain's exposure map (read-only) comes after them.
-    func allocGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+    func allocGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         let wantMap = r.args.count > 1 && r.args[1] == 1
         var count = Int(min(r.args[0], 64))
-        guard count >= 1, count + (wantMap ? 1 : 0) <= UnixSocket.maxFDsPerMessage else { return .error(r.seq, .EINVAL) }
+        guard count >= 1, count + (wantMap ? 1 : 0) <= UnixSocket.maxFDsPerMessage else { return .error(.EINVAL) }
         let g = grants(dom)
         // Fewer than asked when that is all the budget leaves (rc says how many); none: ENOMEM.
         let (room, refusal) = grantPageRoom(dom, g)
@@ -150,14 +150,14 @@ extension Supervisor {
                 log(refusal)
                 logger.warning("grantable pages refused", metadata: ["domid": "\(dom.domid)", "reason": "\(refusal)"])
             }
-            return .error(r.seq, .ENOMEM)
+            return .error(.ENOMEM)
         }
         if g.exposure == nil {
             do {
                 g.exposure = try MemFD.createReadOnlyShared(name: "pv-gntexp-\(dom.domid)", size: GrantExposureMap.bytes)
             } catch {
                 logger.error("cannot create the grant exposure map", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
-                return .error(r.seq, .ENOMEM)
+                return .error(.ENOMEM)
             }
         }
         var w = WireWriter()
@@ -166,7 +166,7 @@ extension Supervisor {
             let gfn = g.allocateGFN()
             guard let page = try? GrantPage(owner: dom.domid, gfn: gfn) else {
                 g.freeGFNs.append(gfn)
-                return .error(r.seq, .ENOMEM)
+                return .error(.ENOMEM)
             }
             g.pages[page.gfn] = page
             g.setExposed(page, false)
@@ -174,21 +174,20 @@ extension Supervisor {
             w.u64(page.gfn)
         }
         if wantMap, let exposure = g.exposure { fds.append(exposure.readOnlyFD) }
-        replyFDs = fds
-        return HypercallReply(seq: r.seq, rc: Int64(count), payload: w.bytes)
+        return .ok(Int64(count), w.bytes, fds: fds)
     }
 
-    func freeGrantPage(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+    func freeGrantPage(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         let g = grants(dom)
-        guard let page = g.pages[r.args[0]] else { return .error(r.seq, .EINVAL) }
+        guard let page = g.pages[r.args[0]] else { return .error(.EINVAL) }
         // A page still mapped by someone cannot go back (its entries say GTF_reading/writing).
-        if page.mapCount > 0 { return .error(r.seq, .EBUSY) }
+        if page.mapCount > 0 { return .error(.EBUSY) }
         g.pages[r.args[0]] = nil
         // Whatever a grantee kept of it is that memfd; the gfn's next page is a new one.
         g.setExposed(page, false)
         g.freeGFNs.append(page.gfn)
         g.budgetRefusalLogged = false
-        return HypercallReply(seq: r.seq, rc: 0)
+        return .ok()
     }
 
     /// `PROCVISOR rebackGrantPages`: the granter ended access to these exposed pages. Each gets a
@@ -198,10 +197,9 @@ extension Supervisor {
     /// buffer) and no longer reaches the granter. Refused (-EBUSY) for a page still mapped
     /// through another grant: that grantee is entitled to it; the page stays exposed and is
     /// re-backed when that grant ends.
-    func rebackGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+    func rebackGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         guard r.payload.count % 8 == 0, !r.payload.isEmpty, r.payload.count / 8 <= UnixSocket.maxFDsPerMessage else {
-            malformed(dom, seq: r.seq, "reback grant pages: bad gfn list")
-            return .error(r.seq, .EINVAL)
+            return .malformed("reback grant pages: bad gfn list")
         }
         let g = grants(dom)
         var rd = WireReader(r.payload, what: "reback grant pages")
@@ -220,68 +218,61 @@ extension Supervisor {
             fds.append(fresh.fd)
             w.u32(0)
         }
-        replyFDs = fds
-        return HypercallReply(seq: r.seq, rc: Int64(fds.count), payload: w.bytes)
+        return .ok(Int64(fds.count), w.bytes, fds: fds)
     }
 
     /// `__HYPERVISOR_grant_table_op`.
-    func grantTableOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
-        let seq = r.seq
+    func grantTableOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         let g = grants(dom)
         switch GnttabOp(rawValue: r.args[0]) {
         case .setupTable:
             let want = Int(min(r.args[1], UInt64(Int32.max)))
-            guard want >= 1, want <= g.maxFrames else { return .error(seq, .EINVAL) }
+            guard want >= 1, want <= g.maxFrames else { return .error(.EINVAL) }
             if g.tableFD == nil {
                 do {
                     let fd = try MemFD.create(name: "pv-gnttab-\(dom.domid)", size: g.maxFrames * 4096)
                     g.tableFD = fd
                     g.table = try SharedMapping(fd, length: g.maxFrames * 4096)
                 } catch {
-                    return .error(seq, .ENOMEM)
+                    return .error(.ENOMEM)
                 }
             }
             g.nrFrames = max(g.nrFrames, want)
-            replyFDs = [g.tableFD!]
-            return HypercallReply(seq: seq, rc: 0)
+            return .ok(0, fds: [g.tableFD!])
         case .querySize:
-            return HypercallReply(seq: seq, rc: Int64(g.nrFrames) | Int64(g.maxFrames) << 32)
+            return .ok(Int64(g.nrFrames) | Int64(g.maxFrames) << 32)
         case .mapGrantRef:
             guard let reqs = try? GrantMapRequest.decode(r.payload), !reqs.isEmpty, reqs.count <= UnixSocket.maxFDsPerMessage else {
-                malformed(dom, seq: seq, "grant map: bad request list")
-                return .error(seq, .EINVAL)
+                return .malformed("grant map: bad request list")
             }
             var results: [GrantMapResult] = []
-            var fds: [FileDescriptor] = []
+            var fds: [FileDescriptor] = [], owned: [FileDescriptor] = []
             for q in reqs {
                 let (status, handle, fd) = mapGrant(dom, q)
                 results.append(GrantMapResult(status: status, handle: handle))
                 if let fd {
                     fds.append(fd.fd)
-                    if fd.owned { replyOwnedFDs.append(fd.fd) }
+                    if fd.owned { owned.append(fd.fd) }
                 }
             }
-            replyFDs = fds
-            return HypercallReply(seq: seq, rc: 0, payload: GrantMapResult.encode(results))
+            return .ok(0, GrantMapResult.encode(results), fds: fds, owned: owned)
         case .unmapGrantRef:
             guard r.payload.count % 4 == 0, !r.payload.isEmpty, r.payload.count <= 4 * 64 else {
-                malformed(dom, seq: seq, "grant unmap: bad handle list")
-                return .error(seq, .EINVAL)
+                return .malformed("grant unmap: bad handle list")
             }
             var rd = WireReader(r.payload, what: "grant unmap")
             var statuses: [GNTST] = []
             for _ in 0..<(r.payload.count / 4) {
                 statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0))
             }
-            return HypercallReply(seq: seq, rc: 0, payload: GrantStatusList.encode(statuses))
+            return .ok(0, GrantStatusList.encode(statuses))
         case .copy:
             guard let ops = try? GrantCopy.decode(r.payload), !ops.isEmpty, ops.count <= 256 else {
-                malformed(dom, seq: seq, "grant copy: bad op list")
-                return .error(seq, .EINVAL)
+                return .malformed("grant copy: bad op list")
             }
-            return HypercallReply(seq: seq, rc: 0, payload: GrantStatusList.encode(ops.map { grantCopy(dom, $0) }))
+            return .ok(0, GrantStatusList.encode(ops.map { grantCopy(dom, $0) }))
         case nil:
-            return .error(seq, .ENOSYS)
+            return .error(.ENOSYS)
         }
     }
 

@@ -187,27 +187,25 @@ extension Supervisor {
     }
 
     /// `deviceFD(.vbd)`: a backend asks for the image of a device it serves.
-    func vbdFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
+    func vbdFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else {
-            return .error(r.seq, .EINVAL)
+            return .error(.EINVAL)
         }
         let key = DeviceKey(frontend: UInt16(r.args[1]), devid: UInt32(r.args[2]))
-        guard let vbd = blockDevices[key] else { return .error(r.seq, .ENOENT) }
+        guard let vbd = blockDevices[key] else { return .error(.ENOENT) }
         guard vbd.backend == dom.domid else {
             log("\(dom.label): asked for dom\(vbd.frontend)'s disk \(vbd.vdev), which dom\(vbd.backend) serves: refused")
-            return .error(r.seq, .EACCES)
+            return .error(.EACCES)
         }
         let fd: FileDescriptor
         do {
             fd = try FileDescriptor.open(vbd.target, (vbd.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         } catch let e as SystemError {
             log("\(dom.label): cannot open \(vbd.target) for dom\(vbd.frontend)'s disk \(vbd.vdev): \(e.errno.description)")
-            return .error(r.seq, XenErrno(rawValue: Int64(e.errno.rawValue)) ?? .EIO)
+            return .error(XenErrno(rawValue: Int64(e.errno.rawValue)) ?? .EIO)
         } catch {
-            return .error(r.seq, .EIO)
+            return .error(.EIO)
         }
-        replyFDs = [fd]
-        replyOwnedFDs = [fd]
-        return HypercallReply(seq: r.seq, rc: 0)
+        return .ok(0, fds: [fd], owned: [fd])
     }
 }

@@ -37,13 +37,10 @@ extension Supervisor {
             do {
                 request = try HypercallRequest.decode(message.bytes)
             } catch {
-                malformed(dom, seq: message.bytes.count >= 16 ? Self.seqOf(message.bytes) : 0, "\(error)")
+                answer(dom, seq: message.bytes.count >= 16 ? Self.seqOf(message.bytes) : 0, .malformed("\(error)"))
                 continue
             }
-            if let reply = dispatch(dom, request) { reply_(dom, reply, fds: replyFDs) }
-            replyFDs = []
-            replyOwnedFDs.forEach { $0.close() }
-            replyOwnedFDs = []
+            answer(dom, seq: request.seq, dispatch(dom, request))
         }
     }
 
@@ -59,14 +56,30 @@ extension Supervisor {
         }
     }
 
-    func malformed(_ dom: DomainRecord, seq: UInt64, _ why: String) {
+    /// Turns a handler's outcome into the request's one reply (none when deferred or crashed).
+    func answer(_ dom: DomainRecord, seq: UInt64, _ outcome: HypercallOutcome) {
+        switch outcome {
+        case let .reply(rc, payload, fds, owned):
+            reply_(dom, HypercallReply(seq: seq, rc: rc, payload: payload), fds: fds)
+            owned.forEach { $0.close() }
+        case .deferred:
+            break
+        case let .malformed(why):
+            if countMalformed(dom, why) { reply_(dom, .error(seq, .EINVAL)) }
+        case let .crash(why):
+            crash(dom, why)
+        }
+    }
+
+    /// Counts a malformed hypercall; at the limit the domain is crashed. True while it lives on.
+    func countMalformed(_ dom: DomainRecord, _ why: String) -> Bool {
         dom.malformedHypercalls += 1
         logger.warning("malformed hypercall", metadata: ["domid": "\(dom.domid)", "error": "\(why)"])
         if dom.malformedHypercalls >= options.malformedHypercallLimit {
             crash(dom, "sent \(dom.malformedHypercalls) malformed hypercalls (last: \(why))")
-            return
+            return false
         }
-        reply_(dom, .error(seq, .EINVAL))
+        return true
     }
 
     /// Sends a reply without blocking. A domain that does not read its replies is flooding: crash it.
@@ -81,168 +94,171 @@ extension Supervisor {
         }
     }
 
-    /// Handles one request; nil when the reply is deferred (SCHEDOP_block) or there is none.
-    func dispatch(_ dom: DomainRecord, _ r: HypercallRequest, inMulticall: Bool = false) -> HypercallReply? {
-        let seq = r.seq
-        guard let op = HypercallOp(rawValue: r.op) else { return .error(seq, .ENOSYS) }
-        switch op {
-        case .seccompViolation:
-            let nr = Int(Int64(bitPattern: r.args[0]))
-            let name = Syscalls.name(nr) ?? "#\(nr)"
-            if dom.crashReason == nil { dom.crashReason = "forbidden system call \(name)" }
-            log("\(dom.label): forbidden system call \(name)")
-            logger.error("forbidden system call", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "syscall": "\(name)"])
-            return nil
-        case .bootstrap:
-            guard dom.phase == .booting, !dom.bootstrapped, !inMulticall else { return .error(seq, .EPERM) }
-            dom.bootstrapped = true
-            let c = dom.config
-            let info = StartInfo(domid: dom.domid, name: dom.name, uuid: dom.uuid,
-                                 memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,
-                                 vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
-                                 flags: c.driverDomain ? StartInfo.driverDomainFlag : 0,
-                                 engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
-                                 storePort: dom.store?.port ?? 0)
-            if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory, let store = dom.store {
-                replyFDs = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
-            }
-            return HypercallReply(seq: seq, rc: 0, payload: info.encode())
-        case .engaged:
-            guard dom.phase == .booting, dom.bootstrapped, !inMulticall else { return .error(seq, .EPERM) }
-            return engage(dom, seq: seq)
-        default:
-            break
+    /// Looks the operation up in the hypercall table and runs its handler, if the domain's phase
+    /// and (inside a multicall) the row allow it.
+    func dispatch(_ dom: DomainRecord, _ r: HypercallRequest, inMulticall: Bool = false) -> HypercallOutcome {
+        guard let op = HypercallOp(rawValue: r.op), let row = Self.hypercallTable[op] else { return .error(.ENOSYS) }
+        guard row.phases.contains(dom.phase) else { return .error(.EPERM) }
+        if inMulticall && !row.multicall.allows(r) { return .error(.EINVAL) }
+        return row.handle(self, dom, r)
+    }
+
+    // MARK: the handlers that need no service of their own
+
+    func seccompViolation(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        let nr = Int(Int64(bitPattern: r.args[0]))
+        let name = Syscalls.name(nr) ?? "#\(nr)"
+        if dom.crashReason == nil { dom.crashReason = "forbidden system call \(name)" }
+        log("\(dom.label): forbidden system call \(name)")
+        logger.error("forbidden system call", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "syscall": "\(name)"])
+        return .deferred
+    }
+
+    func bootstrap(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard !dom.bootstrapped else { return .error(.EPERM) }
+        dom.bootstrapped = true
+        let c = dom.config
+        let info = StartInfo(domid: dom.domid, name: dom.name, uuid: dom.uuid,
+                             memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,
+                             vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
+                             flags: c.driverDomain ? StartInfo.driverDomainFlag : 0,
+                             engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
+                             storePort: dom.store?.port ?? 0)
+        var fds: [FileDescriptor] = []
+        if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory, let store = dom.store {
+            fds = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
         }
-        // Everything else needs a domain that has engaged its sandbox.
-        guard dom.phase == .running else { return .error(seq, .EPERM) }
-        switch op {
-        case .xenVersion:
-            switch XenVersionCmd(rawValue: r.args[0]) {
-            case .version: return HypercallReply(seq: seq, rc: Int64(ProcvisorVersion.major << 16 | ProcvisorVersion.minor))
-            case .extraversion: return HypercallReply(seq: seq, rc: 0, payload: Array(ProcvisorVersion.extra.utf8))
-            case .capabilities: return HypercallReply(seq: seq, rc: 0, payload: Array(ProcvisorVersion.capabilities.utf8))
-            case .pagesize: return HypercallReply(seq: seq, rc: 4096)
-            case nil: return .error(seq, .ENOSYS)
-            }
-        case .consoleIO:
-            guard ConsoleIOCmd(rawValue: r.args[0]) == .write else { return .error(seq, .ENOSYS) }
-            guard r.args[1] == UInt64(r.payload.count) else { return .error(seq, .EINVAL) }
-            consoleReadable(dom)  // what the guest printed before this call comes first
-            consoleOutput(dom, r.payload[...])
-            return HypercallReply(seq: seq, rc: 0)
-        case .vcpuOp:
-            switch VCPUOp(rawValue: r.args[0]) {
-            case .isUp:
-                let vcpu = r.args[1]
-                if vcpu < UInt64(dom.config.vcpus) { return HypercallReply(seq: seq, rc: 1) }
-                if vcpu < UInt64(dom.config.maxvcpus) { return HypercallReply(seq: seq, rc: 0) }
-                return .error(seq, .ENOENT)
-            default:
-                return .error(seq, .ENOSYS)
-            }
-        case .schedOp:
-            switch SchedOp(rawValue: r.args[0]) {
-            case .yield:
-                return HypercallReply(seq: seq, rc: 0)
-            case .block:
-                if inMulticall { return .error(seq, .EINVAL) }
-                if dom.requestedShutdown != nil { return HypercallReply(seq: seq, rc: 1) }
-                let timeoutNs = r.args[1]
-                var timer: UInt64?
-                if timeoutNs != UInt64.max {
-                    timer = loop.after(ms: max(1, timeoutNs / 1_000_000)) { [weak self, weak dom] in
-                        guard let self, let dom else { return }
-                        dom.pendingBlocks.removeAll { $0.seq == seq }
-                        self.reply_(dom, HypercallReply(seq: seq, rc: 0))
-                    }
-                }
-                dom.pendingBlocks.append((seq, timer))
-                return nil
-            case .shutdown:
-                guard let reason = ShutdownReason(rawValue: UInt32(truncatingIfNeeded: r.args[1])), r.args[1] <= 5 else {
-                    return .error(seq, .EINVAL)
-                }
-                guardedShutdown(dom, reason: reason)
-                return HypercallReply(seq: seq, rc: 0)
-            case nil:
-                return .error(seq, .ENOSYS)
-            }
-        case .eventChannelOp:
-            if inMulticall && r.args[0] == EvtchnOp.bindInterdomain.rawValue { return .error(seq, .EINVAL) }
-            let (reply, fds) = eventChannelOp(dom, r)
-            replyFDs = fds
-            return reply
-        case .memoryOp:
-            return memoryOp(dom, r)
-        case .grantTableOp:
-            if inMulticall && [GnttabOp.setupTable.rawValue, GnttabOp.mapGrantRef.rawValue].contains(r.args[0]) { return .error(seq, .EINVAL) }
-            return grantTableOp(dom, r)
-        case .allocGrantPages:
-            if inMulticall { return .error(seq, .EINVAL) }
-            return allocGrantPages(dom, r)
-        case .deviceFD:
-            if inMulticall { return .error(seq, .EINVAL) }
-            switch DeviceKind(rawValue: r.args[0]) {
-            case .vbd: return vbdFD(dom, r)
-            case .uplink: return uplinkFD(dom, r)
-            // netback needs no descriptor per vif: its frontends' rings come through grants.
-            case .vif, nil: return .error(seq, .EINVAL)
-            }
-        case .freeGrantPage:
-            return freeGrantPage(dom, r)
-        case .rebackGrantPages:
-            if inMulticall { return .error(seq, .EINVAL) }
-            return rebackGrantPages(dom, r)
-        case .setTimerOp:
-            loop.cancel(dom.virqTimer)
-            dom.virqTimer = nil
-            let deadline = r.args[0]
-            if deadline != 0 {
-                let now = MonotonicClock.nanoseconds()
-                let ms = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
-                dom.virqTimer = loop.after(ms: ms) { [weak self, weak dom] in
-                    guard let self, let dom, dom.hasProcess else { return }
-                    dom.virqTimer = nil
-                    self.raiseVirq(dom, .timer)
-                }
-            }
-            return HypercallReply(seq: seq, rc: 0)
-        case .multicall:
-            if inMulticall { return .error(seq, .EINVAL) }
-            let calls: [HypercallRequest]
-            do {
-                calls = try Multicall.decode(r.payload)
-            } catch {
-                malformed(dom, seq: seq, "multicall: \(error)")
-                return nil
-            }
-            var results: [HypercallReply] = []
-            for c in calls {
-                results.append(dispatch(dom, c, inMulticall: true) ?? .error(c.seq, .EINVAL))
-                if !dom.hasProcess || dom.phase != .running { break }
-            }
-            return HypercallReply(seq: seq, rc: 0, payload: Multicall.encodeResults(results))
-        default:
-            return .error(seq, .ENOSYS)
+        return .ok(0, info.encode(), fds: fds)
+    }
+
+    static func xenVersion(_ r: HypercallRequest) -> HypercallOutcome {
+        switch XenVersionCmd(rawValue: r.args[0]) {
+        case .version: return .ok(Int64(ProcvisorVersion.major << 16 | ProcvisorVersion.minor))
+        case .extraversion: return .ok(0, Array(ProcvisorVersion.extra.utf8))
+        case .capabilities: return .ok(0, Array(ProcvisorVersion.capabilities.utf8))
+        case .pagesize: return .ok(4096)
+        case nil: return .error(.ENOSYS)
         }
+    }
+
+    func consoleIO(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard ConsoleIOCmd(rawValue: r.args[0]) == .write else { return .error(.ENOSYS) }
+        guard r.args[1] == UInt64(r.payload.count) else { return .error(.EINVAL) }
+        consoleReadable(dom)  // what the guest printed before this call comes first
+        consoleOutput(dom, r.payload[...])
+        return .ok()
+    }
+
+    static func vcpuOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        switch VCPUOp(rawValue: r.args[0]) {
+        case .isUp:
+            let vcpu = r.args[1]
+            if vcpu < UInt64(dom.config.vcpus) { return .ok(1) }
+            if vcpu < UInt64(dom.config.maxvcpus) { return .ok(0) }
+            return .error(.ENOENT)
+        default:
+            return .error(.ENOSYS)
+        }
+    }
+
+    func schedOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        switch SchedOp(rawValue: r.args[0]) {
+        case .yield:
+            return .ok()
+        case .block:
+            if dom.requestedShutdown != nil { return .ok(1) }
+            let seq = r.seq
+            let timeoutNs = r.args[1]
+            var timer: UInt64?
+            if timeoutNs != UInt64.max {
+                timer = loop.after(ms: max(1, timeoutNs / 1_000_000)) { [weak self, weak dom] in
+                    guard let self, let dom else { return }
+                    dom.pendingBlocks.removeAll { $0.seq == seq }
+                    self.reply_(dom, HypercallReply(seq: seq, rc: 0))
+                }
+            }
+            dom.pendingBlocks.append((seq, timer))
+            return .deferred
+        case .shutdown:
+            guard let reason = ShutdownReason(rawValue: UInt32(truncatingIfNeeded: r.args[1])), r.args[1] <= 5 else {
+                return .error(.EINVAL)
+            }
+            guardedShutdown(dom, reason: reason)
+            return .ok()
+        case nil:
+            return .error(.ENOSYS)
+        }
+    }
+
+    func deviceFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        switch DeviceKind(rawValue: r.args[0]) {
+        case .vbd: return vbdFD(dom, r)
+        case .uplink: return uplinkFD(dom, r)
+        // netback needs no descriptor per vif: its frontends' rings come through grants.
+        case .vif, nil: return .error(.EINVAL)
+        }
+    }
+
+    func setTimerOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        loop.cancel(dom.virqTimer)
+        dom.virqTimer = nil
+        let deadline = r.args[0]
+        if deadline != 0 {
+            let now = MonotonicClock.nanoseconds()
+            let ms = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
+            dom.virqTimer = loop.after(ms: ms) { [weak self, weak dom] in
+                guard let self, let dom, dom.hasProcess else { return }
+                dom.virqTimer = nil
+                self.raiseVirq(dom, .timer)
+            }
+        }
+        return .ok()
+    }
+
+    /// `__HYPERVISOR_multicall`: each call's outcome becomes its entry in the results; none is
+    /// sent on its own. Rows that hand back descriptors or block are refused inside (EINVAL).
+    func multicall(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        let calls: [HypercallRequest]
+        do {
+            calls = try Multicall.decode(r.payload)
+        } catch {
+            return .malformed("multicall: \(error)")
+        }
+        var results: [HypercallReply] = []
+        for c in calls {
+            switch dispatch(dom, c, inMulticall: true) {
+            case let .reply(rc, payload, fds, owned):
+                // No row that multicalls may carry hands back descriptors; never leak one if it did.
+                precondition(fds.isEmpty, "a multicall carried an operation that returns descriptors")
+                owned.forEach { $0.close() }
+                results.append(HypercallReply(seq: c.seq, rc: rc, payload: payload))
+            case .deferred:
+                results.append(.error(c.seq, .EINVAL))
+            case let .malformed(why):
+                guard countMalformed(dom, why) else { return .deferred }
+                results.append(.error(c.seq, .EINVAL))
+            case let .crash(why):
+                return .crash(why)
+            }
+            if !dom.hasProcess || dom.phase != .running { break }
+        }
+        return .ok(0, Multicall.encodeResults(results))
     }
 
     /// The runtime says it is up. Nothing the domain may do depends on this: the supervisor
     /// installed the bounding filter before exec, so a domain that claims to be engaged without
     /// narrowing it further is exactly as confined. The check below only confirms, from /proc,
     /// that the bound is in place (a kernel bug or a launcher regression would show here).
-    func engage(_ dom: DomainRecord, seq: UInt64) -> HypercallReply? {
+    func engage(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard dom.bootstrapped else { return .error(.EPERM) }
         let status: (mode: Int, filters: Int)
         do {
             status = try ProcFS.seccomp(of: dom.pid)
         } catch {
-            crash(dom, "cannot verify the domain's seccomp bound: \(error)")
-            return nil
+            return .crash("cannot verify the domain's seccomp bound: \(error)")
         }
         guard status.mode == 2, status.filters >= 1 else {
-            dom.crashReason = "seccomp bound missing (Seccomp: \(status.mode), filters: \(status.filters))"
-            kill(dom)
-            return nil
+            return .crash("seccomp bound missing (Seccomp: \(status.mode), filters: \(status.filters))")
         }
         loop.cancel(dom.engageTimer)
         dom.engageTimer = nil
@@ -257,6 +273,6 @@ extension Supervisor {
             w.send(.created(domid: dom.domid))
             dom.createWaiter = nil
         }
-        return HypercallReply(seq: seq, rc: 0)
+        return .ok()
     }
 }

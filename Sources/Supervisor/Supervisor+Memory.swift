@@ -4,21 +4,19 @@ import ProcvisorABI
 
 extension Supervisor {
     /// `__HYPERVISOR_memory_op`: reservations, one page per extent.
-    func memoryOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
-        let seq = r.seq
-        guard let mem = dom.memory else { return .error(seq, .ESRCH) }
+    func memoryOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard let mem = dom.memory else { return .error(.ESRCH) }
         func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(dom.domid) }
         switch XenMemOp(rawValue: r.args[0]) {
         case .currentReservation:
-            guard selfDomid(r.args[1]) else { return .error(seq, .EPERM) }
-            return HypercallReply(seq: seq, rc: Int64(mem.currentPages))
+            guard selfDomid(r.args[1]) else { return .error(.EPERM) }
+            return .ok(Int64(mem.currentPages))
         case .maximumReservation:
-            guard selfDomid(r.args[1]) else { return .error(seq, .EPERM) }
-            return HypercallReply(seq: seq, rc: Int64(mem.maxPages))
+            guard selfDomid(r.args[1]) else { return .error(.EPERM) }
+            return .ok(Int64(mem.maxPages))
         case .increaseReservation, .populatePhysmap, .decreaseReservation:
             guard r.payload.count % 8 == 0, r.payload.count / 8 <= XenMemOp.maxExtents else {
-                malformed(dom, seq: seq, "memory_op: extent list must be at most \(XenMemOp.maxExtents) u64 pfns")
-                return .error(seq, .EINVAL)
+                return .malformed("memory_op: extent list must be at most \(XenMemOp.maxExtents) u64 pfns")
             }
             var rd = WireReader(r.payload, what: "extents")
             var done: Int64 = 0
@@ -30,9 +28,9 @@ extension Supervisor {
                 if !ok { break }
                 done += 1
             }
-            return HypercallReply(seq: seq, rc: done)
+            return .ok(done)
         case nil:
-            return .error(seq, .ENOSYS)
+            return .error(.ENOSYS)
         }
     }
 

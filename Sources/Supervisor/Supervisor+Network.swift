@@ -294,14 +294,14 @@ extension Supervisor {
     /// only descriptor: the tap goes away when the backend closes it (or dies). Errors: EINVAL
     /// bad arguments; ENOENT no such vif; EACCES the caller does not serve it; the errno of
     /// TUNSETIFF or SIOCSIFFLAGS otherwise (EPERM without CAP_NET_ADMIN, EBUSY name in use).
-    func uplinkFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallReply {
-        guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else { return .error(r.seq, .EINVAL) }
+    func uplinkFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else { return .error(.EINVAL) }
         guard let vif = networkDevices[DeviceKey(frontend: UInt16(r.args[1]), devid: UInt32(r.args[2]))] else {
-            return .error(r.seq, .ENOENT)
+            return .error(.ENOENT)
         }
         guard vif.backend == dom.domid else {
             log("\(dom.label): asked for the uplink of dom\(vif.frontend)'s vif \(vif.devid) (bridge \(vif.bridge)), which dom\(vif.backend) serves: refused")
-            return .error(r.seq, .EACCES)
+            return .error(.EACCES)
         }
         let name = vif.bridge
         let fd: FileDescriptor
@@ -309,9 +309,9 @@ extension Supervisor {
             fd = try Tap.open(name: name)
         } catch let e as SystemError {
             log("\(dom.label): cannot create tap \(name) as the uplink of bridge \(name): \(e.errno.description)\(Self.tapHint(e.errno))")
-            return HypercallReply(seq: r.seq, rc: -Int64(e.errno.rawValue))
+            return .ok(-Int64(e.errno.rawValue))
         } catch {
-            return .error(r.seq, .EIO)
+            return .error(.EIO)
         }
         if vif.mtu != VifSpec.defaultMTU {
             do {
@@ -325,15 +325,13 @@ extension Supervisor {
         } catch let e as SystemError {
             fd.close()
             log("\(dom.label): cannot bring tap \(name) up: \(e.errno.description)")
-            return HypercallReply(seq: r.seq, rc: -Int64(e.errno.rawValue))
+            return .ok(-Int64(e.errno.rawValue))
         } catch {
             fd.close()
-            return .error(r.seq, .EIO)
+            return .error(.EIO)
         }
         log("\(dom.label): tap \(name) created as the uplink of bridge \(name) (asked for through dom\(vif.frontend)'s vif \(vif.devid)) and handed over")
-        replyFDs = [fd]
-        replyOwnedFDs = [fd]
-        return HypercallReply(seq: r.seq, rc: 0)
+        return .ok(0, fds: [fd], owned: [fd])
     }
 
     static func tapHint(_ e: Errno) -> String {

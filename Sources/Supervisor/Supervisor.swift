@@ -21,10 +21,6 @@ public final class Supervisor {
     var blockDevices: [DeviceKey: VirtualBlockDevice] = [:]
     /// Virtual network interfaces by frontend and devid.
     var networkDevices: [DeviceKey: VirtualNetworkDevice] = [:]
-    /// Descriptors to attach to the hypercall reply being built (set by dispatch).
-    var replyFDs: [FileDescriptor] = []
-    /// Of those, the ones made for this reply alone (closed once it is sent).
-    var replyOwnedFDs: [FileDescriptor] = []
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
     var recentShutdowns: [UInt16: ShutdownReason] = [:]
     /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.

@@ -19,8 +19,9 @@ public struct SupervisorOptions: Sendable {
     /// How long `xl block-detach` waits for the backend to reach Closed
     /// (`PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS`, default 10000: libxl's LIBXL_DESTROY_TIMEOUT).
     public var deviceRemoveTimeoutMs: UInt64
-    /// Hypercalls a domain may get wrong before it is crashed.
-    public var malformedHypercallLimit: Int = 16
+    /// Hypercalls a domain may get wrong before it is crashed
+    /// (`PROCVISOR_MALFORMED_HYPERCALL_LIMIT`, default 16).
+    public var malformedHypercallLimit: Int
     /// Jail layers the operator runs without (`PROCVISOR_INSECURE=no-cgroups,no-namespaces`,
     /// or `procvisord --insecure-no-…`). `xl info` and `xl dmesg` say so.
     var insecure: Set<JailSettings.Layer> = []
@@ -35,6 +36,7 @@ public struct SupervisorOptions: Sendable {
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         xenstoreEventTimeoutMs = environment["PROCVISOR_XS_EVENT_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 20000
         deviceRemoveTimeoutMs = environment["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 10000
+        malformedHypercallLimit = environment["PROCVISOR_MALFORMED_HYPERCALL_LIMIT"].flatMap { Int($0) }.map { max(1, min($0, 1 << 20)) } ?? 16
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024
         memoryMB = environment["PROCVISOR_MEMORY_MB"].flatMap { UInt64($0) } ?? hostMB * 3 / 4

@@ -137,6 +137,33 @@ import Testing
         }
     }
 
+    /// Every malformed or refused form of every hypercall (Tests/Guests/testguest/HypercallModes.swift)
+    /// gets exactly one reply carrying its sequence number; a multicall's inner calls get none of
+    /// their own (their results travel in the multicall's reply).
+    @Test func everyHypercallGetsExactlyOneReply() throws {
+        try withSentinel(["PROCVISOR_MALFORMED_HYPERCALL_LIMIT": "1000"]) { h in
+            try h.create("forms", mode: "hc-forms")
+            #expect(eventually(timeout: 20) { h.consoleLog("forms").contains("hc done") })
+            let lines = h.consoleLog("forms").split(separator: "\n").filter { $0.hasPrefix("hc ") }
+            let done = try #require(lines.first { $0.hasPrefix("hc done") })
+            #expect(done.contains("stray=0"), "\(done)")
+            let forms = lines.filter { $0.contains("replies=") }
+            #expect(forms.count >= 40, "only \(forms.count) forms reported")
+            for line in forms {
+                #expect(line.contains("replies=1 nested=0"), "\(line)")
+            }
+            // Requests that cannot be read as their operation are EINVAL (-22).
+            for name in ["short-header", "payload-length-lies", "memory-op-ragged-extents", "gnttab-op-unmap-ragged",
+                         "gnttab-op-copy-garbage", "reback-grant-pages-ragged", "multicall-garbage"] {
+                #expect(forms.contains { $0.hasPrefix("hc \(name):") && $0.hasSuffix("rc=-22") }, "\(name)")
+            }
+            #expect(forms.contains { $0.hasPrefix("hc unknown-op:") && $0.hasSuffix("rc=-38") })
+            #expect(forms.contains { $0.hasPrefix("hc bootstrap-again:") && $0.hasSuffix("rc=-1") })
+            // It sent 17 malformed requests and was not crashed: the limit came from the environment.
+            #expect(try !h.dmesg().contains("(forms): crashed"))
+        }
+    }
+
     @Test func aGuestThatKeepsSendingGarbageIsCrashed() throws {
         try withSentinel { h in
             try h.create("spewer", mode: "garbage", "extra = \"mode=garbage count=40\"\non_crash = \"preserve\"\n")
