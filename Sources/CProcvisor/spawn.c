@@ -100,27 +100,26 @@ static void drop_privileges(const struct pv_jail *jail, int rfd) {
     if (syscall(SYS_capset, &hdr, data) < 0) child_fail(rfd, PV_STEP_CAPS);
 }
 
-// Writes the child's uid and gid maps (user-namespace mode): one id inside, the supervisor's outside.
-static int write_id_maps(pid_t pid, const struct pv_jail *jail) {
-    char path[64], line[64];
-    snprintf(path, sizeof(path), "/proc/%d/setgroups", (int)pid);
+// Writes `text` to /proc/PID/NAME: 0 or -errno.
+static int write_proc(pid_t pid, const char *name, const char *text) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, name);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -errno;
-    int rc = write_all(fd, "deny");
+    int rc = write_all(fd, text) < 0 ? -errno : 0;
     close(fd);
-    if (rc < 0) return -errno;
-    snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+    return rc;
+}
+
+// Writes the child's uid and gid maps (user-namespace mode): one id inside, the supervisor's outside.
+static int write_id_maps(pid_t pid, const struct pv_jail *jail) {
+    char line[64];
+    int rc = write_proc(pid, "setgroups", "deny");
+    if (rc < 0) return rc;
     snprintf(line, sizeof(line), "%u %u 1\n", (unsigned)jail->uid, (unsigned)jail->outer_uid);
-    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) return -errno;
-    rc = write_all(fd, line);
-    close(fd);
-    if (rc < 0) return -errno;
-    snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+    if ((rc = write_proc(pid, "uid_map", line)) < 0) return rc;
     snprintf(line, sizeof(line), "%u %u 1\n", (unsigned)jail->gid, (unsigned)jail->outer_gid);
-    if ((fd = open(path, O_WRONLY | O_CLOEXEC)) < 0) return -errno;
-    rc = write_all(fd, line);
-    close(fd);
-    return rc < 0 ? -errno : 0;
+    return write_proc(pid, "gid_map", line);
 }
 
 pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
@@ -211,7 +210,14 @@ pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
             struct rlimit rl = { .rlim_cur = limits[i].soft, .rlim_max = limits[i].hard };
             if (setrlimit(limits[i].resource, &rl) < 0) child_fail_detail(rfd, PV_STEP_RLIMIT, limits[i].resource);
         }
-        if (jail && jail->drop_caps) drop_privileges(jail, rfd);
+        if (jail && jail->drop_caps) {
+            drop_privileges(jail, rfd);
+            // A change of uid or gid cleared the parent-death signal (prctl(2)): set it again, then
+            // make sure the supervisor did not die before that (its end of the report socket closed).
+            if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail(rfd, PV_STEP_CAPS);
+            struct pollfd p = { .fd = rfd, .events = POLLIN };
+            if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR))) _exit(127);
+        }
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) child_fail(rfd, PV_STEP_NNP);
         if (bpf && bpf_len >= sizeof(struct sock_filter)) {
             struct sock_filter *insns = (struct sock_filter *)bpf;  // the child's private copy

@@ -31,14 +31,7 @@ public final class MemoryCgroup {
             throw SystemError("cgroup", "no memory cgroup found in /proc/self/cgroup", errno: .noSuchFile)
         }
         self.version = version
-        path = parent + "/" + name
-        if mkdir(path, 0o755) != 0 && Errno.current != .exists { throw SystemError("mkdir", path, errno: .current) }
-        do {
-            try setLimit(limitBytes)
-        } catch {
-            _ = rmdir(path)
-            throw error
-        }
+        path = try CgroupFiles.make(parent + "/" + name, limit: version == .v1 ? "memory.limit_in_bytes" : "memory.max", limitBytes)
     }
 
     public func setLimit(_ bytes: UInt64) throws {

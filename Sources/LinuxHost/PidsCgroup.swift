@@ -32,20 +32,12 @@ public final class PidsCgroup {
             throw SystemError("cgroup", "no pids cgroup found in /proc/self/cgroup", errno: .noSuchFile)
         }
         self.version = version
-        path = parent + "/" + name
-        if mkdir(path, 0o755) != 0 && Errno.current != .exists { throw SystemError("mkdir", path, errno: .current) }
-        do {
-            try FileIO.write(path + "/pids.max", "\(maxTasks)\n")
-        } catch {
-            _ = rmdir(path)
-            throw error
-        }
+        path = try CgroupFiles.make(parent + "/" + name, limit: "pids.max", UInt64(maxTasks))
     }
 
-    /// `cgroup.procs` opened for writing: a process that writes "0" to it joins the cgroup.
-    public func procsFile() throws -> FileDescriptor {
-        try FileDescriptor.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-    }
+    /// The file a new, single-threaded process writes "0" to in order to join the cgroup
+    /// (`CgroupFiles.joinFile`).
+    public func joinFile() throws -> FileDescriptor { try CgroupFiles.joinFile(path, version: version) }
 
     /// The processes in the cgroup (host pids).
     public var processes: [pid_t] { CgroupFiles.pids(path + "/cgroup.procs") }
@@ -65,6 +57,29 @@ public final class PidsCgroup {
 
 /// What every controller's directory has in common.
 enum CgroupFiles {
+    /// Creates the cgroup directory `path` (or takes it over) and writes its limit; removed again
+    /// if the limit cannot be set.
+    static func make(_ path: String, limit file: String, _ value: UInt64) throws -> String {
+        if mkdir(path, 0o755) != 0 && Errno.current != .exists { throw SystemError("mkdir", path, errno: .current) }
+        do {
+            try FileIO.write(path + "/" + file, "\(value)\n")
+        } catch {
+            _ = rmdir(path)
+            throw error
+        }
+        return path
+    }
+
+    /// Opened for writing: a process that writes "0" to it moves into the cgroup. On v1 that is
+    /// `tasks`, which moves only the calling thread: for a process that has one thread (a domain
+    /// between clone and exec) it is the same move, and the kernel makes it without taking the
+    /// global threadgroup lock, whose write side waits for an RCU grace period (10-25 ms per
+    /// domain here, through `cgroup.procs`). v2 refuses moving a lone thread across domains:
+    /// `cgroup.procs` there.
+    static func joinFile(_ dir: String, version: MemoryCgroup.Version) throws -> FileDescriptor {
+        try FileDescriptor.open(dir + (version == .v1 ? "/tasks" : "/cgroup.procs"), O_WRONLY | O_CLOEXEC)
+    }
+
     static func pids(_ file: String) -> [pid_t] {
         ((try? FileIO.readString(file)) ?? "").split(separator: "\n").compactMap { pid_t($0) }
     }
@@ -76,10 +91,9 @@ enum CgroupFiles {
 }
 
 extension MemoryCgroup {
-    /// `cgroup.procs` opened for writing: a process that writes "0" to it joins the cgroup.
-    public func procsFile() throws -> FileDescriptor {
-        try FileDescriptor.open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-    }
+    /// The file a new, single-threaded process writes "0" to in order to join the cgroup
+    /// (`CgroupFiles.joinFile`).
+    public func joinFile() throws -> FileDescriptor { try CgroupFiles.joinFile(path, version: version) }
 
     /// The processes in the cgroup (host pids).
     public var processes: [pid_t] { CgroupFiles.pids(path + "/cgroup.procs") }

@@ -73,7 +73,7 @@ extension Supervisor {
                 memory.cgroup = m
                 let p = try PidsCgroup(name: name, maxTasks: tasks + 8)
                 pids = p
-                cgroupProcs = [try m.procsFile(), try p.procsFile()]
+                cgroupProcs = [try m.joinFile(), try p.joinFile()]
             } catch {
                 pids?.remove()
                 memory.releaseAll(to: machine)

@@ -205,6 +205,16 @@ final class SupervisorHarness {
         if !keepDirectory { try? FileManager.default.removeItem(atPath: runDirectory) }
     }
 
+    /// SIGKILL to the supervisor, as a crash would end it (no cleanup of its own); returns once
+    /// it is gone, with the run directory removed.
+    func killSupervisor() {
+        guard !stopped else { return }
+        stopped = true
+        kill(pid, SIGKILL)
+        supervisor.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: runDirectory)
+    }
+
     deinit {
         if !stopped {
             kill(pid, SIGKILL)

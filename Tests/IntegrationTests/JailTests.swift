@@ -209,6 +209,32 @@ import Testing
         #expect(eventually { !Self.processesExist(uid: 100_001) })
     }
 
+    /// The supervisor dies without a word (SIGKILL): its domains die with it. The jail's change of
+    /// uid clears a process's parent-death signal, so the launcher sets it again afterwards.
+    @Test func domainsDieWithAKilledSupervisor() throws {
+        let h = try SupervisorHarness()
+        // Kernels that never read their sockets again, so the closed channels do not end them.
+        for name in ["left", "right"] {
+            let r = try h.xl("create", h.config(name, kernel: Self.cattack, "extra = \"mode=deaf\"\n"))
+            #expect(r.ok, "xl create \(name): \(r.stderr)")
+        }
+        let kids = h.children
+        #expect(kids.count == 2)
+        // The cgroups a crashed supervisor leaves (their processes gone), to remove afterwards.
+        let cgroups = kids.flatMap { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line -> String? in
+                let f = line.split(separator: ":", maxSplits: 2).map(String.init)
+                guard f.count == 3, f[2].contains("-dom"), ["pids", "memory"].contains(f[1]) else { return nil }
+                return "/sys/fs/cgroup/\(f[1])\(f[2])"
+            }
+        }
+        h.killSupervisor()
+        #expect(eventually { kids.allSatisfy { !ProcFS.isAlive($0) || ProcFS.state(of: $0) == "Z" } }, "domains outlived their supervisor")
+        #expect(eventually { !Self.processesExist(uid: 100_001) && !Self.processesExist(uid: 100_002) })
+        for pid in kids where ProcFS.isAlive(pid) { kill(pid, SIGKILL) }  // when the check above failed
+        for dir in cgroups { _ = eventually { rmdir(dir) == 0 || errno == ENOENT } }
+    }
+
     /// A guest asking for the driver role gets a guest's bound: it engages the driver allow-list
     /// itself and asks for an io_uring, and is crashed for it.
     @Test func aGuestCannotMakeItselfADriverDomain() throws {

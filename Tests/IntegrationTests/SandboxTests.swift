@@ -10,7 +10,7 @@ import Testing
     static let guestAllowListViolations: [(String, String)] = [
         ("openat", "openat"), ("socket-unix", "socket"), ("execve", "execve"), ("fork", "fork"),
     ]
-    static let baselineDenyListViolations: [(String, String)] = [
+    static let boundViolations: [(String, String)] = [
         ("ptrace", "ptrace"), ("process_vm_readv", "process_vm_readv"), ("mount", "mount"), ("bpf", "bpf"),
         ("kexec_load", "kexec_load"), ("init_module", "init_module"), ("unshare", "unshare"), ("setns", "setns"),
         ("clone-newns", "clone"), ("perf_event_open", "perf_event_open"), ("keyctl", "keyctl"),
@@ -34,8 +34,8 @@ import Testing
         try expectCrash(call: call, named: name)
     }
 
-    @Test(arguments: baselineDenyListViolations)
-    func baselineDenyListTraps(_ call: String, _ name: String) throws {
+    @Test(arguments: boundViolations)
+    func theBoundTraps(_ call: String, _ name: String) throws {
         try expectCrash(call: call, named: name)
     }
 

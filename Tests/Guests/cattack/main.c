@@ -131,6 +131,12 @@ int main(int argc, char **argv) {
         rc = syscall(SYS_ptrace, 0x4206 /* PTRACE_SEIZE */, atoi(target), 0, 0);
     } else if (!strcmp(mode, "setuid0")) {
         rc = setuid(0);
+    } else if (!strcmp(mode, "deaf")) {
+        // Engages as the runtime would, then never looks at its sockets again: nothing but the
+        // parent-death signal ends it when the supervisor dies.
+        say("bootstrap: %ld\n", hypercall(0x1000, 1));
+        say("engaged: %ld\n", hypercall(0x1001, 2));
+        for (;;) sleep(1000);  // pause(2) is not in the bound
     } else if (!strcmp(mode, "forge")) {
         // A forged engagement: its own allow-everything filter, then the runtime's two hypercalls.
         struct sock_filter allow[] = { BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW) };
