@@ -9,7 +9,7 @@ import ProcvisorABI
 public final class Balloon {
     let memory: PhysicalMemory
     let store: XenStoreClient
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     /// The last target seen, in pages (the domain's memory at boot until the toolstack sets one).
     public private(set) var targetPages: UInt64
 
@@ -17,7 +17,6 @@ public final class Balloon {
         self.memory = memory
         self.store = store
         targetPages = bootPages
-        pthread_mutex_init(&mutex, nil)
     }
 
     func start() {
@@ -36,8 +35,8 @@ public final class Balloon {
     /// Moves the reservation toward `target` pages; returns the reservation reached.
     @discardableResult
     public func adjust(toPages target: UInt64) -> UInt64 {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         targetPages = target
         var current = memory.currentReservation
         if target < current {

@@ -6,25 +6,24 @@ import ProcvisorABI
 /// counterpart of a PV kernel's event upcall plus its `control/shutdown` watch.
 final class DomainEvents {
     let fd: FileDescriptor
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     private var handler: ((ShutdownReason) -> Void)?
     private var pending: ShutdownReason?
 
     init(fd: FileDescriptor) {
         self.fd = fd
-        pthread_mutex_init(&mutex, nil)
     }
 
     var requested: ShutdownReason? {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         return pending
     }
 
     func setShutdownHandler(_ h: @escaping (ShutdownReason) -> Void) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         handler = h
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
     }
 
     func start(domain: Domain) {
@@ -59,11 +58,11 @@ final class DomainEvents {
     /// A shutdown request from the toolstack (through `control/shutdown`, or the supervisor's
     /// fallback message): the guest's handler decides, or the domain shuts down at once.
     func deliverShutdownRequest(_ reason: ShutdownReason, domain: Domain) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         let repeated = pending == reason
         pending = reason
         let h = handler
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         if repeated && h != nil { return }  // the fallback after the store request already seen
         if let h { h(reason) } else { domain.shutdown(reason) }
     }

@@ -40,7 +40,7 @@ public final class EventChannels {
     /// The eventfd that notifies the supervisor's domain-0 services (XenStore) of a send on a
     /// port bound to domain 0.
     var dom0Kick: FileDescriptor?
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
     private var peers: [UInt16: PeerPages] = [:]
     private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
@@ -88,7 +88,6 @@ public final class EventChannels {
         let selfPage = try SharedMapping(selfPageFD, length: EventPages.pageSize)
         doorbellFD.close()
         selfPageFD.close()
-        pthread_mutex_init(&mutex, nil)
         sendCache = .allocate(capacity: EventPages.maxPorts)
         sendCache.initialize(repeating: SendTarget(), count: EventPages.maxPorts)
         peers[0] = PeerPages(pair: selfPage, doorbell: nil)
@@ -97,14 +96,14 @@ public final class EventChannels {
 
     deinit { sendCache.deallocate() }
 
-    private func lock() { pthread_mutex_lock(&mutex) }
+    private func lock() { mutex.lock() }
 
     /// Changes a port's entry (lock held) and forgets its cached send target.
     private func setEntry(_ port: Port, _ entry: Entry) {
         entries[Int(port)] = entry
         sendCache[Int(port)] = SendTarget()
     }
-    private func unlock() { pthread_mutex_unlock(&mutex) }
+    private func unlock() { mutex.unlock() }
 
     private func rebuildScanList() {
         scanList = peers.map { peer, pages in

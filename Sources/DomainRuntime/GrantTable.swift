@@ -72,7 +72,7 @@ public final class GrantTable {
     /// Xen reserves the first entries for the toolstack (GNTTAB_NR_RESERVED_ENTRIES).
     public static let reservedEntries: GrantRef = 8
     let hypercalls: HypercallChannel
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     private var table: SharedMapping?
     private var nrFrames = 0
     private var maxFrames = 0
@@ -87,11 +87,10 @@ public final class GrantTable {
 
     init(hypercalls: HypercallChannel) {
         self.hypercalls = hypercalls
-        pthread_mutex_init(&mutex, nil)
     }
 
-    private func lock() { pthread_mutex_lock(&mutex) }
-    private func unlock() { pthread_mutex_unlock(&mutex) }
+    private func lock() { mutex.lock() }
+    private func unlock() { mutex.unlock() }
 
     /// `GNTTABOP_setup_table` up to `frames` (caller holds the lock).
     private func grow(to frames: Int) throws {

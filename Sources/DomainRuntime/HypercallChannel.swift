@@ -7,8 +7,8 @@ import ProcvisorABI
 /// so a blocked `SCHEDOP_block` never holds up another vCPU's hypercall.
 final class HypercallChannel {
     let fd: FileDescriptor
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
+    private let mutex = Lock()
+    private let cond = Condition()
     private var nextSeq: UInt64 = 1
     private var replies: [UInt64: (HypercallReply, [FileDescriptor])] = [:]
     private var readerActive = false
@@ -16,8 +16,6 @@ final class HypercallChannel {
 
     init(fd: FileDescriptor) {
         self.fd = fd
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
     }
 
     /// Issues one hypercall and waits for its reply. A broken channel means the supervisor is gone
@@ -30,29 +28,29 @@ final class HypercallChannel {
 
     /// Like `call`, also returning descriptors the supervisor attached to the reply (the caller owns them).
     func callWithFDs(_ op: HypercallOp, _ args: [UInt64] = [], payload: [UInt8] = []) -> (HypercallReply, [FileDescriptor]) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         let seq = nextSeq
         nextSeq += 1
         let request = HypercallRequest(op, seq: seq, args: args, payload: payload).encode()
         do {
             try UnixSocket.send(fd, request)
         } catch {
-            pthread_mutex_unlock(&mutex)
+            mutex.unlock()
             fatalChannel("sending hypercall \(op): \(error)")
         }
         while replies[seq] == nil {
             if let failure {
-                pthread_mutex_unlock(&mutex)
+                mutex.unlock()
                 fatalChannel(failure)
             }
             if readerActive {
-                pthread_cond_wait(&cond, &mutex)
+                cond.wait(mutex)
                 continue
             }
             readerActive = true
-            pthread_mutex_unlock(&mutex)
+            mutex.unlock()
             let received: Result<UnixSocket.Message?, Error> = Result { try UnixSocket.receive(fd, maxSize: HypercallRequest.maxMessageSize) }
-            pthread_mutex_lock(&mutex)
+            mutex.lock()
             readerActive = false
             switch received {
             case let .success(message?):
@@ -67,10 +65,10 @@ final class HypercallChannel {
             case let .failure(error):
                 failure = "receiving hypercall reply: \(error)"
             }
-            pthread_cond_broadcast(&cond)
+            cond.broadcast()
         }
         let reply = replies.removeValue(forKey: seq)!
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         return reply
     }
 

@@ -53,10 +53,10 @@ public final class XenStoreClient {
 
     private let page: SharedMapping
     private let kick: () -> Void
-    private var mutex = pthread_mutex_t()
-    private var replyCond = pthread_cond_t()
-    private var watchCond = pthread_cond_t()
-    private var writerMutex = pthread_mutex_t()
+    private let mutex = Lock()
+    private let replyCond = Condition()
+    private let watchCond = Condition()
+    private let writerMutex = Lock()
     private var nextRequestID: UInt32 = 1
     private var replies: [UInt32: XSMessage] = [:]
     private var watches: [String: (String) -> Void] = [:]
@@ -71,10 +71,6 @@ public final class XenStoreClient {
     init(page: SharedMapping, kick: @escaping () -> Void) {
         self.page = page
         self.kick = kick
-        pthread_mutex_init(&mutex, nil)
-        pthread_mutex_init(&writerMutex, nil)
-        pthread_cond_init(&replyCond, nil)
-        pthread_cond_init(&watchCond, nil)
     }
 
     /// The raw `xenstore_domain_interface` page and the kick, for tests that play a hostile guest.
@@ -89,8 +85,8 @@ public final class XenStoreClient {
     }
 
     private func startThreads() {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         guard !started else { return }
         started = true
         VCPUThread.start(index: -2) { [self] _ in readLoop() }
@@ -169,15 +165,15 @@ public final class XenStoreClient {
     /// and then on every change of `path` or anything under it.
     public func watch(_ path: String, token: String, _ handler: @escaping (String) -> Void) throws {
         startThreads()
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         watches[token] = handler
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         do {
             _ = try request(.watch, [path, token], path: path)
         } catch {
-            pthread_mutex_lock(&mutex)
+            mutex.lock()
             watches[token] = nil
-            pthread_mutex_unlock(&mutex)
+            mutex.unlock()
             throw error
         }
     }
@@ -186,18 +182,18 @@ public final class XenStoreClient {
     /// boot (its own watches) without making `Domain.start` wait for the store.
     public func onWatchThread(_ body: @escaping () -> Void) {
         startThreads()
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         watchQueue.append(.task(body))
-        pthread_cond_signal(&watchCond)
-        pthread_mutex_unlock(&mutex)
+        watchCond.signal()
+        mutex.unlock()
     }
 
     /// `XS_UNWATCH`.
     public func unwatch(_ path: String, token: String) throws {
         _ = try request(.unwatch, [path, token], path: path)
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         watches[token] = nil
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
     }
 
     /// `XS_TRANSACTION_START`.
@@ -246,16 +242,16 @@ public final class XenStoreClient {
 
     private func request(_ type: XSMessageType, payload: [UInt8], transaction: Transaction, path: String) throws -> XSMessage {
         startThreads()
-        pthread_mutex_lock(&mutex)
-        if let f = failure { pthread_mutex_unlock(&mutex); throw XenStoreError.disconnected(f) }
+        mutex.lock()
+        if let f = failure { mutex.unlock(); throw XenStoreError.disconnected(f) }
         let id = nextRequestID
         nextRequestID &+= 1
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         let m = XSMessage(type, requestID: id, transactionID: transaction, payload: payload)
         try send(m.encoded())
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while replies[id] == nil && failure == nil { pthread_cond_wait(&replyCond, &mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
+        while replies[id] == nil && failure == nil { replyCond.wait(mutex) }
         guard let r = replies.removeValue(forKey: id) else { throw XenStoreError.disconnected(failure ?? "gone") }
         if r.rawType == XSMessageType.error.rawValue {
             throw XenStoreError.server(r.payloadStrings.first ?? "EINVAL", operation: type.xenName, path: path)
@@ -265,8 +261,8 @@ public final class XenStoreClient {
 
     /// Copies a message onto the request ring, waiting for room, then kicks the store port.
     private func send(_ bytes: [UInt8]) throws {
-        pthread_mutex_lock(&writerMutex)
-        defer { pthread_mutex_unlock(&writerMutex) }
+        writerMutex.lock()
+        defer { writerMutex.unlock() }
         let ring = (page.base + XenStoreWire.reqOffset).assumingMemoryBound(to: UInt8.self)
         var sent = 0
         while sent < bytes.count {
@@ -330,41 +326,41 @@ public final class XenStoreClient {
     }
 
     private func dispatch(_ m: XSMessage) {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         if m.rawType == XSMessageType.watchEvent.rawValue {
             let s = m.payloadStrings
             if s.count >= 2 {
                 watchQueue.append(.event(path: s[0], token: s[1]))
-                pthread_cond_signal(&watchCond)
+                watchCond.signal()
             }
         } else {
             replies[m.requestID] = m
-            pthread_cond_broadcast(&replyCond)
+            replyCond.broadcast()
         }
     }
 
     private func fail(_ why: String) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         failure = why
-        pthread_cond_broadcast(&replyCond)
-        pthread_mutex_unlock(&mutex)
+        replyCond.broadcast()
+        mutex.unlock()
         let msg = "procvisor: xenstore: \(why)\n"
         _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
     }
 
     private func watchLoop() {
         while true {
-            pthread_mutex_lock(&mutex)
-            while watchQueue.isEmpty { pthread_cond_wait(&watchCond, &mutex) }
+            mutex.lock()
+            while watchQueue.isEmpty { watchCond.wait(mutex) }
             let work = watchQueue.removeFirst()
             switch work {
             case let .event(path, token):
                 let handler = watches[token]
-                pthread_mutex_unlock(&mutex)
+                mutex.unlock()
                 handler?(path)
             case let .task(body):
-                pthread_mutex_unlock(&mutex)
+                mutex.unlock()
                 body()
             }
         }

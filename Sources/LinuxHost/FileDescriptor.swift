@@ -58,6 +58,16 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         try retrying("fcntl(F_SETFL)", "\(self)") { fcntl(rawValue, F_SETFL, new) }
     }
 
+    /// `O_DIRECT` (its value differs between architectures; Glibc does not export it to Swift).
+    public static let directIOFlag: Int32 = PV_O_DIRECT
+
+    /// Turns direct I/O (`O_DIRECT`) on or off; throws when the file system refuses it.
+    public func setDirectIO(_ on: Bool = true) throws {
+        let flags = try retrying("fcntl(F_GETFL)", "\(self)") { fcntl(rawValue, F_GETFL) }
+        let new = on ? flags | Self.directIOFlag : flags & ~Self.directIOFlag
+        try retrying("fcntl(F_SETFL)", "\(self)") { fcntl(rawValue, F_SETFL, new) }
+    }
+
     public func setCloseOnExec(_ on: Bool = true) throws {
         try retrying("fcntl(F_SETFD)", "\(self)") { fcntl(rawValue, F_SETFD, on ? FD_CLOEXEC : 0) }
     }

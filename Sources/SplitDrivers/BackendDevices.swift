@@ -1,5 +1,6 @@
 import DomainRuntime
 import Glibc
+import LinuxHost
 
 /// The devices of one type a backend serves, one per toolstack directory
 /// `/local/domain/SELF/backend/TYPE/F/N`: `scan` (on the watch of `backend/TYPE`) starts a device
@@ -15,8 +16,8 @@ final class BackendDevices<Device: AnyObject> {
     private let stop: (Device) -> Void
     /// One scan at a time (the watch thread and finishing devices both scan), so a directory
     /// never gets two devices.
-    private var scanLock = pthread_mutex_t()
-    private var mutex = pthread_mutex_t()
+    private let scanLock = Lock()
+    private let mutex = Lock()
     private var devices: [String: (device: Device, finished: Bool)] = [:]
 
     init(domain: Domain, type: String, make: @escaping (UInt16, UInt32) -> Device, start: @escaping (Device) -> Void,
@@ -26,13 +27,11 @@ final class BackendDevices<Device: AnyObject> {
         self.make = make
         self.start = start
         self.stop = stop
-        pthread_mutex_init(&scanLock, nil)
-        pthread_mutex_init(&mutex, nil)
     }
 
     func scan() {
-        pthread_mutex_lock(&scanLock)
-        defer { pthread_mutex_unlock(&scanLock) }
+        scanLock.lock()
+        defer { scanLock.unlock() }
         let base = "backend/\(type)"
         var present = Set<String>()
         for fe in (try? domain.store.directory(base)) ?? [] {
@@ -41,33 +40,33 @@ final class BackendDevices<Device: AnyObject> {
                 guard let d = UInt32(dev) else { continue }
                 let key = "\(f)/\(d)"
                 present.insert(key)
-                pthread_mutex_lock(&mutex)
+                mutex.lock()
                 let existing = devices[key]
-                pthread_mutex_unlock(&mutex)
+                mutex.unlock()
                 if let existing {
                     guard existing.finished, let feDir = try? domain.store.read("\(base)/\(fe)/\(dev)/frontend"),
                           (try? domain.store.read(feDir + "/state")) == XenbusState.initialising.storeValue else { continue }
                 }
                 let device = make(f, d)
-                pthread_mutex_lock(&mutex)
+                mutex.lock()
                 devices[key] = (device, false)
-                pthread_mutex_unlock(&mutex)
+                mutex.unlock()
                 start(device)
             }
         }
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         let gone = devices.filter { !present.contains($0.key) }.map(\.value.device)
         for (key, entry) in devices where !present.contains(key) && entry.finished { devices[key] = nil }
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         gone.forEach(stop)
     }
 
     /// A device ended: it is marked so, and the directories are scanned again (from the watch
     /// thread: the scan lock may be held by a scan waiting for this device's directory to settle).
     func finished(frontend: UInt16, devid: UInt32) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         devices["\(frontend)/\(devid)"]?.finished = true
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         domain.store.onWatchThread { [weak self] in self?.scan() }
     }
 }

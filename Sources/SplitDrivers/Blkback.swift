@@ -1,4 +1,3 @@
-import CProcvisor
 import DomainRuntime
 import Glibc
 import LinuxHost
@@ -21,7 +20,7 @@ public final class Blkback {
     let domain: Domain
     let log: (String) -> Void
     let environment: [String: String]
-    private var lock = pthread_mutex_t()
+    private let lock = Lock()
     private lazy var devices = BackendDevices<BlkbackDevice>(
         domain: domain, type: "vbd", make: { [unowned self] f, d in BlkbackDevice(domain: domain, frontend: f, devid: d, owner: self) },
         start: { [domain] device in domain.startVCPU(-10) { _ in device.run() } }, stop: { $0.requestStop() })
@@ -32,7 +31,6 @@ public final class Blkback {
         self.domain = domain
         self.environment = environment
         self.log = log
-        pthread_mutex_init(&lock, nil)
     }
 
     /// `submit=queue`: the queue thread takes the requests (the dispatcher only kicks it), so
@@ -57,17 +55,17 @@ public final class Blkback {
 
     /// Takes `bytes` of the staging budget; false when that would exceed it.
     func reserveStaging(_ bytes: Int) -> Bool {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
+        lock.lock()
+        defer { lock.unlock() }
         guard stagingUsed + bytes <= stagingBudget else { return false }
         stagingUsed += bytes
         return true
     }
 
     func releaseStaging(_ bytes: Int) {
-        pthread_mutex_lock(&lock)
+        lock.lock()
         stagingUsed -= bytes
-        pthread_mutex_unlock(&lock)
+        lock.unlock()
     }
 
     /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
@@ -87,9 +85,9 @@ public final class Blkback {
         }
         log("blkback: dom\(domain.domid) serving vbds")
         while true {
-            pthread_mutex_lock(&lock)
+            lock.lock()
             let dispatching = !byPort.isEmpty
-            pthread_mutex_unlock(&lock)
+            lock.unlock()
             // Queues that wait on their own io_uring take their events themselves: without
             // others, this thread stays off the doorbell (it would wake with every event).
             guard dispatching else {
@@ -97,9 +95,9 @@ public final class Blkback {
                 continue
             }
             for port in domain.eventChannels.wait(timeoutNs: 1_000_000_000, spin: spin) {
-                pthread_mutex_lock(&lock)
+                lock.lock()
                 let q = byPort[port]
-                pthread_mutex_unlock(&lock)
+                lock.unlock()
                 if queueThreadSubmits { q?.kick() } else { q?.serviceRing() }
             }
         }
@@ -107,7 +105,7 @@ public final class Blkback {
 
     /// A queue whose requests this thread takes (one without its own io_uring wait).
     func registered(_ q: BlkbackQueue, port: EventChannels.Port) {
-        pthread_mutex_lock(&lock); byPort[port] = q; pthread_mutex_unlock(&lock)
+        lock.lock(); byPort[port] = q; lock.unlock()
         dispatcherKick.raise()
     }
 
@@ -116,11 +114,11 @@ public final class Blkback {
     /// port number can be bound again at once by a device connecting meanwhile, and that
     /// device's queue must keep its entry.
     func unregister(_ queues: [BlkbackQueue]) {
-        pthread_mutex_lock(&lock)
+        lock.lock()
         for q in queues {
             if let p = q.port, byPort[p] === q { byPort[p] = nil }
         }
-        pthread_mutex_unlock(&lock)
+        lock.unlock()
     }
 
     /// The device thread ended.
@@ -157,41 +155,36 @@ enum BlkbackStop: Error, CustomStringConvertible {
 /// `wait` are for the owner's thread, which closes the kick only after its last wait.
 final class Kick {
     let fd: FileDescriptor
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let mutex = Lock()
     private var closed = false
 
     /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
     init() {
         fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
         if fd.rawValue >= 0 { try? fd.setNonBlocking() }
-        pthread_mutex_init(mutex, nil)
     }
 
-    deinit {
-        close()
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
+    deinit { close() }
 
     var valid: Bool { fd.rawValue >= 0 }
 
     func raise() {
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         if !closed && valid {
             var one: UInt64 = 1
             _ = Glibc.write(fd.rawValue, &one, 8)
         }
-        pthread_mutex_unlock(mutex)
+        mutex.unlock()
     }
 
     /// Closes the eventfd; later raises do nothing. Idempotent.
     func close() {
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         if !closed {
             closed = true
             if valid { fd.close() }
         }
-        pthread_mutex_unlock(mutex)
+        mutex.unlock()
     }
 
     /// Consumes a pending kick, if any (never blocks).
@@ -219,7 +212,7 @@ final class BlkbackDevice {
     private let kick = Kick()
     /// Non-zero: every queue stops (set by the device thread, or by a queue whose ring is corrupt).
     var stop: UInt32 = 0
-    private var failureLock = pthread_mutex_t()
+    private let failureLock = Lock()
     private var failure: BlkbackStop?
     private var queuesRunning: UInt32 = 0
     var dir: String { "backend/vbd/\(frontend)/\(devid)" }
@@ -245,7 +238,6 @@ final class BlkbackDevice {
         self.frontend = frontend
         self.devid = devid
         self.owner = owner
-        pthread_mutex_init(&failureLock, nil)
     }
 
     /// Any thread: the device thread wakes, stops its queues and tears the device down.
@@ -256,9 +248,9 @@ final class BlkbackDevice {
 
     /// A queue hit something fatal for the whole device (a corrupt ring).
     func fail(_ why: BlkbackStop) {
-        pthread_mutex_lock(&failureLock)
+        failureLock.lock()
         if failure == nil { failure = why }
-        pthread_mutex_unlock(&failureLock)
+        failureLock.unlock()
         requestStop()
     }
 
@@ -303,9 +295,9 @@ final class BlkbackDevice {
     private func supervise() throws {
         while true {
             kick.wait(timeoutMs: 1000)
-            pthread_mutex_lock(&failureLock)
+            failureLock.lock()
             let f = failure
-            pthread_mutex_unlock(&failureLock)
+            failureLock.unlock()
             if let f { throw f }
             if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
             if SharedAtomic.load(&queuesRunning) == 0 { throw BlkbackStop.removed }
@@ -408,14 +400,13 @@ final class BlkbackDevice {
     /// Turns on O_DIRECT when the image's file system takes it for 512-byte aligned transfers
     /// (what blkif segments are); tmpfs and some others refuse: the page cache is used then.
     static func useDirectIO(_ fd: FileDescriptor) -> Bool {
-        let flags = fcntl(fd.rawValue, F_GETFL)
-        guard flags >= 0, fcntl(fd.rawValue, F_SETFL, flags | PV_O_DIRECT) == 0 else { return false }
+        guard (try? fd.setDirectIO()) != nil else { return false }
         var buffer: UnsafeMutableRawPointer?
         guard posix_memalign(&buffer, 4096, 8192) == 0, let buffer else { return false }
         defer { free(buffer) }
         // A sector at a sector offset inside a page, as a segment with first_sect 1 is.
         if pread(fd.rawValue, buffer + 512, 512, 512) >= 0 { return true }
-        _ = fcntl(fd.rawValue, F_SETFL, flags)
+        try? fd.setDirectIO(false)
         return false
     }
 }
@@ -481,7 +472,7 @@ final class BlkbackQueue {
     private var staged = 0
     private var nextTag: UInt64 = 1
     /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     /// Set by `teardown`: nothing is touched any more.
     private var closed = false
     /// A WRITE_BARRIER taken off the ring, waiting for the queue thread to run it.
@@ -505,7 +496,6 @@ final class BlkbackQueue {
         let env = device.owner.environment
         fixedAllowed = env["fixed-buffers"] != "0"
         bounceMin = (env["bounce-min"].flatMap(Int.init).map { max(4, $0) } ?? 64) << 10
-        pthread_mutex_init(&mutex, nil)
     }
 
     func kick() { kickEvent.raise() }
@@ -679,8 +669,8 @@ final class BlkbackQueue {
     private var stopped: Bool { SharedAtomic.load(&device.stop) != 0 }
 
     private func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         return body()
     }
 
@@ -689,8 +679,8 @@ final class BlkbackQueue {
     /// the queue thread); never waits for I/O. A WRITE_BARRIER stops the intake: the queue
     /// thread runs it once everything before it has completed, then takes the rest.
     func serviceRing() {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         guard !closed, barrier == nil, !stopped, let ring, let engine else { return }
         var batch: [BlockIORequest] = []
         var responses: [BlkifResponse] = []
@@ -1039,8 +1029,8 @@ final class BlkbackQueue {
     /// After the thread has ended: the engine (in-flight I/O finishes or is cancelled into the
     /// pages first), the grants, the ring, the port.
     func teardown() {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         closed = true
         if owned, let uring = engine as? IOUringBlockIOEngine, uring.transfers > 0 {
             device.owner.log("blkback: \(label): \(uring.transfers) transfers, \(uring.fixedTransfers) on registered buffers, \(staged) staged")

@@ -604,11 +604,11 @@ final class IOUringBlockIOEngine: BlockIOEngine {
 
 // MARK: - Thread-pool engine
 
-/// A pthread mutex with two condition variables (no Foundation in driver domains).
+/// A lock with two condition variables (no Foundation in driver domains).
 private final class PoolState {
-    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    let work = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    let done = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    let mutex = Lock()
+    let work = Condition()
+    let done = Condition()
     let disk: Int32
     let eventFD: FileDescriptor
     var queue: [BlockTransfer] = []
@@ -621,22 +621,10 @@ private final class PoolState {
     init(disk: Int32, eventFD: FileDescriptor) {
         self.disk = disk
         self.eventFD = eventFD
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(work, nil)
-        pthread_cond_init(done, nil)
     }
 
-    deinit {
-        pthread_cond_destroy(done)
-        pthread_cond_destroy(work)
-        pthread_mutex_destroy(mutex)
-        done.deallocate()
-        work.deallocate()
-        mutex.deallocate()
-    }
-
-    @inline(__always) func lock() { pthread_mutex_lock(mutex) }
-    @inline(__always) func unlock() { pthread_mutex_unlock(mutex) }
+    @inline(__always) func lock() { mutex.lock() }
+    @inline(__always) func unlock() { mutex.unlock() }
     var queued: Int { queue.count - queueHead }
 
     /// A worker's loop: take a transfer, do it synchronously, post the completion.
@@ -644,7 +632,7 @@ private final class PoolState {
         Process.setName("pv-blkio-\(index)")  // prctl(PR_SET_NAME): this thread
         while true {
             lock()
-            while queued == 0 && !stopping { pthread_cond_wait(work, mutex) }
+            while queued == 0 && !stopping { work.wait(mutex) }
             if stopping { unlock(); return }
             var t = queue[queueHead]
             queueHead += 1
@@ -661,7 +649,7 @@ private final class PoolState {
             lock()
             busy -= 1
             finished.append(t.completion(result))
-            pthread_cond_broadcast(done)
+            done.broadcast()
             unlock()
             signalEventFD(eventFD)
         }
@@ -767,9 +755,9 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
         state.queue.append(contentsOf: accepted)
         state.finished.append(contentsOf: immediate)
         if accepted.count == 1 {
-            pthread_cond_signal(state.work)
+            state.work.signal()
         } else if accepted.count > 1 {
-            pthread_cond_broadcast(state.work)
+            state.work.broadcast()
         }
         state.unlock()
         if !immediate.isEmpty { signalEventFD(completionFD) }
@@ -781,7 +769,7 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
         state.lock()
         if wait {
             while state.finished.isEmpty && (state.queued > 0 || state.busy > 0) {
-                pthread_cond_wait(state.done, state.mutex)
+                state.done.wait(state.mutex)
             }
         }
         let out = state.finished
@@ -798,7 +786,7 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
         for i in state.queueHead..<state.queue.count { state.queue[i].release() }
         state.queue.removeAll()
         state.queueHead = 0
-        pthread_cond_broadcast(state.work)
+        state.work.broadcast()
         state.unlock()
         for t in threads { pthread_join(t, nil) }  // each finishes the transfer it holds first
         threads.removeAll()

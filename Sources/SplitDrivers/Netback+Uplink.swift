@@ -16,7 +16,7 @@ final class NetUplink: NetBridgePortProtocol {
     private let kickEvent = Kick()
     /// Switch thread only (under the netback lock).
     var inboundPending = false
-    private var mutex = pthread_mutex_t()
+    private let mutex = Lock()
     private var inbound: [[UInt8]] = []
     private var outbound: [UnsafeMutableRawBufferPointer] = []
     private var ring: IOUring?
@@ -33,7 +33,6 @@ final class NetUplink: NetBridgePortProtocol {
         self.owner = owner
         self.bridge = bridge
         self.tap = tap
-        pthread_mutex_init(&mutex, nil)
         // The ring acts on registered files only (IORingPolicy): the tap is file 0, the kick 1.
         if IOUring.probe(environment: owner.environment.merging(Process.environment()) { a, _ in a }) == nil,
            let r = try? IOUring(entries: 128), (try? r.registerFiles([tap, kickEvent.fd])) != nil {
@@ -44,9 +43,9 @@ final class NetUplink: NetBridgePortProtocol {
 
     /// Switch thread: a frame for the tap (copied; the thread writes it).
     func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         if outbound.count >= Self.queueLimit {
-            pthread_mutex_unlock(&mutex)
+            mutex.unlock()
             // The switch thread, under the netback lock: logLimited is safe here.
             owner.logLimited("uplink-out-\(bridge.name)", "netback: bridge \(bridge.name): tap \(bridge.name) is not keeping up; dropping frames for it")
             return
@@ -54,7 +53,7 @@ final class NetUplink: NetBridgePortProtocol {
         let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 16)
         copy.copyMemory(from: frame)
         outbound.append(copy)
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         owner.queueUplinkKick(self)
     }
 
@@ -62,8 +61,8 @@ final class NetUplink: NetBridgePortProtocol {
 
     /// Switch thread: frames that came in from the tap, oldest first.
     func takeInbound(max: Int) -> [[UInt8]] {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { mutex.unlock() }
         if inbound.count <= max {
             defer { inbound.removeAll(keepingCapacity: true) }
             return inbound
@@ -74,9 +73,9 @@ final class NetUplink: NetBridgePortProtocol {
     }
 
     private func received(_ p: UnsafeRawPointer, _ n: Int) {
-        pthread_mutex_lock(&mutex)
+        mutex.lock()
         if inbound.count >= Self.queueLimit {
-            pthread_mutex_unlock(&mutex)
+            mutex.unlock()
             droppedIn += 1
             let now = MonotonicClock.nanoseconds()
             if now - lastDropLog >= 1_000_000_000 {
@@ -88,13 +87,13 @@ final class NetUplink: NetBridgePortProtocol {
         }
         let wasEmpty = inbound.isEmpty
         inbound.append(Array(UnsafeRawBufferPointer(start: p, count: n)))
-        pthread_mutex_unlock(&mutex)
+        mutex.unlock()
         if wasEmpty { try? owner.domain.eventChannels.send(owner.wakePort) }
     }
 
     private func takeOutbound() -> [UnsafeMutableRawBufferPointer] {
-        pthread_mutex_lock(&mutex)
-        defer { outbound.removeAll(keepingCapacity: true); pthread_mutex_unlock(&mutex) }
+        mutex.lock()
+        defer { outbound.removeAll(keepingCapacity: true); mutex.unlock() }
         return outbound
     }
 

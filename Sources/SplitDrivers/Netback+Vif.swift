@@ -39,7 +39,7 @@ final class NetbackVif {
     private(set) var name: String
     private let kick = Kick()
     private var stop: UInt32 = 0
-    private var stopLock = pthread_mutex_t()
+    private let stopLock = Lock()
     private var stopReason: String?
     var dir: String { "backend/vif/\(frontend)/\(devid)" }
 
@@ -66,16 +66,15 @@ final class NetbackVif {
         self.frontend = frontend
         self.devid = devid
         name = "vif\(frontend).\(devid)"
-        pthread_mutex_init(&stopLock, nil)
         floodLimiter = FrameRateLimiter(framesPerSecond: UInt64(owner.broadcastPPS), burst: UInt64(owner.broadcastPPS / 10 + 64),
                                         now: MonotonicClock.nanoseconds())
     }
 
     /// Any thread: the device thread wakes and tears the vif down (`why` is logged).
     func requestStop(_ why: String?) {
-        pthread_mutex_lock(&stopLock)
+        stopLock.lock()
         if stopReason == nil { stopReason = why }
-        pthread_mutex_unlock(&stopLock)
+        stopLock.unlock()
         SharedAtomic.store(&stop, 1)
         kick.raise()
     }
@@ -109,9 +108,9 @@ final class NetbackVif {
         } catch {
             owner.log("netback: \(name): \(error)")
         }
-        pthread_mutex_lock(&stopLock)
+        stopLock.lock()
         if let why = stopReason { owner.log("netback: \(name): \(why)") }
-        pthread_mutex_unlock(&stopLock)
+        stopLock.unlock()
         if registered { owner.unregister(self) }
         let xs = domain.store
         if let t = watchToken { try? xs.unwatch(frontendDir + "/state", token: t) }
@@ -129,9 +128,9 @@ final class NetbackVif {
 
     /// Writes `statistics` under the backend directory when the counters changed.
     private func publishStatistics() {
-        pthread_mutex_lock(&owner.lock)
+        owner.lock.lock()
         let text = stats.text
-        pthread_mutex_unlock(&owner.lock)
+        owner.lock.unlock()
         if text != lastPublished, (try? domain.store.read(dir + "/state")) != nil {
             lastPublished = text
             try? domain.store.write(dir + "/statistics", text)

@@ -1,4 +1,3 @@
-import CProcvisor
 import DomainRuntime
 import Glibc
 import LinuxHost
@@ -30,7 +29,7 @@ public final class Netback {
     let log: (String) -> Void
     let environment: [String: String]
     /// Guards the switch state: vifs, bridges, ports. The switch holds it for a pass.
-    var lock = pthread_mutex_t()
+    let lock = Lock()
     private lazy var devices = BackendDevices<NetbackVif>(
         domain: domain, type: "vif", make: { [unowned self] f, d in NetbackVif(owner: self, frontend: f, devid: d) },
         start: { [domain] vif in domain.startVCPU(-10) { _ in vif.run() } }, stop: { $0.requestStop(nil) })
@@ -54,7 +53,6 @@ public final class Netback {
         self.domain = domain
         self.environment = environment
         self.log = log
-        pthread_mutex_init(&lock, nil)
     }
 
     var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
@@ -89,7 +87,7 @@ public final class Netback {
         var timeout: Int64 = -1
         while true {
             let ports = ev.wait(timeoutNs: timeout, spin: spin)
-            pthread_mutex_lock(&lock)
+            lock.lock()
             for p in ports {
                 if p == wakePort {
                     for b in bridges.values { b.uplink?.inboundPending = true }
@@ -100,7 +98,7 @@ public final class Netback {
                 }
             }
             timeout = switchFrames()
-            pthread_mutex_unlock(&lock)
+            lock.unlock()
         }
     }
 
@@ -460,10 +458,10 @@ public final class Netback {
         do {
             let fd = try domain.deviceFD(.uplink, frontend: vif.frontend, devid: vif.devid)
             let up = NetUplink(owner: self, bridge: b, tap: fd)
-            pthread_mutex_lock(&lock)
+            lock.lock()
             b.uplink = up
             b.addPort(up)
-            pthread_mutex_unlock(&lock)
+            lock.unlock()
             up.start()
             b.uplinkStatus = "tap \(b.name) (\(up.engineName))"
             log("netback: bridge \(b.name): uplink is tap \(b.name) (\(up.engineName))")
@@ -476,8 +474,8 @@ public final class Netback {
 
     /// Adds a connected vif to its bridge and the switch; nil, or why it was refused.
     func register(_ vif: NetbackVif) -> String? {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
+        lock.lock()
+        defer { lock.unlock() }
         let b = bridge(named: vif.bridgeName)
         if let other = b.ports.compactMap({ $0 as? NetbackVifPort }).first(where: { $0.vif.mac == vif.mac }) {
             return "MAC \(vif.mac) is already on bridge \(b.name) (\(other.vif.name))"
@@ -498,8 +496,8 @@ public final class Netback {
 
     /// Takes a vif out of the switch (its device thread then unmaps everything).
     func unregister(_ vif: NetbackVif) {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
+        lock.lock()
+        defer { lock.unlock() }
         for q in vif.queues {
             q.dead = true
             if byPort[q.txPort]?.vif === vif { byPort[q.txPort] = nil }
@@ -533,14 +531,14 @@ public final class Netback {
         for name in (try? domain.store.directory("netfilter")) ?? [] {
             texts[name] = (try? domain.store.read("netfilter/\(name)")) ?? ""
         }
-        pthread_mutex_lock(&lock)
+        lock.lock()
         let old = filterText
         filterText = texts
         for (name, b) in bridges where old[name] != texts[name] {
             b.filter = parseFilter(bridge: name, texts[name])
             log("netback: bridge \(name): \(b.filter.rules.count) filter rule\(b.filter.rules.count == 1 ? "" : "s")")
         }
-        pthread_mutex_unlock(&lock)
+        lock.unlock()
     }
 }
 

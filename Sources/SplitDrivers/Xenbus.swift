@@ -1,5 +1,6 @@
 import DomainRuntime
 import Glibc
+import LinuxHost
 
 /// The subset of XenStore the xenbus state machine needs, so it runs against the guest's
 /// `XenStoreClient` (through `XenStoreClientXenbus`) and against an in-memory store in tests.
@@ -425,45 +426,19 @@ public final class XenbusEnd {
     }
 }
 
-/// A mutex and a condition variable on `CLOCK_MONOTONIC`, heap-allocated so their addresses
-/// never move.
+/// A lock and a condition variable on `CLOCK_MONOTONIC` (LinuxHost's, at stable addresses).
 final class XenbusCondition {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let mutex: Lock
+    private let cond = Condition()
 
-    init(recursive: Bool = false) {
-        var mattr = pthread_mutexattr_t()
-        pthread_mutexattr_init(&mattr)
-        if recursive { pthread_mutexattr_settype(&mattr, Int32(PTHREAD_MUTEX_RECURSIVE)) }
-        pthread_mutex_init(mutex, &mattr)
-        pthread_mutexattr_destroy(&mattr)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(cond, &attr)
-        pthread_condattr_destroy(&attr)
-    }
+    init(recursive: Bool = false) { mutex = Lock(recursive: recursive) }
 
-    deinit {
-        pthread_cond_destroy(cond)
-        pthread_mutex_destroy(mutex)
-        cond.deallocate()
-        mutex.deallocate()
-    }
+    func locked<R>(_ body: () throws -> R) rethrows -> R { try mutex.withLock(body) }
 
-    func locked<R>(_ body: () throws -> R) rethrows -> R {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
+    /// With the lock held: sleeps until signalled or `deadline` (monotonic ns); false on timeout.
+    func wait(until deadline: UInt64) -> Bool { cond.wait(mutex, until: deadline) }
 
-    /// With the mutex held: sleeps until signalled or `deadline` (monotonic ns); false on timeout.
-    func wait(until deadline: UInt64) -> Bool {
-        var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
-        return pthread_cond_timedwait(cond, mutex, &ts) != ETIMEDOUT
-    }
-
-    func broadcast() { pthread_cond_broadcast(cond) }
+    func broadcast() { cond.broadcast() }
 }
 
 /// Unique watch tokens within the process.
