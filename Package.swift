@@ -90,10 +90,15 @@ let package = Package(
         // A domain kernel in plain C with no DomainRuntime: the isolation tests' hostile guest.
         .executableTarget(name: "cattack", path: "Tests/Guests/cattack"),
 
-        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers"], swiftSettings: v5),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI"], swiftSettings: v5),
+        // What several test targets share (a seeded generator).
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: v5),
+        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers", "TestSupport"], swiftSettings: v5),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
-        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI", "DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI", "DomainRuntime", "TestSupport"], swiftSettings: v5),
+        // The supervisor's services on their own, with no domain process.
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "LinuxHost", "ProcvisorABI",
+                                                            .product(name: "Logging", package: "swift-log")], swiftSettings: v5),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI", "XenStoreSocket"],

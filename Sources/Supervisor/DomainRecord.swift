@@ -50,8 +50,6 @@ final class DomainRecord {
     var store: DomainStore?
     /// Fallback timer of an unacknowledged `control/shutdown` request.
     var shutdownAckTimer: UInt64?
-    /// Grant table, grantable pages and maptrack; nil until first used and once the domain is gone.
-    var grants: DomainGrants?
     /// RAM, P2M and reservation; nil once the domain's frames went back to the machine.
     var memory: DomainMemory?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).

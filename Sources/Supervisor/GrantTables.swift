@@ -1,5 +1,6 @@
 import Glibc
 import LinuxHost
+import Logging
 import ProcvisorABI
 
 /// A grantable page: a memfd of its own, so a grantee can be handed exactly this page and
@@ -126,37 +127,60 @@ final class DomainGrants {
     }
 }
 
-extension Supervisor {
-    func grants(_ dom: DomainRecord) -> DomainGrants {
-        if let g = dom.grants { return g }
-        let g = DomainGrants(maxFrames: options.maxGrantFrames)
-        dom.grants = g
+/// Xen's grant tables as a service of the supervisor: every domain's table, grantable pages and
+/// maptrack, and the operations on them (`grant_table_op`, the grantable-page calls). It owns its
+/// state; what it needs of the rest of the supervisor comes through the closures below, so it runs
+/// in a unit test with no domain process at all.
+final class GrantService {
+    /// Grant table frames a domain may set up.
+    let maxFrames: Int
+    private(set) var tables: [UInt16: DomainGrants] = [:]
+    /// Whether a domain is alive (its process runs): only a live domain's entries can be mapped or
+    /// copied from.
+    var isLive: (UInt16) -> Bool = { _ in true }
+    /// How many more grantable pages a domain may have now, and the words for a refusal (the
+    /// supervisor's descriptor budget).
+    var pageRoom: (UInt16, DomainGrants) -> (room: Int, refusal: String) = { _, _ in (DomainGrants.maxPages, "") }
+    /// A line in the hypervisor log (`xl dmesg`).
+    var log: (String) -> Void = { _ in }
+    var logger: Logger
+
+    init(maxFrames: Int, logger: Logger) {
+        self.maxFrames = maxFrames
+        self.logger = logger
+    }
+
+    /// `domid`'s grant state, made on first use.
+    func grants(_ domid: UInt16) -> DomainGrants {
+        if let g = tables[domid] { return g }
+        let g = DomainGrants(maxFrames: maxFrames)
+        tables[domid] = g
         return g
     }
 
     /// `PROCVISOR allocGrantPages`: new grantable pages, one memfd each; with args[1] = 1 the
     /// domain's exposure map (read-only) comes after them.
-    func allocGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+    func allocPages(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
         let wantMap = r.args.count > 1 && r.args[1] == 1
         var count = Int(min(r.args[0], 64))
         guard count >= 1, count + (wantMap ? 1 : 0) <= UnixSocket.maxFDsPerMessage else { return .error(.EINVAL) }
-        let g = grants(dom)
+        let g = grants(domid)
         // Fewer than asked when that is all the budget leaves (rc says how many); none: ENOMEM.
-        let (room, refusal) = grantPageRoom(dom, g)
+        let (room, refusal) = pageRoom(domid, g)
         count = min(count, room)
         if count == 0 {
             if !g.budgetRefusalLogged {
                 g.budgetRefusalLogged = true
                 log(refusal)
-                logger.warning("grantable pages refused", metadata: ["domid": "\(dom.domid)", "reason": "\(refusal)"])
+                logger.warning("grantable pages refused", metadata: ["domid": "\(domid)", "reason": "\(refusal)"])
             }
             return .error(.ENOMEM)
         }
         if g.exposure == nil {
             do {
-                g.exposure = try MemFD.createReadOnlyShared(name: "pv-gntexp-\(dom.domid)", size: GrantExposureMap.bytes)
+                g.exposure = try MemFD.createReadOnlyShared(name: "pv-gntexp-\(domid)", size: GrantExposureMap.bytes)
             } catch {
-                logger.error("cannot create the grant exposure map", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
+                logger.error("cannot create the grant exposure map", metadata: ["domid": "\(domid)", "error": "\(error)"])
                 return .error(.ENOMEM)
             }
         }
@@ -164,7 +188,7 @@ extension Supervisor {
         var fds: [FileDescriptor] = []
         for _ in 0..<count {
             let gfn = g.allocateGFN()
-            guard let page = try? GrantPage(owner: dom.domid, gfn: gfn) else {
+            guard let page = try? GrantPage(owner: domid, gfn: gfn) else {
                 g.freeGFNs.append(gfn)
                 return .error(.ENOMEM)
             }
@@ -177,8 +201,8 @@ extension Supervisor {
         return .ok(Int64(count), w.bytes, fds: fds)
     }
 
-    func freeGrantPage(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
-        let g = grants(dom)
+    func freePage(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+        let g = grants(domid)
         guard let page = g.pages[r.args[0]] else { return .error(.EINVAL) }
         // A page still mapped by someone cannot go back (its entries say GTF_reading/writing).
         if page.mapCount > 0 { return .error(.EBUSY) }
@@ -197,18 +221,18 @@ extension Supervisor {
     /// buffer) and no longer reaches the granter. Refused (-EBUSY) for a page still mapped
     /// through another grant: that grantee is entitled to it; the page stays exposed and is
     /// re-backed when that grant ends.
-    func rebackGrantPages(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+    func reback(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
         guard r.payload.count % 8 == 0, !r.payload.isEmpty, r.payload.count / 8 <= UnixSocket.maxFDsPerMessage else {
             return .malformed("reback grant pages: bad gfn list")
         }
-        let g = grants(dom)
+        let g = grants(domid)
         var rd = WireReader(r.payload, what: "reback grant pages")
         var w = WireWriter()
         var fds: [FileDescriptor] = []
         for _ in 0..<(r.payload.count / 8) {
             guard let gfn = try? rd.u64(), let old = g.pages[gfn] else { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EINVAL.rawValue))); continue }
             if old.mapCount > 0 { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EBUSY.rawValue))); continue }
-            guard let fresh = try? GrantPage(owner: dom.domid, gfn: gfn), let to = try? fresh.bytes(), let from = try? old.bytes() else {
+            guard let fresh = try? GrantPage(owner: domid, gfn: gfn), let to = try? fresh.bytes(), let from = try? old.bytes() else {
                 w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.ENOMEM.rawValue)))
                 continue
             }
@@ -222,15 +246,15 @@ extension Supervisor {
     }
 
     /// `__HYPERVISOR_grant_table_op`.
-    func grantTableOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
-        let g = grants(dom)
+    func tableOp(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+        let g = grants(domid)
         switch GnttabOp(rawValue: r.args[0]) {
         case .setupTable:
             let want = Int(min(r.args[1], UInt64(Int32.max)))
             guard want >= 1, want <= g.maxFrames else { return .error(.EINVAL) }
             if g.tableFD == nil {
                 do {
-                    let fd = try MemFD.create(name: "pv-gnttab-\(dom.domid)", size: g.maxFrames * 4096)
+                    let fd = try MemFD.create(name: "pv-gnttab-\(domid)", size: g.maxFrames * 4096)
                     g.tableFD = fd
                     g.table = try SharedMapping(fd, length: g.maxFrames * 4096)
                 } catch {
@@ -248,7 +272,7 @@ extension Supervisor {
             var results: [GrantMapResult] = []
             var fds: [FileDescriptor] = [], owned: [FileDescriptor] = []
             for q in reqs {
-                let (status, handle, fd) = mapGrant(dom, q)
+                let (status, handle, fd) = map(domid, q)
                 results.append(GrantMapResult(status: status, handle: handle))
                 if let fd {
                     fds.append(fd.fd)
@@ -263,14 +287,14 @@ extension Supervisor {
             var rd = WireReader(r.payload, what: "grant unmap")
             var statuses: [GNTST] = []
             for _ in 0..<(r.payload.count / 4) {
-                statuses.append(unmapGrant(dom, handle: (try? rd.u32()) ?? 0))
+                statuses.append(unmap(domid, handle: (try? rd.u32()) ?? 0))
             }
             return .ok(0, GrantStatusList.encode(statuses))
         case .copy:
             guard let ops = try? GrantCopy.decode(r.payload), !ops.isEmpty, ops.count <= 256 else {
                 return .malformed("grant copy: bad op list")
             }
-            return .ok(0, GrantStatusList.encode(ops.map { grantCopy(dom, $0) }))
+            return .ok(0, GrantStatusList.encode(ops.map { copy(domid, $0) }))
         case nil:
             return .error(.ENOSYS)
         }
@@ -278,19 +302,19 @@ extension Supervisor {
 
     /// Validates the granter's entry and hands back a descriptor for exactly that page.
     /// The descriptor comes back `owned` when it is a read-only reopen the caller must close after sending.
-    func mapGrant(_ dom: DomainRecord, _ q: GrantMapRequest) -> (GNTST, UInt32, (fd: FileDescriptor, owned: Bool)?) {
-        guard q.domid != dom.domid, let granter = domains[q.domid], granter.hasProcess, let gg = granter.grants else { return (.badDomain, 0, nil) }
+    func map(_ domid: UInt16, _ q: GrantMapRequest) -> (GNTST, UInt32, (fd: FileDescriptor, owned: Bool)?) {
+        guard q.domid != domid, isLive(q.domid), let gg = tables[q.domid] else { return (.badDomain, 0, nil) }
         guard let word = gg.entryWord(q.ref) else { return (.badGntref, 0, nil) }
-        let g = grants(dom)
+        let g = grants(domid)
         guard g.maptrack.count < 65536 else { return (.noSpace, 0, nil) }
         let readonly = q.flags & GNTMAP_readonly != 0
         // Set GTF_reading/GTF_writing atomically against a granter rewriting the entry.
         var tries = 0
         while true {
             let old = SharedAtomic.load(word)
-            let flags = UInt16(old & 0xffff), domid = UInt16(old >> 16)
+            let flags = UInt16(old & 0xffff), entryDomid = UInt16(old >> 16)
             guard flags & GTF.typeMask == GTF.permitAccess else { return (.badGntref, 0, nil) }
-            guard domid == dom.domid else { return (.permissionDenied, 0, nil) }
+            guard entryDomid == domid else { return (.permissionDenied, 0, nil) }
             if !readonly && flags & GTF.readonly != 0 { return (.permissionDenied, 0, nil) }
             let new = old | UInt32(GTF.reading) | (readonly ? 0 : UInt32(GTF.writing))
             if SharedAtomic.compareExchange(word, expected: old, desired: new) == old { break }
@@ -314,7 +338,7 @@ extension Supervisor {
         gg.active[q.ref] = counts
         let handle = g.nextHandle
         g.nextHandle = g.nextHandle == UInt32.max ? 1 : g.nextHandle + 1
-        g.maptrack[handle] = MapTrackEntry(granter: granter.domid, ref: q.ref, page: page, readonly: readonly)
+        g.maptrack[handle] = MapTrackEntry(granter: q.domid, ref: q.ref, page: page, readonly: readonly)
         return (.okay, handle, sent)
     }
 
@@ -335,16 +359,16 @@ extension Supervisor {
     /// here checks what the grantee really let go of, and nothing needs to: the page is marked
     /// exposed, so when the granter ends access it is re-backed (`rebackGrantPages`) and whatever
     /// the grantee kept is detached from the granter by construction.
-    func unmapGrant(_ dom: DomainRecord, handle: UInt32) -> GNTST {
-        guard grants(dom).maptrack[handle] != nil else { return .badHandle }
-        dropMapping(dom, handle: handle)
+    func unmap(_ domid: UInt16, handle: UInt32) -> GNTST {
+        guard grants(domid).maptrack[handle] != nil else { return .badHandle }
+        dropMapping(domid, handle: handle)
         return .okay
     }
 
-    func dropMapping(_ dom: DomainRecord, handle: UInt32) {
-        guard let g = dom.grants, let entry = g.maptrack.removeValue(forKey: handle) else { return }
+    func dropMapping(_ domid: UInt16, handle: UInt32) {
+        guard let g = tables[domid], let entry = g.maptrack.removeValue(forKey: handle) else { return }
         entry.page.mapCount -= 1
-        guard let granter = domains[entry.granter], granter.grants != nil, let gg = granter.grants else { return }
+        guard let gg = tables[entry.granter] else { return }
         var counts = gg.active[entry.ref] ?? (0, 0)
         if entry.readonly { counts.readers = max(0, counts.readers - 1) } else { counts.writers = max(0, counts.writers - 1) }
         gg.active[entry.ref] = counts
@@ -352,24 +376,24 @@ extension Supervisor {
     }
 
     /// One `gnttab_copy` op: each side a gref granted to the caller or one of the caller's frames.
-    func grantCopy(_ dom: DomainRecord, _ op: GrantCopy) -> GNTST {
+    func copy(_ domid: UInt16, _ op: GrantCopy) -> GNTST {
         guard op.length > 0, Int(op.source.offset) + Int(op.length) <= 4096, Int(op.dest.offset) + Int(op.length) <= 4096 else {
             return .badCopyArg
         }
         func resolve(_ side: GrantCopy.Side, isGref: Bool, write: Bool) -> Result<GrantPage, GNTST> {
             if !isGref {
-                guard side.domid == DOMID_SELF || side.domid == dom.domid else { return .failure(.permissionDenied) }
-                guard let page = dom.grants?.pages[side.refOrGFN] else { return .failure(.badPage) }
+                guard side.domid == DOMID_SELF || side.domid == domid else { return .failure(.permissionDenied) }
+                guard let page = tables[domid]?.pages[side.refOrGFN] else { return .failure(.badPage) }
                 return .success(page)
             }
-            guard side.domid != dom.domid, let granter = domains[side.domid], granter.hasProcess, let gg = granter.grants else {
+            guard side.domid != domid, isLive(side.domid), let gg = tables[side.domid] else {
                 return .failure(.badDomain)
             }
             guard side.refOrGFN <= UInt64(UInt32.max), let word = gg.entryWord(GrantRef(side.refOrGFN)) else { return .failure(.badGntref) }
             let v = SharedAtomic.load(word)
             let flags = UInt16(v & 0xffff)
             guard flags & GTF.typeMask == GTF.permitAccess else { return .failure(.badGntref) }
-            guard UInt16(v >> 16) == dom.domid else { return .failure(.permissionDenied) }
+            guard UInt16(v >> 16) == domid else { return .failure(.permissionDenied) }
             if write && flags & GTF.readonly != 0 { return .failure(.permissionDenied) }
             guard let page = gg.pages[UInt64(gg.frame(GrantRef(side.refOrGFN)))] else { return .failure(.badPage) }
             return .success(page)
@@ -386,11 +410,11 @@ extension Supervisor {
         }
     }
 
-    /// A domain died: its mappings of others are gone with its process; release them. Pages
+    /// A domain is gone: its mappings of others went with its process; release them. Pages
     /// others still map stay alive through their maptrack entries.
-    func releaseGrants(_ dom: DomainRecord) {
-        guard let g = dom.grants else { return }
-        for handle in Array(g.maptrack.keys) { dropMapping(dom, handle: handle) }
-        dom.grants = nil
+    func release(_ domid: UInt16) {
+        guard let g = tables[domid] else { return }
+        for handle in Array(g.maptrack.keys) { dropMapping(domid, handle: handle) }
+        tables[domid] = nil
     }
 }

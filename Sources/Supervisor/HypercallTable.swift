@@ -68,11 +68,11 @@ extension Supervisor {
         .memoryOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.memoryOp($1, $2) },
         .grantTableOp: HypercallRow(phases: runPhase,
                                     multicall: .refusedFor([GnttabOp.setupTable.rawValue, GnttabOp.mapGrantRef.rawValue])) {
-            $0.grantTableOp($1, $2)
+            $0.grantService.tableOp($1.domid, $2)
         },
-        .allocGrantPages: HypercallRow(phases: runPhase, multicall: .refused) { $0.allocGrantPages($1, $2) },
-        .freeGrantPage: HypercallRow(phases: runPhase, multicall: .allowed) { $0.freeGrantPage($1, $2) },
-        .rebackGrantPages: HypercallRow(phases: runPhase, multicall: .refused) { $0.rebackGrantPages($1, $2) },
+        .allocGrantPages: HypercallRow(phases: runPhase, multicall: .refused) { $0.grantService.allocPages($1.domid, $2) },
+        .freeGrantPage: HypercallRow(phases: runPhase, multicall: .allowed) { $0.grantService.freePage($1.domid, $2) },
+        .rebackGrantPages: HypercallRow(phases: runPhase, multicall: .refused) { $0.grantService.reback($1.domid, $2) },
         .deviceFD: HypercallRow(phases: runPhase, multicall: .refused) { $0.deviceFD($1, $2) },
         .setTimerOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.setTimerOp($1, $2) },
         .multicall: HypercallRow(phases: runPhase, multicall: .refused) { $0.multicall($1, $2) },

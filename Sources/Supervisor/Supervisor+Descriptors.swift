@@ -47,16 +47,17 @@ extension Supervisor {
 
     /// How many more grantable pages `dom` may have now, and the line `xl dmesg` shows when
     /// that is none.
-    func grantPageRoom(_ dom: DomainRecord, _ g: DomainGrants) -> (room: Int, refusal: String) {
+    func grantPageRoom(_ domid: UInt16, _ g: DomainGrants) -> (room: Int, refusal: String) {
+        let label = domains[domid]?.label ?? "dom\(domid)"
         let n = domains.count
         let mine = DescriptorBudget.perDomain(domains: n, cap: DescriptorBudget.maxPagesPerDomain)
         let spare = DescriptorBudget.grantPagesSpare(domains: n)
         let room = max(0, min(mine - g.pages.count, spare - GrantPage.live))
         if mine - g.pages.count <= spare - GrantPage.live {
-            return (room, "dom\(dom.domid) (\(dom.name)): grantable pages refused: it holds \(g.pages.count), its budget is \(mine)"
+            return (room, "\(label): grantable pages refused: it holds \(g.pages.count), its budget is \(mine)"
                 + " (supervisor descriptor limit \(DescriptorBudget.limit), \(n) domains)")
         }
-        return (room, "dom\(dom.domid) (\(dom.name)): grantable pages refused: it holds \(g.pages.count), all domains hold"
+        return (room, "\(label): grantable pages refused: it holds \(g.pages.count), all domains hold"
             + " \(GrantPage.live) of the \(spare) descriptors the supervisor can spare for them (limit \(DescriptorBudget.limit))")
     }
 

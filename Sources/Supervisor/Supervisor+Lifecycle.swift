@@ -44,7 +44,7 @@ extension Supervisor {
             let pending = (try? self.xenstore.engine.read(path)).map { !$0.isEmpty } ?? false
             guard pending else { return }
             self.log("\(dom.label): did not acknowledge control/shutdown in \(Self.shutdownAckTimeoutMs) ms; sending the request on its event channel")
-            try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
+            _ = try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
         }
         let blocks = dom.pendingBlocks
         dom.pendingBlocks.removeAll()
@@ -68,7 +68,7 @@ extension Supervisor {
         releaseResources(dom)
         closeEventChannels(dom)
         releaseStore(dom)
-        releaseGrants(dom)
+        grantService.release(dom.domid)
         dom.memory?.releaseAll(to: machine)
         dom.memory = nil
         // The pid namespace died with its first process; anything left in the cgroup (a domain

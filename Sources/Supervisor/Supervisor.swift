@@ -42,6 +42,8 @@ public final class Supervisor {
     let jailRoots = JailRoots()
     /// Machine frames and the global M2P.
     let machine: MachineMemory
+    /// Grant tables, grantable pages and maptracks of every domain.
+    let grantService: GrantService
     /// Whether domain memory cgroups could be created (else reservations are enforced by measurement only).
     var cgroupsUsable = true
     let startTime: UInt64
@@ -56,11 +58,15 @@ public final class Supervisor {
         driverBoundBPF = try SeccompPolicies.driverDomainBound.withDefault(.notify).compile().bpf()
         jail = JailSettings(waived: options.insecure, userNamespace: geteuid() != 0, uidBase: options.jailUIDBase)
         machine = try MachineMemory(totalFrames: options.memoryMB * 256)
+        grantService = GrantService(maxFrames: options.maxGrantFrames, logger: logger)
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         startTime = UInt64(ts.tv_sec)
         xenstore = XenStoreServer(loop: loop, logger: logger)
         xenstore.log = { [unowned self] line in log(line) }
+        grantService.log = { [unowned self] line in log(line) }
+        grantService.isLive = { [unowned self] domid in domains[domid]?.hasProcess == true }
+        grantService.pageRoom = { [unowned self] domid, g in grantPageRoom(domid, g) }
     }
 
     public enum StartError: Error, CustomStringConvertible {

@@ -1,6 +1,7 @@
 import ProcvisorABI
 import SplitDrivers
 import Testing
+import TestSupport
 
 // netback's per-frame policies: anti-spoofing verdicts on frames built byte by byte, the learning
 // MAC table (ageing, capacity, eviction order) against a reference model, the rate= credit
@@ -50,17 +51,6 @@ private func info(_ bytes: [UInt8]) throws -> FrameInfo { try #require(FrameInfo
 
 private let vifMAC = MACAddress(octets: Wire.vifMAC)
 private let otherMAC = MACAddress(octets: Wire.otherMAC)
-
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// netback's per-frame policies, one nested suite each (`swift test --filter NetPolicy`).
 @Suite struct NetPolicyTests {}

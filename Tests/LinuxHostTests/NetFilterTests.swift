@@ -1,5 +1,6 @@
 import ProcvisorABI
 import Testing
+import TestSupport
 
 // FrameInfo.parse on frames built byte by byte, and the NetFilter rule language: parsing (good
 // and every kind of bad), round trips, first-match semantics, every match key, and a fuzz test.
@@ -74,18 +75,6 @@ private func info(_ bytes: [UInt8]) throws -> FrameInfo { try #require(FrameInfo
 
 private let guest = MACAddress("00:16:3e:00:00:01")!
 private let peer = MACAddress("00:16:3e:00:00:02")!
-
-/// Deterministic generator so a failing fuzz case can be replayed.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite struct NetFilterFrameInfoTests {
     @Test func shorterThanAnEthernetHeaderIsNil() throws {
