@@ -10,16 +10,8 @@ struct CreateError: Error, CustomStringConvertible {
 }
 
 extension Supervisor {
-    /// Domain names as libxl accepts them: printable, no '/', not a number (it would read as a domid).
-    static func validateName(_ name: String) -> String? {
-        if name.isEmpty { return "domain name must not be empty" }
-        if name.utf8.count > 64 { return "domain name \"\(name)\" is longer than 64 bytes" }
-        if name.allSatisfy(\.isNumber) { return "domain name \"\(name)\" is all digits and would be taken for a domid" }
-        if name.unicodeScalars.contains(where: { $0.value < 0x20 || $0 == "/" || $0.value == 0x7f }) {
-            return "domain name \"\(name)\" contains '/' or control characters"
-        }
-        return nil
-    }
+    /// Domain names: Toolstack's one rule (`DomainConfig.nameProblem`), for create and rename.
+    static func validateName(_ name: String) -> String? { DomainConfig.nameProblem(name) }
 
     /// Forks the domain's kernel, confined, and waits (in the event loop) for it to engage.
     /// `uuid` is reused on restart; nil generates one.

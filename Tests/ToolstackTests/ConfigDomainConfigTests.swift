@@ -92,19 +92,28 @@ struct ConfigDomainConfigTests {
         }
     }
 
-    @Test("names: no '/', no control characters, at most 64 characters")
+    @Test("names: no '/', no control characters, not all digits, at most 64 bytes")
     func names() throws {
         var warnings: [String] = []
         let long = String(repeating: "n", count: 64)
         #expect(try DomainConfig.load(text: "name='\(long)'\nkernel='/k'", file: "n.cfg", extraSettings: [], warnings: &warnings).name == long)
         #expect(throws: XLConfigError(
-            "domain name is 65 characters long; the limit is 64", at: XLConfigLocation(file: "n.cfg", line: 1, column: 1))) {
+            "domain name is 65 bytes long; the limit is 64", at: XLConfigLocation(file: "n.cfg", line: 1, column: 1))) {
             try DomainConfig.load(text: "name='\(long)n'\nkernel='/k'", file: "n.cfg", extraSettings: [], warnings: &warnings)
         }
         #expect(throws: XLConfigError(
             "domain name \"a\\tb\" must not contain control characters", at: XLConfigLocation(file: "n.cfg", line: 1, column: 1))) {
             try DomainConfig.load(text: "name='a\\tb'\nkernel='/k'", file: "n.cfg", extraSettings: [], warnings: &warnings)
         }
+        // Bytes, not characters: 22 three-byte characters are 66 bytes.
+        let wide = String(repeating: "\u{20AC}", count: 22)
+        #expect(DomainConfig.nameProblem(wide) == "domain name is 66 bytes long; the limit is 64")
+        #expect(DomainConfig.nameProblem(String(repeating: "\u{20AC}", count: 21)) == nil)
+        #expect(throws: XLConfigError(
+            "domain name \"123\" is all digits and would be taken for a domid", at: XLConfigLocation(file: "n.cfg", line: 1, column: 1))) {
+            try DomainConfig.load(text: "name='123'\nkernel='/k'", file: "n.cfg", extraSettings: [], warnings: &warnings)
+        }
+        #expect(DomainConfig.nameProblem("web1") == nil)
     }
 
     @Test("Codable round trip")

@@ -1,6 +1,6 @@
 /// A domain's configuration, built from an xl config file with xl's rules and defaults.
 public struct DomainConfig: Codable, Equatable, Sendable {
-    /// `name`: required, no '/', no control characters, at most `maxNameLength` characters.
+    /// `name`: required; `nameProblem` says what a valid one is.
     public var name: String
     /// `uuid`, lowercased; nil means generate one at create time (xl's default).
     public var uuid: String?
@@ -40,9 +40,28 @@ public struct DomainConfig: Codable, Equatable, Sendable {
 
     /// libxl's default memory for a guest that sets neither `memory` nor `maxmem`.
     public static let defaultMemoryMiB = 32
-    /// Longest accepted domain name. Xen sets no limit of its own; names end up in paths and
-    /// process titles here, so they are kept short.
+    /// Longest accepted domain name, in UTF-8 bytes. Xen sets no limit of its own; names end up
+    /// in XenStore paths, host names and process titles here, so they are kept short.
     public static let maxNameLength = 64
+
+    /// The one rule for domain names, for config files, `xl create` and `xl rename` alike: not
+    /// empty, at most `maxNameLength` UTF-8 bytes, no '/' (it would split a XenStore path), no
+    /// control character, and not all digits (xl would take it for a domid). nil when `name` is
+    /// valid, else what is wrong with it.
+    public static func nameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "domain name must not be empty" }
+        if name.contains("/") { return "domain name '\(name)' must not contain '/'" }
+        if name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            return "domain name \(XLConfigValue.string(name).configText) must not contain control characters"
+        }
+        if name.utf8.count > maxNameLength {
+            return "domain name is \(name.utf8.count) bytes long; the limit is \(maxNameLength)"
+        }
+        if name.allSatisfy(\.isASCII) && name.allSatisfy(\.isNumber) {
+            return "domain name \"\(name)\" is all digits and would be taken for a domid"
+        }
+        return nil
+    }
 
     /// The guest command line as libxl builds it: `cmdline` if set, else "root=ROOT EXTRA"
     /// from whichever of `root` and `extra` are set; "" if none is.
@@ -255,15 +274,7 @@ private struct SettingReader {
     }
 
     func checkName(_ name: String) throws {
-        let at = location("name")
-        if name.isEmpty { throw XLConfigError("domain name must not be empty", at: at) }
-        if name.contains("/") { throw XLConfigError("domain name '\(name)' must not contain '/'", at: at) }
-        if name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
-            throw XLConfigError("domain name \(XLConfigValue.string(name).configText) must not contain control characters", at: at)
-        }
-        if name.count > DomainConfig.maxNameLength {
-            throw XLConfigError("domain name is \(name.count) characters long; the limit is \(DomainConfig.maxNameLength)", at: at)
-        }
+        if let problem = DomainConfig.nameProblem(name) { throw XLConfigError(problem, at: location("name")) }
     }
 
     /// 8-4-4-4-12 hex digits, returned lowercased; xl's wording on failure.
