@@ -187,7 +187,7 @@ public enum SeccompNotification {
     public static func receive(_ listener: FileDescriptor) throws -> Call {
         var id: UInt64 = 0, nr: Int32 = 0, arch: UInt32 = 0, pid: pid_t = 0
         var args = [UInt64](repeating: 0, count: 6)
-        try args.withUnsafeMutableBufferPointer { a in
+        _ = try args.withUnsafeMutableBufferPointer { a in
             try negErrno("ioctl(SECCOMP_IOCTL_NOTIF_RECV)", "\(listener)") { pv_seccomp_notif_recv(listener.rawValue, &id, &nr, &arch, &pid, a.baseAddress) }
         }
         return Call(id: id, number: nr, arch: arch, pid: pid, args: args)

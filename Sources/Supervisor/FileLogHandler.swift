@@ -25,12 +25,11 @@ struct FileLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?,
-             source: String, file: String, function: String, line: UInt) {
+    func log(event: LogEvent) {
         var merged = metadata
-        if let extra { merged.merge(extra) { $1 } }
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
         let meta = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let text = "\(Self.timestamp()) \(level) \(label): \(message)\(meta.isEmpty ? "" : " " + meta)\n"
+        let text = "\(Self.timestamp()) \(event.level) \(label): \(event.message)\(meta.isEmpty ? "" : " " + meta)\n"
         try? sink.fd.writeAll(text)
     }
 

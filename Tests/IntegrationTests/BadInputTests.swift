@@ -32,7 +32,7 @@ import Testing
     @Test func nonExecutableKernel() throws {
         try withSentinel { h in
             let path = h.runDirectory + "/notexec"
-            FileManager.default.createFile(atPath: path, contents: Data("x".utf8), attributes: [.posixPermissions: 0o644])
+            _ = FileManager.default.createFile(atPath: path, contents: Data("x".utf8), attributes: [.posixPermissions: 0o644])
             try createFails(h, h.config("noexec", kernel: path), "not an executable file")
         }
     }

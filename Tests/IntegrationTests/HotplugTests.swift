@@ -10,7 +10,7 @@ import Testing
     /// A sparse image of `mb` MiB in the run directory.
     func image(_ h: SupervisorHarness, _ name: String, mb: Int = 8) -> String {
         let path = h.runDirectory + "/" + name
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         _ = truncate(path, off_t(mb) << 20)
         return path
     }

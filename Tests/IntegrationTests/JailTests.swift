@@ -160,7 +160,7 @@ import Testing
         let h = try SupervisorHarness()
         defer { h.stop() }
         let target = h.runDirectory + "/forged"
-        FileManager.default.createFile(atPath: target, contents: Data("untouched".utf8))
+        _ = FileManager.default.createFile(atPath: target, contents: Data("untouched".utf8))
         chmod(target, 0o666)
         let cfg = h.config("forger", kernel: Self.cattack, "extra = \"mode=forge target=\(target)\"\non_crash = \"preserve\"\n")
         #expect(try h.xl("create", cfg).ok)

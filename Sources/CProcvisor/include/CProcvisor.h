@@ -287,7 +287,16 @@ static inline uint16_t pv_atomic_cmpxchg_u16(uint16_t *p, uint16_t expected, uin
     __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return expected;
 }
-static inline void pv_cpu_relax(void) { __builtin_ia32_pause(); }
+/// A spin-wait hint: PAUSE on x86, YIELD on arm64, a compiler barrier elsewhere.
+static inline void pv_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
 // ---- tap devices and interface settings ----
 /// Opens /dev/net/tun (O_RDWR, close-on-exec, blocking) and attaches it with TUNSETIFF to a tap
 /// named `name` (IFF_TAP | IFF_NO_PI; plus IFF_TUN_EXCL when `exclusive`, so an interface that

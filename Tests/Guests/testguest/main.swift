@@ -72,7 +72,7 @@ func issue(_ name: String) -> Int {
         return params.withUnsafeMutableBytes { Syscalls.raw(nr("io_uring_setup"), [8, Int(bitPattern: $0.baseAddress)]) }
     case "pwrite":
         var b: UInt8 = 0
-        return Syscalls.raw(nr("pwrite64"), [1, Int(bitPattern: UnsafeMutableRawPointer(&b)), 1, 0])
+        return withUnsafeMutablePointer(to: &b) { Syscalls.raw(nr("pwrite64"), [1, Int(bitPattern: $0), 1, 0]) }
     default:
         fputs("testguest: no such call \(name)\n", stderr)
         exit(2)
@@ -124,7 +124,7 @@ func selfTest() -> Int32 {
     pthread_join(tid, nil)
     guard value == 42 else { return 12 }
     var word: UInt32 = 0
-    _ = Syscalls.raw(Syscalls.number("futex")!, [Int(bitPattern: UnsafeMutableRawPointer(&word)), 1 /* FUTEX_WAKE */, 1])
+    _ = withUnsafeMutablePointer(to: &word) { Syscalls.raw(Syscalls.number("futex")!, [Int(bitPattern: $0), 1 /* FUTEX_WAKE */, 1]) }
     print("selftest ok")
     fflush(stdout)
     return 0
@@ -277,7 +277,7 @@ case "garbage":
     let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
     let count = Int(arg("count") ?? "3") ?? 3
     for i in 0..<count {
-        try? UnixSocket.send(fd, [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 10 + i))
+        _ = try? UnixSocket.send(fd, [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 10 + i))
         if let m = try? UnixSocket.receive(fd, maxSize: 65536), let r = try? HypercallReply.decode(m.bytes) {
             print("garbage \(i): rc=\(r.rc)")
         } else {
@@ -294,7 +294,7 @@ case "oversized":
     let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
     var big = HypercallRequest(.consoleIO, seq: 99, args: [0, 200_000], payload: [UInt8](repeating: 65, count: 200_000)).encode()
     big[0] = 18
-    try? UnixSocket.send(fd, big)
+    _ = try? UnixSocket.send(fd, big)
     while true { sleep(1) }
 case "flood":
     // Sends hypercalls without reading replies until the supervisor gives up on it.
@@ -457,22 +457,28 @@ case "evtchn-intrude":
     let ev = domain.eventChannels
     let peer = UInt16(arg("peer") ?? "1") ?? 1
     let theirs = UInt32(arg("port") ?? "1") ?? 1
-    func outcome(_ body: () throws -> Any) -> String {
-        do { _ = try body(); return "succeeded" } catch let e as HypercallError { return XenErrno(rawValue: e.errno).map { "\($0)" } ?? "\(e.errno)" } catch { return "\(error)" }
+    func outcome(_ body: () throws -> Void) -> String {
+        do {
+            try body()
+            return "succeeded"
+        } catch {
+            guard let e = error as? HypercallError else { return "\(error)" }
+            return XenErrno(rawValue: e.errno).map { "\($0)" } ?? "\(e.errno)"
+        }
     }
-    print("bind to a port offered to someone else: \(outcome { try ev.bindInterdomain(remote: peer, remotePort: theirs) })")
-    print("bind to a domain that does not exist: \(outcome { try ev.bindInterdomain(remote: 4000, remotePort: 1) })")
-    print("send on a port never allocated: \(outcome { try ev.send(theirs) })")
+    print("bind to a port offered to someone else: \(outcome { _ = try ev.bindInterdomain(remote: peer, remotePort: theirs) })")
+    print("bind to a domain that does not exist: \(outcome { _ = try ev.bindInterdomain(remote: 4000, remotePort: 1) })")
+    print("send on a port never allocated: \(outcome { _ = try ev.send(theirs) })")
     let own = try! ev.allocUnbound(remote: peer)
-    print("send on an unbound port: \(outcome { try ev.send(own) })")
+    print("send on an unbound port: \(outcome { _ = try ev.send(own) })")
     try! ev.close(own)
-    print("send on a closed port: \(outcome { try ev.send(own) })")
-    print("close a closed port: \(outcome { try ev.close(own) })")
+    print("send on a closed port: \(outcome { _ = try ev.send(own) })")
+    print("close a closed port: \(outcome { _ = try ev.close(own) })")
     print("status of a closed port: \(try! ev.status(own).status)")
     let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs)])])
     print("hypercall send on a foreign port: \(r)")
-    print("bind virq twice: \(outcome { try ev.bindVirq(.domExc) }) then \(outcome { try ev.bindVirq(.domExc) })")
-    print("bind virq on a vcpu that does not exist: \(outcome { try ev.bindVirq(.timer, vcpu: 64) })")
+    print("bind virq twice: \(outcome { _ = try ev.bindVirq(.domExc) }) then \(outcome { _ = try ev.bindVirq(.domExc) })")
+    print("bind virq on a vcpu that does not exist: \(outcome { _ = try ev.bindVirq(.timer, vcpu: 64) })")
     let timer = try! ev.bindVirq(.timer)
     domain.setTimer(nanoseconds: 5_000_000)
     print("timer virq delivered: \(ev.waitAny(timeoutNs: 2_000_000_000) == timer)")
