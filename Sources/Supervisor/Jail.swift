@@ -81,7 +81,14 @@ final class JailRoots {
     struct Plan {
         var files: [DynamicLoader.File]
         var directories: [String]
+        /// Where the kernel is in the jail, the path to exec there: `/kernel/NAME`, whatever
+        /// directory it came from on the host (a jail under /tmp or /home would otherwise show
+        /// the guest those directories and their names).
+        var program: String
     }
+
+    /// The kernel's directory in every jail.
+    static let kernelDirectory = "/kernel"
 
     private struct Stamp: Equatable { var dev: UInt64, ino: UInt64, size: Int64, mtime: Int, mtimeNs: Int }
     private var cache: [String: (stamp: Stamp, plan: Plan)] = [:]
@@ -116,7 +123,13 @@ final class JailRoots {
                 }
             }
         }
-        let all = files + [DynamicLoader.File(source: "/dev/null", jailPath: "/dev/null")]
+        // The loader expands no $ORIGIN of the executable in the jail (there is no /proc/self/exe),
+        // so libraries found through it are already placed in a system directory: the program can
+        // live anywhere.
+        var placed = files
+        let program = Self.kernelDirectory + "/" + String(kernel.split(separator: "/").last ?? "kernel")
+        if let i = placed.firstIndex(where: { $0.source == kernel }) { placed[i].jailPath = program }
+        let all = placed + [DynamicLoader.File(source: "/dev/null", jailPath: "/dev/null")]
         var dirs: Set<String> = []
         for f in all {
             var p = f.jailPath
@@ -129,7 +142,7 @@ final class JailRoots {
             let da = a.split(separator: "/").count, db = b.split(separator: "/").count
             return da != db ? da < db : a < b
         }
-        let plan = Plan(files: all, directories: ordered)
+        let plan = Plan(files: all, directories: ordered, program: program)
         cache[kernel] = (stamp, plan)
         return plan
     }

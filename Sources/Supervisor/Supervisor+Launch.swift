@@ -102,7 +102,7 @@ extension Supervisor {
                 confinement = j
             }
             (pid, listener) = try Spawner.spawn(
-                path: jailed ? kernelPath : kernel, argv: argv,
+                path: jailed ? (root?.program ?? kernelPath) : kernel, argv: argv,
                 env: ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"],
                 fds: [(inRead, BootstrapFD.consoleIn), (conWrite, BootstrapFD.consoleOut), (conWrite, 2),
                       (hcChild, BootstrapFD.hypercall), (evChild, BootstrapFD.events)],

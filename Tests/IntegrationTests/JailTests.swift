@@ -75,8 +75,11 @@ import Testing
             #expect(seen.namespaces[ns] != mine[ns], "\(ns) namespace shared with the supervisor: \(seen.namespaces[ns] ?? "?")")
         }
         // Its root holds the kernel, its loader, its libraries and /dev/null: no host file.
-        let testguest = URL(fileURLWithPath: Products.path("testguest")).resolvingSymlinksInPath().path
+        // The kernel sits at /kernel/NAME, not at its host path: no host directory name shows.
+        let testguest = "/kernel/testguest"
         #expect(seen.rootFiles.contains(testguest), "\(seen.rootFiles)")
+        let hostPath = URL(fileURLWithPath: Products.path("testguest")).resolvingSymlinksInPath().path
+        #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)/root" + hostPath), "the kernel's host path is in the jail")
         #expect(seen.rootFiles.contains("/dev/null"))
         for f in seen.rootFiles where f != testguest && f != "/dev/null" {
             #expect(f.hasSuffix(".so") || f.contains(".so."), "not a library: \(f)")
