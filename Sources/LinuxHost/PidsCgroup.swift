@@ -55,6 +55,26 @@ public final class PidsCgroup {
     public func remove() -> Bool { rmdir(path) == 0 }
 }
 
+/// The cgroups a supervisor killed outright leaves behind.
+public enum StaleCgroups {
+    /// Removes the memory and pids cgroups named `PREFIX<pid>-…` (v1 and v2) whose supervisor
+    /// `pid` is not alive. Only empty ones go (rmdir refuses the others); returns what went.
+    public static func remove(prefix: String, isAlive: (pid_t) -> Bool) -> [String] {
+        var parents: [String] = []
+        if let m = MemoryCgroup.current() { parents.append(m.path) }
+        if let p = PidsCgroup.current(), !parents.contains(p.path) { parents.append(p.path) }
+        var removed: [String] = []
+        for parent in parents {
+            for name in FileIO.names(in: parent) where name.hasPrefix(prefix) {
+                guard let pid = pid_t(name.dropFirst(prefix.count).prefix { $0 != "-" }), pid > 0, !isAlive(pid) else { continue }
+                let dir = parent + "/" + name
+                if rmdir(dir) == 0 { removed.append(dir) }
+            }
+        }
+        return removed
+    }
+}
+
 /// What every controller's directory has in common.
 enum CgroupFiles {
     /// Creates the cgroup directory `path` (or takes it over) and writes its limit; removed again

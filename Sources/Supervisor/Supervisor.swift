@@ -100,6 +100,11 @@ public final class Supervisor {
         FileIO.unlink(dir.xenstoreSocket)
         try xenstore.listen(path: dir.xenstoreSocket)
         try FileIO.makeDirectories(dir.jailMountPoint, mode: 0o755)
+        // A supervisor killed outright (SIGKILL, a crash) could not remove its domains' cgroups;
+        // their processes died with it (parent-death signal). Remove what such ones left.
+        for dir in StaleCgroups.remove(prefix: "procvisor-", isAlive: { ProcFS.isAlive($0) }) {
+            logger.info("removed the cgroup of a supervisor that is gone", metadata: ["cgroup": "\(dir)"])
+        }
         jail = JailSettings.probe(waived: options.insecure, uidBase: options.jailUIDBase, cgroupName: "procvisor-\(Process.pid)-probe")
         writeDom0Tree()
         try FileIO.write(dir.pidFile, "\(Process.pid)\n")

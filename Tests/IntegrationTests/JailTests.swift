@@ -235,6 +235,12 @@ import Testing
         #expect(eventually { kids.allSatisfy { !ProcFS.isAlive($0) || ProcFS.state(of: $0) == "Z" } }, "domains outlived their supervisor")
         #expect(eventually { !Self.processesExist(uid: 100_001) && !Self.processesExist(uid: 100_002) })
         for pid in kids where ProcFS.isAlive(pid) { kill(pid, SIGKILL) }  // when the check above failed
+        // The next supervisor removes the cgroups the killed one left.
+        // (Any supervisor starting meanwhile, another test's, may be the one that does it.)
+        #expect(cgroups.count == 4, "\(cgroups)")
+        let next = try SupervisorHarness()
+        next.stop()
+        for dir in cgroups { #expect(!FileIO.exists(dir), "\(dir) left behind") }
         for dir in cgroups { _ = eventually { rmdir(dir) == 0 || errno == ENOENT } }
     }
 
