@@ -228,10 +228,15 @@ extension Supervisor {
         for c in calls {
             switch dispatch(dom, c, inMulticall: true) {
             case let .reply(rc, payload, fds, owned):
-                // No row that multicalls may carry hands back descriptors; never leak one if it did.
-                precondition(fds.isEmpty, "a multicall carried an operation that returns descriptors")
                 owned.forEach { $0.close() }
-                results.append(HypercallReply(seq: c.seq, rc: rc, payload: payload))
+                // A multicall's results carry no descriptors. No row a multicall may carry hands
+                // any back; should one ever do, its caller gets EINVAL, not a reply it cannot use.
+                if !fds.isEmpty {
+                    logger.error("a multicall carried an operation that returns descriptors", metadata: ["domid": "\(dom.domid)", "op": "\(c.op)"])
+                    results.append(.error(c.seq, .EINVAL))
+                } else {
+                    results.append(HypercallReply(seq: c.seq, rc: rc, payload: payload))
+                }
             case .deferred:
                 results.append(.error(c.seq, .EINVAL))
             case let .malformed(why):
