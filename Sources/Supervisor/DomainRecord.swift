@@ -44,8 +44,6 @@ final class DomainRecord {
     var watchTokens: [(FileDescriptor, UInt64)] = []
     /// The bounding filter's notification listener: calls the bound refuses arrive here.
     var boundListener: FileDescriptor?
-    /// Event channels; nil once the domain is gone.
-    var evtchn: DomainEventChannels?
     /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
     var store: DomainStore?
     /// Fallback timer of an unacknowledged `control/shutdown` request.

@@ -42,9 +42,12 @@ final class DomainEventChannels {
     let doorbell: SharedPage
     /// Peers whose pair page and doorbell this domain has been given.
     var peersGiven: Set<UInt16> = []
+    /// VIRQ and IPI bindings name a vCPU below this.
+    let maxVCPUs: Int
 
-    init(domid: UInt16) throws {
+    init(domid: UInt16, maxVCPUs: Int) throws {
         doorbell = try SharedPage(name: "pv-doorbell-\(domid)")
+        self.maxVCPUs = maxVCPUs
     }
 
     /// The lowest free port (port 0 is never valid, as in Xen).
@@ -58,8 +61,29 @@ final class DomainEventChannels {
     }
 }
 
-extension Supervisor {
+/// Event channels of every domain (Xen's `event_channel.c`): each domain's ports and what they
+/// are bound to, its doorbell, and the pair pages two domains signal each other through. It
+/// owns that state and nothing else: whether a domain is alive and how a message reaches its
+/// process are asked of the supervisor through the closures below, so the service runs, and is
+/// tested, without any domain process.
+final class EventChannelService {
+    private(set) var channels: [UInt16: DomainEventChannels] = [:]
+    /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
+    private var pairPages: [UInt32: SharedPage] = [:]
+
+    /// Whether a domain has a process that can take events.
+    var isLive: (UInt16) -> Bool = { _ in false }
+    /// Sends a channel message, with descriptors, to a domain's process.
+    var notify: (UInt16, ChannelEvent, [FileDescriptor]) -> Void = { _, _, _ in }
+    /// A domain sent on a port bound to domain 0 (its XenStore ring): domain 0 services it.
+    var kickDom0: (UInt16) -> Void = { _ in }
+
     static func pairKey(_ a: UInt16, _ b: UInt16) -> UInt32 { UInt32(min(a, b)) << 16 | UInt32(max(a, b)) }
+
+    /// A new domain's channels: no port bound yet, a doorbell of its own.
+    func open(_ domid: UInt16, maxVCPUs: Int) throws {
+        channels[domid] = try DomainEventChannels(domid: domid, maxVCPUs: maxVCPUs)
+    }
 
     /// The pair page of two domains (a loopback channel uses the domain's page with domain 0).
     func pairPage(_ a: UInt16, _ b: UInt16) throws -> SharedPage {
@@ -71,76 +95,81 @@ extension Supervisor {
         return page
     }
 
-    /// Marks `port` of `dom` pending in the page it shares with `peer` and rings its doorbell.
-    func raise(_ dom: DomainRecord, port: EvtchnPort, peer: UInt16) {
-        guard let page = try? pairPage(dom.domid, peer), let ev = dom.evtchn else { return }
-        let pagePeer: UInt16 = peer == dom.domid ? 0 : peer
-        let word = page.word64(at: EventPages.inboundOffset(receiver: dom.domid, peer: pagePeer) + Int(port / 64) * 8)
+    /// What a booting domain maps to take events: its doorbell and its page with domain 0.
+    func bootDescriptors(_ domid: UInt16) -> [FileDescriptor]? {
+        guard let ev = channels[domid], let selfPage = try? pairPage(0, domid) else { return nil }
+        return [ev.doorbell.fd, selfPage.fd]
+    }
+
+    /// Binds a new port of `domid` to domain 0 (the XenStore ring's `store_evtchn`).
+    func bindToDom0(_ domid: UInt16) -> EvtchnPort? {
+        guard let ev = channels[domid], let port = ev.allocatePort() else { return nil }
+        ev.ports[port] = .interdomain(remote: 0, remotePort: port)
+        return port
+    }
+
+    /// Marks `port` of `domid` pending in the page it shares with `peer` and rings its doorbell.
+    func raise(_ domid: UInt16, port: EvtchnPort, peer: UInt16) {
+        guard let ev = channels[domid], let page = try? pairPage(domid, peer) else { return }
+        let pagePeer: UInt16 = peer == domid ? 0 : peer
+        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + Int(port / 64) * 8)
         SharedAtomic.fetchOr(word, 1 << UInt64(port % 64))
-        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: dom.domid, peer: pagePeer)), 1 << UInt64(port / 64))
+        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: domid, peer: pagePeer)), 1 << UInt64(port / 64))
         let bell = ev.doorbell.word32(at: EventPages.doorbellOffset)
         SharedAtomic.fetchAdd(bell, 1)
         if SharedAtomic.load(ev.doorbell.word32(at: EventPages.sleepingOffset)) != 0 { _ = try? Futex.wake(bell, count: Int32.max) }
     }
 
-    func raiseVirq(_ dom: DomainRecord, _ virq: VIRQ) {
-        guard let port = dom.evtchn?.port(forVirq: virq) else { return }
-        raise(dom, port: port, peer: 0)
+    /// Raises the port `domid` bound to `virq`, if it bound one.
+    func raiseVirq(_ domid: UInt16, _ virq: VIRQ) {
+        guard let port = channels[domid]?.port(forVirq: virq) else { return }
+        raise(domid, port: port, peer: 0)
     }
 
-    /// Sends a channel message (with descriptors) on the domain's event socket.
-    func pushChannelEvent(_ dom: DomainRecord, _ event: ChannelEvent, fds: [FileDescriptor] = []) {
-        guard dom.hasProcess, !dom.released else { return }
-        do {
-            try UnixSocket.send(dom.eventFD, event.encode(), fds: fds, nonBlocking: true)
-        } catch let e as SystemError where e.errno == .wouldBlock {
-            crash(dom, "event socket overflow: the domain is not reading its events")
-        } catch {}
+    /// Gives `domid` the pages it needs to signal `peer` (once per peer).
+    private func givePeerPages(_ domid: UInt16, peer: UInt16) throws -> [FileDescriptor]? {
+        guard let ev = channels[domid], let pev = channels[peer], peer != domid, !ev.peersGiven.contains(peer) else { return nil }
+        let page = try pairPage(domid, peer)
+        ev.peersGiven.insert(peer)
+        return [page.fd, pev.doorbell.fd]
     }
 
-    /// Gives `dom` the pages it needs to signal `peer` (once per peer).
-    func givePeerPages(_ dom: DomainRecord, peer: DomainRecord) throws -> [FileDescriptor]? {
-        guard let ev = dom.evtchn, let pev = peer.evtchn, peer.domid != dom.domid, !ev.peersGiven.contains(peer.domid) else { return nil }
-        ev.peersGiven.insert(peer.domid)
-        return [try pairPage(dom.domid, peer.domid).fd, pev.doorbell.fd]
-    }
-
-    /// `__HYPERVISOR_event_channel_op`.
-    func eventChannelOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
-        guard let ev = dom.evtchn else { return .error(.ENOSYS) }
+    /// `__HYPERVISOR_event_channel_op` made by `domid`.
+    func op(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+        guard let ev = channels[domid] else { return .error(.ENOSYS) }
         func err(_ e: XenErrno) -> HypercallOutcome { .error(e) }
         func ok(_ rc: Int64, _ payload: [UInt8] = []) -> HypercallOutcome { .ok(rc, payload) }
-        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(dom.domid) }
+        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(domid) }
         func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(v) : nil }
 
         switch EvtchnOp(rawValue: r.args[0]) {
         case .allocUnbound:
             guard selfDomid(r.args[1]) else { return err(.EPERM) }
             guard r.args[2] <= UInt64(UInt16.max) else { return err(.EINVAL) }
-            let remote = r.args[2] == UInt64(DOMID_SELF) ? dom.domid : UInt16(r.args[2])
+            let remote = r.args[2] == UInt64(DOMID_SELF) ? domid : UInt16(r.args[2])
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .unbound(remote: remote)
             return ok(Int64(port))
 
         case .bindInterdomain:
             guard r.args[1] <= UInt64(UInt16.max) else { return err(.EINVAL) }
-            let remoteId = r.args[1] == UInt64(DOMID_SELF) ? dom.domid : UInt16(r.args[1])
-            guard let remote = domains[remoteId], remote.hasProcess, let rev = remote.evtchn else { return err(.ESRCH) }
-            guard let rport = portArg(r.args[2]), rev.ports[rport] == .unbound(remote: dom.domid) else { return err(.EINVAL) }
+            let remoteId = r.args[1] == UInt64(DOMID_SELF) ? domid : UInt16(r.args[1])
+            guard isLive(remoteId), let rev = channels[remoteId] else { return err(.ESRCH) }
+            guard let rport = portArg(r.args[2]), rev.ports[rport] == .unbound(remote: domid) else { return err(.EINVAL) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
-            if remoteId == dom.domid && rport == port { return err(.EINVAL) }
+            if remoteId == domid && rport == port { return err(.EINVAL) }
             ev.ports[port] = .interdomain(remote: remoteId, remotePort: rport)
-            rev.ports[rport] = .interdomain(remote: dom.domid, remotePort: port)
+            rev.ports[rport] = .interdomain(remote: domid, remotePort: port)
             var fds: [FileDescriptor] = []
             do {
-                if let given = try givePeerPages(dom, peer: remote) { fds = given }
-                if let theirs = try givePeerPages(remote, peer: dom) { pushChannelEvent(remote, .peerPages(peer: dom.domid), fds: theirs) }
+                if let given = try givePeerPages(domid, peer: remoteId) { fds = given }
+                if let theirs = try givePeerPages(remoteId, peer: domid) { notify(remoteId, .peerPages(peer: domid), theirs) }
             } catch {
                 ev.ports[port] = nil
-                rev.ports[rport] = .unbound(remote: dom.domid)
+                rev.ports[rport] = .unbound(remote: domid)
                 return err(.ENOMEM)
             }
-            if remoteId != dom.domid { pushChannelEvent(remote, .portBound(port: rport, peer: dom.domid, remotePort: port)) }
+            if remoteId != domid { notify(remoteId, .portBound(port: rport, peer: domid, remotePort: port), []) }
             // The reply payload names the peer whose pages come with it (if any).
             var w = WireWriter()
             w.u32(fds.isEmpty ? 0 : 1)
@@ -149,14 +178,14 @@ extension Supervisor {
 
         case .bindVirq:
             guard r.args[1] <= UInt64(UInt32.max), let virq = VIRQ(rawValue: UInt32(r.args[1])) else { return err(.EINVAL) }
-            guard r.args[2] < UInt64(dom.config.maxvcpus) else { return err(.ENOENT) }
+            guard r.args[2] < UInt64(ev.maxVCPUs) else { return err(.ENOENT) }
             if ev.port(forVirq: virq) != nil { return err(.EEXIST) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .virq(virq, vcpu: UInt32(r.args[2]))
             return ok(Int64(port))
 
         case .bindIPI:
-            guard r.args[1] < UInt64(dom.config.maxvcpus) else { return err(.ENOENT) }
+            guard r.args[1] < UInt64(ev.maxVCPUs) else { return err(.ENOENT) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .ipi(vcpu: UInt32(r.args[1]))
             return ok(Int64(port))
@@ -164,12 +193,10 @@ extension Supervisor {
         case .close:
             guard let port = portArg(r.args[1]), let binding = ev.ports[port] else { return err(.EINVAL) }
             ev.ports[port] = nil
-            if case let .interdomain(remoteId, rport) = binding, remoteId != dom.domid, let remote = domains[remoteId] {
-                remote.evtchn?.ports[rport] = .unbound(remote: dom.domid)
-                pushChannelEvent(remote, .portUnbound(port: rport))
-                raise(remote, port: rport, peer: dom.domid)
-            } else if case let .interdomain(remoteId, rport) = binding, remoteId == dom.domid {
-                ev.ports[rport] = .unbound(remote: dom.domid)
+            if case let .interdomain(remoteId, rport) = binding, remoteId != domid {
+                unbindRemoteEnd(of: domid, remoteId, rport)
+            } else if case let .interdomain(remoteId, rport) = binding, remoteId == domid {
+                ev.ports[rport] = .unbound(remote: domid)
             }
             return ok(0)
 
@@ -177,12 +204,12 @@ extension Supervisor {
             guard let port = portArg(r.args[1]), let binding = ev.ports[port] else { return err(.EINVAL) }
             switch binding {
             case .interdomain(0, _):
-                kickDom0Services(dom)
+                kickDom0(domid)
             case let .interdomain(remoteId, rport):
-                guard let remote = domains[remoteId], remote.hasProcess else { return err(.ESRCH) }
-                raise(remote, port: rport, peer: dom.domid)
+                guard isLive(remoteId) else { return err(.ESRCH) }
+                raise(remoteId, port: rport, peer: domid)
             case .ipi:
-                raise(dom, port: port, peer: 0)
+                raise(domid, port: port, peer: 0)
             case .unbound:
                 return err(.ENOTCONN)
             case .virq:
@@ -213,20 +240,28 @@ extension Supervisor {
         }
     }
 
-    /// A domain is gone: its channels' remote ends become unbound; its pages are dropped.
-    func closeEventChannels(_ dom: DomainRecord) {
-        guard let ev = dom.evtchn else { return }
+    /// The far end `rport` of `remoteId` lost its peer `domid`: unbound again, told, and raised
+    /// (a guest blocked on it wakes and sees the change).
+    private func unbindRemoteEnd(of domid: UInt16, _ remoteId: UInt16, _ rport: EvtchnPort) {
+        guard let rev = channels[remoteId] else { return }
+        rev.ports[rport] = .unbound(remote: domid)
+        notify(remoteId, .portUnbound(port: rport), [])
+        raise(remoteId, port: rport, peer: domid)
+    }
+
+    /// A domain is gone: its channels' remote ends become unbound, its pages are dropped, and
+    /// every other live domain gets VIRQ_DOM_EXC.
+    func close(_ domid: UInt16) {
+        guard let ev = channels[domid] else { return }
         for (_, binding) in ev.ports {
-            if case let .interdomain(remoteId, rport) = binding, remoteId != dom.domid, let remote = domains[remoteId], remote !== dom {
-                remote.evtchn?.ports[rport] = .unbound(remote: dom.domid)
-                pushChannelEvent(remote, .portUnbound(port: rport))
-                raise(remote, port: rport, peer: dom.domid)
-            }
+            if case let .interdomain(remoteId, rport) = binding, remoteId != domid { unbindRemoteEnd(of: domid, remoteId, rport) }
         }
         ev.ports.removeAll()
-        pairPages = pairPages.filter { key, _ in key >> 16 != UInt32(dom.domid) && key & 0xffff != UInt32(dom.domid) }
-        for other in domains.values where other !== dom { other.evtchn?.peersGiven.remove(dom.domid) }
-        dom.evtchn = nil
-        for other in domains.values where other !== dom && other.hasProcess { raiseVirq(other, .domExc) }
+        pairPages = pairPages.filter { key, _ in key >> 16 != UInt32(domid) && key & 0xffff != UInt32(domid) }
+        channels[domid] = nil
+        for (other, oev) in channels {
+            oev.peersGiven.remove(domid)
+            if isLive(other) { raiseVirq(other, .domExc) }
+        }
     }
 }

@@ -63,7 +63,7 @@ extension Supervisor {
         .vcpuOp: HypercallRow(phases: runPhase, multicall: .allowed) { _, dom, r in vcpuOp(dom, r) },
         .schedOp: HypercallRow(phases: runPhase, multicall: .refusedFor([SchedOp.block.rawValue])) { $0.schedOp($1, $2) },
         .eventChannelOp: HypercallRow(phases: runPhase, multicall: .refusedFor([EvtchnOp.bindInterdomain.rawValue])) {
-            $0.eventChannelOp($1, $2)
+            $0.eventChannels.op($1.domid, $2)
         },
         .memoryOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.memoryOp($1, $2) },
         .grantTableOp: HypercallRow(phases: runPhase,

@@ -94,6 +94,17 @@ extension Supervisor {
         }
     }
 
+    /// Sends a channel message (with descriptors) on the domain's event socket. A domain that
+    /// does not read its events is crashed, as one that does not read its replies.
+    func pushChannelEvent(_ dom: DomainRecord, _ event: ChannelEvent, fds: [FileDescriptor] = []) {
+        guard dom.hasProcess, !dom.released else { return }
+        do {
+            try UnixSocket.send(dom.eventFD, event.encode(), fds: fds, nonBlocking: true)
+        } catch let e as SystemError where e.errno == .wouldBlock {
+            crash(dom, "event socket overflow: the domain is not reading its events")
+        } catch {}
+    }
+
     /// Looks the operation up in the hypercall table and runs its handler, if the domain's phase
     /// and (inside a multicall) the row allow it.
     func dispatch(_ dom: DomainRecord, _ r: HypercallRequest, inMulticall: Bool = false) -> HypercallOutcome {
@@ -125,8 +136,8 @@ extension Supervisor {
                              engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
                              storePort: dom.store?.port ?? 0)
         var fds: [FileDescriptor] = []
-        if let ev = dom.evtchn, let selfPage = try? pairPage(0, dom.domid), let mem = dom.memory, let store = dom.store {
-            fds = [ev.doorbell.fd, selfPage.fd, mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
+        if let events = eventChannels.bootDescriptors(dom.domid), let mem = dom.memory, let store = dom.store {
+            fds = events + [mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
         }
         return .ok(0, info.encode(), fds: fds)
     }
@@ -209,7 +220,7 @@ extension Supervisor {
             dom.virqTimer = loop.after(ms: ms) { [weak self, weak dom] in
                 guard let self, let dom, dom.hasProcess else { return }
                 dom.virqTimer = nil
-                self.raiseVirq(dom, .timer)
+                self.eventChannels.raiseVirq(dom.domid, .timer)
             }
         }
         return .ok()

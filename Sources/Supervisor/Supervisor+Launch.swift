@@ -120,7 +120,7 @@ extension Supervisor {
                                hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
                                quickRestarts: quickRestarts)
         dom.createWaiter = waiter
-        dom.evtchn = try? DomainEventChannels(domid: domid)
+        try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.memory = memory
         dom.pidsCgroup = pids
         domains[domid] = dom

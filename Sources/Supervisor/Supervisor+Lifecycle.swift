@@ -66,7 +66,7 @@ extension Supervisor {
         loop.cancel(dom.virqTimer)
         loop.cancel(dom.shutdownAckTimer)
         releaseResources(dom)
-        closeEventChannels(dom)
+        eventChannels.close(dom.domid)
         releaseStore(dom)
         grantService.release(dom.domid)
         dom.memory?.releaseAll(to: machine)
@@ -309,7 +309,7 @@ extension Supervisor {
     func consoleInput(_ dom: DomainRecord, _ bytes: [UInt8]) {
         guard dom.hasProcess, !dom.released else { return }
         let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
-        if n > 0 { raiseVirq(dom, .console) }
+        if n > 0 { eventChannels.raiseVirq(dom.domid, .console) }
         if n < bytes.count {
             logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])
         }

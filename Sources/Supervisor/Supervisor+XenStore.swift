@@ -48,13 +48,12 @@ extension Supervisor {
     /// Connects a new domain to XenStore: ring page, kick eventfd, store port; writes the tree
     /// libxl writes at domain creation and fires @introduceDomain.
     func setUpStore(_ dom: DomainRecord) throws {
-        guard let ev = dom.evtchn, let port = ev.allocatePort() else { throw CreateError("dom\(dom.domid): no event channel for XenStore") }
+        guard let port = eventChannels.bindToDom0(dom.domid) else { throw CreateError("dom\(dom.domid): no event channel for XenStore") }
         let s = try DomainStore(domid: dom.domid, port: port)
-        ev.ports[port] = .interdomain(remote: 0, remotePort: port)
         dom.store = s
         try xenstore.attach(domid: dom.domid, page: s.page.mapping, kick: s.kick) { [weak self, weak dom] in
             guard let self, let dom, dom.hasProcess else { return }
-            self.raise(dom, port: port, peer: 0)
+            self.eventChannels.raise(dom.domid, port: port, peer: 0)
         }
         writeDomainTree(dom)
         xenstore.deliver(xenstore.engine.introduceDomain(dom.domid))

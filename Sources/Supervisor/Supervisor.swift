@@ -13,8 +13,6 @@ public final class Supervisor {
     var domidByPid: [pid_t: UInt16] = [:]
     var connections: [ObjectIdentifier: ControlConnection] = [:]
     var dmesg = HypervisorLog()
-    /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
-    var pairPages: [UInt32: SharedPage] = [:]
     /// XenStore: the dom0 socket and every domain's ring.
     var xenstore: XenStoreServer!
     /// Virtual block devices by frontend and devid.
@@ -44,6 +42,8 @@ public final class Supervisor {
     let machine: MachineMemory
     /// Grant tables, grantable pages and maptracks of every domain.
     let grantService: GrantService
+    /// Event-channel ports, doorbells and pair pages of every domain.
+    let eventChannels = EventChannelService()
     /// Whether domain memory cgroups could be created (else reservations are enforced by measurement only).
     var cgroupsUsable = true
     let startTime: UInt64
@@ -67,6 +67,13 @@ public final class Supervisor {
         grantService.log = { [unowned self] line in log(line) }
         grantService.isLive = { [unowned self] domid in domains[domid]?.hasProcess == true }
         grantService.pageRoom = { [unowned self] domid, g in grantPageRoom(domid, g) }
+        eventChannels.isLive = { [unowned self] domid in domains[domid]?.hasProcess == true }
+        eventChannels.notify = { [unowned self] domid, event, fds in
+            if let dom = domains[domid] { pushChannelEvent(dom, event, fds: fds) }
+        }
+        eventChannels.kickDom0 = { [unowned self] domid in
+            if let dom = domains[domid] { kickDom0Services(dom) }
+        }
     }
 
     public enum StartError: Error, CustomStringConvertible {
