@@ -48,8 +48,6 @@ final class DomainRecord {
     var store: DomainStore?
     /// Fallback timer of an unacknowledged `control/shutdown` request.
     var shutdownAckTimer: UInt64?
-    /// RAM, P2M and reservation; nil once the domain's frames went back to the machine.
-    var memory: DomainMemory?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).
     var pidsCgroup: PidsCgroup?
     /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
@@ -100,7 +98,8 @@ final class DomainRecord {
 
     var label: String { "dom\(domid) (\(name))" }
 
-    func info(includeConfig: Bool) -> DomainInfo {
+    /// What `xl list` shows of the domain; `memory` is its RAM while it holds frames.
+    func info(includeConfig: Bool, memory: DomainMemory?) -> DomainInfo {
         var running = false, blocked = false
         var cpu = finalCPUTimeNs
         if hasProcess {

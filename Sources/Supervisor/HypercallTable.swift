@@ -65,7 +65,7 @@ extension Supervisor {
         .eventChannelOp: HypercallRow(phases: runPhase, multicall: .refusedFor([EvtchnOp.bindInterdomain.rawValue])) {
             $0.eventChannels.op($1.domid, $2)
         },
-        .memoryOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.memoryOp($1, $2) },
+        .memoryOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.machine.op($1.domid, $2) },
         .grantTableOp: HypercallRow(phases: runPhase,
                                     multicall: .refusedFor([GnttabOp.setupTable.rawValue, GnttabOp.mapGrantRef.rawValue])) {
             $0.grantService.tableOp($1.domid, $2)

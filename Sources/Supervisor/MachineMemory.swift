@@ -2,11 +2,14 @@ import Glibc
 import LinuxHost
 import ProcvisorABI
 
-/// The machine: `totalFrames` 4 KiB frames. Frames are handed out in a scattered order on
+/// The machine's memory (Xen's page allocator and `memory.c`): `totalFrames` 4 KiB frames, the
+/// global M2P, and every domain's RAM and P2M. Frames are handed out in a scattered order on
 /// purpose (a stride coprime to the total), so no guest can rely on machine contiguity. The
 /// global M2P (mfn → pfn) lives in a memfd every domain maps read-only.
 final class MachineMemory {
     let totalFrames: UInt64
+    /// Each domain's RAM, from creation until its frames go back to the machine.
+    private(set) var domains: [UInt16: DomainMemory] = [:]
     private(set) var freeFrames: UInt64
     private var returned: [UInt64] = []
     private var cursor: UInt64 = 0
@@ -49,6 +52,86 @@ final class MachineMemory {
 
     func setM2P(_ mfn: MFN, _ pfn: PFN?) {
         m2p.base.storeBytes(of: PhysMap.m2pEncode(pfn), toByteOffset: Int(mfn.rawValue) * 8, as: UInt64.self)
+    }
+
+    /// The pfn the M2P names for `mfn` (nil: the frame is free).
+    func m2pEntry(_ mfn: MFN) -> PFN? {
+        PhysMap.m2pDecode(m2p.base.load(fromByteOffset: Int(mfn.rawValue) * 8, as: UInt64.self))
+    }
+
+    enum DomainMemoryError: Error, CustomStringConvertible {
+        case cannotCreate(domid: UInt16, Error)
+        case outOfFrames(domid: UInt16)
+        var description: String {
+            switch self {
+            case let .cannotCreate(domid, e): return "cannot create the RAM of dom\(domid): \(e)"
+            case let .outOfFrames(domid): return "out of machine frames while populating dom\(domid)"
+            }
+        }
+    }
+
+    /// A new domain's RAM spanning `spanPages`, its first `populatedPages` backed by frames.
+    /// Nothing is held when it throws.
+    func createDomain(_ domid: UInt16, spanPages: UInt64, populatedPages: UInt64) throws -> DomainMemory {
+        let memory: DomainMemory
+        do {
+            memory = try DomainMemory(domid: domid, spanPages: spanPages)
+        } catch {
+            throw DomainMemoryError.cannotCreate(domid: domid, error)
+        }
+        for pfn in 0..<populatedPages where !memory.populate(PFN(pfn), from: self) {
+            memory.releaseAll(to: self)
+            throw DomainMemoryError.outOfFrames(domid: domid)
+        }
+        domains[domid] = memory
+        return memory
+    }
+
+    /// The domain is gone (or never started): every frame it held goes back to the machine.
+    func releaseDomain(_ domid: UInt16) {
+        guard let memory = domains.removeValue(forKey: domid) else { return }
+        memory.releaseAll(to: self)
+    }
+
+    /// `__HYPERVISOR_memory_op` made by `domid`: reservations, one page per extent.
+    func op(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+        guard let mem = domains[domid] else { return .error(.ESRCH) }
+        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(domid) }
+        switch XenMemOp(rawValue: r.args[0]) {
+        case .currentReservation:
+            guard selfDomid(r.args[1]) else { return .error(.EPERM) }
+            return .ok(Int64(mem.currentPages))
+        case .maximumReservation:
+            guard selfDomid(r.args[1]) else { return .error(.EPERM) }
+            return .ok(Int64(mem.maxPages))
+        case .increaseReservation, .populatePhysmap, .decreaseReservation:
+            guard r.payload.count % 8 == 0, r.payload.count / 8 <= XenMemOp.maxExtents else {
+                return .malformed("memory_op: extent list must be at most \(XenMemOp.maxExtents) u64 pfns")
+            }
+            var rd = WireReader(r.payload, what: "extents")
+            var done: Int64 = 0
+            let decrease = r.args[0] == XenMemOp.decreaseReservation.rawValue
+            for _ in 0..<(r.payload.count / 8) {
+                guard let pfn = try? rd.u64() else { break }
+                // Xen stops at the first extent it cannot do and returns how many it did.
+                let ok = decrease ? mem.decrease(PFN(pfn), to: self) : mem.populate(PFN(pfn), from: self)
+                if !ok { break }
+                done += 1
+            }
+            return .ok(done)
+        case nil:
+            return .error(.ENOSYS)
+        }
+    }
+
+    /// Domains whose RAM memfd holds more host memory than their reservation (they wrote pages
+    /// they never populated or gave back): domid, bytes held, bytes allowed.
+    func overReservation(among domids: some Sequence<UInt16>) -> [(domid: UInt16, held: Int, allowed: Int)] {
+        domids.compactMap { domid in
+            guard let mem = domains[domid] else { return nil }
+            let held = mem.hostBytes, allowed = Int(mem.currentPages) * 4096
+            return held > allowed ? (domid, held, allowed) : nil
+        }
     }
 }
 

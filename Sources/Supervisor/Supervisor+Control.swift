@@ -152,19 +152,19 @@ extension Supervisor {
             var out: [DomainInfo] = []
             if specs.isEmpty {
                 out.append(dom0Info())
-                out += domains.keys.sorted().compactMap { domains[$0]?.info(includeConfig: true) }
+                out += domains.keys.sorted().compactMap { domains[$0].map { $0.info(includeConfig: true, memory: machine.domains[$0.domid]) } }
             } else {
                 for spec in specs {
                     if spec == "0" || spec == "Domain-0" { out.append(dom0Info()); continue }
                     guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
-                    out.append(dom.info(includeConfig: true))
+                    out.append(dom.info(includeConfig: true, memory: machine.domains[dom.domid]))
                 }
             }
             c.send(.domains(out))
         case .info:
             c.send(.info(hostInfo()))
         case let .memMax(spec, kb):
-            guard let dom = find(spec), let mem = dom.memory else { return c.send(unknownDomain(spec)) }
+            guard let dom = find(spec), let mem = machine.domains[dom.domid] else { return c.send(unknownDomain(spec)) }
             let pages = kb / 4
             guard pages <= mem.spanPages else {
                 return c.send(.error("cannot set mem-max of dom\(dom.domid) to \(kb / 1024) MiB: its pseudo-physical space is \(mem.spanPages / 256) MiB (maxmem at creation)"))
@@ -174,7 +174,7 @@ extension Supervisor {
             log("\(dom.label): mem-max \(kb / 1024) MiB")
             c.send(.ok)
         case let .memSet(spec, kb):
-            guard let dom = find(spec), let mem = dom.memory, dom.domid != 0 else { return c.send(unknownDomain(spec)) }
+            guard let dom = find(spec), let mem = machine.domains[dom.domid], dom.domid != 0 else { return c.send(unknownDomain(spec)) }
             // libxl refuses a target above the static maximum (maxmem).
             guard kb / 4 <= mem.spanPages else {
                 return c.send(.error("memory_dynamic_max must be less than or equal to memory_static_max: \(kb) KiB > \(mem.spanPages * 4) KiB for dom\(dom.domid)"))

@@ -136,7 +136,7 @@ extension Supervisor {
                              engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
                              storePort: dom.store?.port ?? 0)
         var fds: [FileDescriptor] = []
-        if let events = eventChannels.bootDescriptors(dom.domid), let mem = dom.memory, let store = dom.store {
+        if let events = eventChannels.bootDescriptors(dom.domid), let mem = machine.domains[dom.domid], let store = dom.store {
             fds = events + [mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
         }
         return .ok(0, info.encode(), fds: fds)

@@ -46,13 +46,9 @@ extension Supervisor {
         guard let domid = allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         do {
-            memory = try DomainMemory(domid: domid, spanPages: UInt64(config.maxmem) * 256)
+            memory = try machine.createDomain(domid, spanPages: UInt64(config.maxmem) * 256, populatedPages: UInt64(config.memory) * 256)
         } catch {
-            throw CreateError("cannot create the RAM of dom\(domid): \(error)")
-        }
-        for pfn in 0..<(UInt64(config.memory) * 256) where !memory.populate(PFN(pfn), from: machine) {
-            memory.releaseAll(to: machine)
-            throw CreateError("out of machine frames while populating dom\(domid)")
+            throw CreateError("\(error)")
         }
         let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
         var pids: PidsCgroup?
@@ -68,7 +64,7 @@ extension Supervisor {
                 cgroupProcs = [try m.joinFile(), try p.joinFile()]
             } catch {
                 pids?.remove()
-                memory.releaseAll(to: machine)
+                machine.releaseDomain(domid)
                 throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
             }
         }
@@ -112,7 +108,7 @@ extension Supervisor {
         } catch {
             parentEnds.forEach { $0.close() }
             pids?.remove()
-            memory.releaseAll(to: machine)
+            machine.releaseDomain(domid)
             throw CreateError("cannot start kernel \(kernel): \(error)")
         }
         let dom = DomainRecord(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(),
@@ -121,7 +117,6 @@ extension Supervisor {
                                quickRestarts: quickRestarts)
         dom.createWaiter = waiter
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
-        dom.memory = memory
         dom.pidsCgroup = pids
         domains[domid] = dom
         domidByPid[pid] = domid

@@ -69,8 +69,7 @@ extension Supervisor {
         eventChannels.close(dom.domid)
         releaseStore(dom)
         grantService.release(dom.domid)
-        dom.memory?.releaseAll(to: machine)
-        dom.memory = nil
+        machine.releaseDomain(dom.domid)
         // The pid namespace died with its first process; anything left in the cgroup (a domain
         // run without namespaces) goes now.
         if let p = dom.pidsCgroup {
