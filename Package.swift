@@ -97,7 +97,7 @@ let package = Package(
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI", "DomainRuntime", "TestSupport"], swiftSettings: v5),
         // The supervisor's services on their own, with no domain process.
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "LinuxHost", "ProcvisorABI",
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "LinuxHost", "ProcvisorABI", "Toolstack", "XenStore",
                                                             .product(name: "Logging", package: "swift-log")], swiftSettings: v5),
         .testTarget(
             name: "IntegrationTests",

@@ -201,15 +201,6 @@ extension Supervisor {
         }
     }
 
-    func deviceFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
-        switch DeviceKind(rawValue: r.args[0]) {
-        case .vbd: return vbdFD(dom, r)
-        case .uplink: return uplinkFD(dom, r)
-        // netback needs no descriptor per vif: its frontends' rings come through grants.
-        case .vif, nil: return .error(.EINVAL)
-        }
-    }
-
     func setTimerOp(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         loop.cancel(dom.virqTimer)
         dom.virqTimer = nil

@@ -38,7 +38,7 @@ extension Supervisor {
         if UInt64(config.maxmem) * 256 >= grantPageGFNBase {
             throw CreateError("maxmem=\(config.maxmem) MiB is larger than a domain's pseudo-physical space (8 TiB)")
         }
-        let disks = try planDisks(config)
+        let planned = try planDevices(config)
         if let why = jail.refusal { throw CreateError("cannot start domain \(config.name): \(why)") }
         guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
         let jailed = jail.uses(.namespaces)
@@ -126,7 +126,7 @@ extension Supervisor {
             kill(dom)
             throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
         }
-        attachDisks(dom, disks)
+        attachDevices(dom, planned)
         dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),
                                                   O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
         do {

@@ -229,7 +229,7 @@ extension Supervisor {
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
         domains[dom.domid] = nil
-        detachDevices(dom)
+        devices.detachAll(frontend: dom.domid)
         removeDomainTree(dom)
         dom.createWaiter?.send(.error("domain \(dom.name) went away before it started"))
         dom.createWaiter = nil

@@ -15,10 +15,8 @@ public final class Supervisor {
     var dmesg = HypervisorLog()
     /// XenStore: the dom0 socket and every domain's ring.
     var xenstore: XenStoreServer!
-    /// Virtual block devices by frontend and devid.
-    var blockDevices: [DeviceKey: VirtualBlockDevice] = [:]
-    /// Virtual network interfaces by frontend and devid.
-    var networkDevices: [DeviceKey: VirtualNetworkDevice] = [:]
+    /// Split devices (vbds, vifs) of every domain.
+    let devices: DeviceManager
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
     var recentShutdowns: [UInt16: ShutdownReason] = [:]
     /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.
@@ -63,7 +61,10 @@ public final class Supervisor {
         clock_gettime(CLOCK_REALTIME, &ts)
         startTime = UInt64(ts.tv_sec)
         xenstore = XenStoreServer(loop: loop, logger: logger)
+        devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
         xenstore.log = { [unowned self] line in log(line) }
+        devices.log = { [unowned self] line in log(line) }
+        devices.domainLabel = { [unowned self] domid in domains[domid]?.label ?? "dom\(domid)" }
         grantService.log = { [unowned self] line in log(line) }
         grantService.isLive = { [unowned self] domid in domains[domid]?.hasProcess == true }
         grantService.pageRoom = { [unowned self] domid, g in grantPageRoom(domid, g) }

@@ -3,7 +3,7 @@ import Toolstack
 
 struct BlockAttach: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "block-attach",
+        commandName: SplitDeviceType.block.attachCommand,
         abstract: "Create a new virtual block device and attach it to a running domain.",
         discussion: "The disk is given as for disk= in xl.cfg (xl-disk-configuration(5)); several arguments are parts of one spec, e.g. 'xl block-attach guest format=raw vdev=xvdb access=rw target=/img'.")
     @Argument(help: "Domain name or id.") var domain: String
@@ -25,7 +25,7 @@ struct BlockAttach: ParsableCommand {
             return
         case let .error(msg):
             if msg.hasSuffix("is an invalid domain identifier") { fail(msg) }
-            fail(msg + "\nlibxl_device_disk_add failed.")
+            fail(msg + "\nlibxl_device_\(SplitDeviceType.block.libxlName)_add failed.")
         case let other:
             fail("xl: unexpected reply \(other)")
         }

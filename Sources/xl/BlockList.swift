@@ -2,7 +2,7 @@ import ArgumentParser
 import Toolstack
 
 struct BlockList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "block-list", abstract: "List the virtual block devices of domains.")
+    static let configuration = CommandConfiguration(commandName: SplitDeviceType.block.listCommand, abstract: "List the virtual block devices of domains.")
     @Argument(help: "Domain names or ids.") var domains: [String] = []
 
     func run() throws {

@@ -3,7 +3,7 @@ import Toolstack
 
 struct NetworkAttach: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "network-attach",
+        commandName: SplitDeviceType.network.attachCommand,
         abstract: "Create a new virtual network device.",
         discussion: "The vif is given as for vif= in xl.cfg (xl-network-configuration(5)), one KEY=VALUE per argument: 'xl network-attach guest mac=00:16:3e:00:00:01 bridge=br1 ip=10.0.0.2/24 gateway=10.0.0.1'. Without backend= the default netback driver domain serves it.")
     @Argument(help: "Domain name or id.") var domain: String
@@ -23,7 +23,7 @@ struct NetworkAttach: ParsableCommand {
             return
         case let .error(msg):
             if msg.hasSuffix("is an invalid domain identifier (rc=-6)") { fail(msg) }
-            fail(msg + "\nlibxl_device_nic_add failed.")
+            fail(msg + "\nlibxl_device_\(SplitDeviceType.network.libxlName)_add failed.")
         case let other:
             fail("xl: unexpected reply \(other)")
         }

@@ -3,7 +3,7 @@ import Toolstack
 
 struct NetworkDetach: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "network-detach",
+        commandName: SplitDeviceType.network.detachCommand,
         abstract: "Destroy a domain's virtual network device.",
         discussion: "Waits for the guest to release the vif. If it does not within the removal timeout (10 s), the removal is forced, as libxl does: the guest's nodes are removed and the backend asked once more; if that also times out the nodes are removed anyway and the command fails.")
     @Argument(help: "Domain name or id.") var domain: String
@@ -16,7 +16,7 @@ struct NetworkDetach: ParsableCommand {
             return
         case let .error(msg):
             if msg.hasPrefix("Unknown device") || msg.hasSuffix("is an invalid domain identifier (rc=-6)") { fail(msg) }
-            fail(msg + "\nlibxl_device_nic_del failed.")
+            fail(msg + "\nlibxl_device_\(SplitDeviceType.network.libxlName)_del failed.")
         case let other:
             fail("xl: unexpected reply \(other)")
         }

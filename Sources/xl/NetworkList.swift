@@ -3,7 +3,7 @@ import Glibc
 import Toolstack
 
 struct NetworkList: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "network-list", abstract: "List virtual network interfaces for a domain.")
+    static let configuration = CommandConfiguration(commandName: SplitDeviceType.network.listCommand, abstract: "List virtual network interfaces for a domain.")
     @Argument(help: "Domain names or ids.") var domains: [String] = []
 
     func run() throws {

@@ -1,0 +1,70 @@
+import Toolstack
+
+/// A virtual network interface: one `vif=` entry of a frontend, served by a netback domain.
+final class VirtualNetworkDevice: SplitDevice {
+    var type: SplitDeviceType { .network }
+    let frontend: UInt16
+    let devid: UInt32
+    let backend: UInt16
+    /// `aa:bb:cc:dd:ee:ff`, given or generated.
+    let mac: String
+    let bridge: String
+    let spec: VifSpec
+    /// `xl network-detach` in progress.
+    var removal: DeviceRemoval?
+
+    init(frontend: UInt16, backend: UInt16, planned p: PlannedVif) {
+        self.frontend = frontend
+        self.backend = backend
+        devid = p.devid
+        mac = p.mac
+        bridge = p.bridge
+        spec = p.spec
+    }
+
+    var what: String { "vif \(devid) (\(mac))" }
+    var mtu: Int { spec.mtu ?? VifSpec.defaultMTU }
+    var attachSummary: String { "vif \(devid) mac \(mac) bridge \(bridge)\(spec.ip.map { " ip \($0)" } ?? "")" }
+
+    /// libxl__set_xenstore_nic's nodes. Backend: script, mac, bridge, handle, type, mtu, and
+    /// ip, rate, vifname, gatewaydev and (Procvisor) gateway when given. Frontend: handle, mac,
+    /// trusted; and, read-only for the guest (as libxl writes mtu), mtu and the Procvisor keys
+    /// ip and gateway its network stack configures itself from.
+    var nodes: DeviceNodes {
+        let s = spec
+        var back: [(String, String)] = [
+            ("script", s.script ?? VifSpec.defaultScript), ("mac", mac), ("bridge", bridge),
+            ("handle", "\(devid)"), ("type", "vif"), ("mtu", "\(mtu)"),
+        ]
+        if let ip = s.ip { back.append(("ip", ip)) }
+        if let rate = s.rate { back.append(("rate", VifSpec.rateNode(rate))) }
+        if let name = s.vifname { back.append(("vifname", name)) }
+        if let dev = s.gatewaydev { back.append(("gatewaydev", dev)) }
+        if let gw = s.gateway { back.append(("gateway", gw)) }
+        var readOnly: [(String, String)] = [("mtu", "\(mtu)")]
+        if let ip = s.ip { readOnly.append(("ip", ip)) }
+        if let gw = s.gateway { readOnly.append(("gateway", gw)) }
+        return DeviceNodes(backend: back,
+                           frontend: [("handle", "\(devid)"), ("mac", mac), ("trusted", s.trusted == false ? "0" : "1")],
+                           frontendReadOnly: readOnly)
+    }
+}
+
+/// A vif checked at `xl create` (before the domain exists) or `xl network-attach`.
+struct PlannedVif {
+    let spec: VifSpec
+    let devid: UInt32
+    /// Nil until resolved: the vif has no `backend=` and goes to the default netback.
+    var backend: DomainRecord?
+    var mac: String
+    let bridge: String
+    /// How errors name it.
+    let what: String
+
+    var device: PlannedDevice {
+        let vif = self
+        return PlannedDevice(type: .network, devid: devid, what: what, backend: backend) { frontend, backend in
+            VirtualNetworkDevice(frontend: frontend, backend: backend, planned: vif)
+        }
+    }
+}

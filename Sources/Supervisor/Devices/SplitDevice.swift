@@ -1,0 +1,74 @@
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+import XenStore
+
+/// A split device the toolstack attached (a vbd, a vif): a frontend domain's device served by
+/// a backend domain, with its nodes in XenStore. The device manager writes and removes the
+/// nodes every type shares; a type adds its own (`nodes`) and its log line.
+protocol SplitDevice: AnyObject {
+    var type: SplitDeviceType { get }
+    var frontend: UInt16 { get }
+    var devid: UInt32 { get }
+    var backend: UInt16 { get }
+    /// How logs and errors name it: `disk xvdb (51728)`, `vif 0 (00:16:3e:12:34:56)`.
+    var what: String { get }
+    /// The type's own nodes, written when the device is attached.
+    var nodes: DeviceNodes { get }
+    /// The `xl dmesg` line of the attach (after `domN (name): `).
+    var attachSummary: String { get }
+    /// A detach in progress.
+    var removal: DeviceRemoval? { get set }
+}
+
+extension SplitDevice {
+    /// `/local/domain/F/device/KIND/DEVID`.
+    var frontendPath: String { "/local/domain/\(frontend)/device/\(type.kind)/\(devid)" }
+    /// `/local/domain/B/backend/KIND/F/DEVID`.
+    var backendPath: String { "/local/domain/\(backend)/backend/\(type.kind)/\(frontend)/\(devid)" }
+    var key: DeviceKey { DeviceKey(kind: type.kind, frontend: frontend, devid: devid) }
+}
+
+/// A type's own nodes of one device, beyond those libxl__device_generic_add writes for every
+/// device (backend: frontend, frontend-id, online, state; frontend: backend, backend-id, state).
+struct DeviceNodes {
+    /// In the backend's directory (owner backend, read frontend).
+    var backend: [(String, String)] = []
+    /// In the frontend's directory (owner frontend, read backend).
+    var frontend: [(String, String)] = []
+    /// In the frontend's directory but read-only for the guest (owner backend, read frontend),
+    /// as libxl writes a vif's `mtu`.
+    var frontendReadOnly: [(String, String)] = []
+}
+
+struct DeviceKey: Hashable {
+    let kind: String
+    let frontend: UInt16
+    let devid: UInt32
+}
+
+/// A device checked at `xl create` (before the frontend exists) or at an xl attach.
+struct PlannedDevice {
+    let type: SplitDeviceType
+    let devid: UInt32
+    /// How errors name it.
+    let what: String
+    /// Nil until resolved: no `backend=` was given, and the type's default driver domain serves it.
+    var backend: DomainRecord?
+    /// The device, once its frontend and backend are known.
+    let make: (_ frontend: UInt16, _ backend: UInt16) -> SplitDevice
+}
+
+/// A device type as the supervisor serves it: its names, how its xl.cfg entries are checked,
+/// and what its backend may ask for through `deviceFD`. Block and net are the two
+/// registrations; a new type is a folder under Devices/ that adds one here.
+struct DeviceRegistration {
+    let type: SplitDeviceType
+    /// Checks the config's entries of this type before anything is started, without starting
+    /// any domain (default backends are resolved once every type's entries passed).
+    let plan: (Supervisor, DomainConfig) throws -> [PlannedDevice]
+    /// The `deviceFD` kinds the type's backend asks for, and the handler of each.
+    let descriptors: [DeviceKind: (Supervisor, DomainRecord, HypercallRequest) -> HypercallOutcome]
+
+    static let all: [DeviceRegistration] = [.block, .network]
+}
