@@ -84,24 +84,23 @@ extension Supervisor {
 
     /// Sends a reply without blocking. A domain that does not read its replies is flooding: crash it.
     func reply_(_ dom: DomainRecord, _ reply: HypercallReply, fds: [FileDescriptor] = []) {
-        guard dom.hasProcess, !dom.released else { return }
-        do {
-            try UnixSocket.send(dom.hypercallFD, reply.encode(), fds: fds, nonBlocking: true)
-        } catch let e as SystemError where e.errno == .wouldBlock {
-            crash(dom, "hypercall flood: replies are not being read")
-        } catch {
-            // EPIPE/ECONNRESET: the domain is exiting; SIGCHLD will tell.
-        }
+        send(dom, on: dom.hypercallFD, reply.encode(), fds: fds, overflow: "hypercall flood: replies are not being read")
     }
 
     /// Sends a channel message (with descriptors) on the domain's event socket. A domain that
     /// does not read its events is crashed, as one that does not read its replies.
     func pushChannelEvent(_ dom: DomainRecord, _ event: ChannelEvent, fds: [FileDescriptor] = []) {
+        send(dom, on: dom.eventFD, event.encode(), fds: fds, overflow: "event socket overflow: the domain is not reading its events")
+    }
+
+    /// One datagram to a live domain without blocking; a full socket crashes the domain with
+    /// `overflow` as the reason. EPIPE/ECONNRESET: the domain is exiting, and SIGCHLD will tell.
+    private func send(_ dom: DomainRecord, on fd: FileDescriptor, _ bytes: [UInt8], fds: [FileDescriptor], overflow: String) {
         guard dom.hasProcess, !dom.released else { return }
         do {
-            try UnixSocket.send(dom.eventFD, event.encode(), fds: fds, nonBlocking: true)
+            try UnixSocket.send(fd, bytes, fds: fds, nonBlocking: true)
         } catch let e as SystemError where e.errno == .wouldBlock {
-            crash(dom, "event socket overflow: the domain is not reading its events")
+            crash(dom, overflow)
         } catch {}
     }
 

@@ -40,8 +40,8 @@ import XenStore
 
         func disk(_ spec: String) throws -> VirtualBlockDevice {
             let parsed = try DiskSpec.parse(spec)
-            let planned = PlannedDisk(spec: parsed, devid: try #require(parsed.vdevNumber), target: parsed.target ?? "")
-            return VirtualBlockDevice(frontend: frontend, backend: backend, planned: planned)
+            return VirtualBlockDevice(frontend: frontend, devid: try #require(parsed.vdevNumber), backend: backend,
+                                      settings: BlockDeviceSettings(parsed, target: parsed.target ?? ""))
         }
 
         func read(_ path: String) -> String? {
@@ -96,8 +96,8 @@ import XenStore
     @Test func aVifsGuestOnlyReadsItsMTUAndAddresses() throws {
         let f = try Fixture()
         let spec = try VifSpec.parse(components: ["mac=00:16:3e:00:00:01", "bridge=br7", "ip=10.0.0.2/24", "gateway=10.0.0.1", "mtu=9000"])
-        let planned = PlannedVif(spec: spec, devid: 0, backend: nil, mac: "00:16:3e:00:00:01", bridge: "br7", what: "vif 0")
-        let vif = VirtualNetworkDevice(frontend: 2, backend: 1, planned: planned)
+        let vif = VirtualNetworkDevice(frontend: 2, devid: 0, backend: 1,
+                                       settings: NetworkDeviceSettings(mac: "00:16:3e:00:00:01", bridge: "br7", spec: spec))
         f.manager.attach(vif)
         let fr = "/local/domain/2/device/vif/0"
         #expect(f.read(fr + "/mac") == "00:16:3e:00:00:01" && f.read(fr + "/mtu") == "9000" && f.read(fr + "/ip") == "10.0.0.2/24")
@@ -143,8 +143,8 @@ import XenStore
     @Test func anAutoRemovalIsForcedAfterTheTimeoutAndThenRemovesEverything() throws {
         let f = try Fixture(removeTimeoutMs: 100)
         let spec = try VifSpec.parse(components: ["mac=00:16:3e:00:00:01"])
-        let vif = VirtualNetworkDevice(frontend: 2, backend: 1, planned: PlannedVif(spec: spec, devid: 1, backend: nil,
-                                                                                     mac: "00:16:3e:00:00:01", bridge: "xenbr0", what: "vif 1"))
+        let vif = VirtualNetworkDevice(frontend: 2, devid: 1, backend: 1,
+                                       settings: NetworkDeviceSettings(mac: "00:16:3e:00:00:01", bridge: "xenbr0", spec: spec))
         f.manager.attach(vif)
         try f.write(vif.backendPath + "/state", "4")
         f.manager.startRemoval(vif, force: .auto, from: f.connection)

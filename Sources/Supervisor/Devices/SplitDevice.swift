@@ -41,6 +41,43 @@ struct DeviceNodes {
     var frontendReadOnly: [(String, String)] = []
 }
 
+/// What a device type adds to the device every type shares: its own values (a disk's image,
+/// a vif's MAC), how it is named, and its own nodes.
+protocol DeviceSettings {
+    static var type: SplitDeviceType { get }
+    /// How logs and errors name the device: `disk xvdb (51728)`.
+    func what(devid: UInt32) -> String
+    /// The `xl dmesg` line of the attach (after `domN (name): `).
+    func attachSummary(devid: UInt32) -> String
+    /// The type's own nodes.
+    func nodes(devid: UInt32) -> DeviceNodes
+}
+
+/// A device of one type: its frontend, devid and backend, and its type's settings, readable
+/// as its own properties (`vbd.target` is `vbd.settings.target`).
+@dynamicMemberLookup
+final class Device<Settings: DeviceSettings>: SplitDevice {
+    let frontend: UInt16
+    let devid: UInt32
+    let backend: UInt16
+    let settings: Settings
+    var removal: DeviceRemoval?
+
+    init(frontend: UInt16, devid: UInt32, backend: UInt16, settings: Settings) {
+        self.frontend = frontend
+        self.devid = devid
+        self.backend = backend
+        self.settings = settings
+    }
+
+    var type: SplitDeviceType { Settings.type }
+    var what: String { settings.what(devid: devid) }
+    var attachSummary: String { settings.attachSummary(devid: devid) }
+    var nodes: DeviceNodes { settings.nodes(devid: devid) }
+
+    subscript<T>(dynamicMember path: KeyPath<Settings, T>) -> T { settings[keyPath: path] }
+}
+
 struct DeviceKey: Hashable {
     let kind: String
     let frontend: UInt16

@@ -44,9 +44,9 @@ extension Supervisor {
         } catch let e as SystemError {
             throw CreateError("\(what): \(target): \(e.errno.description)")
         }
-        let disk = PlannedDisk(spec: disk, devid: devid, target: target)
+        let settings = BlockDeviceSettings(disk, target: target)
         return PlannedDevice(type: .block, devid: devid, what: what, backend: backend) { frontend, backend in
-            VirtualBlockDevice(frontend: frontend, backend: backend, planned: disk)
+            VirtualBlockDevice(frontend: frontend, devid: devid, backend: backend, settings: settings)
         }
     }
 

@@ -3,35 +3,30 @@ import LinuxHost
 import Toolstack
 
 /// A virtual block device: one `disk=` entry of a frontend, served by a backend domain.
-final class VirtualBlockDevice: SplitDevice {
-    var type: SplitDeviceType { .block }
-    let frontend: UInt16
-    let devid: UInt32
+typealias VirtualBlockDevice = Device<BlockDeviceSettings>
+
+/// What a vbd is beyond its ends: the disk as its `disk=` entry gave it.
+struct BlockDeviceSettings: DeviceSettings {
+    static var type: SplitDeviceType { .block }
     let vdev: String
-    let backend: UInt16
     let target: String
     let readOnly: Bool
     let isCDROM: Bool
     let discard: Bool
-    /// `xl block-detach` in progress.
-    var removal: DeviceRemoval?
 
-    init(frontend: UInt16, backend: UInt16, planned p: PlannedDisk) {
-        self.frontend = frontend
-        self.backend = backend
-        devid = p.devid
-        vdev = p.spec.vdev
-        target = p.target
-        readOnly = p.spec.access == .readOnly || p.spec.isCDROM
-        isCDROM = p.spec.isCDROM
-        discard = p.spec.discard ?? true
+    init(_ spec: DiskSpec, target: String) {
+        vdev = spec.vdev
+        self.target = target
+        readOnly = spec.access == .readOnly || spec.isCDROM
+        isCDROM = spec.isCDROM
+        discard = spec.discard ?? true
     }
 
-    var what: String { "disk \(vdev) (\(devid))" }
-    var attachSummary: String { "disk \(vdev) (\(devid)) → \(target) \(readOnly ? "ro" : "rw")" }
+    func what(devid: UInt32) -> String { "disk \(vdev) (\(devid))" }
+    func attachSummary(devid: UInt32) -> String { "disk \(vdev) (\(devid)) → \(target) \(readOnly ? "ro" : "rw")" }
 
     /// libxl__set_xenstore_disk's nodes (`type` phy for a block device, file for an image).
-    var nodes: DeviceNodes {
+    func nodes(devid: UInt32) -> DeviceNodes {
         var st = stat()
         let isBlock = stat(target, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
         let deviceType = isCDROM ? "cdrom" : "disk"
@@ -41,11 +36,4 @@ final class VirtualBlockDevice: SplitDevice {
                       ("device-type", deviceType), ("discard-enable", discard ? "1" : "0")],
             frontend: [("virtual-device", "\(devid)"), ("device-type", deviceType)])
     }
-}
-
-/// A disk checked at `xl create` (before the domain exists) or `xl block-attach`.
-struct PlannedDisk {
-    let spec: DiskSpec
-    let devid: UInt32
-    let target: String
 }

@@ -1,36 +1,26 @@
 import Toolstack
 
 /// A virtual network interface: one `vif=` entry of a frontend, served by a netback domain.
-final class VirtualNetworkDevice: SplitDevice {
-    var type: SplitDeviceType { .network }
-    let frontend: UInt16
-    let devid: UInt32
-    let backend: UInt16
+typealias VirtualNetworkDevice = Device<NetworkDeviceSettings>
+
+/// What a vif is beyond its ends: its MAC, its bridge and its `vif=` entry.
+struct NetworkDeviceSettings: DeviceSettings {
+    static var type: SplitDeviceType { .network }
     /// `aa:bb:cc:dd:ee:ff`, given or generated.
     let mac: String
     let bridge: String
     let spec: VifSpec
-    /// `xl network-detach` in progress.
-    var removal: DeviceRemoval?
 
-    init(frontend: UInt16, backend: UInt16, planned p: PlannedVif) {
-        self.frontend = frontend
-        self.backend = backend
-        devid = p.devid
-        mac = p.mac
-        bridge = p.bridge
-        spec = p.spec
-    }
-
-    var what: String { "vif \(devid) (\(mac))" }
     var mtu: Int { spec.mtu ?? VifSpec.defaultMTU }
-    var attachSummary: String { "vif \(devid) mac \(mac) bridge \(bridge)\(spec.ip.map { " ip \($0)" } ?? "")" }
+
+    func what(devid: UInt32) -> String { "vif \(devid) (\(mac))" }
+    func attachSummary(devid: UInt32) -> String { "vif \(devid) mac \(mac) bridge \(bridge)\(spec.ip.map { " ip \($0)" } ?? "")" }
 
     /// libxl__set_xenstore_nic's nodes. Backend: script, mac, bridge, handle, type, mtu, and
     /// ip, rate, vifname, gatewaydev and (Procvisor) gateway when given. Frontend: handle, mac,
     /// trusted; and, read-only for the guest (as libxl writes mtu), mtu and the Procvisor keys
     /// ip and gateway its network stack configures itself from.
-    var nodes: DeviceNodes {
+    func nodes(devid: UInt32) -> DeviceNodes {
         let s = spec
         var back: [(String, String)] = [
             ("script", s.script ?? VifSpec.defaultScript), ("mac", mac), ("bridge", bridge),
@@ -62,9 +52,9 @@ struct PlannedVif {
     let what: String
 
     var device: PlannedDevice {
-        let vif = self
+        let settings = NetworkDeviceSettings(mac: mac, bridge: bridge, spec: spec), devid = devid
         return PlannedDevice(type: .network, devid: devid, what: what, backend: backend) { frontend, backend in
-            VirtualNetworkDevice(frontend: frontend, backend: backend, planned: vif)
+            VirtualNetworkDevice(frontend: frontend, devid: devid, backend: backend, settings: settings)
         }
     }
 }
