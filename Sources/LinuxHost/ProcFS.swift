@@ -167,6 +167,15 @@ public enum MonotonicClock {
     public static func milliseconds() -> UInt64 { pv_monotonic_ns() / 1_000_000 }
 }
 
+/// The wall clock (CLOCK_REALTIME): what `xl list -l` and `xl uptime` show as start times.
+public enum WallClock {
+    public static func seconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec)
+    }
+}
+
 /// Kernel randomness (getrandom(2)).
 public enum SecureRandom {
     public static func bytes(_ count: Int) -> [UInt8] {

@@ -1,6 +1,6 @@
 /// The last bytes a domain wrote to its console, replayed when `xl console` attaches
 /// (xenconsoled keeps a buffer the same way).
-struct ConsoleRing {
+struct ConsoleRing: Codable, Equatable {
     let capacity: Int
     private var storage: [UInt8] = []
     private var start = 0

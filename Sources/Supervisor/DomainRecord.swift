@@ -3,10 +3,12 @@ import LinuxHost
 import ProcvisorABI
 import Toolstack
 
-/// Everything the supervisor knows about one domain: the Xen domain structure plus the Linux
-/// process that implements it.
-final class DomainRecord {
-    enum Phase: Equatable {
+/// What a domain is, as plain values: its identity, its config, where it is in its life and
+/// what it printed. This is what outlives the process and what a save file carries; the
+/// services hold the rest of its state (RAM in `MachineMemory`, grants in `GrantService`,
+/// ports in `EventChannelService`, devices in `DeviceManager`, its tree in XenStore).
+struct DomainState: Codable, Equatable {
+    enum Phase: String, Codable, Equatable {
         /// Spawned; waiting for the bootstrap and engaged hypercalls.
         case booting
         /// Engaged and verified: guest code runs.
@@ -25,7 +27,6 @@ final class DomainRecord {
     var paused = false
     /// Created with `xl create -p`: stays paused after engaging.
     let startPaused: Bool
-    var pid: pid_t
     var shutdownReason: ShutdownReason?
     var crashReason: String?
     /// What `xl shutdown`/`xl reboot` asked for, while the domain has not yet acted on it.
@@ -35,7 +36,23 @@ final class DomainRecord {
     var destroyRequested = false
     /// Supervisor shutdown: the domain goes away without on_* restarts.
     var noRestart = false
+    var malformedHypercalls = 0
+    /// Start time, seconds since the epoch.
+    let startTime: UInt64
+    /// CPU time when the process ended, kept for preserved domains.
+    var finalCPUTimeNs: UInt64 = 0
+    /// Consecutive restarts that each lived less than a second.
+    var quickRestarts: Int
+    /// The last bytes the domain wrote to its console.
+    var console = ConsoleRing()
+}
 
+/// The Linux process that implements a domain, and the supervisor's handles on it: gone (and
+/// rebuilt by a restore) where the state above stays.
+final class DomainProcess {
+    var pid: pid_t
+    /// Monotonic start, for restart-loop detection.
+    let startMonotonic: UInt64
     // Descriptors held by the supervisor (all close-on-exec, non-blocking).
     let hypercallFD: FileDescriptor
     let eventFD: FileDescriptor
@@ -46,77 +63,87 @@ final class DomainRecord {
     var boundListener: FileDescriptor?
     /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
     var store: DomainStore?
-    /// Fallback timer of an unacknowledged `control/shutdown` request.
-    var shutdownAckTimer: UInt64?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).
     var pidsCgroup: PidsCgroup?
-    /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
-    var virqTimer: UInt64?
     /// The descriptors above have been closed (process gone or supervisor stopping).
     var released = false
     var consoleLog: FileDescriptor?
-    var console = ConsoleRing()
-    var consoleClients: Set<ObjectIdentifier> = []
-
     var engageTimer: UInt64?
-    var createWaiter: ControlConnection?
-    var destroyWaiters: [ControlConnection] = []
-    /// `xl shutdown -w` / `xl reboot -w` callers.
-    var shutdownWaiters: [ControlConnection] = []
+    /// Fallback timer of an unacknowledged `control/shutdown` request.
+    var shutdownAckTimer: UInt64?
+    /// The one-shot timer of `set_timer_op` (raises VIRQ_TIMER).
+    var virqTimer: UInt64?
     /// SCHEDOP_block calls waiting for an event or their timeout.
     var pendingBlocks: [(seq: UInt64, timer: UInt64?)] = []
-    var malformedHypercalls = 0
-    /// Start time (seconds since the epoch) and monotonic start for restart-loop detection.
-    let startTime: UInt64
-    let startMonotonic: UInt64
-    /// CPU time when the process ended, kept for preserved domains.
-    var finalCPUTimeNs: UInt64 = 0
-    /// Consecutive restarts that each lived less than a second.
-    var quickRestarts: Int
 
-    init(domid: UInt16, name: String, uuid: String, config: DomainConfig, startPaused: Bool, pid: pid_t,
-         hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor,
-         quickRestarts: Int) {
-        self.domid = domid
-        self.name = name
-        self.uuid = uuid
-        self.config = config
-        self.startPaused = startPaused
+    init(pid: pid_t, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
         self.pid = pid
         self.hypercallFD = hypercallFD
         self.eventFD = eventFD
         self.consoleOutFD = consoleOutFD
         self.consoleInFD = consoleInFD
-        self.quickRestarts = quickRestarts
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        startTime = UInt64(ts.tv_sec)
         startMonotonic = MonotonicClock.nanoseconds()
     }
+}
 
-    var hasProcess: Bool { pid > 0 }
+/// One domain in the supervisor's table: its state, its process, and the `xl` connections
+/// waiting on it. The state's and the process's fields read as the record's own
+/// (`dom.name` is `dom.state.name`, `dom.pid` is `dom.process.pid`).
+@dynamicMemberLookup
+final class DomainRecord {
+    typealias Phase = DomainState.Phase
 
-    var label: String { "dom\(domid) (\(name))" }
+    var state: DomainState
+    let process: DomainProcess
+    var consoleClients: Set<ObjectIdentifier> = []
+    var createWaiter: ControlConnection?
+    var destroyWaiters: [ControlConnection] = []
+    /// `xl shutdown -w` / `xl reboot -w` callers.
+    var shutdownWaiters: [ControlConnection] = []
+
+    init(state: DomainState, process: DomainProcess) {
+        self.state = state
+        self.process = process
+    }
+
+    subscript<T>(dynamicMember path: WritableKeyPath<DomainState, T>) -> T {
+        get { state[keyPath: path] }
+        set { state[keyPath: path] = newValue }
+    }
+
+    subscript<T>(dynamicMember path: KeyPath<DomainState, T>) -> T { state[keyPath: path] }
+
+    subscript<T>(dynamicMember path: ReferenceWritableKeyPath<DomainProcess, T>) -> T {
+        get { process[keyPath: path] }
+        set { process[keyPath: path] = newValue }
+    }
+
+    subscript<T>(dynamicMember path: KeyPath<DomainProcess, T>) -> T { process[keyPath: path] }
+
+    var hasProcess: Bool { process.pid > 0 }
+
+    var label: String { "dom\(state.domid) (\(state.name))" }
 
     /// What `xl list` shows of the domain; `memory` is its RAM while it holds frames.
     func info(includeConfig: Bool, memory: DomainMemory?) -> DomainInfo {
+        let s = state
         var running = false, blocked = false
-        var cpu = finalCPUTimeNs
+        var cpu = s.finalCPUTimeNs
         if hasProcess {
-            cpu = ProcFS.cpuTimeNs(of: pid)
-            if !paused && phase != .shutdown && phase != .dying {
-                let states = ProcFS.threadStates(of: pid)
+            cpu = ProcFS.cpuTimeNs(of: process.pid)
+            if !s.paused && s.phase != .shutdown && s.phase != .dying {
+                let states = ProcFS.threadStates(of: process.pid)
                 running = states.contains("R")
                 blocked = !running
             }
         }
         return DomainInfo(
-            domid: domid, name: name, uuid: uuid,
-            currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(config.maxmem) * 1024,
-            vcpusOnline: config.vcpus, maxVCPUs: config.maxvcpus,
-            running: running, blocked: blocked, paused: paused,
-            shutdown: phase == .shutdown, shutdownReason: phase == .shutdown ? (shutdownReason ?? .crash) : nil,
-            dying: phase == .dying, cpuTimeNs: cpu, startTime: startTime, pid: hasProcess ? pid : 0,
-            crashReason: crashReason, config: includeConfig ? config : nil)
+            domid: s.domid, name: s.name, uuid: s.uuid,
+            currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(s.config.maxmem) * 1024,
+            vcpusOnline: s.config.vcpus, maxVCPUs: s.config.maxvcpus,
+            running: running, blocked: blocked, paused: s.paused,
+            shutdown: s.phase == .shutdown, shutdownReason: s.phase == .shutdown ? (s.shutdownReason ?? .crash) : nil,
+            dying: s.phase == .dying, cpuTimeNs: cpu, startTime: s.startTime, pid: hasProcess ? process.pid : 0,
+            crashReason: s.crashReason, config: includeConfig ? s.config : nil)
     }
 }

@@ -111,10 +111,10 @@ extension Supervisor {
             machine.releaseDomain(domid)
             throw CreateError("cannot start kernel \(kernel): \(error)")
         }
-        let dom = DomainRecord(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(),
-                               config: config, startPaused: paused, pid: pid,
-                               hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
-                               quickRestarts: quickRestarts)
+        let state = DomainState(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(), config: config,
+                                startPaused: paused, startTime: WallClock.seconds(), quickRestarts: quickRestarts)
+        let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite)
+        let dom = DomainRecord(state: state, process: process)
         dom.createWaiter = waiter
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = pids

@@ -57,9 +57,7 @@ public final class Supervisor {
         jail = JailSettings(waived: options.insecure, userNamespace: geteuid() != 0, uidBase: options.jailUIDBase)
         machine = try MachineMemory(totalFrames: options.memoryMB * 256)
         grantService = GrantService(maxFrames: options.maxGrantFrames, logger: logger)
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        startTime = UInt64(ts.tv_sec)
+        startTime = WallClock.seconds()
         xenstore = XenStoreServer(loop: loop, logger: logger)
         devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
         xenstore.log = { [unowned self] line in log(line) }
