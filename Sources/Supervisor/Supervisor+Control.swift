@@ -152,7 +152,7 @@ extension Supervisor {
             var out: [DomainInfo] = []
             if specs.isEmpty {
                 out.append(dom0Info())
-                out += domains.keys.sorted().compactMap { domains[$0].map { $0.info(includeConfig: true, memory: machine.domains[$0.domid]) } }
+                out += domains.domids.compactMap { domains[$0].map { $0.info(includeConfig: true, memory: machine.domains[$0.domid]) } }
             } else {
                 for spec in specs {
                     if spec == "0" || spec == "Domain-0" { out.append(dom0Info()); continue }
@@ -191,7 +191,7 @@ extension Supervisor {
                 dom.shutdownWaiters.append(c)
             } else if let dom = domains[domid], let r = dom.shutdownReason {
                 c.send(.shutdownDone(domid: domid, reason: r))
-            } else if let r = recentShutdowns[domid] {
+            } else if let r = domains.recentShutdowns[domid] {
                 c.send(.shutdownDone(domid: domid, reason: r))
             } else {
                 c.send(unknownDomain(String(domid)))

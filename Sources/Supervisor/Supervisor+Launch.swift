@@ -20,7 +20,7 @@ extension Supervisor {
                       quickRestarts: Int = 0) throws -> DomainRecord {
         if stopping { throw CreateError("the supervisor is shutting down") }
         if let why = Self.validateName(config.name) { throw CreateError(why) }
-        if let other = domains.values.first(where: { $0.name == config.name }) {
+        if let other = domains.named(config.name) {
             throw CreateError("domain name \"\(config.name)\" already exists (dom\(other.domid))")
         }
         guard let kernel = config.kernel, !kernel.isEmpty else {
@@ -43,7 +43,7 @@ extension Supervisor {
         guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
         let jailed = jail.uses(.namespaces)
         let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
-        guard let domid = allocateDomid() else { throw CreateError("no free domid") }
+        guard let domid = domains.allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         do {
             memory = try machine.createDomain(domid, spanPages: UInt64(config.maxmem) * 256, populatedPages: UInt64(config.memory) * 256)
@@ -118,8 +118,7 @@ extension Supervisor {
         dom.createWaiter = waiter
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = pids
-        domains[domid] = dom
-        domidByPid[pid] = domid
+        domains.insert(dom)
         do {
             try setUpStore(dom)
         } catch {

@@ -56,7 +56,8 @@ extension Supervisor {
 
     /// SIGCHLD: a domain process is gone. Decide what it means and apply on_poweroff/on_reboot/on_crash.
     func processExited(pid: pid_t, status: ProcessStatus) {
-        guard let domid = domidByPid.removeValue(forKey: pid), let dom = domains[domid] else { return }
+        guard let dom = domains.reaped(pid) else { return }
+        let domid = dom.domid
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
         consoleReadable(dom)
         drainHypercalls(dom)
@@ -191,8 +192,7 @@ extension Supervisor {
     }
 
     func notifyShutdown(_ dom: DomainRecord, _ reason: ShutdownReason) {
-        recentShutdowns[dom.domid] = reason
-        if recentShutdowns.count > 1024 { recentShutdowns.removeAll() }
+        domains.recordShutdown(dom.domid, reason)
         for w in dom.shutdownWaiters { w.send(.shutdownDone(domid: dom.domid, reason: reason)) }
         dom.shutdownWaiters.removeAll()
     }
@@ -228,7 +228,7 @@ extension Supervisor {
     /// Drops a domain from the table (its process is already gone).
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
-        domains[dom.domid] = nil
+        domains.remove(dom)
         devices.detachAll(frontend: dom.domid)
         removeDomainTree(dom)
         dom.createWaiter?.send(.error("domain \(dom.name) went away before it started"))

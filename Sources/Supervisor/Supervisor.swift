@@ -9,19 +9,14 @@ public final class Supervisor {
     let options: SupervisorOptions
     var logger: Logger
     let loop: EventLoop
-    var domains: [UInt16: DomainRecord] = [:]
-    var domidByPid: [pid_t: UInt16] = [:]
+    /// Every domain, by domid and by process.
+    let domains = DomainTable()
     var connections: [ObjectIdentifier: ControlConnection] = [:]
     var dmesg = HypervisorLog()
     /// XenStore: the dom0 socket and every domain's ring.
     var xenstore: XenStoreServer!
     /// Split devices (vbds, vifs) of every domain.
     let devices: DeviceManager
-    /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
-    var recentShutdowns: [UInt16: ShutdownReason] = [:]
-    /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.
-    var domidRover: UInt16 = 0
-    static let domidFirstReserved: UInt16 = 0x7FF0
     var listener: FileDescriptor?
     var listenerToken: UInt64 = 0
     var signalFD: FileDescriptor?
@@ -197,19 +192,8 @@ public final class Supervisor {
         dmesg.append(line)
     }
 
-    func allocateDomid() -> UInt16? {
-        for _ in 0..<Int(Self.domidFirstReserved) {
-            domidRover = domidRover + 1 >= Self.domidFirstReserved ? 1 : domidRover + 1
-            if domains[domidRover] == nil { return domidRover }
-        }
-        return nil
-    }
-
     /// Resolves a DOMAIN argument as xl does: a domid if it is all digits, else a name.
-    func find(_ spec: String) -> DomainRecord? {
-        if let id = UInt16(spec), !spec.isEmpty, spec.allSatisfy(\.isNumber) { return domains[id] }
-        return domains.values.first { $0.name == spec }
-    }
+    func find(_ spec: String) -> DomainRecord? { domains.find(spec) }
 
     var freeMemoryMB: UInt64 { machine.freeFrames / 256 }
 }

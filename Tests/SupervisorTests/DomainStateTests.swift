@@ -1,4 +1,6 @@
 import Foundation
+import Glibc
+import LinuxHost
 import ProcvisorABI
 import Testing
 import Toolstack
@@ -38,5 +40,47 @@ import Toolstack
         var grown = back
         grown.append(Array("Z".utf8)[...])
         #expect(grown.contents == Array("789abcXYZ".utf8.suffix(8)))
+    }
+}
+
+/// The domain table on its own: Xen's domid rover, lookups as xl resolves a DOMAIN argument,
+/// and the process index a reaped child is found by.
+@Suite struct DomainTableTests {
+    static func record(_ domid: UInt16, _ name: String, pid: pid_t) throws -> DomainRecord {
+        let state = DomainState(domid: domid, name: name, uuid: "u\(domid)", config: DomainConfig(name: name, kernel: "/bin/true"),
+                                startPaused: false, startTime: 0, quickRestarts: 0)
+        let (a, b) = try UnixSocket.pair()
+        return DomainRecord(state: state, process: DomainProcess(pid: pid, hypercallFD: a, eventFD: b, consoleOutFD: a, consoleInFD: b))
+    }
+
+    @Test func theRoverSkipsTakenDomidsAndWrapsBelowTheReservedRange() throws {
+        let t = DomainTable()
+        #expect(t.allocateDomid() == 1)
+        t.insert(try Self.record(2, "two", pid: 0))
+        #expect(t.allocateDomid() == 3, "a taken domid is skipped")
+        for _ in 4..<Int(DomainTable.domidFirstReserved) { _ = t.allocateDomid() }
+        #expect(t.allocateDomid() == 1, "the rover wraps to 1, never 0 or a reserved domid")
+        #expect(t.allocateDomid() == 3)
+    }
+
+    @Test func aDomainArgumentIsADomidWhenAllDigitsElseAName() throws {
+        let t = DomainTable()
+        let a = try Self.record(5, "12", pid: 0), b = try Self.record(12, "web", pid: 0)
+        t.insert(a)
+        t.insert(b)
+        #expect(t.find("12") === b, "all digits: a domid, even where a domain is named so")
+        #expect(t.find("web") === b && t.named("12") === a)
+        #expect(t.find("") == nil && t.find("+5") == nil && t.find("99") == nil)
+        #expect(t.domids == [5, 12])
+    }
+
+    @Test func aReapedPidFindsItsDomainOnce() throws {
+        let t = DomainTable()
+        let d = try Self.record(3, "g", pid: 4242)
+        t.insert(d)
+        #expect(t.reaped(4242) === d)
+        #expect(t.reaped(4242) == nil)
+        t.remove(d)
+        #expect(t[3] == nil && t.count == 0)
     }
 }

@@ -29,7 +29,7 @@ extension Supervisor {
     /// The domain a `backend=` names, which must be a running driver domain (or, where
     /// `booting` allows it, one still booting).
     func namedBackend(_ name: String, for what: String, booting: Bool) throws -> DomainRecord {
-        guard let b = domains.values.first(where: { $0.name == name }), b.hasProcess,
+        guard let b = domains.named(name), b.hasProcess,
               b.phase == .running || (booting && b.phase == .booting) else {
             throw CreateError("\(what): backend domain \"\(name)\" is not running")
         }
@@ -43,7 +43,7 @@ extension Supervisor {
     /// there is none, one is started from the executable of that name next to procvisord
     /// (driver_domain = 1, 64 MiB, 2 vCPUs), as a domain like any other.
     func defaultDriverDomain(_ name: String, for what: String) throws -> DomainRecord {
-        if let d = domains.values.first(where: { $0.name == name }) {
+        if let d = domains.named(name) {
             guard d.config.driverDomain, d.hasProcess, d.phase == .running || d.phase == .booting else {
                 throw CreateError("\(what): no backend= given, and the default driver domain \"\(name)\" (dom\(d.domid)) is not a running driver domain")
             }

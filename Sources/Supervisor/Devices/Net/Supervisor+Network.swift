@@ -80,7 +80,7 @@ extension Supervisor {
         }
         // The default netback, if it runs already, is a backend like the others; one still to be
         // started serves nothing yet (-1).
-        let defaultNetback = domains.values.first { $0.name == Self.defaultNetbackName }
+        let defaultNetback = domains.named(Self.defaultNetbackName)
         func backendID(_ p: PlannedVif) -> Int { Int(p.backend?.domid ?? defaultNetback?.domid ?? UInt16.max) }
         func backendName(_ p: PlannedVif) -> String {
             if let b = p.backend ?? defaultNetback { return b.label }
