@@ -67,7 +67,6 @@ final class DomainProcess {
     var pidsCgroup: PidsCgroup?
     /// The descriptors above have been closed (process gone or supervisor stopping).
     var released = false
-    var consoleLog: FileDescriptor?
     var engageTimer: UInt64?
     /// Fallback timer of an unacknowledged `control/shutdown` request.
     var shutdownAckTimer: UInt64?
@@ -95,7 +94,6 @@ final class DomainRecord {
 
     var state: DomainState
     let process: DomainProcess
-    var consoleClients: Set<ObjectIdentifier> = []
     var createWaiter: ControlConnection?
     var destroyWaiters: [ControlConnection] = []
     /// `xl shutdown -w` / `xl reboot -w` callers.

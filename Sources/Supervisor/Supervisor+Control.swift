@@ -4,101 +4,13 @@ import ProcvisorABI
 import Toolstack
 
 extension Supervisor {
-    func acceptConnections() {
-        guard let l = listener else { return }
-        while true {
-            let accepted: FileDescriptor?
-            do {
-                accepted = try UnixSocket.accept(l)
-            } catch {
-                if Self.isDescriptorShortage(error) { pauseAccepting(l) }
-                return
-            }
-            guard let fd = accepted else { return }
-            // The socket is 0600, but check the peer anyway: only our own user may drive us.
-            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
-                logger.warning("refused control connection", metadata: ["uid": "\(peer.uid)"])
-                fd.close()
-                continue
-            }
-            let c = ControlConnection(fd: fd)
-            c.loop = loop
-            c.onClose = { [unowned self] c in connectionClosed(c) }
-            do {
-                c.token = try loop.watch(fd) { [unowned self, unowned c] events in connectionEvent(c, events) }
-            } catch {
-                fd.close()
-                continue
-            }
-            connections[ObjectIdentifier(c)] = c
-        }
-    }
-
-    /// Out of descriptors: the pending connection stays queued and the listener readable, so
-    /// watching it would spin. Unwatch it for 50 ms (descriptors free up as clients and
-    /// domains go), then watch again.
-    func pauseAccepting(_ l: FileDescriptor) {
-        loop.unwatch(l, token: listenerToken)
-        logger.warning("control socket: out of descriptors, accepting again in 50 ms",
-                       metadata: ["nofile": "\(DescriptorBudget.limit)"])
-        loop.after(ms: 50) { [weak self] in
-            guard let self, !self.stopping, let current = self.listener, current.rawValue == l.rawValue else { return }
-            if let token = try? self.loop.watch(current, .readable, { [unowned self] _ in self.acceptConnections() }) {
-                self.listenerToken = token
-            }
-        }
-    }
-
+    /// A control connection closed: what it waited for no longer needs answering.
     func connectionClosed(_ c: ControlConnection) {
-        connections[ObjectIdentifier(c)] = nil
-        if case let .console(domid) = c.mode { domains[domid]?.consoleClients.remove(ObjectIdentifier(c)) }
+        consoles.detach(c)
         for dom in domains.values {
             if dom.createWaiter === c { dom.createWaiter = nil }
             dom.destroyWaiters.removeAll { $0 === c }
             dom.shutdownWaiters.removeAll { $0 === c }
-        }
-    }
-
-    func connectionEvent(_ c: ControlConnection, _ events: Epoll.Events) {
-        if events.contains(.writable) { c.flush() }
-        guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
-        var buf = [UInt8](repeating: 0, count: 65536)
-        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n < 0 {
-            let e = Errno.current
-            if e == .wouldBlock || e == .interrupted { return }
-            c.close()
-            return
-        }
-        if n == 0 {
-            c.close()
-            return
-        }
-        let bytes = Array(buf[0..<n])
-        switch c.mode {
-        case let .console(domid):
-            if let dom = domains[domid] { consoleInput(dom, bytes) } else { c.close() }
-        case .requests:
-            c.input += bytes
-            if c.input.count > ControlConnection.maxBufferedInput {
-                c.send(.error("request too large"))
-                c.closeAfterFlush = true
-                c.flush()
-                return
-            }
-            while c.mode == .requests, !c.closed {
-                let request: ControlRequest?
-                do {
-                    request = try ControlFraming.decode(ControlRequest.self, from: &c.input)
-                } catch {
-                    c.send(.error("malformed control request: \(error)"))
-                    c.closeAfterFlush = true
-                    c.flush()
-                    return
-                }
-                guard let request else { break }
-                handle(request, from: c)
-            }
         }
     }
 
@@ -218,16 +130,7 @@ extension Supervisor {
             guard dom.hasProcess, !dom.released else {
                 return c.send(.error("domain \(dom.domid) (\(dom.name)) has no running console"))
             }
-            c.send(.consoleAttached(domid: dom.domid))
-            c.mode = .console(domid: dom.domid)
-            dom.consoleClients.insert(ObjectIdentifier(c))
-            consoleReadable(dom)
-            c.sendRaw(dom.console.contents)
-            // Anything the client sent after the attach request is console input.
-            if !c.input.isEmpty {
-                consoleInput(dom, c.input)
-                c.input.removeAll()
-            }
+            consoles.attach(c, to: dom)
         }
     }
 

@@ -154,8 +154,8 @@ extension Supervisor {
     func consoleIO(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         guard ConsoleIOCmd(rawValue: r.args[0]) == .write else { return .error(.ENOSYS) }
         guard r.args[1] == UInt64(r.payload.count) else { return .error(.EINVAL) }
-        consoleReadable(dom)  // what the guest printed before this call comes first
-        consoleOutput(dom, r.payload[...])
+        consoles.readable(dom)  // what the guest printed before this call comes first
+        consoles.output(dom, r.payload[...])
         return .ok()
     }
 

@@ -126,11 +126,10 @@ extension Supervisor {
             throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
         }
         attachDevices(dom, planned)
-        dom.consoleLog = try? FileDescriptor.open(options.runDirectory.consoleLog(name: config.name),
-                                                  O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        consoles.open(dom, logPath: options.runDirectory.consoleLog(name: config.name))
         do {
             let t1 = try loop.watch(hcParent) { [unowned self, unowned dom] _ in hypercallReadable(dom) }
-            let t2 = try loop.watch(conRead) { [unowned self, unowned dom] _ in consoleReadable(dom) }
+            let t2 = try loop.watch(conRead) { [unowned self, unowned dom] _ in consoles.readable(dom) }
             dom.watchTokens = [(hcParent, t1), (conRead, t2)]
             if let listener {
                 dom.boundListener = listener

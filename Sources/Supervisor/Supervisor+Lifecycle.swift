@@ -59,7 +59,7 @@ extension Supervisor {
         guard let dom = domains.reaped(pid) else { return }
         let domid = dom.domid
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
-        consoleReadable(dom)
+        consoles.readable(dom)
         drainHypercalls(dom)
         dom.finalCPUTimeNs = ProcFS.cpuTimeNs(of: pid)
         dom.pid = 0
@@ -219,10 +219,7 @@ extension Supervisor {
         dom.boundListener = nil
         for b in dom.pendingBlocks { loop.cancel(b.timer) }
         dom.pendingBlocks.removeAll()
-        for id in dom.consoleClients { connections[id]?.closeAfterFlush = true; connections[id]?.flush() }
-        dom.consoleClients.removeAll()
-        dom.consoleLog?.close()
-        dom.consoleLog = nil
+        consoles.close(dom)
     }
 
     /// Drops a domain from the table (its process is already gone).
@@ -273,44 +270,5 @@ extension Supervisor {
         try Signals.send(SIGCONT, to: dom.pid)
         dom.paused = false
         log("\(dom.label): unpaused")
-    }
-
-    // MARK: console
-
-    func consoleReadable(_ dom: DomainRecord) {
-        guard !dom.released else { return }
-        for _ in 0..<16 {
-            let chunk: [UInt8]
-            do {
-                chunk = try dom.consoleOutFD.read(upTo: 65536)
-            } catch {
-                return
-            }
-            if chunk.isEmpty {
-                // Writer closed (process gone): stop watching.
-                dom.watchTokens.removeAll { fd, token in
-                    if fd == dom.consoleOutFD { loop.unwatch(fd, token: token); return true }
-                    return false
-                }
-                return
-            }
-            consoleOutput(dom, chunk[...])
-        }
-    }
-
-    func consoleOutput(_ dom: DomainRecord, _ bytes: ArraySlice<UInt8>) {
-        dom.console.append(bytes)
-        if let log = dom.consoleLog { try? log.writeAll(Array(bytes)) }
-        for id in dom.consoleClients { connections[id]?.sendRaw(Array(bytes)) }
-    }
-
-    /// Console input from `xl console`: best effort into the guest's stdin pipe.
-    func consoleInput(_ dom: DomainRecord, _ bytes: [UInt8]) {
-        guard dom.hasProcess, !dom.released else { return }
-        let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
-        if n > 0 { eventChannels.raiseVirq(dom.domid, .console) }
-        if n < bytes.count {
-            logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])
-        }
     }
 }

@@ -11,14 +11,15 @@ public final class Supervisor {
     let loop: EventLoop
     /// Every domain, by domid and by process.
     let domains = DomainTable()
-    var connections: [ObjectIdentifier: ControlConnection] = [:]
+    /// The control socket xl talks to.
+    let control: ControlServer
+    /// Domains' consoles.
+    let consoles: ConsoleService
     var dmesg = HypervisorLog()
     /// XenStore: the dom0 socket and every domain's ring.
     var xenstore: XenStoreServer!
     /// Split devices (vbds, vifs) of every domain.
     let devices: DeviceManager
-    var listener: FileDescriptor?
-    var listenerToken: UInt64 = 0
     var signalFD: FileDescriptor?
     var lockFD: FileDescriptor?
     var stopping = false
@@ -55,8 +56,17 @@ public final class Supervisor {
         startTime = WallClock.seconds()
         xenstore = XenStoreServer(loop: loop, logger: logger)
         devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
+        control = ControlServer(loop: loop, logger: logger)
+        consoles = ConsoleService(loop: loop, logger: logger)
+        // The services know nothing of each other: what one needs of the rest comes through here.
         xenstore.log = { [unowned self] line in log(line) }
         devices.log = { [unowned self] line in log(line) }
+        control.onRequest = { [unowned self] request, c in handle(request, from: c) }
+        control.onConsoleInput = { [unowned self] domid, bytes, c in
+            if let dom = domains[domid] { consoles.input(dom, bytes) } else { c.close() }
+        }
+        control.onClose = { [unowned self] c in connectionClosed(c) }
+        consoles.raiseVirq = { [unowned self] domid in eventChannels.raiseVirq(domid, .console) }
         devices.domainLabel = { [unowned self] domid in domains[domid]?.label ?? "dom\(domid)" }
         grantService.log = { [unowned self] line in log(line) }
         grantService.isLive = { [unowned self] domid in domains[domid]?.hasProcess == true }
@@ -94,9 +104,7 @@ public final class Supervisor {
         let sfd = try Signals.descriptor(for: blocked)
         signalFD = sfd
         try loop.watch(sfd) { [unowned self] _ in handleSignals() }
-        let l = try UnixSocket.listen(path: dir.controlSocket, mode: 0o600)
-        listener = l
-        listenerToken = try loop.watch(l) { [unowned self] _ in acceptConnections() }
+        try control.listen(path: dir.controlSocket)
         try FileIO.makeDirectories(dir.xenstoreDirectory, mode: 0o700)
         FileIO.unlink(dir.xenstoreSocket)
         try xenstore.listen(path: dir.xenstoreSocket)
@@ -144,10 +152,9 @@ public final class Supervisor {
     }
 
     func cleanup() {
-        for c in Array(connections.values) { c.close() }
+        control.close()
         for dom in domains.values { releaseResources(dom) }
         domains.removeAll()
-        if let l = listener { l.close() }
         xenstore.stop()
         FileIO.unlink(options.runDirectory.xenstoreSocket)
         FileIO.unlink(options.runDirectory.controlSocket)
@@ -174,9 +181,7 @@ public final class Supervisor {
         guard !stopping else { return }
         stopping = true
         logger.info("stopping", metadata: ["signal": "\(reason)", "domains": "\(domains.count)"])
-        if let l = listener {
-            loop.unwatch(l, token: listenerToken)
-        }
+        control.stopAccepting()
         stopDeadline = MonotonicClock.nanoseconds() + options.shutdownTimeoutMs * 1_000_000
         for dom in domains.values {
             dom.noRestart = true

@@ -20,8 +20,7 @@ final class XenStoreServer {
     let engine: XenStoreEngine
     let loop: EventLoop
     let logger: Logger
-    private var listener: FileDescriptor?
-    private var listenerToken: UInt64 = 0
+    private var listener: SocketListener?
     private var sockets: [XSConnectionID: SocketClient] = [:]
     private var rings: [XSConnectionID: RingClient] = [:]
     private var ringByDomain: [UInt16: XSConnectionID] = [:]
@@ -45,66 +44,34 @@ final class XenStoreServer {
     // MARK: dom0 socket
 
     func listen(path: String) throws {
-        let l = try UnixSocket.listen(path: path, mode: 0o600)
-        listener = l
-        listenerToken = try loop.watch(l) { [unowned self] _ in accept() }
+        listener = try SocketListener(path: path, what: "xenstore socket", loop: loop, logger: logger) { [unowned self] fd in
+            accept(fd)
+        }
     }
 
     func stop() {
-        if let l = listener {
-            loop.unwatch(l, token: listenerToken)
-            l.close()
-            listener = nil
-        }
+        listener?.close()
+        listener = nil
         for c in Array(sockets.values) { c.close() }
         for id in Array(rings.keys) { detach(id) }
     }
 
-    private func accept() {
-        guard let l = listener else { return }
-        while true {
-            let accepted: FileDescriptor?
-            do {
-                accepted = try UnixSocket.accept(l)
-            } catch {
-                if let e = error as? SystemError, e.errno.rawValue == EMFILE || e.errno.rawValue == ENFILE { pauseAccepting(l) }
-                return
-            }
-            guard let fd = accepted else { return }
-            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
-                logger.warning("refused xenstore connection", metadata: ["uid": "\(peer.uid)"])
-                fd.close()
-                continue
-            }
-            let id = nextID
-            nextID += 1
-            let c = SocketClient(id: id, fd: fd, loop: loop)
-            c.onClose = { [unowned self] c in
-                sockets[c.id] = nil
-                engine.disconnect(c.id)
-            }
-            do {
-                c.token = try loop.watch(fd) { [unowned self, unowned c] events in socketEvent(c, events) }
-            } catch {
-                fd.close()
-                continue
-            }
-            sockets[id] = c
-            engine.connect(id, domid: 0)
+    private func accept(_ fd: FileDescriptor) {
+        let id = nextID
+        nextID += 1
+        let c = SocketClient(id: id, fd: fd, loop: loop)
+        c.onClose = { [unowned self] c in
+            sockets[c.id] = nil
+            engine.disconnect(c.id)
         }
-    }
-
-    /// Out of descriptors: stop watching the listener (it stays readable: the watch would spin)
-    /// for 50 ms, then watch again.
-    private func pauseAccepting(_ l: FileDescriptor) {
-        loop.unwatch(l, token: listenerToken)
-        logger.warning("xenstore socket: out of descriptors, accepting again in 50 ms")
-        loop.after(ms: 50) { [weak self] in
-            guard let self, let current = self.listener, current.rawValue == l.rawValue else { return }
-            if let token = try? self.loop.watch(current, .readable, { [unowned self] _ in self.accept() }) {
-                self.listenerToken = token
-            }
+        do {
+            c.token = try loop.watch(fd) { [unowned self, unowned c] events in socketEvent(c, events) }
+        } catch {
+            fd.close()
+            return
         }
+        sockets[id] = c
+        engine.connect(id, domid: 0)
     }
 
     private func socketEvent(_ c: SocketClient, _ events: Epoll.Events) {

@@ -1,0 +1,97 @@
+import Glibc
+import LinuxHost
+import Logging
+
+/// Domains' consoles (xenconsoled's part): what a guest writes is kept in its state's history
+/// (`DomainState.console`, replayed when `xl console` attaches), appended to its log file
+/// under the run directory, and sent to every attached `xl console`; what those type goes to
+/// the guest's input pipe, with VIRQ_CONSOLE raised.
+final class ConsoleService {
+    private let loop: EventLoop
+    private let logger: Logger
+    /// Attached `xl console` connections by domain.
+    private var clients: [UInt16: [ControlConnection]] = [:]
+    private var logs: [UInt16: FileDescriptor] = [:]
+    /// Raises VIRQ_CONSOLE in a domain (input is waiting).
+    var raiseVirq: (UInt16) -> Void = { _ in }
+
+    init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+    }
+
+    /// A new domain's console log, appended to (a restarted domain continues its file).
+    func open(_ dom: DomainRecord, logPath: String) {
+        logs[dom.domid] = try? FileDescriptor.open(logPath, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+    }
+
+    /// The domain's process is gone: attached clients get what is buffered and are closed; the
+    /// log is closed. The history stays with the domain's state.
+    func close(_ dom: DomainRecord) {
+        for c in clients.removeValue(forKey: dom.domid) ?? [] {
+            c.closeAfterFlush = true
+            c.flush()
+        }
+        logs.removeValue(forKey: dom.domid)?.close()
+    }
+
+    /// `xl console`: the connection switches to console mode, gets the history, and what it
+    /// sent after its request is the guest's input.
+    func attach(_ c: ControlConnection, to dom: DomainRecord) {
+        c.send(.consoleAttached(domid: dom.domid))
+        c.mode = .console(domid: dom.domid)
+        clients[dom.domid, default: []].append(c)
+        readable(dom)
+        c.sendRaw(dom.console.contents)
+        if !c.input.isEmpty {
+            input(dom, c.input)
+            c.input.removeAll()
+        }
+    }
+
+    /// A connection closed: it is no longer attached anywhere.
+    func detach(_ c: ControlConnection) {
+        guard case let .console(domid) = c.mode else { return }
+        clients[domid]?.removeAll { $0 === c }
+        if clients[domid]?.isEmpty == true { clients[domid] = nil }
+    }
+
+    /// The guest's console pipe is readable: take what is there (a bounded amount per call).
+    func readable(_ dom: DomainRecord) {
+        guard !dom.released else { return }
+        for _ in 0..<16 {
+            let chunk: [UInt8]
+            do {
+                chunk = try dom.consoleOutFD.read(upTo: 65536)
+            } catch {
+                return
+            }
+            if chunk.isEmpty {
+                // Writer closed (process gone): stop watching.
+                dom.watchTokens.removeAll { fd, token in
+                    if fd == dom.consoleOutFD { loop.unwatch(fd, token: token); return true }
+                    return false
+                }
+                return
+            }
+            output(dom, chunk[...])
+        }
+    }
+
+    /// Bytes the guest wrote (its pipe or `console_io`).
+    func output(_ dom: DomainRecord, _ bytes: ArraySlice<UInt8>) {
+        dom.console.append(bytes)
+        if let log = logs[dom.domid] { try? log.writeAll(Array(bytes)) }
+        for c in clients[dom.domid] ?? [] { c.sendRaw(Array(bytes)) }
+    }
+
+    /// Console input from `xl console`: best effort into the guest's stdin pipe.
+    func input(_ dom: DomainRecord, _ bytes: [UInt8]) {
+        guard dom.hasProcess, !dom.released else { return }
+        let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
+        if n > 0 { raiseVirq(dom.domid) }
+        if n < bytes.count {
+            logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])
+        }
+    }
+}

@@ -1,0 +1,103 @@
+import Glibc
+import LinuxHost
+import Logging
+import Toolstack
+
+/// The control socket `xl` talks to: its connections, the framing of their requests, and
+/// console mode (after `xl console` attaches, a connection carries raw console bytes). What a
+/// request means is the supervisor's business (`onRequest`).
+final class ControlServer {
+    private let loop: EventLoop
+    private let logger: Logger
+    private var listener: SocketListener?
+    private var connections: [ObjectIdentifier: ControlConnection] = [:]
+
+    /// A complete request from a connection in request mode.
+    var onRequest: (ControlRequest, ControlConnection) -> Void = { _, _ in }
+    /// Bytes from a connection in console mode, for domain `domid`.
+    var onConsoleInput: (UInt16, [UInt8], ControlConnection) -> Void = { _, _, _ in }
+    /// A connection closed (its waits end with it).
+    var onClose: (ControlConnection) -> Void = { _ in }
+
+    init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+    }
+
+    func listen(path: String) throws {
+        listener = try SocketListener(path: path, what: "control socket", loop: loop, logger: logger) { [unowned self] fd in
+            accept(fd)
+        }
+    }
+
+    /// No new connections (the supervisor is stopping); those open are served to the end.
+    func stopAccepting() { listener?.stopAccepting() }
+
+    /// Closes the listener and every connection.
+    func close() {
+        for c in Array(connections.values) { c.close() }
+        listener?.close()
+        listener = nil
+    }
+
+    func connection(_ id: ObjectIdentifier) -> ControlConnection? { connections[id] }
+
+    private func accept(_ fd: FileDescriptor) {
+        let c = ControlConnection(fd: fd)
+        c.loop = loop
+        c.onClose = { [unowned self] c in
+            connections[ObjectIdentifier(c)] = nil
+            onClose(c)
+        }
+        do {
+            c.token = try loop.watch(fd) { [unowned self, unowned c] events in event(c, events) }
+        } catch {
+            fd.close()
+            return
+        }
+        connections[ObjectIdentifier(c)] = c
+    }
+
+    private func event(_ c: ControlConnection, _ events: Epoll.Events) {
+        if events.contains(.writable) { c.flush() }
+        guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if n < 0 {
+            let e = Errno.current
+            if e == .wouldBlock || e == .interrupted { return }
+            c.close()
+            return
+        }
+        if n == 0 {
+            c.close()
+            return
+        }
+        let bytes = Array(buf[0..<n])
+        switch c.mode {
+        case let .console(domid):
+            onConsoleInput(domid, bytes, c)
+        case .requests:
+            c.input += bytes
+            if c.input.count > ControlConnection.maxBufferedInput {
+                c.send(.error("request too large"))
+                c.closeAfterFlush = true
+                c.flush()
+                return
+            }
+            while c.mode == .requests, !c.closed {
+                let request: ControlRequest?
+                do {
+                    request = try ControlFraming.decode(ControlRequest.self, from: &c.input)
+                } catch {
+                    c.send(.error("malformed control request: \(error)"))
+                    c.closeAfterFlush = true
+                    c.flush()
+                    return
+                }
+                guard let request else { break }
+                onRequest(request, c)
+            }
+        }
+    }
+}
