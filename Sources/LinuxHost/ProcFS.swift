@@ -167,6 +167,23 @@ public enum MonotonicClock {
     public static func milliseconds() -> UInt64 { pv_monotonic_ns() / 1_000_000 }
 }
 
+/// Facts about the host machine.
+public enum Host {
+    /// CPUs online now (sysconf(_SC_NPROCESSORS_ONLN)).
+    public static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// The kernel's names for itself (uname(2)): host name, release ("6.1.0"), version (build
+    /// string) and machine ("x86_64").
+    public static func kernelIdentity() -> (nodeName: String, release: String, version: String, machine: String) {
+        var u = utsname()
+        uname(&u)
+        func field<T>(_ v: T) -> String {
+            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        return (field(u.nodename), field(u.release), field(u.version), field(u.machine))
+    }
+}
+
 /// Kernel randomness (getrandom(2)).
 public enum SecureRandom {
     public static func bytes(_ count: Int) -> [UInt8] {
