@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -25,7 +24,7 @@ final class DomainRecord {
     var paused = false
     /// Created with `xl create -p`: stays paused after engaging.
     let startPaused: Bool
-    var pid: pid_t
+    var pid: Int32
     var shutdownReason: ShutdownReason?
     var crashReason: String?
     /// What `xl shutdown`/`xl reboot` asked for, while the domain has not yet acted on it.
@@ -78,7 +77,7 @@ final class DomainRecord {
     /// Consecutive restarts that each lived less than a second.
     var quickRestarts: Int
 
-    init(domid: UInt16, name: String, uuid: String, config: DomainConfig, startPaused: Bool, pid: pid_t,
+    init(domid: UInt16, name: String, uuid: String, config: DomainConfig, startPaused: Bool, pid: Int32,
          hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor,
          quickRestarts: Int) {
         self.domid = domid
@@ -92,9 +91,7 @@ final class DomainRecord {
         self.consoleOutFD = consoleOutFD
         self.consoleInFD = consoleInFD
         self.quickRestarts = quickRestarts
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        startTime = UInt64(ts.tv_sec)
+        startTime = UInt64(WallClock.now().seconds)
         startMonotonic = MonotonicClock.nanoseconds()
     }
 

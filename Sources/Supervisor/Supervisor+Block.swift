@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -85,17 +84,18 @@ extension Supervisor {
             }
             backend = b
         }
-        var st = stat()
-        guard stat(target, &st) == 0 else {
-            throw CreateError("\(what): \(target): \(Errno.current.description)")
+        let st: FileStatus
+        do {
+            st = try FileStatus(path: target)
+        } catch let e as SystemError {
+            throw CreateError("\(what): \(target): \(e.errno.description)")
         }
-        let kind = st.st_mode & S_IFMT
-        guard kind == S_IFREG || kind == S_IFBLK else { throw CreateError("\(what): \(target) is not a regular file or block device") }
+        guard st.isRegular || st.isBlockDevice else { throw CreateError("\(what): \(target) is not a regular file or block device") }
         // Open it as the backend will get it: a read-only image (mode, mount, immutable file)
         // with access=rw is refused now rather than when the guest first writes.
         let rw = disk.access == .readWrite && !disk.isCDROM
         do {
-            try FileDescriptor.open(target, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC).close()
+            try FileDescriptor.open(target, [rw ? .readWrite : .readOnly, .closeOnExec]).close()
         } catch let e as SystemError where rw && [.permissionDenied, .readOnlyFileSystem, .notPermitted].contains(e.errno) {
             throw CreateError("\(what): \(target) is read-only but the disk has access=rw (\(e.errno.description))")
         } catch let e as SystemError {
@@ -165,8 +165,7 @@ extension Supervisor {
             let fperm = [XSPermission(domid: vbd.frontend, access: .none), XSPermission(domid: vbd.backend, access: .read)]
             let bperm = [XSPermission(domid: vbd.backend, access: .none), XSPermission(domid: vbd.frontend, access: .read)]
             let f = vbd.frontendPath, b = vbd.backendPath
-            var kind = stat()
-            let isBlock = stat(vbd.target, &kind) == 0 && (kind.st_mode & S_IFMT) == S_IFBLK
+            let isBlock = (try? FileStatus(path: vbd.target))?.isBlockDevice ?? false
             store { e in
                 var out = try e.mkdir(b, perms: bperm)
                 for (k, v) in [("frontend", f), ("frontend-id", "\(vbd.frontend)"), ("online", "1"), ("state", "1"),
@@ -199,7 +198,7 @@ extension Supervisor {
         }
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.open(vbd.target, (vbd.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            fd = try FileDescriptor.open(vbd.target, [vbd.readOnly ? .readOnly : .readWrite, .closeOnExec])
         } catch let e as SystemError {
             log("\(dom.label): cannot open \(vbd.target) for dom\(vbd.frontend)'s disk \(vbd.vdev): \(e.errno.description)")
             return .error(XenErrno(rawValue: Int64(e.errno.rawValue)) ?? .EIO)

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -16,7 +15,7 @@ extension Supervisor {
             }
             guard let fd = accepted else { return }
             // The socket is 0600, but check the peer anyway: only our own user may drive us.
-            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
+            if let peer = try? UnixSocket.peer(fd), peer.uid != Process.userID && peer.uid != 0 {
                 logger.warning("refused control connection", metadata: ["uid": "\(peer.uid)"])
                 fd.close()
                 continue
@@ -63,14 +62,11 @@ extension Supervisor {
         if events.contains(.writable) { c.flush() }
         guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
         var buf = [UInt8](repeating: 0, count: 65536)
-        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n < 0 {
-            let e = Errno.current
-            if e == .wouldBlock || e == .interrupted { return }
-            c.close()
-            return
-        }
-        if n == 0 {
+        let n: Int
+        switch buf.withUnsafeMutableBytes({ c.fd.receive(into: $0, dontWait: true) }) {
+        case let .success(k) where k > 0: n = k
+        case .failure(.wouldBlock): return
+        case .success, .failure:  // end of stream, or a failure
             c.close()
             return
         }
@@ -234,20 +230,16 @@ extension Supervisor {
     func dom0Info() -> DomainInfo {
         DomainInfo(domid: 0, name: "Domain-0", uuid: "00000000-0000-0000-0000-000000000000",
                    currentMemoryKB: ProcFS.residentKB(of: Process.pid), maxMemoryKB: ProcFS.residentKB(of: Process.pid),
-                   vcpusOnline: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), maxVCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+                   vcpusOnline: Host.onlineCPUs, maxVCPUs: Host.onlineCPUs,
                    running: true, blocked: false, paused: false, shutdown: false, shutdownReason: nil, dying: false,
                    cpuTimeNs: ProcFS.cpuTimeNs(of: Process.pid), startTime: startTime, pid: Process.pid)
     }
 
     func hostInfo() -> HostInfo {
-        var u = utsname()
-        uname(&u)
-        func field<T>(_ v: T) -> String {
-            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
+        let u = Host.kernelIdentity()
         return HostInfo(
-            host: field(u.nodename), release: field(u.release), version: field(u.version), machine: field(u.machine),
-            nrCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpuMHz: ProcFS.cpuMHz(),
+            host: u.nodeName, release: u.release, version: u.version, machine: u.machine,
+            nrCPUs: Host.onlineCPUs, cpuMHz: ProcFS.cpuMHz(),
             totalMemoryMB: machine.totalFrames / 256, freeMemoryMB: freeMemoryMB,
             xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
             xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 import ProcvisorABI
@@ -67,11 +66,11 @@ final class XenStoreServer {
             do {
                 accepted = try UnixSocket.accept(l)
             } catch {
-                if let e = error as? SystemError, e.errno.rawValue == EMFILE || e.errno.rawValue == ENFILE { pauseAccepting(l) }
+                if let e = error as? SystemError, e.errno == .tooManyOpenFiles || e.errno == .tooManyOpenFilesInSystem { pauseAccepting(l) }
                 return
             }
             guard let fd = accepted else { return }
-            if let peer = try? UnixSocket.peer(fd), peer.uid != getuid() && peer.uid != 0 {
+            if let peer = try? UnixSocket.peer(fd), peer.uid != Process.userID && peer.uid != 0 {
                 logger.warning("refused xenstore connection", metadata: ["uid": "\(peer.uid)"])
                 fd.close()
                 continue
@@ -110,12 +109,14 @@ final class XenStoreServer {
     private func socketEvent(_ c: SocketClient, _ events: Epoll.Events) {
         if events.contains(.writable) { c.flush() }
         guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
-        let n = receiveBuffer.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n == 0 || (n < 0 && Errno.current != .wouldBlock && Errno.current != .interrupted) {
+        let n: Int
+        switch receiveBuffer.withUnsafeMutableBytes({ c.fd.receive(into: $0, dontWait: true) }) {
+        case let .success(k) where k > 0: n = k
+        case .failure(.wouldBlock): return
+        case .success, .failure:  // end of stream, or a failure
             c.close()
             return
         }
-        guard n > 0 else { return }
         c.framer.feed(receiveBuffer[0..<n])
         do {
             while !c.closed, let m = try c.framer.next() {
@@ -368,8 +369,7 @@ final class RingClient {
     }
 
     func drainKick() {
-        var v: UInt64 = 0
-        _ = Glibc.read(kick.rawValue, &v, 8)
+        EventFD(kick).consume()
     }
 
     /// Whether the domain has produced request bytes the server has not taken yet.
