@@ -98,6 +98,22 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         return n >= 0 ? .success(n) : .failure(.current)
     }
 
+    /// Writes the file's data (and the metadata needed to read it back, such as its size) to
+    /// the device (fdatasync(2)). EINTR is retried; the errno otherwise (EIO: a write-back failed).
+    public func syncData() -> Result<Void, Errno> {
+        while fdatasync(rawValue) != 0 {
+            let e = Errno.current
+            if e != .interrupted { return .failure(e) }
+        }
+        return .success(())
+    }
+
+    /// Moves the file offset to the end and returns it (lseek(fd, 0, SEEK_END)): a block
+    /// device's size in bytes, which fstat reports as 0.
+    public func seekToEnd() throws -> Int64 {
+        Int64(try retrying("lseek(SEEK_END)", "\(self)") { lseek(rawValue, 0, SEEK_END) })
+    }
+
     // MARK: sockets
 
     /// Receives up to `buffer.count` bytes from a socket (recv(2)): the byte count, 0 at the end of

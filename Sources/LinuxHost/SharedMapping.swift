@@ -72,6 +72,16 @@ public final class SharedMapping {
         }
     }
 
+    /// Asks the kernel to back `length` bytes at `byteOffset` with transparent huge pages
+    /// (madvise MADV_HUGEPAGE; private anonymous memory, 2 MiB-aligned to gain anything). Only a
+    /// hint: false when refused (a kernel without THP), and the memory works the same either way.
+    @discardableResult
+    public func adviseHugePages(at byteOffset: Int = 0, length: Int? = nil) -> Bool {
+        let length = length ?? self.length - byteOffset
+        precondition(isMapped && byteOffset >= 0 && byteOffset + length <= self.length, "advice outside the mapping")
+        return madvise(base + byteOffset, length, MADV_HUGEPAGE) == 0
+    }
+
     /// Unmaps now (munmap); idempotent. `base` must not be used after.
     public func unmap() {
         guard isMapped else { return }
