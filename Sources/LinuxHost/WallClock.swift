@@ -21,6 +21,10 @@ public enum WallClock {
         public var minute: Int
         /// 0 to 60 (a leap second).
         public var second: Int
+
+        public init(year: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int) {
+            (self.year, self.month, self.day, self.hour, self.minute, self.second) = (year, month, day, hour, minute, second)
+        }
     }
 
     /// `seconds` since the epoch as calendar fields, in UTC (gmtime_r) or in the local time zone
