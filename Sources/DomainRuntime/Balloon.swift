@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -28,7 +27,7 @@ public final class Balloon {
             }
         } catch {
             let msg = "procvisor: balloon: cannot watch memory/target: \(error)\n"
-            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+            FileDescriptor.standardError.writeUnchecked(msg)
         }
     }
 

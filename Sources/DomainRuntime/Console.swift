@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -14,7 +13,7 @@ public struct Console {
     }
 
     public func write(_ bytes: [UInt8]) {
-        fflush(stdout)
+        Process.flushStandardOutput()
         var offset = 0
         while offset < bytes.count {
             let chunk = Array(bytes[offset..<min(bytes.count, offset + HypercallRequest.maxPayload)])

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -73,9 +72,7 @@ public final class Domain {
     public static func start() -> Domain {
         if let current { return current }
         let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
-        var type: Int32 = 0
-        var len = socklen_t(MemoryLayout<Int32>.size)
-        if getsockopt(fd.rawValue, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != Int32(SOCK_SEQPACKET.rawValue) {
+        if (try? UnixSocket.type(of: fd)) != UnixSocket.seqPacket {
             bootFailure("this program is a Procvisor domain kernel: start it with `xl create CONFIG` (no hypercall channel on fd 3)", code: 64)
         }
         // One malloc arena for all threads: glibc shrinks a thread arena's heap only after reading
@@ -118,7 +115,7 @@ public final class Domain {
         }
         evtchn.adoptDom0Port(info.storePort, kick: bootFDs[BootstrapReplyFD.dom0Kick.rawValue])
         do {
-            try SeccompPolicies.allowList(driverDomain: info.isDriverDomain).compile(threadSync: true, ownPid: UInt32(getpid())).load()
+            try SeccompPolicies.allowList(driverDomain: info.isDriverDomain).compile(threadSync: true, ownPid: UInt32(Process.pid)).load()
         } catch {
             bootFailure("cannot engage the guest seccomp filter: \(error)")
         }
@@ -140,8 +137,8 @@ public final class Domain {
 
     private static func bootFailure(_ why: String, code: Int32 = 70) -> Never {
         let msg = "procvisor: \(why)\n"
-        _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
-        exit(code)
+        FileDescriptor.standardError.writeUnchecked(msg)
+        Process.exit(code)
     }
 
     // MARK: hypercalls
@@ -190,10 +187,10 @@ public final class Domain {
     /// `SCHEDOP_shutdown`: stop this domain with `reason`; the supervisor applies the matching
     /// `on_poweroff` / `on_reboot` / `on_crash` action. Never returns.
     public func shutdown(_ reason: ShutdownReason) -> Never {
-        fflush(stdout)
+        Process.flushStandardOutput()
         _ = hypercalls.call(.schedOp, [SchedOp.shutdown.rawValue, UInt64(reason.rawValue)])
         // The supervisor kills the process once it has recorded the shutdown; wait for it.
-        while true { pause() }
+        Process.waitForever()
     }
 
     /// A backend's device, opened by the supervisor: the disk image of `frontend`'s vbd `devid`.
@@ -242,7 +239,7 @@ public final class Domain {
             }
         } catch {
             let msg = "procvisor: cannot watch control/shutdown: \(error)\n"
-            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+            FileDescriptor.standardError.writeUnchecked(msg)
         }
     }
 

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -38,7 +37,7 @@ final class DomainEvents {
             } catch {
                 // Without this thread no binding or shutdown request arrives: say so on the console.
                 let msg = "procvisor: event socket failed: \(error)\n"
-                _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+                FileDescriptor.standardError.writeUnchecked(msg)
                 return
             }
             guard let message else { return }  // supervisor gone: the hypercall channel will notice
@@ -70,29 +69,14 @@ final class DomainEvents {
 
 /// Starts threads with pthreads (no Foundation in guests).
 enum VCPUThread {
-    final class Box {
-        let index: Int
-        let body: (Int) -> Void
-        init(index: Int, body: @escaping (Int) -> Void) {
-            self.index = index
-            self.body = body
-        }
-    }
-
     static func start(index: Int, body: @escaping (Int) -> Void) {
-        let box = Unmanaged.passRetained(Box(index: index, body: body)).toOpaque()
-        var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { arg in
-            let box = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-            box.body(box.index)
-            return nil
-        }, box)
-        if rc != 0 {
-            Unmanaged<Box>.fromOpaque(box).release()
+        do {
+            try PosixThread.startDetached { body(index) }
+        } catch {
+            let rc = (error as? SystemError)?.errno.rawValue ?? -1
             let msg = "procvisor: cannot start vCPU thread \(index): errno \(rc)\n"
-            _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
-            exit(70)
+            FileDescriptor.standardError.writeUnchecked(msg)
+            Process.exit(70)
         }
-        pthread_detach(tid)
     }
 }

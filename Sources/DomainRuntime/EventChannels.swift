@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -165,8 +164,7 @@ public final class EventChannels {
     /// Notifies domain 0's services without a port (after taking replies off a ring).
     func kickDom0() {
         guard let k = dom0Kick else { return }
-        var one: UInt64 = 1
-        _ = Glibc.write(k.rawValue, &one, 8)
+        EventFD(k).signal()
     }
 
     /// `EVTCHNOP_bind_virq`.
@@ -225,8 +223,7 @@ public final class EventChannels {
         let entry = entries[Int(port)]
         if case .interdomain(0, _) = entry, let k = dom0Kick {
             unlock()
-            var one: UInt64 = 1
-            _ = Glibc.write(k.rawValue, &one, 8)
+            EventFD(k).signal()
             return
         }
         let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
@@ -405,11 +402,11 @@ public final class EventChannels {
             if fds.count == 2 {
                 do { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) } catch {
                     let msg = "procvisor: cannot map the event pages shared with dom\(peer): \(error)\n"
-                    _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+                    FileDescriptor.standardError.writeUnchecked(msg)
                 }
             } else {
                 let msg = "procvisor: pages for dom\(peer) arrived with \(fds.count) descriptors\n"
-                _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+                FileDescriptor.standardError.writeUnchecked(msg)
             }
         case let .portBound(port, peer, remotePort):
             guard port > 0, Int(port) < EventPages.maxPorts else { return }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -140,7 +139,7 @@ public final class GrantTable {
             }
         }
         guard let page = pool.popLast() else { throw GrantError.tableFull }
-        memset(page.base, 0, 4096)
+        page.base.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
         return page
     }
 
@@ -242,8 +241,8 @@ public final class GrantTable {
             for place in places {
                 // MAP_FIXED replaces the old page's mapping in one step: no instant where the
                 // address is unmapped for another thread to fault on or to map something else at.
-                guard let p = mmap(place, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd.rawValue, 0), p == place else {
-                    return .rebacking(gfn: gfn, reason: "mmap(MAP_FIXED): \(Errno.current)")
+                if case let .failure(e) = SharedMapping.map(fd, replacing: place, length: 4096) {
+                    return .rebacking(gfn: gfn, reason: "mmap(MAP_FIXED): \(e)")
                 }
             }
             return nil
@@ -306,8 +305,7 @@ public final class GrantTable {
         return zip(requests, results).map { req, res in
             guard res.status == .okay, let fd = remaining.popFirst() else { return .failure(.status(res.status, operation: "GNTTABOP_map_grant_ref")) }
             defer { fd.close() }
-            let prot = req.readonly ? PROT_READ : PROT_READ | PROT_WRITE
-            guard let p = mmap(nil, 4096, prot, MAP_SHARED, fd.rawValue, 0), p != MAP_FAILED else {
+            guard case let .success(p) = SharedMapping.map(fd, length: 4096, protection: req.readonly ? .read : .readWrite) else {
                 return .failure(.status(.generalError, operation: "mmap of grant"))
             }
             return .success(GrantMapping(handle: res.handle, granter: req.domid, ref: req.ref, readonly: req.readonly, base: p))
@@ -349,7 +347,7 @@ public final class GrantTable {
         }
         var w = WireWriter()
         for m in mappings {
-            if m.mapped { munmap(m.base, 4096); m.mapped = false }
+            if m.mapped { SharedMapping.unmap(m.base, length: 4096); m.mapped = false }
             w.u32(m.handle)
         }
         let r = hypercalls.call(.grantTableOp, [GnttabOp.unmapGrantRef.rawValue], payload: w.bytes)

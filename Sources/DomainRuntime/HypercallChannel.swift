@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -74,7 +73,7 @@ final class HypercallChannel {
 
     private func fatalChannel(_ why: String) -> Never {
         let msg = "procvisor: hypercall channel: \(why)\n"
-        _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
-        exit(70)
+        FileDescriptor.standardError.writeUnchecked(msg)
+        Process.exit(70)
     }
 }

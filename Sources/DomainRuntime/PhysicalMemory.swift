@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -23,10 +22,11 @@ public final class PhysicalMemory {
         self.spanPages = spanPages
         self.machineFrames = machineFrames
         self.hypercalls = hypercalls
-        guard let p = mmap(nil, Int(spanPages) * 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ramFD.rawValue, 0), p != MAP_FAILED else {
-            throw SystemError("mmap", "domain RAM (\(spanPages) pages)", errno: .current)
+        // Mapped with no owner: the RAM stays mapped for the life of the process.
+        switch SharedMapping.map(ramFD, length: Int(spanPages) * 4096) {
+        case let .success(p): base = p
+        case let .failure(e): throw SystemError("mmap", "domain RAM (\(spanPages) pages)", errno: e)
         }
-        base = p
         p2m = try SharedMapping(p2mFD, length: max(4096, Int(spanPages) * 8), writable: false)
         m2p = try SharedMapping(m2pFD, length: Int(max(machineFrames, 1)) * 8, writable: false)
         p2mFD.close()

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -301,7 +300,7 @@ public final class XenStoreClient {
         var buf = [UInt8]()
         while true {
             if let e = serverError() { fail(e); return }
-            if SharedAtomic.load(&readerPaused) != 0 { usleep(10_000); continue }
+            if SharedAtomic.load(&readerPaused) != 0 { PosixThread.sleep(microseconds: 10_000); continue }
             let cons = SharedAtomic.load(word(XenStoreWire.rspConsOffset))
             let prod = SharedAtomic.load(word(XenStoreWire.rspProdOffset))
             let avail = prod &- cons
@@ -346,7 +345,7 @@ public final class XenStoreClient {
         replyCond.broadcast()
         mutex.unlock()
         let msg = "procvisor: xenstore: \(why)\n"
-        _ = msg.withCString { Glibc.write(2, $0, strlen($0)) }
+        FileDescriptor.standardError.writeUnchecked(msg)
     }
 
     private func watchLoop() {

@@ -26,6 +26,12 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let exists = Errno(rawValue: EEXIST)
     public static let badFileDescriptor = Errno(rawValue: EBADF)
     public static let badAddress = Errno(rawValue: EFAULT)
+    public static let busy = Errno(rawValue: EBUSY)
+    public static let noDevice = Errno(rawValue: ENODEV)
+    /// EMFILE: this process has as many descriptors open as RLIMIT_NOFILE allows.
+    public static let tooManyOpenFiles = Errno(rawValue: EMFILE)
+    /// ENFILE: the system-wide limit on open files is reached.
+    public static let tooManyOpenFilesInSystem = Errno(rawValue: ENFILE)
 
     public var description: String {
         let msg = String(cString: strerror(rawValue))

@@ -1,6 +1,10 @@
 import CProcvisor
 import Glibc
 
+/// One buffer of a vectored transfer (`struct iovec`: `iov_base`, `iov_len`), for
+/// `FileDescriptor.read(vector:count:at:)` and `write(vector:count:at:)`.
+public typealias IOVector = iovec
+
 /// A raw file descriptor. A plain value: whoever opened it closes it (see `close()`).
 public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public var rawValue: Int32
@@ -52,6 +56,95 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
 
     public func writeAll(_ string: String) throws { try writeAll(Array(string.utf8)) }
 
+    /// Writes `message` in one write(2), ignoring errors and short writes: for diagnostics on
+    /// standard error from places that cannot throw (and must not allocate an array to do it).
+    public func writeUnchecked(_ message: String) {
+        var message = message
+        message.withUTF8 { p in _ = Glibc.write(rawValue, p.baseAddress, p.count) }
+    }
+
+    // MARK: positional I/O (the file offset is neither used nor moved)
+
+    /// Reads up to `buffer.count` bytes at byte `offset` of the file (pread(2)); returns the byte
+    /// count, 0 at or past the end of the file. EINTR is retried. Under O_DIRECT the buffer, the
+    /// count and the offset must be aligned (to the logical block size) or it fails with EINVAL.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+        try retrying("pread", "\(self) at \(offset)") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
+    }
+
+    /// Writes up to `bytes.count` bytes at byte `offset` of the file (pwrite(2)); returns how many
+    /// were written. EINTR is retried. (On a descriptor opened O_APPEND Linux writes at the end
+    /// whatever the offset.)
+    @discardableResult
+    public func write(from bytes: UnsafeRawBufferPointer, at offset: Int64) throws -> Int {
+        try retrying("pwrite", "\(self) at \(offset)") { Glibc.pwrite(rawValue, bytes.baseAddress, bytes.count, off_t(offset)) }
+    }
+
+    /// Reads into the `count` buffers at `vector` in order, from byte `offset` (preadv(2)): the
+    /// byte count (0 at the end of the file; a short count is not an error), or the errno. Nothing
+    /// is retried, EINTR included, so a caller looping over short transfers keeps its own budget.
+    /// At most `IOV_MAX` (1024) buffers per call.
+    @inlinable @inline(__always)
+    public func read(vector: UnsafePointer<IOVector>, count: Int, at offset: Int64) -> Result<Int, Errno> {
+        let n = Glibc.preadv(rawValue, vector, Int32(truncatingIfNeeded: count), off_t(offset))
+        return n >= 0 ? .success(n) : .failure(.current)
+    }
+
+    /// Writes the `count` buffers at `vector` in order, from byte `offset` (pwritev(2)): the byte
+    /// count (short counts happen), or the errno. Nothing is retried, as `read(vector:count:at:)`.
+    @inlinable @inline(__always)
+    public func write(vector: UnsafePointer<IOVector>, count: Int, at offset: Int64) -> Result<Int, Errno> {
+        let n = Glibc.pwritev(rawValue, vector, Int32(truncatingIfNeeded: count), off_t(offset))
+        return n >= 0 ? .success(n) : .failure(.current)
+    }
+
+    /// Writes the file's data (and the metadata needed to read it back, such as its size) to
+    /// the device (fdatasync(2)). EINTR is retried; the errno otherwise (EIO: a write-back failed).
+    public func syncData() -> Result<Void, Errno> {
+        while fdatasync(rawValue) != 0 {
+            let e = Errno.current
+            if e != .interrupted { return .failure(e) }
+        }
+        return .success(())
+    }
+
+    /// Moves the file offset to the end and returns it (lseek(fd, 0, SEEK_END)): a block
+    /// device's size in bytes, which fstat reports as 0.
+    public func seekToEnd() throws -> Int64 {
+        Int64(try retrying("lseek(SEEK_END)", "\(self)") { lseek(rawValue, 0, SEEK_END) })
+    }
+
+    // MARK: sockets
+
+    /// Receives up to `buffer.count` bytes from a socket (recv(2)): the byte count, 0 at the end of
+    /// a stream (the peer shut down or closed), or the errno. With `dontWait` (MSG_DONTWAIT) an
+    /// empty socket gives `.wouldBlock` (EAGAIN) whether or not the descriptor is non-blocking.
+    /// EINTR is retried.
+    @inlinable
+    public func receive(into buffer: UnsafeMutableRawBufferPointer, dontWait: Bool = false) -> Result<Int, Errno> {
+        while true {
+            let n = Glibc.recv(rawValue, buffer.baseAddress, buffer.count, dontWait ? Int32(MSG_DONTWAIT) : 0)
+            if n >= 0 { return .success(n) }
+            let e = Errno.current
+            if e != .interrupted { return .failure(e) }
+        }
+    }
+
+    /// Sends up to `bytes.count` bytes on a connected socket (send(2) with MSG_NOSIGNAL: a peer
+    /// that has gone gives `.brokenPipe` (EPIPE), never SIGPIPE): the byte count (possibly short),
+    /// or the errno; `.wouldBlock` when `dontWait` (MSG_DONTWAIT) and the socket is full. EINTR is
+    /// retried.
+    @inlinable
+    public func send(_ bytes: UnsafeRawBufferPointer, dontWait: Bool = false) -> Result<Int, Errno> {
+        let flags = Int32(MSG_NOSIGNAL) | (dontWait ? Int32(MSG_DONTWAIT) : 0)
+        while true {
+            let n = Glibc.send(rawValue, bytes.baseAddress, bytes.count, flags)
+            if n >= 0 { return .success(n) }
+            let e = Errno.current
+            if e != .interrupted { return .failure(e) }
+        }
+    }
+
     public func setNonBlocking(_ on: Bool = true) throws {
         let flags = try retrying("fcntl(F_GETFL)", "\(self)") { fcntl(rawValue, F_GETFL) }
         let new = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
@@ -76,6 +169,29 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
     public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644) throws -> FileDescriptor {
         let fd = try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
         return FileDescriptor(rawValue: fd)
+    }
+
+    /// How `open` opens a file (`O_*`). Exactly one of `readOnly` (whose value is 0: it is what
+    /// no access flag means), `writeOnly` and `readWrite`; `open` always adds close-on-exec.
+    public struct OpenFlags: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let readOnly = OpenFlags(rawValue: O_RDONLY)
+        public static let writeOnly = OpenFlags(rawValue: O_WRONLY)
+        public static let readWrite = OpenFlags(rawValue: O_RDWR)
+        public static let create = OpenFlags(rawValue: O_CREAT)
+        /// With `create`: fail with EEXIST when the file is already there.
+        public static let exclusive = OpenFlags(rawValue: O_EXCL)
+        public static let truncate = OpenFlags(rawValue: O_TRUNC)
+        /// Every write goes to the end of the file, whatever the offset.
+        public static let append = OpenFlags(rawValue: O_APPEND)
+        public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)
+        public static let closeOnExec = OpenFlags(rawValue: O_CLOEXEC)
+    }
+
+    /// Opens a path (open(2), always close-on-exec); the error names the path.
+    public static func open(_ path: String, _ flags: OpenFlags, mode: mode_t = 0o644) throws -> FileDescriptor {
+        try open(path, flags.rawValue, mode: mode)
     }
 
     /// An eventfd (close-on-exec). The corresponding C function is `eventfd`.
@@ -132,9 +248,8 @@ public enum FileIO {
     }
 
     public static func isExecutable(_ path: String) -> Bool {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return false }
-        return (st.st_mode & S_IFMT) == S_IFREG && access(path, X_OK) == 0
+        guard let st = try? FileStatus(path: path) else { return false }
+        return st.isRegular && access(path, X_OK) == 0
     }
 
     /// mkdir -p with the given mode for created directories.

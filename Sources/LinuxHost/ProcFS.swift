@@ -167,12 +167,20 @@ public enum MonotonicClock {
     public static func milliseconds() -> UInt64 { pv_monotonic_ns() / 1_000_000 }
 }
 
-/// The wall clock (CLOCK_REALTIME): what `xl list -l` and `xl uptime` show as start times.
-public enum WallClock {
-    public static func seconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec)
+/// Facts about the host machine.
+public enum Host {
+    /// CPUs online now (sysconf(_SC_NPROCESSORS_ONLN)).
+    public static var onlineCPUs: Int { Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// The kernel's names for itself (uname(2)): host name, release ("6.1.0"), version (build
+    /// string) and machine ("x86_64").
+    public static func kernelIdentity() -> (nodeName: String, release: String, version: String, machine: String) {
+        var u = utsname()
+        uname(&u)
+        func field<T>(_ v: T) -> String {
+            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        return (field(u.nodename), field(u.release), field(u.version), field(u.machine))
     }
 }
 

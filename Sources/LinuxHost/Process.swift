@@ -21,6 +21,39 @@ public enum Process {
 
     public static var pid: pid_t { getpid() }
 
+    /// The real user id (getuid(2)).
+    public static var userID: uid_t { getuid() }
+    /// The effective user id (geteuid(2)): 0 when running as root.
+    public static var effectiveUserID: uid_t { geteuid() }
+    /// The effective group id (getegid(2)).
+    public static var effectiveGroupID: gid_t { getegid() }
+
+    /// Ends the process with `code` (exit(3): stdio buffers are flushed and atexit handlers run,
+    /// unlike _exit(2)).
+    public static func exit(_ code: Int32) -> Never { Glibc.exit(code) }
+
+    /// Flushes C stdio's standard output (fflush(stdout)): what Swift's `print` wrote but still
+    /// holds in its buffer, before writing the same stream some other way (write(2), a hypercall).
+    public static func flushStandardOutput() { _ = fflush(stdout) }
+
+    /// Sleeps until killed (pause(2) in a loop: a handled signal only wakes it to sleep again).
+    public static func waitForever() -> Never {
+        while true { _ = pause() }
+    }
+
+    /// The value of the environment variable `name` (getenv(3)); nil when it is not set.
+    public static func environment(_ name: String) -> String? {
+        getenv(name).map { String(cString: $0) }
+    }
+
+    /// The current working directory (getcwd(3)); nil when it cannot be had (removed, or a path
+    /// longer than 4095 bytes).
+    public static var currentDirectory: String? {
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, buf.count) != nil else { return nil }
+        return String(cString: buf)
+    }
+
     /// Detaches from the terminal: new session, stdio on /dev/null.
     public static func detachStdio() {
         _ = setsid()

@@ -2,6 +2,23 @@ import Glibc
 
 /// Process resource limits (getrlimit/setrlimit).
 public enum ResourceLimits {
+    /// Resources (`RLIMIT_*`) for `limits(of:)` and `Spawner.Limits`.
+    public static let coreFileSize = Int32(RLIMIT_CORE.rawValue)
+    public static let fileSize = Int32(RLIMIT_FSIZE.rawValue)
+    public static let openFiles = Int32(RLIMIT_NOFILE.rawValue)
+    public static let lockedMemory = Int32(__RLIMIT_MEMLOCK.rawValue)
+    /// Tasks (processes and threads) of the real user id, counted across the whole system.
+    public static let processes = Int32(__RLIMIT_NPROC.rawValue)
+    /// No limit (RLIM_INFINITY).
+    public static let unlimited = UInt64.max
+
+    /// The soft and hard limit of `resource` for this process (getrlimit(2)).
+    public static func limits(of resource: Int32) throws -> (soft: UInt64, hard: UInt64) {
+        var rl = rlimit()
+        try retrying("getrlimit", "resource \(resource)") { getrlimit(__rlimit_resource_t(UInt32(resource)), &rl) }
+        return (UInt64(rl.rlim_cur), UInt64(rl.rlim_max))
+    }
+
     /// The soft and hard RLIMIT_NOFILE of this process.
     public static func descriptors() throws -> (soft: UInt64, hard: UInt64) {
         var rl = rlimit()

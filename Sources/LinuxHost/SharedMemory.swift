@@ -119,29 +119,8 @@ public enum MemFD {
 
     /// Bytes of the file actually backed by memory (st_blocks × 512).
     public static func allocatedBytes(_ fd: FileDescriptor) throws -> Int {
-        var st = stat()
-        try retrying("fstat", "\(fd)") { fstat(fd.rawValue, &st) }
-        return Int(st.st_blocks) * 512
+        Int(try FileStatus(fd).allocatedBytes)
     }
-}
-
-/// A shared mapping of a descriptor; unmapped when released.
-public final class SharedMapping {
-    public let base: UnsafeMutableRawPointer
-    public let length: Int
-
-    /// Maps `length` bytes at `offset`, MAP_SHARED, read-only or read-write.
-    public init(_ fd: FileDescriptor, length: Int, offset: Int = 0, writable: Bool = true) throws {
-        let prot = writable ? PROT_READ | PROT_WRITE : PROT_READ
-        let p = mmap(nil, length, prot, MAP_SHARED, fd.rawValue, off_t(offset))
-        guard let p, p != MAP_FAILED else { throw SystemError("mmap", "\(fd) length \(length)", errno: .current) }
-        base = p
-        self.length = length
-    }
-
-    deinit { munmap(base, length) }
-
-    public var bytes: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: length) }
 }
 
 /// Futexes on shared memory words (not FUTEX_PRIVATE: the waker may be another process).

@@ -3,6 +3,18 @@ import Glibc
 
 /// Signal handling for an event loop: block the signals and read them from a signalfd.
 public enum Signals {
+    /// Signal numbers callers above LinuxHost name (their values are the kernel's, per architecture).
+    public static let hangup = SIGHUP
+    public static let interrupt = SIGINT
+    public static let terminate = SIGTERM
+    public static let kill = SIGKILL
+    public static let stop = SIGSTOP
+    public static let `continue` = SIGCONT
+    public static let child = SIGCHLD
+    public static let brokenPipe = SIGPIPE
+    /// A system call seccomp traps (or another ABI's): the jail's "forbidden system call".
+    public static let badSystemCall = SIGSYS
+
     public static func block(_ signals: [Int32]) throws {
         _ = try signals.withUnsafeBufferPointer { p in
             try negErrno("pthread_sigmask") { pv_block_signals(p.baseAddress, Int32(p.count)) }
@@ -10,6 +22,10 @@ public enum Signals {
     }
 
     public static func unblockAll() { _ = pv_unblock_all_signals() }
+
+    /// Ignores `signal` from now on (signal(2) with SIG_IGN), e.g. `brokenPipe` so a write to a
+    /// closed socket fails with EPIPE instead of ending the process. Inherited across execve.
+    public static func ignore(_ signal: Int32) { _ = Glibc.signal(signal, SIG_IGN) }
 
     /// A non-blocking signalfd for `signals` (which must be blocked first).
     public static func descriptor(for signals: [Int32]) throws -> FileDescriptor {

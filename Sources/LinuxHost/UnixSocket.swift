@@ -6,6 +6,20 @@ import Glibc
 public enum UnixSocket {
     public static let maxFDsPerMessage = 16
 
+    /// Socket types (`SOCK_*`) for `pair(type:)` and `type(of:)`.
+    public static let seqPacket = Int32(SOCK_SEQPACKET.rawValue)
+    public static let stream = Int32(SOCK_STREAM.rawValue)
+    public static let datagram = Int32(SOCK_DGRAM.rawValue)
+
+    /// The type of the socket `fd` (getsockopt SO_TYPE: `seqPacket`, `stream`, `datagram`);
+    /// ENOTSOCK when it is no socket, EBADF when it is not open.
+    public static func type(of fd: FileDescriptor) throws -> Int32 {
+        var type: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        try retrying("getsockopt(SO_TYPE)", "\(fd)") { getsockopt(fd.rawValue, SOL_SOCKET, SO_TYPE, &type, &len) }
+        return type
+    }
+
     /// A connected pair; both ends close-on-exec.
     public static func pair(type: Int32 = Int32(SOCK_SEQPACKET.rawValue)) throws -> (FileDescriptor, FileDescriptor) {
         var fds: [Int32] = [0, 0]

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 
@@ -22,7 +21,7 @@ final class ConsoleService {
 
     /// A new domain's console log, appended to (a restarted domain continues its file).
     func open(_ dom: DomainRecord, logPath: String) {
-        logs[dom.domid] = try? FileDescriptor.open(logPath, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+        logs[dom.domid] = try? FileDescriptor.open(logPath, [.writeOnly, .create, .append], mode: 0o600)
     }
 
     /// The domain's process is gone: attached clients get what is buffered and are closed; the
@@ -88,7 +87,7 @@ final class ConsoleService {
     /// Console input from `xl console`: best effort into the guest's stdin pipe.
     func input(_ dom: DomainRecord, _ bytes: [UInt8]) {
         guard dom.hasProcess, !dom.released else { return }
-        let n = bytes.withUnsafeBytes { Glibc.write(dom.consoleInFD.rawValue, $0.baseAddress, $0.count) }
+        let n = bytes.withUnsafeBytes { (try? dom.consoleInFD.write($0)) ?? -1 }
         if n > 0 { raiseVirq(dom.domid) }
         if n < bytes.count {
             logger.warning("console input dropped: guest is not reading", metadata: ["domid": "\(dom.domid)", "bytes": "\(bytes.count - max(n, 0))"])

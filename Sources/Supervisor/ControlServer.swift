@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 import Toolstack
@@ -62,14 +61,11 @@ final class ControlServer {
         if events.contains(.writable) { c.flush() }
         guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
         var buf = [UInt8](repeating: 0, count: 65536)
-        let n = buf.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n < 0 {
-            let e = Errno.current
-            if e == .wouldBlock || e == .interrupted { return }
-            c.close()
-            return
-        }
-        if n == 0 {
+        let n: Int
+        switch buf.withUnsafeMutableBytes({ c.fd.receive(into: $0, dontWait: true) }) {
+        case let .success(k) where k > 0: n = k
+        case .failure(.wouldBlock): return
+        case .success, .failure:  // end of stream, or a failure
             c.close()
             return
         }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -50,7 +49,7 @@ struct DomainState: Codable, Equatable {
 /// The Linux process that implements a domain, and the supervisor's handles on it: gone (and
 /// rebuilt by a restore) where the state above stays.
 final class DomainProcess {
-    var pid: pid_t
+    var pid: Int32
     /// Monotonic start, for restart-loop detection.
     let startMonotonic: UInt64
     // Descriptors held by the supervisor (all close-on-exec, non-blocking).
@@ -75,7 +74,7 @@ final class DomainProcess {
     /// SCHEDOP_block calls waiting for an event or their timeout.
     var pendingBlocks: [(seq: UInt64, timer: UInt64?)] = []
 
-    init(pid: pid_t, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
+    init(pid: Int32, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
         self.pid = pid
         self.hypercallFD = hypercallFD
         self.eventFD = eventFD

@@ -1,4 +1,3 @@
-import Glibc
 import ProcvisorABI
 
 /// Every domain the supervisor knows (Xen's domain list): by domid and by process, the domid
@@ -8,7 +7,7 @@ final class DomainTable {
     static let domidFirstReserved: UInt16 = 0x7FF0
 
     private var byDomid: [UInt16: DomainRecord] = [:]
-    private var byPid: [pid_t: UInt16] = [:]
+    private var byPid: [Int32: UInt16] = [:]
     private var rover: UInt16 = 0
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
     private(set) var recentShutdowns: [UInt16: ShutdownReason] = [:]
@@ -46,7 +45,7 @@ final class DomainTable {
     }
 
     /// The domain whose process `pid` was, forgetting the pid (it has been reaped).
-    func reaped(_ pid: pid_t) -> DomainRecord? {
+    func reaped(_ pid: Int32) -> DomainRecord? {
         byPid.removeValue(forKey: pid).flatMap { byDomid[$0] }
     }
 

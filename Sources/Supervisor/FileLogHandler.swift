@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 
@@ -34,15 +33,12 @@ struct FileLogHandler: LogHandler {
     }
 
     static func timestamp() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        var t = ts.tv_sec
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        func p(_ v: Int32, _ w: Int = 2) -> String {
+        let now = WallClock.now()
+        let c = WallClock.calendar(now.seconds, utc: true)
+        func p(_ v: Int, _ w: Int = 2) -> String {
             let s = String(v)
             return String(repeating: "0", count: max(0, w - s.count)) + s
         }
-        return "\(tm.tm_year + 1900)-\(p(tm.tm_mon + 1))-\(p(tm.tm_mday))T\(p(tm.tm_hour)):\(p(tm.tm_min)):\(p(tm.tm_sec)).\(p(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        return "\(c.year)-\(p(c.month))-\(p(c.day))T\(p(c.hour)):\(p(c.minute)):\(p(c.second)).\(p(now.nanoseconds / 1_000_000, 3))Z"
     }
 }

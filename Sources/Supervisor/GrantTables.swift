@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 import ProcvisorABI
@@ -47,7 +46,7 @@ final class GrantPage {
     /// A descriptor for this page alone, read-only when `readonly`: mmap(PROT_WRITE) of it fails.
     func descriptor(readonly: Bool) throws -> FileDescriptor {
         if !readonly { return fd }
-        return try FileDescriptor.open("/proc/self/fd/\(fd.rawValue)", O_RDONLY)
+        return try FileDescriptor.open("/proc/self/fd/\(fd.rawValue)", .readOnly)
     }
 }
 
@@ -236,7 +235,7 @@ final class GrantService {
                 w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.ENOMEM.rawValue)))
                 continue
             }
-            memcpy(to, from, 4096)
+            to.copyMemory(from: from, byteCount: 4096)
             g.pages[gfn] = fresh
             g.setExposed(fresh, false)
             fds.append(fresh.fd)
@@ -403,7 +402,7 @@ final class GrantService {
         switch (src, dst) {
         case let (.success(s), .success(d)):
             guard let sp = try? s.bytes(), let dp = try? d.bytes() else { return .generalError }
-            memmove(dp + Int(op.dest.offset), sp + Int(op.source.offset), Int(op.length))
+            (dp + Int(op.dest.offset)).copyMemory(from: sp + Int(op.source.offset), byteCount: Int(op.length))
             return .okay
         case let (.failure(e), _), let (_, .failure(e)):
             return e

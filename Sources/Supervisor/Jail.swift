@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// How domains are confined, decided once when the supervisor starts: which layers the kernel
@@ -43,7 +42,7 @@ struct JailSettings {
 
     /// Probes what the kernel allows this supervisor.
     static func probe(waived: Set<Layer>, uidBase: UInt32, cgroupName: String) -> JailSettings {
-        let root = geteuid() == 0
+        let root = Process.effectiveUserID == 0
         var s = JailSettings(waived: waived, userNamespace: !root, uidBase: uidBase)
         if let e = Spawner.probeNamespaces(s.namespaces) {
             s.unavailable[.namespaces] = root
@@ -95,10 +94,8 @@ final class JailRoots {
     private let loader = DynamicLoader()
 
     private static func stamp(_ path: String) -> Stamp? {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return Stamp(dev: UInt64(st.st_dev), ino: UInt64(st.st_ino), size: Int64(st.st_size),
-                     mtime: Int(st.st_mtim.tv_sec), mtimeNs: Int(st.st_mtim.tv_nsec))
+        guard let st = try? FileStatus(path: path) else { return nil }
+        return Stamp(dev: st.device, ino: st.inode, size: st.size, mtime: st.modificationSeconds, mtimeNs: st.modificationNanoseconds)
     }
 
     /// The root for `kernel` (a real path). `othersMustRead`: the domain runs as a uid of its own,
@@ -114,12 +111,11 @@ final class JailRoots {
         }
         if othersMustRead {
             for f in files {
-                var st = stat()
-                guard stat(f.source, &st) == 0 else { throw CreateError("kernel \(kernel): \(f.source) vanished") }
-                let need: mode_t = f.source == kernel ? S_IXOTH : S_IROTH
-                if st.st_mode & need == 0 {
+                guard let st = try? FileStatus(path: f.source) else { throw CreateError("kernel \(kernel): \(f.source) vanished") }
+                let need: FilePermissions = f.source == kernel ? .othersExecute : .othersRead
+                if !st.permissions.contains(need) {
                     throw CreateError("kernel \(kernel): \(f.source) is not \(f.source == kernel ? "executable" : "readable") by other users "
-                        + "(mode \(String(st.st_mode & 0o7777, radix: 8))); domains run as an unprivileged uid of their own")
+                        + "(mode \(String(st.permissions.rawValue, radix: 8))); domains run as an unprivileged uid of their own")
                 }
             }
         }

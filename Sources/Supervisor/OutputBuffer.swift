@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// Bytes waiting to go out on a non-blocking stream socket (control and XenStore clients).
@@ -21,17 +20,11 @@ struct OutputBuffer {
     /// Writes what the socket takes now.
     mutating func flush(to fd: FileDescriptor) -> FlushResult {
         while pending > 0 {
-            let n = bytes.withUnsafeBytes { p in
-                Glibc.send(fd.rawValue, p.baseAddress! + offset, pending, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+            switch bytes.withUnsafeBytes({ fd.send(UnsafeRawBufferPointer(rebasing: $0[offset...]), dontWait: true) }) {
+            case let .success(n) where n > 0: offset += n
+            case .failure(.wouldBlock): return .wouldBlock
+            case .success, .failure: return .failed
             }
-            if n > 0 {
-                offset += n
-                continue
-            }
-            let e = Errno.current
-            if n < 0 && e == .interrupted { continue }
-            if n < 0 && e == .wouldBlock { return .wouldBlock }
-            return .failed
         }
         bytes.removeAll(keepingCapacity: true)
         offset = 0

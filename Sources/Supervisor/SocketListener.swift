@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 
@@ -68,11 +67,11 @@ final class SocketListener {
             do {
                 accepted = try UnixSocket.accept(l)
             } catch {
-                if let e = error as? SystemError, e.errno.rawValue == EMFILE || e.errno.rawValue == ENFILE { pause(l) }
+                if let e = error as? SystemError, e.errno == .tooManyOpenFiles || e.errno == .tooManyOpenFilesInSystem { pause(l) }
                 return
             }
             guard let conn = accepted else { return }
-            if let peer = try? UnixSocket.peer(conn), peer.uid != getuid() && peer.uid != 0 {
+            if let peer = try? UnixSocket.peer(conn), peer.uid != Process.userID && peer.uid != 0 {
                 logger.warning("refused connection", metadata: ["socket": "\(what)", "uid": "\(peer.uid)"])
                 conn.close()
                 continue

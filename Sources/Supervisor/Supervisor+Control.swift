@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -137,20 +136,16 @@ extension Supervisor {
     func dom0Info() -> DomainInfo {
         DomainInfo(domid: 0, name: "Domain-0", uuid: "00000000-0000-0000-0000-000000000000",
                    currentMemoryKB: ProcFS.residentKB(of: Process.pid), maxMemoryKB: ProcFS.residentKB(of: Process.pid),
-                   vcpusOnline: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), maxVCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
+                   vcpusOnline: Host.onlineCPUs, maxVCPUs: Host.onlineCPUs,
                    running: true, blocked: false, paused: false, shutdown: false, shutdownReason: nil, dying: false,
                    cpuTimeNs: ProcFS.cpuTimeNs(of: Process.pid), startTime: startTime, pid: Process.pid)
     }
 
     func hostInfo() -> HostInfo {
-        var u = utsname()
-        uname(&u)
-        func field<T>(_ v: T) -> String {
-            withUnsafeBytes(of: v) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        }
+        let u = Host.kernelIdentity()
         return HostInfo(
-            host: field(u.nodename), release: field(u.release), version: field(u.version), machine: field(u.machine),
-            nrCPUs: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), cpuMHz: ProcFS.cpuMHz(),
+            host: u.nodeName, release: u.release, version: u.version, machine: u.machine,
+            nrCPUs: Host.onlineCPUs, cpuMHz: ProcFS.cpuMHz(),
             totalMemoryMB: machine.totalFrames / 256, freeMemoryMB: freeMemoryMB,
             xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
             xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -35,9 +34,9 @@ extension Supervisor {
     /// At start: the soft descriptor limit up to the hard one, and the hard one up to
     /// /proc/sys/fs/nr_open when root; the grant page budget follows from what we got.
     func raiseDescriptorLimit() {
-        let soft = ResourceLimits.raiseDescriptorLimit(raiseHard: geteuid() == 0)
+        let soft = ResourceLimits.raiseDescriptorLimit(raiseHard: Process.effectiveUserID == 0)
         DescriptorBudget.limit = Int(min(soft, UInt64(Int32.max)))
-        if let v = getenv("PROCVISOR_MAX_GRANT_PAGES").flatMap({ Int(String(cString: $0)) }) {
+        if let v = Process.environment("PROCVISOR_MAX_GRANT_PAGES").flatMap({ Int($0) }) {
             DescriptorBudget.maxPagesPerDomain = max(16, min(v, DomainGrants.maxPages))
         }
         logger.info("descriptor limit", metadata: ["nofile": "\(DescriptorBudget.limit)",
@@ -66,6 +65,6 @@ extension Supervisor {
     /// again; domains and connected clients are served meanwhile.
     static func isDescriptorShortage(_ error: Error) -> Bool {
         guard let e = error as? SystemError else { return false }
-        return e.errno.rawValue == EMFILE || e.errno.rawValue == ENFILE
+        return e.errno == .tooManyOpenFiles || e.errno == .tooManyOpenFilesInSystem
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -271,7 +270,7 @@ extension Supervisor {
         dom.phase = .running
         if dom.startPaused {
             // Stop it before it reads the reply, so no guest code runs until `xl unpause`.
-            try? Signals.send(SIGSTOP, to: dom.pid)
+            try? Signals.send(Signals.stop, to: dom.pid)
             dom.paused = true
         }
         log("\(dom.label): sandbox engaged, \(dom.startPaused ? "paused" : "running")")

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 extension Supervisor {
@@ -31,7 +30,7 @@ extension Supervisor {
         if let why = request.refusal { return refuse(.invalidArgument, why) }
         if let held = try? IORingPolicy.ringsHeld(by: dom.pid), held >= IORingPolicy.maxRingsPerDomain {
             log("\(dom.label): io_uring_setup refused: it holds \(held) rings, the most a driver domain may")
-            return refuse(Errno(rawValue: EMFILE), "\(held) rings held")
+            return refuse(.tooManyOpenFiles, "\(held) rings held")
         }
         let ring: IORingPolicy.Ring
         do {

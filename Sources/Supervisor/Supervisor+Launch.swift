@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -76,7 +75,7 @@ extension Supervisor {
         let childEnds = [hcChild, evChild, conWrite, inRead]
         defer { childEnds.forEach { $0.close() } }
         let parentEnds = [hcParent, evParent, conRead, inWrite]
-        let pid: pid_t
+        let pid: Int32
         let listener: FileDescriptor?
         do {
             for fd in parentEnds { try fd.setNonBlocking() }
@@ -87,8 +86,8 @@ extension Supervisor {
                 var j = Spawner.Jail(namespaces: jail.namespaces, mountPoint: options.runDirectory.jailMountPoint,
                                      directories: root.directories, files: root.files,
                                      hostname: config.name, uid: id, gid: id)
-                j.outerUID = geteuid()
-                j.outerGID = getegid()
+                j.outerUID = Process.effectiveUserID
+                j.outerGID = Process.effectiveGroupID
                 j.cgroups = cgroupProcs
                 confinement = j
             } else if !cgroupProcs.isEmpty {
@@ -112,7 +111,7 @@ extension Supervisor {
             throw CreateError("cannot start kernel \(kernel): \(error)")
         }
         let state = DomainState(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(), config: config,
-                                startPaused: paused, startTime: WallClock.seconds(), quickRestarts: quickRestarts)
+                                startPaused: paused, startTime: UInt64(WallClock.now().seconds), quickRestarts: quickRestarts)
         let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite)
         let dom = DomainRecord(state: state, process: process)
         dom.createWaiter = waiter
@@ -159,18 +158,17 @@ extension Supervisor {
         let driver = config.driverDomain
         let unlimited = UInt64.max  // RLIM_INFINITY
         var l: [Spawner.Limits] = [
-            .init(Int32(RLIMIT_CORE.rawValue), 0, 0),
-            .init(Int32(RLIMIT_NOFILE.rawValue), driver ? 4096 : 1024, driver ? 4096 : 1024),
-            .init(Int32(RLIMIT_FSIZE.rawValue), driver ? unlimited : 0, driver ? unlimited : 0),
-            .init(Int32(__RLIMIT_MEMLOCK.rawValue), driver ? 512 << 20 : 0, driver ? 512 << 20 : 0),
+            .init(ResourceLimits.coreFileSize, 0, 0),
+            .init(ResourceLimits.openFiles, driver ? 4096 : 1024, driver ? 4096 : 1024),
+            .init(ResourceLimits.fileSize, driver ? unlimited : 0, driver ? unlimited : 0),
+            .init(ResourceLimits.lockedMemory, driver ? 512 << 20 : 0, driver ? 512 << 20 : 0),
         ]
-        if let tasks { l.append(.init(Int32(__RLIMIT_NPROC.rawValue), UInt64(tasks), UInt64(tasks))) }
+        if let tasks { l.append(.init(ResourceLimits.processes, UInt64(tasks), UInt64(tasks))) }
         // Raising a hard limit needs CAP_SYS_RESOURCE, which a supervisor in a container may lack:
         // never ask for more than the supervisor's own hard limit.
         return l.map { limit in
-            var cur = rlimit()
-            guard getrlimit(__rlimit_resource_t(UInt32(limit.resource)), &cur) == 0 else { return limit }
-            let hard = min(limit.hard, UInt64(cur.rlim_max))
+            guard let cur = try? ResourceLimits.limits(of: limit.resource) else { return limit }
+            let hard = min(limit.hard, cur.hard)
             return .init(limit.resource, min(limit.soft, hard), hard)
         }
     }
@@ -232,7 +230,7 @@ extension Supervisor {
     /// other process in it. The cgroup is emptied too, for domains run without namespaces.
     func kill(_ dom: DomainRecord) {
         guard dom.hasProcess else { return }
-        try? Signals.send(SIGKILL, to: dom.pid)
+        try? Signals.send(Signals.kill, to: dom.pid)
         dom.pidsCgroup?.killAll()
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -55,7 +54,7 @@ extension Supervisor {
     }
 
     /// SIGCHLD: a domain process is gone. Decide what it means and apply on_poweroff/on_reboot/on_crash.
-    func processExited(pid: pid_t, status: ProcessStatus) {
+    func processExited(pid: Int32, status: ProcessStatus) {
         guard let dom = domains.reaped(pid) else { return }
         let domid = dom.domid
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
@@ -92,7 +91,7 @@ extension Supervisor {
         }
         if dom.phase == .booting {
             var why = dom.crashReason ?? (dom.bootstrapped ? "exited during bootstrap (\(how))" : "\(how) before bootstrap (is it a DomainRuntime program?)")
-            if dom.crashReason == nil, case .signaled(SIGSYS) = status {
+            if dom.crashReason == nil, case .signaled(Signals.badSystemCall) = status {
                 why = "killed by SIGSYS before bootstrap: a system call through another ABI (int 0x80, x32), which its bound never allows"
             }
             log("\(dom.label): failed to start: \(why)")
@@ -108,7 +107,7 @@ extension Supervisor {
         } else {
             switch status {
             case .exited(0): reason = .poweroff
-            case let .signaled(sig) where sig == SIGSYS:
+            case let .signaled(sig) where sig == Signals.badSystemCall:
                 reason = .crash
                 // The bound names every other refused call itself (the supervisor's listener);
                 // only a call through another ABI kills at once.
@@ -169,13 +168,9 @@ extension Supervisor {
 
     /// Keeps the dead domain in the table under xl's preserved name: NAME-YYYYMMDDTHHMMZ, new uuid.
     func preserveName(_ dom: DomainRecord) {
-        var t = time(nil)
-        var tm = tm()
-        gmtime_r(&t, &tm)
-        var buf = [CChar](repeating: 0, count: 32)
-        strftime(&buf, buf.count, "-%Y%m%dT%H%MZ", &tm)
+        let stamp = WallClock.format(WallClock.now().seconds, "-%Y%m%dT%H%MZ", utc: true)
         let oldUUID = dom.uuid
-        dom.name += String(cString: buf)
+        dom.name += stamp
         dom.uuid = Self.makeUUID()
         dom.phase = .shutdown
         // As libxl_domain_preserve: the new name and a new /vm/<uuid> in the store.
@@ -259,7 +254,7 @@ extension Supervisor {
     func pause(_ dom: DomainRecord) throws {
         guard dom.hasProcess, dom.phase == .running else { throw CreateError("domain \(dom.domid) is not running") }
         if dom.paused { return }
-        try Signals.send(SIGSTOP, to: dom.pid)
+        try Signals.send(Signals.stop, to: dom.pid)
         dom.paused = true
         log("\(dom.label): paused")
     }
@@ -267,7 +262,7 @@ extension Supervisor {
     func unpause(_ dom: DomainRecord) throws {
         guard dom.hasProcess, dom.phase == .running else { throw CreateError("domain \(dom.domid) is not running") }
         if !dom.paused { return }
-        try Signals.send(SIGCONT, to: dom.pid)
+        try Signals.send(Signals.continue, to: dom.pid)
         dom.paused = false
         log("\(dom.label): unpaused")
     }

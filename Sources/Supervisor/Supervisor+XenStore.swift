@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import XenStore
@@ -69,7 +68,7 @@ extension Supervisor {
             out += try e.mkdir(vm, perms: ro)
             out += try e.write(vm + "/uuid", Array(dom.uuid.utf8))
             out += try e.write(vm + "/name", Array(dom.name.utf8))
-            out += try e.write(vm + "/start_time", Array("\(time(nil)).00".utf8))
+            out += try e.write(vm + "/start_time", Array("\(WallClock.now().seconds).00".utf8))
             out += try e.write(path + "/vm", Array(vm.utf8))
             out += try e.write(path + "/name", Array(dom.name.utf8))
             out += try e.write(path + "/domid", Array("\(d)".utf8))
@@ -113,7 +112,6 @@ extension Supervisor {
     /// A domain kicked a port bound to domain 0 through the slow path (a hypercall): service its store.
     func kickDom0Services(_ dom: DomainRecord) {
         guard let s = dom.store else { return }
-        var one: UInt64 = 1
-        _ = Glibc.write(s.kick.rawValue, &one, 8)
+        EventFD(s.kick).signal()
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 import ProcvisorABI
@@ -50,10 +49,10 @@ public final class Supervisor {
         // a kernel without DomainRuntime has no SIGSYS reporter of its own.
         guestBoundBPF = try SeccompPolicies.guestBound.withDefault(.notify).compile().bpf()
         driverBoundBPF = try SeccompPolicies.driverDomainBound.withDefault(.notify).compile().bpf()
-        jail = JailSettings(waived: options.insecure, userNamespace: geteuid() != 0, uidBase: options.jailUIDBase)
+        jail = JailSettings(waived: options.insecure, userNamespace: Process.effectiveUserID != 0, uidBase: options.jailUIDBase)
         machine = try MachineMemory(totalFrames: options.memoryMB * 256)
         grantService = GrantService(maxFrames: options.maxGrantFrames, logger: logger)
-        startTime = WallClock.seconds()
+        startTime = UInt64(WallClock.now().seconds)
         xenstore = XenStoreServer(loop: loop, logger: logger)
         devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
         control = ControlServer(loop: loop, logger: logger)
@@ -98,9 +97,9 @@ public final class Supervisor {
         guard held else { throw StartError.alreadyRunning(dir.path) }
         lockFD = lock
         raiseDescriptorLimit()
-        let blocked: [Int32] = [SIGCHLD, SIGTERM, SIGINT, SIGHUP]
+        let blocked: [Int32] = [Signals.child, Signals.terminate, Signals.interrupt, Signals.hangup]
         try Signals.block(blocked)
-        signal(SIGPIPE, SIG_IGN)
+        Signals.ignore(Signals.brokenPipe)
         let sfd = try Signals.descriptor(for: blocked)
         signalFD = sfd
         try loop.watch(sfd) { [unowned self] _ in handleSignals() }
@@ -142,7 +141,7 @@ public final class Supervisor {
                 if let d = stopDeadline, MonotonicClock.nanoseconds() >= d {
                     for dom in domains.values where dom.hasProcess {
                         logger.warning("domain did not power off in time; destroying", metadata: ["domid": "\(dom.domid)"])
-                        try? Signals.send(SIGKILL, to: dom.pid)
+                        try? Signals.send(Signals.kill, to: dom.pid)
                     }
                     stopDeadline = nil
                 }
@@ -166,9 +165,9 @@ public final class Supervisor {
         guard let sfd = signalFD else { return }
         for sig in Signals.drain(sfd) {
             switch sig {
-            case SIGCHLD:
+            case Signals.child:
                 for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
-            case SIGTERM, SIGINT, SIGHUP:
+            case Signals.terminate, Signals.interrupt, Signals.hangup:
                 beginStop(reason: Signals.name(sig))
             default:
                 break
@@ -186,7 +185,7 @@ public final class Supervisor {
         for dom in domains.values {
             dom.noRestart = true
             if dom.hasProcess {
-                if dom.paused { try? Signals.send(SIGCONT, to: dom.pid); dom.paused = false }
+                if dom.paused { try? Signals.send(Signals.continue, to: dom.pid); dom.paused = false }
                 if dom.phase == .running { requestShutdown(dom, reason: .poweroff) } else { kill(dom) }
             }
         }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 
@@ -6,16 +5,16 @@ import Logging
 public enum SupervisorMain {
     /// Exit codes: 0 clean stop, 1 failure, 3 another supervisor holds the run directory.
     public static func run(environment: [String: String], daemonize: Bool) -> Int32 {
-        let options = SupervisorOptions(environment: environment, uid: getuid())
+        let options = SupervisorOptions(environment: environment, uid: Process.userID)
         if !options.problems.isEmpty {
-            options.problems.forEach { fputs("procvisord: \($0)\n", stderr) }
+            options.problems.forEach { FileDescriptor.standardError.writeUnchecked("procvisord: \($0)\n") }
             return 2
         }
         var ready: (read: FileDescriptor, write: FileDescriptor)?
         if daemonize {
             // The parent waits for one status byte so `xl` knows the socket is listening when it returns.
             guard let pipe = try? FileDescriptor.pipe(), let pid = try? Process.fork() else {
-                fputs("procvisord: cannot daemonise\n", stderr)
+                FileDescriptor.standardError.writeUnchecked("procvisord: cannot daemonise\n")
                 return 1
             }
             if pid > 0 {
@@ -32,15 +31,15 @@ public enum SupervisorMain {
         do {
             try FileIO.makeDirectories(options.runDirectory.path, mode: 0o700)
         } catch {
-            fputs("procvisord: cannot create run directory \(options.runDirectory.path): \(error)\n", stderr)
+            FileDescriptor.standardError.writeUnchecked("procvisord: cannot create run directory \(options.runDirectory.path): \(error)\n")
             signalReady(1)
             return 1
         }
         let logFD: FileDescriptor
         do {
-            logFD = try FileDescriptor.open(options.runDirectory.supervisorLog, O_WRONLY | O_CREAT | O_APPEND, mode: 0o600)
+            logFD = try FileDescriptor.open(options.runDirectory.supervisorLog, [.writeOnly, .create, .append], mode: 0o600)
         } catch {
-            fputs("procvisord: cannot open log \(options.runDirectory.supervisorLog): \(error)\n", stderr)
+            FileDescriptor.standardError.writeUnchecked("procvisord: cannot open log \(options.runDirectory.supervisorLog): \(error)\n")
             signalReady(1)
             return 1
         }
@@ -58,7 +57,7 @@ public enum SupervisorMain {
             do {
                 try supervisor.start()
             } catch let e as Supervisor.StartError {
-                fputs("procvisord: \(e)\n", stderr)
+                FileDescriptor.standardError.writeUnchecked("procvisord: \(e)\n")
                 signalReady(3)
                 return 3
             }
@@ -68,7 +67,7 @@ public enum SupervisorMain {
             return 0
         } catch {
             logger.critical("supervisor failed", metadata: ["error": "\(error)"])
-            fputs("procvisord: \(error)\n", stderr)
+            FileDescriptor.standardError.writeUnchecked("procvisord: \(error)\n")
             signalReady(1)
             return 1
         }

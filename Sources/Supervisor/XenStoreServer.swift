@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Logging
 import ProcvisorABI
@@ -77,12 +76,14 @@ final class XenStoreServer {
     private func socketEvent(_ c: SocketClient, _ events: Epoll.Events) {
         if events.contains(.writable) { c.flush() }
         guard !c.closed, events.contains(.readable) || events.contains(.hangup) || events.contains(.error) else { return }
-        let n = receiveBuffer.withUnsafeMutableBytes { Glibc.recv(c.fd.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        if n == 0 || (n < 0 && Errno.current != .wouldBlock && Errno.current != .interrupted) {
+        let n: Int
+        switch receiveBuffer.withUnsafeMutableBytes({ c.fd.receive(into: $0, dontWait: true) }) {
+        case let .success(k) where k > 0: n = k
+        case .failure(.wouldBlock): return
+        case .success, .failure:  // end of stream, or a failure
             c.close()
             return
         }
-        guard n > 0 else { return }
         c.framer.feed(receiveBuffer[0..<n])
         do {
             while !c.closed, let m = try c.framer.next() {
@@ -335,8 +336,7 @@ final class RingClient {
     }
 
     func drainKick() {
-        var v: UInt64 = 0
-        _ = Glibc.read(kick.rawValue, &v, 8)
+        EventFD(kick).consume()
     }
 
     /// Whether the domain has produced request bytes the server has not taken yet.

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -113,25 +112,21 @@ public final class XSSocketClient {
     private func send(_ bytes: [UInt8]) throws {
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd.rawValue, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
-            if n < 0 {
-                if Errno.current == .interrupted { continue }
-                throw SystemError("send", "xenstore socket", errno: .current)
+            switch bytes.withUnsafeBytes({ fd.send(UnsafeRawBufferPointer(rebasing: $0[off...])) }) {
+            case let .success(n): off += n
+            case let .failure(e): throw SystemError("send", "xenstore socket", errno: e)
             }
-            off += n
         }
     }
 
     private func receive() throws -> XSMessage {
         while true {
             if let m = try framer.next() { return m }
-            let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd.rawValue, $0.baseAddress, $0.count, 0) }
-            if n == 0 { throw Closed() }
-            if n < 0 {
-                if Errno.current == .interrupted { continue }
-                throw SystemError("recv", "xenstore socket", errno: .current)
+            switch buffer.withUnsafeMutableBytes({ fd.receive(into: $0) }) {
+            case .success(0): throw Closed()
+            case let .success(n): framer.feed(buffer[0..<n])
+            case let .failure(e): throw SystemError("recv", "xenstore socket", errno: e)
             }
-            framer.feed(buffer[0..<n])
         }
     }
 }

@@ -1,12 +1,12 @@
 // blkback: the block backend driver domain. Start it with examples/blkback/blkback.cfg
 // (driver_domain = 1); guests name it with `backend=blkback` in their disk= lines.
 import DomainRuntime
-import Glibc
+import LinuxHost
 import SplitDrivers
 
 let domain = Domain.start()
 // KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
 Blkback(domain: domain, environment: DriverSettings.parse(CommandLine.arguments.dropFirst())) { line in
     print(line)
-    fflush(stdout)
+    Process.flushStandardOutput()
 }.run()

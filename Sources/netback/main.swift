@@ -1,12 +1,12 @@
 // netback: the network backend driver domain. The supervisor starts one named `netback` on
 // demand for vifs without backend=; examples/netback/netback.cfg starts one by hand.
 import DomainRuntime
-import Glibc
+import LinuxHost
 import SplitDrivers
 
 let domain = Domain.start()
 // KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
 Netback(domain: domain, environment: DriverSettings.parse(CommandLine.arguments.dropFirst())) { line in
     print(line)
-    fflush(stdout)
+    Process.flushStandardOutput()
 }.run()

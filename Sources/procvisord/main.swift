@@ -4,7 +4,6 @@
 // PROCVISOR_SHUTDOWN_TIMEOUT_MS, PROCVISOR_MEMORY_MB, PROCVISOR_LOG_LEVEL, PROCVISOR_INSECURE,
 // PROCVISOR_JAIL_UID_BASE, PROCVISOR_MALFORMED_HYPERCALL_LIMIT. The --insecure-no-… options run domains without a jail layer the
 // kernel refuses; xl info and xl dmesg report it.
-import Glibc
 import LinuxHost
 import Supervisor
 
@@ -15,17 +14,17 @@ while let a = args.popFirst() {
     switch a {
     case "--daemonize": daemonize = true
     case "--rundir":
-        guard let dir = args.popFirst() else { fputs("procvisord: --rundir needs a directory\n", stderr); exit(2) }
+        guard let dir = args.popFirst() else { FileDescriptor.standardError.writeUnchecked("procvisord: --rundir needs a directory\n"); Process.exit(2) }
         env["PROCVISOR_RUNDIR"] = dir
     case "--insecure-no-cgroups", "--insecure-no-namespaces":
         let word = String(a.dropFirst("--insecure-".count))
         env["PROCVISOR_INSECURE"] = (env["PROCVISOR_INSECURE"].map { $0 + "," } ?? "") + word
     case "-h", "--help":
         print("usage: procvisord [--daemonize] [--rundir DIR] [--insecure-no-cgroups] [--insecure-no-namespaces]")
-        exit(0)
+        Process.exit(0)
     default:
-        fputs("procvisord: unknown argument \(a)\n", stderr)
-        exit(2)
+        FileDescriptor.standardError.writeUnchecked("procvisord: unknown argument \(a)\n")
+        Process.exit(2)
     }
 }
-exit(SupervisorMain.run(environment: env, daemonize: daemonize))
+Process.exit(SupervisorMain.run(environment: env, daemonize: daemonize))

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import LinuxHost
 import Toolstack
 
@@ -21,29 +20,21 @@ struct Console: ParsableCommand {
         case let .error(msg): fail(msg)
         case let other: fail("xl: unexpected reply \(other)")
         }
-        let tty = isatty(0) == 1
-        var saved = termios()
-        if tty {
-            tcgetattr(0, &saved)
-            var raw = saved
-            cfmakeraw(&raw)
-            tcsetattr(0, TCSANOW, &raw)
-        }
-        defer { if tty { tcsetattr(0, TCSANOW, &saved) } }
+        let saved = TerminalMode.makeRaw(.standardInput)
+        defer { saved?.restore(.standardInput) }
         // Bytes that arrived with the attach reply are console output already.
         if !client.buffer.isEmpty { _ = try? FileDescriptor.standardOutput.writeAll(client.buffer) }
         var stdinOpen = true
-        var fds = [pollfd(fd: client.fd.rawValue, events: Int16(POLLIN), revents: 0), pollfd(fd: 0, events: Int16(POLLIN), revents: 0)]
+        var poll = Poll([(client.fd, .readable), (.standardInput, .readable)])
         loop: while true {
-            let n = poll(&fds, stdinOpen ? 2 : 1, -1)
-            if n < 0 { if Errno.current == .interrupted { continue } else { break } }
-            if fds[0].revents != 0 {
+            guard (try? poll.wait(timeoutMs: -1)) != nil else { break }
+            if poll.isReady(0) {
                 guard let out = try? client.fd.read(upTo: 65536), !out.isEmpty else { break }
                 try? FileDescriptor.standardOutput.writeAll(out)
             }
-            if stdinOpen && fds[1].revents != 0 {
+            if stdinOpen && poll.isReady(1) {
                 let input = (try? FileDescriptor.standardInput.read(upTo: 4096)) ?? []
-                if input.isEmpty { stdinOpen = false; continue }
+                if input.isEmpty { stdinOpen = false; poll.ignore(1); continue }
                 if let i = input.firstIndex(of: 0x1d) {
                     if i > 0 { try? client.fd.writeAll(Array(input[..<i])) }
                     break loop

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -12,7 +11,7 @@ struct ControlClient {
 
     static func connect() -> ControlClient {
         let env = Process.environment()
-        let dir = RunDirectory.resolve(environment: env, uid: getuid())
+        let dir = RunDirectory.resolve(environment: env, uid: Process.userID)
         let path = dir.controlSocket
         if let fd = try? UnixSocket.connect(path: path) { return ControlClient(fd: fd, runDirectory: dir) }
         if env["PROCVISOR_NO_AUTOSTART"] == "1" {

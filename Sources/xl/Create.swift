@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import LinuxHost
 import Toolstack
 
@@ -32,8 +31,7 @@ struct Create: ParsableCommand {
         warnings.forEach(printErr)
         if let k = config.kernel, !k.isEmpty, !k.hasPrefix("/") {
             // As xl does: a relative kernel path is relative to the current directory.
-            var buf = [CChar](repeating: 0, count: 4096)
-            if getcwd(&buf, buf.count) != nil { config.kernel = String(cString: buf) + "/" + k }
+            if let cwd = Process.currentDirectory { config.kernel = cwd + "/" + k }
         }
         if n {
             print(XLFormat.dryRun(config), terminator: "")

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Glibc
+import LinuxHost
 import Toolstack
 
 struct NetworkList: ParsableCommand {
@@ -16,7 +16,7 @@ struct NetworkList: ParsableCommand {
                 for row in rows { print(XLFormat.networkListRow(row)) }
             case let .error(msg):
                 // As xl's find_domain: an unknown name ends the command.
-                fflush(stdout)
+                Process.flushStandardOutput()
                 fail(msg)
             case let other:
                 fail("xl: unexpected reply \(other)")

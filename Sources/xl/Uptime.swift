@@ -1,5 +1,4 @@
 import ArgumentParser
-import Glibc
 import LinuxHost
 import Toolstack
 
@@ -11,7 +10,7 @@ struct Uptime: ParsableCommand {
     func run() throws {
         var client = ControlClient.connect()
         let list = client.domains(domains)
-        let now = UInt64(time(nil))
+        let now = UInt64(WallClock.now().seconds)
         if !s { print(XLFormat.uptimeHeader) }
         for d in list {
             // Domain-0's uptime is the host's, as in xl.
@@ -19,12 +18,8 @@ struct Uptime: ParsableCommand {
             if d.domid == 0, let text = try? FileIO.readString("/proc/uptime"), let first = text.split(separator: " ").first,
                let secs = Double(first) { up = UInt64(secs) }
             if s {
-                var t = time_t(now)
-                var tm = tm()
-                localtime_r(&t, &tm)
-                var buf = [CChar](repeating: 0, count: 32)
-                strftime(&buf, buf.count, "%H:%M:%S", &tm)
-                print(" \(String(cString: buf)) up \(XLFormat.uptime(up, short: true)), \(d.name) (\(d.domid))")
+                let clock = WallClock.format(Int(now), "%H:%M:%S", utc: false)
+                print(" \(clock) up \(XLFormat.uptime(up, short: true)), \(d.name) (\(d.domid))")
             } else {
                 print(XLFormat.uptimeRow(name: d.name, domid: d.domid, seconds: up))
             }

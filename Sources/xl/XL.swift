@@ -1,5 +1,5 @@
 import ArgumentParser
-import Glibc
+import LinuxHost
 
 /// `xl`, with Xen's subcommands and output.
 struct XL: ParsableCommand {
@@ -17,10 +17,10 @@ struct XL: ParsableCommand {
 /// Prints to stderr and exits 1: how xl reports a failed command.
 func fail(_ message: String) -> Never {
     let text = message.hasSuffix("\n") ? message : message + "\n"
-    fputs(text, stderr)
-    exit(1)
+    FileDescriptor.standardError.writeUnchecked(text)
+    Process.exit(1)
 }
 
 func printErr(_ message: String) {
-    fputs(message + "\n", stderr)
+    FileDescriptor.standardError.writeUnchecked(message + "\n")
 }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -28,17 +27,18 @@ extension Supervisor {
             throw CreateError("\(what): empty CD-ROM drives are not supported (give target=)")
         }
         let backend = try disk.backend.map { try namedBackend($0, for: what, booting: false) }
-        var st = stat()
-        guard stat(target, &st) == 0 else {
-            throw CreateError("\(what): \(target): \(Errno.current.description)")
+        let st: FileStatus
+        do {
+            st = try FileStatus(path: target)
+        } catch let e as SystemError {
+            throw CreateError("\(what): \(target): \(e.errno.description)")
         }
-        let kind = st.st_mode & S_IFMT
-        guard kind == S_IFREG || kind == S_IFBLK else { throw CreateError("\(what): \(target) is not a regular file or block device") }
+        guard st.isRegular || st.isBlockDevice else { throw CreateError("\(what): \(target) is not a regular file or block device") }
         // Open it as the backend will get it: a read-only image (mode, mount, immutable file)
         // with access=rw is refused now rather than when the guest first writes.
         let rw = disk.access == .readWrite && !disk.isCDROM
         do {
-            try FileDescriptor.open(target, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC).close()
+            try FileDescriptor.open(target, [rw ? .readWrite : .readOnly, .closeOnExec]).close()
         } catch let e as SystemError where rw && [.permissionDenied, .readOnlyFileSystem, .notPermitted].contains(e.errno) {
             throw CreateError("\(what): \(target) is read-only but the disk has access=rw (\(e.errno.description))")
         } catch let e as SystemError {
@@ -60,7 +60,7 @@ extension Supervisor {
         }
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.open(vbd.target, (vbd.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            fd = try FileDescriptor.open(vbd.target, [vbd.readOnly ? .readOnly : .readWrite, .closeOnExec])
         } catch let e as SystemError {
             log("\(dom.label): cannot open \(vbd.target) for dom\(vbd.frontend)'s disk \(vbd.vdev): \(e.errno.description)")
             return .error(XenErrno(rawValue: Int64(e.errno.rawValue)) ?? .EIO)

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import Toolstack
 
@@ -27,8 +26,7 @@ struct BlockDeviceSettings: DeviceSettings {
 
     /// libxl__set_xenstore_disk's nodes (`type` phy for a block device, file for an image).
     func nodes(devid: UInt32) -> DeviceNodes {
-        var st = stat()
-        let isBlock = stat(target, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+        let isBlock = (try? FileStatus(path: target))?.isBlockDevice ?? false
         let deviceType = isCDROM ? "cdrom" : "disk"
         return DeviceNodes(
             backend: [("params", target), ("type", isBlock ? "phy" : "file"), ("mode", readOnly ? "r" : "w"),

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -232,10 +231,10 @@ extension Supervisor {
     }
 
     static func tapHint(_ e: Errno) -> String {
-        switch e.rawValue {
-        case EPERM: return " (the supervisor needs CAP_NET_ADMIN to create taps)"
-        case EBUSY: return " (an interface of that name exists already, or the tap is open)"
-        case ENOENT, ENODEV: return " (no /dev/net/tun: load the tun module)"
+        switch e {
+        case .notPermitted: return " (the supervisor needs CAP_NET_ADMIN to create taps)"
+        case .busy: return " (an interface of that name exists already, or the tap is open)"
+        case .noSuchFile, .noDevice: return " (no /dev/net/tun: load the tun module)"
         default: return ""
         }
     }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -44,7 +43,12 @@ extension Supervisor {
         }
         if let bridge {
             if let p = VifSpec.interfaceNameProblem(bridge) { throw CreateError("invalid bridge name `\(bridge)': \(p)") }
-            if !bridge.utf8.allSatisfy({ isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "@") }) {
+            // ASCII letters and digits (what isalnum accepts in the C locale), '-', '_', '@'.
+            let allowed: (UInt8) -> Bool = {
+                (0x30...0x39).contains($0) || (0x41...0x5a).contains($0) || (0x61...0x7a).contains($0)
+                    || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "@")
+            }
+            if !bridge.utf8.allSatisfy(allowed) {
                 throw CreateError("bridge \(bridge): filter rules can only be kept for bridges named with letters, digits, '-', '_' and '@' (the name is a XenStore node)")
             }
         }
