@@ -45,8 +45,8 @@ import LinuxHost
 /// A connected virtual block device of this domain. Not thread-safe: one thread drives it (see
 /// the notes at the top of this file for the event rules). Call `close()` when done.
 public final class Blkfront {
-    public let domain: Domain
-    public let device: XenbusDevice
+    public var domain: Domain { xenbus.domain }
+    public var device: XenbusDevice { xenbus.device }
     /// `xvda (vbd 51712)`.
     public let label: String
     /// `xvda`.
@@ -179,16 +179,15 @@ public final class Blkfront {
     private var closing = false
 
     private init(xenbus: XenbusFrontend, features: BlkfrontFeatures, queues: [Queue], ringPageOrder: Int, maxSegments: Int) {
-        domain = xenbus.domain
-        device = xenbus.device
         self.xenbus = xenbus
         self.features = features
         self.queues = queues
         self.ringPageOrder = ringPageOrder
         maxSegmentsPerRequest = maxSegments
-        name = Blkfront.deviceName(devid: device.devid)
-        label = "\(name) (vbd \(device.devid))"
-        handle = UInt16(truncatingIfNeeded: device.devid)
+        let devid = xenbus.device.devid
+        name = Blkfront.deviceName(devid: devid)
+        label = "\(name) (vbd \(devid))"
+        handle = UInt16(truncatingIfNeeded: devid)
         canFlush = features.flushCache || features.barrier
         canDiscard = features.discard
     }

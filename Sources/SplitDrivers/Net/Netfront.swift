@@ -25,8 +25,8 @@ import ProcvisorABI
 
 /// A connected vif of this domain: an Ethernet `NetworkLink` (for `NetStack`, or raw frames).
 public final class Netfront: NetworkLink {
-    public let domain: Domain
-    public let device: XenbusDevice
+    public var domain: Domain { xenbus.domain }
+    public var device: XenbusDevice { xenbus.device }
     public let label: String
     public let mac: MACAddress
     public let mtu: Int
@@ -42,9 +42,6 @@ public final class Netfront: NetworkLink {
 
     /// One queue: its tx and rx rings (their pages on `xenbus`'s account), ports and slot pages.
     private final class Queue {
-        let index: Int
-        let txRef: GrantRef
-        let rxRef: GrantRef
         let tx: FrontRing
         let rx: FrontRing
         let txPort: EventChannels.Port
@@ -58,13 +55,9 @@ public final class Netfront: NetworkLink {
         var rxPosted: [Bool]
         var unpushedTx = false
 
-        init(index: Int, tx: (base: UnsafeMutableRawPointer, refs: [GrantRef]), rx: (base: UnsafeMutableRawPointer, refs: [GrantRef]),
-             txPort: EventChannels.Port, rxPort: EventChannels.Port) {
-            self.index = index
-            txRef = tx.refs[0]
-            rxRef = rx.refs[0]
-            self.tx = FrontRing(page: tx.base, layout: Netfront.txLayout)
-            self.rx = FrontRing(page: rx.base, layout: Netfront.rxLayout)
+        init(tx: UnsafeMutableRawPointer, rx: UnsafeMutableRawPointer, txPort: EventChannels.Port, rxPort: EventChannels.Port) {
+            self.tx = FrontRing(page: tx, layout: Netfront.txLayout)
+            self.rx = FrontRing(page: rx, layout: Netfront.rxLayout)
             self.txPort = txPort
             self.rxPort = rxPort
             txBusy = Array(repeating: false, count: Netfront.slots)
@@ -92,15 +85,13 @@ public final class Netfront: NetworkLink {
     public func isOwnPort(_ p: EventChannels.Port) -> Bool { ownPorts.contains(p) }
 
     private init(xenbus: XenbusFrontend, queues: [Queue], mac: MACAddress, mtu: Int, ip: String?, gateway: String?) {
-        domain = xenbus.domain
-        device = xenbus.device
         self.xenbus = xenbus
         self.queues = queues
         self.mac = mac
         self.mtu = mtu
         ipText = ip
         gatewayText = gateway
-        label = "vif \(device.devid)"
+        label = "vif \(xenbus.device.devid)"
         scratch = UnsafeMutableRawPointer.allocate(byteCount: Netif.maxTxSize + 1, alignment: 16)
         var own = Set<EventChannels.Port>()
         for q in queues { own.insert(q.txPort); own.insert(q.rxPort) }
@@ -142,12 +133,17 @@ public final class Netfront: NetworkLink {
             let maxQueues = max(1, xenbus.backendNode("multi-queue-max-queues").flatMap { Int($0) } ?? 1)
             let nq = max(1, min(options.queues, maxQueues))
             let split = options.splitEventChannels && xenbus.backendNode("feature-split-event-channels") == "1"
+            var nodes: [(key: String, value: String)] = nq > 1 ? [("multi-queue-num-queues", String(nq))] : []
             for q in 0..<nq {
                 let tx = try xenbus.grantRing(pages: 1)
                 let rx = try xenbus.grantRing(pages: 1)
                 let txPort = try xenbus.allocUnboundPort()
                 let rxPort = split ? try xenbus.allocUnboundPort() : txPort
-                let queue = Queue(index: q, tx: tx, rx: rx, txPort: txPort, rxPort: rxPort)
+                let prefix = nq > 1 ? "queue-\(q)/" : ""
+                nodes += [(prefix + "tx-ring-ref", String(tx.refs[0])), (prefix + "rx-ring-ref", String(rx.refs[0]))]
+                nodes += split ? [(prefix + "event-channel-tx", String(txPort)), (prefix + "event-channel-rx", String(rxPort))]
+                               : [(prefix + "event-channel", String(txPort))]
+                let queue = Queue(tx: tx.base, rx: rx.base, txPort: txPort, rxPort: rxPort)
                 for _ in 0..<slots {
                     queue.txBuffers.append(try xenbus.grantPage(readonly: true))
                     queue.rxBuffers.append(try xenbus.grantPage())
@@ -161,19 +157,6 @@ public final class Netfront: NetworkLink {
                 }
                 _ = queue.rx.pushRequests()
                 queues.append(queue)
-            }
-            var nodes: [(key: String, value: String)] = []
-            if nq > 1 { nodes.append(("multi-queue-num-queues", String(nq))) }
-            for q in queues {
-                let prefix = nq > 1 ? "queue-\(q.index)/" : ""
-                nodes.append((prefix + "tx-ring-ref", String(q.txRef)))
-                nodes.append((prefix + "rx-ring-ref", String(q.rxRef)))
-                if split {
-                    nodes.append((prefix + "event-channel-tx", String(q.txPort)))
-                    nodes.append((prefix + "event-channel-rx", String(q.rxPort)))
-                } else {
-                    nodes.append((prefix + "event-channel", String(q.txPort)))
-                }
             }
             nodes += [("request-rx-copy", "1"), ("feature-rx-notify", "1"), ("feature-sg", "1"),
                       ("feature-no-csum-offload", "1"), ("feature-gso-tcpv4", "0")]
