@@ -39,10 +39,9 @@ let package = Package(
         .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
         // The data paths (rings, switch, stacks) run per packet: no dynamic exclusivity checks in
         // release builds (debug builds and the tests keep them).
-        // The guest IP stack over a `NetworkLink` (which it defines); netfront is one link.
-        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI"], swiftSettings: v5 + fastPath),
-        // Frontends, backends and the XenBus handshake; Netfront conforms to NetStack's `NetworkLink`.
         .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack"], swiftSettings: v5 + fastPath),
+        // The guest IP stack, over the `NetworkLink` it defines (netfront is one); built as SplitDrivers.
+        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI"], swiftSettings: v5 + fastPath),
         .target(
             name: "Supervisor",
             dependencies: [

@@ -4,7 +4,8 @@ import LinuxHost
 
 // blkfront: the guest half of the block split driver, as Linux's xen-blkfront talks to blkback.
 //
-// Handshake (Linux's talk_to_blkback; `BlkfrontOptions` asks for queues, ring pages, indirect segments):
+// Handshake (Linux's talk_to_blkback, run by `XenbusFrontend.connect`, which also releases
+// everything on failure; `BlkfrontOptions` asks for queues, ring pages, indirect segments):
 //   1. read `backend`/`backend-id` of device/vbd/DEVID; wait for the backend at InitWait (or
 //      Connected, as blkback_changed accepts);
 //   2. read the backend's `multi-queue-max-queues` and `max-ring-page-order`; per queue allocate

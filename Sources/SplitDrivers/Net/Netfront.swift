@@ -6,10 +6,11 @@ import ProcvisorABI
 
 // netfront: a guest's network interface (`device/vif/N`), speaking netif as Linux's netfront.
 //
-// Handshake (Linux's talk_to_netback): wait for the backend's InitWait; read what it offers
-// (`multi-queue-max-queues`, `feature-split-event-channels`); per queue grant a tx and an rx
-// ring page and write `tx-ring-ref`, `rx-ring-ref` and `event-channel` (or
-// `event-channel-tx`/`event-channel-rx`), under `queue-N/` when there are several queues; then
+// Handshake (Linux's talk_to_netback, run by `XenbusFrontend.connect`): wait for the backend's
+// InitWait; read what it offers (`multi-queue-max-queues`, `feature-split-event-channels`); per
+// queue grant a tx and an rx ring page and write `tx-ring-ref`, `rx-ring-ref` and
+// `event-channel` (or `event-channel-tx`/`event-channel-rx`), under `queue-N/` when there are
+// several queues; then
 // `request-rx-copy` 1, `feature-rx-notify` 1, `feature-sg` 1, `feature-no-csum-offload` 1 (the
 // guest stack computes its checksums); Initialised; wait for Connected; Connected.
 //

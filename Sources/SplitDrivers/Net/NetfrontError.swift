@@ -1,3 +1,4 @@
+/// Why a netfront could not connect, or refused a call (`device` is its label, `vif N`).
 public enum NetfrontError: Error, CustomStringConvertible, Equatable {
     case handshake(device: String, reason: String)
     case closed(device: String)
