@@ -15,6 +15,8 @@ let package = Package(
         .executable(name: "procvisord", targets: ["procvisord"]),
         .library(name: "DomainRuntime", targets: ["DomainRuntime"]),
         .library(name: "SplitDrivers", targets: ["SplitDrivers"]),
+        // The guest IP stack on its own: a guest (or a test) can run it over any `NetworkLink`.
+        .library(name: "NetStack", targets: ["NetStack"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,7 +39,9 @@ let package = Package(
         .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
         // The data paths (rings, switch, stacks) run per packet: no dynamic exclusivity checks in
         // release builds (debug builds and the tests keep them).
-        .target(name: "SplitDrivers", dependencies: ["DomainRuntime"], swiftSettings: v5 + fastPath),
+        .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack"], swiftSettings: v5 + fastPath),
+        // The guest IP stack, over the `NetworkLink` it defines (netfront is one); built as SplitDrivers.
+        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI"], swiftSettings: v5 + fastPath),
         .target(
             name: "Supervisor",
             dependencies: [
@@ -66,10 +70,10 @@ let package = Package(
                           exclude: ["balloon-demo.cfg"], swiftSettings: v5),
         .executableTarget(name: "blkcheck", dependencies: ["SplitDrivers"], path: "examples/blkcheck", exclude: ["blkcheck.cfg"], swiftSettings: v5),
         .executableTarget(name: "blkbench", dependencies: ["SplitDrivers"], path: "examples/blkbench", exclude: ["blkbench.cfg"], swiftSettings: v5),
-        .executableTarget(name: "ping", dependencies: ["SplitDrivers"], path: "examples/ping", exclude: ["ping.cfg"], swiftSettings: v5),
-        .executableTarget(name: "udp-echo", dependencies: ["SplitDrivers"], path: "examples/udp-echo",
+        .executableTarget(name: "ping", dependencies: ["SplitDrivers", "NetStack"], path: "examples/ping", exclude: ["ping.cfg"], swiftSettings: v5),
+        .executableTarget(name: "udp-echo", dependencies: ["SplitDrivers", "NetStack"], path: "examples/udp-echo",
                           exclude: ["udp-echo.cfg", "udp-echo-client.cfg"], swiftSettings: v5),
-        .executableTarget(name: "netbench", dependencies: ["SplitDrivers"], path: "examples/netbench",
+        .executableTarget(name: "netbench", dependencies: ["SplitDrivers", "NetStack"], path: "examples/netbench",
                           exclude: ["netbench.cfg", "netbench-send.cfg"], swiftSettings: v5),
 
         // Driver domains.
@@ -86,13 +90,16 @@ let package = Package(
         .executableTarget(name: "bench-guest", dependencies: ["DomainRuntime"], path: "Benchmarks/bench-guest", swiftSettings: v5),
 
         // A guest used only by the integration tests: its behaviour is chosen by its cmdline.
-        .executableTarget(name: "testguest", dependencies: ["DomainRuntime", "SplitDrivers"], path: "Tests/Guests/testguest", swiftSettings: v5),
+        .executableTarget(name: "testguest", dependencies: ["DomainRuntime", "SplitDrivers", "NetStack"], path: "Tests/Guests/testguest", swiftSettings: v5),
         // A domain kernel in plain C with no DomainRuntime: the isolation tests' hostile guest.
         .executableTarget(name: "cattack", path: "Tests/Guests/cattack"),
 
         // What several test targets share (a seeded generator).
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: v5),
-        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "SplitDrivers", "TestSupport"], swiftSettings: v5),
+        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "SplitDriversTests", dependencies: ["SplitDrivers", "DomainRuntime", "LinuxHost", "ProcvisorABI", "TestSupport"],
+                    swiftSettings: v5),
+        .testTarget(name: "NetStackTests", dependencies: ["NetStack", "DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "ProcvisorABI", "DomainRuntime", "TestSupport"], swiftSettings: v5),

@@ -5,8 +5,10 @@ import LinuxHost
 import SplitDrivers
 
 let domain = Domain.start()
-// KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
-Netback(domain: domain, environment: DriverSettings.parse(CommandLine.arguments.dropFirst())) { line in
+let log: (String) -> Void = { line in
     print(line)
     Process.flushStandardOutput()
-}.run()
+}
+// KEY=VALUE words of the command line (extra=) are settings, e.g. PROCVISOR_FORCE_NO_IOURING=1.
+let settings = DriverSettings.netback(CommandLine.arguments.dropFirst()) { log("netback: setting \($0)") }
+Netback(domain: domain, settings: settings, log: log).run()

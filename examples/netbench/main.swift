@@ -12,6 +12,7 @@
 // and waits for the next run. The sender prints what it put on the ring and powers off.
 import DomainRuntime
 import Glibc
+import NetStack
 import ProcvisorABI
 import SplitDrivers
 

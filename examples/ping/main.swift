@@ -7,6 +7,7 @@
 // (poweroff) when at least one reply came back, crashes otherwise.
 import DomainRuntime
 import Glibc
+import NetStack
 import ProcvisorABI
 import SplitDrivers
 

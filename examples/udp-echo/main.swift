@@ -6,6 +6,7 @@
 //   extra = "client=10.0.0.2 port=7 count=10 size=64"  (client)
 import DomainRuntime
 import Glibc
+import NetStack
 import ProcvisorABI
 import SplitDrivers
 

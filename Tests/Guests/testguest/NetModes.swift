@@ -1,5 +1,6 @@
 import DomainRuntime
 import Glibc
+import NetStack
 import LinuxHost
 import ProcvisorABI
 import SplitDrivers

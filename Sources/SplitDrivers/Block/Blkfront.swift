@@ -4,7 +4,8 @@ import LinuxHost
 
 // blkfront: the guest half of the block split driver, as Linux's xen-blkfront talks to blkback.
 //
-// Handshake (Linux's talk_to_blkback; `BlkfrontOptions` asks for queues, ring pages, indirect segments):
+// Handshake (Linux's talk_to_blkback, run by `XenbusFrontend.connect`, which also releases
+// everything on failure; `BlkfrontOptions` asks for queues, ring pages, indirect segments):
 //   1. read `backend`/`backend-id` of device/vbd/DEVID; wait for the backend at InitWait (or
 //      Connected, as blkback_changed accepts);
 //   2. read the backend's `multi-queue-max-queues` and `max-ring-page-order`; per queue allocate
@@ -42,373 +43,11 @@ import LinuxHost
 // Several Blkfronts on one thread may record each other's ports as strays harmlessly: each reaps
 // its ring before it sleeps, so an event taken by another one is never needed.
 
-// MARK: - Errors
-
-/// Why a blkfront operation failed. `device` is the label `xvda (vbd 51712)`.
-public enum BlkfrontError: Error, Equatable, CustomStringConvertible {
-    /// Connecting failed: a node missing or malformed, the backend in the wrong state.
-    case handshake(device: String, reason: String)
-    /// The backend answered `BLKIF_RSP_ERROR` or `BLKIF_RSP_EOPNOTSUPP` to a ring request.
-    case io(device: String, operation: BlkifOp, sector: UInt64, sectors: UInt64, status: BlkifStatus)
-    /// The backend does not offer the operation (no `feature-flush-cache`/`feature-barrier`,
-    /// no `feature-discard`, or it answered EOPNOTSUPP before).
-    case unsupported(device: String, operation: String)
-    /// A write or discard to a disk the backend marked read-only (`info` & VDISK_READONLY).
-    case readOnly(device: String)
-    /// The request itself is impossible (past the end, misaligned, empty).
-    case badRequest(device: String, reason: String)
-    /// The backend broke the protocol (impossible ring index, unknown or duplicate id, wrong
-    /// operation, garbage status): every request in flight failed and the device is unusable.
-    case brokenBackend(device: String, reason: String)
-    /// The backend went away (its state left Connected, or it closed the event channel).
-    case disconnected(device: String, reason: String)
-    /// Nothing completed in time.
-    case timeout(device: String, seconds: Double, outstanding: Int)
-    /// `close()` was called.
-    case closed(device: String)
-
-    public var description: String {
-        switch self {
-        case let .handshake(d, r): return "\(d): cannot connect: \(r)"
-        case let .io(d, op, sector, n, status):
-            return "\(d): \(op.xenName) of \(n) sector\(n == 1 ? "" : "s") at sector \(sector) failed: \(status.xenName)"
-        case let .unsupported(d, op): return "\(d): the backend does not support \(op)"
-        case let .readOnly(d): return "\(d): the disk is read-only"
-        case let .badRequest(d, r): return "\(d): \(r)"
-        case let .brokenBackend(d, r): return "\(d): broken backend, device disabled: \(r)"
-        case let .disconnected(d, r): return "\(d): disconnected: \(r)"
-        case let .timeout(d, s, n): return "\(d): no completion within \(s) s (\(n) request\(n == 1 ? "" : "s") outstanding)"
-        case let .closed(d): return "\(d): closed"
-        }
-    }
-}
-
-// MARK: - Pure pieces (no domain needed; unit-tested)
-
-/// One segment of a planned ring request: page `page` of the slot's data pages, sectors
-/// `firstSect...lastSect` of it.
-public struct BlkfrontSegmentPlan: Equatable, Sendable {
-    public var page: Int
-    public var firstSect: UInt8
-    public var lastSect: UInt8
-
-    public init(page: Int, firstSect: UInt8, lastSect: UInt8) {
-        self.page = page
-        self.firstSect = firstSect
-        self.lastSect = lastSect
-    }
-
-    public var sectorCount: Int { Int(lastSect) - Int(firstSect) + 1 }
-    public var byteOffset: Int { Int(firstSect) * Blkif.sectorSize }
-    public var byteCount: Int { sectorCount * Blkif.sectorSize }
-}
-
-/// One ring request's share of a transfer. Its segments follow from where it starts: disk
-/// sector S sits at sector S % 8 of its page, so the first segment starts there and every other
-/// one at 0, and every segment but the last ends at sector 7.
-public struct BlkfrontChunk: Equatable, Sendable {
-    /// The first disk sector (512-byte units).
-    public var sectorNumber: UInt64
-    public var sectorCount: Int
-    /// Where this chunk's bytes start in the caller's buffer.
-    public var bufferOffset: Int
-
-    public init(sectorNumber: UInt64, sectorCount: Int, bufferOffset: Int) {
-        self.sectorNumber = sectorNumber
-        self.sectorCount = sectorCount
-        self.bufferOffset = bufferOffset
-    }
-
-    /// The sector offset of the first segment in its page.
-    private var lead: Int { Int(sectorNumber % UInt64(Blkif.sectorsPerPage)) }
-
-    /// Pages the chunk spans: one segment each.
-    public var segmentCount: Int { (lead + sectorCount + Blkif.sectorsPerPage - 1) / Blkif.sectorsPerPage }
-
-    /// Segment `i` (page `i` of the slot's data pages); computed, nothing allocated.
-    public func segment(_ i: Int) -> BlkfrontSegmentPlan {
-        let perPage = Blkif.sectorsPerPage
-        let first = i == 0 ? lead : 0
-        let before = i == 0 ? 0 : perPage * i - lead  // this chunk's sectors in the pages before
-        let last = min(perPage - 1, first + (sectorCount - before) - 1)
-        return BlkfrontSegmentPlan(page: i, firstSect: UInt8(first), lastSect: UInt8(last))
-    }
-
-    /// In disk order, one per page, page indexes 0, 1, 2 …
-    public var segments: [BlkfrontSegmentPlan] { (0..<segmentCount).map(segment) }
-
-    /// Segment `i` on the wire, `gref` being the grant of the slot's page `i`.
-    public func segment(_ i: Int, gref: GrantRef) -> BlkifSegment {
-        let s = segment(i)
-        return BlkifSegment(gref: gref, firstSect: s.firstSect, lastSect: s.lastSect)
-    }
-
-    /// The ring request for this chunk: `grefs[i]` is the grant of the slot's page `i`.
-    public func request(operation: BlkifOp, id: UInt64, handle: UInt16, grefs: [GrantRef]) -> BlkifRequest {
-        .readWrite(.init(operation: operation, handle: handle, id: id, sectorNumber: sectorNumber,
-                         segments: (0..<segmentCount).map { segment($0, gref: grefs[$0]) }))
-    }
-}
-
-/// Splits transfers into ring requests.
-public enum BlkfrontPlan {
-    /// The most sectors one direct request carries (11 pages of 8).
-    public static let maxSectorsPerRequest = Blkif.maxSegmentsPerRequest * Blkif.sectorsPerPage
-
-    /// Sectors per full request, and the first request's share (shorter when `sector` is not
-    /// on a page boundary).
-    private static func split(sector: UInt64, count: Int, maxSegments: Int) -> (per: Int, first: Int) {
-        let per = maxSegments * Blkif.sectorsPerPage
-        return (per, min(count, per - Int(sector % UInt64(Blkif.sectorsPerPage))))
-    }
-
-    /// How many ring requests `count` sectors from `sector` take (see `chunk`).
-    public static func chunkCount(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> Int {
-        let (per, first) = split(sector: sector, count: count, maxSegments: maxSegments)
-        return 1 + (count - first + per - 1) / per
-    }
-
-    /// Ring request `k` of `count` sectors from `sector`: the first of an unaligned transfer
-    /// carries up to `8 * maxSegments - S % 8` sectors; the next ones start on a page boundary
-    /// and carry up to `8 * maxSegments`.
-    public static func chunk(_ k: Int, sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> BlkfrontChunk {
-        let (per, first) = split(sector: sector, count: count, maxSegments: maxSegments)
-        let done = k == 0 ? 0 : first + (k - 1) * per
-        return BlkfrontChunk(sectorNumber: sector + UInt64(done), sectorCount: min(count - done, k == 0 ? first : per),
-                             bufferOffset: done * Blkif.sectorSize)
-    }
-
-    /// Every ring request of a transfer (`chunk` for each of `chunkCount`).
-    public static func chunks(sector: UInt64, count: Int, maxSegments: Int = Blkif.maxSegmentsPerRequest) -> [BlkfrontChunk] {
-        precondition(count > 0, "a transfer of \(count) sectors")
-        precondition((1...Blkif.maxIndirectSegments).contains(maxSegments), "maxSegments \(maxSegments)")
-        return (0..<chunkCount(sector: sector, count: count, maxSegments: maxSegments)).map {
-            chunk($0, sector: sector, count: count, maxSegments: maxSegments)
-        }
-    }
-}
-
-/// Linux blkfront's shadow array: what each ring slot's request was, and the checks on the
-/// backend's responses. A request's id is `generation << 32 | slot`, the generation counting the
-/// slot's uses, so a stale or repeated response cannot complete the slot's next request.
-public struct BlkfrontShadowTable<Payload> {
-    private struct Entry {
-        var op: BlkifOp
-        var payload: Payload
-    }
-
-    private var entries: [Entry?]
-    private var generations: [UInt32]
-    /// Free slots, the next to use last (the most recently freed is reused first: its data
-    /// pages are already granted).
-    private var free: [Int]
-
-    public init(capacity: Int) {
-        precondition(capacity > 0 && capacity <= Int(UInt32.max))
-        entries = Array(repeating: nil, count: capacity)
-        generations = Array(repeating: 0, count: capacity)
-        free = Array((0..<capacity).reversed())
-    }
-
-    public var capacity: Int { entries.count }
-    public var inFlight: Int { entries.count - free.count }
-    public var hasFreeSlot: Bool { !free.isEmpty }
-
-    /// The id `slot` is using now.
-    public func id(ofSlot slot: Int) -> UInt64 { UInt64(generations[slot]) << 32 | UInt64(slot) }
-
-    /// Takes a free slot for a request of `op`; nil when all are in flight.
-    public mutating func issue(op: BlkifOp, payload: Payload) -> (id: UInt64, slot: Int)? {
-        guard let slot = free.popLast() else { return nil }
-        entries[slot] = Entry(op: op, payload: payload)
-        return (id(ofSlot: slot), slot)
-    }
-
-    /// Gives back a slot issued but never put on the ring (its id is not reused).
-    public mutating func cancel(slot: Int) {
-        precondition(entries[slot] != nil, "slot \(slot) is not issued")
-        entries[slot] = nil
-        generations[slot] &+= 1
-        free.append(slot)
-    }
-
-    /// Matches a response with its request and frees the slot. Throws (a broken backend) when
-    /// the id names no slot of the ring, no request in flight (a duplicate, or one never sent),
-    /// or when the operation is not the request's.
-    public mutating func complete(_ response: BlkifResponse) throws -> (slot: Int, op: BlkifOp, payload: Payload) {
-        let id = response.id
-        let slot = Int(truncatingIfNeeded: id & 0xffff_ffff)
-        let generation = UInt32(truncatingIfNeeded: id >> 32)
-        guard slot < entries.count else {
-            throw BlkifResponseError(id: id, field: "id", value: Int64(bitPattern: id),
-                                     reason: "names slot \(slot), but the ring has \(entries.count) slots")
-        }
-        guard let entry = entries[slot], generations[slot] == generation else {
-            throw BlkifResponseError(id: id, field: "id", value: Int64(bitPattern: id),
-                                     reason: "answers no request in flight (a duplicate or one never sent; slot \(slot) is \(entries[slot] == nil ? "free" : "at id \(self.id(ofSlot: slot))"))")
-        }
-        guard response.operation == entry.op.rawValue else {
-            throw BlkifResponseError(id: id, field: "operation", value: Int64(response.operation),
-                                     reason: "is not the request's \(entry.op.xenName) (\(entry.op.rawValue))")
-        }
-        entries[slot] = nil
-        generations[slot] &+= 1
-        free.append(slot)
-        return (slot, entry.op, entry.payload)
-    }
-
-    /// Frees every slot, returning what was in flight (to fail it).
-    public mutating func removeAll() -> [(slot: Int, op: BlkifOp, payload: Payload)] {
-        var out: [(slot: Int, op: BlkifOp, payload: Payload)] = []
-        for slot in entries.indices {
-            if let e = entries[slot] {
-                out.append((slot, e.op, e.payload))
-                entries[slot] = nil
-                generations[slot] &+= 1
-                free.append(slot)
-            }
-        }
-        return out
-    }
-}
-
-/// What the backend offers, read as Linux's blkfront_connect and
-/// blkfront_gather_backend_features do.
-public struct BlkfrontFeatures: Equatable, Sendable {
-    /// Disk size in 512-byte sectors (`sectors`).
-    public var sectors: UInt64
-    /// Logical sector size in bytes (`sector-size`): transfers are multiples of it, aligned.
-    public var sectorSize: Int
-    /// `physical-sector-size` (the logical size when absent).
-    public var physicalSectorSize: Int
-    /// `info`: VDISK_CDROM, VDISK_REMOVABLE, VDISK_READONLY.
-    public var info: UInt32
-    public var flushCache: Bool
-    public var barrier: Bool
-    public var discard: Bool
-    public var discardGranularity: UInt64
-    public var discardAlignment: UInt64
-    public var discardSecure: Bool
-    public var persistent: Bool
-    /// `feature-max-indirect-segments` (0: no indirect requests).
-    public var maxIndirectSegments: Int
-
-    public var readOnly: Bool { info & Blkif.vdiskReadOnly != 0 }
-    public var removable: Bool { info & Blkif.vdiskRemovable != 0 }
-    public var cdrom: Bool { info & Blkif.vdiskCDROM != 0 }
-    /// Size in bytes.
-    public var bytes: UInt64 { sectors &* UInt64(Blkif.sectorSize) }
-
-    public init(sectors: UInt64, sectorSize: Int = 512, physicalSectorSize: Int? = nil, info: UInt32 = 0,
-                flushCache: Bool = false, barrier: Bool = false, discard: Bool = false, discardGranularity: UInt64 = 0,
-                discardAlignment: UInt64 = 0, discardSecure: Bool = false, persistent: Bool = false, maxIndirectSegments: Int = 0) {
-        self.sectors = sectors
-        self.sectorSize = sectorSize
-        self.physicalSectorSize = physicalSectorSize ?? sectorSize
-        self.info = info
-        self.flushCache = flushCache
-        self.barrier = barrier
-        self.discard = discard
-        self.discardGranularity = discardGranularity
-        self.discardAlignment = discardAlignment
-        self.discardSecure = discardSecure
-        self.persistent = persistent
-        self.maxIndirectSegments = maxIndirectSegments
-    }
-
-    /// Reads the backend directory's nodes through `read` (nil = missing). `sectors`, `info`
-    /// and `sector-size` are required and must be decimal numbers (`xenbus_gather`); the
-    /// `sector-size` a power of two from 512 to 4096. Other nodes are optional numbers, missing
-    /// or malformed meaning 0 (`xenbus_read_unsigned`). Throws a message naming node and value.
-    public static func parse(backendPath: String, _ read: (String) -> String?) throws -> BlkfrontFeatures {
-        struct Bad: Error, CustomStringConvertible { var description: String }
-        func required(_ key: String) throws -> UInt64 {
-            guard let text = read(key) else { throw Bad(description: "\(backendPath)/\(key) is missing") }
-            guard let v = UInt64(text) else { throw Bad(description: "\(backendPath)/\(key) is '\(text)', not a number") }
-            return v
-        }
-        func optional(_ key: String) -> UInt64 { read(key).flatMap { UInt64($0) } ?? 0 }
-        let sectors = try required("sectors")
-        let info = try required("info")
-        guard info <= UInt64(UInt32.max) else { throw Bad(description: "\(backendPath)/info is \(info), over 32 bits") }
-        let sectorSize = try required("sector-size")
-        guard sectorSize >= 512, sectorSize <= 4096, sectorSize & (sectorSize - 1) == 0 else {
-            throw Bad(description: "\(backendPath)/sector-size is \(sectorSize), not a power of two from 512 to 4096")
-        }
-        var physical = optional("physical-sector-size")
-        if physical == 0 || physical & (physical - 1) != 0 || physical < sectorSize { physical = sectorSize }
-        let discard = optional("feature-discard") != 0
-        return BlkfrontFeatures(
-            sectors: sectors, sectorSize: Int(sectorSize), physicalSectorSize: Int(min(physical, 1 << 20)), info: UInt32(info),
-            flushCache: optional("feature-flush-cache") != 0, barrier: optional("feature-barrier") != 0,
-            discard: discard, discardGranularity: discard ? optional("discard-granularity") : 0,
-            discardAlignment: discard ? optional("discard-alignment") : 0,
-            discardSecure: discard && optional("discard-secure") != 0,
-            persistent: optional("feature-persistent") != 0,
-            maxIndirectSegments: Int(min(optional("feature-max-indirect-segments"), UInt64(Blkif.maxIndirectSegments))))
-    }
-}
-
-/// What the caller asked for.
-public enum BlkfrontOperation: Sendable, Equatable, CustomStringConvertible {
-    case read, write, flush, discard
-
-    public var description: String {
-        switch self {
-        case .read: return "read"
-        case .write: return "write"
-        case .flush: return "flush"
-        case .discard: return "discard"
-        }
-    }
-}
-
-/// A finished request: its tag, what it was, and the bytes a read returned.
-public struct BlkfrontCompletion {
-    public let tag: UInt64
-    public let operation: BlkfrontOperation
-    public let sector: UInt64
-    /// Sectors (512 bytes) of the request; 0 for a flush.
-    public let count: Int
-    /// A read's bytes (`count * 512`); nil for other operations and for reads into a caller's buffer.
-    public let result: Result<[UInt8]?, BlkfrontError>
-
-    /// The error, if it failed.
-    public var error: BlkfrontError? {
-        if case let .failure(e) = result { return e }
-        return nil
-    }
-}
-
-// MARK: - The driver
-
-/// What a frontend asks for at connect; each is capped by what the backend advertises.
-public struct BlkfrontOptions: Sendable {
-    /// Queues (`multi-queue-num-queues`), each its own ring and event channel, capped by the
-    /// backend's `multi-queue-max-queues` (1 when absent).
-    public var queues: Int
-    /// Ring pages per queue as an order (`ring-page-order`: 2^order pages), capped by the
-    /// backend's `max-ring-page-order` (0 when absent). Linux's default is 0.
-    public var ringPageOrder: Int
-    /// Segments per indirect request (`BLKIF_OP_INDIRECT`), capped by the backend's
-    /// `feature-max-indirect-segments`; 0 never sends indirect requests. Linux's default is 32.
-    public var maxIndirectSegments: Int
-
-    public init(queues: Int = 1, ringPageOrder: Int = 0, maxIndirectSegments: Int = 32) {
-        self.queues = queues
-        self.ringPageOrder = ringPageOrder
-        self.maxIndirectSegments = maxIndirectSegments
-    }
-
-    /// `XENBUS_MAX_RING_GRANT_ORDER`: at most 16 ring pages.
-    public static let maxRingPageOrder = 4
-}
-
 /// A connected virtual block device of this domain. Not thread-safe: one thread drives it (see
 /// the notes at the top of this file for the event rules). Call `close()` when done.
 public final class Blkfront {
-    public let domain: Domain
-    public let device: XenbusDevice
+    public var domain: Domain { xenbus.domain }
+    public var device: XenbusDevice { xenbus.device }
     /// `xvda (vbd 51712)`.
     public let label: String
     /// `xvda`.
@@ -499,14 +138,12 @@ public final class Blkfront {
 
     private typealias Grant = (page: GrantablePage, ref: GrantRef)
 
-    /// One ring (queue): its pages (back to back at `ring`'s base), grants, event channel, the
-    /// shadow of its slots and each slot's persistently granted data and indirect pages.
+    /// One ring (queue): its pages' grants (the pages, back to back at `ring`'s base, are on
+    /// `xenbus`'s account), event channel, the shadow of its slots and each slot's persistently
+    /// granted data and indirect pages.
     private final class Queue {
         let index: Int
-        let pages: [GrantablePage]
         let refs: [GrantRef]
-        /// The contiguous view of `pages` when there are several.
-        let alias: UnsafeMutableRawPointer?
         let ring: FrontRing
         let port: EventChannels.Port
         var shadow: BlkfrontShadowTable<Work>
@@ -514,12 +151,9 @@ public final class Blkfront {
         var slotIndirect: [[Grant]]
         var placed = 0
 
-        init(index: Int, pages: [GrantablePage], refs: [GrantRef], alias: UnsafeMutableRawPointer?, ring: FrontRing,
-             port: EventChannels.Port) {
+        init(index: Int, refs: [GrantRef], ring: FrontRing, port: EventChannels.Port) {
             self.index = index
-            self.pages = pages
             self.refs = refs
-            self.alias = alias
             self.ring = ring
             self.port = port
             shadow = BlkfrontShadowTable(capacity: Int(ring.layout.count))
@@ -528,7 +162,8 @@ public final class Blkfront {
         }
     }
 
-    private let end: XenbusEnd
+    /// The handshake, the watch on the backend and everything granted to it.
+    private let xenbus: XenbusFrontend
     private let queues: [Queue]
     private let handle: UInt16
     private var state = State.connected
@@ -541,28 +176,21 @@ public final class Blkfront {
     private var nextSerial: UInt64 = 1
     /// IOs submitted and not finished (public and internal).
     private var unfinished = 0
-    /// Set by the watch on the backend's `state` (on the store's watch thread); read here.
-    private var backendChanged: UInt32 = 1
     /// `close()` has started (it processes while it waits; this keeps it from starting again).
     private var closing = false
-    private let watchToken: String
-    private static let watchCounter = XenbusCounter()
 
-    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, features: BlkfrontFeatures, queues: [Queue],
-                 ringPageOrder: Int, maxSegments: Int) {
-        self.domain = domain
-        self.device = device
-        self.end = end
+    private init(xenbus: XenbusFrontend, features: BlkfrontFeatures, queues: [Queue], ringPageOrder: Int, maxSegments: Int) {
+        self.xenbus = xenbus
         self.features = features
         self.queues = queues
         self.ringPageOrder = ringPageOrder
         maxSegmentsPerRequest = maxSegments
-        name = Blkfront.deviceName(devid: device.devid)
-        label = "\(name) (vbd \(device.devid))"
-        handle = UInt16(truncatingIfNeeded: device.devid)
+        let devid = xenbus.device.devid
+        name = Blkfront.deviceName(devid: devid)
+        label = "\(name) (vbd \(devid))"
+        handle = UInt16(truncatingIfNeeded: devid)
         canFlush = features.flushCache || features.barrier
         canDiscard = features.discard
-        watchToken = "blkfront-\(device.devid)-\(Self.watchCounter.next())"
     }
 
     // MARK: discovery
@@ -609,147 +237,60 @@ public final class Blkfront {
 
     // MARK: connecting
 
-    /// Connects to vbd `devid` of `domain` (the handshake at the top of this file), waiting at
-    /// most `timeout` seconds in all for the backend. On failure this end is left Closing
-    /// (`xenbus_dev_fatal`) once it had published anything, and everything allocated is released.
+    /// Connects to vbd `devid` of `domain` (the handshake at the top of this file, driven by
+    /// `XenbusFrontend.connect`), waiting at most `timeout` seconds in all for the backend. On
+    /// failure this end is left Closing (`xenbus_dev_fatal`) once it had published anything, and
+    /// everything allocated is released.
     public static func connect(domain: Domain, devid: UInt32, timeout: Double = 30,
                                options: BlkfrontOptions = BlkfrontOptions()) throws -> Blkfront {
         let label = "\(deviceName(devid: devid)) (vbd \(devid))"
-        let deadline = XenbusDeadline(seconds: timeout)
-        func left() -> Double { deadline.left }
         func fail(_ reason: String) -> BlkfrontError { .handshake(device: label, reason: reason) }
-
-        let store = XenStoreClientXenbus(domain.store)
-        let device: XenbusDevice
-        do {
-            device = try XenbusDevice.frontend(store: store, domid: domain.domid, type: "vbd", devid: devid)
-        } catch {
-            throw fail("\(error)")
-        }
-        let end = XenbusEnd(device: device, role: .frontend, store: store)
-        let ev = domain.eventChannels, gt = domain.grantTable
+        let xenbus = try XenbusFrontend(domain: domain, type: "vbd", devid: devid, failure: fail)
         var queues: [Queue] = []
-        // Allocated for a queue not yet complete (released on failure).
-        var loosePages: [GrantablePage] = []
-        var looseRefs: [GrantRef] = []
-        var loosePort: EventChannels.Port?
-        var looseAlias: UnsafeMutableRawPointer?
-        var published = false
-        do {
-            // A frontend connecting again (after Closed) starts from Initialising, so the backend
-            // goes back to InitWait (blkback's "prepare for reconnect").
-            if end.state != .initialising { try end.switchState(.initialising) }
-            let backendState = try end.waitForOtherEnd(states: [.initWait, .connected], timeout: left())
-
+        var order = 0
+        let front = try xenbus.connect(timeout: timeout, failure: fail, publish: { _ in
             // What the backend allows (blkfront_setup_indirect/talk_to_blkback read these first).
-            func backendNumber(_ key: String) -> Int {
-                (try? domain.store.read("\(device.backendPath)/\(key)")).flatMap { Int($0) } ?? 0
-            }
+            func backendNumber(_ key: String) -> Int { xenbus.backendNode(key).flatMap { Int($0) } ?? 0 }
             let maxQueues = max(1, backendNumber("multi-queue-max-queues"))
             let queueCount = max(1, min(options.queues, maxQueues))
-            let order = max(0, min(options.ringPageOrder, backendNumber("max-ring-page-order"), BlkfrontOptions.maxRingPageOrder))
+            order = max(0, min(options.ringPageOrder, backendNumber("max-ring-page-order"), BlkfrontOptions.maxRingPageOrder))
             let nPages = 1 << order
             let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size, pages: nPages)
-
             for q in 0..<queueCount {
-                for _ in 0..<nPages { loosePages.append(try gt.allocatePage()) }
-                // Through the grant table, so re-backing at endAccess replaces the view too.
-                let alias = nPages > 1 ? try gt.contiguousView(loosePages) : nil
-                looseAlias = alias
-                let ring = FrontRing(page: alias ?? loosePages[0].base, layout: layout)
-                for page in loosePages { looseRefs.append(try gt.grantAccess(page, to: device.backendDomid, readonly: false)) }
-                let p = try ev.allocUnbound(remote: device.backendDomid)
-                loosePort = p
-                queues.append(Queue(index: q, pages: loosePages, refs: looseRefs, alias: alias, ring: ring, port: p))
-                loosePages = []
-                looseRefs = []
-                loosePort = nil
-                looseAlias = nil
+                let ring = try xenbus.grantRing(pages: nPages)
+                let port = try xenbus.allocUnboundPort()
+                queues.append(Queue(index: q, refs: ring.refs, ring: FrontRing(page: ring.base, layout: layout), port: port))
             }
-            let dir = device.frontendPath
-            published = true
-            try domain.store.transaction { t in
-                func put(_ key: String, _ value: String) throws { try domain.store.write("\(dir)/\(key)", value, transaction: t) }
-                if nPages > 1 { try put("ring-page-order", String(order)) }
-                if queueCount > 1 { try put("multi-queue-num-queues", String(queueCount)) }
-                for q in queues {
-                    let prefix = queueCount > 1 ? "queue-\(q.index)/" : ""
-                    if nPages == 1 {
-                        try put(prefix + "ring-ref", String(q.refs[0]))
-                    } else {
-                        for (i, r) in q.refs.enumerated() { try put(prefix + "ring-ref\(i)", String(r)) }
-                    }
-                    try put(prefix + "event-channel", String(q.port))
+            var nodes: [(key: String, value: String)] = []
+            if nPages > 1 { nodes.append(("ring-page-order", String(order))) }
+            if queueCount > 1 { nodes.append(("multi-queue-num-queues", String(queueCount))) }
+            for q in queues {
+                let prefix = queueCount > 1 ? "queue-\(q.index)/" : ""
+                if nPages == 1 {
+                    nodes.append((prefix + "ring-ref", String(q.refs[0])))
+                } else {
+                    for (i, r) in q.refs.enumerated() { nodes.append((prefix + "ring-ref\(i)", String(r))) }
                 }
-                try put("protocol", "x86_64-abi")
-                try put("feature-persistent", "1")
+                nodes.append((prefix + "event-channel", String(q.port)))
             }
-            try end.switchState(.initialised)
-
-            let s = backendState == .connected
-                ? backendState
-                : try end.waitForOtherEnd(states: [.connected, .closing, .closed], timeout: left())
-            guard s == .connected else {
-                throw fail("the backend went \(s) instead of Connected")
-            }
+            nodes.append(("protocol", "x86_64-abi"))
+            nodes.append(("feature-persistent", "1"))
+            return nodes
+        }, connected: {
             let features: BlkfrontFeatures
             do {
-                features = try BlkfrontFeatures.parse(backendPath: device.backendPath) { key in
-                    try? domain.store.read("\(device.backendPath)/\(key)")
-                }
-            } catch let e as BlkfrontError {
-                throw e
+                features = try BlkfrontFeatures.parse(backendPath: xenbus.device.backendPath, xenbus.backendNode)
             } catch {
                 throw fail("\(error)")
             }
-            // The backend bound our ports before it went Connected; the supervisor's portBound
-            // reaches this domain's event thread asynchronously. Polled, not waited for with
-            // waitAny, which would take the application's events.
-            for q in queues {
-                while !ev.isConnected(q.port) {
-                    if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(q.port)") }
-                    usleep(500)
-                }
-            }
             let indirect = min(options.maxIndirectSegments, features.maxIndirectSegments)
             let maxSegments = indirect > Blkif.maxSegmentsPerRequest ? indirect : Blkif.maxSegmentsPerRequest
-            try end.switchState(.connected)
-            let front = Blkfront(domain: domain, device: device, end: end, features: features, queues: queues,
-                                 ringPageOrder: order, maxSegments: maxSegments)
-            // Linux's otherend watch: the backend going Closing means the toolstack is removing
-            // the device. The flag is looked at by the driving thread.
-            try? domain.store.watch(device.backendPath + "/state", token: front.watchToken) { [weak front] _ in
-                if let front { SharedAtomic.store(&front.backendChanged, 1) }
-            }
-            return front
-        } catch {
-            if published { try? end.switchState(.closing) }
-            if let loosePort { try? ev.close(loosePort) }
-            for r in looseRefs { try? gt.endAccess(r) }
-            if let looseAlias { gt.releaseContiguousView(looseAlias, pages: loosePages) }
-            loosePages.forEach(gt.freePage)  // never granted, or granted and just ended above
-            for q in queues { release(q, gt: gt, ev: ev) }
-            if let e = error as? BlkfrontError { throw e }
-            throw fail(XenbusDeadline.reason(error))
-        }
-    }
-
-    /// Ends a queue's ring grants and closes its port; pages the backend still maps are never
-    /// reused.
-    private static func release(_ q: Queue, gt: GrantTable, ev: EventChannels) {
-        var ringFree = true
-        for ref in q.refs {
-            do {
-                try gt.endAccess(ref)
-            } catch GrantError.stillMapped {
-                ringFree = false
-            } catch {}
-        }
-        if ringFree {
-            if let a = q.alias { gt.releaseContiguousView(a, pages: q.pages) }
-            q.pages.forEach(gt.freePage)
-        }
-        try? ev.close(q.port)
+            return Blkfront(xenbus: xenbus, features: features, queues: queues, ringPageOrder: order, maxSegments: maxSegments)
+        })
+        // The backend going Closing means the toolstack is removing the device; the flag the
+        // watch raises is looked at by the driving thread.
+        xenbus.watchBackend()
+        return front
     }
 
     // MARK: submitting
@@ -988,16 +529,7 @@ public final class Blkfront {
 
     /// Allocates and grants (once) pages into `list` until it has `count`.
     private func grow(_ list: inout [Grant], to count: Int, readonly: Bool) throws {
-        while list.count < count {
-            let page = try domain.grantTable.allocatePage()
-            do {
-                let ref = try domain.grantTable.grantAccess(page, to: device.backendDomid, readonly: readonly)
-                list.append((page, ref))
-            } catch {
-                domain.grantTable.freePage(page)
-                throw error
-            }
-        }
+        while list.count < count { list.append(try xenbus.grantPage(readonly: readonly)) }
     }
 
     /// The slot's first `count` data pages, granted read-write on first use.
@@ -1053,9 +585,7 @@ public final class Blkfront {
     /// Acts on a change of the backend's state the watch flagged: Closing starts the detach;
     /// Closed or gone fails what is in flight (the backend will not answer it) and closes.
     private func checkBackend() {
-        guard SharedAtomic.load(&backendChanged) != 0 else { return }
-        SharedAtomic.store(&backendChanged, 0)
-        let s = (try? end.otherEndState()) ?? .unknown
+        guard let s = xenbus.backendStateIfChanged() else { return }
         switch (state, s) {
         case (.connected, .closing):
             state = .detaching
@@ -1188,7 +718,7 @@ public final class Blkfront {
             if let p = ev.waitAny(timeoutNs: slice, spin: spin) {
                 if !queues.contains(where: { $0.port == p }) { strayPorts.append(p) }
             } else if requestsInFlight > 0 {
-                let s = (try? end.otherEndState()) ?? .unknown
+                let s = xenbus.backendState()
                 if s != .connected && s != .closing { disconnect("the backend is \(s)") }
             }
         }
@@ -1261,59 +791,23 @@ public final class Blkfront {
 
     /// Lets outstanding requests finish (up to `timeout` seconds; the rest fail with `closed`),
     /// then Closing, waits for the backend to close, Closed, waits for it to let go of the pages,
-    /// ends every grant and closes the event channels. Pages the backend still maps after the
-    /// timeout are left granted (never reused). Idempotent.
+    /// ends every grant and closes the event channels (`XenbusFrontend.close`). Pages the backend
+    /// still maps after the timeout are left granted (never reused). Idempotent.
     public func close(timeout: Double = 10) {
         if closing { return }
         closing = true
-        try? domain.store.unwatch(device.backendPath + "/state", token: watchToken)
-        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
-        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
+        xenbus.stopWatchingBackend()
+        let deadline = XenbusDeadline(seconds: timeout)
         switch state {
-        case .connected, .detaching: try? wait(timeout: left()) { unfinished == 0 }
+        case .connected, .detaching: try? wait(timeout: deadline.left) { unfinished == 0 }
         default: break
         }
         breakDevice(.closed(device: label))
         state = .closed
-        try? end.switchState(.closing)
-        _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: left())
-        try? end.switchState(.closed)
-        // The backend unmaps the rings and its persistent grants when it sees Closed.
-        _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: left())
-        let gt = domain.grantTable, ev = domain.eventChannels
-        var pending: [(Queue, [Grant])] = queues.map { q in
-            let grants = q.slotPages.flatMap { $0 } + q.slotIndirect.flatMap { $0 }
+        xenbus.close(deadline: deadline)
+        for q in queues {
             q.slotPages = Array(repeating: [], count: q.slotPages.count)
             q.slotIndirect = Array(repeating: [], count: q.slotIndirect.count)
-            return (q, grants)
         }
-        // Retried while the backend still maps something, until the deadline.
-        while !pending.isEmpty {
-            var still: [(Queue, [Grant])] = []
-            for (q, grants) in pending {
-                let left = Self.releaseGrants(grants, gt: gt)
-                if !left.isEmpty { still.append((q, left)) }
-            }
-            pending = still
-            if pending.isEmpty || left() <= 0 { break }
-            usleep(1000)
-        }
-        for q in queues { Self.release(q, gt: gt, ev: ev) }
-    }
-
-    /// Ends `grants` and frees their pages; returns those still mapped by the backend. One call
-    /// for all: the backend mapped every persistent grant, so each page is re-backed, 16 per
-    /// hypercall.
-    private static func releaseGrants(_ grants: [Grant], gt: GrantTable) -> [Grant] {
-        var still: [Grant] = []
-        for (g, failure) in zip(grants, gt.endAccess(grants.map(\.ref))) {
-            switch failure {
-            case nil: gt.freePage(g.page)
-            case .stillMapped?: still.append(g)
-            // Not ours any more, or not re-backed: never reuse the page.
-            default: break
-            }
-        }
-        return still
     }
 }

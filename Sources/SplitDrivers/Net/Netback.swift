@@ -19,15 +19,12 @@ import ProcvisorABI
 /// bridge's uplink thread moves frames between its tap and the switch with io_uring (or plain
 /// read/write when io_uring is refused).
 ///
-/// Settings (the driver domain's command line, KEY=VALUE): `PROCVISOR_FORCE_NO_IOURING=1`,
-/// `max-queues=N` (`multi-queue-max-queues`, default the vCPUs, at most 8), `spin=N` (doorbell
-/// checks before the switch sleeps), `budget=N` (packets per vif per pass, default 64),
-/// `backlog=N` (frames waiting per vif for rx slots, default 256), `broadcast-pps=N`
-/// (broadcast/multicast/unknown-unicast frames a vif may flood per second, default 20000).
+/// Settings: `NetbackSettings`, read from the driver domain's command line (KEY=VALUE) by
+/// `DriverSettings.netback`.
 public final class Netback {
     let domain: Domain
     let log: (String) -> Void
-    let environment: [String: String]
+    let settings: NetbackSettings
     /// Guards the switch state: vifs, bridges, ports. The switch holds it for a pass.
     let lock = Lock()
     private lazy var devices = BackendDevices<NetbackVif>(
@@ -49,20 +46,17 @@ public final class Netback {
     private var lastLog: [String: UInt64] = [:]
     private(set) var filterText: [String: String] = [:]
 
-    public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
+    public init(domain: Domain, settings: NetbackSettings = NetbackSettings(), log: @escaping (String) -> Void) {
         self.domain = domain
-        self.environment = environment
+        self.settings = settings
         self.log = log
+        budget = settings.budget
     }
 
-    var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
-    var budget: Int { environment["budget"].flatMap(Int.init).map { max(1, $0) } ?? 64 }
-    var backlogLimit: Int { environment["backlog"].flatMap(Int.init).map { max(0, $0) } ?? 256 }
-    var broadcastPPS: Int { environment["broadcast-pps"].flatMap(Int.init).map { max(1, $0) } ?? 20_000 }
-    var maxQueues: Int {
-        if let v = environment["max-queues"].flatMap(Int.init), v >= 1 { return min(v, 8) }
-        return max(1, min(8, Int(domain.startInfo.vcpus)))
-    }
+    /// Packets taken from each vif (and uplink) per pass (`budget=N`).
+    let budget: Int
+    /// `multi-queue-max-queues` offered to each vif.
+    var maxQueues: Int { settings.maxQueues(vcpus: Int(domain.startInfo.vcpus)) }
 
     /// Logs `line`, at most once a second per `key` (a hostile guest must not flood the log).
     func logLimited(_ key: String, _ line: @autoclosure () -> String) {
@@ -86,7 +80,7 @@ public final class Netback {
         let ev = domain.eventChannels
         var timeout: Int64 = -1
         while true {
-            let ports = ev.wait(timeoutNs: timeout, spin: spin)
+            let ports = ev.wait(timeoutNs: timeout, spin: settings.spin)
             lock.lock()
             for p in ports {
                 if p == wakePort {
@@ -353,7 +347,7 @@ public final class Netback {
         // Broadcast, multicast, unknown unicast: every other port, within the sender's allowance.
         if let vif = sourceVif, !vif.floodLimiter.allow(now: now) {
             vif.stats.floodDropped += 1
-            logLimited("flood-\(vif.name)", "netback: \(vif.name): flooding over \(broadcastPPS) frames/s; dropping the excess")
+            logLimited("flood-\(vif.name)", "netback: \(vif.name): flooding over \(settings.broadcastPPS) frames/s; dropping the excess")
             return
         }
         for p in bridge.ports where p.id != port { p.deliver(frame, info: info) }
@@ -364,7 +358,7 @@ public final class Netback {
         if vif.queues.isEmpty || vif.queues[0].dead { return }
         let q = vif.queues.count == 1 ? vif.queues[0] : vif.queues[vif.queueIndex(for: info)]
         if vif.backlog.isEmpty, copyToRx(frame, q) { return }
-        if vif.backlog.count >= backlogLimit {
+        if vif.backlog.count >= settings.backlog {
             vif.stats.rxDropped += 1
             logLimited("rxfull-\(vif.name)", "netback: \(vif.name): rx ring not refilled; dropping frames for it")
             return
@@ -540,53 +534,4 @@ public final class Netback {
         }
         lock.unlock()
     }
-}
-
-/// A port of a bridge: a vif or the uplink.
-protocol NetBridgePortProtocol: AnyObject {
-    var id: Int { get }
-    func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo)
-}
-
-/// A learning L2 bridge.
-final class NetBridge {
-    static let uplinkPort = 0
-    let name: String
-    let macs = MACTable()
-    var filter = NetFilterRuleSet()
-    var filterDropped = 0
-    private(set) var ports: [NetBridgePortProtocol] = []
-    private var byID: [Int: NetBridgePortProtocol] = [:]
-    var uplink: NetUplink?
-    var uplinkRequested = false
-    var uplinkStatus = "pending"
-
-    init(name: String) { self.name = name }
-
-    func addPort(_ p: NetBridgePortProtocol) {
-        ports.append(p)
-        byID[p.id] = p
-    }
-
-    func removePort(_ id: Int) {
-        ports.removeAll { $0.id == id }
-        byID[id] = nil
-        macs.forget(port: id)
-    }
-
-    func port(_ id: Int) -> NetBridgePortProtocol? { byID[id] }
-}
-
-final class NetbackVifPort: NetBridgePortProtocol {
-    let id: Int
-    let vif: NetbackVif
-    unowned let owner: Netback
-
-    init(id: Int, vif: NetbackVif, owner: Netback) {
-        self.id = id
-        self.vif = vif
-        self.owner = owner
-    }
-
-    func deliver(_ frame: UnsafeRawBufferPointer, info: FrameInfo) { owner.deliver(frame, to: vif, info: info) }
 }

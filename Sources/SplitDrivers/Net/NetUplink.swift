@@ -34,7 +34,8 @@ final class NetUplink: NetBridgePortProtocol {
         self.bridge = bridge
         self.tap = tap
         // The ring acts on registered files only (IORingPolicy): the tap is file 0, the kick 1.
-        if IOUring.probe(environment: owner.environment.merging(Process.environment()) { a, _ in a }) == nil,
+        // `PROCVISOR_FORCE_NO_IOURING=1` turns it off, as a setting or (`probe`) in the environment.
+        if !owner.settings.forceNoIOUring, IOUring.probe() == nil,
            let r = try? IOUring(entries: 128), (try? r.registerFiles([tap, kickEvent.fd])) != nil {
             ring = r
             engineName = "io_uring"

@@ -3,8 +3,8 @@ import LinuxHost
 @testable import SplitDrivers
 import Testing
 
-// blkback's I/O engines, both of them: the thread pool (forced through the environment, as the
-// driver domain would be) and io_uring when this kernel allows it. Buffers are pages of a memfd
+// blkback's I/O engines, both of them: the thread pool (forced through the settings, as the
+// driver domain's PROCVISOR_FORCE_NO_IOURING=1 does) and io_uring when this kernel allows it. Buffers are pages of a memfd
 // mapping, standing in for mapped grant pages; disks are temp files under /tmp.
 
 private let pageSize = 4096
@@ -14,7 +14,7 @@ private let oDirect: Int32 = 0o200000  // O_DIRECT (glibc hides it without _GNU_
 #else
 private let oDirect: Int32 = 0o40000
 #endif
-private let forceThreads = [BlockIO.forceNoIOUringVariable: "1"]
+private let forceThreads = BlockIOSettings(forceThreadPool: true)
 private let ioUringAllowed = IOUring.probe(environment: [:]) == nil
 
 /// A temp file under /tmp, removed by `remove()`.
@@ -133,7 +133,7 @@ private func makeEngine(_ kind: String, disk: FileDescriptor, depth: Int = 32) -
     }
     var logs: [String] = []
     let engine = BlockIO.makeEngine(disk: disk, queueDepth: depth,
-                                    environment: kind == "threads" ? forceThreads : [:]) { logs.append($0) }
+                                    settings: kind == "threads" ? forceThreads : BlockIOSettings()) { logs.append($0) }
     #expect(engine.name == kind)
     #expect(logs.count == 1, "logs once which engine and why: \(logs)")
     if kind == "threads" { #expect(logs.first?.contains(BlockIO.forceNoIOUringVariable) == true) }
@@ -537,16 +537,16 @@ private func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool 
     }
 
     /// Choosing: io_uring unless forced off; the forced fallback says why.
-    @Test func choiceFollowsTheEnvironment() throws {
+    @Test func choiceFollowsTheSettings() throws {
         let disk = try TempDisk(size: 1 << 16)
         defer { disk.remove() }
         var logs: [String] = []
-        let forced = BlockIO.makeEngine(disk: disk.fd, queueDepth: 4, environment: forceThreads) { logs.append($0) }
+        let forced = BlockIO.makeEngine(disk: disk.fd, queueDepth: 4, settings: forceThreads) { logs.append($0) }
         defer { forced.close() }
         #expect(forced.name == "threads")
         #expect(logs.count == 1 && logs[0].contains("PROCVISOR_FORCE_NO_IOURING=1"), "\(logs)")
         logs = []
-        let chosen = BlockIO.makeEngine(disk: disk.fd, queueDepth: 4, environment: [:]) { logs.append($0) }
+        let chosen = BlockIO.makeEngine(disk: disk.fd, queueDepth: 4, settings: BlockIOSettings()) { logs.append($0) }
         defer { chosen.close() }
         #expect(chosen.name == (ioUringAllowed ? "io_uring" : "threads"), "\(logs)")
         #expect(logs.count == 1)

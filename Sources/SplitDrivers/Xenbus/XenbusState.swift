@@ -1,5 +1,5 @@
 /// The xenbus device states of `xen/io/xenbus.h`, written as decimal strings to the `state` key of
-/// a frontend's and a backend's XenStore directory. `Xenbus.swift` drives them.
+/// a frontend's and a backend's XenStore directory. `XenbusEnd` drives them.
 public enum XenbusState: Int, CaseIterable, Sendable, CustomStringConvertible {
     case unknown = 0
     case initialising = 1

@@ -3,414 +3,6 @@ import Glibc
 import LinuxHost
 import ProcvisorABI
 
-/// blkback: serves the vbds the toolstack assigns to this driver domain
-/// (`/local/domain/SELF/backend/vbd/F/DEVID`). One thread per device does the xenbus handshake
-/// (Linux's connect_ring: multi-queue, multi-page rings, persistent grants, indirect segments)
-/// and watches the frontend. Each queue has its own I/O engine working straight in the
-/// frontend's granted pages (kept mapped when both ends support `feature-persistent`). The
-/// caller's thread becomes the event dispatcher: it takes every event of the domain and takes the
-/// requests off that queue's ring into its engine itself (no hand-off on the way in); each queue
-/// has a thread that answers completions and runs barriers. A frontend that puts garbage on a
-/// ring is disconnected; the others keep being served.
-///
-/// Settings (the driver domain's command line, KEY=VALUE): `PROCVISOR_FORCE_NO_IOURING=1` forces
-/// the thread pool; `direct-io=0` keeps the page cache (by default the image is used with O_DIRECT
-/// when its file system allows); `max-queues=N` (`multi-queue-max-queues`, default the vCPUs).
-public final class Blkback {
-    let domain: Domain
-    let log: (String) -> Void
-    let environment: [String: String]
-    private let lock = Lock()
-    private lazy var devices = BackendDevices<BlkbackDevice>(
-        domain: domain, type: "vbd", make: { [unowned self] f, d in BlkbackDevice(domain: domain, frontend: f, devid: d, owner: self) },
-        start: { [domain] device in domain.startVCPU(-10) { _ in device.run() } }, stop: { $0.requestStop() })
-    private var byPort: [EventChannels.Port: BlkbackQueue] = [:]
-    private let dispatcherKick = Kick()
-
-    public init(domain: Domain, environment: [String: String] = [:], log: @escaping (String) -> Void) {
-        self.domain = domain
-        self.environment = environment
-        self.log = log
-    }
-
-    /// `submit=queue`: the queue thread takes the requests (the dispatcher only kicks it), so
-    /// the thread that submits to io_uring is the one that waits for its completions.
-    var queueThreadSubmits: Bool { environment["submit"] == "queue" }
-    /// Whether a queue may run on one thread that sleeps in its io_uring, waiting for its
-    /// completions and the domain's doorbell at once (the default; `dispatch=1` or `submit=queue`
-    /// keep the event dispatcher).
-    var ownedQueues: Bool { environment["dispatch"] != "1" && !queueThreadSubmits }
-    /// `spin=N`: doorbell checks the dispatcher makes before it sleeps (0: sleep at once).
-    var spin: Int { environment["spin"].flatMap(Int.init).map { max(0, $0) } ?? 0 }
-    /// `poll-us=N`: microseconds a queue thread with I/O in flight keeps looking for completions
-    /// before it sleeps (0: sleep at once). Unset, dispatched queues sleep at once and owned
-    /// queues poll adaptively up to `AdaptivePoll.defaultMaxNs`.
-    var pollNs: UInt64? { environment["poll-us"].flatMap(UInt64.init).map { min($0, 10_000) * 1000 } }
-
-    /// Staging memory for large requests (`BounceBuffers`), all queues together: it is this
-    /// process's own memory, out of the headroom the supervisor's memory limit leaves above the
-    /// domain's RAM (64 MiB), so it is capped: `staging-mib=N`, 16 by default, 0 for none.
-    private lazy var stagingBudget: Int = (environment["staging-mib"].flatMap(Int.init).map { max(0, min($0, 1024)) } ?? 16) << 20
-    private var stagingUsed = 0
-
-    /// Takes `bytes` of the staging budget; false when that would exceed it.
-    func reserveStaging(_ bytes: Int) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        guard stagingUsed + bytes <= stagingBudget else { return false }
-        stagingUsed += bytes
-        return true
-    }
-
-    func releaseStaging(_ bytes: Int) {
-        lock.lock()
-        stagingUsed -= bytes
-        lock.unlock()
-    }
-
-    /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
-    /// is dom0's online CPUs), at most 16.
-    var maxQueues: Int {
-        if let v = environment["max-queues"].flatMap(Int.init), v >= 1 { return min(v, 16) }
-        return max(1, min(16, Int(domain.startInfo.vcpus)))
-    }
-
-    /// Watches for devices and dispatches events forever.
-    public func run() -> Never {
-        do {
-            try domain.store.watch("backend/vbd", token: "blkback:devices") { [unowned self] _ in devices.scan() }
-        } catch {
-            log("blkback: cannot watch backend/vbd: \(error)")
-            domain.shutdown(.crash)
-        }
-        log("blkback: dom\(domain.domid) serving vbds")
-        while true {
-            lock.lock()
-            let dispatching = !byPort.isEmpty
-            lock.unlock()
-            // Queues that wait on their own io_uring take their events themselves: without
-            // others, this thread stays off the doorbell (it would wake with every event).
-            guard dispatching else {
-                dispatcherKick.wait(timeoutMs: 1000)
-                continue
-            }
-            for port in domain.eventChannels.wait(timeoutNs: 1_000_000_000, spin: spin) {
-                lock.lock()
-                let q = byPort[port]
-                lock.unlock()
-                if queueThreadSubmits { q?.kick() } else { q?.serviceRing() }
-            }
-        }
-    }
-
-    /// A queue whose requests this thread takes (one without its own io_uring wait).
-    func registered(_ q: BlkbackQueue, port: EventChannels.Port) {
-        lock.lock(); byPort[port] = q; lock.unlock()
-        dispatcherKick.raise()
-    }
-
-    /// Queues about to close their ports: their events stop coming here. Called before the
-    /// ports are closed, and an entry goes only while it is still this queue's: once closed, a
-    /// port number can be bound again at once by a device connecting meanwhile, and that
-    /// device's queue must keep its entry.
-    func unregister(_ queues: [BlkbackQueue]) {
-        lock.lock()
-        for q in queues {
-            if let p = q.port, byPort[p] === q { byPort[p] = nil }
-        }
-        lock.unlock()
-    }
-
-    /// The device thread ended.
-    func finished(_ d: BlkbackDevice) {
-        devices.finished(frontend: d.frontend, devid: d.devid)
-    }
-}
-
-/// Why a device stopped being served.
-enum BlkbackStop: Error, CustomStringConvertible {
-    case ring(queue: Int, RingError)
-    case removed
-    case frontendClosed
-    case setup(String)
-
-    var description: String {
-        switch self {
-        case let .ring(q, e): return "the frontend corrupted ring \(q) (\(e)); disconnected"
-        case .removed: return "device removed by the toolstack"
-        case .frontendClosed: return "the frontend closed the device"
-        case let .setup(why): return why
-        }
-    }
-}
-
-/// A kick eventfd: the dispatcher (or anyone) wakes a thread that polls it.
-///
-/// Closing is safe against late raisers. A XenStore watch callback already on its way, or a
-/// thread that has not seen its device finish, can still raise a kick after the owner closed
-/// it; a write to the closed descriptor number would land in whatever file took that number
-/// next. In a driver domain that is usually a grant page's memfd just received from the
-/// supervisor: the frontend's page then starts with a 64-bit 1, and that is what reached the
-/// disk. So `raise` and `close` take a lock, and a closed kick ignores raises. `drain` and
-/// `wait` are for the owner's thread, which closes the kick only after its last wait.
-final class Kick {
-    let fd: FileDescriptor
-    private let mutex = Lock()
-    private var closed = false
-
-    /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
-    init() {
-        fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
-        if fd.rawValue >= 0 { try? fd.setNonBlocking() }
-    }
-
-    deinit { close() }
-
-    var valid: Bool { fd.rawValue >= 0 }
-
-    func raise() {
-        mutex.lock()
-        if !closed && valid {
-            var one: UInt64 = 1
-            _ = Glibc.write(fd.rawValue, &one, 8)
-        }
-        mutex.unlock()
-    }
-
-    /// Closes the eventfd; later raises do nothing. Idempotent.
-    func close() {
-        mutex.lock()
-        if !closed {
-            closed = true
-            if valid { fd.close() }
-        }
-        mutex.unlock()
-    }
-
-    /// Consumes a pending kick, if any (never blocks).
-    func drain() {
-        var v: UInt64 = 0
-        _ = Glibc.read(fd.rawValue, &v, 8)
-    }
-
-    /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick.
-    func wait(timeoutMs: Int32, other: FileDescriptor? = nil) {
-        var fds = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
-        if let other { fds.append(pollfd(fd: other.rawValue, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
-        var v: UInt64 = 0
-        if fds[0].revents != 0 { _ = Glibc.read(fd.rawValue, &v, 8) }
-    }
-}
-
-/// One vbd: its image, the handshake, its queues.
-final class BlkbackDevice {
-    let domain: Domain
-    let frontend: UInt16
-    let devid: UInt32
-    unowned let owner: Blkback
-    private let kick = Kick()
-    /// Non-zero: every queue stops (set by the device thread, or by a queue whose ring is corrupt).
-    var stop: UInt32 = 0
-    private let failureLock = Lock()
-    private var failure: BlkbackStop?
-    private var queuesRunning: UInt32 = 0
-    var dir: String { "backend/vbd/\(frontend)/\(devid)" }
-    var label: String { "vbd \(frontend)/\(devid)" }
-
-    /// `feature-max-indirect-segments` (Linux's MAX_INDIRECT_SEGMENTS).
-    static let maxIndirectSegments = 256
-    /// `max-ring-page-order` (XENBUS_MAX_RING_GRANT_ORDER).
-    static let maxRingPageOrder = 4
-
-    // Set up by `connect`.
-    private(set) var disk: FileDescriptor?
-    private(set) var sectors: UInt64 = 0
-    private(set) var readOnly = false
-    private(set) var persistent = false
-    private(set) var direct = false
-    private var queues: [BlkbackQueue] = []
-    private var frontendDir = ""
-    private var watchToken: String?
-
-    init(domain: Domain, frontend: UInt16, devid: UInt32, owner: Blkback) {
-        self.domain = domain
-        self.frontend = frontend
-        self.devid = devid
-        self.owner = owner
-    }
-
-    /// Any thread: the device thread wakes, stops its queues and tears the device down.
-    func requestStop() {
-        SharedAtomic.store(&stop, 1)
-        kick.raise()
-    }
-
-    /// A queue hit something fatal for the whole device (a corrupt ring).
-    func fail(_ why: BlkbackStop) {
-        failureLock.lock()
-        if failure == nil { failure = why }
-        failureLock.unlock()
-        requestStop()
-    }
-
-    /// A queue thread ended.
-    func queueEnded() {
-        _ = SharedAtomic.fetchAdd(&queuesRunning, UInt32.max)  // -1
-        kick.raise()
-    }
-
-    func run() {
-        let xs = domain.store
-        do {
-            try connect()
-            let engineName = queues.first?.engineName ?? "?"
-            owner.log("blkback: \(label) connected (\(sectors) sectors, \(readOnly ? "ro" : "rw"), \(engineName), \(direct ? "direct I/O" : "buffered I/O"), \(queues.count) queue\(queues.count == 1 ? "" : "s") of \(queues.first?.slots ?? 0) slots, persistent grants \(persistent ? "on" : "off"))")
-            SharedAtomic.store(&queuesRunning, UInt32(queues.count))
-            for q in queues { domain.startVCPU(-11) { _ in q.run() } }
-            try supervise()
-        } catch let e as BlkbackStop {
-            owner.log("blkback: \(label): \(e)")
-        } catch {
-            owner.log("blkback: \(label): \(error)")
-        }
-        // Every queue stops, then Closing, then Closed once everything is unmapped (Linux's
-        // xen_blkif_disconnect order).
-        SharedAtomic.store(&stop, 1)
-        queues.forEach { $0.kick() }
-        while SharedAtomic.load(&queuesRunning) != 0 { kick.wait(timeoutMs: 100) }
-        if let t = watchToken { try? xs.unwatch(frontendDir + "/state", token: t) }
-        if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closing.storeValue) }
-        owner.unregister(queues)
-        queues.forEach { $0.teardown() }
-        queues = []
-        disk?.close()
-        disk = nil
-        kick.close()
-        if (try? xs.read(dir + "/state")) != nil { try? xs.write(dir + "/state", XenbusState.closed.storeValue) }
-        owner.finished(self)
-    }
-
-    /// While the queues serve: wakes on the frontend's state (a watch) and on stop requests.
-    private func supervise() throws {
-        while true {
-            kick.wait(timeoutMs: 1000)
-            failureLock.lock()
-            let f = failure
-            failureLock.unlock()
-            if let f { throw f }
-            if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
-            if SharedAtomic.load(&queuesRunning) == 0 { throw BlkbackStop.removed }
-            guard read("frontend") != nil else { throw BlkbackStop.removed }
-            let s = (try? domain.store.read(frontendDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .closed
-            if s == .closing || s == .closed { throw BlkbackStop.frontendClosed }
-        }
-    }
-
-    private func read(_ key: String) -> String? { try? domain.store.read(dir + "/" + key) }
-
-    private func connect() throws {
-        let xs = domain.store
-        guard kick.valid else { throw BlkbackStop.setup("cannot create an eventfd") }
-        guard let feDir = read("frontend") else { throw BlkbackStop.removed }
-        frontendDir = feDir
-        let fd = try domain.deviceFD(.vbd, frontend: frontend, devid: devid)
-        disk = fd
-        var st = stat()
-        guard fstat(fd.rawValue, &st) == 0 else { throw BlkbackStop.setup("fstat of the image: \(Errno.current)") }
-        let bytes = (st.st_mode & S_IFMT) == S_IFBLK ? UInt64(max(0, lseek(fd.rawValue, 0, SEEK_END))) : UInt64(st.st_size)
-        sectors = bytes / 512
-        readOnly = read("mode") == "r"
-        direct = owner.environment["direct-io"] != "0" && Self.useDirectIO(fd)
-        let discard = read("discard-enable") != "0" && !readOnly
-        let maxQueues = owner.maxQueues
-        // What Linux's blkback advertises.
-        var keys: [(String, String)] = [
-            ("feature-flush-cache", "1"), ("feature-barrier", "1"), ("feature-persistent", "1"),
-            ("feature-max-indirect-segments", "\(Self.maxIndirectSegments)"),
-            ("multi-queue-max-queues", "\(maxQueues)"), ("max-ring-page-order", "\(Self.maxRingPageOrder)"),
-            ("sectors", "\(sectors)"), ("sector-size", "512"), ("physical-sector-size", "512"),
-            ("info", readOnly ? "\(Blkif.vdiskReadOnly)" : "0"),
-        ]
-        if discard {
-            keys += [("feature-discard", "1"), ("discard-granularity", "4096"), ("discard-alignment", "0"), ("discard-secure", "0")]
-        }
-        for (k, v) in keys { try xs.write(dir + "/" + k, v) }
-        let token = "blkback:\(frontend)/\(devid)"
-        try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
-        watchToken = token
-        try xs.write(dir + "/state", XenbusState.initWait.storeValue)
-        // Wait for the frontend to publish its rings (Initialised) or be Connected.
-        while true {
-            if SharedAtomic.load(&stop) != 0 { throw BlkbackStop.removed }
-            let s = (try? xs.read(feDir + "/state")).flatMap { XenbusState(storeValue: $0) } ?? .unknown
-            if s == .initialised || s == .connected { break }
-            // A frontend directory that vanished (forced removal before it connected) reads as
-            // Unknown: Linux's blkback unregisters then too.
-            if s == .closing || s == .closed || s == .unknown { throw BlkbackStop.frontendClosed }
-            kick.wait(timeoutMs: 100)
-        }
-        func feRead(_ key: String) -> String? { try? xs.read(feDir + "/" + key) }
-        if let proto = feRead("protocol"), proto != "x86_64-abi" {
-            throw BlkbackStop.setup("frontend protocol \(proto) is not supported (x86_64-abi only)")
-        }
-        persistent = feRead("feature-persistent") == "1"
-        // connect_ring: queues, then ring pages (the frontend's numbers are checked, not trusted).
-        var nq = 1
-        if let text = feRead("multi-queue-num-queues") {
-            guard let n = Int(text), n >= 1, n <= maxQueues else {
-                throw BlkbackStop.setup("frontend \(feDir) asks for \(text) queues; multi-queue-max-queues is \(maxQueues)")
-            }
-            nq = n
-        }
-        var order: Int?
-        if let text = feRead("ring-page-order") {
-            guard let o = Int(text), o >= 0, o <= Self.maxRingPageOrder else {
-                throw BlkbackStop.setup("frontend \(feDir) asks for ring-page-order \(text); max-ring-page-order is \(Self.maxRingPageOrder)")
-            }
-            order = o
-        }
-        for q in 0..<nq {
-            let qdir = nq > 1 ? "\(feDir)/queue-\(q)" : feDir
-            var refs: [GrantRef] = []
-            if let order {
-                for i in 0..<(1 << order) {
-                    guard let t = try? xs.read("\(qdir)/ring-ref\(i)"), let r = GrantRef(t) else {
-                        throw BlkbackStop.setup("frontend \(qdir) has no valid ring-ref\(i)")
-                    }
-                    refs.append(r)
-                }
-            } else {
-                guard let t = try? xs.read("\(qdir)/ring-ref"), let r = GrantRef(t) else {
-                    throw BlkbackStop.setup("frontend \(qdir) has no valid ring-ref")
-                }
-                refs.append(r)
-            }
-            guard let t = try? xs.read("\(qdir)/event-channel"), let remotePort = EventChannels.Port(t) else {
-                throw BlkbackStop.setup("frontend \(qdir) has no valid event-channel")
-            }
-            let queue = BlkbackQueue(device: self, index: q, disk: fd)
-            queues.append(queue)
-            try queue.connect(refs: refs, remotePort: remotePort)
-            if !queue.owned { owner.registered(queue, port: queue.port!) }
-        }
-        try xs.write(dir + "/state", XenbusState.connected.storeValue)
-    }
-
-    /// Turns on O_DIRECT when the image's file system takes it for 512-byte aligned transfers
-    /// (what blkif segments are); tmpfs and some others refuse: the page cache is used then.
-    static func useDirectIO(_ fd: FileDescriptor) -> Bool {
-        guard (try? fd.setDirectIO()) != nil else { return false }
-        var buffer: UnsafeMutableRawPointer?
-        guard posix_memalign(&buffer, 4096, 8192) == 0, let buffer else { return false }
-        defer { free(buffer) }
-        // A sector at a sector offset inside a page, as a segment with first_sect 1 is.
-        if pread(fd.rawValue, buffer + 512, 512, 512) >= 0 { return true }
-        try? fd.setDirectIO(false)
-        return false
-    }
-}
-
 /// One queue of a vbd: its ring (one or more pages), port, I/O engine, grant mappings, and the
 /// thread that serves it.
 final class BlkbackQueue {
@@ -493,9 +85,8 @@ final class BlkbackQueue {
         self.device = device
         self.index = index
         self.disk = disk
-        let env = device.owner.environment
-        fixedAllowed = env["fixed-buffers"] != "0"
-        bounceMin = (env["bounce-min"].flatMap(Int.init).map { max(4, $0) } ?? 64) << 10
+        fixedAllowed = device.owner.settings.fixedBuffers
+        bounceMin = device.owner.settings.bounceMinBytes
     }
 
     func kick() { kickEvent.raise() }
@@ -513,14 +104,14 @@ final class BlkbackQueue {
         ring = BackRing(page: run.base, layout: layout)
         slots = Int(layout.count)
         let depth = max(64, slots)
-        let env = device.owner.environment
+        let settings = device.owner.settings
         let log: (String) -> Void = { [owner = device.owner, index] line in
             if index == 0 { owner.log("blkback: \(line)") }
         }
-        if device.owner.ownedQueues && env[BlockIO.forceNoIOUringVariable] != "1",
+        if device.owner.ownedQueues && !settings.io.forceThreadPool,
            let uring = try? IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true) {
             if uring.supportsFutexWait {
-                submitChunk = env["submit-chunk"].flatMap(Int.init).map { max(1, $0) } ?? 4
+                submitChunk = settings.submitChunk
                 uring.submitChunk = submitChunk
                 engine = uring
                 owned = true
@@ -532,7 +123,7 @@ final class BlkbackQueue {
                 uring.close()
             }
         }
-        if engine == nil { engine = BlockIO.makeEngine(disk: disk, queueDepth: depth, environment: env, log: log) }
+        if engine == nil { engine = BlockIO.makeEngine(disk: disk, queueDepth: depth, settings: settings.io, log: log) }
         port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
     }
 
@@ -560,7 +151,7 @@ final class BlkbackQueue {
             return
         }
         let bell = domain.eventChannels.doorbell
-        var poll = AdaptivePoll(maxNs: device.owner.pollNs ?? AdaptivePoll.defaultMaxNs)
+        var poll = AdaptivePoll(maxNs: device.owner.settings.pollNs ?? AdaptivePoll.defaultMaxNs)
         var lastAnswered: UInt64 = 0  // when completions were last answered (monotonic ns)
         while !stopped {
             serviceRing()
@@ -645,7 +236,7 @@ final class BlkbackQueue {
     /// (woken by the engine's eventfd) and runs barriers.
     private func runDispatched() {
         serviceRing()
-        let pollNs = device.owner.pollNs ?? 0
+        let pollNs = device.owner.settings.pollNs ?? 0
         while !stopped {
             if pollNs > 0 && locked({ !inFlight.isEmpty }) {
                 // Completions expected soon: look for them a while rather than sleep (a sleeping
@@ -1059,35 +650,5 @@ final class BlkbackQueue {
         ring = nil
         if let p = port { try? domain.eventChannels.close(p) }
         kickEvent.close()
-    }
-}
-
-/// How long an owned queue thread polls before it sleeps: Linux's cpuidle-haltpoll rule, in the
-/// driver domain. The window grows (doubling from `growStartNs`) while idle periods end within
-/// `maxNs`, where polling would have caught the wake-up, and halves, to nothing below
-/// `growStartNs`, while they last longer, where polling only burns the vCPU. So a disk that
-/// answers within tens of microseconds, and a frontend that sends again at once, are polled for;
-/// slow completions and an idle frontend are slept on.
-struct AdaptivePoll {
-    /// Cpuidle-haltpoll's default `guest_halt_poll_ns`.
-    static let defaultMaxNs: UInt64 = 200_000
-    static let growStartNs: UInt64 = 50_000
-    static let yieldEveryNs: UInt64 = 10_000
-    let maxNs: UInt64
-    private(set) var windowNs: UInt64
-
-    init(maxNs: UInt64) {
-        self.maxNs = maxNs
-        windowNs = min(maxNs, Self.growStartNs)
-    }
-
-    /// An idle period (poll and sleep) ended after `ns`.
-    mutating func idled(_ ns: UInt64) {
-        if ns > maxNs {
-            windowNs /= 2
-            if windowNs < Self.growStartNs { windowNs = 0 }
-        } else if ns > windowNs {
-            windowNs = min(maxNs, max(windowNs * 2, Self.growStartNs))
-        }
     }
 }

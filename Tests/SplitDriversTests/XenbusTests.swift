@@ -4,17 +4,6 @@ import Glibc
 import SplitDrivers
 import Testing
 
-/// The blkif ring fits DomainRuntime's generic ring: 32 slots a page, as `__RING_SIZE`.
-@Suite struct BlkifRingLayoutTests {
-    @Test func blkifSlotsMatchTheGenericRing() {
-        let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size)
-        #expect(layout.slotSize == BlkifRing.slotSize)
-        #expect(Int(layout.count) == BlkifRing.slots(pages: 1))
-        #expect(layout.count == 32)
-    }
-}
-
-
 /// An in-memory XenStore with xenstored's watch semantics: a watch fires once when set and
 /// then on every write or removal of its path or anything below, delivered in order on one
 /// thread of its own (as XenStoreClient's watch thread), never inside `write`.
@@ -433,4 +422,3 @@ final class HookLog {
         #expect(front.state == .connected)
     }
 }
-

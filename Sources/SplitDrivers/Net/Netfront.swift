@@ -1,14 +1,16 @@
 import DomainRuntime
 import Glibc
 import LinuxHost
+import NetStack
 import ProcvisorABI
 
 // netfront: a guest's network interface (`device/vif/N`), speaking netif as Linux's netfront.
 //
-// Handshake (Linux's talk_to_netback): wait for the backend's InitWait; read what it offers
-// (`multi-queue-max-queues`, `feature-split-event-channels`); per queue grant a tx and an rx
-// ring page and write `tx-ring-ref`, `rx-ring-ref` and `event-channel` (or
-// `event-channel-tx`/`event-channel-rx`), under `queue-N/` when there are several queues; then
+// Handshake (Linux's talk_to_netback, run by `XenbusFrontend.connect`): wait for the backend's
+// InitWait; read what it offers (`multi-queue-max-queues`, `feature-split-event-channels`); per
+// queue grant a tx and an rx ring page and write `tx-ring-ref`, `rx-ring-ref` and
+// `event-channel` (or `event-channel-tx`/`event-channel-rx`), under `queue-N/` when there are
+// several queues; then
 // `request-rx-copy` 1, `feature-rx-notify` 1, `feature-sg` 1, `feature-no-csum-offload` 1 (the
 // guest stack computes its checksums); Initialised; wait for Connected; Connected.
 //
@@ -22,50 +24,10 @@ import ProcvisorABI
 // application with its own `waitAny` loop calls `poll(timeoutNs: 0)` when `isOwnPort` says an
 // event is this device's. Single-threaded: one thread drives a Netfront.
 
-/// What the guest asks for at connect.
-public struct NetfrontOptions: Sendable {
-    /// Queues wanted (`multi-queue-num-queues`), at most what the backend offers.
-    public var queues: Int
-    /// Separate tx and rx event channels when the backend offers `feature-split-event-channels`.
-    public var splitEventChannels: Bool
-
-    public init(queues: Int = 1, splitEventChannels: Bool = false) {
-        self.queues = queues
-        self.splitEventChannels = splitEventChannels
-    }
-}
-
-public enum NetfrontError: Error, CustomStringConvertible, Equatable {
-    case handshake(device: String, reason: String)
-    case closed(device: String)
-    case badConfig(device: String, reason: String)
-
-    public var description: String {
-        switch self {
-        case let .handshake(d, r): return "\(d): handshake failed: \(r)"
-        case let .closed(d): return "\(d): the device is closed"
-        case let .badConfig(d, r): return "\(d): \(r)"
-        }
-    }
-}
-
-/// Counters of a netfront.
-public struct NetfrontStatistics: Sendable, Equatable {
-    public var txFrames = 0
-    public var txBytes = 0
-    public var rxFrames = 0
-    public var rxBytes = 0
-    /// Frames the backend answered NETIF_RSP_ERROR/DROPPED.
-    public var txErrors = 0
-    /// Frames refused before the ring: too big for the MTU, or the device is closed.
-    public var txDropped = 0
-    /// Rx responses that made no sense (unknown id, offset/size past the page, error status).
-    public var rxErrors = 0
-}
-
+/// A connected vif of this domain: an Ethernet `NetworkLink` (for `NetStack`, or raw frames).
 public final class Netfront: NetworkLink {
-    public let domain: Domain
-    public let device: XenbusDevice
+    public var domain: Domain { xenbus.domain }
+    public var device: XenbusDevice { xenbus.device }
     public let label: String
     public let mac: MACAddress
     public let mtu: Int
@@ -79,12 +41,8 @@ public final class Netfront: NetworkLink {
 
     static let slots = 256
 
+    /// One queue: its tx and rx rings (their pages on `xenbus`'s account), ports and slot pages.
     private final class Queue {
-        let index: Int
-        let txPage: GrantablePage
-        let rxPage: GrantablePage
-        let txRef: GrantRef
-        let rxRef: GrantRef
         let tx: FrontRing
         let rx: FrontRing
         let txPort: EventChannels.Port
@@ -98,15 +56,9 @@ public final class Netfront: NetworkLink {
         var rxPosted: [Bool]
         var unpushedTx = false
 
-        init(index: Int, txPage: GrantablePage, rxPage: GrantablePage, txRef: GrantRef, rxRef: GrantRef,
-             txPort: EventChannels.Port, rxPort: EventChannels.Port) {
-            self.index = index
-            self.txPage = txPage
-            self.rxPage = rxPage
-            self.txRef = txRef
-            self.rxRef = rxRef
-            tx = FrontRing(page: txPage.base, layout: Netfront.txLayout)
-            rx = FrontRing(page: rxPage.base, layout: Netfront.rxLayout)
+        init(tx: UnsafeMutableRawPointer, rx: UnsafeMutableRawPointer, txPort: EventChannels.Port, rxPort: EventChannels.Port) {
+            self.tx = FrontRing(page: tx, layout: Netfront.txLayout)
+            self.rx = FrontRing(page: rx, layout: Netfront.rxLayout)
             self.txPort = txPort
             self.rxPort = rxPort
             txBusy = Array(repeating: false, count: Netfront.slots)
@@ -117,14 +69,12 @@ public final class Netfront: NetworkLink {
     static let txLayout = RingLayout(requestSize: Netif.txRequestSize, responseSize: Netif.txResponseSize)
     static let rxLayout = RingLayout(requestSize: Netif.rxRequestSize, responseSize: Netif.rxResponseSize)
 
-    private let end: XenbusEnd
+    /// The handshake, the watch on the backend and everything granted to it.
+    private let xenbus: XenbusFrontend
     private let queues: [Queue]
     private var nextQueue = 0
     private var closedState = false
     private var closing = false
-    private var backendChanged: UInt32 = 0
-    private let watchToken: String
-    private static let watchCounter = XenbusCounter()
     /// Where a multi-slot received frame is put together.
     private let scratch: UnsafeMutableRawPointer
     private let ownPorts: Set<EventChannels.Port>
@@ -135,18 +85,14 @@ public final class Netfront: NetworkLink {
     public var ports: [EventChannels.Port] { Array(ownPorts).sorted() }
     public func isOwnPort(_ p: EventChannels.Port) -> Bool { ownPorts.contains(p) }
 
-    private init(domain: Domain, device: XenbusDevice, end: XenbusEnd, queues: [Queue], mac: MACAddress, mtu: Int,
-                 ip: String?, gateway: String?) {
-        self.domain = domain
-        self.device = device
-        self.end = end
+    private init(xenbus: XenbusFrontend, queues: [Queue], mac: MACAddress, mtu: Int, ip: String?, gateway: String?) {
+        self.xenbus = xenbus
         self.queues = queues
         self.mac = mac
         self.mtu = mtu
         ipText = ip
         gatewayText = gateway
-        label = "vif \(device.devid)"
-        watchToken = "netfront-\(device.devid)-\(Self.watchCounter.next())"
+        label = "vif \(xenbus.device.devid)"
         scratch = UnsafeMutableRawPointer.allocate(byteCount: Netif.maxTxSize + 1, alignment: 16)
         var own = Set<EventChannels.Port>()
         for q in queues { own.insert(q.txPort); own.insert(q.rxPort) }
@@ -164,63 +110,44 @@ public final class Netfront: NetworkLink {
         }
     }
 
-    /// Connects vif `devid`, waiting at most `timeout` seconds for the backend. On failure this
-    /// end is left Closing once it had published anything, and what was allocated is released.
+    /// Connects vif `devid` (the handshake at the top of this file, driven by
+    /// `XenbusFrontend.connect`), waiting at most `timeout` seconds for the backend. On failure
+    /// this end is left Closing once it had published anything, and what was allocated is released.
     public static func connect(domain: Domain, devid: UInt32 = 0, timeout: Double = 30,
                                options: NetfrontOptions = NetfrontOptions()) throws -> Netfront {
         let label = "vif \(devid)"
-        let deadline = XenbusDeadline(seconds: timeout)
-        func left() -> Double { deadline.left }
         func fail(_ reason: String) -> NetfrontError { .handshake(device: label, reason: reason) }
-        let store = XenStoreClientXenbus(domain.store)
-        let device: XenbusDevice
-        do {
-            device = try XenbusDevice.frontend(store: store, domid: domain.domid, type: "vif", devid: devid)
-        } catch {
-            throw fail("\(error)")
-        }
-        let dir = device.frontendPath
-        func own(_ key: String) -> String? { try? domain.store.read("\(dir)/\(key)") }
-        guard let macText = own("mac"), let mac = MACAddress(macText), !mac.isMulticast else {
+        let xenbus = try XenbusFrontend(domain: domain, type: "vif", devid: devid, failure: fail)
+        let dir = xenbus.device.frontendPath
+        guard let macText = xenbus.frontendNode("mac"), let mac = MACAddress(macText), !mac.isMulticast else {
             throw NetfrontError.badConfig(device: label, reason: "\(dir)/mac is missing or not a unicast MAC address")
         }
         var mtu = 1500
-        if let t = own("mtu") {
+        if let t = xenbus.frontendNode("mtu") {
             guard let m = Int(t), m >= 68, m <= Netif.maxMTU else {
                 throw NetfrontError.badConfig(device: label, reason: "\(dir)/mtu \"\(t)\" is not 68…\(Netif.maxMTU)")
             }
             mtu = m
         }
-        let end = XenbusEnd(device: device, role: .frontend, store: store)
-        let ev = domain.eventChannels, gt = domain.grantTable
         var queues: [Queue] = []
-        var published = false
-        var loose: [GrantablePage] = []
-        var looseRefs: [GrantRef] = []
-        var loosePorts: [EventChannels.Port] = []
-        do {
-            if end.state != .initialising { try end.switchState(.initialising) }
-            let backendState = try end.waitForOtherEnd(states: [.initWait, .connected], timeout: left())
-            func backend(_ key: String) -> String? { try? domain.store.read("\(device.backendPath)/\(key)") }
-            let maxQueues = max(1, backend("multi-queue-max-queues").flatMap { Int($0) } ?? 1)
+        let front = try xenbus.connect(timeout: timeout, failure: fail, publish: { _ in
+            let maxQueues = max(1, xenbus.backendNode("multi-queue-max-queues").flatMap { Int($0) } ?? 1)
             let nq = max(1, min(options.queues, maxQueues))
-            let split = options.splitEventChannels && backend("feature-split-event-channels") == "1"
+            let split = options.splitEventChannels && xenbus.backendNode("feature-split-event-channels") == "1"
+            var nodes: [(key: String, value: String)] = nq > 1 ? [("multi-queue-num-queues", String(nq))] : []
             for q in 0..<nq {
-                let txPage = try gt.allocatePage(); loose.append(txPage)
-                let rxPage = try gt.allocatePage(); loose.append(rxPage)
-                let txRef = try gt.grantAccess(txPage, to: device.backendDomid); looseRefs.append(txRef)
-                let rxRef = try gt.grantAccess(rxPage, to: device.backendDomid); looseRefs.append(rxRef)
-                let txPort = try ev.allocUnbound(remote: device.backendDomid); loosePorts.append(txPort)
-                let rxPort = split ? try ev.allocUnbound(remote: device.backendDomid) : txPort
-                if split { loosePorts.append(rxPort) }
-                let queue = Queue(index: q, txPage: txPage, rxPage: rxPage, txRef: txRef, rxRef: rxRef, txPort: txPort, rxPort: rxPort)
+                let tx = try xenbus.grantRing(pages: 1)
+                let rx = try xenbus.grantRing(pages: 1)
+                let txPort = try xenbus.allocUnboundPort()
+                let rxPort = split ? try xenbus.allocUnboundPort() : txPort
+                let prefix = nq > 1 ? "queue-\(q)/" : ""
+                nodes += [(prefix + "tx-ring-ref", String(tx.refs[0])), (prefix + "rx-ring-ref", String(rx.refs[0]))]
+                nodes += split ? [(prefix + "event-channel-tx", String(txPort)), (prefix + "event-channel-rx", String(rxPort))]
+                               : [(prefix + "event-channel", String(txPort))]
+                let queue = Queue(tx: tx.base, rx: rx.base, txPort: txPort, rxPort: rxPort)
                 for _ in 0..<slots {
-                    let p = try gt.allocatePage(); loose.append(p)
-                    let r = try gt.grantAccess(p, to: device.backendDomid, readonly: true); looseRefs.append(r)
-                    queue.txBuffers.append((p, r))
-                    let rp = try gt.allocatePage(); loose.append(rp)
-                    let rr = try gt.grantAccess(rp, to: device.backendDomid); looseRefs.append(rr)
-                    queue.rxBuffers.append((rp, rr))
+                    queue.txBuffers.append(try xenbus.grantPage(readonly: true))
+                    queue.rxBuffers.append(try xenbus.grantPage())
                 }
                 queue.txFree = (0..<UInt16(slots)).reversed().map { $0 }
                 // Every rx page is offered before the backend connects.
@@ -232,58 +159,15 @@ public final class Netfront: NetworkLink {
                 _ = queue.rx.pushRequests()
                 queues.append(queue)
             }
-            published = true
-            try domain.store.transaction { t in
-                func put(_ key: String, _ value: String) throws { try domain.store.write("\(dir)/\(key)", value, transaction: t) }
-                if nq > 1 { try put("multi-queue-num-queues", String(nq)) }
-                for q in queues {
-                    let prefix = nq > 1 ? "queue-\(q.index)/" : ""
-                    try put(prefix + "tx-ring-ref", String(q.txRef))
-                    try put(prefix + "rx-ring-ref", String(q.rxRef))
-                    if split {
-                        try put(prefix + "event-channel-tx", String(q.txPort))
-                        try put(prefix + "event-channel-rx", String(q.rxPort))
-                    } else {
-                        try put(prefix + "event-channel", String(q.txPort))
-                    }
-                }
-                try put("request-rx-copy", "1")
-                try put("feature-rx-notify", "1")
-                try put("feature-sg", "1")
-                try put("feature-no-csum-offload", "1")
-                try put("feature-gso-tcpv4", "0")
-            }
-            try end.switchState(.initialised)
-            let s = backendState == .connected
-                ? backendState
-                : try end.waitForOtherEnd(states: [.connected, .closing, .closed], timeout: left())
-            guard s == .connected else { throw fail("the backend went \(s) instead of Connected") }
-            for q in queues {
-                for p in Set([q.txPort, q.rxPort]) {
-                    while !ev.isConnected(p) {
-                        if left() <= 0 { throw fail("the backend is Connected but never bound event channel \(p)") }
-                        usleep(500)
-                    }
-                }
-            }
-            try end.switchState(.connected)
-            let front = Netfront(domain: domain, device: device, end: end, queues: queues, mac: mac, mtu: mtu,
-                                 ip: own("ip"), gateway: own("gateway"))
-            try? domain.store.watch(device.backendPath + "/state", token: front.watchToken) { [weak front] _ in
-                if let front { SharedAtomic.store(&front.backendChanged, 1) }
-            }
-            return front
-        } catch {
-            if published { try? end.switchState(.closing) }
-            for p in loosePorts { try? ev.close(p) }
-            var stillMapped = false
-            for r in looseRefs {
-                do { try gt.endAccess(r) } catch GrantError.stillMapped { stillMapped = true } catch {}
-            }
-            if !stillMapped { loose.forEach(gt.freePage) }
-            if let e = error as? NetfrontError { throw e }
-            throw fail(XenbusDeadline.reason(error))
-        }
+            nodes += [("request-rx-copy", "1"), ("feature-rx-notify", "1"), ("feature-sg", "1"),
+                      ("feature-no-csum-offload", "1"), ("feature-gso-tcpv4", "0")]
+            return nodes
+        }, connected: {
+            Netfront(xenbus: xenbus, queues: queues, mac: mac, mtu: mtu, ip: xenbus.frontendNode("ip"),
+                     gateway: xenbus.frontendNode("gateway"))
+        })
+        xenbus.watchBackend()
+        return front
     }
 
     // MARK: transmitting
@@ -465,68 +349,17 @@ public final class Netfront: NetworkLink {
 
     /// The backend going Closing or away (the toolstack detaching the vif) closes this end.
     private func checkBackend() {
-        guard SharedAtomic.load(&backendChanged) != 0, !closing else { return }
-        SharedAtomic.store(&backendChanged, 0)
-        let s = (try? end.otherEndState()) ?? .unknown
+        guard !closing, let s = xenbus.backendStateIfChanged() else { return }
         if s == .closing || s == .closed || s == .unknown { close(timeout: 5) }
     }
 
     /// Closing, waits for the backend to close, Closed, then ends the grants (pages the backend
-    /// still maps are never reused) and closes the event channels. Idempotent.
+    /// still maps are never reused) and closes the event channels (`XenbusFrontend.close`).
+    /// Idempotent.
     public func close(timeout: Double = 10) {
         if closing { return }
         closing = true
         closedState = true
-        try? domain.store.unwatch(device.backendPath + "/state", token: watchToken)
-        let deadline = SystemTime.nanoseconds() + UInt64(max(0, timeout) * 1e9)
-        func left() -> Double { Double(deadline > SystemTime.nanoseconds() ? deadline - SystemTime.nanoseconds() : 0) / 1e9 }
-        try? end.switchState(.closing)
-        _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: left())
-        try? end.switchState(.closed)
-        _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: left())
-        let gt = domain.grantTable, ev = domain.eventChannels
-        var grants: [(page: GrantablePage, ref: GrantRef)] = []
-        for q in queues {
-            grants += q.txBuffers + q.rxBuffers + [(q.txPage, q.txRef), (q.rxPage, q.rxRef)]
-        }
-        while true {
-            var still: [(page: GrantablePage, ref: GrantRef)] = []
-            // One call for all: the exposed pages are re-backed 16 per hypercall.
-            for (g, failure) in zip(grants, gt.endAccess(grants.map(\.ref))) {
-                switch failure {
-                case nil: gt.freePage(g.page)
-                case .stillMapped?: still.append(g)
-                default: break  // never reuse a page that was not re-backed
-                }
-            }
-            grants = still
-            if grants.isEmpty || left() <= 0 { break }
-            usleep(1000)
-        }
-        for q in queues {
-            try? ev.close(q.txPort)
-            if q.rxPort != q.txPort { try? ev.close(q.rxPort) }
-        }
-    }
-}
-
-extension Netfront {
-    /// Connects vif `devid` and puts a guest stack on it, configured from the vif's `ip` and
-    /// `gateway` keys, announced with a gratuitous ARP (what every network guest starts with).
-    public static func connectWithStack(domain: Domain, devid: UInt32 = 0, timeout: Double = 30,
-                                        options: NetfrontOptions = NetfrontOptions()) throws -> (Netfront, NetStack) {
-        let front = try connect(domain: domain, devid: devid, timeout: timeout, options: options)
-        guard let ip = front.ipText else {
-            front.close(timeout: 5)
-            throw NetfrontError.badConfig(device: front.label, reason: "no ip= in the vif spec (\(front.device.frontendPath)/ip is missing)")
-        }
-        do {
-            let stack = NetStack(link: front, config: try NetStackConfig.parse(ip: ip, gateway: front.gatewayText))
-            stack.announce()
-            return (front, stack)
-        } catch {
-            front.close(timeout: 5)
-            throw error
-        }
+        xenbus.close(deadline: XenbusDeadline(seconds: timeout))
     }
 }

@@ -1,0 +1,61 @@
+import Glibc
+import LinuxHost
+
+/// A kick eventfd: the dispatcher (or anyone) wakes a thread that polls it.
+///
+/// Closing is safe against late raisers. A XenStore watch callback already on its way, or a
+/// thread that has not seen its device finish, can still raise a kick after the owner closed
+/// it; a write to the closed descriptor number would land in whatever file took that number
+/// next. In a driver domain that is usually a grant page's memfd just received from the
+/// supervisor: the frontend's page then starts with a 64-bit 1, and that is what reached the
+/// disk. So `raise` and `close` take a lock, and a closed kick ignores raises. `drain` and
+/// `wait` are for the owner's thread, which closes the kick only after its last wait.
+final class Kick {
+    let fd: FileDescriptor
+    private let mutex = Lock()
+    private var closed = false
+
+    /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
+    init() {
+        fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
+        if fd.rawValue >= 0 { try? fd.setNonBlocking() }
+    }
+
+    deinit { close() }
+
+    var valid: Bool { fd.rawValue >= 0 }
+
+    func raise() {
+        mutex.lock()
+        if !closed && valid {
+            var one: UInt64 = 1
+            _ = Glibc.write(fd.rawValue, &one, 8)
+        }
+        mutex.unlock()
+    }
+
+    /// Closes the eventfd; later raises do nothing. Idempotent.
+    func close() {
+        mutex.lock()
+        if !closed {
+            closed = true
+            if valid { fd.close() }
+        }
+        mutex.unlock()
+    }
+
+    /// Consumes a pending kick, if any (never blocks).
+    func drain() {
+        var v: UInt64 = 0
+        _ = Glibc.read(fd.rawValue, &v, 8)
+    }
+
+    /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick.
+    func wait(timeoutMs: Int32, other: FileDescriptor? = nil) {
+        var fds = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
+        if let other { fds.append(pollfd(fd: other.rawValue, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
+        var v: UInt64 = 0
+        if fds[0].revents != 0 { _ = Glibc.read(fd.rawValue, &v, 8) }
+    }
+}

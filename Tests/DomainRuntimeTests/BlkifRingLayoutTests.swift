@@ -1,0 +1,12 @@
+import DomainRuntime
+import Testing
+
+/// The blkif ring fits DomainRuntime's generic ring: 32 slots a page, as `__RING_SIZE`.
+@Suite struct BlkifRingLayoutTests {
+    @Test func blkifSlotsMatchTheGenericRing() {
+        let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size)
+        #expect(layout.slotSize == BlkifRing.slotSize)
+        #expect(Int(layout.count) == BlkifRing.slots(pages: 1))
+        #expect(layout.count == 32)
+    }
+}
