@@ -208,32 +208,7 @@ public final class Blkfront {
 
     /// The Linux name of a Xen device number (docs/misc/vbd-interface.txt): `xvda`, `xvdb1`,
     /// `xvdaa`, `hda`, `sdb`; the number itself for anything else.
-    public static func deviceName(devid: UInt32) -> String {
-        func letters(_ disk: UInt32) -> String {
-            // Bijective base 26: a … z, aa … az, ba …
-            var n = Int(disk) + 1, s: [Character] = []
-            while n > 0 {
-                n -= 1
-                s.append(Character(Unicode.Scalar(UInt8(97 + n % 26))))
-                n /= 26
-            }
-            return String(s.reversed())
-        }
-        func named(_ prefix: String, _ disk: UInt32, _ part: UInt32) -> String {
-            prefix + letters(disk) + (part == 0 ? "" : String(part))
-        }
-        if devid & (1 << 28) != 0 {
-            if devid >> 28 != 1 { return String(devid) }
-            return named("xvd", (devid >> 8) & 0xfffff, devid & 0xff)
-        }
-        switch devid >> 8 {
-        case 202: return named("xvd", (devid >> 4) & 0xf, devid & 0xf)
-        case 8: return named("sd", (devid >> 4) & 0xf, devid & 0xf)
-        case 3: return named("hd", (devid >> 6) & 1, devid & 0x3f)
-        case 22: return named("hd", 2 + ((devid >> 6) & 1), devid & 0x3f)
-        default: return String(devid)
-        }
-    }
+    public static func deviceName(devid: UInt32) -> String { VbdNumber.name(of: devid) ?? String(devid) }
 
     // MARK: connecting
 

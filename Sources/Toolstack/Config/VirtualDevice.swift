@@ -1,3 +1,5 @@
+import ProcvisorABI
+
 /// A virtual block device as a config names it (`vdev=xvda`) and the number Xen knows it by: the
 /// `virtual-device` node and the `DEVID` of `device/vbd/DEVID`. The encoding is
 /// `libxl__device_disk_dev_number` (tools/libs/light/libxl_device.c) and docs/misc/vbd-interface.txt:
@@ -44,7 +46,7 @@ public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConverti
     public static let maxSCSIDisk = 15
     public static let maxSCSIPartition = 15
     /// `1 << 28`: the extended xvd encoding.
-    public static let extended: UInt32 = 1 << 28
+    public static let extended: UInt32 = VbdNumber.extended
 
     /// Parses a vdev name; throws `VirtualDeviceError` naming the input and what is wrong.
     public init(_ name: String) throws {
@@ -55,11 +57,11 @@ public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConverti
 
         if let (disk, partition) = try Self.diskAndPartitionForm(bytes, fail) {
             (kind, self.disk, self.partition) = (.xvd, disk, partition)
-            devid = Self.xvdNumber(disk: disk, partition: partition)
+            devid = VbdNumber.xvd(disk: disk, partition: partition)
         } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "xvd", scheme: "an xvd",
                                                                maxDisk: Self.maxXvdDisk, maxPartition: Self.maxXvdPartition, fail) {
             (kind, self.disk, self.partition) = (.xvd, disk, partition)
-            devid = Self.xvdNumber(disk: disk, partition: partition)
+            devid = VbdNumber.xvd(disk: disk, partition: partition)
         } else if let number = CInteger.scan(bytes, from: 0, base: 0, allowBlanksAndSign: false), number.end == bytes.count {
             // strtoul(name, &end, 0) taking the whole name, up to INT_MAX as libxl.
             guard !number.overflow, number.magnitude <= UInt64(Int32.max) else {
@@ -70,11 +72,11 @@ public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConverti
         } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "hd", scheme: "an IDE (hd)",
                                                                maxDisk: Self.maxIDEDisk, maxPartition: Self.maxIDEPartition, fail) {
             (kind, self.disk, self.partition) = (.ide, disk, partition)
-            devid = UInt32((disk < 2 ? 3 : 22) << 8 | (disk & 1) << 6 | partition)
+            devid = VbdNumber.ide(disk: disk, partition: partition)
         } else if let (disk, partition) = try Self.letterForm(bytes, prefix: "sd", scheme: "a SCSI (sd)",
                                                                maxDisk: Self.maxSCSIDisk, maxPartition: Self.maxSCSIPartition, fail) {
             (kind, self.disk, self.partition) = (.scsi, disk, partition)
-            devid = UInt32(8 << 8 | disk << 4 | partition)
+            devid = VbdNumber.scsi(disk: disk, partition: partition)
         } else {
             throw fail("not a virtual device name (use xvdX[N] as xvda or xvdb1, hdX[N], sdX[N], dNpM, or a device number)")
         }
@@ -83,36 +85,14 @@ public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConverti
     /// The device number of a vdev name.
     public static func devid(_ name: String) throws -> UInt32 { try VirtualDevice(name).devid }
 
-    /// The name a device number has, the inverse of `devid(_:)`: `xvd…` for 202<<8 and extended
-    /// numbers (as `libxl__devid_to_vdev` and Linux's blkfront name them), `hd…` for majors 3
-    /// and 22, `sd…` for major 8. Nil for numbers that are none of these encodings.
-    public static func name(forDevid devid: UInt32) -> String? {
-        if devid & extended != 0 {
-            guard devid < extended << 1 else { return nil }  // 2<<28 and up: reserved
-            let minor = devid & ~extended
-            return "xvd" + letters(Int(minor >> 8)) + partitionSuffix(Int(minor & 0xff))
-        }
-        guard devid <= 0xffff else { return nil }
-        let major = devid >> 8, minor = Int(devid & 0xff)
-        switch major {
-        case 202: return "xvd" + letters(minor >> 4) + partitionSuffix(minor & 15)
-        case 8: return "sd" + letters(minor >> 4) + partitionSuffix(minor & 15)
-        case 3, 22:
-            guard minor >> 6 <= 1 else { return nil }
-            return "hd" + letters((major == 3 ? 0 : 2) + (minor >> 6)) + partitionSuffix(minor & 63)
-        default: return nil
-        }
-    }
+    /// The name a device number has, the inverse of `devid(_:)` (`VbdNumber.name(of:)`); nil
+    /// for numbers that are none of Xen's encodings.
+    public static func name(forDevid devid: UInt32) -> String? { VbdNumber.name(of: devid) }
 
     /// The name.
     public var description: String { name }
 
     // MARK: parsing
-
-    static func xvdNumber(disk: Int, partition: Int) -> UInt32 {
-        if disk <= 15 && partition <= 15 { return UInt32(202 << 8 | disk << 4 | partition) }
-        return extended | UInt32(disk << 8 | partition)
-    }
 
     /// `d<disk>p<partition>`, the numbers in C `%i` syntax (so `0x10` and octal `020` work) but
     /// without the blanks and signs sscanf would skip. Nil when the name is not of this form.
@@ -163,19 +143,7 @@ public struct VirtualDevice: Equatable, Hashable, Sendable, CustomStringConverti
         return (disk, partition)
     }
 
-    /// Drive letters for a disk index: 0 → a, 25 → z, 26 → aa (Linux's `encode_disk_name`).
-    static func letters(_ disk: Int) -> String {
-        var n = disk
-        var out: [UInt8] = []
-        while true {
-            out.append(UInt8(ascii: "a") + UInt8(n % 26))
-            if n < 26 { break }
-            n = n / 26 - 1
-        }
-        return String(decoding: out.reversed(), as: UTF8.self)
-    }
-
-    private static func partitionSuffix(_ partition: Int) -> String { partition == 0 ? "" : String(partition) }
+    static func letters(_ disk: Int) -> String { VbdNumber.letters(disk) }
 }
 
 /// A vdev name that is not a Xen virtual device.
