@@ -10,3 +10,11 @@ import Testing
         #expect(layout.count == 32)
     }
 }
+
+/// netif's tx and rx rings as DomainRuntime lays a shared ring over one page.
+@Suite struct NetifRingLayoutTests {
+    @Test func ringsHold256SlotsPerPage() {
+        #expect(RingLayout(requestSize: Netif.txRequestSize, responseSize: Netif.txResponseSize).count == 256)
+        #expect(RingLayout(requestSize: Netif.rxRequestSize, responseSize: Netif.rxResponseSize).count == 256)
+    }
+}

@@ -1,4 +1,3 @@
-import DomainRuntime
 import ProcvisorABI
 import Testing
 
@@ -48,11 +47,6 @@ import Testing
         #expect(Netif.rxResponseSize == 8)
         let rxr = bytes(8) { NetifRxResponse(id: 0x0201, offset: 0x0403, flags: 0x0605, status: 0x0807).store(to: $0) }
         #expect(Array(rxr[0..<9]) == [1, 2, 3, 4, 5, 6, 7, 8, 0xEE])
-    }
-
-    @Test func ringsHold256SlotsPerPage() {
-        #expect(RingLayout(requestSize: Netif.txRequestSize, responseSize: Netif.txResponseSize).count == 256)
-        #expect(RingLayout(requestSize: Netif.rxRequestSize, responseSize: Netif.rxResponseSize).count == 256)
     }
 
     @Test func txErrorsNameTheProblem() {
