@@ -39,9 +39,9 @@ let package = Package(
         .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
         // The data paths (rings, switch, stacks) run per packet: no dynamic exclusivity checks in
         // release builds (debug builds and the tests keep them).
-        .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack"], swiftSettings: v5 + fastPath),
+        .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack", "LinuxHost"], swiftSettings: v5 + fastPath),
         // The guest IP stack, over the `NetworkLink` it defines (netfront is one); built as SplitDrivers.
-        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI"], swiftSettings: v5 + fastPath),
+        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
         .target(
             name: "Supervisor",
             dependencies: [

@@ -28,6 +28,9 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let badAddress = Errno(rawValue: EFAULT)
     public static let busy = Errno(rawValue: EBUSY)
     public static let noDevice = Errno(rawValue: ENODEV)
+    /// EIO: the device (or the file system) failed the transfer; also what a block device gives
+    /// for a transfer past its end that makes no progress.
+    public static let ioError = Errno(rawValue: EIO)
     /// EMFILE: this process has as many descriptors open as RLIMIT_NOFILE allows.
     public static let tooManyOpenFiles = Errno(rawValue: EMFILE)
     /// ENFILE: the system-wide limit on open files is reached.

@@ -2,7 +2,7 @@ import Glibc
 
 /// poll(2) over a small set of descriptors: for threads that wait on two or three descriptors of
 /// their own (a kick eventfd and a tap, a socket and stdin) rather than on the event loop's epoll.
-/// Entries keep their order; after `wait`, `ready(_:)` tells what each reported.
+/// Entries keep their order; after `wait` (or `waitOnce`), `ready(_:)` tells what each reported.
 public struct Poll {
     /// Events asked for and reported (`POLL*`). `error`, `hangup` and `invalid` are always
     /// reported, asked for or not.
@@ -42,6 +42,14 @@ public struct Poll {
         entries[index].revents = 0
     }
 
+    /// Waits on `fd` for `events` at entry `index` from now on, in place of what the entry held (an
+    /// ignored one included; -1 ignores it); `ready(index)` is empty until the next wait. Allocates
+    /// nothing: a Poll made once can follow a descriptor that changes between waits.
+    @inlinable
+    public mutating func set(_ index: Int, _ fd: FileDescriptor, _ events: Events = .readable) {
+        entries[index] = pollfd(fd: fd.rawValue, events: events.rawValue, revents: 0)
+    }
+
     /// How many entries there are (ignored ones included).
     public var count: Int { entries.count }
 
@@ -67,10 +75,22 @@ public struct Poll {
         }
     }
 
-    /// What entry `index` reported at the last `wait` (empty when it was not ready).
+    /// One poll(2) and nothing more: how many entries are ready (0 on timeout), or the errno, with
+    /// every entry then reporting nothing. Nothing is retried, EINTR (`.interrupted`) included,
+    /// and no clock is read: for loops that look at their own state after every wake-up anyway.
+    @inlinable @inline(__always)
+    public mutating func waitOnce(timeoutMs: Int32) -> Result<Int, Errno> {
+        let n = entries.withUnsafeMutableBufferPointer { Glibc.poll($0.baseAddress, nfds_t($0.count), timeoutMs) }
+        if n >= 0 { return .success(Int(n)) }
+        let e = Errno.current
+        for i in entries.indices { entries[i].revents = 0 }
+        return .failure(e)
+    }
+
+    /// What entry `index` reported at the last wait (empty when it was not ready).
     @inlinable public func ready(_ index: Int) -> Events { Events(rawValue: entries[index].revents) }
 
-    /// Whether entry `index` reported anything at the last `wait`.
+    /// Whether entry `index` reported anything at the last wait.
     @inlinable public func isReady(_ index: Int) -> Bool { entries[index].revents != 0 }
 
     /// One wait over `fds`: what each reported, in order (all empty on timeout).

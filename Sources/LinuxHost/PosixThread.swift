@@ -40,4 +40,9 @@ public struct PosixThread: Sendable {
     /// Sleeps the calling thread for `microseconds` (usleep(3), a nanosleep: a handled signal
     /// ends it early).
     public static func sleep(microseconds: UInt32) { _ = usleep(microseconds) }
+
+    /// Lets another runnable thread have the CPU first (sched_yield(2)); returns at once when
+    /// there is none. For spin loops that wait on a peer which may share the CPU.
+    @inlinable @inline(__always)
+    public static func yield() { _ = sched_yield() }
 }

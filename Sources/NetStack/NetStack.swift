@@ -1,5 +1,5 @@
 import DomainRuntime
-import Glibc
+import LinuxHost
 import ProcvisorABI
 
 // NetStack: a small IPv4 stack over a NetworkLink (netfront, or an in-memory pair in tests):
@@ -349,7 +349,7 @@ public final class NetStack {
                 flushPending = true
                 return true
             }
-            if attempt < NetStack.transmitRetries / 2 { sched_yield() }
+            if attempt < NetStack.transmitRetries / 2 { PosixThread.yield() }
         }
         stats.dropTransmitFull += 1
         return false

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// A kick eventfd: the dispatcher (or anyone) wakes a thread that polls it.
@@ -12,13 +11,19 @@ import LinuxHost
 /// `wait` are for the owner's thread, which closes the kick only after its last wait.
 final class Kick {
     let fd: FileDescriptor
+    private let event: EventFD
     private let mutex = Lock()
     private var closed = false
+    /// What `wait` polls, made once (a wait allocates nothing): the kick, then `wait`'s `other`
+    /// (-1, which poll(2) skips, when there is none).
+    private var poll: Poll
 
     /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
     init() {
         fd = (try? FileDescriptor.eventfd()) ?? FileDescriptor(rawValue: -1)
         if fd.rawValue >= 0 { try? fd.setNonBlocking() }
+        event = EventFD(fd)
+        poll = Poll([(fd, .readable), (FileDescriptor(rawValue: -1), .readable)])
     }
 
     deinit { close() }
@@ -27,10 +32,7 @@ final class Kick {
 
     func raise() {
         mutex.lock()
-        if !closed && valid {
-            var one: UInt64 = 1
-            _ = Glibc.write(fd.rawValue, &one, 8)
-        }
+        if !closed && valid { event.signal() }
         mutex.unlock()
     }
 
@@ -46,16 +48,13 @@ final class Kick {
 
     /// Consumes a pending kick, if any (never blocks).
     func drain() {
-        var v: UInt64 = 0
-        _ = Glibc.read(fd.rawValue, &v, 8)
+        event.consume()
     }
 
-    /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick.
+    /// Sleeps until kicked, `other` is readable or `timeoutMs` passes; consumes the kick. One
+    /// poll(2): a signal (EINTR) ends the wait early, which the callers' loops take as a wake-up.
     func wait(timeoutMs: Int32, other: FileDescriptor? = nil) {
-        var fds = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
-        if let other { fds.append(pollfd(fd: other.rawValue, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
-        var v: UInt64 = 0
-        if fds[0].revents != 0 { _ = Glibc.read(fd.rawValue, &v, 8) }
+        poll.set(1, other ?? FileDescriptor(rawValue: -1))
+        if case .success = poll.waitOnce(timeoutMs: timeoutMs), poll.isReady(0) { event.consume() }
     }
 }

@@ -130,6 +130,58 @@ private func isMapped(_ p: UnsafeMutableRawPointer, _ length: Int) -> Bool {
         #expect(MonotonicClock.nanoseconds() - start >= 200_000_000)
     }
 
+    /// `set` re-points an entry in place (-1 ignores it); `waitOnce` is one poll(2).
+    @Test func waitOnceFollowsAnEntrySetInPlace() throws {
+        let (r1, w1) = try FileDescriptor.pipe()
+        let (r2, w2) = try FileDescriptor.pipe()
+        defer { r1.close(); w1.close(); r2.close(); w2.close() }
+        var poll = Poll([(r1, .readable), (FileDescriptor(rawValue: -1), .readable)])
+        try w2.writeAll("x")
+        #expect(poll.waitOnce(timeoutMs: 0) == .success(0))
+        poll.set(1, r2)
+        #expect(poll.waitOnce(timeoutMs: 1000) == .success(1))
+        #expect(!poll.isReady(0) && poll.ready(1).contains(.readable))
+        poll.set(1, FileDescriptor(rawValue: -1))
+        #expect(!poll.isReady(1))
+        #expect(poll.waitOnce(timeoutMs: 0) == .success(0))
+        poll.set(1, w1, .writable)
+        #expect(poll.waitOnce(timeoutMs: 1000) == .success(1))
+        #expect(poll.ready(1).contains(.writable))
+    }
+
+    /// Unlike `wait`, `waitOnce` gives a handled signal back as `.interrupted`, with nothing ready.
+    @Test func waitOnceReturnsAnInterruption() throws {
+        let (r, w) = try FileDescriptor.pipe()
+        defer { r.close(); w.close() }
+        signal(SIGUSR1, { _ in })
+        let lock = Lock()
+        var waiter: pthread_t?
+        var result: Result<Int, Errno>?
+        var readyAfter = true
+        let t = try PosixThread.start {
+            // The test's own thread may block SIGUSR1 (dispatch's worker threads block most
+            // signals, and a new thread inherits the mask): the waiting thread takes it.
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+            lock.withLock { waiter = pthread_self() }
+            var poll = Poll([(r, .readable)])
+            let got = poll.waitOnce(timeoutMs: 30_000)
+            lock.withLock { (result, readyAfter) = (got, poll.isReady(0)) }
+        }
+        // Signals until the wait has returned, so one lands while it sleeps however late it starts.
+        while true {
+            PosixThread.sleep(microseconds: 20_000)
+            let (thread, done) = lock.withLock { (waiter, result != nil) }
+            if done { break }
+            if let thread { pthread_kill(thread, SIGUSR1) }
+        }
+        t.join()
+        #expect(result == .failure(.interrupted))
+        #expect(!readyAfter)
+    }
+
     @Test func reportsHangupAndClosedDescriptors() throws {
         let (r, w) = try FileDescriptor.pipe()
         defer { r.close() }
@@ -285,6 +337,21 @@ private func isMapped(_ p: UnsafeMutableRawPointer, _ length: Int) -> Bool {
         #expect(Process.userID == getuid() && Process.effectiveUserID == geteuid() && Process.effectiveGroupID == getegid())
         #expect(Host.onlineCPUs >= 1)
         #expect(!Host.kernelIdentity().release.isEmpty)
+    }
+
+    @Test func errnoConstants() {
+        #expect(Errno.ioError == Errno(rawValue: EIO) && Errno.busy == Errno(rawValue: EBUSY))
+        #expect(Errno.ioError.description.contains("errno \(EIO)"))
+    }
+
+    /// A thread spinning with `yield` lets the one it waits for run (and `yield` itself returns).
+    @Test func yieldLetsAnotherThreadRun() throws {
+        let lock = Lock()
+        var done = false
+        let t = try PosixThread.start { lock.withLock { done = true } }
+        while !lock.withLock({ done }) { PosixThread.yield() }
+        t.join()
+        #expect(lock.withLock { done })
     }
 
     @Test func threadsRunAndJoin() throws {

@@ -71,17 +71,6 @@ import Testing
         ("eventfd", cCall(["eventfd", "eventfd_read", "eventfd_write"]), "EventFD"),
     ]
 
-    /// Files above LinuxHost not held to `rawCalls` yet, by exact path under Sources. They are
-    /// being moved by the drivers work; convert them with the LinuxHost API (Poll, FileStatus,
-    /// FileDescriptor.read(into:at:) and read/write(vector:count:at:), SharedMapping(anonymous:)
-    /// and adviseHugePages, EventFD, PosixThread) and delete this list.
-    static let rawCallExemptions: Set<String> = [
-        "SplitDrivers/Blkback.swift",  // poll of the kick, fstat and lseek of the image, pread probing O_DIRECT
-        "SplitDrivers/BlockIO.swift",  // preadv/pwritev of the thread-pool engine
-        "SplitDrivers/BounceBuffers.swift",  // mmap/munmap of the anonymous bounce region
-        "SplitDrivers/Netback+Uplink.swift",  // poll of the tap and the kick
-    ]
-
     /// Swift code only: comments and string literals blanked (string interpolations stay, they are
     /// code), newlines kept so line numbers hold.
     static func codeOnly(_ text: String) -> String {
@@ -151,20 +140,12 @@ import Testing
         return found
     }
 
+    /// No exemptions: every file above LinuxHost is held to `rawCalls`.
     @Test func nothingAboveLinuxHostMakesRawCallsLinuxHostWraps() throws {
-        var exemptionsSeen: Set<String> = []
         for (path, text) in try Self.filesAboveLinuxHost() {
-            let sites = try Self.rawCallSites(in: text)
-            if Self.rawCallExemptions.contains(path) {
-                exemptionsSeen.insert(path)
-                continue
-            }
-            for site in sites {
+            for site in try Self.rawCallSites(in: text) {
                 Issue.record("\(path):\(site.line) calls \(site.what) directly: use LinuxHost's \(site.instead)")
             }
-        }
-        for stale in Self.rawCallExemptions.subtracting(exemptionsSeen) {
-            Issue.record("\(stale) is exempt from the raw-call rule but no longer exists: take it off rawCallExemptions")
         }
     }
 
@@ -200,18 +181,6 @@ import Testing
     static let glibcAllowList: [String: String] = [
         "Toolstack/Config/XLConfigParser.swift":
             "Toolstack is portable (Glibc or Darwin) and does not depend on LinuxHost: open/read of the config file",
-        // SplitDrivers: not converted yet, the files are being moved by the drivers work. What each uses:
-        "SplitDrivers/BackendDevices.swift": "not converted yet (being moved)",
-        "SplitDrivers/Blkback.swift": "not converted yet (being moved): poll, fstat, lseek, pread, eventfd read/write, posix_memalign",
-        "SplitDrivers/Blkfront.swift": "not converted yet (being moved): usleep, errno constants",
-        "SplitDrivers/BlockIO.swift": "not converted yet (being moved): preadv/pwritev, fdatasync, pthread_create/join, eventfd read/write",
-        "SplitDrivers/BounceBuffers.swift": "not converted yet (being moved): mmap/munmap/madvise of the bounce region",
-        "SplitDrivers/NetStack.swift": "not converted yet (being moved)",
-        "SplitDrivers/Netback+Uplink.swift": "not converted yet (being moved): poll, tap and eventfd read/write",
-        "SplitDrivers/Netback+Vif.swift": "not converted yet (being moved)",
-        "SplitDrivers/Netback.swift": "not converted yet (being moved): memcpy",
-        "SplitDrivers/Netfront.swift": "not converted yet (being moved): memcpy, usleep, errno constants",
-        "SplitDrivers/Xenbus.swift": "not converted yet (being moved)",
     ]
 
     static func importsGlibc(_ text: String) -> Bool {

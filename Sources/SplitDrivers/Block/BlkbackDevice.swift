@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -133,9 +132,10 @@ final class BlkbackDevice {
         frontendDir = feDir
         let fd = try domain.deviceFD(.vbd, frontend: frontend, devid: devid)
         disk = fd
-        var st = stat()
-        guard fstat(fd.rawValue, &st) == 0 else { throw BlkbackStop.setup("fstat of the image: \(Errno.current)") }
-        let bytes = (st.st_mode & S_IFMT) == S_IFBLK ? UInt64(max(0, lseek(fd.rawValue, 0, SEEK_END))) : UInt64(st.st_size)
+        let status: FileStatus
+        do { status = try FileStatus(fd) } catch let e as SystemError { throw BlkbackStop.setup("fstat of the image: \(e.errno)") }
+        // A block device's size is where its end is (fstat says 0); a failed seek counts as empty.
+        let bytes = status.isBlockDevice ? UInt64((try? fd.seekToEnd()) ?? 0) : UInt64(status.size)
         sectors = bytes / 512
         readOnly = read("mode") == "r"
         direct = owner.settings.directIO && Self.useDirectIO(fd)
@@ -218,11 +218,10 @@ final class BlkbackDevice {
     /// (what blkif segments are); tmpfs and some others refuse: the page cache is used then.
     static func useDirectIO(_ fd: FileDescriptor) -> Bool {
         guard (try? fd.setDirectIO()) != nil else { return false }
-        var buffer: UnsafeMutableRawPointer?
-        guard posix_memalign(&buffer, 4096, 8192) == 0, let buffer else { return false }
-        defer { free(buffer) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 8192, alignment: 4096)
+        defer { buffer.deallocate() }
         // A sector at a sector offset inside a page, as a segment with first_sect 1 is.
-        if pread(fd.rawValue, buffer + 512, 512, 512) >= 0 { return true }
+        if (try? fd.read(into: UnsafeMutableRawBufferPointer(start: buffer + 512, count: 512), at: 512)) != nil { return true }
         try? fd.setDirectIO(false)
         return false
     }

@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -178,7 +177,7 @@ final class BlkbackQueue {
                     SharedAtomic.relax()
                     now = MonotonicClock.nanoseconds()
                     if now >= nextYield {
-                        sched_yield()  // a runnable frontend on this vCPU goes first
+                        PosixThread.yield()  // a runnable frontend on this vCPU goes first
                         nextYield = now + AdaptivePoll.yieldEveryNs
                     }
                 }

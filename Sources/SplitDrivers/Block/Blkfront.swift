@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 
 // blkfront: the guest half of the block split driver, as Linux's xen-blkfront talks to blkback.

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 // blkback's I/O engine: reads and writes straight into (mapped grant) pages, flushes and discards,

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// The engines' completion eventfd (`BlockIOEngine.completionFD`): made non-blocking, signalled
@@ -16,13 +15,11 @@ enum BlockIOEventFD {
     }
 
     /// Reads the eventfd to zero (non-blocking).
-    static func drain(_ fd: FileDescriptor) {
-        var value: UInt64 = 0
-        _ = Glibc.read(fd.rawValue, &value, 8)
+    @inline(__always) static func drain(_ fd: FileDescriptor) {
+        EventFD(fd).consume()
     }
 
-    static func signal(_ fd: FileDescriptor) {
-        var one: UInt64 = 1
-        _ = Glibc.write(fd.rawValue, &one, 8)
+    @inline(__always) static func signal(_ fd: FileDescriptor) {
+        EventFD(fd).signal()
     }
 }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// One accepted request: an owned copy of its iovecs, advanced in place over short transfers.
@@ -7,7 +6,7 @@ struct BlockTransfer {
     var op: BlockIOOp
     /// Where the rest starts on disk.
     var offset: UInt64
-    var iov: UnsafeMutablePointer<iovec>?
+    var iov: UnsafeMutablePointer<IOVector>?
     var iovCount: Int
     /// The first iovec with bytes left.
     var first = 0
@@ -43,8 +42,8 @@ struct BlockTransfer {
             guard total > 0, r.offset <= UInt64(Int64.max), UInt64(total) <= UInt64(Int64.max) - r.offset else {
                 return fail(.invalidArgument)
             }
-            let v = UnsafeMutablePointer<iovec>.allocate(capacity: r.iov.count)
-            for (i, b) in r.iov.enumerated() { v[i] = iovec(iov_base: b.baseAddress, iov_len: b.count) }
+            let v = UnsafeMutablePointer<IOVector>.allocate(capacity: r.iov.count)
+            for (i, b) in r.iov.enumerated() { v[i] = IOVector(iov_base: b.baseAddress, iov_len: b.count) }
             return .transfer(BlockTransfer(tag: r.tag, op: r.op, offset: r.offset, iov: v, iovCount: r.iov.count, total: total,
                                            fixedBuffer: r.fixedBuffer))
         }

@@ -1,4 +1,4 @@
-import Glibc
+import LinuxHost
 
 /// Physically contiguous staging memory for blkback's large transfers.
 ///
@@ -22,8 +22,8 @@ final class BounceBuffers {
     let granule: Int
     private var used: [Bool]
     private var cursor = 0
-    private let mapping: UnsafeMutableRawPointer
-    private let mappedBytes: Int
+    /// Unmapped with this object.
+    private let mapping: SharedMapping
 
     /// A run of granules: where it starts and how long it is.
     struct Run {
@@ -34,20 +34,17 @@ final class BounceBuffers {
     /// Reserves `bytes` (a multiple of `granule`); nil when the kernel refuses the mapping.
     init?(bytes: Int, granule: Int = 64 << 10) {
         precondition(bytes > 0 && granule > 0 && bytes % granule == 0)
-        mappedBytes = bytes + Self.hugePage
-        guard let m = mmap(nil, mappedBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
+        guard let m = try? SharedMapping(anonymous: bytes + Self.hugePage, protection: .readWrite, sharing: .private) else {
             return nil
         }
         mapping = m
-        let aligned = (Int(bitPattern: m) + Self.hugePage - 1) & ~(Self.hugePage - 1)
+        let aligned = (Int(bitPattern: m.base) + Self.hugePage - 1) & ~(Self.hugePage - 1)
         base = UnsafeMutableRawPointer(bitPattern: aligned)!
         self.bytes = bytes
         self.granule = granule
         used = Array(repeating: false, count: bytes / granule)
-        _ = madvise(base, bytes, MADV_HUGEPAGE)
+        m.adviseHugePages(at: aligned - Int(bitPattern: m.base), length: bytes)
     }
-
-    deinit { munmap(mapping, mappedBytes) }
 
     /// The whole region, for registering with io_uring.
     var region: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: bytes) }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// io_uring on one disk: READV/WRITEV straight into the caller's pages, FSYNC(DATASYNC), FALLOCATE;
@@ -125,7 +124,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         do {
             try ring.submit(waitingFor: 1, timeoutNs: timeoutNs)
         } catch let e as SystemError where e.errno == .wouldBlock {
-            usleep(1000)
+            PosixThread.sleep(microseconds: 1000)
         } catch {}
     }
 
@@ -173,7 +172,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         guard ring.unsubmitted > 0 else { return }
         do {
             try ring.submit()
-        } catch let e as SystemError where e.errno == .wouldBlock || e.errno == Errno(rawValue: EBUSY) {
+        } catch let e as SystemError where e.errno == .wouldBlock || e.errno == .busy {
             // The entries stay queued; the next reap retries. Make sure there will be one (the
             // owner of an owned ring reaps after every wake-up anyway).
             if !owned { BlockIOEventFD.signal(completionFD) }
@@ -246,7 +245,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
                     outcome = .success(t.total)
                 case .read, .write:
                     if res == 0 {
-                        outcome = .failure(Errno(rawValue: EIO))  // end of file, or no progress
+                        outcome = .failure(.ioError)  // end of file, or no progress
                     } else {
                         t.advance(by: Swift.min(Int(res), t.total - t.done))
                         if t.finished { outcome = .success(t.total) }
@@ -273,10 +272,10 @@ final class IOUringBlockIOEngine: BlockIOEngine {
         while wait && ready.isEmpty && inFlight > 0 {
             do {
                 try ring.submit(waitingFor: 1)
-            } catch let e as SystemError where e.errno == .wouldBlock || e.errno == Errno(rawValue: EBUSY) {
+            } catch let e as SystemError where e.errno == .wouldBlock || e.errno == .busy {
                 // EBUSY: completions are backed up (harvested below); EAGAIN: the kernel is short of
                 // memory for a moment.
-                if e.errno == .wouldBlock { usleep(1000) }
+                if e.errno == .wouldBlock { PosixThread.sleep(microseconds: 1000) }
             } catch {
                 break
             }

@@ -1,4 +1,3 @@
-import Glibc
 import LinuxHost
 
 /// A lock with two condition variables (no Foundation in driver domains).
@@ -6,7 +5,7 @@ private final class PoolState {
     let mutex = Lock()
     let work = Condition()
     let done = Condition()
-    let disk: Int32
+    let disk: FileDescriptor
     let eventFD: FileDescriptor
     var queue: [BlockTransfer] = []
     var queueHead = 0
@@ -15,7 +14,7 @@ private final class PoolState {
     var busy = 0
     var stopping = false
 
-    init(disk: Int32, eventFD: FileDescriptor) {
+    init(disk: FileDescriptor, eventFD: FileDescriptor) {
         self.disk = disk
         self.eventFD = eventFD
     }
@@ -55,36 +54,34 @@ private final class PoolState {
     private func perform(_ t: inout BlockTransfer) -> Result<Int, Errno> {
         switch t.op {
         case .flush:
-            while fdatasync(disk) != 0 {
-                let e = Errno.current
-                if e != .interrupted { return .failure(e) }
-            }
-            return .success(0)
+            return disk.syncData().map { 0 }  // EINTR retried
         case .discard:
             do {
-                try MemFD.punchHole(FileDescriptor(rawValue: disk), offset: Int(t.offset), length: t.total)
+                try MemFD.punchHole(disk, offset: Int(t.offset), length: t.total)
                 return .success(t.total)
             } catch let e as SystemError {
                 return .failure(e.errno)
             } catch {
-                return .failure(Errno(rawValue: EIO))
+                return .failure(.ioError)
             }
         case .read, .write:
             while !t.finished {
                 let v = t.iov! + t.first
-                let n = Int32(Swift.min(t.remainingIovecs, BlockIO.maxSegments))
-                let off = off_t(Int64(bitPattern: t.offset))
-                let rc = t.op == .read ? preadv(disk, v, n, off) : pwritev(disk, v, n, off)
-                if rc < 0 {
-                    let e = Errno.current
+                let n = Swift.min(t.remainingIovecs, BlockIO.maxSegments)
+                let off = Int64(bitPattern: t.offset)
+                // preadv/pwritev, nothing retried inside: EINTR and EAGAIN count against `retries`.
+                let result = t.op == .read ? disk.read(vector: v, count: n, at: off) : disk.write(vector: v, count: n, at: off)
+                switch result {
+                case let .failure(e):
                     if (e == .interrupted || e == .wouldBlock) && t.retries < 100 {
                         t.retries += 1
                         continue
                     }
                     return .failure(e)
+                case let .success(rc):
+                    if rc == 0 { return .failure(.ioError) }  // end of file, or no progress
+                    t.advance(by: Swift.min(rc, t.total - t.done))
                 }
-                if rc == 0 { return .failure(Errno(rawValue: EIO)) }  // end of file, or no progress
-                t.advance(by: Swift.min(rc, t.total - t.done))
             }
             return .success(t.total)
         }
@@ -98,40 +95,27 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
     let name = "threads"
     let completionFD: FileDescriptor
     private let state: PoolState
-    private var threads: [pthread_t] = []
+    private var threads: [PosixThread] = []
     private var closed = false
     var threadCount: Int { threads.count }
 
-    private final class Start {
-        let state: PoolState
-        let index: Int
-        init(_ state: PoolState, _ index: Int) { self.state = state; self.index = index }
-    }
-
     init(disk: FileDescriptor, queueDepth: Int) throws {
         completionFD = try BlockIOEventFD.make()
-        state = PoolState(disk: disk.rawValue, eventFD: completionFD)
+        let state = PoolState(disk: disk, eventFD: completionFD)
+        self.state = state
         let count = Swift.max(1, Swift.min(BlockIO.poolThreads, queueDepth))
-        var lastError: Int32 = 0
+        var lastError = Errno(rawValue: 0)
         for i in 0..<count {
-            let box = Unmanaged.passRetained(Start(state, i)).toOpaque()
-            var tid = pthread_t()
-            let rc = pthread_create(&tid, nil, { arg in
-                let start = Unmanaged<Start>.fromOpaque(arg!).takeRetainedValue()
-                start.state.run(index: start.index)
-                return nil
-            }, box)
-            if rc != 0 {
-                Unmanaged<Start>.fromOpaque(box).release()
-                lastError = rc
-                continue
+            do {
+                threads.append(try PosixThread.start { state.run(index: i) })
+            } catch {
+                if let e = error as? SystemError { lastError = e.errno }
             }
-            threads.append(tid)
         }
         if threads.isEmpty {
             completionFD.close()
             closed = true
-            throw SystemError("pthread_create", "block I/O worker", errno: Errno(rawValue: lastError))
+            throw SystemError("pthread_create", "block I/O worker", errno: lastError)
         }
     }
 
@@ -185,7 +169,7 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
         state.queueHead = 0
         state.work.broadcast()
         state.unlock()
-        for t in threads { pthread_join(t, nil) }  // each finishes the transfer it holds first
+        for t in threads { t.join() }  // each finishes the transfer it holds first
         threads.removeAll()
         state.finished.removeAll()
         completionFD.close()

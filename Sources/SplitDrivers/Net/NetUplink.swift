@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -149,7 +148,7 @@ final class NetUplink: NetBridgePortProtocol {
                     rearm.append(i)
                 }
             }
-            if failures > 100 { usleep(10_000) }
+            if failures > 100 { PosixThread.sleep(microseconds: 10_000) }
             for i in rearm { postRead(i) }
             if kicked {
                 postKick()
@@ -169,20 +168,18 @@ final class NetUplink: NetBridgePortProtocol {
     }
 
     private func runThreads() {
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Self.bufferSize, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bufferSize, alignment: 4096)
+        var poll = Poll([(tap, .readable), (kickEvent.fd, .readable)])
         while true {
-            var fds = [pollfd(fd: tap.rawValue, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: kickEvent.fd.rawValue, events: Int16(POLLIN), revents: 0)]
-            _ = poll(&fds, 2, -1)
-            if fds[0].revents & Int16(POLLIN) != 0 {
-                let n = Glibc.read(tap.rawValue, buffer, Self.bufferSize)
-                if n > 0 { received(buffer, n) }
+            // A failed poll (EINTR) reports nothing ready: the loop polls again.
+            _ = poll.waitOnce(timeoutMs: -1)
+            if poll.ready(0).contains(.readable) {
+                if let n = try? tap.read(into: buffer), n > 0 { received(buffer.baseAddress!, n) }
             }
-            if fds[1].revents != 0 {
-                var v: UInt64 = 0
-                _ = Glibc.read(kickEvent.fd.rawValue, &v, 8)
+            if poll.isReady(1) {
+                kickEvent.drain()
                 for frame in takeOutbound() {
-                    _ = Glibc.write(tap.rawValue, frame.baseAddress, frame.count)
+                    _ = try? tap.write(UnsafeRawBufferPointer(frame))
                     frame.deallocate()
                 }
             }

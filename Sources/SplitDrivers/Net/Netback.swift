@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import ProcvisorABI
 
@@ -273,7 +272,7 @@ public final class Netback {
                     if dataSlots == 1 {
                         frame = UnsafeRawBufferPointer(start: page + offset, count: size)
                     } else {
-                        memcpy(scratch + gathered, page + offset, size)
+                        (scratch + gathered).copyMemory(from: page + offset, byteCount: size)
                         gathered += size
                     }
                 }
@@ -402,7 +401,7 @@ public final class Netback {
             let n = min(Netif.pageSize, frame.count - done)
             let more = i + 1 < need
             if let page = q.rxPage(r.gref, vif: vif) {
-                memcpy(page, frame.baseAddress! + done, n)
+                page.copyMemory(from: frame.baseAddress! + done, byteCount: n)
                 NetifRxResponse(id: r.id, offset: 0, flags: (more ? Netif.rxMoreData : 0) | Netif.rxDataValidated,
                                 status: Int16(n)).store(to: q.rx.nextResponse())
             } else {

@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import ProcvisorABI
 

@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 import NetStack
 import ProcvisorABI
@@ -193,7 +192,7 @@ public final class Netfront: NetworkLink {
             q.txBusy[Int(id)] = true
             let n = min(Netif.pageSize, frame.count - done)
             let buffer = q.txBuffers[Int(id)]
-            memcpy(buffer.page.base, src + done, n)
+            buffer.page.base.copyMemory(from: src + done, byteCount: n)
             let more = i < pages - 1
             let size = i == 0 ? frame.count : n
             guard let slot = q.tx.nextRequest() else { break }  // room was checked above
@@ -311,7 +310,7 @@ public final class Netfront: NetworkLink {
                     statistics.rxFrames += 1
                     statistics.rxBytes += size
                 } else {
-                    memcpy(scratch + assembled, page + offset, size)
+                    (scratch + assembled).copyMemory(from: page + offset, byteCount: size)
                     assembled += size
                     inFrame = rsp.moreData
                     if !inFrame {

@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 
 /// The devices of one type a backend serves, one per toolstack directory

@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 
 /// One end of a split device over XenStore: its own `state`, the other end's, and the Linux

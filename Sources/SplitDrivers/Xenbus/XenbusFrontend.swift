@@ -1,5 +1,4 @@
 import DomainRuntime
-import Glibc
 import LinuxHost
 
 /// The XenBus side of a frontend (`device/<type>/<devid>` of this domain), one for every frontend
@@ -151,7 +150,7 @@ public final class XenbusFrontend {
             for port in ports {
                 while !ev.isConnected(port) {
                     if deadline.left <= 0 { throw failure("the backend is Connected but never bound event channel \(port)") }
-                    usleep(500)
+                    PosixThread.sleep(microseconds: 500)
                 }
             }
             try end.switchState(.connected)
@@ -209,7 +208,7 @@ public final class XenbusFrontend {
         _ = try? end.waitForOtherEnd(states: [.closing, .closed, .unknown], timeout: deadline.left)
         try? end.switchState(.closed)
         _ = try? end.waitForOtherEnd(states: [.closed, .unknown], timeout: deadline.left)
-        while releaseGrants() && deadline.left > 0 { usleep(1000) }
+        while releaseGrants() && deadline.left > 0 { PosixThread.sleep(microseconds: 1000) }
         closePorts()
     }
 
