@@ -5,7 +5,6 @@ import PackageDescription
 // process and explicit threads for vCPUs; strict Sendable checking would force
 // @unchecked annotations everywhere without adding safety.
 let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
-let fastPath: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
 let package = Package(
     name: "procvisor",
@@ -36,12 +35,13 @@ let package = Package(
         .target(name: "XenStore", dependencies: ["ProcvisorABI"], swiftSettings: v5),
         // A dom0 XenStore client on the Unix socket (xl, benchmarks, tests).
         .target(name: "XenStoreSocket", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
-        .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
-        // The data paths (rings, switch, stacks) run per packet: no dynamic exclusivity checks in
-        // release builds (debug builds and the tests keep them).
-        .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack", "LinuxHost"], swiftSettings: v5 + fastPath),
-        // The guest IP stack, over the `NetworkLink` it defines (netfront is one); built as SplitDrivers.
-        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI", "LinuxHost"], swiftSettings: v5 + fastPath),
+        // The libraries guests link carry no unsafe flags, so a package outside this repository can
+        // depend on them. Where a per-packet path would pay for a dynamic exclusivity check, the
+        // class says so itself (`@exclusivity(unchecked)` on its stored properties, with the reason).
+        .target(name: "DomainRuntime", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
+        .target(name: "SplitDrivers", dependencies: ["DomainRuntime", "NetStack", "LinuxHost"], swiftSettings: v5),
+        // The guest IP stack, over the `NetworkLink` it defines (netfront is one).
+        .target(name: "NetStack", dependencies: ["DomainRuntime", "ProcvisorABI", "LinuxHost"], swiftSettings: v5),
         .target(
             name: "Supervisor",
             dependencies: [

@@ -6,8 +6,8 @@ import ProcvisorABI
 final class DomainEvents {
     let fd: FileDescriptor
     private let mutex = Lock()
-    private var handler: ((ShutdownReason) -> Void)?
-    private var pending: ShutdownReason?
+    @exclusivity(unchecked) private var handler: ((ShutdownReason) -> Void)?
+    @exclusivity(unchecked) private var pending: ShutdownReason?
 
     init(fd: FileDescriptor) {
         self.fd = fd

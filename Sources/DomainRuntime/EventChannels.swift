@@ -38,23 +38,23 @@ public final class EventChannels {
     let ownDoorbell: SharedMapping
     /// The eventfd that notifies the supervisor's domain-0 services (XenStore) of a send on a
     /// port bound to domain 0.
-    var dom0Kick: FileDescriptor?
+    @exclusivity(unchecked) var dom0Kick: FileDescriptor?
     private let mutex = Lock()
-    private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
-    private var peers: [UInt16: PeerPages] = [:]
-    private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
+    @exclusivity(unchecked) private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
+    @exclusivity(unchecked) private var peers: [UInt16: PeerPages] = [:]
+    @exclusivity(unchecked) private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports the runtime itself serves (the XenStore port): taken when pending, never handed to
     /// the guest's `wait`/`waitAny`, as a PV kernel's xenbus consumes its own event.
-    private var runtimeOwned = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
+    @exclusivity(unchecked) private var runtimeOwned = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
-    private var localPending: Set<Port> = []
+    @exclusivity(unchecked) private var localPending: Set<Port> = []
     /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
-    private var unboundEarly: Set<Port> = []
+    @exclusivity(unchecked) private var unboundEarly: Set<Port> = []
     /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
-    private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
+    @exclusivity(unchecked) private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
     /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
-    private var ready: [Port] = []
-    private var readyHead = 0
+    @exclusivity(unchecked) private var ready: [Port] = []
+    @exclusivity(unchecked) private var readyHead = 0
     /// Per port, where `send` sets the bit and rings: pointers into pair and doorbell pages, which
     /// stay mapped for the domain's lifetime. Filled by the first send after a bind, cleared on
     /// every change of the port's entry, so the data path does no lookups and no reference counting.

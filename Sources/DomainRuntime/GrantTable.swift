@@ -72,17 +72,17 @@ public final class GrantTable {
     public static let reservedEntries: GrantRef = 8
     let hypercalls: HypercallChannel
     private let mutex = Lock()
-    private var table: SharedMapping?
-    private var nrFrames = 0
-    private var maxFrames = 0
-    private var freeRefs: [GrantRef] = []
-    private var pool: [GrantablePage] = []
-    private var pageMappings: [UInt64: SharedMapping] = [:]
+    @exclusivity(unchecked) private var table: SharedMapping?
+    @exclusivity(unchecked) private var nrFrames = 0
+    @exclusivity(unchecked) private var maxFrames = 0
+    @exclusivity(unchecked) private var freeRefs: [GrantRef] = []
+    @exclusivity(unchecked) private var pool: [GrantablePage] = []
+    @exclusivity(unchecked) private var pageMappings: [UInt64: SharedMapping] = [:]
     /// The supervisor's exposure map (`GrantExposureMap`), read-only.
-    private var exposure: SharedMapping?
+    @exclusivity(unchecked) private var exposure: SharedMapping?
     /// Where else each grantable page is mapped here (`contiguousView`), so re-backing replaces
     /// those views too.
-    private var aliases: [UInt64: [UnsafeMutableRawPointer]] = [:]
+    @exclusivity(unchecked) private var aliases: [UInt64: [UnsafeMutableRawPointer]] = [:]
 
     init(hypercalls: HypercallChannel) {
         self.hypercalls = hypercalls

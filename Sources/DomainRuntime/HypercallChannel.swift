@@ -8,10 +8,10 @@ final class HypercallChannel {
     let fd: FileDescriptor
     private let mutex = Lock()
     private let cond = Condition()
-    private var nextSeq: UInt64 = 1
-    private var replies: [UInt64: (HypercallReply, [FileDescriptor])] = [:]
-    private var readerActive = false
-    private var failure: String?
+    @exclusivity(unchecked) private var nextSeq: UInt64 = 1
+    @exclusivity(unchecked) private var replies: [UInt64: (HypercallReply, [FileDescriptor])] = [:]
+    @exclusivity(unchecked) private var readerActive = false
+    @exclusivity(unchecked) private var failure: String?
 
     init(fd: FileDescriptor) {
         self.fd = fd

@@ -54,8 +54,8 @@ public final class FrontRing {
     public let layout: RingLayout
     let sring: SharedRingHeader
     /// `req_prod_pvt` and `rsp_cons`.
-    public private(set) var reqProdPvt: UInt32 = 0
-    public private(set) var rspCons: UInt32 = 0
+    @exclusivity(unchecked) public private(set) var reqProdPvt: UInt32 = 0
+    @exclusivity(unchecked) public private(set) var rspCons: UInt32 = 0
 
     /// Initialises the shared page (the frontend owns it) and attaches.
     public init(page: UnsafeMutableRawPointer, layout: RingLayout) {
@@ -116,8 +116,8 @@ public final class FrontRing {
 public final class BackRing {
     public let layout: RingLayout
     let sring: SharedRingHeader
-    public private(set) var reqCons: UInt32 = 0
-    public private(set) var rspProdPvt: UInt32 = 0
+    @exclusivity(unchecked) public private(set) var reqCons: UInt32 = 0
+    @exclusivity(unchecked) public private(set) var rspProdPvt: UInt32 = 0
 
     /// Attaches to a page the frontend initialised.
     public init(page: UnsafeMutableRawPointer, layout: RingLayout) {

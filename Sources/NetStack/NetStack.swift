@@ -63,7 +63,7 @@ public final class NetStack {
     let subnetMask: UInt32
     /// The subnet's directed broadcast, or 0 for /31 and /32 (0 is never a packet's destination here).
     let subnetBroadcast: UInt32
-    var stats = NetStackStatistics()
+    @exclusivity(unchecked) var stats = NetStackStatistics()
 
     private let bufferSize: Int
     private let txBuffer: UnsafeMutableRawPointer
@@ -74,24 +74,24 @@ public final class NetStack {
         var confirmedNs: UInt64
         var probedNs: UInt64
     }
-    private(set) var arpCache: [UInt32: ARPEntry] = [:]
-    private var arpLifetimeNs: UInt64 = 60_000_000_000
+    @exclusivity(unchecked) private(set) var arpCache: [UInt32: ARPEntry] = [:]
+    @exclusivity(unchecked) private var arpLifetimeNs: UInt64 = 60_000_000_000
     private let arpRetryNs = NetStack.nanoseconds(NetStack.arpRetryInterval)
     /// The last IPv4 source whose ARP entry received traffic refreshed, and when: keeps a stream
     /// from doing a cache write per frame.
-    private var refreshedSource: UInt32 = 0
-    private var refreshedAtNs: UInt64 = 0
+    @exclusivity(unchecked) private var refreshedSource: UInt32 = 0
+    @exclusivity(unchecked) private var refreshedAtNs: UInt64 = 0
     /// The clock when the current link poll began (for decisions that tolerate a stale clock).
-    private var pollStartNs: UInt64 = 0
+    @exclusivity(unchecked) private var pollStartNs: UInt64 = 0
 
     /// Bound sockets, unretained so that dropping a socket closes it.
     /// SAFETY: a socket removes its entry in `close` and in `deinit`, before its memory goes;
     /// single-threaded, so no lookup runs in between.
     struct SocketRef { unowned(unsafe) let socket: UDPSocket }
-    private var sockets: [UInt16: SocketRef] = [:]
-    private var nextEphemeral: UInt16
+    @exclusivity(unchecked) private var sockets: [UInt16: SocketRef] = [:]
+    @exclusivity(unchecked) private var nextEphemeral: UInt16
 
-    private var nextIPID: UInt16
+    @exclusivity(unchecked) private var nextIPID: UInt16
     private let echoID: UInt16
     private struct EchoWait {
         var destination: UInt32
@@ -99,13 +99,13 @@ public final class NetStack {
         var length: Int
         var receivedNs: UInt64?
     }
-    private var echoWait: EchoWait?
+    @exclusivity(unchecked) private var echoWait: EchoWait?
 
-    private var unreachableTokens = NetStack.unreachableBurst
-    private var unreachableRefillNs: UInt64 = 0
+    @exclusivity(unchecked) private var unreachableTokens = NetStack.unreachableBurst
+    @exclusivity(unchecked) private var unreachableRefillNs: UInt64 = 0
 
-    private var batchDepth = 0
-    private var flushPending = false
+    @exclusivity(unchecked) private var batchDepth = 0
+    @exclusivity(unchecked) private var flushPending = false
 
     /// A stack for `config` on `link`. Nothing is sent until the first call; call `announce()`
     /// once the link is connected.

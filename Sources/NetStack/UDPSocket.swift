@@ -11,8 +11,8 @@ public final class UDPSocket {
     /// Datagrams a socket holds before newer ones are dropped (counted as `dropSocketQueueFull`).
     public static let queueLimit = 1024
 
-    private var queue = DatagramQueue()
-    private var isClosed = false
+    @exclusivity(unchecked) private var queue = DatagramQueue()
+    @exclusivity(unchecked) private var isClosed = false
 
     init(stack: NetStack, port: UInt16) {
         self.stack = stack

@@ -13,10 +13,10 @@ final class Kick {
     let fd: FileDescriptor
     private let event: EventFD
     private let mutex = Lock()
-    private var closed = false
+    @exclusivity(unchecked) private var closed = false
     /// What `wait` polls, made once (a wait allocates nothing): the kick, then `wait`'s `other`
     /// (-1, which poll(2) skips, when there is none).
-    private var poll: Poll
+    @exclusivity(unchecked) private var poll: Poll
 
     /// Non-blocking: a kick already consumed leaves nothing to wait for in `drain`.
     init() {

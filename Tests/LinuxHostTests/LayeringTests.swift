@@ -26,6 +26,17 @@ import Testing
         return out
     }
 
+    /// A package outside this repository can depend on DomainRuntime, SplitDrivers and NetStack
+    /// only if no target it pulls in carries `unsafeFlags` (SwiftPM refuses them in dependencies).
+    @Test func noTargetCarriesUnsafeFlags() throws {
+        let manifest = try String(contentsOf: Self.sources.deletingLastPathComponent().appendingPathComponent("Package.swift"), encoding: .utf8)
+        let code = manifest.split(separator: "\n").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("//") }
+        for line in code where line.contains("unsafeFlags") {
+            Issue.record("Package.swift: \(line.trimmingCharacters(in: .whitespaces))")
+        }
+        #expect(code.count > 20)
+    }
+
     @Test func theTreeIsThere() throws {
         #expect(try Self.filesAboveLinuxHost().count > 50)
     }

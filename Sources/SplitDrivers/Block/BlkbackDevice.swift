@@ -27,10 +27,10 @@ final class BlkbackDevice {
     unowned let owner: Blkback
     private let kick = Kick()
     /// Non-zero: every queue stops (set by the device thread, or by a queue whose ring is corrupt).
-    var stop: UInt32 = 0
+    @exclusivity(unchecked) var stop: UInt32 = 0
     private let failureLock = Lock()
-    private var failure: BlkbackStop?
-    private var queuesRunning: UInt32 = 0
+    @exclusivity(unchecked) private var failure: BlkbackStop?
+    @exclusivity(unchecked) private var queuesRunning: UInt32 = 0
     var dir: String { "backend/vbd/\(frontend)/\(devid)" }
     var label: String { "vbd \(frontend)/\(devid)" }
 
@@ -40,14 +40,14 @@ final class BlkbackDevice {
     static let maxRingPageOrder = 4
 
     // Set up by `connect`.
-    private(set) var disk: FileDescriptor?
-    private(set) var sectors: UInt64 = 0
-    private(set) var readOnly = false
-    private(set) var persistent = false
-    private(set) var direct = false
-    private var queues: [BlkbackQueue] = []
-    private var frontendDir = ""
-    private var watchToken: String?
+    @exclusivity(unchecked) private(set) var disk: FileDescriptor?
+    @exclusivity(unchecked) private(set) var sectors: UInt64 = 0
+    @exclusivity(unchecked) private(set) var readOnly = false
+    @exclusivity(unchecked) private(set) var persistent = false
+    @exclusivity(unchecked) private(set) var direct = false
+    @exclusivity(unchecked) private var queues: [BlkbackQueue] = []
+    @exclusivity(unchecked) private var frontendDir = ""
+    @exclusivity(unchecked) private var watchToken: String?
 
     init(domain: Domain, frontend: UInt16, devid: UInt32, owner: Blkback) {
         self.domain = domain

@@ -9,15 +9,15 @@ final class BlkbackQueue {
     let index: Int
     let disk: FileDescriptor
     private let kickEvent = Kick()
-    private(set) var port: EventChannels.Port?
-    private var engine: BlockIOEngine?
-    private var ring: BackRing?
-    private var ringMapping: GrantMappingRun?
+    @exclusivity(unchecked) private(set) var port: EventChannels.Port?
+    @exclusivity(unchecked) private var engine: BlockIOEngine?
+    @exclusivity(unchecked) private var ring: BackRing?
+    @exclusivity(unchecked) private var ringMapping: GrantMappingRun?
     private var domain: Domain { device.domain }
     /// Persistent grants: gref → mapping, kept until disconnect. Linux keeps 1056 per ring;
     /// mapping costs a hypercall here and a mapped page costs nothing but address space, so the
     /// limit is higher (a queue of 1 MiB requests keeps all its pages mapped).
-    private var persistentMaps: [GrantRef: PersistentPage] = [:]
+    @exclusivity(unchecked) private var persistentMaps: [GrantRef: PersistentPage] = [:]
     /// A persistent data page: its mapping, and where transfers address it (its alias in
     /// `fixedRegion`, index `alias`, when it has one; else the mapping, alias -1).
     private struct PersistentPage {
@@ -28,15 +28,15 @@ final class BlkbackQueue {
     /// Owned io_uring queues: the persistent data pages again, back to back, registered with the
     /// ring as one buffer (`fixedPages` of them so far), so transfers into them skip the kernel's
     /// pinning of every page of every transfer. On unless `fixed-buffers=0`.
-    private var fixedRegion: AliasRegion?
-    private var fixedPages = 0
+    @exclusivity(unchecked) private var fixedRegion: AliasRegion?
+    @exclusivity(unchecked) private var fixedPages = 0
     /// `fixedRegion.count` at the queue thread's previous look.
-    private var fixedSeen = 0
-    private var fixedFailed = false
+    @exclusivity(unchecked) private var fixedSeen = 0
+    @exclusivity(unchecked) private var fixedFailed = false
     /// Registered buffers are allowed (`fixed-buffers=0` turns them off).
     private let fixedAllowed: Bool
     /// Indirect pages, mapped read-only (the frontend grants them so).
-    private var persistentIndirect: [GrantRef: GrantMapping] = [:]
+    @exclusivity(unchecked) private var persistentIndirect: [GrantRef: GrantMapping] = [:]
     static let maxPersistentGrants = 8192
     /// A request in flight: its id and op, mappings to drop after completion, and for one staged
     /// in `bounce`, its run there and (reads) where the bytes go when it completes.
@@ -48,35 +48,35 @@ final class BlkbackQueue {
         var readInto: [UnsafeMutableRawBufferPointer] = []
     }
     /// Requests in flight, by engine tag.
-    private var inFlight: [UInt64: Pending] = [:]
+    @exclusivity(unchecked) private var inFlight: [UInt64: Pending] = [:]
     /// Staging for large requests (`BounceBuffers`), made at the first one while the driver
     /// domain's staging budget lasts (`staging-mib=`).
-    private var bounce: BounceBuffers?
-    private var bounceTried = false
+    @exclusivity(unchecked) private var bounce: BounceBuffers?
+    @exclusivity(unchecked) private var bounceTried = false
     /// `bounce` is registered with the owned ring as buffer 1.
-    private var bounceRegistered = false
+    @exclusivity(unchecked) private var bounceRegistered = false
     /// Requests of at least this many bytes are staged (`bounce-min=` KiB; 64 KiB).
     private let bounceMin: Int
     /// One queue's staging: four 1 MiB transfers, or 32 of Linux's 128 KiB requests.
     static let bounceBytes = 4 << 20
     /// Requests that went through `bounce`.
-    private var staged = 0
-    private var nextTag: UInt64 = 1
+    @exclusivity(unchecked) private var staged = 0
+    @exclusivity(unchecked) private var nextTag: UInt64 = 1
     /// Guards everything below `port` (the dispatcher takes requests, the queue thread completes them).
     private let mutex = Lock()
     /// Set by `teardown`: nothing is touched any more.
-    private var closed = false
+    @exclusivity(unchecked) private var closed = false
     /// A WRITE_BARRIER taken off the ring, waiting for the queue thread to run it.
-    private var barrier: BlkifRequest.ReadWrite?
+    @exclusivity(unchecked) private var barrier: BlkifRequest.ReadWrite?
     /// Why `mappings` last returned nil: `gref N (GNTST_...)`.
-    private var mapFailure = ""
-    private(set) var slots = 0
+    @exclusivity(unchecked) private var mapFailure = ""
+    @exclusivity(unchecked) private(set) var slots = 0
     /// The queue's thread owns an io_uring and sleeps in it, on completions and on the domain's
     /// doorbell (IORING_OP_FUTEX_WAIT): it takes its requests itself, no dispatcher in between.
-    private(set) var owned = false
+    @exclusivity(unchecked) private(set) var owned = false
     /// Requests handed to the disk per io_uring_enter (`submit-chunk=N`, owned queues; default 4),
     /// runs of requests that continue one another on the disk excepted (`SubmitChunker`).
-    private var submitChunk = Int.max
+    @exclusivity(unchecked) private var submitChunk = Int.max
     var engineName: String { engine?.name ?? "?" }
     private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
 

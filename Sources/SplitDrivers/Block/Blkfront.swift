@@ -65,13 +65,13 @@ public final class Blkfront {
     /// Segments per request: 11, or the negotiated indirect maximum.
     public let maxSegmentsPerRequest: Int
     /// Sleep this many doorbell checks before sleeping in `waitAny` (latency versus CPU).
-    public var spin: Int = 0
+    @exclusivity(unchecked) public var spin: Int = 0
     /// The synchronous calls' limit, in seconds.
-    public var ioTimeout: Double = 30
+    @exclusivity(unchecked) public var ioTimeout: Double = 30
     /// Open `batch` calls: requests are placed on the rings but not yet published.
-    private var batching = 0
+    @exclusivity(unchecked) private var batching = 0
     /// Inside `batch`, requests are published in groups of this many (and the rest at its end).
-    public var batchPublish = 4
+    @exclusivity(unchecked) public var batchPublish = 4
 
     /// Runs `body` (which submits requests) and publishes what it put on the rings with one
     /// notification per queue at the end, as Linux's blkfront does for the last request of a
@@ -90,11 +90,11 @@ public final class Blkfront {
     public var sectorSize: Int { features.sectorSize }
     public var readOnly: Bool { features.readOnly }
     /// Flush is offered (and not refused since).
-    public private(set) var canFlush: Bool
-    public private(set) var canDiscard: Bool
+    @exclusivity(unchecked) public private(set) var canFlush: Bool
+    @exclusivity(unchecked) public private(set) var canDiscard: Bool
 
     /// Ports `waitAny` returned while this device waited that are not its own, oldest first.
-    public private(set) var strayPorts: [EventChannels.Port] = []
+    @exclusivity(unchecked) public private(set) var strayPorts: [EventChannels.Port] = []
 
     /// `detaching`: the backend went Closing (the toolstack is removing the device): nothing new
     /// is sent, what is on the rings finishes, then the device closes itself.
@@ -109,11 +109,11 @@ public final class Blkfront {
         let secure: Bool
         let isInternal: Bool
         /// The write's bytes, or the read's destination (unless `into`).
-        var data: [UInt8]
+        @exclusivity(unchecked) var data: [UInt8]
         /// A read's destination in the caller's memory (`submitRead(into:)`), else nil.
         let into: UnsafeMutableRawPointer?
-        var remaining: Int
-        var error: BlkfrontError?
+        @exclusivity(unchecked) var remaining: Int
+        @exclusivity(unchecked) var error: BlkfrontError?
 
         init(serial: UInt64, tag: UInt64, op: BlkfrontOperation, sector: UInt64, count: Int, secure: Bool,
              isInternal: Bool, data: [UInt8], into: UnsafeMutableRawPointer?, remaining: Int) {
@@ -145,10 +145,10 @@ public final class Blkfront {
         let refs: [GrantRef]
         let ring: FrontRing
         let port: EventChannels.Port
-        var shadow: BlkfrontShadowTable<Work>
-        var slotPages: [[Grant]]
-        var slotIndirect: [[Grant]]
-        var placed = 0
+        @exclusivity(unchecked) var shadow: BlkfrontShadowTable<Work>
+        @exclusivity(unchecked) var slotPages: [[Grant]]
+        @exclusivity(unchecked) var slotIndirect: [[Grant]]
+        @exclusivity(unchecked) var placed = 0
 
         init(index: Int, refs: [GrantRef], ring: FrontRing, port: EventChannels.Port) {
             self.index = index
@@ -165,18 +165,18 @@ public final class Blkfront {
     private let xenbus: XenbusFrontend
     private let queues: [Queue]
     private let handle: UInt16
-    private var state = State.connected
-    private var queue: [Work] = []
-    private var queueHead = 0
+    @exclusivity(unchecked) private var state = State.connected
+    @exclusivity(unchecked) private var queue: [Work] = []
+    @exclusivity(unchecked) private var queueHead = 0
     /// The next queue to offer a request to (round robin).
-    private var nextQueue = 0
-    private var completed: [BlkfrontCompletion] = []
-    private var internalResults: [UInt64: Result<[UInt8]?, BlkfrontError>] = [:]
-    private var nextSerial: UInt64 = 1
+    @exclusivity(unchecked) private var nextQueue = 0
+    @exclusivity(unchecked) private var completed: [BlkfrontCompletion] = []
+    @exclusivity(unchecked) private var internalResults: [UInt64: Result<[UInt8]?, BlkfrontError>] = [:]
+    @exclusivity(unchecked) private var nextSerial: UInt64 = 1
     /// IOs submitted and not finished (public and internal).
-    private var unfinished = 0
+    @exclusivity(unchecked) private var unfinished = 0
     /// `close()` has started (it processes while it waits; this keeps it from starting again).
-    private var closing = false
+    @exclusivity(unchecked) private var closing = false
 
     private init(xenbus: XenbusFrontend, features: BlkfrontFeatures, queues: [Queue], ringPageOrder: Int, maxSegments: Int) {
         self.xenbus = xenbus

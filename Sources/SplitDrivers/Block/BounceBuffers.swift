@@ -20,8 +20,8 @@ final class BounceBuffers {
     let base: UnsafeMutableRawPointer
     let bytes: Int
     let granule: Int
-    private var used: [Bool]
-    private var cursor = 0
+    @exclusivity(unchecked) private var used: [Bool]
+    @exclusivity(unchecked) private var cursor = 0
     /// Unmapped with this object.
     private let mapping: SharedMapping
 

@@ -6,25 +6,25 @@ import LinuxHost
 final class IOUringBlockIOEngine: BlockIOEngine {
     let name = "io_uring"
     let completionFD: FileDescriptor
-    private var ring: IOUring?
+    @exclusivity(unchecked) private var ring: IOUring?
     private let target: IOUring.Target
     let fixedFile: Bool
     private let depth: Int
 
     /// In-kernel transfers, indexed by slot (the SQE's user_data).
-    private var slots: [BlockTransfer?]
-    private var freeSlots: [Int]
+    @exclusivity(unchecked) private var slots: [BlockTransfer?]
+    @exclusivity(unchecked) private var freeSlots: [Int]
     /// Slots whose transfer needs another SQE (short transfer, EAGAIN/EINTR), or whose SQE could not
     /// be queued yet.
-    private var toQueue: [Int] = []
+    @exclusivity(unchecked) private var toQueue: [Int] = []
     /// Accepted, waiting for a slot.
-    private var pending: [BlockTransfer] = []
-    private var pendingHead = 0
+    @exclusivity(unchecked) private var pending: [BlockTransfer] = []
+    @exclusivity(unchecked) private var pendingHead = 0
     /// Completed, not yet returned by `reap`.
-    private var ready: [BlockIOCompletion] = []
-    private var closed = false
+    @exclusivity(unchecked) private var ready: [BlockIOCompletion] = []
+    @exclusivity(unchecked) private var closed = false
     /// Requests handed to the kernel per io_uring_enter.
-    var submitChunk = Int.max
+    @exclusivity(unchecked) var submitChunk = Int.max
     /// Made by `owned`: one thread (the one that calls `adopt`) submits, reaps and waits; the
     /// completion eventfd is not signalled.
     let owned: Bool
@@ -32,11 +32,11 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     static let doorbellTag = UInt64.max
     static let kickTag = UInt64.max - 1
     /// Owned mode: a futex wait / a poll on the kick descriptor is in the kernel.
-    private(set) var doorbellArmed = false
-    private(set) var kickArmed = false
+    @exclusivity(unchecked) private(set) var doorbellArmed = false
+    @exclusivity(unchecked) private(set) var kickArmed = false
     /// Owned mode: the futex wait or the kick poll completed since the owner last looked.
-    var doorbellRang = false
-    var kicked = false
+    @exclusivity(unchecked) var doorbellRang = false
+    @exclusivity(unchecked) var kicked = false
 
     /// `owned`: a ring for one thread (`IOUring.owned`: deferred completion work), which must call
     /// `adopt` before anything else and be the only one to use the engine, `close` included.
@@ -80,14 +80,14 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     }
     static let fixedBufferSlots = 2
     /// A registered buffer table exists (`setFixedBuffer`).
-    private(set) var fixedBuffers = false
+    @exclusivity(unchecked) private(set) var fixedBuffers = false
     /// The kernel has READV_FIXED / WRITEV_FIXED (Linux 6.15): transfers of several iovecs can use
     /// a registered buffer too, not only single-buffer ones.
-    private(set) var vectoredFixed = false
+    @exclusivity(unchecked) private(set) var vectoredFixed = false
     /// Reads and writes handed to the kernel (resubmissions of short ones included), and those
     /// of them on a registered buffer (READ_FIXED and kin).
-    private(set) var transfers = 0
-    private(set) var fixedTransfers = 0
+    @exclusivity(unchecked) private(set) var transfers = 0
+    @exclusivity(unchecked) private(set) var fixedTransfers = 0
 
     /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7).
     var supportsFutexWait: Bool { ring?.supportsFutexWait ?? false }
@@ -112,7 +112,7 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     }
     static let kickSlot = 1
     /// The descriptor in registered slot `kickSlot` (owned mode).
-    private var kickFile: FileDescriptor?
+    @exclusivity(unchecked) private var kickFile: FileDescriptor?
 
     /// Owned mode: completions ready (or deferred work flagged) without a system call.
     var hasCompletions: Bool { !ready.isEmpty || (ring?.hasCompletions ?? false) }

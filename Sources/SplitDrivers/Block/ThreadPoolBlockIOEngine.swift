@@ -7,12 +7,12 @@ private final class PoolState {
     let done = Condition()
     let disk: FileDescriptor
     let eventFD: FileDescriptor
-    var queue: [BlockTransfer] = []
-    var queueHead = 0
-    var finished: [BlockIOCompletion] = []
+    @exclusivity(unchecked) var queue: [BlockTransfer] = []
+    @exclusivity(unchecked) var queueHead = 0
+    @exclusivity(unchecked) var finished: [BlockIOCompletion] = []
     /// Transfers a worker has taken and not finished.
-    var busy = 0
-    var stopping = false
+    @exclusivity(unchecked) var busy = 0
+    @exclusivity(unchecked) var stopping = false
 
     init(disk: FileDescriptor, eventFD: FileDescriptor) {
         self.disk = disk
@@ -95,8 +95,8 @@ final class ThreadPoolBlockIOEngine: BlockIOEngine {
     let name = "threads"
     let completionFD: FileDescriptor
     private let state: PoolState
-    private var threads: [PosixThread] = []
-    private var closed = false
+    @exclusivity(unchecked) private var threads: [PosixThread] = []
+    @exclusivity(unchecked) private var closed = false
     var threadCount: Int { threads.count }
 
     init(disk: FileDescriptor, queueDepth: Int) throws {

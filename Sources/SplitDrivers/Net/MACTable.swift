@@ -21,18 +21,18 @@ public final class MACTable {
     /// Nanoseconds.
     public let ageingTime: UInt64
     /// Entries evicted to make room (not counting aged ones).
-    public private(set) var evictions: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var evictions: UInt64 = 0
 
     private static let none: Int32 = -1
-    private var index: [UInt64: Int32]
-    private var macs: [UInt64]
-    private var ports: [Int]
-    private var learned: [UInt64]
-    private var older: [Int32]
-    private var newer: [Int32]
-    private var oldest: Int32 = MACTable.none
-    private var newest: Int32 = MACTable.none
-    private var freeSlots: [Int32]
+    @exclusivity(unchecked) private var index: [UInt64: Int32]
+    @exclusivity(unchecked) private var macs: [UInt64]
+    @exclusivity(unchecked) private var ports: [Int]
+    @exclusivity(unchecked) private var learned: [UInt64]
+    @exclusivity(unchecked) private var older: [Int32]
+    @exclusivity(unchecked) private var newer: [Int32]
+    @exclusivity(unchecked) private var oldest: Int32 = MACTable.none
+    @exclusivity(unchecked) private var newest: Int32 = MACTable.none
+    @exclusivity(unchecked) private var freeSlots: [Int32]
 
     public init(capacity: Int = MACTable.defaultCapacity, ageingTime: UInt64 = MACTable.defaultAgeingTime) {
         precondition(capacity >= 1 && capacity <= Int(Int32.max), "a MAC table holds 1...Int32.max entries")

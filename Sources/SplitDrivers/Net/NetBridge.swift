@@ -11,13 +11,13 @@ final class NetBridge {
     static let uplinkPort = 0
     let name: String
     let macs = MACTable()
-    var filter = NetFilterRuleSet()
-    var filterDropped = 0
-    private(set) var ports: [NetBridgePortProtocol] = []
-    private var byID: [Int: NetBridgePortProtocol] = [:]
-    var uplink: NetUplink?
-    var uplinkRequested = false
-    var uplinkStatus = "pending"
+    @exclusivity(unchecked) var filter = NetFilterRuleSet()
+    @exclusivity(unchecked) var filterDropped = 0
+    @exclusivity(unchecked) private(set) var ports: [NetBridgePortProtocol] = []
+    @exclusivity(unchecked) private var byID: [Int: NetBridgePortProtocol] = [:]
+    @exclusivity(unchecked) var uplink: NetUplink?
+    @exclusivity(unchecked) var uplinkRequested = false
+    @exclusivity(unchecked) var uplinkStatus = "pending"
 
     init(name: String) { self.name = name }
 

@@ -14,17 +14,17 @@ final class NetUplink: NetBridgePortProtocol {
     let tap: FileDescriptor
     private let kickEvent = Kick()
     /// Switch thread only (under the netback lock).
-    var inboundPending = false
+    @exclusivity(unchecked) var inboundPending = false
     private let mutex = Lock()
-    private var inbound: [[UInt8]] = []
-    private var outbound: [UnsafeMutableRawBufferPointer] = []
-    private var ring: IOUring?
-    private(set) var engineName = "threads"
+    @exclusivity(unchecked) private var inbound: [[UInt8]] = []
+    @exclusivity(unchecked) private var outbound: [UnsafeMutableRawBufferPointer] = []
+    @exclusivity(unchecked) private var ring: IOUring?
+    @exclusivity(unchecked) private(set) var engineName = "threads"
     /// Frames waiting in either direction at most; beyond, frames are dropped (and logged).
     static let queueLimit = 1024
     /// Frames from the tap dropped since the last log line (uplink thread only).
-    private var droppedIn = 0
-    private var lastDropLog: UInt64 = 0
+    @exclusivity(unchecked) private var droppedIn = 0
+    @exclusivity(unchecked) private var lastDropLog: UInt64 = 0
     static let bufferSize = 65536
     static let reads = 16
 

@@ -29,21 +29,21 @@ public final class Netback {
     private lazy var devices = BackendDevices<NetbackVif>(
         domain: domain, type: "vif", make: { [unowned self] f, d in NetbackVif(owner: self, frontend: f, devid: d) },
         start: { [domain] vif in domain.startVCPU(-10) { _ in vif.run() } }, stop: { $0.requestStop(nil) })
-    private var byPort: [EventChannels.Port: (vif: NetbackVif, queue: Int)] = [:]
-    var bridges: [String: NetBridge] = [:]
+    @exclusivity(unchecked) private var byPort: [EventChannels.Port: (vif: NetbackVif, queue: Int)] = [:]
+    @exclusivity(unchecked) var bridges: [String: NetBridge] = [:]
     /// Vif queues in service order.
-    private var queues: [NetbackQueue] = []
-    private var nextStart = 0
-    private var nextPortID = 1
+    @exclusivity(unchecked) private var queues: [NetbackQueue] = []
+    @exclusivity(unchecked) private var nextStart = 0
+    @exclusivity(unchecked) private var nextPortID = 1
     /// The port uplink threads signal when frames came in from a tap.
-    private(set) var wakePort: EventChannels.Port = 0
+    @exclusivity(unchecked) private(set) var wakePort: EventChannels.Port = 0
     /// Queues (or uplinks) whose responses/rx must be pushed at the end of this pass.
-    private var touched: [NetbackQueue] = []
-    private var uplinksToKick: [NetUplink] = []
+    @exclusivity(unchecked) private var touched: [NetbackQueue] = []
+    @exclusivity(unchecked) private var uplinksToKick: [NetUplink] = []
     /// Where a multi-slot frame is gathered.
     private let scratch = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 64)
-    private var lastLog: [String: UInt64] = [:]
-    private(set) var filterText: [String: String] = [:]
+    @exclusivity(unchecked) private var lastLog: [String: UInt64] = [:]
+    @exclusivity(unchecked) private(set) var filterText: [String: String] = [:]
 
     public init(domain: Domain, settings: NetbackSettings = NetbackSettings(), log: @escaping (String) -> Void) {
         self.domain = domain

@@ -13,18 +13,18 @@ final class NetbackQueue {
     private let txRing: GrantMapping
     private let rxRing: GrantMapping
     /// Kept mappings of the frontend's buffers: tx pages read-only, rx pages writable.
-    private var txCache: [GrantRef: GrantMapping] = [:]
-    private var rxCache: [GrantRef: GrantMapping] = [:]
+    @exclusivity(unchecked) private var txCache: [GrantRef: GrantMapping] = [:]
+    @exclusivity(unchecked) private var rxCache: [GrantRef: GrantMapping] = [:]
     /// A frontend cycling through more grants than this starts its cache over.
     static let cacheLimit = 2048
-    var lastMapFailure = ""
+    @exclusivity(unchecked) var lastMapFailure = ""
     // Switch state (under the Netback lock).
-    var txWork = false
-    var rxWork = false
-    var dead = false
-    var isTouched = false
-    var txResponsesPending = false
-    var rxResponsesPending = false
+    @exclusivity(unchecked) var txWork = false
+    @exclusivity(unchecked) var rxWork = false
+    @exclusivity(unchecked) var dead = false
+    @exclusivity(unchecked) var isTouched = false
+    @exclusivity(unchecked) var txResponsesPending = false
+    @exclusivity(unchecked) var rxResponsesPending = false
     private var domain: Domain { vif.domain }
 
     deinit {

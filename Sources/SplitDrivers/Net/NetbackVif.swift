@@ -35,30 +35,30 @@ final class NetbackVif {
     let frontend: UInt16
     let devid: UInt32
     var domain: Domain { owner.domain }
-    private(set) var name: String
+    @exclusivity(unchecked) private(set) var name: String
     private let kick = Kick()
-    private var stop: UInt32 = 0
+    @exclusivity(unchecked) private var stop: UInt32 = 0
     private let stopLock = Lock()
-    private var stopReason: String?
+    @exclusivity(unchecked) private var stopReason: String?
     var dir: String { "backend/vif/\(frontend)/\(devid)" }
 
     // Set by connect.
-    private(set) var mac = MACAddress(value: 0)
-    private(set) var antiSpoof = AntiSpoof(mac: MACAddress(value: 0))
-    var credit: CreditScheduler?
-    var creditBlockedUntil: UInt64?
-    var floodLimiter: FrameRateLimiter
-    private(set) var bridgeName = "xenbr0"
+    @exclusivity(unchecked) private(set) var mac = MACAddress(value: 0)
+    @exclusivity(unchecked) private(set) var antiSpoof = AntiSpoof(mac: MACAddress(value: 0))
+    @exclusivity(unchecked) var credit: CreditScheduler?
+    @exclusivity(unchecked) var creditBlockedUntil: UInt64?
+    @exclusivity(unchecked) var floodLimiter: FrameRateLimiter
+    @exclusivity(unchecked) private(set) var bridgeName = "xenbr0"
     /// The frontend takes multi-slot rx frames (`feature-sg`).
-    private(set) var sg = false
-    var bridge: NetBridge?
-    var bridgePort = 0
-    private(set) var queues: [NetbackQueue] = []
+    @exclusivity(unchecked) private(set) var sg = false
+    @exclusivity(unchecked) var bridge: NetBridge?
+    @exclusivity(unchecked) var bridgePort = 0
+    @exclusivity(unchecked) private(set) var queues: [NetbackQueue] = []
     /// Frames waiting for rx pages: bytes and queue index.
-    var backlog: [([UInt8], Int)] = []
-    var stats = NetbackVifStats()
-    private var frontendDir = ""
-    private var watchToken: String?
+    @exclusivity(unchecked) var backlog: [([UInt8], Int)] = []
+    @exclusivity(unchecked) var stats = NetbackVifStats()
+    @exclusivity(unchecked) private var frontendDir = ""
+    @exclusivity(unchecked) private var watchToken: String?
 
     init(owner: Netback, frontend: UInt16, devid: UInt32) {
         self.owner = owner
@@ -123,7 +123,7 @@ final class NetbackVif {
         owner.finished(self)
     }
 
-    private var lastPublished = ""
+    @exclusivity(unchecked) private var lastPublished = ""
 
     /// Writes `statistics` under the backend directory when the counters changed.
     private func publishStatistics() {

@@ -34,9 +34,9 @@ public final class Netfront: NetworkLink {
     public let ipText: String?
     /// The vif's `gateway` key, if any.
     public let gatewayText: String?
-    public private(set) var statistics = NetfrontStatistics()
+    @exclusivity(unchecked) public private(set) var statistics = NetfrontStatistics()
     /// Ports `poll` saw that are not this device's, oldest first.
-    public private(set) var strayPorts: [EventChannels.Port] = []
+    @exclusivity(unchecked) public private(set) var strayPorts: [EventChannels.Port] = []
 
     static let slots = 256
 
@@ -46,14 +46,14 @@ public final class Netfront: NetworkLink {
         let rx: FrontRing
         let txPort: EventChannels.Port
         let rxPort: EventChannels.Port
-        var txBuffers: [(page: GrantablePage, ref: GrantRef)] = []
-        var rxBuffers: [(page: GrantablePage, ref: GrantRef)] = []
+        @exclusivity(unchecked) var txBuffers: [(page: GrantablePage, ref: GrantRef)] = []
+        @exclusivity(unchecked) var rxBuffers: [(page: GrantablePage, ref: GrantRef)] = []
         /// Free tx ids (each id owns `txBuffers[id]`).
-        var txFree: [UInt16] = []
+        @exclusivity(unchecked) var txFree: [UInt16] = []
         /// Tx ids on the ring: true while the backend owns the page.
-        var txBusy: [Bool]
-        var rxPosted: [Bool]
-        var unpushedTx = false
+        @exclusivity(unchecked) var txBusy: [Bool]
+        @exclusivity(unchecked) var rxPosted: [Bool]
+        @exclusivity(unchecked) var unpushedTx = false
 
         init(tx: UnsafeMutableRawPointer, rx: UnsafeMutableRawPointer, txPort: EventChannels.Port, rxPort: EventChannels.Port) {
             self.tx = FrontRing(page: tx, layout: Netfront.txLayout)
@@ -71,9 +71,9 @@ public final class Netfront: NetworkLink {
     /// The handshake, the watch on the backend and everything granted to it.
     private let xenbus: XenbusFrontend
     private let queues: [Queue]
-    private var nextQueue = 0
-    private var closedState = false
-    private var closing = false
+    @exclusivity(unchecked) private var nextQueue = 0
+    @exclusivity(unchecked) private var closedState = false
+    @exclusivity(unchecked) private var closing = false
     /// Where a multi-slot received frame is put together.
     private let scratch: UnsafeMutableRawPointer
     private let ownPorts: Set<EventChannels.Port>

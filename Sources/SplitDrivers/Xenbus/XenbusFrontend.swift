@@ -35,14 +35,14 @@ public final class XenbusFrontend {
         var ref: GrantRef?
     }
 
-    private var granted: [Granted] = []
+    @exclusivity(unchecked) private var granted: [Granted] = []
     /// Contiguous views over ring pages (`grantRing`), unmapped before their pages are freed.
-    private var views: [(base: UnsafeMutableRawPointer, pages: [GrantablePage])] = []
-    private var ports: [EventChannels.Port] = []
+    @exclusivity(unchecked) private var views: [(base: UnsafeMutableRawPointer, pages: [GrantablePage])] = []
+    @exclusivity(unchecked) private var ports: [EventChannels.Port] = []
     /// Set by the watch on the backend's `state` (the store's watch thread); read by `backendStateIfChanged`.
-    private var backendChanged: UInt32 = 1
-    private var watching = false
-    private var closed = false
+    @exclusivity(unchecked) private var backendChanged: UInt32 = 1
+    @exclusivity(unchecked) private var watching = false
+    @exclusivity(unchecked) private var closed = false
     private let watchToken: String
     private static let watchCounter = XenbusCounter()
 
