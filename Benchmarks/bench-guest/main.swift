@@ -159,9 +159,9 @@ case "evtchn-bind":
     let peer = UInt16(arg("peer") ?? "0") ?? 0
     let rounds = Int(arg("rounds") ?? "10000") ?? 10000
     let spin = Int(arg("spin") ?? "0") ?? 0
-    var port: UInt32?
+    var port: EventChannels.Port?
     for _ in 0..<5000 where port == nil {  // the offer may not be published yet
-        if let text = try? domain.store.read("/local/domain/\(peer)/data/evtchn-port"), let rport = UInt32(text) {
+        if let text = try? domain.store.read("/local/domain/\(peer)/data/evtchn-port"), let rport = EventChannels.Port(text) {
             port = try? ev.bindInterdomain(remote: peer, remotePort: rport)
         }
         if port == nil { usleep(1000) }

@@ -1,5 +1,33 @@
 /// Event channels (`xen/event_channel.h`) and the shared pages Procvisor delivers them through.
-public typealias EvtchnPort = UInt32
+
+/// A domain's local event-channel port (`evtchn_port_t`). Its own type so a port can never be
+/// passed where a grant reference, a domain id or a bare count is meant; on the wire and in
+/// XenStore it is the u32 / decimal number as in Xen. Integer literals read as ports (tables,
+/// tests); a `UInt32` variable converts only through `init(_:)`.
+public struct EvtchnPort: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible,
+    LosslessStringConvertible, ExpressibleByIntegerLiteral {
+    public var rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ v: UInt32) { rawValue = v }
+    @inlinable public init(integerLiteral v: UInt32) { rawValue = v }
+    /// Parses the decimal form XenStore's `event-channel*` keys carry.
+    @inlinable public init?(_ description: String) {
+        guard let v = UInt32(description) else { return nil }
+        rawValue = v
+    }
+    @inlinable public static func < (a: EvtchnPort, b: EvtchnPort) -> Bool { a.rawValue < b.rawValue }
+    /// The decimal number, as XenStore and `xl` write it.
+    public var description: String { String(rawValue) }
+
+    /// The port as an index into per-port tables.
+    @inlinable public var index: Int { Int(rawValue) }
+    /// The u64 word of a port bitmap (pending, mask) that holds this port's bit.
+    @inlinable public var bitmapWord: Int { Int(rawValue / 64) }
+    /// This port's bit within its `bitmapWord`.
+    @inlinable public var bitmapBit: UInt64 { 1 << UInt64(rawValue % 64) }
+    /// The port at bit `bit` of bitmap word `word`.
+    @inlinable public init(bitmapWord word: Int, bit: Int) { rawValue = UInt32(word * 64 + bit) }
+}
 
 /// `EVTCHNOP_*`: args[0] of `__HYPERVISOR_event_channel_op`.
 public enum EvtchnOp: UInt64, Sendable {
@@ -62,7 +90,7 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
         w.u32(status.rawValue)
         w.u16(remoteDomid)
         w.u16(0)
-        w.u32(remotePort)
+        w.u32(remotePort.rawValue)
         w.u32(virq)
         w.u32(vcpu)
         return w.bytes
@@ -73,7 +101,7 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
         guard let s = EvtchnStatus(rawValue: try r.u32()) else { throw WireError.invalid("evtchn status: unknown state") }
         let dom = try r.u16()
         _ = try r.u16()
-        return EvtchnStatusInfo(status: s, remoteDomid: dom, remotePort: try r.u32(), virq: try r.u32(), vcpu: try r.u32())
+        return EvtchnStatusInfo(status: s, remoteDomid: dom, remotePort: EvtchnPort(try r.u32()), virq: try r.u32(), vcpu: try r.u32())
     }
 }
 

@@ -28,10 +28,10 @@ public struct StartInfo: Equatable, Sendable {
     public var machineFrames: UInt64
     /// `store_evtchn`: the domain's port for XenStore (its ring page comes with the bootstrap
     /// descriptors), bound to domain 0 as in Xen.
-    public var storePort: UInt32
+    public var storePort: EvtchnPort
 
     public init(domid: UInt16, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
-                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: UInt32 = 0) {
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: EvtchnPort = 0) {
         self.machineFrames = machineFrames
         self.storePort = storePort
         self.domid = domid
@@ -57,7 +57,7 @@ public struct StartInfo: Equatable, Sendable {
         w.u32(flags)
         w.u32(engageTimeoutMs)
         w.u64(machineFrames)
-        w.u32(storePort)
+        w.u32(storePort.rawValue)
         w.string(name)
         w.string(uuid)
         w.string(cmdline)
@@ -78,7 +78,7 @@ public struct StartInfo: Equatable, Sendable {
         let flags = try r.u32()
         let timeout = try r.u32()
         let frames = try r.u64()
-        let store = try r.u32()
+        let store = EvtchnPort(try r.u32())
         let name = try r.string(limit: 256)
         let uuid = try r.string(limit: 64)
         let cmdline = try r.string(limit: 4096)
@@ -157,9 +157,9 @@ public enum ChannelEvent: Equatable, Sendable {
         case let .peerPages(peer):
             w.u32(2); w.u32(UInt32(peer)); w.u32(0); w.u32(0)
         case let .portBound(port, peer, remote):
-            w.u32(3); w.u32(port); w.u32(UInt32(peer)); w.u32(remote)
+            w.u32(3); w.u32(port.rawValue); w.u32(UInt32(peer)); w.u32(remote.rawValue)
         case let .portUnbound(port):
-            w.u32(4); w.u32(port); w.u32(0); w.u32(0)
+            w.u32(4); w.u32(port.rawValue); w.u32(0); w.u32(0)
         }
         return w.bytes
     }
@@ -171,10 +171,10 @@ public enum ChannelEvent: Equatable, Sendable {
         switch type {
         case 2: return .peerPages(peer: UInt16(truncatingIfNeeded: try r.u32()))
         case 3:
-            let port = try r.u32()
+            let port = EvtchnPort(try r.u32())
             let peer = UInt16(truncatingIfNeeded: try r.u32())
-            return .portBound(port: port, peer: peer, remotePort: try r.u32())
-        case 4: return .portUnbound(port: try r.u32())
+            return .portBound(port: port, peer: peer, remotePort: EvtchnPort(try r.u32()))
+        case 4: return .portUnbound(port: EvtchnPort(try r.u32()))
         default: return nil
         }
     }

@@ -51,7 +51,7 @@ final class DomainEventChannels {
 
     /// The lowest free port (port 0 is never valid, as in Xen).
     func allocatePort() -> EvtchnPort? {
-        for p in 1..<EvtchnPort(EventPages.maxPorts) where ports[p] == nil { return p }
+        for p in 1..<UInt32(EventPages.maxPorts) where ports[EvtchnPort(p)] == nil { return EvtchnPort(p) }
         return nil
     }
 
@@ -111,9 +111,9 @@ final class EventChannelService {
     func raise(_ domid: UInt16, port: EvtchnPort, peer: UInt16) {
         guard let ev = channels[domid], let page = try? pairPage(domid, peer) else { return }
         let pagePeer: UInt16 = peer == domid ? 0 : peer
-        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + Int(port / 64) * 8)
-        SharedAtomic.fetchOr(word, 1 << UInt64(port % 64))
-        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: domid, peer: pagePeer)), 1 << UInt64(port / 64))
+        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + port.bitmapWord * 8)
+        SharedAtomic.fetchOr(word, port.bitmapBit)
+        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: domid, peer: pagePeer)), 1 << UInt64(port.bitmapWord))
         let bell = ev.doorbell.word32(at: EventPages.doorbellOffset)
         SharedAtomic.fetchAdd(bell, 1)
         if SharedAtomic.load(ev.doorbell.word32(at: EventPages.sleepingOffset)) != 0 { _ = try? Futex.wake(bell, count: Int32.max) }
@@ -139,7 +139,7 @@ final class EventChannelService {
         func err(_ e: XenErrno) -> HypercallOutcome { .error(e) }
         func ok(_ rc: Int64, _ payload: [UInt8] = []) -> HypercallOutcome { .ok(rc, payload) }
         func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(domid) }
-        func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(v) : nil }
+        func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(UInt32(v)) : nil }
 
         switch EvtchnOp(rawValue: r.args[0]) {
         case .allocUnbound:
@@ -148,7 +148,7 @@ final class EventChannelService {
             let remote = r.args[2] == UInt64(DOMID_SELF) ? domid : UInt16(r.args[2])
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .unbound(remote: remote)
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .bindInterdomain:
             guard r.args[1] <= UInt64(UInt16.max) else { return err(.EINVAL) }
@@ -173,7 +173,7 @@ final class EventChannelService {
             var w = WireWriter()
             w.u32(fds.isEmpty ? 0 : 1)
             w.u32(UInt32(remoteId))
-            return .ok(Int64(port), w.bytes, fds: fds)
+            return .ok(Int64(port.rawValue), w.bytes, fds: fds)
 
         case .bindVirq:
             guard r.args[1] <= UInt64(UInt32.max), let virq = VIRQ(rawValue: UInt32(r.args[1])) else { return err(.EINVAL) }
@@ -181,13 +181,13 @@ final class EventChannelService {
             if ev.port(forVirq: virq) != nil { return err(.EEXIST) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .virq(virq, vcpu: UInt32(r.args[2]))
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .bindIPI:
             guard r.args[1] < UInt64(ev.maxVCPUs) else { return err(.ENOENT) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .ipi(vcpu: UInt32(r.args[1]))
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .close:
             guard let port = portArg(r.args[1]), let binding = ev.ports[port] else { return err(.EINVAL) }

@@ -36,20 +36,20 @@ import Testing
             let offered = op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
             let bound = op(2, .bindInterdomain, 1, UInt64(offered)).rc
             #expect(offered > 0 && bound > 0)
-            return (EvtchnPort(offered), EvtchnPort(bound))
+            return (EvtchnPort(UInt32(offered)), EvtchnPort(UInt32(bound)))
         }
 
         func status(_ domid: UInt16, _ port: EvtchnPort) -> EvtchnStatusInfo? {
-            try? EvtchnStatusInfo.decode(op(domid, .status, UInt64(DOMID_SELF), UInt64(port)).payload)
+            try? EvtchnStatusInfo.decode(op(domid, .status, UInt64(DOMID_SELF), UInt64(port.rawValue)).payload)
         }
 
         /// Whether `port` of `domid` is marked pending in its page with `peer`, and its doorbell count.
         func pending(_ domid: UInt16, _ port: EvtchnPort, from peer: UInt16) throws -> (Bool, UInt32) {
             let page = try service.pairPage(domid, peer)
             let pagePeer: UInt16 = peer == domid ? 0 : peer
-            let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + Int(port / 64) * 8).pointee
+            let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + port.bitmapWord * 8).pointee
             let bell = service.channels[domid]!.doorbell.word32(at: EventPages.doorbellOffset).pointee
-            return (word & (1 << UInt64(port % 64)) != 0, bell)
+            return (word & port.bitmapBit != 0, bell)
         }
     }
 
@@ -94,7 +94,7 @@ import Testing
         let f = try Fixture()
         let (p1, p2) = f.connect()
         #expect(try f.pending(1, p1, from: 2) == (false, 0))
-        #expect(f.op(2, .send, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .send, UInt64(p2.rawValue)).rc == 0)
         #expect(try f.pending(1, p1, from: 2) == (true, 1))
         // Sending on a port that is not bound, or bound to a VIRQ, is refused.
         let lone = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
@@ -105,13 +105,13 @@ import Testing
         #expect(f.op(1, .send, UInt64(EventPages.maxPorts)).rc == -XenErrno.EINVAL.rawValue)
         // A dead peer: ESRCH, nothing raised.
         f.live.remove(1)
-        #expect(f.op(2, .send, UInt64(p2)).rc == -XenErrno.ESRCH.rawValue)
+        #expect(f.op(2, .send, UInt64(p2.rawValue)).rc == -XenErrno.ESRCH.rawValue)
     }
 
     @Test func aPortBoundToDomainZeroKicksItsServices() throws {
         let f = try Fixture()
         let store = try #require(f.service.bindToDom0(2))
-        #expect(f.op(2, .send, UInt64(store)).rc == 0)
+        #expect(f.op(2, .send, UInt64(store.rawValue)).rc == 0)
         #expect(f.dom0Kicks == [2])
     }
 
@@ -119,15 +119,15 @@ import Testing
         let f = try Fixture()
         let (p1, p2) = f.connect()
         f.told.removeAll()
-        #expect(f.op(2, .close, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .close, UInt64(p2.rawValue)).rc == 0)
         #expect(f.status(2, p2)?.status == .closed)
         let s1 = try #require(f.status(1, p1))
         #expect(s1.status == .unbound && s1.remoteDomid == 2)
         #expect(f.told.count == 1 && f.told[0].0 == 1 && f.told[0].1 == .portUnbound(port: p1))
         #expect(try f.pending(1, p1, from: 2).0)
         // dom1's port can be bound again by dom2.
-        #expect(f.op(2, .bindInterdomain, 1, UInt64(p1)).rc > 0)
-        #expect(f.op(2, .close, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .bindInterdomain, 1, UInt64(p1.rawValue)).rc > 0)
+        #expect(f.op(2, .close, UInt64(p2.rawValue)).rc == 0)
         #expect(f.op(2, .close, 4000).rc == -XenErrno.EINVAL.rawValue)
     }
 
@@ -137,9 +137,9 @@ import Testing
         let bound = f.op(1, .bindInterdomain, UInt64(DOMID_SELF), UInt64(offered)).rc
         #expect(bound > 0 && bound != offered)
         #expect(f.op(1, .send, UInt64(bound)).rc == 0)
-        #expect(try f.pending(1, EvtchnPort(offered), from: 1).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(offered)), from: 1).0)
         #expect(f.op(1, .close, UInt64(bound)).rc == 0)
-        #expect(f.status(1, EvtchnPort(offered))?.status == .unbound)
+        #expect(f.status(1, EvtchnPort(UInt32(offered)))?.status == .unbound)
         #expect(f.told.isEmpty)
     }
 
@@ -150,14 +150,14 @@ import Testing
         #expect(f.op(1, .bindVirq, UInt64(VIRQ.timer.rawValue), 0).rc == -XenErrno.EEXIST.rawValue)
         #expect(f.op(1, .bindVirq, UInt64(VIRQ.console.rawValue), 2).rc == -XenErrno.ENOENT.rawValue)
         #expect(f.op(1, .bindVirq, 0xFFFF_FFFF_FF, 0).rc == -XenErrno.EINVAL.rawValue)
-        let s = try #require(f.status(1, EvtchnPort(timer)))
+        let s = try #require(f.status(1, EvtchnPort(UInt32(timer))))
         #expect(s.status == .virq && s.virq == VIRQ.timer.rawValue && s.vcpu == 1)
         f.service.raiseVirq(1, .timer)
-        #expect(try f.pending(1, EvtchnPort(timer), from: 0).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(timer)), from: 0).0)
         #expect(f.op(1, .bindIPI, 2).rc == -XenErrno.ENOENT.rawValue)
         let ipi = f.op(1, .bindIPI, 1).rc
         #expect(f.op(1, .send, UInt64(ipi)).rc == 0)
-        #expect(try f.pending(1, EvtchnPort(ipi), from: 0).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(ipi)), from: 0).0)
     }
 
     @Test func portsRunOutWithENOSPC() throws {
@@ -173,7 +173,7 @@ import Testing
         let f = try Fixture()
         try f.service.open(3, maxVCPUs: 1)
         f.live.insert(3)
-        let exc3 = EvtchnPort(f.op(3, .bindVirq, UInt64(VIRQ.domExc.rawValue), 0).rc)
+        let exc3 = EvtchnPort(UInt32(f.op(3, .bindVirq, UInt64(VIRQ.domExc.rawValue), 0).rc))
         let (p1, _) = f.connect()
         f.told.removeAll()
         f.live.remove(2)

@@ -100,7 +100,7 @@ case "pong":
     let peer = UInt16(p)
     let mapping = try! gt.map(domid: peer, ref: g)
     let back = BackRing(page: mapping.base, layout: layout)
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: rp)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EventChannels.Port(rp))
     print("pong: mapped gref \(g) of dom\(peer), bound port \(port)")
     fflush(stdout)
     var served = 0

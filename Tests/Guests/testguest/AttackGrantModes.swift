@@ -204,7 +204,7 @@ private func attackKeeper(_ domain: Domain) {
     say("unmap (kept mapping): \(gt.unmapHandleOnly(ma.handle))")
     say("unmap (kept mapping, run): \(gt.unmapHandleOnly(mb.handle))")
     say("unmap (kept descriptor): \(gt.unmapHandleOnly(h))")
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
     try! ev.send(port)
     while ev.waitAny() != port {}
     // Everything kept, looked at after the granter ended access and wrote its secret.

@@ -326,8 +326,8 @@ case "evtchn-bind":
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
     let kv = settings(line)
     let peer = UInt16(kv["peer"] ?? "") ?? 0
-    let rport = UInt32(kv["port"] ?? "") ?? 0
-    let port: UInt32
+    let rport = EvtchnPort(kv["port"] ?? "") ?? 0
+    let port: EvtchnPort
     do { port = try ev.bindInterdomain(remote: peer, remotePort: rport) } catch {
         print("bind failed: \(error)"); fflush(stdout); domain.shutdown(.crash)
     }
@@ -401,7 +401,7 @@ case "grant-map":
     let m = try! gt.map(domid: peer, ref: g)
     if action == "outlive" {
         // The granter is destroyed while we hold its page: the page must stay readable until we unmap.
-        let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+        let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
         print("mapped; destroy the granter now")
         fflush(stdout)
         while ev.isConnected(port) { _ = ev.waitAny(timeoutNs: 100_000_000) }
@@ -417,7 +417,7 @@ case "grant-map":
     for i in 0..<4096 where m.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { okPattern = false }
     print("mapped pattern ok: \(okPattern)")
     m.base.storeBytes(of: UInt8(0xAB), toByteOffset: 100, as: UInt8.self)
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
     try! ev.send(port)
     while ev.waitAny() != port {}
     print("bad gref: \(status(gt.map([(peer, 60000, false)])[0]))")
@@ -456,7 +456,7 @@ case "evtchn-intrude":
     // Tries to use ports that are not its own; every attempt must fail with a clear error.
     let ev = domain.eventChannels
     let peer = UInt16(arg("peer") ?? "1") ?? 1
-    let theirs = UInt32(arg("port") ?? "1") ?? 1
+    let theirs = EvtchnPort(arg("port") ?? "1") ?? 1
     func outcome(_ body: () throws -> Void) -> String {
         do {
             try body()
@@ -475,7 +475,7 @@ case "evtchn-intrude":
     print("send on a closed port: \(outcome { _ = try ev.send(own) })")
     print("close a closed port: \(outcome { _ = try ev.close(own) })")
     print("status of a closed port: \(try! ev.status(own).status)")
-    let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs)])])
+    let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs.rawValue)])])
     print("hypercall send on a foreign port: \(r)")
     print("bind virq twice: \(outcome { _ = try ev.bindVirq(.domExc) }) then \(outcome { _ = try ev.bindVirq(.domExc) })")
     print("bind virq on a vcpu that does not exist: \(outcome { _ = try ev.bindVirq(.timer, vcpu: 64) })")
@@ -537,8 +537,8 @@ case "pair-client":
     let ev = domain.eventChannels, gt = domain.grantTable
     let peer = UInt16(arg("peer") ?? "0") ?? 0
     let seconds = Double(arg("seconds") ?? "3") ?? 3
-    var port: UInt32?
-    if let offered = lookup(domain, peer, "data/pair/port").flatMap({ UInt32($0) }) {
+    var port: EvtchnPort?
+    if let offered = lookup(domain, peer, "data/pair/port").flatMap({ EvtchnPort($0) }) {
         port = try? ev.bindInterdomain(remote: peer, remotePort: offered)
     }
     guard let port else { print("client: bind failed"); domain.shutdown(.crash) }

@@ -1,0 +1,26 @@
+import ProcvisorABI
+import Testing
+
+/// Ports, grant references and frame numbers are distinct types over the same raw integers: one
+/// can never be passed for another, and each crosses the wire as its bare number.
+@Suite struct IdentifierTypesTests {
+    @Test func anEventChannelPortIsItsOwnType() throws {
+        #expect(ObjectIdentifier(EvtchnPort.self) != ObjectIdentifier(UInt32.self))
+        #expect(MemoryLayout<EvtchnPort>.size == MemoryLayout<UInt32>.size)
+        let p: EvtchnPort = 70
+        #expect(p.rawValue == 70 && EvtchnPort(rawValue: 70) == p && EvtchnPort(UInt32(70)) == p)
+        #expect(EvtchnPort(3) < p)
+        // Decimal both ways, as XenStore's `event-channel` keys carry it.
+        #expect(p.description == "70" && "\(p)" == "70" && EvtchnPort("70") == p)
+        #expect(EvtchnPort("port 70") == nil && EvtchnPort("-1") == nil)
+        // Bitmap position: word 1, bit 6.
+        #expect(p.index == 70 && p.bitmapWord == 1 && p.bitmapBit == 1 << 6)
+        #expect(EvtchnPort(bitmapWord: 1, bit: 6) == p)
+        // The wire carries the raw u32, unchanged.
+        let info = EvtchnStatusInfo(status: .interdomain, remoteDomid: 2, remotePort: p)
+        #expect(Array(info.encode()[8..<12]) == [70, 0, 0, 0])
+        #expect(try EvtchnStatusInfo.decode(info.encode()) == info)
+        let bound = ChannelEvent.portBound(port: 5, peer: 3, remotePort: p)
+        #expect(try ChannelEvent.decode(bound.encode()) == bound)
+    }
+}
