@@ -117,12 +117,12 @@ final class DomainGrants {
 
     /// flags (low 16 bits) and domid (high 16 bits) of an entry, read and swapped together.
     func entryWord(_ ref: GrantRef) -> UnsafeMutablePointer<UInt32>? {
-        guard let table, Int(ref) < entryCount else { return nil }
-        return (table.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt32.self)
+        guard let table, ref.index < entryCount else { return nil }
+        return (table.base + ref.entryOffset).assumingMemoryBound(to: UInt32.self)
     }
 
     func frame(_ ref: GrantRef) -> UInt32 {
-        (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
+        (table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
     }
 }
 
@@ -388,13 +388,13 @@ final class GrantService {
             guard side.domid != domid, isLive(side.domid), let gg = tables[side.domid] else {
                 return .failure(.badDomain)
             }
-            guard side.refOrGFN <= UInt64(UInt32.max), let word = gg.entryWord(GrantRef(side.refOrGFN)) else { return .failure(.badGntref) }
+            guard side.refOrGFN <= UInt64(UInt32.max), let word = gg.entryWord(GrantRef(UInt32(side.refOrGFN))) else { return .failure(.badGntref) }
             let v = SharedAtomic.load(word)
             let flags = UInt16(v & 0xffff)
             guard flags & GTF.typeMask == GTF.permitAccess else { return .failure(.badGntref) }
             guard UInt16(v >> 16) == domid else { return .failure(.permissionDenied) }
             if write && flags & GTF.readonly != 0 { return .failure(.permissionDenied) }
-            guard let page = gg.pages[UInt64(gg.frame(GrantRef(side.refOrGFN)))] else { return .failure(.badPage) }
+            guard let page = gg.pages[UInt64(gg.frame(GrantRef(UInt32(side.refOrGFN))))] else { return .failure(.badPage) }
             return .success(page)
         }
         let src = resolve(op.source, isGref: op.flags & GNTCOPY_source_gref != 0, write: false)

@@ -23,4 +23,25 @@ import Testing
         let bound = ChannelEvent.portBound(port: 5, peer: 3, remotePort: p)
         #expect(try ChannelEvent.decode(bound.encode()) == bound)
     }
+
+    @Test func aGrantReferenceIsItsOwnType() throws {
+        #expect(ObjectIdentifier(GrantRef.self) != ObjectIdentifier(UInt32.self))
+        #expect(ObjectIdentifier(GrantRef.self) != ObjectIdentifier(EvtchnPort.self))
+        #expect(MemoryLayout<GrantRef>.size == MemoryLayout<UInt32>.size)
+        let g: GrantRef = 513
+        #expect(g.rawValue == 513 && GrantRef(rawValue: 513) == g && GrantRef(UInt32(513)) == g)
+        #expect(GrantRef(8) < g)
+        // Decimal both ways, as XenStore's `ring-ref` keys carry it.
+        #expect(g.description == "513" && "\(g)" == "513" && GrantRef("513") == g && GrantRef("gref 513") == nil)
+        // Entry 513 of a v1 table: 8 bytes each.
+        #expect(g.index == 513 && g.entryOffset == 513 * GrantEntryV1.size)
+        // The wire carries the raw u32, unchanged: a map request and a blkif segment.
+        let req = GrantMapRequest(ref: g, domid: 3, flags: 0)
+        #expect(Array(GrantMapRequest.encode([req]).prefix(4)) == [0x01, 0x02, 0, 0])
+        #expect(try GrantMapRequest.decode(GrantMapRequest.encode([req])) == [req])
+        var slot = [UInt8](repeating: 0, count: 12)
+        slot.withUnsafeMutableBytes { NetifTxRequest(gref: g, offset: 0, flags: 0, id: 1, size: 60).store(to: $0.baseAddress!) }
+        #expect(Array(slot.prefix(4)) == [0x01, 0x02, 0, 0])
+        #expect(slot.withUnsafeBytes { NetifTxRequest(loading: $0.baseAddress!) }.gref == g)
+    }
 }

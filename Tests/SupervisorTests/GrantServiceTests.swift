@@ -41,13 +41,13 @@ import Testing
 
         /// Writes entry `ref` of dom1's table as a granting guest does: frame first, then flags+domid.
         func grant(_ ref: GrantRef, to domid: UInt16, frame: UInt64? = nil, flags: UInt16 = GTF.permitAccess) {
-            let base = service.tables[granter]!.table!.base + Int(ref) * GrantEntryV1.size
+            let base = service.tables[granter]!.table!.base + ref.entryOffset
             (base + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee = UInt32(frame ?? gfn)
             base.assumingMemoryBound(to: UInt32.self).pointee = UInt32(flags) | UInt32(domid) << 16
         }
 
         func entryFlags(_ ref: GrantRef) -> UInt16 {
-            (service.tables[granter]!.table!.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt16.self).pointee
+            (service.tables[granter]!.table!.base + ref.entryOffset).assumingMemoryBound(to: UInt16.self).pointee
         }
 
         /// `GNTTABOP_map_grant_ref` of one entry by `by`: its status, handle and descriptor.
@@ -111,7 +111,7 @@ import Testing
         #expect(f.map(1).0 == .permissionDenied)
         #expect(f.map(2).0 == .badGntref)
         #expect(f.map(4).0 == .badPage)
-        #expect(f.map(GrantRef(GrantEntryV1.perFrame)).0 == .badGntref)  // past the one frame set up
+        #expect(f.map(GrantRef(UInt32(GrantEntryV1.perFrame))).0 == .badGntref)  // past the one frame set up
         #expect(f.map(1, from: Self.grantee).0 == .badDomain)            // a domain with no table
         #expect(f.map(1, by: Self.granter, from: Self.granter).0 == .badDomain)  // itself
         f.grant(5, to: Self.grantee)

@@ -381,7 +381,7 @@ case "grant-map":
     let ev = domain.eventChannels, gt = domain.grantTable
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
     let kv = settings(line).mapValues { UInt32($0) ?? 0 }
-    let peer = UInt16(kv["peer"] ?? 0), g = kv["gref"] ?? 0, ro = kv["ro"] ?? 0
+    let peer = UInt16(kv["peer"] ?? 0), g = GrantRef(kv["gref"] ?? 0), ro = GrantRef(kv["ro"] ?? 0)
     let action = arg("action") ?? "normal"
     func status(_ r: Result<GrantMapping, GrantError>) -> String {
         switch r {
@@ -421,19 +421,19 @@ case "grant-map":
     try! ev.send(port)
     while ev.waitAny() != port {}
     print("bad gref: \(status(gt.map([(peer, 60000, false)])[0]))")
-    print("granted to another domain: \(status(gt.map([(peer, kv["other"] ?? 0, false)])[0]))")
+    print("granted to another domain: \(status(gt.map([(peer, GrantRef(kv["other"] ?? 0), false)])[0]))")
     print("write map of read-only grant: \(status(gt.map([(peer, ro, false)])[0]))")
-    print("forged frame: \(status(gt.map([(peer, kv["forged"] ?? 0, false)])[0]))")
+    print("forged frame: \(status(gt.map([(peer, GrantRef(kv["forged"] ?? 0), false)])[0]))")
     print("unknown domain: \(status(gt.map([(999, g, false)])[0]))")
     print("own domain: \(status(gt.map([(domain.domid, g, false)])[0]))")
     let mine = try! gt.allocatePage()
-    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
+    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g.rawValue), domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
     var copied = copyIn == [.okay]
     for i in 0..<4096 where i != 100 && mine.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { copied = false }
     print("copy from grant: \(copyIn) data ok: \(copied)")
-    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro), domid: peer, offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
+    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro.rawValue), domid: peer, offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
     print("copy into read-only grant: \(toRO)")
-    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
+    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g.rawValue), domid: peer, offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
     print("copy across page end: \(crossPage)")
     let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
     print("copy from another domain's frame: \(foreignFrame)")
