@@ -20,13 +20,13 @@ public struct EvtchnPort: RawRepresentable, Hashable, Comparable, Sendable, Cust
     public var description: String { String(rawValue) }
 
     /// The port as an index into per-port tables.
-    @inlinable public var index: Int { Int(rawValue) }
+    @inlinable @inline(__always) public var index: Int { Int(rawValue) }
     /// The u64 word of a port bitmap (pending, mask) that holds this port's bit.
-    @inlinable public var bitmapWord: Int { Int(rawValue / 64) }
+    @inlinable @inline(__always) public var bitmapWord: Int { Int(rawValue &>> 6) }
     /// This port's bit within its `bitmapWord`.
-    @inlinable public var bitmapBit: UInt64 { 1 << UInt64(rawValue % 64) }
+    @inlinable @inline(__always) public var bitmapBit: UInt64 { 1 &<< UInt64(rawValue & 63) }
     /// The port at bit `bit` of bitmap word `word`.
-    @inlinable public init(bitmapWord word: Int, bit: Int) { rawValue = UInt32(word * 64 + bit) }
+    @inlinable @inline(__always) public init(bitmapWord word: Int, bit: Int) { rawValue = UInt32(word * 64 + bit) }
 }
 
 /// `EVTCHNOP_*`: args[0] of `__HYPERVISOR_event_channel_op`.

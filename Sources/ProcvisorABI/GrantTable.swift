@@ -21,9 +21,9 @@ public struct GrantRef: RawRepresentable, Hashable, Comparable, Sendable, Custom
     public var description: String { String(rawValue) }
 
     /// The entry's index in the granter's table.
-    @inlinable public var index: Int { Int(rawValue) }
+    @inlinable @inline(__always) public var index: Int { Int(rawValue) }
     /// Byte offset of the entry (`grant_entry_v1`) from the start of the table.
-    @inlinable public var entryOffset: Int { Int(rawValue) * GrantEntryV1.size }
+    @inlinable @inline(__always) public var entryOffset: Int { Int(rawValue) * GrantEntryV1.size }
 }
 
 /// `struct grant_entry_v1`: 8 bytes, `flags` (u16), `domid` (u16), `frame` (u32).
