@@ -210,7 +210,7 @@ case "grant-bench":
     let tb1 = MonotonicClock.nanoseconds()
     report("map_unmap_batch_ns=\((tb1 - tb0) / UInt64(rounds / 16 * 16))")
     let mine = try! gt.allocatePage()
-    let op = GrantCopy(source: .init(refOrGFN: 8, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
+    let op = GrantCopy(source: .init(refOrGFN: 8, domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
                        length: 4096, flags: GNTCOPY_source_gref)
     let batch = [GrantCopy](repeating: op, count: 64)
     let t2 = MonotonicClock.nanoseconds()

@@ -21,8 +21,8 @@ public final class EventChannels {
 
     enum Entry: Equatable {
         case free
-        case unbound(remote: UInt16)
-        case interdomain(peer: UInt16, remotePort: Port)
+        case unbound(remote: DomID)
+        case interdomain(peer: DomID, remotePort: Port)
         case virq(VIRQ)
         case ipi
     }
@@ -33,7 +33,7 @@ public final class EventChannels {
         let doorbell: SharedMapping?
     }
 
-    let domid: UInt16
+    let domid: DomID
     let hypercalls: HypercallChannel
     let ownDoorbell: SharedMapping
     /// The eventfd that notifies the supervisor's domain-0 services (XenStore) of a send on a
@@ -41,7 +41,7 @@ public final class EventChannels {
     @exclusivity(unchecked) var dom0Kick: FileDescriptor?
     private let mutex = Lock()
     @exclusivity(unchecked) private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
-    @exclusivity(unchecked) private var peers: [UInt16: PeerPages] = [:]
+    @exclusivity(unchecked) private var peers: [DomID: PeerPages] = [:]
     @exclusivity(unchecked) private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports the runtime itself serves (the XenStore port): taken when pending, never handed to
     /// the guest's `wait`/`waitAny`, as a PV kernel's xenbus consumes its own event.
@@ -51,7 +51,7 @@ public final class EventChannels {
     /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
     @exclusivity(unchecked) private var unboundEarly: Set<Port> = []
     /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
-    @exclusivity(unchecked) private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
+    @exclusivity(unchecked) private var scanList: [(peer: DomID, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
     /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
     @exclusivity(unchecked) private var ready: [Port] = []
     @exclusivity(unchecked) private var readyHead = 0
@@ -80,7 +80,7 @@ public final class EventChannels {
     /// `wait`/`poll` elsewhere in the domain may still collect them).
     public var doorbell: (word: UnsafeMutablePointer<UInt32>, sleepers: UnsafeMutablePointer<UInt32>) { (doorbellWord, sleepersWord) }
 
-    init(domid: UInt16, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
+    init(domid: DomID, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
         self.domid = domid
         self.hypercalls = hypercalls
         ownDoorbell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
@@ -121,11 +121,11 @@ public final class EventChannels {
 
     /// `EVTCHNOP_alloc_unbound`: a port `remote` may bind to.
     public func allocUnbound(remote: UInt16) throws -> Port {
-        let port = Port(UInt32(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF), UInt64(remote)]).rc))
+        let port = Port(UInt32(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF.rawValue), UInt64(remote)]).rc))
         // The remote may bind (and the event thread record `portBound`) before this reply is
         // processed: never overwrite what it recorded.
         lock()
-        if entries[port.index] == .free { setEntry(port, .unbound(remote: remote)) }
+        if entries[port.index] == .free { setEntry(port, .unbound(remote: DomID(remote))) }
         unlock()
         return port
     }
@@ -136,7 +136,7 @@ public final class EventChannels {
         defer { fds.forEach { $0.close() } }
         if r.rc < 0 { throw HypercallError(operation: "EVTCHNOP_bind_interdomain", errno: -r.rc) }
         let port = Port(UInt32(r.rc))
-        let peer = remote == DOMID_SELF ? domid : remote
+        let peer = DomID(remote) == DOMID_SELF ? domid : DomID(remote)
         if fds.count == 2 { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
         lock()
         if unboundEarly.remove(port) != nil {
@@ -192,7 +192,7 @@ public final class EventChannels {
 
     /// `EVTCHNOP_status`.
     public func status(_ port: Port) throws -> EvtchnStatusInfo {
-        let r = try op("status", [EvtchnOp.status.rawValue, UInt64(DOMID_SELF), UInt64(port.rawValue)])
+        let r = try op("status", [EvtchnOp.status.rawValue, UInt64(DOMID_SELF.rawValue), UInt64(port.rawValue)])
         return try EvtchnStatusInfo.decode(r.payload)
     }
 
@@ -226,7 +226,7 @@ public final class EventChannels {
             EventFD(k).signal()
             return
         }
-        let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
+        let target: (page: SharedMapping, receiver: DomID, pagePeer: DomID, bit: Port, bell: SharedMapping)?
         switch entry {
         case let .interdomain(peer, rport) where peer == domid:
             target = peers[0].map { ($0.pair, domid, 0, rport, ownDoorbell) }
@@ -386,7 +386,7 @@ public final class EventChannels {
 
     // MARK: supervisor messages (event thread)
 
-    func addPeer(_ peer: UInt16, pairFD: FileDescriptor, doorbellFD: FileDescriptor) throws {
+    func addPeer(_ peer: DomID, pairFD: FileDescriptor, doorbellFD: FileDescriptor) throws {
         let pair = try SharedMapping(pairFD, length: EventPages.pageSize)
         let bell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
         lock()

@@ -294,7 +294,7 @@ public final class GrantTable {
 
     /// `GNTTABOP_map_grant_ref` for up to 16 grants in one hypercall.
     public func map(_ requests: [(domid: UInt16, ref: GrantRef, readonly: Bool)]) -> [Result<GrantMapping, GrantError>] {
-        let reqs = requests.map { GrantMapRequest(ref: $0.ref, domid: $0.domid, flags: $0.readonly ? GNTMAP_readonly : 0) }
+        let reqs = requests.map { GrantMapRequest(ref: $0.ref, domid: DomID($0.domid), flags: $0.readonly ? GNTMAP_readonly : 0) }
         let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode(reqs))
         var remaining = fds[...]
         defer { remaining.forEach { $0.close() } }
@@ -316,7 +316,7 @@ public final class GrantTable {
     /// callers that map it their own way, and for tests of a grantee that keeps it. Unmap the
     /// handle with `unmapHandleOnly`.
     public func mapDescriptor(domid: UInt16, ref: GrantRef, readonly: Bool = false) throws -> (handle: UInt32, fd: FileDescriptor) {
-        let req = GrantMapRequest(ref: ref, domid: domid, flags: readonly ? GNTMAP_readonly : 0)
+        let req = GrantMapRequest(ref: ref, domid: DomID(domid), flags: readonly ? GNTMAP_readonly : 0)
         let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode([req]))
         guard r.rc >= 0, let res = try? GrantMapResult.decode(r.payload), res.count == 1 else {
             fds.forEach { $0.close() }

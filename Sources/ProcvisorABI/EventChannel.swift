@@ -72,12 +72,12 @@ public enum VIRQ: UInt32, Sendable, CaseIterable {
 /// What `EVTCHNOP_status` reports beyond the state: the remote end, the virq or the vcpu.
 public struct EvtchnStatusInfo: Equatable, Sendable {
     public var status: EvtchnStatus
-    public var remoteDomid: UInt16
+    public var remoteDomid: DomID
     public var remotePort: EvtchnPort
     public var virq: UInt32
     public var vcpu: UInt32
 
-    public init(status: EvtchnStatus, remoteDomid: UInt16 = 0, remotePort: EvtchnPort = 0, virq: UInt32 = 0, vcpu: UInt32 = 0) {
+    public init(status: EvtchnStatus, remoteDomid: DomID = 0, remotePort: EvtchnPort = 0, virq: UInt32 = 0, vcpu: UInt32 = 0) {
         self.status = status
         self.remoteDomid = remoteDomid
         self.remotePort = remotePort
@@ -88,7 +88,7 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: 20)
         w.u32(status.rawValue)
-        w.u16(remoteDomid)
+        w.u16(remoteDomid.rawValue)
         w.u16(0)
         w.u32(remotePort.rawValue)
         w.u32(virq)
@@ -99,7 +99,7 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
     public static func decode(_ b: [UInt8]) throws -> EvtchnStatusInfo {
         var r = WireReader(b, what: "evtchn status")
         guard let s = EvtchnStatus(rawValue: try r.u32()) else { throw WireError.invalid("evtchn status: unknown state") }
-        let dom = try r.u16()
+        let dom = DomID(try r.u16())
         _ = try r.u16()
         return EvtchnStatusInfo(status: s, remoteDomid: dom, remotePort: EvtchnPort(try r.u32()), virq: try r.u32(), vcpu: try r.u32())
     }
@@ -128,14 +128,11 @@ public enum EventPages {
     /// the bitmap may have pending bits. Senders set it after the port's bit, so a receiver reads one
     /// word per peer instead of the whole bitmap. The bitmap follows it directly, so the summary and
     /// the bits of ports 0–447 share one cache line: a send moves two lines (this and the doorbell).
-    public static func summaryOffset(receiver: UInt16, peer: UInt16) -> Int {
+    public static func summaryOffset(receiver: DomID, peer: DomID) -> Int {
         receiver < peer ? 0 : regionBytes
     }
 
-    public static func inboundOffset(receiver: UInt16, peer: UInt16) -> Int {
+    public static func inboundOffset(receiver: DomID, peer: DomID) -> Int {
         summaryOffset(receiver: receiver, peer: peer) + 8
     }
 }
-
-/// `DOMID_SELF` from `xen/xen.h`.
-public let DOMID_SELF: UInt16 = 0x7FF0

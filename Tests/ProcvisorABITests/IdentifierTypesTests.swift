@@ -1,3 +1,4 @@
+import Foundation
 import ProcvisorABI
 import Testing
 
@@ -43,5 +44,26 @@ import Testing
         slot.withUnsafeMutableBytes { NetifTxRequest(gref: g, offset: 0, flags: 0, id: 1, size: 60).store(to: $0.baseAddress!) }
         #expect(Array(slot.prefix(4)) == [0x01, 0x02, 0, 0])
         #expect(slot.withUnsafeBytes { NetifTxRequest(loading: $0.baseAddress!) }.gref == g)
+    }
+
+    @Test func aDomainIdIsItsOwnType() throws {
+        #expect(ObjectIdentifier(DomID.self) != ObjectIdentifier(UInt16.self))
+        #expect(MemoryLayout<DomID>.size == MemoryLayout<UInt16>.size)
+        let d: DomID = 7
+        #expect(d.rawValue == 7 && DomID(rawValue: 7) == d && DomID(UInt16(7)) == d && DomID.dom0 < d)
+        // Decimal both ways, as XenStore paths carry it; reserved ids name no domain.
+        #expect(d.description == "7" && "/local/domain/\(d)" == "/local/domain/7" && DomID("7") == d && DomID("dom7") == nil)
+        #expect(DOMID_SELF.rawValue == 0x7FF0 && DOMID_SELF.isReserved && !d.isReserved && DomID.firstReserved == DOMID_SELF)
+        // Codable as the bare number (the supervisor's persisted domain state keeps its format).
+        #expect(String(decoding: try JSONEncoder().encode([d]), as: UTF8.self) == "[7]")
+        #expect(try JSONDecoder().decode([DomID].self, from: Data("[7]".utf8)) == [d])
+        // The wire carries the raw u16, unchanged.
+        let info = EvtchnStatusInfo(status: .unbound, remoteDomid: d)
+        #expect(Array(info.encode()[4..<6]) == [7, 0])
+        #expect(try EvtchnStatusInfo.decode(info.encode()) == info)
+        let req = GrantMapRequest(ref: 1, domid: d, flags: 0)
+        #expect(Array(GrantMapRequest.encode([req])[4..<6]) == [7, 0])
+        let pages = ChannelEvent.peerPages(peer: d)
+        #expect(try ChannelEvent.decode(pages.encode()) == pages)
     }
 }

@@ -427,15 +427,15 @@ case "grant-map":
     print("unknown domain: \(status(gt.map([(999, g, false)])[0]))")
     print("own domain: \(status(gt.map([(domain.domid, g, false)])[0]))")
     let mine = try! gt.allocatePage()
-    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g.rawValue), domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
+    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g.rawValue), domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
     var copied = copyIn == [.okay]
     for i in 0..<4096 where i != 100 && mine.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { copied = false }
     print("copy from grant: \(copyIn) data ok: \(copied)")
-    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro.rawValue), domid: peer, offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
+    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro.rawValue), domid: DomID(peer), offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
     print("copy into read-only grant: \(toRO)")
-    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g.rawValue), domid: peer, offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
+    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g.rawValue), domid: DomID(peer), offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
     print("copy across page end: \(crossPage)")
-    let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
+    let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
     print("copy from another domain's frame: \(foreignFrame)")
     if action == "lie" {
         // Accepted: unmap is bookkeeping only; the granter's endAccess re-backs the page.
