@@ -159,9 +159,9 @@ case "evtchn-bind":
     let peer = UInt16(arg("peer") ?? "0") ?? 0
     let rounds = Int(arg("rounds") ?? "10000") ?? 10000
     let spin = Int(arg("spin") ?? "0") ?? 0
-    var port: UInt32?
+    var port: EventChannels.Port?
     for _ in 0..<5000 where port == nil {  // the offer may not be published yet
-        if let text = try? domain.store.read("/local/domain/\(peer)/data/evtchn-port"), let rport = UInt32(text) {
+        if let text = try? domain.store.read("/local/domain/\(peer)/data/evtchn-port"), let rport = EventChannels.Port(text) {
             port = try? ev.bindInterdomain(remote: peer, remotePort: rport)
         }
         if port == nil { usleep(1000) }
@@ -210,7 +210,7 @@ case "grant-bench":
     let tb1 = MonotonicClock.nanoseconds()
     report("map_unmap_batch_ns=\((tb1 - tb0) / UInt64(rounds / 16 * 16))")
     let mine = try! gt.allocatePage()
-    let op = GrantCopy(source: .init(refOrGFN: 8, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
+    let op = GrantCopy(source: .init(refOrGFN: 8, domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0),
                        length: 4096, flags: GNTCOPY_source_gref)
     let batch = [GrantCopy](repeating: op, count: 64)
     let t2 = MonotonicClock.nanoseconds()

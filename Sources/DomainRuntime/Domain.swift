@@ -49,7 +49,7 @@ public final class Domain {
         self.eventChannels = eventChannels
         grantTable = GrantTable(hypercalls: hypercalls)
         self.startInfo = startInfo
-        domid = startInfo.domid
+        domid = startInfo.domid.rawValue
         name = startInfo.name
         uuid = startInfo.uuid
         cmdline = startInfo.cmdline

@@ -21,8 +21,8 @@ public final class EventChannels {
 
     enum Entry: Equatable {
         case free
-        case unbound(remote: UInt16)
-        case interdomain(peer: UInt16, remotePort: Port)
+        case unbound(remote: DomID)
+        case interdomain(peer: DomID, remotePort: Port)
         case virq(VIRQ)
         case ipi
     }
@@ -33,7 +33,7 @@ public final class EventChannels {
         let doorbell: SharedMapping?
     }
 
-    let domid: UInt16
+    let domid: DomID
     let hypercalls: HypercallChannel
     let ownDoorbell: SharedMapping
     /// The eventfd that notifies the supervisor's domain-0 services (XenStore) of a send on a
@@ -41,7 +41,7 @@ public final class EventChannels {
     @exclusivity(unchecked) var dom0Kick: FileDescriptor?
     private let mutex = Lock()
     @exclusivity(unchecked) private var entries = [Entry](repeating: .free, count: EventPages.maxPorts)
-    @exclusivity(unchecked) private var peers: [UInt16: PeerPages] = [:]
+    @exclusivity(unchecked) private var peers: [DomID: PeerPages] = [:]
     @exclusivity(unchecked) private var masks = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports the runtime itself serves (the XenStore port): taken when pending, never handed to
     /// the guest's `wait`/`waitAny`, as a PV kernel's xenbus consumes its own event.
@@ -51,7 +51,7 @@ public final class EventChannels {
     /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
     @exclusivity(unchecked) private var unboundEarly: Set<Port> = []
     /// (peer, pointer to this domain's inbound bitmap in that pair page), rebuilt when peers change.
-    @exclusivity(unchecked) private var scanList: [(peer: UInt16, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
+    @exclusivity(unchecked) private var scanList: [(peer: DomID, bitmap: UnsafeMutablePointer<UInt64>, summary: UnsafeMutablePointer<UInt64>)] = []
     /// Ports collected but not yet handed out by `waitAny` (capacity kept: no allocation per event).
     @exclusivity(unchecked) private var ready: [Port] = []
     @exclusivity(unchecked) private var readyHead = 0
@@ -80,7 +80,7 @@ public final class EventChannels {
     /// `wait`/`poll` elsewhere in the domain may still collect them).
     public var doorbell: (word: UnsafeMutablePointer<UInt32>, sleepers: UnsafeMutablePointer<UInt32>) { (doorbellWord, sleepersWord) }
 
-    init(domid: UInt16, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
+    init(domid: DomID, hypercalls: HypercallChannel, doorbellFD: FileDescriptor, selfPageFD: FileDescriptor) throws {
         self.domid = domid
         self.hypercalls = hypercalls
         ownDoorbell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
@@ -99,8 +99,8 @@ public final class EventChannels {
 
     /// Changes a port's entry (lock held) and forgets its cached send target.
     private func setEntry(_ port: Port, _ entry: Entry) {
-        entries[Int(port)] = entry
-        sendCache[Int(port)] = SendTarget()
+        entries[port.index] = entry
+        sendCache[port.index] = SendTarget()
     }
     private func unlock() { mutex.unlock() }
 
@@ -121,22 +121,22 @@ public final class EventChannels {
 
     /// `EVTCHNOP_alloc_unbound`: a port `remote` may bind to.
     public func allocUnbound(remote: UInt16) throws -> Port {
-        let port = Port(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF), UInt64(remote)]).rc)
+        let port = Port(UInt32(try op("alloc_unbound", [EvtchnOp.allocUnbound.rawValue, UInt64(DOMID_SELF.rawValue), UInt64(remote)]).rc))
         // The remote may bind (and the event thread record `portBound`) before this reply is
         // processed: never overwrite what it recorded.
         lock()
-        if entries[Int(port)] == .free { setEntry(port, .unbound(remote: remote)) }
+        if entries[port.index] == .free { setEntry(port, .unbound(remote: DomID(remote))) }
         unlock()
         return port
     }
 
     /// `EVTCHNOP_bind_interdomain`: connects a new local port to `remote`'s unbound `remotePort`.
     public func bindInterdomain(remote: UInt16, remotePort: Port) throws -> Port {
-        let (r, fds) = hypercalls.callWithFDs(.eventChannelOp, [EvtchnOp.bindInterdomain.rawValue, UInt64(remote), UInt64(remotePort)])
+        let (r, fds) = hypercalls.callWithFDs(.eventChannelOp, [EvtchnOp.bindInterdomain.rawValue, UInt64(remote), UInt64(remotePort.rawValue)])
         defer { fds.forEach { $0.close() } }
         if r.rc < 0 { throw HypercallError(operation: "EVTCHNOP_bind_interdomain", errno: -r.rc) }
-        let port = Port(r.rc)
-        let peer = remote == DOMID_SELF ? domid : remote
+        let port = Port(UInt32(r.rc))
+        let peer = DomID(remote) == DOMID_SELF ? domid : DomID(remote)
         if fds.count == 2 { try addPeer(peer, pairFD: fds[0], doorbellFD: fds[1]) }
         lock()
         if unboundEarly.remove(port) != nil {
@@ -153,11 +153,11 @@ public final class EventChannels {
 
     /// The port the supervisor bound to domain 0 at creation (`store_evtchn`).
     func adoptDom0Port(_ port: Port, kick: FileDescriptor) {
-        guard port > 0, Int(port) < EventPages.maxPorts else { return }
+        guard port > 0, port.index < EventPages.maxPorts else { return }
         lock()
         dom0Kick = kick
         setEntry(port, .interdomain(peer: 0, remotePort: port))
-        runtimeOwned[Int(port / 64)] |= 1 << UInt64(port % 64)
+        runtimeOwned[port.bitmapWord] |= port.bitmapBit
         unlock()
     }
 
@@ -169,41 +169,41 @@ public final class EventChannels {
 
     /// `EVTCHNOP_bind_virq`.
     public func bindVirq(_ virq: VIRQ, vcpu: Int = 0) throws -> Port {
-        let port = Port(try op("bind_virq", [EvtchnOp.bindVirq.rawValue, UInt64(virq.rawValue), UInt64(vcpu)]).rc)
+        let port = Port(UInt32(try op("bind_virq", [EvtchnOp.bindVirq.rawValue, UInt64(virq.rawValue), UInt64(vcpu)]).rc))
         lock(); setEntry(port, .virq(virq)); unlock()
         return port
     }
 
     /// `EVTCHNOP_bind_ipi`: a port for signalling this domain's own vCPUs.
     public func bindIPI(vcpu: Int = 0) throws -> Port {
-        let port = Port(try op("bind_ipi", [EvtchnOp.bindIPI.rawValue, UInt64(vcpu)]).rc)
+        let port = Port(UInt32(try op("bind_ipi", [EvtchnOp.bindIPI.rawValue, UInt64(vcpu)]).rc))
         lock(); setEntry(port, .ipi); unlock()
         return port
     }
 
     /// `EVTCHNOP_close`. The remote end of an interdomain channel becomes unbound.
     public func close(_ port: Port) throws {
-        _ = try op("close", [EvtchnOp.close.rawValue, UInt64(port)])
+        _ = try op("close", [EvtchnOp.close.rawValue, UInt64(port.rawValue)])
         lock()
-        if case let .interdomain(peer, rport) = entries[Int(port)], peer == domid { setEntry(rport, .unbound(remote: domid)) }
+        if case let .interdomain(peer, rport) = entries[port.index], peer == domid { setEntry(rport, .unbound(remote: domid)) }
         setEntry(port, .free)
         unlock()
     }
 
     /// `EVTCHNOP_status`.
     public func status(_ port: Port) throws -> EvtchnStatusInfo {
-        let r = try op("status", [EvtchnOp.status.rawValue, UInt64(DOMID_SELF), UInt64(port)])
+        let r = try op("status", [EvtchnOp.status.rawValue, UInt64(DOMID_SELF.rawValue), UInt64(port.rawValue)])
         return try EvtchnStatusInfo.decode(r.payload)
     }
 
     /// Mask or unmask a port (local state, as Xen's shared-info mask bits).
     public func mask(_ port: Port) {
-        lock(); masks[Int(port / 64)] |= 1 << UInt64(port % 64); unlock()
+        lock(); masks[port.bitmapWord] |= port.bitmapBit; unlock()
     }
 
     /// Unmasks; a port that became pending while masked is delivered by the next `wait`.
     public func unmask(_ port: Port) {
-        lock(); masks[Int(port / 64)] &= ~(1 << UInt64(port % 64)); unlock()
+        lock(); masks[port.bitmapWord] &= ~port.bitmapBit; unlock()
         ring(ownDoorbell)
     }
 
@@ -212,21 +212,21 @@ public final class EventChannels {
     /// `EVTCHNOP_send` through shared memory: marks the remote port pending and rings its doorbell.
     /// Throws for a port that is not bound (closed, unbound, or a virq).
     public func send(_ port: Port) throws {
-        guard port > 0, Int(port) < EventPages.maxPorts else { throw HypercallError(operation: "EVTCHNOP_send", errno: XenErrno.EINVAL.rawValue) }
+        guard port > 0, port.index < EventPages.maxPorts else { throw HypercallError(operation: "EVTCHNOP_send", errno: XenErrno.EINVAL.rawValue) }
         lock()
-        let cached = sendCache[Int(port)]
+        let cached = sendCache[port.index]
         if cached.bitmapWord != nil {
             unlock()
             deliver(cached)
             return
         }
-        let entry = entries[Int(port)]
+        let entry = entries[port.index]
         if case .interdomain(0, _) = entry, let k = dom0Kick {
             unlock()
             EventFD(k).signal()
             return
         }
-        let target: (page: SharedMapping, receiver: UInt16, pagePeer: UInt16, bit: Port, bell: SharedMapping)?
+        let target: (page: SharedMapping, receiver: DomID, pagePeer: DomID, bit: Port, bell: SharedMapping)?
         switch entry {
         case let .interdomain(peer, rport) where peer == domid:
             target = peers[0].map { ($0.pair, domid, 0, rport, ownDoorbell) }
@@ -245,14 +245,14 @@ public final class EventChannels {
         let base = target.page.base
         let bell = target.bell.base
         let t = SendTarget(
-            bitmapWord: (base + EventPages.inboundOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self) + Int(target.bit / 64),
-            bit: 1 << UInt64(target.bit % 64),
+            bitmapWord: (base + EventPages.inboundOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self) + target.bit.bitmapWord,
+            bit: target.bit.bitmapBit,
             summary: (base + EventPages.summaryOffset(receiver: target.receiver, peer: target.pagePeer)).assumingMemoryBound(to: UInt64.self),
-            summaryBit: 1 << UInt64(target.bit / 64),
+            summaryBit: 1 << UInt64(target.bit.bitmapWord),
             doorbell: (bell + EventPages.doorbellOffset).assumingMemoryBound(to: UInt32.self),
             sleeping: (bell + EventPages.sleepingOffset).assumingMemoryBound(to: UInt32.self))
         lock()
-        if entries[Int(port)] == entry { sendCache[Int(port)] = t }
+        if entries[port.index] == entry { sendCache[port.index] = t }
         unlock()
         deliver(t)
     }
@@ -287,7 +287,7 @@ public final class EventChannels {
     private func collect(_ deliver: (Port) -> Void) {
         if !localPending.isEmpty {
             var taken: [Port] = []
-            for p in localPending where masks[Int(p / 64)] & (1 << UInt64(p % 64)) == 0 { taken.append(p); deliver(p) }
+            for p in localPending where masks[p.bitmapWord] & p.bitmapBit == 0 { taken.append(p); deliver(p) }
             localPending.subtract(taken)
         }
         for (peer, bitmap, summaryWord) in scanList {
@@ -321,7 +321,7 @@ public final class EventChannels {
                 if v & ~(take | stray) != 0 { keep |= 1 << UInt64(w) }
                 var t = take & ~runtimeOwned[w]
                 while t != 0 {
-                    deliver(Port(w * 64 + t.trailingZeroBitCount))
+                    deliver(Port(bitmapWord: w, bit: t.trailingZeroBitCount))
                     t &= t - 1
                 }
             }
@@ -386,7 +386,7 @@ public final class EventChannels {
 
     // MARK: supervisor messages (event thread)
 
-    func addPeer(_ peer: UInt16, pairFD: FileDescriptor, doorbellFD: FileDescriptor) throws {
+    func addPeer(_ peer: DomID, pairFD: FileDescriptor, doorbellFD: FileDescriptor) throws {
         let pair = try SharedMapping(pairFD, length: EventPages.pageSize)
         let bell = try SharedMapping(doorbellFD, length: EventPages.pageSize)
         lock()
@@ -409,16 +409,16 @@ public final class EventChannels {
                 FileDescriptor.standardError.writeUnchecked(msg)
             }
         case let .portBound(port, peer, remotePort):
-            guard port > 0, Int(port) < EventPages.maxPorts else { return }
+            guard port > 0, port.index < EventPages.maxPorts else { return }
             lock(); setEntry(port, .interdomain(peer: peer, remotePort: remotePort)); unlock()
             ring(ownDoorbell)
         case let .portUnbound(port):
-            guard port > 0, Int(port) < EventPages.maxPorts else { return }
+            guard port > 0, port.index < EventPages.maxPorts else { return }
             lock()
-            if case let .interdomain(peer, _) = entries[Int(port)] {
+            if case let .interdomain(peer, _) = entries[port.index] {
                 setEntry(port, .unbound(remote: peer))
                 localPending.insert(port)
-            } else if entries[Int(port)] == .free {
+            } else if entries[port.index] == .free {
                 unboundEarly.insert(port)
             }
             unlock()
@@ -430,8 +430,8 @@ public final class EventChannels {
     /// Whether `port` is currently connected (false once the remote end closed or died).
     public func isConnected(_ port: Port) -> Bool {
         lock(); defer { unlock() }
-        guard port > 0, Int(port) < EventPages.maxPorts else { return false }
-        if case .interdomain = entries[Int(port)] { return true }
+        guard port > 0, port.index < EventPages.maxPorts else { return false }
+        if case .interdomain = entries[port.index] { return true }
         return false
     }
 }

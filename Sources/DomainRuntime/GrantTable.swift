@@ -102,14 +102,14 @@ public final class GrantTable {
             guard let fd = fds.first else { throw GrantError.tableFull }
             table = try SharedMapping(fd, length: maxFrames * 4096)
         }
-        let first = GrantRef(max(nrFrames * GrantEntryV1.perFrame, Int(Self.reservedEntries)))
+        let first = UInt32(max(nrFrames * GrantEntryV1.perFrame, Self.reservedEntries.index))
         nrFrames = frames
-        let end = GrantRef(frames * GrantEntryV1.perFrame)
-        freeRefs.append(contentsOf: (first..<end).reversed())
+        let end = UInt32(frames * GrantEntryV1.perFrame)
+        freeRefs.append(contentsOf: (first..<end).reversed().lazy.map(GrantRef.init(_:)))
     }
 
     private func entryWord(_ ref: GrantRef) -> UnsafeMutablePointer<UInt32> {
-        (table!.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt32.self)
+        (table!.base + ref.entryOffset).assumingMemoryBound(to: UInt32.self)
     }
 
     // MARK: grantable pages
@@ -157,7 +157,7 @@ public final class GrantTable {
             if table == nil { try grow(to: 4) } else if nrFrames < maxFrames { try grow(to: min(maxFrames, nrFrames * 2)) }
         }
         guard let ref = freeRefs.popLast() else { throw GrantError.tableFull }
-        let frame = (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self)
+        let frame = (table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self)
         frame.pointee = UInt32(truncatingIfNeeded: page.gfn)
         // Flags last, together with the domid, so the supervisor never sees a half-written entry.
         let flags = GTF.permitAccess | (readonly ? GTF.readonly : 0)
@@ -182,7 +182,7 @@ public final class GrantTable {
         var results = [GrantError?](repeating: nil, count: refs.count)
         var exposed: [(index: Int, gfn: UInt64)] = []
         for (i, ref) in refs.enumerated() {
-            guard table != nil, ref >= Self.reservedEntries, Int(ref) < nrFrames * GrantEntryV1.perFrame else {
+            guard table != nil, ref >= Self.reservedEntries, ref.index < nrFrames * GrantEntryV1.perFrame else {
                 results[i] = .invalidReference(ref)
                 continue
             }
@@ -198,7 +198,7 @@ public final class GrantTable {
             // Read after the compare-and-swap: the supervisor marks a page before it can be
             // mapped (GTF_reading/writing set by its own CAS), so an access that ended here saw
             // any mapping's mark. An unmapped frame (a raw entry) has no mark.
-            let gfn = UInt64((table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee)
+            let gfn = UInt64((table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee)
             if isExposed(gfn), !exposed.contains(where: { $0.gfn == gfn }) { exposed.append((i, gfn)) }
         }
         for start in stride(from: 0, to: exposed.count, by: UnixSocket.maxFDsPerMessage) {
@@ -275,9 +275,9 @@ public final class GrantTable {
     /// The raw v1 entry words (flags | domid << 16): lets tests and tools inspect the table.
     public func entry(_ ref: GrantRef) -> (flags: UInt16, domid: UInt16, frame: UInt32)? {
         lock(); defer { unlock() }
-        guard table != nil, Int(ref) < nrFrames * GrantEntryV1.perFrame else { return nil }
+        guard table != nil, ref.index < nrFrames * GrantEntryV1.perFrame else { return nil }
         let w = SharedAtomic.load(entryWord(ref))
-        let frame = (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
+        let frame = (table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
         return (UInt16(w & 0xffff), UInt16(w >> 16), frame)
     }
 
@@ -285,8 +285,8 @@ public final class GrantTable {
     public func writeRawEntry(_ ref: GrantRef, flags: UInt16, domid: UInt16, frame: UInt32) throws {
         lock(); defer { unlock() }
         if table == nil { try grow(to: 1) }
-        guard Int(ref) < nrFrames * GrantEntryV1.perFrame else { throw GrantError.invalidReference(ref) }
-        (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee = frame
+        guard ref.index < nrFrames * GrantEntryV1.perFrame else { throw GrantError.invalidReference(ref) }
+        (table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee = frame
         SharedAtomic.store(entryWord(ref), UInt32(flags) | UInt32(domid) << 16)
     }
 
@@ -294,7 +294,7 @@ public final class GrantTable {
 
     /// `GNTTABOP_map_grant_ref` for up to 16 grants in one hypercall.
     public func map(_ requests: [(domid: UInt16, ref: GrantRef, readonly: Bool)]) -> [Result<GrantMapping, GrantError>] {
-        let reqs = requests.map { GrantMapRequest(ref: $0.ref, domid: $0.domid, flags: $0.readonly ? GNTMAP_readonly : 0) }
+        let reqs = requests.map { GrantMapRequest(ref: $0.ref, domid: DomID($0.domid), flags: $0.readonly ? GNTMAP_readonly : 0) }
         let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode(reqs))
         var remaining = fds[...]
         defer { remaining.forEach { $0.close() } }
@@ -316,7 +316,7 @@ public final class GrantTable {
     /// callers that map it their own way, and for tests of a grantee that keeps it. Unmap the
     /// handle with `unmapHandleOnly`.
     public func mapDescriptor(domid: UInt16, ref: GrantRef, readonly: Bool = false) throws -> (handle: UInt32, fd: FileDescriptor) {
-        let req = GrantMapRequest(ref: ref, domid: domid, flags: readonly ? GNTMAP_readonly : 0)
+        let req = GrantMapRequest(ref: ref, domid: DomID(domid), flags: readonly ? GNTMAP_readonly : 0)
         let (r, fds) = hypercalls.callWithFDs(.grantTableOp, [GnttabOp.mapGrantRef.rawValue], payload: GrantMapRequest.encode([req]))
         guard r.rc >= 0, let res = try? GrantMapResult.decode(r.payload), res.count == 1 else {
             fds.forEach { $0.close() }

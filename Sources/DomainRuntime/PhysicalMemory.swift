@@ -58,7 +58,7 @@ public final class PhysicalMemory {
             let chunk = pfns[i..<min(pfns.count, i + XenMemOp.maxExtents)]
             var w = WireWriter(capacity: chunk.count * 8)
             for p in chunk { w.u64(p.rawValue) }
-            let r = hypercalls.call(.memoryOp, [op.rawValue, UInt64(DOMID_SELF)], payload: w.bytes)
+            let r = hypercalls.call(.memoryOp, [op.rawValue, UInt64(DOMID_SELF.rawValue)], payload: w.bytes)
             if r.rc < 0 { break }
             done += Int(r.rc)
             if Int(r.rc) < chunk.count { break }
@@ -78,12 +78,12 @@ public final class PhysicalMemory {
 
     /// `XENMEM_current_reservation`, in pages.
     public var currentReservation: UInt64 {
-        UInt64(max(0, hypercalls.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF)]).rc))
+        UInt64(max(0, hypercalls.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF.rawValue)]).rc))
     }
 
     /// `XENMEM_maximum_reservation`, in pages (`xl mem-max`).
     public var maximumReservation: UInt64 {
-        UInt64(max(0, hypercalls.call(.memoryOp, [XenMemOp.maximumReservation.rawValue, UInt64(DOMID_SELF)]).rc))
+        UInt64(max(0, hypercalls.call(.memoryOp, [XenMemOp.maximumReservation.rawValue, UInt64(DOMID_SELF.rawValue)]).rc))
     }
 
     /// Host memory really backing this domain's RAM, in bytes (what the host sees).

@@ -151,13 +151,13 @@ public struct BlkifSegment: Equatable, Hashable, Sendable {
     /// Reads the 8 bytes once (the frontend may be changing them) and splits them.
     static func load(_ p: UnsafeRawPointer) -> BlkifSegment {
         let word = UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
-        return BlkifSegment(gref: GrantRef(truncatingIfNeeded: word),
+        return BlkifSegment(gref: GrantRef(UInt32(truncatingIfNeeded: word)),
                             firstSect: UInt8(truncatingIfNeeded: word >> 32),
                             lastSect: UInt8(truncatingIfNeeded: word >> 40))
     }
 
     func store(_ p: UnsafeMutableRawPointer) {
-        let word = UInt64(gref) | UInt64(firstSect) << 32 | UInt64(lastSect) << 40
+        let word = UInt64(gref.rawValue) | UInt64(firstSect) << 32 | UInt64(lastSect) << 40
         p.storeBytes(of: word.littleEndian, as: UInt64.self)
     }
 }
@@ -370,7 +370,7 @@ public enum BlkifRequest: Equatable, Sendable {
             u64(IndirectLayout.id, i.id)
             u64(IndirectLayout.sectorNumber, i.sectorNumber)
             u16(IndirectLayout.handle, i.handle)
-            for (n, g) in i.indirectGrefs.enumerated() { u32(IndirectLayout.indirectGrefs + 4 * n, g) }
+            for (n, g) in i.indirectGrefs.enumerated() { u32(IndirectLayout.indirectGrefs + 4 * n, g.rawValue) }
         }
     }
 
@@ -509,7 +509,7 @@ public enum BlkifRequest: Equatable, Sendable {
             // The segments are in the indirect pages; this is the most they can add up to.
             try checkRange(id: id, operation: rawInner, sectorNumber: sector, sectors: 0)
             let pages = Indirect.pageCount(segments: Int(nr))
-            let grefs = (0..<pages).map { u32(IndirectLayout.indirectGrefs + 4 * $0) }
+            let grefs = (0..<pages).map { GrantRef(u32(IndirectLayout.indirectGrefs + 4 * $0)) }
             return .indirect(Indirect(indirectOp: BlkifOp(rawValue: rawInner)!, nrSegments: nr, handle: u16(IndirectLayout.handle),
                                       id: id, sectorNumber: sector, indirectGrefs: grefs))
 

@@ -1,5 +1,33 @@
 /// Event channels (`xen/event_channel.h`) and the shared pages Procvisor delivers them through.
-public typealias EvtchnPort = UInt32
+
+/// A domain's local event-channel port (`evtchn_port_t`). Its own type so a port can never be
+/// passed where a grant reference, a domain id or a bare count is meant; on the wire and in
+/// XenStore it is the u32 / decimal number as in Xen. Integer literals read as ports (tables,
+/// tests); a `UInt32` variable converts only through `init(_:)`.
+public struct EvtchnPort: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible,
+    LosslessStringConvertible, ExpressibleByIntegerLiteral {
+    public var rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ v: UInt32) { rawValue = v }
+    @inlinable public init(integerLiteral v: UInt32) { rawValue = v }
+    /// Parses the decimal form XenStore's `event-channel*` keys carry.
+    @inlinable public init?(_ description: String) {
+        guard let v = UInt32(description) else { return nil }
+        rawValue = v
+    }
+    @inlinable public static func < (a: EvtchnPort, b: EvtchnPort) -> Bool { a.rawValue < b.rawValue }
+    /// The decimal number, as XenStore and `xl` write it.
+    public var description: String { String(rawValue) }
+
+    /// The port as an index into per-port tables.
+    @inlinable @inline(__always) public var index: Int { Int(rawValue) }
+    /// The u64 word of a port bitmap (pending, mask) that holds this port's bit.
+    @inlinable @inline(__always) public var bitmapWord: Int { Int(rawValue &>> 6) }
+    /// This port's bit within its `bitmapWord`.
+    @inlinable @inline(__always) public var bitmapBit: UInt64 { 1 &<< UInt64(rawValue & 63) }
+    /// The port at bit `bit` of bitmap word `word`.
+    @inlinable @inline(__always) public init(bitmapWord word: Int, bit: Int) { rawValue = UInt32(word * 64 + bit) }
+}
 
 /// `EVTCHNOP_*`: args[0] of `__HYPERVISOR_event_channel_op`.
 public enum EvtchnOp: UInt64, Sendable {
@@ -44,12 +72,12 @@ public enum VIRQ: UInt32, Sendable, CaseIterable {
 /// What `EVTCHNOP_status` reports beyond the state: the remote end, the virq or the vcpu.
 public struct EvtchnStatusInfo: Equatable, Sendable {
     public var status: EvtchnStatus
-    public var remoteDomid: UInt16
+    public var remoteDomid: DomID
     public var remotePort: EvtchnPort
     public var virq: UInt32
     public var vcpu: UInt32
 
-    public init(status: EvtchnStatus, remoteDomid: UInt16 = 0, remotePort: EvtchnPort = 0, virq: UInt32 = 0, vcpu: UInt32 = 0) {
+    public init(status: EvtchnStatus, remoteDomid: DomID = 0, remotePort: EvtchnPort = 0, virq: UInt32 = 0, vcpu: UInt32 = 0) {
         self.status = status
         self.remoteDomid = remoteDomid
         self.remotePort = remotePort
@@ -60,9 +88,9 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: 20)
         w.u32(status.rawValue)
-        w.u16(remoteDomid)
+        w.u16(remoteDomid.rawValue)
         w.u16(0)
-        w.u32(remotePort)
+        w.u32(remotePort.rawValue)
         w.u32(virq)
         w.u32(vcpu)
         return w.bytes
@@ -71,9 +99,9 @@ public struct EvtchnStatusInfo: Equatable, Sendable {
     public static func decode(_ b: [UInt8]) throws -> EvtchnStatusInfo {
         var r = WireReader(b, what: "evtchn status")
         guard let s = EvtchnStatus(rawValue: try r.u32()) else { throw WireError.invalid("evtchn status: unknown state") }
-        let dom = try r.u16()
+        let dom = DomID(try r.u16())
         _ = try r.u16()
-        return EvtchnStatusInfo(status: s, remoteDomid: dom, remotePort: try r.u32(), virq: try r.u32(), vcpu: try r.u32())
+        return EvtchnStatusInfo(status: s, remoteDomid: dom, remotePort: EvtchnPort(try r.u32()), virq: try r.u32(), vcpu: try r.u32())
     }
 }
 
@@ -100,14 +128,11 @@ public enum EventPages {
     /// the bitmap may have pending bits. Senders set it after the port's bit, so a receiver reads one
     /// word per peer instead of the whole bitmap. The bitmap follows it directly, so the summary and
     /// the bits of ports 0–447 share one cache line: a send moves two lines (this and the doorbell).
-    public static func summaryOffset(receiver: UInt16, peer: UInt16) -> Int {
+    public static func summaryOffset(receiver: DomID, peer: DomID) -> Int {
         receiver < peer ? 0 : regionBytes
     }
 
-    public static func inboundOffset(receiver: UInt16, peer: UInt16) -> Int {
+    public static func inboundOffset(receiver: DomID, peer: DomID) -> Int {
         summaryOffset(receiver: receiver, peer: peer) + 8
     }
 }
-
-/// `DOMID_SELF` from `xen/xen.h`.
-public let DOMID_SELF: UInt16 = 0x7FF0

@@ -1,5 +1,30 @@
 /// Grant tables, v1 layout (`xen/grant_table.h`).
-public typealias GrantRef = UInt32
+
+/// A grant reference (`grant_ref_t`): an entry of the granter's table. Its own type so a grant
+/// reference can never be passed where an event-channel port, a handle or a frame is meant; on
+/// the wire and in XenStore (`ring-ref`, `tx-ring-ref` …) it is the u32 / decimal number as in
+/// Xen. Integer literals read as references (tables, tests); a `UInt32` variable converts only
+/// through `init(_:)`.
+public struct GrantRef: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible,
+    LosslessStringConvertible, ExpressibleByIntegerLiteral {
+    public var rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
+    @inlinable public init(_ v: UInt32) { rawValue = v }
+    @inlinable public init(integerLiteral v: UInt32) { rawValue = v }
+    /// Parses the decimal form XenStore's `ring-ref` keys carry.
+    @inlinable public init?(_ description: String) {
+        guard let v = UInt32(description) else { return nil }
+        rawValue = v
+    }
+    @inlinable public static func < (a: GrantRef, b: GrantRef) -> Bool { a.rawValue < b.rawValue }
+    /// The decimal number, as XenStore and `xl` write it.
+    public var description: String { String(rawValue) }
+
+    /// The entry's index in the granter's table.
+    @inlinable @inline(__always) public var index: Int { Int(rawValue) }
+    /// Byte offset of the entry (`grant_entry_v1`) from the start of the table.
+    @inlinable @inline(__always) public var entryOffset: Int { Int(rawValue) * GrantEntryV1.size }
+}
 
 /// `struct grant_entry_v1`: 8 bytes, `flags` (u16), `domid` (u16), `frame` (u32).
 public enum GrantEntryV1 {
@@ -75,9 +100,9 @@ public enum GrantExposureMap {
 
 public struct GrantMapRequest: Equatable, Sendable {
     public var ref: GrantRef
-    public var domid: UInt16
+    public var domid: DomID
     public var flags: UInt16
-    public init(ref: GrantRef, domid: UInt16, flags: UInt16) {
+    public init(ref: GrantRef, domid: DomID, flags: UInt16) {
         self.ref = ref
         self.domid = domid
         self.flags = flags
@@ -85,14 +110,14 @@ public struct GrantMapRequest: Equatable, Sendable {
 
     public static func encode(_ reqs: [GrantMapRequest]) -> [UInt8] {
         var w = WireWriter()
-        for r in reqs { w.u32(r.ref); w.u16(r.domid); w.u16(r.flags) }
+        for r in reqs { w.u32(r.ref.rawValue); w.u16(r.domid.rawValue); w.u16(r.flags) }
         return w.bytes
     }
 
     public static func decode(_ b: [UInt8]) throws -> [GrantMapRequest] {
         guard b.count % 8 == 0 else { throw WireError.invalid("grant map: payload is not a whole number of 8-byte requests") }
         var r = WireReader(b, what: "grant map")
-        return try (0..<(b.count / 8)).map { _ in GrantMapRequest(ref: try r.u32(), domid: try r.u16(), flags: try r.u16()) }
+        return try (0..<(b.count / 8)).map { _ in GrantMapRequest(ref: GrantRef(try r.u32()), domid: DomID(try r.u16()), flags: try r.u16()) }
     }
 }
 
@@ -124,9 +149,9 @@ public struct GrantMapResult: Equatable, Sendable {
 public struct GrantCopy: Equatable, Sendable {
     public struct Side: Equatable, Sendable {
         public var refOrGFN: UInt64
-        public var domid: UInt16
+        public var domid: DomID
         public var offset: UInt16
-        public init(refOrGFN: UInt64, domid: UInt16, offset: UInt16) {
+        public init(refOrGFN: UInt64, domid: DomID, offset: UInt16) {
             self.refOrGFN = refOrGFN
             self.domid = domid
             self.offset = offset
@@ -149,7 +174,7 @@ public struct GrantCopy: Equatable, Sendable {
     public static func encode(_ ops: [GrantCopy]) -> [UInt8] {
         var w = WireWriter()
         for o in ops {
-            for s in [o.source, o.dest] { w.u64(s.refOrGFN); w.u16(s.domid); w.u16(s.offset) }
+            for s in [o.source, o.dest] { w.u64(s.refOrGFN); w.u16(s.domid.rawValue); w.u16(s.offset) }
             w.u16(o.length); w.u16(o.flags); w.u32(0)
         }
         return w.bytes
@@ -159,8 +184,8 @@ public struct GrantCopy: Equatable, Sendable {
         guard b.count % size == 0 else { throw WireError.invalid("grant copy: payload is not a whole number of \(size)-byte ops") }
         var r = WireReader(b, what: "grant copy")
         return try (0..<(b.count / size)).map { _ in
-            let s = Side(refOrGFN: try r.u64(), domid: try r.u16(), offset: try r.u16())
-            let d = Side(refOrGFN: try r.u64(), domid: try r.u16(), offset: try r.u16())
+            let s = Side(refOrGFN: try r.u64(), domid: DomID(try r.u16()), offset: try r.u16())
+            let d = Side(refOrGFN: try r.u64(), domid: DomID(try r.u16()), offset: try r.u16())
             let len = try r.u16()
             let flags = try r.u16()
             _ = try r.u32()

@@ -56,14 +56,14 @@ public enum Netif {
 
 /// `struct netif_tx_request` (12 bytes): one slot of a packet the frontend transmits.
 public struct NetifTxRequest: Equatable, Sendable {
-    public var gref: UInt32
+    public var gref: GrantRef
     public var offset: UInt16
     public var flags: UInt16
     public var id: UInt16
     /// The first slot of a packet: the whole packet's size; later slots: this slot's bytes.
     public var size: UInt16
 
-    public init(gref: UInt32, offset: UInt16, flags: UInt16, id: UInt16, size: UInt16) {
+    public init(gref: GrantRef, offset: UInt16, flags: UInt16, id: UInt16, size: UInt16) {
         self.gref = gref
         self.offset = offset
         self.flags = flags
@@ -72,7 +72,7 @@ public struct NetifTxRequest: Equatable, Sendable {
     }
 
     public init(loading p: UnsafeRawPointer) {
-        gref = p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+        gref = GrantRef(p.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
         offset = p.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
         flags = p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)
         id = p.loadUnaligned(fromByteOffset: 8, as: UInt16.self)
@@ -80,7 +80,7 @@ public struct NetifTxRequest: Equatable, Sendable {
     }
 
     public func store(to p: UnsafeMutableRawPointer) {
-        p.storeBytes(of: gref, toByteOffset: 0, as: UInt32.self)
+        p.storeBytes(of: gref.rawValue, toByteOffset: 0, as: UInt32.self)
         p.storeBytes(of: offset, toByteOffset: 4, as: UInt16.self)
         p.storeBytes(of: flags, toByteOffset: 6, as: UInt16.self)
         p.storeBytes(of: id, toByteOffset: 8, as: UInt16.self)
@@ -150,22 +150,22 @@ public struct NetifExtraInfo: Equatable, Sendable {
 /// `struct netif_rx_request` (8 bytes): a page the frontend offers for one received slot.
 public struct NetifRxRequest: Equatable, Sendable {
     public var id: UInt16
-    public var gref: UInt32
+    public var gref: GrantRef
 
-    public init(id: UInt16, gref: UInt32) {
+    public init(id: UInt16, gref: GrantRef) {
         self.id = id
         self.gref = gref
     }
 
     public init(loading p: UnsafeRawPointer) {
         id = p.loadUnaligned(fromByteOffset: 0, as: UInt16.self)
-        gref = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+        gref = GrantRef(p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
     }
 
     public func store(to p: UnsafeMutableRawPointer) {
         p.storeBytes(of: id, toByteOffset: 0, as: UInt16.self)
         p.storeBytes(of: UInt16(0), toByteOffset: 2, as: UInt16.self)
-        p.storeBytes(of: gref, toByteOffset: 4, as: UInt32.self)
+        p.storeBytes(of: gref.rawValue, toByteOffset: 4, as: UInt32.self)
     }
 }
 
@@ -215,7 +215,7 @@ public enum NetifTxError: Error, Equatable, CustomStringConvertible {
     /// An extra-info slot with a type outside 1…4, or one announced past the end of the chain.
     case badExtraInfo(type: UInt8)
     /// A slot names a grant the backend could not map (not granted, revoked, wrong domain).
-    case badGrant(gref: UInt32, status: String)
+    case badGrant(gref: GrantRef, status: String)
 
     /// The case's name (for grouping log lines).
     public var kind: String {

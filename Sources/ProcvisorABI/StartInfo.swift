@@ -4,7 +4,7 @@ public struct StartInfo: Equatable, Sendable {
     /// Like Xen's "xen-3.0-x86_64" magic: names the ABI so a mismatched runtime fails loudly.
     public static let magic = "procvisor-1.0-x86_64"
 
-    public var domid: UInt16
+    public var domid: DomID
     public var name: String
     public var uuid: String
     /// Current memory in KiB (`memory` from xl.cfg).
@@ -28,10 +28,10 @@ public struct StartInfo: Equatable, Sendable {
     public var machineFrames: UInt64
     /// `store_evtchn`: the domain's port for XenStore (its ring page comes with the bootstrap
     /// descriptors), bound to domain 0 as in Xen.
-    public var storePort: UInt32
+    public var storePort: EvtchnPort
 
-    public init(domid: UInt16, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
-                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: UInt32 = 0) {
+    public init(domid: DomID, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: EvtchnPort = 0) {
         self.machineFrames = machineFrames
         self.storePort = storePort
         self.domid = domid
@@ -49,7 +49,7 @@ public struct StartInfo: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: 256)
         w.string(Self.magic)
-        w.u16(domid)
+        w.u16(domid.rawValue)
         w.u64(memoryKB)
         w.u64(maxMemoryKB)
         w.u32(vcpus)
@@ -57,7 +57,7 @@ public struct StartInfo: Equatable, Sendable {
         w.u32(flags)
         w.u32(engageTimeoutMs)
         w.u64(machineFrames)
-        w.u32(storePort)
+        w.u32(storePort.rawValue)
         w.string(name)
         w.string(uuid)
         w.string(cmdline)
@@ -70,7 +70,7 @@ public struct StartInfo: Equatable, Sendable {
         guard magic == Self.magic else {
             throw WireError.invalid("start-info: magic is '\(magic)', this runtime speaks '\(Self.magic)'")
         }
-        let domid = try r.u16()
+        let domid = DomID(try r.u16())
         let mem = try r.u64()
         let maxmem = try r.u64()
         let vcpus = try r.u32()
@@ -78,7 +78,7 @@ public struct StartInfo: Equatable, Sendable {
         let flags = try r.u32()
         let timeout = try r.u32()
         let frames = try r.u64()
-        let store = try r.u32()
+        let store = EvtchnPort(try r.u32())
         let name = try r.string(limit: 256)
         let uuid = try r.string(limit: 64)
         let cmdline = try r.string(limit: 4096)
@@ -145,9 +145,9 @@ public enum BootstrapReplyFD: Int, CaseIterable {
 /// with the message (SCM_RIGHTS) where noted.
 public enum ChannelEvent: Equatable, Sendable {
     /// Descriptors: the pair page shared with `peer`, then `peer`'s doorbell page.
-    case peerPages(peer: UInt16)
+    case peerPages(peer: DomID)
     /// Another domain bound to this domain's unbound `port`.
-    case portBound(port: EvtchnPort, peer: UInt16, remotePort: EvtchnPort)
+    case portBound(port: EvtchnPort, peer: DomID, remotePort: EvtchnPort)
     /// The remote end of `port` closed (or its domain died): the port is unbound again.
     case portUnbound(port: EvtchnPort)
 
@@ -155,11 +155,11 @@ public enum ChannelEvent: Equatable, Sendable {
         var w = WireWriter(capacity: 16)
         switch self {
         case let .peerPages(peer):
-            w.u32(2); w.u32(UInt32(peer)); w.u32(0); w.u32(0)
+            w.u32(2); w.u32(UInt32(peer.rawValue)); w.u32(0); w.u32(0)
         case let .portBound(port, peer, remote):
-            w.u32(3); w.u32(port); w.u32(UInt32(peer)); w.u32(remote)
+            w.u32(3); w.u32(port.rawValue); w.u32(UInt32(peer.rawValue)); w.u32(remote.rawValue)
         case let .portUnbound(port):
-            w.u32(4); w.u32(port); w.u32(0); w.u32(0)
+            w.u32(4); w.u32(port.rawValue); w.u32(0); w.u32(0)
         }
         return w.bytes
     }
@@ -169,12 +169,12 @@ public enum ChannelEvent: Equatable, Sendable {
         var r = WireReader(bytes, what: "channel event")
         let type = try r.u32()
         switch type {
-        case 2: return .peerPages(peer: UInt16(truncatingIfNeeded: try r.u32()))
+        case 2: return .peerPages(peer: DomID(UInt16(truncatingIfNeeded: try r.u32())))
         case 3:
-            let port = try r.u32()
-            let peer = UInt16(truncatingIfNeeded: try r.u32())
-            return .portBound(port: port, peer: peer, remotePort: try r.u32())
-        case 4: return .portUnbound(port: try r.u32())
+            let port = EvtchnPort(try r.u32())
+            let peer = DomID(UInt16(truncatingIfNeeded: try r.u32()))
+            return .portBound(port: port, peer: peer, remotePort: EvtchnPort(try r.u32()))
+        case 4: return .portUnbound(port: EvtchnPort(try r.u32()))
         default: return nil
         }
     }

@@ -1,5 +1,6 @@
 import LinuxHost
 import Logging
+import ProcvisorABI
 
 /// Domains' consoles (xenconsoled's part): what a guest writes is kept in its state's history
 /// (`DomainState.console`, replayed when `xl console` attaches), appended to its log file
@@ -9,10 +10,10 @@ final class ConsoleService {
     private let loop: EventLoop
     private let logger: Logger
     /// Attached `xl console` connections by domain.
-    private var clients: [UInt16: [ControlConnection]] = [:]
-    private var logs: [UInt16: FileDescriptor] = [:]
+    private var clients: [DomID: [ControlConnection]] = [:]
+    private var logs: [DomID: FileDescriptor] = [:]
     /// Raises VIRQ_CONSOLE in a domain (input is waiting).
-    var raiseVirq: (UInt16) -> Void = { _ in }
+    var raiseVirq: (DomID) -> Void = { _ in }
 
     init(loop: EventLoop, logger: Logger) {
         self.loop = loop
@@ -37,7 +38,7 @@ final class ConsoleService {
     /// `xl console`: the connection switches to console mode, gets the history, and what it
     /// sent after its request is the guest's input.
     func attach(_ c: ControlConnection, to dom: DomainRecord) {
-        c.send(.consoleAttached(domid: dom.domid))
+        c.send(.consoleAttached(domid: dom.domid.rawValue))
         c.mode = .console(domid: dom.domid)
         clients[dom.domid, default: []].append(c)
         readable(dom)

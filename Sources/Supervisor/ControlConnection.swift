@@ -1,4 +1,5 @@
 import LinuxHost
+import ProcvisorABI
 import Toolstack
 
 /// One `xl` connection on the control socket. Starts in request mode (framed JSON); after a
@@ -6,7 +7,7 @@ import Toolstack
 final class ControlConnection {
     enum Mode: Equatable {
         case requests
-        case console(domid: UInt16)
+        case console(domid: DomID)
     }
 
     /// A console client that falls this far behind is dropped rather than buffered without bound.

@@ -1,5 +1,6 @@
 import LinuxHost
 import Logging
+import ProcvisorABI
 import Toolstack
 
 /// The control socket `xl` talks to: its connections, the framing of their requests, and
@@ -14,7 +15,7 @@ final class ControlServer {
     /// A complete request from a connection in request mode.
     var onRequest: (ControlRequest, ControlConnection) -> Void = { _, _ in }
     /// Bytes from a connection in console mode, for domain `domid`.
-    var onConsoleInput: (UInt16, [UInt8], ControlConnection) -> Void = { _, _, _ in }
+    var onConsoleInput: (DomID, [UInt8], ControlConnection) -> Void = { _, _, _ in }
     /// A connection closed (its waits end with it).
     var onClose: (ControlConnection) -> Void = { _ in }
 

@@ -18,7 +18,7 @@ struct DomainState: Codable, Equatable {
         case dying
     }
 
-    let domid: UInt16
+    let domid: DomID
     var name: String
     var uuid: String
     let config: DomainConfig
@@ -135,7 +135,7 @@ final class DomainRecord {
             }
         }
         return DomainInfo(
-            domid: s.domid, name: s.name, uuid: s.uuid,
+            domid: s.domid.rawValue, name: s.name, uuid: s.uuid,
             currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(s.config.maxmem) * 1024,
             vcpusOnline: s.config.vcpus, maxVCPUs: s.config.maxvcpus,
             running: running, blocked: blocked, paused: s.paused,

@@ -4,25 +4,25 @@ import ProcvisorABI
 /// rover, and how recently gone domains ended.
 final class DomainTable {
     /// Xen hands out domids from a rover that wraps below DOMID_FIRST_RESERVED.
-    static let domidFirstReserved: UInt16 = 0x7FF0
+    static let domidFirstReserved: DomID = .firstReserved
 
-    private var byDomid: [UInt16: DomainRecord] = [:]
-    private var byPid: [Int32: UInt16] = [:]
-    private var rover: UInt16 = 0
+    private var byDomid: [DomID: DomainRecord] = [:]
+    private var byPid: [Int32: DomID] = [:]
+    private var rover: DomID = 0
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
-    private(set) var recentShutdowns: [UInt16: ShutdownReason] = [:]
+    private(set) var recentShutdowns: [DomID: ShutdownReason] = [:]
 
-    subscript(domid: UInt16) -> DomainRecord? { byDomid[domid] }
+    subscript(domid: DomID) -> DomainRecord? { byDomid[domid] }
 
-    var values: Dictionary<UInt16, DomainRecord>.Values { byDomid.values }
+    var values: Dictionary<DomID, DomainRecord>.Values { byDomid.values }
     var count: Int { byDomid.count }
     /// Domids in order.
-    var domids: [UInt16] { byDomid.keys.sorted() }
+    var domids: [DomID] { byDomid.keys.sorted() }
 
     /// The next free domid after the rover (1 … DOMID_FIRST_RESERVED-1), nil when all are taken.
-    func allocateDomid() -> UInt16? {
-        for _ in 0..<Int(Self.domidFirstReserved) {
-            rover = rover + 1 >= Self.domidFirstReserved ? 1 : rover + 1
+    func allocateDomid() -> DomID? {
+        for _ in 0..<Int(Self.domidFirstReserved.rawValue) {
+            rover = rover.rawValue + 1 >= Self.domidFirstReserved.rawValue ? 1 : DomID(rover.rawValue + 1)
             if byDomid[rover] == nil { return rover }
         }
         return nil
@@ -51,14 +51,14 @@ final class DomainTable {
 
     /// Resolves a DOMAIN argument as xl does: a domid if it is all digits, else a name.
     func find(_ spec: String) -> DomainRecord? {
-        if let id = UInt16(spec), !spec.isEmpty, spec.allSatisfy(\.isNumber) { return byDomid[id] }
+        if let id = DomID(spec), !spec.isEmpty, spec.allSatisfy(\.isNumber) { return byDomid[id] }
         return byDomid.values.first { $0.name == spec }
     }
 
     /// The domain called `name`, if any.
     func named(_ name: String) -> DomainRecord? { byDomid.values.first { $0.name == name } }
 
-    func recordShutdown(_ domid: UInt16, _ reason: ShutdownReason) {
+    func recordShutdown(_ domid: DomID, _ reason: ShutdownReason) {
         if recentShutdowns.count >= 1024 { recentShutdowns.removeAll() }
         recentShutdowns[domid] = reason
     }

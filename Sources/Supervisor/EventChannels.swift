@@ -29,8 +29,8 @@ final class SharedPage {
 
 /// What a port of a domain is bound to (the supervisor's authoritative view).
 enum PortBinding: Equatable {
-    case unbound(remote: UInt16)
-    case interdomain(remote: UInt16, remotePort: EvtchnPort)
+    case unbound(remote: DomID)
+    case interdomain(remote: DomID, remotePort: EvtchnPort)
     case virq(VIRQ, vcpu: UInt32)
     case ipi(vcpu: UInt32)
 }
@@ -40,18 +40,18 @@ final class DomainEventChannels {
     var ports: [EvtchnPort: PortBinding] = [:]
     let doorbell: SharedPage
     /// Peers whose pair page and doorbell this domain has been given.
-    var peersGiven: Set<UInt16> = []
+    var peersGiven: Set<DomID> = []
     /// VIRQ and IPI bindings name a vCPU below this.
     let maxVCPUs: Int
 
-    init(domid: UInt16, maxVCPUs: Int) throws {
+    init(domid: DomID, maxVCPUs: Int) throws {
         doorbell = try SharedPage(name: "pv-doorbell-\(domid)")
         self.maxVCPUs = maxVCPUs
     }
 
     /// The lowest free port (port 0 is never valid, as in Xen).
     func allocatePort() -> EvtchnPort? {
-        for p in 1..<EvtchnPort(EventPages.maxPorts) where ports[p] == nil { return p }
+        for p in 1..<UInt32(EventPages.maxPorts) where ports[EvtchnPort(p)] == nil { return EvtchnPort(p) }
         return nil
     }
 
@@ -66,26 +66,26 @@ final class DomainEventChannels {
 /// process are asked of the supervisor through the closures below, so the service runs, and is
 /// tested, without any domain process.
 final class EventChannelService {
-    private(set) var channels: [UInt16: DomainEventChannels] = [:]
+    private(set) var channels: [DomID: DomainEventChannels] = [:]
     /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
     private var pairPages: [UInt32: SharedPage] = [:]
 
     /// Whether a domain has a process that can take events.
-    var isLive: (UInt16) -> Bool = { _ in false }
+    var isLive: (DomID) -> Bool = { _ in false }
     /// Sends a channel message, with descriptors, to a domain's process.
-    var notify: (UInt16, ChannelEvent, [FileDescriptor]) -> Void = { _, _, _ in }
+    var notify: (DomID, ChannelEvent, [FileDescriptor]) -> Void = { _, _, _ in }
     /// A domain sent on a port bound to domain 0 (its XenStore ring): domain 0 services it.
-    var kickDom0: (UInt16) -> Void = { _ in }
+    var kickDom0: (DomID) -> Void = { _ in }
 
-    static func pairKey(_ a: UInt16, _ b: UInt16) -> UInt32 { UInt32(min(a, b)) << 16 | UInt32(max(a, b)) }
+    static func pairKey(_ a: DomID, _ b: DomID) -> UInt32 { UInt32(min(a, b).rawValue) << 16 | UInt32(max(a, b).rawValue) }
 
     /// A new domain's channels: no port bound yet, a doorbell of its own.
-    func open(_ domid: UInt16, maxVCPUs: Int) throws {
+    func open(_ domid: DomID, maxVCPUs: Int) throws {
         channels[domid] = try DomainEventChannels(domid: domid, maxVCPUs: maxVCPUs)
     }
 
     /// The pair page of two domains (a loopback channel uses the domain's page with domain 0).
-    func pairPage(_ a: UInt16, _ b: UInt16) throws -> SharedPage {
+    func pairPage(_ a: DomID, _ b: DomID) throws -> SharedPage {
         let (x, y) = a == b ? (0, a) : (a, b)
         let key = Self.pairKey(x, y)
         if let p = pairPages[key] { return p }
@@ -95,38 +95,38 @@ final class EventChannelService {
     }
 
     /// What a booting domain maps to take events: its doorbell and its page with domain 0.
-    func bootDescriptors(_ domid: UInt16) -> [FileDescriptor]? {
+    func bootDescriptors(_ domid: DomID) -> [FileDescriptor]? {
         guard let ev = channels[domid], let selfPage = try? pairPage(0, domid) else { return nil }
         return [ev.doorbell.fd, selfPage.fd]
     }
 
     /// Binds a new port of `domid` to domain 0 (the XenStore ring's `store_evtchn`).
-    func bindToDom0(_ domid: UInt16) -> EvtchnPort? {
+    func bindToDom0(_ domid: DomID) -> EvtchnPort? {
         guard let ev = channels[domid], let port = ev.allocatePort() else { return nil }
         ev.ports[port] = .interdomain(remote: 0, remotePort: port)
         return port
     }
 
     /// Marks `port` of `domid` pending in the page it shares with `peer` and rings its doorbell.
-    func raise(_ domid: UInt16, port: EvtchnPort, peer: UInt16) {
+    func raise(_ domid: DomID, port: EvtchnPort, peer: DomID) {
         guard let ev = channels[domid], let page = try? pairPage(domid, peer) else { return }
-        let pagePeer: UInt16 = peer == domid ? 0 : peer
-        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + Int(port / 64) * 8)
-        SharedAtomic.fetchOr(word, 1 << UInt64(port % 64))
-        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: domid, peer: pagePeer)), 1 << UInt64(port / 64))
+        let pagePeer: DomID = peer == domid ? 0 : peer
+        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + port.bitmapWord * 8)
+        SharedAtomic.fetchOr(word, port.bitmapBit)
+        SharedAtomic.fetchOr(page.word64(at: EventPages.summaryOffset(receiver: domid, peer: pagePeer)), 1 << UInt64(port.bitmapWord))
         let bell = ev.doorbell.word32(at: EventPages.doorbellOffset)
         SharedAtomic.fetchAdd(bell, 1)
         if SharedAtomic.load(ev.doorbell.word32(at: EventPages.sleepingOffset)) != 0 { _ = try? Futex.wake(bell, count: Int32.max) }
     }
 
     /// Raises the port `domid` bound to `virq`, if it bound one.
-    func raiseVirq(_ domid: UInt16, _ virq: VIRQ) {
+    func raiseVirq(_ domid: DomID, _ virq: VIRQ) {
         guard let port = channels[domid]?.port(forVirq: virq) else { return }
         raise(domid, port: port, peer: 0)
     }
 
     /// Gives `domid` the pages it needs to signal `peer` (once per peer).
-    private func givePeerPages(_ domid: UInt16, peer: UInt16) throws -> [FileDescriptor]? {
+    private func givePeerPages(_ domid: DomID, peer: DomID) throws -> [FileDescriptor]? {
         guard let ev = channels[domid], let pev = channels[peer], peer != domid, !ev.peersGiven.contains(peer) else { return nil }
         let page = try pairPage(domid, peer)
         ev.peersGiven.insert(peer)
@@ -134,25 +134,25 @@ final class EventChannelService {
     }
 
     /// `__HYPERVISOR_event_channel_op` made by `domid`.
-    func op(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func op(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         guard let ev = channels[domid] else { return .error(.ENOSYS) }
         func err(_ e: XenErrno) -> HypercallOutcome { .error(e) }
         func ok(_ rc: Int64, _ payload: [UInt8] = []) -> HypercallOutcome { .ok(rc, payload) }
-        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(domid) }
-        func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(v) : nil }
+        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF.rawValue) || v == UInt64(domid.rawValue) }
+        func portArg(_ v: UInt64) -> EvtchnPort? { v > 0 && v < UInt64(EventPages.maxPorts) ? EvtchnPort(UInt32(v)) : nil }
 
         switch EvtchnOp(rawValue: r.args[0]) {
         case .allocUnbound:
             guard selfDomid(r.args[1]) else { return err(.EPERM) }
             guard r.args[2] <= UInt64(UInt16.max) else { return err(.EINVAL) }
-            let remote = r.args[2] == UInt64(DOMID_SELF) ? domid : UInt16(r.args[2])
+            let remote = r.args[2] == UInt64(DOMID_SELF.rawValue) ? domid : DomID(UInt16(r.args[2]))
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .unbound(remote: remote)
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .bindInterdomain:
             guard r.args[1] <= UInt64(UInt16.max) else { return err(.EINVAL) }
-            let remoteId = r.args[1] == UInt64(DOMID_SELF) ? domid : UInt16(r.args[1])
+            let remoteId = r.args[1] == UInt64(DOMID_SELF.rawValue) ? domid : DomID(UInt16(r.args[1]))
             guard isLive(remoteId), let rev = channels[remoteId] else { return err(.ESRCH) }
             guard let rport = portArg(r.args[2]), rev.ports[rport] == .unbound(remote: domid) else { return err(.EINVAL) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
@@ -172,8 +172,8 @@ final class EventChannelService {
             // The reply payload names the peer whose pages come with it (if any).
             var w = WireWriter()
             w.u32(fds.isEmpty ? 0 : 1)
-            w.u32(UInt32(remoteId))
-            return .ok(Int64(port), w.bytes, fds: fds)
+            w.u32(UInt32(remoteId.rawValue))
+            return .ok(Int64(port.rawValue), w.bytes, fds: fds)
 
         case .bindVirq:
             guard r.args[1] <= UInt64(UInt32.max), let virq = VIRQ(rawValue: UInt32(r.args[1])) else { return err(.EINVAL) }
@@ -181,13 +181,13 @@ final class EventChannelService {
             if ev.port(forVirq: virq) != nil { return err(.EEXIST) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .virq(virq, vcpu: UInt32(r.args[2]))
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .bindIPI:
             guard r.args[1] < UInt64(ev.maxVCPUs) else { return err(.ENOENT) }
             guard let port = ev.allocatePort() else { return err(.ENOSPC) }
             ev.ports[port] = .ipi(vcpu: UInt32(r.args[1]))
-            return ok(Int64(port))
+            return ok(Int64(port.rawValue))
 
         case .close:
             guard let port = portArg(r.args[1]), let binding = ev.ports[port] else { return err(.EINVAL) }
@@ -241,7 +241,7 @@ final class EventChannelService {
 
     /// The far end `rport` of `remoteId` lost its peer `domid`: unbound again, told, and raised
     /// (a guest blocked on it wakes and sees the change).
-    private func unbindRemoteEnd(of domid: UInt16, _ remoteId: UInt16, _ rport: EvtchnPort) {
+    private func unbindRemoteEnd(of domid: DomID, _ remoteId: DomID, _ rport: EvtchnPort) {
         guard let rev = channels[remoteId] else { return }
         rev.ports[rport] = .unbound(remote: domid)
         notify(remoteId, .portUnbound(port: rport), [])
@@ -250,13 +250,13 @@ final class EventChannelService {
 
     /// A domain is gone: its channels' remote ends become unbound, its pages are dropped, and
     /// every other live domain gets VIRQ_DOM_EXC.
-    func close(_ domid: UInt16) {
+    func close(_ domid: DomID) {
         guard let ev = channels[domid] else { return }
         for (_, binding) in ev.ports {
             if case let .interdomain(remoteId, rport) = binding, remoteId != domid { unbindRemoteEnd(of: domid, remoteId, rport) }
         }
         ev.ports.removeAll()
-        pairPages = pairPages.filter { key, _ in key >> 16 != UInt32(domid) && key & 0xffff != UInt32(domid) }
+        pairPages = pairPages.filter { key, _ in key >> 16 != UInt32(domid.rawValue) && key & 0xffff != UInt32(domid.rawValue) }
         channels[domid] = nil
         for (other, oev) in channels {
             oev.peersGiven.remove(domid)

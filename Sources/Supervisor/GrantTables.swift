@@ -15,13 +15,13 @@ final class GrantPage {
     static var live = 0
     let name: String
     let fd: FileDescriptor
-    let owner: UInt16
+    let owner: DomID
     let gfn: UInt64
     /// Maptrack entries (in any grantee) holding this page.
     var mapCount = 0
     private var mapping: SharedMapping?
 
-    init(owner: UInt16, gfn: UInt64) throws {
+    init(owner: DomID, gfn: UInt64) throws {
         name = "pv-gnt-\(GrantPage.nextSerial)"
         GrantPage.nextSerial += 1
         fd = try MemFD.create(name: name, size: 4096)
@@ -52,7 +52,7 @@ final class GrantPage {
 
 /// One mapping a grantee holds (Xen's maptrack entry).
 struct MapTrackEntry {
-    let granter: UInt16
+    let granter: DomID
     let ref: GrantRef
     let page: GrantPage
     let readonly: Bool
@@ -117,12 +117,12 @@ final class DomainGrants {
 
     /// flags (low 16 bits) and domid (high 16 bits) of an entry, read and swapped together.
     func entryWord(_ ref: GrantRef) -> UnsafeMutablePointer<UInt32>? {
-        guard let table, Int(ref) < entryCount else { return nil }
-        return (table.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt32.self)
+        guard let table, ref.index < entryCount else { return nil }
+        return (table.base + ref.entryOffset).assumingMemoryBound(to: UInt32.self)
     }
 
     func frame(_ ref: GrantRef) -> UInt32 {
-        (table!.base + Int(ref) * GrantEntryV1.size + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
+        (table!.base + ref.entryOffset + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee
     }
 }
 
@@ -133,13 +133,13 @@ final class DomainGrants {
 final class GrantService {
     /// Grant table frames a domain may set up.
     let maxFrames: Int
-    private(set) var tables: [UInt16: DomainGrants] = [:]
+    private(set) var tables: [DomID: DomainGrants] = [:]
     /// Whether a domain is alive (its process runs): only a live domain's entries can be mapped or
     /// copied from.
-    var isLive: (UInt16) -> Bool = { _ in true }
+    var isLive: (DomID) -> Bool = { _ in true }
     /// How many more grantable pages a domain may have now, and the words for a refusal (the
     /// supervisor's descriptor budget).
-    var pageRoom: (UInt16, DomainGrants) -> (room: Int, refusal: String) = { _, _ in (DomainGrants.maxPages, "") }
+    var pageRoom: (DomID, DomainGrants) -> (room: Int, refusal: String) = { _, _ in (DomainGrants.maxPages, "") }
     /// A line in the hypervisor log (`xl dmesg`).
     var log: (String) -> Void = { _ in }
     var logger: Logger
@@ -150,7 +150,7 @@ final class GrantService {
     }
 
     /// `domid`'s grant state, made on first use.
-    func grants(_ domid: UInt16) -> DomainGrants {
+    func grants(_ domid: DomID) -> DomainGrants {
         if let g = tables[domid] { return g }
         let g = DomainGrants(maxFrames: maxFrames)
         tables[domid] = g
@@ -159,7 +159,7 @@ final class GrantService {
 
     /// `PROCVISOR allocGrantPages`: new grantable pages, one memfd each; with args[1] = 1 the
     /// domain's exposure map (read-only) comes after them.
-    func allocPages(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func allocPages(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         let wantMap = r.args.count > 1 && r.args[1] == 1
         var count = Int(min(r.args[0], 64))
         guard count >= 1, count + (wantMap ? 1 : 0) <= UnixSocket.maxFDsPerMessage else { return .error(.EINVAL) }
@@ -200,7 +200,7 @@ final class GrantService {
         return .ok(Int64(count), w.bytes, fds: fds)
     }
 
-    func freePage(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func freePage(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         let g = grants(domid)
         guard let page = g.pages[r.args[0]] else { return .error(.EINVAL) }
         // A page still mapped by someone cannot go back (its entries say GTF_reading/writing).
@@ -220,7 +220,7 @@ final class GrantService {
     /// buffer) and no longer reaches the granter. Refused (-EBUSY) for a page still mapped
     /// through another grant: that grantee is entitled to it; the page stays exposed and is
     /// re-backed when that grant ends.
-    func reback(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func reback(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         guard r.payload.count % 8 == 0, !r.payload.isEmpty, r.payload.count / 8 <= UnixSocket.maxFDsPerMessage else {
             return .malformed("reback grant pages: bad gfn list")
         }
@@ -245,7 +245,7 @@ final class GrantService {
     }
 
     /// `__HYPERVISOR_grant_table_op`.
-    func tableOp(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func tableOp(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         let g = grants(domid)
         switch GnttabOp(rawValue: r.args[0]) {
         case .setupTable:
@@ -301,7 +301,7 @@ final class GrantService {
 
     /// Validates the granter's entry and hands back a descriptor for exactly that page.
     /// The descriptor comes back `owned` when it is a read-only reopen the caller must close after sending.
-    func map(_ domid: UInt16, _ q: GrantMapRequest) -> (GNTST, UInt32, (fd: FileDescriptor, owned: Bool)?) {
+    func map(_ domid: DomID, _ q: GrantMapRequest) -> (GNTST, UInt32, (fd: FileDescriptor, owned: Bool)?) {
         guard q.domid != domid, isLive(q.domid), let gg = tables[q.domid] else { return (.badDomain, 0, nil) }
         guard let word = gg.entryWord(q.ref) else { return (.badGntref, 0, nil) }
         let g = grants(domid)
@@ -311,7 +311,7 @@ final class GrantService {
         var tries = 0
         while true {
             let old = SharedAtomic.load(word)
-            let flags = UInt16(old & 0xffff), entryDomid = UInt16(old >> 16)
+            let flags = UInt16(old & 0xffff), entryDomid = DomID(UInt16(old >> 16))
             guard flags & GTF.typeMask == GTF.permitAccess else { return (.badGntref, 0, nil) }
             guard entryDomid == domid else { return (.permissionDenied, 0, nil) }
             if !readonly && flags & GTF.readonly != 0 { return (.permissionDenied, 0, nil) }
@@ -358,13 +358,13 @@ final class GrantService {
     /// here checks what the grantee really let go of, and nothing needs to: the page is marked
     /// exposed, so when the granter ends access it is re-backed (`rebackGrantPages`) and whatever
     /// the grantee kept is detached from the granter by construction.
-    func unmap(_ domid: UInt16, handle: UInt32) -> GNTST {
+    func unmap(_ domid: DomID, handle: UInt32) -> GNTST {
         guard grants(domid).maptrack[handle] != nil else { return .badHandle }
         dropMapping(domid, handle: handle)
         return .okay
     }
 
-    func dropMapping(_ domid: UInt16, handle: UInt32) {
+    func dropMapping(_ domid: DomID, handle: UInt32) {
         guard let g = tables[domid], let entry = g.maptrack.removeValue(forKey: handle) else { return }
         entry.page.mapCount -= 1
         guard let gg = tables[entry.granter] else { return }
@@ -375,7 +375,7 @@ final class GrantService {
     }
 
     /// One `gnttab_copy` op: each side a gref granted to the caller or one of the caller's frames.
-    func copy(_ domid: UInt16, _ op: GrantCopy) -> GNTST {
+    func copy(_ domid: DomID, _ op: GrantCopy) -> GNTST {
         guard op.length > 0, Int(op.source.offset) + Int(op.length) <= 4096, Int(op.dest.offset) + Int(op.length) <= 4096 else {
             return .badCopyArg
         }
@@ -388,13 +388,13 @@ final class GrantService {
             guard side.domid != domid, isLive(side.domid), let gg = tables[side.domid] else {
                 return .failure(.badDomain)
             }
-            guard side.refOrGFN <= UInt64(UInt32.max), let word = gg.entryWord(GrantRef(side.refOrGFN)) else { return .failure(.badGntref) }
+            guard side.refOrGFN <= UInt64(UInt32.max), let word = gg.entryWord(GrantRef(UInt32(side.refOrGFN))) else { return .failure(.badGntref) }
             let v = SharedAtomic.load(word)
             let flags = UInt16(v & 0xffff)
             guard flags & GTF.typeMask == GTF.permitAccess else { return .failure(.badGntref) }
-            guard UInt16(v >> 16) == domid else { return .failure(.permissionDenied) }
+            guard DomID(UInt16(v >> 16)) == domid else { return .failure(.permissionDenied) }
             if write && flags & GTF.readonly != 0 { return .failure(.permissionDenied) }
-            guard let page = gg.pages[UInt64(gg.frame(GrantRef(side.refOrGFN)))] else { return .failure(.badPage) }
+            guard let page = gg.pages[UInt64(gg.frame(GrantRef(UInt32(side.refOrGFN))))] else { return .failure(.badPage) }
             return .success(page)
         }
         let src = resolve(op.source, isGref: op.flags & GNTCOPY_source_gref != 0, write: false)
@@ -411,7 +411,7 @@ final class GrantService {
 
     /// A domain is gone: its mappings of others went with its process; release them. Pages
     /// others still map stay alive through their maptrack entries.
-    func release(_ domid: UInt16) {
+    func release(_ domid: DomID) {
         guard let g = tables[domid] else { return }
         for handle in Array(g.maptrack.keys) { dropMapping(domid, handle: handle) }
         tables[domid] = nil

@@ -8,7 +8,7 @@ import ProcvisorABI
 final class MachineMemory {
     let totalFrames: UInt64
     /// Each domain's RAM, from creation until its frames go back to the machine.
-    private(set) var domains: [UInt16: DomainMemory] = [:]
+    private(set) var domains: [DomID: DomainMemory] = [:]
     private(set) var freeFrames: UInt64
     private var returned: [UInt64] = []
     private var cursor: UInt64 = 0
@@ -59,8 +59,8 @@ final class MachineMemory {
     }
 
     enum DomainMemoryError: Error, CustomStringConvertible {
-        case cannotCreate(domid: UInt16, Error)
-        case outOfFrames(domid: UInt16)
+        case cannotCreate(domid: DomID, Error)
+        case outOfFrames(domid: DomID)
         var description: String {
             switch self {
             case let .cannotCreate(domid, e): return "cannot create the RAM of dom\(domid): \(e)"
@@ -71,7 +71,7 @@ final class MachineMemory {
 
     /// A new domain's RAM spanning `spanPages`, its first `populatedPages` backed by frames.
     /// Nothing is held when it throws.
-    func createDomain(_ domid: UInt16, spanPages: UInt64, populatedPages: UInt64) throws -> DomainMemory {
+    func createDomain(_ domid: DomID, spanPages: UInt64, populatedPages: UInt64) throws -> DomainMemory {
         let memory: DomainMemory
         do {
             memory = try DomainMemory(domid: domid, spanPages: spanPages)
@@ -87,15 +87,15 @@ final class MachineMemory {
     }
 
     /// The domain is gone (or never started): every frame it held goes back to the machine.
-    func releaseDomain(_ domid: UInt16) {
+    func releaseDomain(_ domid: DomID) {
         guard let memory = domains.removeValue(forKey: domid) else { return }
         memory.releaseAll(to: self)
     }
 
     /// `__HYPERVISOR_memory_op` made by `domid`: reservations, one page per extent.
-    func op(_ domid: UInt16, _ r: HypercallRequest) -> HypercallOutcome {
+    func op(_ domid: DomID, _ r: HypercallRequest) -> HypercallOutcome {
         guard let mem = domains[domid] else { return .error(.ESRCH) }
-        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF) || v == UInt64(domid) }
+        func selfDomid(_ v: UInt64) -> Bool { v == UInt64(DOMID_SELF.rawValue) || v == UInt64(domid.rawValue) }
         switch XenMemOp(rawValue: r.args[0]) {
         case .currentReservation:
             guard selfDomid(r.args[1]) else { return .error(.EPERM) }
@@ -125,7 +125,7 @@ final class MachineMemory {
 
     /// Domains whose RAM memfd holds more host memory than their reservation (they wrote pages
     /// they never populated or gave back): domid, bytes held, bytes allowed.
-    func overReservation(among domids: some Sequence<UInt16>) -> [(domid: UInt16, held: Int, allowed: Int)] {
+    func overReservation(among domids: some Sequence<DomID>) -> [(domid: DomID, held: Int, allowed: Int)] {
         domids.compactMap { domid in
             guard let mem = domains[domid] else { return nil }
             let held = mem.hostBytes, allowed = Int(mem.currentPages) * 4096
@@ -148,7 +148,7 @@ final class DomainMemory {
     private(set) var currentPages: UInt64 = 0
     var cgroup: MemoryCgroup?
 
-    init(domid: UInt16, spanPages: UInt64) throws {
+    init(domid: DomID, spanPages: UInt64) throws {
         self.spanPages = spanPages
         maxPages = spanPages
         // RAM is sealed against resizing only: decrease_reservation punches holes in it, which

@@ -97,13 +97,14 @@ extension Supervisor {
             store { e in try e.write("/local/domain/\(dom.domid)/memory/target", Array("\(kb)".utf8)) }
             log("\(dom.label): memory target \(kb / 1024) MiB")
             c.send(.ok)
-        case let .waitShutdown(domid):
+        case let .waitShutdown(raw):
+            let domid = DomID(raw)
             if let dom = domains[domid], dom.hasProcess {
                 dom.shutdownWaiters.append(c)
             } else if let dom = domains[domid], let r = dom.shutdownReason {
-                c.send(.shutdownDone(domid: domid, reason: r))
+                c.send(.shutdownDone(domid: raw, reason: r))
             } else if let r = domains.recentShutdowns[domid] {
-                c.send(.shutdownDone(domid: domid, reason: r))
+                c.send(.shutdownDone(domid: raw, reason: r))
             } else {
                 c.send(unknownDomain(String(domid)))
             }

@@ -46,7 +46,7 @@ extension Supervisor {
 
     /// How many more grantable pages `dom` may have now, and the line `xl dmesg` shows when
     /// that is none.
-    func grantPageRoom(_ domid: UInt16, _ g: DomainGrants) -> (room: Int, refusal: String) {
+    func grantPageRoom(_ domid: DomID, _ g: DomainGrants) -> (room: Int, refusal: String) {
         let label = domains[domid]?.label ?? "dom\(domid)"
         let n = domains.count
         let mine = DescriptorBudget.perDomain(domains: n, cap: DescriptorBudget.maxPagesPerDomain)

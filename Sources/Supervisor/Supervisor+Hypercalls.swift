@@ -275,7 +275,7 @@ extension Supervisor {
         }
         log("\(dom.label): sandbox engaged, \(dom.startPaused ? "paused" : "running")")
         if let w = dom.createWaiter {
-            w.send(.created(domid: dom.domid))
+            w.send(.created(domid: dom.domid.rawValue))
             dom.createWaiter = nil
         }
         return .ok()

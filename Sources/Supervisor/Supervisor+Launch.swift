@@ -82,7 +82,7 @@ extension Supervisor {
             let argv = [kernel] + config.commandLine.split(separator: " ").map(String.init)
             var confinement: Spawner.Jail?
             if jailed, let root {
-                let id = jail.uidBase + UInt32(domid)
+                let id = jail.uidBase + UInt32(domid.rawValue)
                 var j = Spawner.Jail(namespaces: jail.namespaces, mountPoint: options.runDirectory.jailMountPoint,
                                      directories: root.directories, files: root.files,
                                      hostname: config.name, uid: id, gid: id)

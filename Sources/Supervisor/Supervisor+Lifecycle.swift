@@ -174,7 +174,7 @@ extension Supervisor {
         dom.uuid = Self.makeUUID()
         dom.phase = .shutdown
         // As libxl_domain_preserve: the new name and a new /vm/<uuid> in the store.
-        let d = dom.domid, vm = "/vm/\(dom.uuid)", ro = Self.readOnly(for: d)
+        let d = dom.domid, vm = "/vm/\(dom.uuid)", ro = Self.readOnly(for: d.rawValue)
         store { e in
             var out = (try? e.rm("/vm/\(oldUUID)")) ?? []
             out += try e.mkdir(vm, perms: ro)
@@ -188,7 +188,7 @@ extension Supervisor {
 
     func notifyShutdown(_ dom: DomainRecord, _ reason: ShutdownReason) {
         domains.recordShutdown(dom.domid, reason)
-        for w in dom.shutdownWaiters { w.send(.shutdownDone(domid: dom.domid, reason: reason)) }
+        for w in dom.shutdownWaiters { w.send(.shutdownDone(domid: dom.domid.rawValue, reason: reason)) }
         dom.shutdownWaiters.removeAll()
     }
 

@@ -9,7 +9,7 @@ final class DomainStore {
     let kick: FileDescriptor
     let port: EvtchnPort
 
-    init(domid: UInt16, port: EvtchnPort) throws {
+    init(domid: DomID, port: EvtchnPort) throws {
         page = try SharedPage(name: "pv-xenstore-\(domid)")
         kick = try FileDescriptor.eventfd()
         self.port = port
@@ -50,18 +50,18 @@ extension Supervisor {
         guard let port = eventChannels.bindToDom0(dom.domid) else { throw CreateError("dom\(dom.domid): no event channel for XenStore") }
         let s = try DomainStore(domid: dom.domid, port: port)
         dom.store = s
-        try xenstore.attach(domid: dom.domid, page: s.page.mapping, kick: s.kick) { [weak self, weak dom] in
+        try xenstore.attach(domid: dom.domid.rawValue, page: s.page.mapping, kick: s.kick) { [weak self, weak dom] in
             guard let self, let dom, dom.hasProcess else { return }
             self.eventChannels.raise(dom.domid, port: port, peer: 0)
         }
         writeDomainTree(dom)
-        xenstore.deliver(xenstore.engine.introduceDomain(dom.domid))
+        xenstore.deliver(xenstore.engine.introduceDomain(dom.domid.rawValue))
     }
 
     /// What libxl writes for a new domain (libxl__domain_make and the build), with its permissions.
     func writeDomainTree(_ dom: DomainRecord) {
         let d = dom.domid, path = "/local/domain/\(d)", vm = "/vm/\(dom.uuid)"
-        let ro = Self.readOnly(for: d), rw = Self.readWrite(for: d)
+        let ro = Self.readOnly(for: d.rawValue), rw = Self.readWrite(for: d.rawValue)
         let c = dom.config
         store { e in
             var out = try e.mkdir(path, perms: ro)
@@ -95,9 +95,9 @@ extension Supervisor {
     /// xenstored does on VIRQ_DOM_EXC). Its tree stays until the domain is destroyed.
     func releaseStore(_ dom: DomainRecord) {
         guard dom.store != nil else { return }
-        xenstore.detach(domid: dom.domid)
+        xenstore.detach(domid: dom.domid.rawValue)
         dom.store = nil
-        xenstore.deliver(xenstore.engine.releaseDomain(dom.domid))
+        xenstore.deliver(xenstore.engine.releaseDomain(dom.domid.rawValue))
     }
 
     /// The domain is destroyed: remove what libxl removes (`/local/domain/N`, `/vm/<uuid>`).

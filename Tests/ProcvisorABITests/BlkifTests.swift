@@ -113,7 +113,7 @@ import Testing
         defer { page.deallocate() }
         page.initializeMemory(as: UInt8.self, repeating: 0xEE, count: 4096)
         let requests: [BlkifRequest] = [
-            .readWrite(.init(operation: .read, id: 1, sectorNumber: 0, segments: (0..<11).map { BlkifSegment(gref: UInt32($0)) })),
+            .readWrite(.init(operation: .read, id: 1, sectorNumber: 0, segments: (0..<11).map { BlkifSegment(gref: GrantRef(UInt32($0))) })),
             .readWrite(.init(operation: .flushDiskcache, id: 2, sectorNumber: 0, segments: [])),
             .readWrite(.init(operation: .writeBarrier, id: 3, sectorNumber: 8, segments: [BlkifSegment(gref: 1, firstSect: 7, lastSect: 7)])),
             .discard(.init(id: 4, sectorNumber: 5, nrSectors: 1)),
@@ -142,7 +142,7 @@ import Testing
     @Test func indirectSegmentsAreStoredAndCheckedAcrossPages() throws {
         let pages = (0..<2).map { _ in UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096) }
         defer { pages.forEach { $0.deallocate() } }
-        let segments = (0..<600).map { BlkifSegment(gref: UInt32($0), firstSect: UInt8($0 % 8), lastSect: 7) }
+        let segments = (0..<600).map { BlkifSegment(gref: GrantRef(UInt32($0)), firstSect: UInt8($0 % 8), lastSect: 7) }
         #expect(BlkifRequest.Indirect.pageCount(segments: 600) == 2)
         #expect(BlkifRequest.Indirect.pageCount(segments: 512) == 1)
         BlkifRequest.Indirect.store(segments, to: pages)

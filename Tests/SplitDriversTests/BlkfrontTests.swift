@@ -60,7 +60,7 @@ import Testing
         // The segments round-trip through an indirect page as blkback reads them.
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
-        let segs = c[0].segments.map { BlkifSegment(gref: GrantRef(100 + $0.page), firstSect: $0.firstSect, lastSect: $0.lastSect) }
+        let segs = c[0].segments.map { BlkifSegment(gref: GrantRef(UInt32(100 + $0.page)), firstSect: $0.firstSect, lastSect: $0.lastSect) }
         BlkifRequest.Indirect.store(segs, to: [page])
         let req = BlkifRequest.Indirect(indirectOp: .read, nrSegments: 256, id: 1, sectorNumber: 2048, indirectGrefs: [9])
         #expect(try req.segments(pages: [UnsafeRawPointer(page)]) == segs)
@@ -92,7 +92,7 @@ import Testing
                     if i < c.segments.count - 1 { #expect(s.lastSect == 7) }
                 }
                 // What the backend sees: encoded into a slot and decoded with blkback's checks.
-                let grefs = (0..<11).map { GrantRef(100 + $0) }
+                let grefs = (0..<11).map { GrantRef(UInt32(100 + $0)) }
                 let request = c.request(operation: .write, id: 42, handle: 0xca00, grefs: grefs)
                 let decoded = try BlkifRequest.decode(request.bytes, maxIndirectSegments: 0)
                 // The data path's encoder (no segment array) writes the same 112 bytes.

@@ -11,8 +11,8 @@ import XenStore
 /// What an attach writes (the nodes every type shares, the type's own, their permissions), and
 /// libxl's removal: safe, forced, and auto-forced after the timeout, with xl answered once.
 @Suite struct DeviceManagerTests {
-    static let frontend: UInt16 = 2
-    static let backend: UInt16 = 1
+    static let frontend: DomID = 2
+    static let backend: DomID = 1
 
     final class Fixture {
         let loop: EventLoop

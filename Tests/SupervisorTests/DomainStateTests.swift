@@ -46,7 +46,7 @@ import Toolstack
 /// The domain table on its own: Xen's domid rover, lookups as xl resolves a DOMAIN argument,
 /// and the process index a reaped child is found by.
 @Suite struct DomainTableTests {
-    static func record(_ domid: UInt16, _ name: String, pid: pid_t) throws -> DomainRecord {
+    static func record(_ domid: DomID, _ name: String, pid: pid_t) throws -> DomainRecord {
         let state = DomainState(domid: domid, name: name, uuid: "u\(domid)", config: DomainConfig(name: name, kernel: "/bin/true"),
                                 startPaused: false, startTime: 0, quickRestarts: 0)
         let (a, b) = try UnixSocket.pair()
@@ -58,7 +58,7 @@ import Toolstack
         #expect(t.allocateDomid() == 1)
         t.insert(try Self.record(2, "two", pid: 0))
         #expect(t.allocateDomid() == 3, "a taken domid is skipped")
-        for _ in 4..<Int(DomainTable.domidFirstReserved) { _ = t.allocateDomid() }
+        for _ in 4..<Int(DomainTable.domidFirstReserved.rawValue) { _ = t.allocateDomid() }
         #expect(t.allocateDomid() == 1, "the rover wraps to 1, never 0 or a reserved domid")
         #expect(t.allocateDomid() == 3)
     }

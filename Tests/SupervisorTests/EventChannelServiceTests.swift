@@ -10,9 +10,9 @@ import Testing
     /// A service with dom1 and dom2 open and alive; what it tells the domains is recorded.
     final class Fixture {
         let service = EventChannelService()
-        var live: Set<UInt16> = [1, 2]
-        var told: [(UInt16, ChannelEvent, Int)] = []
-        var dom0Kicks: [UInt16] = []
+        var live: Set<DomID> = [1, 2]
+        var told: [(DomID, ChannelEvent, Int)] = []
+        var dom0Kicks: [DomID] = []
 
         init(maxVCPUs: Int = 2) throws {
             try service.open(1, maxVCPUs: maxVCPUs)
@@ -22,7 +22,7 @@ import Testing
             service.kickDom0 = { [unowned self] in dom0Kicks.append($0) }
         }
 
-        func op(_ domid: UInt16, _ op: EvtchnOp, _ args: UInt64...) -> (rc: Int64, payload: [UInt8], fds: Int) {
+        func op(_ domid: DomID, _ op: EvtchnOp, _ args: UInt64...) -> (rc: Int64, payload: [UInt8], fds: Int) {
             let r = HypercallRequest(op: HypercallOp.eventChannelOp.rawValue, seq: 1, args: [op.rawValue] + args)
             guard case let .reply(rc, payload, fds, _) = service.op(domid, r) else {
                 Issue.record("event_channel_op \(op) did not reply")
@@ -33,29 +33,29 @@ import Testing
 
         /// dom1 offers a port to dom2, dom2 binds it: (dom1's port, dom2's port).
         func connect() -> (EvtchnPort, EvtchnPort) {
-            let offered = op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
+            let offered = op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc
             let bound = op(2, .bindInterdomain, 1, UInt64(offered)).rc
             #expect(offered > 0 && bound > 0)
-            return (EvtchnPort(offered), EvtchnPort(bound))
+            return (EvtchnPort(UInt32(offered)), EvtchnPort(UInt32(bound)))
         }
 
-        func status(_ domid: UInt16, _ port: EvtchnPort) -> EvtchnStatusInfo? {
-            try? EvtchnStatusInfo.decode(op(domid, .status, UInt64(DOMID_SELF), UInt64(port)).payload)
+        func status(_ domid: DomID, _ port: EvtchnPort) -> EvtchnStatusInfo? {
+            try? EvtchnStatusInfo.decode(op(domid, .status, UInt64(DOMID_SELF.rawValue), UInt64(port.rawValue)).payload)
         }
 
         /// Whether `port` of `domid` is marked pending in its page with `peer`, and its doorbell count.
-        func pending(_ domid: UInt16, _ port: EvtchnPort, from peer: UInt16) throws -> (Bool, UInt32) {
+        func pending(_ domid: DomID, _ port: EvtchnPort, from peer: DomID) throws -> (Bool, UInt32) {
             let page = try service.pairPage(domid, peer)
-            let pagePeer: UInt16 = peer == domid ? 0 : peer
-            let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + Int(port / 64) * 8).pointee
+            let pagePeer: DomID = peer == domid ? 0 : peer
+            let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: pagePeer) + port.bitmapWord * 8).pointee
             let bell = service.channels[domid]!.doorbell.word32(at: EventPages.doorbellOffset).pointee
-            return (word & (1 << UInt64(port % 64)) != 0, bell)
+            return (word & port.bitmapBit != 0, bell)
         }
     }
 
     @Test func bindingInterdomainConnectsBothEndsAndHandsPagesOnce() throws {
         let f = try Fixture()
-        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2)
+        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2)
         #expect(offered.rc == 1)
         #expect(f.status(1, 1)?.status == .unbound)
         let bound = f.op(2, .bindInterdomain, 1, 1)
@@ -69,7 +69,7 @@ import Testing
         #expect(s1.status == .interdomain && s1.remoteDomid == 2 && s1.remotePort == 1)
         #expect(s2.status == .interdomain && s2.remoteDomid == 1 && s2.remotePort == 1)
         // A second channel between the same pair hands no pages again.
-        let second = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
+        let second = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc
         #expect(f.op(2, .bindInterdomain, 1, UInt64(second)).fds == 0)
     }
 
@@ -77,9 +77,9 @@ import Testing
         let f = try Fixture()
         // A port not offered to the binder, a port offered to someone else, a dead or unknown domain.
         #expect(f.op(2, .bindInterdomain, 1, 5).rc == -XenErrno.EINVAL.rawValue)
-        let toThree = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 3).rc
+        let toThree = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 3).rc
         #expect(f.op(2, .bindInterdomain, 1, UInt64(toThree)).rc == -XenErrno.EINVAL.rawValue)
-        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
+        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc
         f.live.remove(1)
         #expect(f.op(2, .bindInterdomain, 1, UInt64(offered)).rc == -XenErrno.ESRCH.rawValue)
         #expect(f.op(2, .bindInterdomain, 9, 1).rc == -XenErrno.ESRCH.rawValue)
@@ -94,10 +94,10 @@ import Testing
         let f = try Fixture()
         let (p1, p2) = f.connect()
         #expect(try f.pending(1, p1, from: 2) == (false, 0))
-        #expect(f.op(2, .send, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .send, UInt64(p2.rawValue)).rc == 0)
         #expect(try f.pending(1, p1, from: 2) == (true, 1))
         // Sending on a port that is not bound, or bound to a VIRQ, is refused.
-        let lone = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
+        let lone = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc
         #expect(f.op(1, .send, UInt64(lone)).rc == -XenErrno.ENOTCONN.rawValue)
         let virq = f.op(1, .bindVirq, UInt64(VIRQ.timer.rawValue), 0).rc
         #expect(f.op(1, .send, UInt64(virq)).rc == -XenErrno.EINVAL.rawValue)
@@ -105,13 +105,13 @@ import Testing
         #expect(f.op(1, .send, UInt64(EventPages.maxPorts)).rc == -XenErrno.EINVAL.rawValue)
         // A dead peer: ESRCH, nothing raised.
         f.live.remove(1)
-        #expect(f.op(2, .send, UInt64(p2)).rc == -XenErrno.ESRCH.rawValue)
+        #expect(f.op(2, .send, UInt64(p2.rawValue)).rc == -XenErrno.ESRCH.rawValue)
     }
 
     @Test func aPortBoundToDomainZeroKicksItsServices() throws {
         let f = try Fixture()
         let store = try #require(f.service.bindToDom0(2))
-        #expect(f.op(2, .send, UInt64(store)).rc == 0)
+        #expect(f.op(2, .send, UInt64(store.rawValue)).rc == 0)
         #expect(f.dom0Kicks == [2])
     }
 
@@ -119,27 +119,27 @@ import Testing
         let f = try Fixture()
         let (p1, p2) = f.connect()
         f.told.removeAll()
-        #expect(f.op(2, .close, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .close, UInt64(p2.rawValue)).rc == 0)
         #expect(f.status(2, p2)?.status == .closed)
         let s1 = try #require(f.status(1, p1))
         #expect(s1.status == .unbound && s1.remoteDomid == 2)
         #expect(f.told.count == 1 && f.told[0].0 == 1 && f.told[0].1 == .portUnbound(port: p1))
         #expect(try f.pending(1, p1, from: 2).0)
         // dom1's port can be bound again by dom2.
-        #expect(f.op(2, .bindInterdomain, 1, UInt64(p1)).rc > 0)
-        #expect(f.op(2, .close, UInt64(p2)).rc == 0)
+        #expect(f.op(2, .bindInterdomain, 1, UInt64(p1.rawValue)).rc > 0)
+        #expect(f.op(2, .close, UInt64(p2.rawValue)).rc == 0)
         #expect(f.op(2, .close, 4000).rc == -XenErrno.EINVAL.rawValue)
     }
 
     @Test func aLoopbackChannelClosesToUnbound() throws {
         let f = try Fixture()
-        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF), UInt64(DOMID_SELF)).rc
-        let bound = f.op(1, .bindInterdomain, UInt64(DOMID_SELF), UInt64(offered)).rc
+        let offered = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), UInt64(DOMID_SELF.rawValue)).rc
+        let bound = f.op(1, .bindInterdomain, UInt64(DOMID_SELF.rawValue), UInt64(offered)).rc
         #expect(bound > 0 && bound != offered)
         #expect(f.op(1, .send, UInt64(bound)).rc == 0)
-        #expect(try f.pending(1, EvtchnPort(offered), from: 1).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(offered)), from: 1).0)
         #expect(f.op(1, .close, UInt64(bound)).rc == 0)
-        #expect(f.status(1, EvtchnPort(offered))?.status == .unbound)
+        #expect(f.status(1, EvtchnPort(UInt32(offered)))?.status == .unbound)
         #expect(f.told.isEmpty)
     }
 
@@ -150,36 +150,36 @@ import Testing
         #expect(f.op(1, .bindVirq, UInt64(VIRQ.timer.rawValue), 0).rc == -XenErrno.EEXIST.rawValue)
         #expect(f.op(1, .bindVirq, UInt64(VIRQ.console.rawValue), 2).rc == -XenErrno.ENOENT.rawValue)
         #expect(f.op(1, .bindVirq, 0xFFFF_FFFF_FF, 0).rc == -XenErrno.EINVAL.rawValue)
-        let s = try #require(f.status(1, EvtchnPort(timer)))
+        let s = try #require(f.status(1, EvtchnPort(UInt32(timer))))
         #expect(s.status == .virq && s.virq == VIRQ.timer.rawValue && s.vcpu == 1)
         f.service.raiseVirq(1, .timer)
-        #expect(try f.pending(1, EvtchnPort(timer), from: 0).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(timer)), from: 0).0)
         #expect(f.op(1, .bindIPI, 2).rc == -XenErrno.ENOENT.rawValue)
         let ipi = f.op(1, .bindIPI, 1).rc
         #expect(f.op(1, .send, UInt64(ipi)).rc == 0)
-        #expect(try f.pending(1, EvtchnPort(ipi), from: 0).0)
+        #expect(try f.pending(1, EvtchnPort(UInt32(ipi)), from: 0).0)
     }
 
     @Test func portsRunOutWithENOSPC() throws {
         let f = try Fixture()
         for _ in 1..<EventPages.maxPorts { #expect(f.op(1, .bindIPI, 0).rc > 0) }
         #expect(f.op(1, .bindIPI, 0).rc == -XenErrno.ENOSPC.rawValue)
-        #expect(f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc == -XenErrno.ENOSPC.rawValue)
+        #expect(f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc == -XenErrno.ENOSPC.rawValue)
         #expect(f.op(1, .close, 7).rc == 0)
-        #expect(f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc == 7)
+        #expect(f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc == 7)
     }
 
     @Test func aDomainThatGoesUnbindsItsPeersAndTellsTheOthers() throws {
         let f = try Fixture()
         try f.service.open(3, maxVCPUs: 1)
         f.live.insert(3)
-        let exc3 = EvtchnPort(f.op(3, .bindVirq, UInt64(VIRQ.domExc.rawValue), 0).rc)
+        let exc3 = EvtchnPort(UInt32(f.op(3, .bindVirq, UInt64(VIRQ.domExc.rawValue), 0).rc))
         let (p1, _) = f.connect()
         f.told.removeAll()
         f.live.remove(2)
         f.service.close(2)
         #expect(f.service.channels[2] == nil)
-        #expect(f.op(2, .allocUnbound, UInt64(DOMID_SELF), 1).rc == -XenErrno.ENOSYS.rawValue)
+        #expect(f.op(2, .allocUnbound, UInt64(DOMID_SELF.rawValue), 1).rc == -XenErrno.ENOSYS.rawValue)
         let s1 = try #require(f.status(1, p1))
         #expect(s1.status == .unbound && s1.remoteDomid == 2)
         #expect(f.told.count == 1 && f.told[0].1 == .portUnbound(port: p1))
@@ -187,7 +187,7 @@ import Testing
         // Pages with the dead domain are made fresh if its domid comes back.
         try f.service.open(2, maxVCPUs: 1)
         f.live.insert(2)
-        let again = f.op(1, .allocUnbound, UInt64(DOMID_SELF), 2).rc
+        let again = f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc
         #expect(f.op(2, .bindInterdomain, 1, UInt64(again)).fds == 2)
     }
 

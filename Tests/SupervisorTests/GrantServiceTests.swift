@@ -9,13 +9,13 @@ import Testing
 /// (real memfds, no domain process), entries written as a granter writes them, and every
 /// grant_table_op checked against Xen's rules. Serialized: pages are counted process-wide.
 @Suite(.serialized) struct GrantServiceTests {
-    static let granter: UInt16 = 1
-    static let grantee: UInt16 = 2
+    static let granter: DomID = 1
+    static let grantee: DomID = 2
 
     /// A service with dom1 and dom2 alive, dom1's table set up and one grantable page allocated.
     final class Fixture {
         let service = GrantService(maxFrames: 4, logger: Logger(label: "test"))
-        var live: Set<UInt16> = [granter, grantee]
+        var live: Set<DomID> = [granter, grantee]
         let gfn: UInt64
         var received: [FileDescriptor] = []
 
@@ -40,18 +40,18 @@ import Testing
         }
 
         /// Writes entry `ref` of dom1's table as a granting guest does: frame first, then flags+domid.
-        func grant(_ ref: GrantRef, to domid: UInt16, frame: UInt64? = nil, flags: UInt16 = GTF.permitAccess) {
-            let base = service.tables[granter]!.table!.base + Int(ref) * GrantEntryV1.size
+        func grant(_ ref: GrantRef, to domid: DomID, frame: UInt64? = nil, flags: UInt16 = GTF.permitAccess) {
+            let base = service.tables[granter]!.table!.base + ref.entryOffset
             (base + GrantEntryV1.frameOffset).assumingMemoryBound(to: UInt32.self).pointee = UInt32(frame ?? gfn)
-            base.assumingMemoryBound(to: UInt32.self).pointee = UInt32(flags) | UInt32(domid) << 16
+            base.assumingMemoryBound(to: UInt32.self).pointee = UInt32(flags) | UInt32(domid.rawValue) << 16
         }
 
         func entryFlags(_ ref: GrantRef) -> UInt16 {
-            (service.tables[granter]!.table!.base + Int(ref) * GrantEntryV1.size).assumingMemoryBound(to: UInt16.self).pointee
+            (service.tables[granter]!.table!.base + ref.entryOffset).assumingMemoryBound(to: UInt16.self).pointee
         }
 
         /// `GNTTABOP_map_grant_ref` of one entry by `by`: its status, handle and descriptor.
-        func map(_ ref: GrantRef, by: UInt16 = grantee, from: UInt16 = granter, readonly: Bool = false) -> (GNTST, UInt32, FileDescriptor?) {
+        func map(_ ref: GrantRef, by: DomID = grantee, from: DomID = granter, readonly: Bool = false) -> (GNTST, UInt32, FileDescriptor?) {
             let req = GrantMapRequest(ref: ref, domid: from, flags: readonly ? GNTMAP_readonly : 0)
             guard case let .reply(_, payload, fds, owned) = service.tableOp(by, Self.request(.grantTableOp, [GnttabOp.mapGrantRef.rawValue],
                                                                                               payload: GrantMapRequest.encode([req]))),
@@ -63,7 +63,7 @@ import Testing
             return (result.status, result.handle, fd)
         }
 
-        func unmap(_ handle: UInt32, by: UInt16 = grantee) -> GNTST {
+        func unmap(_ handle: UInt32, by: DomID = grantee) -> GNTST {
             var w = WireWriter()
             w.u32(handle)
             guard case let .reply(_, payload, _, _) = service.tableOp(by, Self.request(.grantTableOp, [GnttabOp.unmapGrantRef.rawValue], payload: w.bytes)),
@@ -111,7 +111,7 @@ import Testing
         #expect(f.map(1).0 == .permissionDenied)
         #expect(f.map(2).0 == .badGntref)
         #expect(f.map(4).0 == .badPage)
-        #expect(f.map(GrantRef(GrantEntryV1.perFrame)).0 == .badGntref)  // past the one frame set up
+        #expect(f.map(GrantRef(UInt32(GrantEntryV1.perFrame))).0 == .badGntref)  // past the one frame set up
         #expect(f.map(1, from: Self.grantee).0 == .badDomain)            // a domain with no table
         #expect(f.map(1, by: Self.granter, from: Self.granter).0 == .badDomain)  // itself
         f.grant(5, to: Self.grantee)

@@ -6,7 +6,7 @@ import Testing
 /// Machine memory on its own: frames, the M2P, domains' RAM and P2M (real memfds, no domain
 /// process), and memory_op's reservation rules.
 @Suite struct MachineMemoryTests {
-    static func op(_ m: MachineMemory, _ domid: UInt16, _ op: XenMemOp, _ args: [UInt64] = [], pfns: [UInt64] = []) -> HypercallOutcome {
+    static func op(_ m: MachineMemory, _ domid: DomID, _ op: XenMemOp, _ args: [UInt64] = [], pfns: [UInt64] = []) -> HypercallOutcome {
         var w = WireWriter()
         for p in pfns { w.u64(p) }
         return m.op(domid, HypercallRequest(op: HypercallOp.memoryOp.rawValue, seq: 1, args: [op.rawValue] + args, payload: w.bytes))
@@ -58,7 +58,7 @@ import Testing
     @Test func reservationsFollowXensRules() throws {
         let m = try MachineMemory(totalFrames: 64)
         _ = try m.createDomain(1, spanPages: 8, populatedPages: 4)
-        let selfId = UInt64(DOMID_SELF)
+        let selfId = UInt64(DOMID_SELF.rawValue)
         #expect(Self.rc(Self.op(m, 1, .currentReservation, [selfId])) == 4)
         #expect(Self.rc(Self.op(m, 1, .maximumReservation, [1])) == 8)
         #expect(Self.rc(Self.op(m, 1, .currentReservation, [2])) == -XenErrno.EPERM.rawValue)

@@ -98,9 +98,9 @@ case "pong":
     }
     guard let p = kv["peer"], let g = kv["gref"], let rp = kv["port"] else { fail("bad offer '\(line)'") }
     let peer = UInt16(p)
-    let mapping = try! gt.map(domid: peer, ref: g)
+    let mapping = try! gt.map(domid: peer, ref: GrantRef(g))
     let back = BackRing(page: mapping.base, layout: layout)
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: rp)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EventChannels.Port(rp))
     print("pong: mapped gref \(g) of dom\(peer), bound port \(port)")
     fflush(stdout)
     var served = 0

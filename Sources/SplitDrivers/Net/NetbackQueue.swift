@@ -78,7 +78,7 @@ final class NetbackQueue {
     /// The frontend's tx page `gref`, mapped read-only (kept); nil when it cannot be mapped.
     @inline(__always)
     func txPage(_ gref: GrantRef, vif: NetbackVif) -> UnsafeMutableRawPointer? {
-        if Int(gref) < Self.fastRefs, let p = txFast[Int(gref)] { return p }
+        if gref.index < Self.fastRefs, let p = txFast[gref.index] { return p }
         if let m = txCache[gref] { return m.base }
         return map(gref, readonly: true, cache: &txCache, fast: txFast)
     }
@@ -86,7 +86,7 @@ final class NetbackQueue {
     /// The frontend's rx page `gref`, mapped writable (kept).
     @inline(__always)
     func rxPage(_ gref: GrantRef, vif: NetbackVif) -> UnsafeMutableRawPointer? {
-        if Int(gref) < Self.fastRefs, let p = rxFast[Int(gref)] { return p }
+        if gref.index < Self.fastRefs, let p = rxFast[gref.index] { return p }
         if let m = rxCache[gref] { return m.base }
         return map(gref, readonly: false, cache: &rxCache, fast: rxFast)
     }
@@ -102,7 +102,7 @@ final class NetbackQueue {
         switch gt.map([(vif.frontend, gref, readonly)])[0] {
         case let .success(m):
             cache[gref] = m
-            if Int(gref) < Self.fastRefs { fast[Int(gref)] = m.base }
+            if gref.index < Self.fastRefs { fast[gref.index] = m.base }
             return m.base
         case let .failure(e):
             lastMapFailure = "\(e)"

@@ -201,7 +201,7 @@ final class NetbackVif {
         }
         for qi in 0..<nq {
             let qdir = nq > 1 ? "\(feDir)/queue-\(qi)" : feDir
-            func number<T: FixedWidthInteger>(_ key: String, _: T.Type) throws -> T {
+            func number<T: LosslessStringConvertible>(_ key: String, _: T.Type) throws -> T {
                 guard let t = try? xs.read("\(qdir)/\(key)"), let v = T(t) else {
                     throw NetbackSetupError("frontend \(qdir) has no valid \(key)")
                 }

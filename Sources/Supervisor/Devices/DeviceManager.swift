@@ -46,7 +46,7 @@ final class DeviceManager {
     /// A line in `xl dmesg`.
     var log: (String) -> Void = { _ in }
     /// How a domain is named in logs: `dom2 (g)`.
-    var domainLabel: (UInt16) -> String = { "dom\($0)" }
+    var domainLabel: (DomID) -> String = { "dom\($0)" }
 
     init(xenstore: XenStoreServer, loop: EventLoop, removeTimeoutMs: UInt64, logger: Logger) {
         self.xenstore = xenstore
@@ -55,12 +55,12 @@ final class DeviceManager {
         self.removeTimeoutMs = removeTimeoutMs
     }
 
-    func device(_ type: SplitDeviceType, frontend: UInt16, devid: UInt32) -> SplitDevice? {
+    func device(_ type: SplitDeviceType, frontend: DomID, devid: UInt32) -> SplitDevice? {
         devices[DeviceKey(kind: type.kind, frontend: frontend, devid: devid)]
     }
 
     /// A frontend's devices of one type (every type when nil), in devid order.
-    func devices(of frontend: UInt16, _ type: SplitDeviceType? = nil) -> [SplitDevice] {
+    func devices(of frontend: DomID, _ type: SplitDeviceType? = nil) -> [SplitDevice] {
         devices.values.filter { $0.frontend == frontend && (type == nil || $0.type == type) }.sorted { $0.devid < $1.devid }
     }
 
@@ -86,13 +86,13 @@ final class DeviceManager {
     }
 
     /// Whether a devid is taken in the store already (by a device this table does not hold).
-    func frontendExists(_ type: SplitDeviceType, frontend: UInt16, devid: UInt32) -> String? {
+    func frontendExists(_ type: SplitDeviceType, frontend: DomID, devid: UInt32) -> String? {
         let path = "/local/domain/\(frontend)/device/\(type.kind)/\(devid)"
         return (try? xenstore.engine.read(path)) != nil ? path : nil
     }
 
     /// The devids a frontend's store holds for a type.
-    func storedDevids(_ type: SplitDeviceType, frontend: UInt16) -> [Int] {
+    func storedDevids(_ type: SplitDeviceType, frontend: DomID) -> [Int] {
         ((try? xenstore.engine.directory("/local/domain/\(frontend)/device/\(type.kind)")) ?? []).compactMap { Int($0) }
     }
 
@@ -101,8 +101,8 @@ final class DeviceManager {
     /// backend directory: owner B, read F), in one store update.
     func attach(_ dev: SplitDevice) {
         devices[dev.key] = dev
-        let fperm = [XSPermission(domid: dev.frontend, access: .none), XSPermission(domid: dev.backend, access: .read)]
-        let bperm = [XSPermission(domid: dev.backend, access: .none), XSPermission(domid: dev.frontend, access: .read)]
+        let fperm = [XSPermission(domid: dev.frontend.rawValue, access: .none), XSPermission(domid: dev.backend.rawValue, access: .read)]
+        let bperm = [XSPermission(domid: dev.backend.rawValue, access: .none), XSPermission(domid: dev.frontend.rawValue, access: .read)]
         let f = dev.frontendPath, b = dev.backendPath, own = dev.nodes
         let back = [("frontend", f), ("frontend-id", "\(dev.frontend)"), ("online", "1"), ("state", "1")] + own.backend
         let front = [("backend", b), ("backend-id", "\(dev.backend)"), ("state", "1")] + own.frontend
@@ -228,7 +228,7 @@ final class DeviceManager {
     /// The frontend is gone: its devices are forgotten and their backend nodes removed (the
     /// backend sees its directory vanish and tears the device down). The frontend's own nodes
     /// go with its tree.
-    func detachAll(frontend: UInt16) {
+    func detachAll(frontend: DomID) {
         for dev in devices(of: frontend) {
             forget(dev, removeFrontend: false)
             endRemoval(dev, error: nil)

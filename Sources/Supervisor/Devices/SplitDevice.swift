@@ -8,9 +8,9 @@ import XenStore
 /// nodes every type shares; a type adds its own (`nodes`) and its log line.
 protocol SplitDevice: AnyObject {
     var type: SplitDeviceType { get }
-    var frontend: UInt16 { get }
+    var frontend: DomID { get }
     var devid: UInt32 { get }
-    var backend: UInt16 { get }
+    var backend: DomID { get }
     /// How logs and errors name it: `disk xvdb (51728)`, `vif 0 (00:16:3e:12:34:56)`.
     var what: String { get }
     /// The type's own nodes, written when the device is attached.
@@ -57,13 +57,13 @@ protocol DeviceSettings {
 /// as its own properties (`vbd.target` is `vbd.settings.target`).
 @dynamicMemberLookup
 final class Device<Settings: DeviceSettings>: SplitDevice {
-    let frontend: UInt16
+    let frontend: DomID
     let devid: UInt32
-    let backend: UInt16
+    let backend: DomID
     let settings: Settings
     var removal: DeviceRemoval?
 
-    init(frontend: UInt16, devid: UInt32, backend: UInt16, settings: Settings) {
+    init(frontend: DomID, devid: UInt32, backend: DomID, settings: Settings) {
         self.frontend = frontend
         self.devid = devid
         self.backend = backend
@@ -80,7 +80,7 @@ final class Device<Settings: DeviceSettings>: SplitDevice {
 
 struct DeviceKey: Hashable {
     let kind: String
-    let frontend: UInt16
+    let frontend: DomID
     let devid: UInt32
 }
 
@@ -93,7 +93,7 @@ struct PlannedDevice {
     /// Nil until resolved: no `backend=` was given, and the type's default driver domain serves it.
     var backend: DomainRecord?
     /// The device, once its frontend and backend are known.
-    let make: (_ frontend: UInt16, _ backend: UInt16) -> SplitDevice
+    let make: (_ frontend: DomID, _ backend: DomID) -> SplitDevice
 }
 
 /// A device type as the supervisor serves it: its names, how its xl.cfg entries are checked,

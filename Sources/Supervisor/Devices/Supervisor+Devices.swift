@@ -110,9 +110,9 @@ extension Supervisor {
     }
 
     /// The frontend and device number a `deviceFD` request names (`args[1]`, `args[2]`).
-    static func deviceKeyArguments(_ r: HypercallRequest) -> (frontend: UInt16, devid: UInt32)? {
+    static func deviceKeyArguments(_ r: HypercallRequest) -> (frontend: DomID, devid: UInt32)? {
         guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else { return nil }
-        return (UInt16(r.args[1]), UInt32(r.args[2]))
+        return (DomID(UInt16(r.args[1])), UInt32(r.args[2]))
     }
 
     /// How a DOMAIN argument that names no domain is reported: xl's find_domain refuses an

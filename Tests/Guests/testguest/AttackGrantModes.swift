@@ -191,9 +191,9 @@ private func attackKeeper(_ domain: Domain) {
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
     let kv = settings(line).mapValues { UInt32($0) ?? 0 }
     let peer = UInt16(kv["peer"] ?? 0)
-    let ma = try! gt.map(domid: peer, ref: kv["gref"] ?? 0)
-    let mb = try! gt.map(domid: peer, ref: kv["run"] ?? 0)
-    let (h, fd) = try! gt.mapDescriptor(domid: peer, ref: kv["gref"] ?? 0)
+    let ma = try! gt.map(domid: peer, ref: GrantRef(kv["gref"] ?? 0))
+    let mb = try! gt.map(domid: peer, ref: GrantRef(kv["run"] ?? 0))
+    let (h, fd) = try! gt.mapDescriptor(domid: peer, ref: GrantRef(kv["gref"] ?? 0))
     // fcntl, not dup: the guest allow-list lets a guest duplicate descriptors only this way.
     let dupped = FileDescriptor(rawValue: fcntl(fd.rawValue, F_DUPFD_CLOEXEC, Int32(0)))
     var pattern = true
@@ -204,7 +204,7 @@ private func attackKeeper(_ domain: Domain) {
     say("unmap (kept mapping): \(gt.unmapHandleOnly(ma.handle))")
     say("unmap (kept mapping, run): \(gt.unmapHandleOnly(mb.handle))")
     say("unmap (kept descriptor): \(gt.unmapHandleOnly(h))")
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
     try! ev.send(port)
     while ev.waitAny() != port {}
     // Everything kept, looked at after the granter ended access and wrote its secret.

@@ -326,8 +326,8 @@ case "evtchn-bind":
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
     let kv = settings(line)
     let peer = UInt16(kv["peer"] ?? "") ?? 0
-    let rport = UInt32(kv["port"] ?? "") ?? 0
-    let port: UInt32
+    let rport = EvtchnPort(kv["port"] ?? "") ?? 0
+    let port: EvtchnPort
     do { port = try ev.bindInterdomain(remote: peer, remotePort: rport) } catch {
         print("bind failed: \(error)"); fflush(stdout); domain.shutdown(.crash)
     }
@@ -381,7 +381,7 @@ case "grant-map":
     let ev = domain.eventChannels, gt = domain.grantTable
     guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
     let kv = settings(line).mapValues { UInt32($0) ?? 0 }
-    let peer = UInt16(kv["peer"] ?? 0), g = kv["gref"] ?? 0, ro = kv["ro"] ?? 0
+    let peer = UInt16(kv["peer"] ?? 0), g = GrantRef(kv["gref"] ?? 0), ro = GrantRef(kv["ro"] ?? 0)
     let action = arg("action") ?? "normal"
     func status(_ r: Result<GrantMapping, GrantError>) -> String {
         switch r {
@@ -401,7 +401,7 @@ case "grant-map":
     let m = try! gt.map(domid: peer, ref: g)
     if action == "outlive" {
         // The granter is destroyed while we hold its page: the page must stay readable until we unmap.
-        let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+        let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
         print("mapped; destroy the granter now")
         fflush(stdout)
         while ev.isConnected(port) { _ = ev.waitAny(timeoutNs: 100_000_000) }
@@ -417,25 +417,25 @@ case "grant-map":
     for i in 0..<4096 where m.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { okPattern = false }
     print("mapped pattern ok: \(okPattern)")
     m.base.storeBytes(of: UInt8(0xAB), toByteOffset: 100, as: UInt8.self)
-    let port = try! ev.bindInterdomain(remote: peer, remotePort: kv["port"] ?? 0)
+    let port = try! ev.bindInterdomain(remote: peer, remotePort: EvtchnPort(kv["port"] ?? 0))
     try! ev.send(port)
     while ev.waitAny() != port {}
     print("bad gref: \(status(gt.map([(peer, 60000, false)])[0]))")
-    print("granted to another domain: \(status(gt.map([(peer, kv["other"] ?? 0, false)])[0]))")
+    print("granted to another domain: \(status(gt.map([(peer, GrantRef(kv["other"] ?? 0), false)])[0]))")
     print("write map of read-only grant: \(status(gt.map([(peer, ro, false)])[0]))")
-    print("forged frame: \(status(gt.map([(peer, kv["forged"] ?? 0, false)])[0]))")
+    print("forged frame: \(status(gt.map([(peer, GrantRef(kv["forged"] ?? 0), false)])[0]))")
     print("unknown domain: \(status(gt.map([(999, g, false)])[0]))")
     print("own domain: \(status(gt.map([(domain.domid, g, false)])[0]))")
     let mine = try! gt.allocatePage()
-    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
+    let copyIn = gt.copy([GrantCopy(source: .init(refOrGFN: UInt64(g.rawValue), domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 4096, flags: GNTCOPY_source_gref)])
     var copied = copyIn == [.okay]
     for i in 0..<4096 where i != 100 && mine.base.load(fromByteOffset: i, as: UInt8.self) != UInt8(i % 251) { copied = false }
     print("copy from grant: \(copyIn) data ok: \(copied)")
-    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro), domid: peer, offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
+    let toRO = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), dest: .init(refOrGFN: UInt64(ro.rawValue), domid: DomID(peer), offset: 0), length: 16, flags: GNTCOPY_dest_gref)])
     print("copy into read-only grant: \(toRO)")
-    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g), domid: peer, offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
+    let crossPage = gt.copy([GrantCopy(source: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 4000), dest: .init(refOrGFN: UInt64(g.rawValue), domid: DomID(peer), offset: 0), length: 200, flags: GNTCOPY_dest_gref)])
     print("copy across page end: \(crossPage)")
-    let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: peer, offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
+    let foreignFrame = gt.copy([GrantCopy(source: .init(refOrGFN: grantPageGFNBase, domid: DomID(peer), offset: 0), dest: .init(refOrGFN: mine.gfn, domid: DOMID_SELF, offset: 0), length: 16, flags: 0)])
     print("copy from another domain's frame: \(foreignFrame)")
     if action == "lie" {
         // Accepted: unmap is bookkeeping only; the granter's endAccess re-backs the page.
@@ -456,7 +456,7 @@ case "evtchn-intrude":
     // Tries to use ports that are not its own; every attempt must fail with a clear error.
     let ev = domain.eventChannels
     let peer = UInt16(arg("peer") ?? "1") ?? 1
-    let theirs = UInt32(arg("port") ?? "1") ?? 1
+    let theirs = EvtchnPort(arg("port") ?? "1") ?? 1
     func outcome(_ body: () throws -> Void) -> String {
         do {
             try body()
@@ -475,7 +475,7 @@ case "evtchn-intrude":
     print("send on a closed port: \(outcome { _ = try ev.send(own) })")
     print("close a closed port: \(outcome { _ = try ev.close(own) })")
     print("status of a closed port: \(try! ev.status(own).status)")
-    let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs)])])
+    let r = domain.multicall([(.eventChannelOp, [EvtchnOp.send.rawValue, UInt64(theirs.rawValue)])])
     print("hypercall send on a foreign port: \(r)")
     print("bind virq twice: \(outcome { _ = try ev.bindVirq(.domExc) }) then \(outcome { _ = try ev.bindVirq(.domExc) })")
     print("bind virq on a vcpu that does not exist: \(outcome { _ = try ev.bindVirq(.timer, vcpu: 64) })")
@@ -537,8 +537,8 @@ case "pair-client":
     let ev = domain.eventChannels, gt = domain.grantTable
     let peer = UInt16(arg("peer") ?? "0") ?? 0
     let seconds = Double(arg("seconds") ?? "3") ?? 3
-    var port: UInt32?
-    if let offered = lookup(domain, peer, "data/pair/port").flatMap({ UInt32($0) }) {
+    var port: EvtchnPort?
+    if let offered = lookup(domain, peer, "data/pair/port").flatMap({ EvtchnPort($0) }) {
         port = try? ev.bindInterdomain(remote: peer, remotePort: offered)
     }
     guard let port else { print("client: bind failed"); domain.shutdown(.crash) }

@@ -12,7 +12,7 @@ extension DeviceRegistration {
 }
 
 extension DeviceManager {
-    func vbd(_ frontend: UInt16, _ devid: UInt32) -> VirtualBlockDevice? {
+    func vbd(_ frontend: DomID, _ devid: UInt32) -> VirtualBlockDevice? {
         device(.block, frontend: frontend, devid: devid) as? VirtualBlockDevice
     }
 }
@@ -107,7 +107,7 @@ extension Supervisor {
         let number = devices.number
         let rows = devices.devices(of: dom.domid, .block).compactMap { $0 as? VirtualBlockDevice }.map { vbd in
             let f = vbd.frontendPath
-            return BlockDeviceInfo(devid: vbd.devid, vdev: vbd.vdev, backendID: vbd.backend, frontendID: vbd.frontend,
+            return BlockDeviceInfo(devid: vbd.devid, vdev: vbd.vdev, backendID: vbd.backend.rawValue, frontendID: vbd.frontend.rawValue,
                                    state: number(f + "/state") ?? -1, eventChannel: number(f + "/event-channel") ?? -1,
                                    ringRef: number(f + "/ring-ref") ?? number(f + "/ring-ref0") ?? -1,
                                    backendPath: vbd.backendPath)

@@ -14,7 +14,7 @@ extension DeviceRegistration {
 }
 
 extension DeviceManager {
-    func vif(_ frontend: UInt16, _ devid: UInt32) -> VirtualNetworkDevice? {
+    func vif(_ frontend: DomID, _ devid: UInt32) -> VirtualNetworkDevice? {
         device(.network, frontend: frontend, devid: devid) as? VirtualNetworkDevice
     }
 
@@ -80,7 +80,7 @@ extension Supervisor {
         // The default netback, if it runs already, is a backend like the others; one still to be
         // started serves nothing yet (-1).
         let defaultNetback = domains.named(Self.defaultNetbackName)
-        func backendID(_ p: PlannedVif) -> Int { Int(p.backend?.domid ?? defaultNetback?.domid ?? UInt16.max) }
+        func backendID(_ p: PlannedVif) -> Int { Int(p.backend?.domid.rawValue ?? defaultNetback?.domid.rawValue ?? UInt16.max) }
         func backendName(_ p: PlannedVif) -> String {
             if let b = p.backend ?? defaultNetback { return b.label }
             return "the default netback"
@@ -88,7 +88,7 @@ extension Supervisor {
         var used: [Key: String] = [:]
         // A domain whose process is gone (preserved, or being restarted) sends nothing.
         for dev in devices.vifs where domains[dev.frontend]?.hasProcess == true {
-            used[Key(backend: Int(dev.backend), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
+            used[Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
         }
         for p in planned where p.spec.mac != nil {
             let key = Key(backend: backendID(p), bridge: p.bridge, mac: p.mac)
@@ -153,7 +153,7 @@ extension Supervisor {
         let number = devices.number
         let rows = devices.devices(of: dom.domid, .network).compactMap { $0 as? VirtualNetworkDevice }.map { vif in
             let f = vif.frontendPath
-            return NetworkDeviceInfo(devid: vif.devid, backendID: vif.backend, frontendID: vif.frontend, mac: vif.mac,
+            return NetworkDeviceInfo(devid: vif.devid, backendID: vif.backend.rawValue, frontendID: vif.frontend.rawValue, mac: vif.mac,
                                      state: number(f + "/state") ?? -1,
                                      eventChannel: number(f + "/event-channel") ?? number(f + "/event-channel-tx") ?? -1,
                                      txRingRef: number(f + "/tx-ring-ref") ?? -1, rxRingRef: number(f + "/rx-ring-ref") ?? -1,

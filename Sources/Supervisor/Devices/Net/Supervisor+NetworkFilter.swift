@@ -117,7 +117,7 @@ extension Supervisor {
         guard text.utf8.count <= XenStoreWire.payloadMax else {
             throw CreateError("bridge \(bridge): \(rules.count) rules take \(text.utf8.count) bytes, more than a XenStore value holds (\(XenStoreWire.payloadMax))")
         }
-        let perms = [XSPermission(domid: 0, access: .none), XSPermission(domid: backend.domid, access: .read)]
+        let perms = [XSPermission(domid: 0, access: .none), XSPermission(domid: backend.domid.rawValue, access: .read)]
         var failure: Error?
         store { e in
             do {
