@@ -67,7 +67,7 @@ import Toolstack
         #expect(f.rc(f.call(.bootstrap, [])) == -XenErrno.EPERM.rawValue)
         f.dom.phase = .booting
         #expect(f.rc(f.call(.xenVersion, [XenVersionCmd.version.rawValue])) == -XenErrno.EPERM.rawValue)
-        #expect(f.rc(f.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF)])) == -XenErrno.EPERM.rawValue)
+        #expect(f.rc(f.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF.rawValue)])) == -XenErrno.EPERM.rawValue)
         f.dom.phase = .shutdown
         #expect(f.rc(f.call(.eventChannelOp, [EvtchnOp.bindIPI.rawValue, 0])) == -XenErrno.EPERM.rawValue)
     }
@@ -77,7 +77,7 @@ import Toolstack
         let calls = [
             f.call(.xenVersion, [XenVersionCmd.version.rawValue], seq: 10),
             f.call(.eventChannelOp, [EvtchnOp.bindInterdomain.rawValue, 0, 1], seq: 11),  // hands back descriptors: refused
-            f.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF)], seq: 12),
+            f.call(.memoryOp, [XenMemOp.currentReservation.rawValue, UInt64(DOMID_SELF.rawValue)], seq: 12),
             f.call(.multicall, [], seq: 13),                                                // no multicall inside one
             f.call(.eventChannelOp, [EvtchnOp.bindIPI.rawValue, 0], seq: 14),              // allowed sub-operation
             f.call(.grantTableOp, [GnttabOp.setupTable.rawValue, 1], seq: 15),             // hands back the table: refused
