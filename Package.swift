@@ -29,7 +29,7 @@ let package = Package(
         ),
         .target(name: "LinuxHost", dependencies: ["CProcvisor"], swiftSettings: v5),
         .target(name: "ProcvisorABI", swiftSettings: v5),
-        .target(name: "Toolstack", dependencies: ["ProcvisorABI"], swiftSettings: v5),
+        .target(name: "Toolstack", dependencies: ["ProcvisorABI", "LinuxHost"], swiftSettings: v5),
         // The XenStore database and its semantics (permissions, watches, transactions, quotas):
         // no I/O, so it is tested on its own; the supervisor serves it on the socket and the rings.
         .target(name: "XenStore", dependencies: ["ProcvisorABI"], swiftSettings: v5),

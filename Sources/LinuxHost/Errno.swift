@@ -36,10 +36,10 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     /// ENFILE: the system-wide limit on open files is reached.
     public static let tooManyOpenFilesInSystem = Errno(rawValue: ENFILE)
 
-    public var description: String {
-        let msg = String(cString: strerror(rawValue))
-        return "\(msg) (errno \(rawValue))"
-    }
+    /// The system's text for the errno alone (strerror): `No such file or directory`.
+    public var message: String { String(cString: strerror(rawValue)) }
+
+    public var description: String { "\(message) (errno \(rawValue))" }
 }
 
 /// A failed system call with its context: which call, on what, and the errno.

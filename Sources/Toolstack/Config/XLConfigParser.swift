@@ -1,8 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import LinuxHost
 
 /// Parses xl config files with libxlu's grammar (libxlu_cfg_y.y):
 ///
@@ -32,30 +28,28 @@ public enum XLConfigParser {
         try parse(bytes: readFile(path: path), file: path)
     }
 
-    /// The whole file, or an error "PATH: unable to open configuration file: REASON".
+    /// The whole file, or an error "PATH: unable to open configuration file: REASON" (or
+    /// "unable to read"), REASON being the system's text for the errno, as xl prints it.
     static func readFile(path: String) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw XLConfigError("\(path): unable to open configuration file: \(errnoText(errno))")
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, [.readOnly, .closeOnExec])
+        } catch let e as SystemError {
+            throw XLConfigError("\(path): unable to open configuration file: \(e.errno.message)")
         }
-        defer { close(fd) }
+        defer { fd.close() }
         var data: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
-            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count == 0 { break }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw XLConfigError("\(path): unable to read configuration file: \(errnoText(errno))")
+            let chunk: [UInt8]
+            do {
+                chunk = try fd.read(upTo: 65536)
+            } catch let e as SystemError {
+                throw XLConfigError("\(path): unable to read configuration file: \(e.errno.message)")
             }
-            data.append(contentsOf: buffer[0..<count])
+            if chunk.isEmpty { break }
+            data.append(contentsOf: chunk)
         }
         return data
-    }
-
-    static func errnoText(_ code: Int32) -> String {
-        guard let text = strerror(code) else { return "error \(code)" }
-        return String(cString: text)
     }
 }
 
