@@ -1,23 +1,9 @@
 /// Event channels (`xen/event_channel.h`) and the shared pages Procvisor delivers them through.
 
-/// A domain's local event-channel port (`evtchn_port_t`). Its own type so a port can never be
-/// passed where a grant reference, a domain id or a bare count is meant; on the wire and in
-/// XenStore it is the u32 / decimal number as in Xen. Integer literals read as ports (tables,
-/// tests); a `UInt32` variable converts only through `init(_:)`.
-public struct EvtchnPort: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible,
-    LosslessStringConvertible, ExpressibleByIntegerLiteral {
+/// A domain's local event-channel port (`evtchn_port_t`), a u32 in Xen (see `XenIdentifier`).
+public struct EvtchnPort: XenIdentifier {
     public var rawValue: UInt32
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
-    @inlinable public init(_ v: UInt32) { rawValue = v }
-    @inlinable public init(integerLiteral v: UInt32) { rawValue = v }
-    /// Parses the decimal form XenStore's `event-channel*` keys carry.
-    @inlinable public init?(_ description: String) {
-        guard let v = UInt32(description) else { return nil }
-        rawValue = v
-    }
-    @inlinable public static func < (a: EvtchnPort, b: EvtchnPort) -> Bool { a.rawValue < b.rawValue }
-    /// The decimal number, as XenStore and `xl` write it.
-    public var description: String { String(rawValue) }
 
     /// The port as an index into per-port tables.
     @inlinable @inline(__always) public var index: Int { Int(rawValue) }

@@ -1,24 +1,10 @@
 /// Grant tables, v1 layout (`xen/grant_table.h`).
 
-/// A grant reference (`grant_ref_t`): an entry of the granter's table. Its own type so a grant
-/// reference can never be passed where an event-channel port, a handle or a frame is meant; on
-/// the wire and in XenStore (`ring-ref`, `tx-ring-ref` …) it is the u32 / decimal number as in
-/// Xen. Integer literals read as references (tables, tests); a `UInt32` variable converts only
-/// through `init(_:)`.
-public struct GrantRef: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible,
-    LosslessStringConvertible, ExpressibleByIntegerLiteral {
+/// A grant reference (`grant_ref_t`): an entry of the granter's table, a u32 in Xen; XenStore's
+/// `ring-ref`, `tx-ring-ref` … carry it (see `XenIdentifier`).
+public struct GrantRef: XenIdentifier {
     public var rawValue: UInt32
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
-    @inlinable public init(_ v: UInt32) { rawValue = v }
-    @inlinable public init(integerLiteral v: UInt32) { rawValue = v }
-    /// Parses the decimal form XenStore's `ring-ref` keys carry.
-    @inlinable public init?(_ description: String) {
-        guard let v = UInt32(description) else { return nil }
-        rawValue = v
-    }
-    @inlinable public static func < (a: GrantRef, b: GrantRef) -> Bool { a.rawValue < b.rawValue }
-    /// The decimal number, as XenStore and `xl` write it.
-    public var description: String { String(rawValue) }
 
     /// The entry's index in the granter's table.
     @inlinable @inline(__always) public var index: Int { Int(rawValue) }
