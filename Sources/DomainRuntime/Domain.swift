@@ -41,6 +41,10 @@ public final class Domain {
     public let grantTable: GrantTable
 
     private static var current: Domain?
+    private let hooksLock = Lock()
+    private var suspendHooks: [() -> Void] = []
+    private var resumeHooks: [() -> Void] = []
+    private var resumeRecordProvider: (() -> [UInt8])?
 
     init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels, memory: PhysicalMemory, store: XenStoreClient) {
         self.memory = memory
@@ -241,6 +245,66 @@ public final class Domain {
             let msg = "procvisor: cannot watch control/shutdown: \(error)\n"
             FileDescriptor.standardError.writeUnchecked(msg)
         }
+    }
+
+    // MARK: suspend and resume
+
+    /// The domain was restored (`xl restore`, `xl migrate`): its pseudo-physical RAM is exactly
+    /// what it was when it suspended, at the same pfns, and this process started again from
+    /// `main`. Nothing else survives: the Swift heap, threads, devices, grants and event
+    /// channels are new (docs/save-restore.md).
+    public var isResumed: Bool { startInfo.isResumed }
+
+    /// What `setResumeRecord`'s provider returned when the domain suspended (nil on a fresh
+    /// boot; empty when there was no provider).
+    public var resumeRecord: [UInt8]? { startInfo.resumeRecord }
+
+    /// Registers work to do before the domain suspends (quiesce a device, flush a buffer into
+    /// RAM). Hooks run in the order they were added, on the thread that suspends.
+    public func addSuspendHook(_ hook: @escaping () -> Void) {
+        hooksLock.lock()
+        suspendHooks.append(hook)
+        hooksLock.unlock()
+    }
+
+    /// Registers work to do when a suspend was cancelled and the domain carries on in this same
+    /// process (`xl save -c`, a migration that failed). Hooks run in the order they were added.
+    public func addResumeHook(_ hook: @escaping () -> Void) {
+        hooksLock.lock()
+        resumeHooks.append(hook)
+        hooksLock.unlock()
+    }
+
+    /// The bytes to hand back to the restored domain as `resumeRecord` (at most 32 KiB),
+    /// asked for after the suspend hooks ran.
+    public func setResumeRecord(_ provider: @escaping () -> [UInt8]) {
+        hooksLock.lock()
+        resumeRecordProvider = provider
+        hooksLock.unlock()
+    }
+
+    /// Suspends the domain as a PV kernel does when the toolstack writes "suspend" to
+    /// `control/shutdown` (the runtime calls it itself unless the guest set its own shutdown
+    /// handler): runs the suspend hooks, then `SCHEDOP_shutdown(SHUTDOWN_suspend)` with the
+    /// resume record. When the save completes the toolstack destroys this process (a restored
+    /// domain starts again from `main`, `isResumed` set). Returns true when the suspend was
+    /// cancelled and the domain carries on here, after its resume hooks ran; false when the
+    /// supervisor refused it (the resume hooks ran too).
+    @discardableResult
+    public func suspend() -> Bool {
+        hooksLock.lock()
+        let before = suspendHooks, after = resumeHooks, provider = resumeRecordProvider
+        hooksLock.unlock()
+        for hook in before { hook() }
+        let record = provider?() ?? []
+        Process.flushStandardOutput()
+        let r = hypercalls.call(.schedOp, [SchedOp.shutdown.rawValue, UInt64(ShutdownReason.suspend.rawValue)], payload: record)
+        if r.rc == 0 {
+            // Nobody asked for it: a shutdown with reason suspend, which ends this process.
+            Process.waitForever()
+        }
+        for hook in after { hook() }
+        return r.rc == 1
     }
 
     /// The shutdown the toolstack has asked for, if any (for guests that poll).

@@ -59,11 +59,19 @@ final class DomainEvents {
     func deliverShutdownRequest(_ reason: ShutdownReason, domain: Domain) {
         mutex.lock()
         let repeated = pending == reason
-        pending = reason
+        // A suspend is not a state the domain stays in: each one is a request of its own (a
+        // checkpoint resumes the domain, and the next checkpoint asks again).
+        if reason != .suspend { pending = reason }
         let h = handler
         mutex.unlock()
         if repeated && h != nil { return }  // the fallback after the store request already seen
-        if let h { h(reason) } else { domain.shutdown(reason) }
+        if let h {
+            h(reason)
+        } else if reason == .suspend {
+            domain.suspend()
+        } else {
+            domain.shutdown(reason)
+        }
     }
 }
 

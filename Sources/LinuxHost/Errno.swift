@@ -13,6 +13,7 @@ public struct Errno: Error, Equatable, Hashable, CustomStringConvertible, Sendab
     public static let wouldBlock = Errno(rawValue: EAGAIN)
     public static let noSuchFile = Errno(rawValue: ENOENT)
     public static let noSuchProcess = Errno(rawValue: ESRCH)
+    public static let noSuchDeviceOrAddress = Errno(rawValue: ENXIO)
     public static let invalidArgument = Errno(rawValue: EINVAL)
     public static let permissionDenied = Errno(rawValue: EACCES)
     public static let notPermitted = Errno(rawValue: EPERM)

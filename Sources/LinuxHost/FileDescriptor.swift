@@ -98,6 +98,34 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         return n >= 0 ? .success(n) : .failure(.current)
     }
 
+    /// Writes the `count` buffers at `vector` in order at the file offset (writev(2)), for pipes
+    /// and sockets: the byte count (short counts happen), or the errno; nothing is retried.
+    @inlinable @inline(__always)
+    public func write(vector: UnsafePointer<IOVector>, count: Int) -> Result<Int, Errno> {
+        let n = Glibc.writev(rawValue, vector, Int32(truncatingIfNeeded: count))
+        return n >= 0 ? .success(n) : .failure(.current)
+    }
+
+    /// The byte ranges of the file that hold data (lseek(2) SEEK_DATA / SEEK_HOLE), within
+    /// `0 ..< size`: what is outside them is a hole that reads as zero. A file system that does
+    /// not track holes reports the whole file as data.
+    public func dataExtents(size: Int64) throws -> [Range<Int64>] {
+        var out: [Range<Int64>] = []
+        var at: Int64 = 0
+        while at < size {
+            let start = lseek(rawValue, off_t(at), 3 /* SEEK_DATA */)
+            if start < 0 {
+                if Errno.current == .noSuchDeviceOrAddress { break }  // ENXIO: no data past `at`
+                throw SystemError("lseek(SEEK_DATA)", "\(self) at \(at)", errno: .current)
+            }
+            let end = lseek(rawValue, start, 4 /* SEEK_HOLE */)
+            if end < 0 { throw SystemError("lseek(SEEK_HOLE)", "\(self) at \(start)", errno: .current) }
+            out.append(Int64(start)..<min(Int64(end), size))
+            at = Int64(end)
+        }
+        return out
+    }
+
     /// Writes the file's data (and the metadata needed to read it back, such as its size) to
     /// the device (fdatasync(2)). EINTR is retried; the errno otherwise (EIO: a write-back failed).
     public func syncData() -> Result<Void, Errno> {

@@ -22,6 +22,13 @@ public struct StartInfo: Equatable, Sendable {
     /// domain, so DomainRuntime engages the driver allow-list (narrowing a bound it cannot widen).
     public static let driverDomainFlag: UInt32 = 1 << 16
     public var isDriverDomain: Bool { flags & Self.driverDomainFlag != 0 }
+    /// A Procvisor flag: the domain was restored (from a save file or a migration) and resumes;
+    /// `resumeRecord` is what its suspend hook handed over.
+    public static let resumedFlag: UInt32 = 1 << 17
+    public var isResumed: Bool { flags & Self.resumedFlag != 0 }
+    /// What the guest's suspend hook handed to the runtime before the save (empty when it
+    /// handed nothing); nil on a fresh boot.
+    public var resumeRecord: [UInt8]?
     /// Milliseconds the domain has to engage its sandbox before it is destroyed.
     public var engageTimeoutMs: UInt32
     /// Size of the machine (entries of the M2P table).
@@ -31,7 +38,9 @@ public struct StartInfo: Equatable, Sendable {
     public var storePort: EvtchnPort
 
     public init(domid: DomID, name: String, uuid: String, memoryKB: UInt64, maxMemoryKB: UInt64,
-                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: EvtchnPort = 0) {
+                vcpus: UInt32, maxVCPUs: UInt32, cmdline: String, flags: UInt32 = 0, engageTimeoutMs: UInt32 = 5000, machineFrames: UInt64 = 0, storePort: EvtchnPort = 0,
+                resumeRecord: [UInt8]? = nil) {
+        self.resumeRecord = resumeRecord
         self.machineFrames = machineFrames
         self.storePort = storePort
         self.domid = domid
@@ -42,7 +51,7 @@ public struct StartInfo: Equatable, Sendable {
         self.vcpus = vcpus
         self.maxVCPUs = maxVCPUs
         self.cmdline = cmdline
-        self.flags = flags
+        self.flags = resumeRecord == nil ? flags & ~Self.resumedFlag : flags | Self.resumedFlag
         self.engageTimeoutMs = engageTimeoutMs
     }
 
@@ -61,6 +70,10 @@ public struct StartInfo: Equatable, Sendable {
         w.string(name)
         w.string(uuid)
         w.string(cmdline)
+        if let resumeRecord {
+            w.u32(UInt32(resumeRecord.count))
+            w.raw(resumeRecord)
+        }
         return w.bytes
     }
 
@@ -82,9 +95,15 @@ public struct StartInfo: Equatable, Sendable {
         let name = try r.string(limit: 256)
         let uuid = try r.string(limit: 64)
         let cmdline = try r.string(limit: 4096)
+        var record: [UInt8]?
+        if flags & Self.resumedFlag != 0 {
+            let n = Int(try r.u32())
+            guard n <= 64 << 10 else { throw WireError.invalid("start-info: a resume record of \(n) bytes") }
+            record = Array(try r.raw(n))
+        }
         return StartInfo(domid: domid, name: name, uuid: uuid, memoryKB: mem, maxMemoryKB: maxmem,
                          vcpus: vcpus, maxVCPUs: maxv, cmdline: cmdline, flags: flags, engageTimeoutMs: timeout,
-                         machineFrames: frames, storePort: store)
+                         machineFrames: frames, storePort: store, resumeRecord: record)
     }
 }
 

@@ -36,6 +36,23 @@ final class ControlConnection {
         sendRaw(bytes)
     }
 
+    /// A reply with descriptors (SCM_RIGHTS on its first byte): sent at once when nothing is
+    /// queued before it, the rest of the frame buffered as usual. The caller keeps its own
+    /// descriptors (the kernel duplicates them into the message).
+    func send(_ response: ControlResponse, fds: [FileDescriptor]) {
+        guard !closed, let bytes = try? ControlFraming.encode(response) else { return }
+        guard pendingOutput == 0 else {
+            send(.error("internal: a reply with descriptors queued behind other output"))
+            return
+        }
+        do {
+            let n = try UnixSocket.send(fd, bytes, fds: fds, nonBlocking: true)
+            if n < bytes.count { sendRaw(Array(bytes[n...])) }
+        } catch {
+            close()
+        }
+    }
+
     func sendRaw(_ bytes: [UInt8]) {
         guard !closed else { return }
         output.append(bytes)

@@ -73,6 +73,10 @@ final class DomainProcess {
     var virqTimer: UInt64?
     /// SCHEDOP_block calls waiting for an event or their timeout.
     var pendingBlocks: [(seq: UInt64, timer: UInt64?)] = []
+    /// Restored: what the guest's suspend hook handed over, for its bootstrap (nil: a fresh boot).
+    var resumeRecord: [UInt8]?
+    /// A save or migration asked this domain to suspend (nil: nobody did).
+    var suspend: SuspendRequest?
 
     init(pid: Int32, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
         self.pid = pid
@@ -82,6 +86,19 @@ final class DomainProcess {
         self.consoleInFD = consoleInFD
         startMonotonic = MonotonicClock.nanoseconds()
     }
+}
+
+/// libxl's suspend of one domain: who asked, until when, and once the guest has suspended, its
+/// unanswered SCHEDOP_shutdown and the record its suspend hook handed over.
+final class SuspendRequest {
+    /// The `xl save`/`xl migrate` connection (nil once it went away).
+    weak var waiter: ControlConnection?
+    var timer: UInt64?
+    /// The guest's SCHEDOP_shutdown(SHUTDOWN_suspend): answered by `.resume` (rc 1).
+    var seq: UInt64?
+    var record: [UInt8] = []
+    var suspended: Bool { seq != nil }
+    init(waiter: ControlConnection) { self.waiter = waiter }
 }
 
 /// One domain in the supervisor's table: its state, its process, and the `xl` connections
@@ -119,16 +136,20 @@ final class DomainRecord {
 
     var hasProcess: Bool { process.pid > 0 }
 
+    /// The guest has suspended for a save and waits for `.resume` or its end.
+    var suspended: Bool { process.suspend?.suspended ?? false }
+
     var label: String { "dom\(state.domid) (\(state.name))" }
 
     /// What `xl list` shows of the domain; `memory` is its RAM while it holds frames.
     func info(includeConfig: Bool, memory: DomainMemory?) -> DomainInfo {
         let s = state
+        let suspended = self.suspended
         var running = false, blocked = false
         var cpu = s.finalCPUTimeNs
         if hasProcess {
             cpu = ProcFS.cpuTimeNs(of: process.pid)
-            if !s.paused && s.phase != .shutdown && s.phase != .dying {
+            if !s.paused && !suspended && s.phase != .shutdown && s.phase != .dying {
                 let states = ProcFS.threadStates(of: process.pid)
                 running = states.contains("R")
                 blocked = !running
@@ -139,7 +160,9 @@ final class DomainRecord {
             currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(s.config.maxmem) * 1024,
             vcpusOnline: s.config.vcpus, maxVCPUs: s.config.maxvcpus,
             running: running, blocked: blocked, paused: s.paused,
-            shutdown: s.phase == .shutdown, shutdownReason: s.phase == .shutdown ? (s.shutdownReason ?? .crash) : nil,
+            // A suspended domain shows as Xen shows one being saved: shut down, reason suspend.
+            shutdown: s.phase == .shutdown || suspended,
+            shutdownReason: suspended ? .suspend : s.phase == .shutdown ? (s.shutdownReason ?? .crash) : nil,
             dying: s.phase == .dying, cpuTimeNs: cpu, startTime: s.startTime, pid: hasProcess ? process.pid : 0,
             crashReason: s.crashReason, config: includeConfig ? s.config : nil)
     }

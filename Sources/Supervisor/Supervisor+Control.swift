@@ -6,6 +6,7 @@ extension Supervisor {
     /// A control connection closed: what it waited for no longer needs answering.
     func connectionClosed(_ c: ControlConnection) {
         consoles.detach(c)
+        saverGone(c)
         for dom in domains.values {
             if dom.createWaiter === c { dom.createWaiter = nil }
             dom.destroyWaiters.removeAll { $0 === c }
@@ -125,6 +126,14 @@ extension Supervisor {
         case let .dmesg(clear):
             c.send(.dmesg(dmesg.text))
             if clear { dmesg.clear() }
+        case let .suspend(spec):
+            requestSuspend(spec, from: c)
+        case let .resume(spec, paused):
+            resumeSuspended(spec, paused: paused, from: c)
+        case let .restoreBegin(plan):
+            restoreBegin(plan, from: c)
+        case let .restoreFinish(domid, contents):
+            restoreFinish(domid, contents, from: c)
         case let .consoleAttach(spec):
             guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
             guard dom.hasProcess, !dom.released else {

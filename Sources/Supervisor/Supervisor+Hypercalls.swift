@@ -132,7 +132,7 @@ extension Supervisor {
                              vcpus: UInt32(c.vcpus), maxVCPUs: UInt32(c.maxvcpus), cmdline: c.commandLine,
                              flags: c.driverDomain ? StartInfo.driverDomainFlag : 0,
                              engageTimeoutMs: UInt32(options.engageTimeoutMs), machineFrames: machine.totalFrames,
-                             storePort: dom.store?.port ?? 0)
+                             storePort: dom.store?.port ?? 0, resumeRecord: dom.process.resumeRecord)
         var fds: [FileDescriptor] = []
         if let events = eventChannels.bootDescriptors(dom.domid), let mem = machine.domains[dom.domid], let store = dom.store {
             fds = events + [mem.ramFD, mem.p2mReadOnlyFD, machine.m2pReadOnlyFD, store.page.fd, store.kick]
@@ -192,6 +192,7 @@ extension Supervisor {
             guard let reason = ShutdownReason(rawValue: UInt32(truncatingIfNeeded: r.args[1])), r.args[1] <= 5 else {
                 return .error(.EINVAL)
             }
+            if reason == .suspend { return guestSuspend(dom, r) }
             guardedShutdown(dom, reason: reason)
             return .ok()
         case nil:

@@ -14,14 +14,14 @@ extension Supervisor {
 
     /// Forks the domain's kernel, confined, and waits (in the event loop) for it to engage.
     /// `uuid` is reused on restart; nil generates one.
+    /// `restore` starts the kernel of a domain whose RAM a restore filled (its domid and memory
+    /// are already reserved): it is told that it resumes and given its record.
     @discardableResult
     func createDomain(_ config: DomainConfig, paused: Bool, waiter: ControlConnection?, uuid: String? = nil,
-                      quickRestarts: Int = 0) throws -> DomainRecord {
+                      quickRestarts: Int = 0, restore: RestoreInput? = nil) throws -> DomainRecord {
         if stopping { throw CreateError("the supervisor is shutting down") }
         if let why = Self.validateName(config.name) { throw CreateError(why) }
-        if let other = domains.named(config.name) {
-            throw CreateError("domain name \"\(config.name)\" already exists (dom\(other.domid))")
-        }
+        if restore == nil, let why = domains.nameTaken(config.name) { throw CreateError(why) }
         guard let kernel = config.kernel, !kernel.isEmpty else {
             throw CreateError("no kernel given: set kernel = \"/path/to/guest\" in the config")
         }
@@ -31,7 +31,7 @@ extension Supervisor {
             throw CreateError("vcpus must be between 1 and 512 (got vcpus=\(config.vcpus), maxvcpus=\(config.maxvcpus))")
         }
         let free = freeMemoryMB
-        if UInt64(config.memory) > free {
+        if restore == nil, UInt64(config.memory) > free {
             throw CreateError("memory=\(config.memory) MiB is more than the free machine memory (\(free) MiB of \(options.memoryMB) MiB)")
         }
         if UInt64(config.maxmem) * 256 >= grantPageGFNBase {
@@ -42,12 +42,16 @@ extension Supervisor {
         guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
         let jailed = jail.uses(.namespaces)
         let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
-        guard let domid = domains.allocateDomid() else { throw CreateError("no free domid") }
+        guard let domid = restore?.domid ?? domains.allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
-        do {
-            memory = try machine.createDomain(domid, spanPages: UInt64(config.maxmem) * 256, populatedPages: UInt64(config.memory) * 256)
-        } catch {
-            throw CreateError("\(error)")
+        if let restored = restore.flatMap({ machine.domains[$0.domid] }) {
+            memory = restored
+        } else {
+            do {
+                memory = try machine.createDomain(domid, spanPages: UInt64(config.maxmem) * 256, populatedPages: UInt64(config.memory) * 256)
+            } catch {
+                throw CreateError("\(error)")
+            }
         }
         let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
         var pids: PidsCgroup?
@@ -115,6 +119,10 @@ extension Supervisor {
         let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite)
         let dom = DomainRecord(state: state, process: process)
         dom.createWaiter = waiter
+        if let restore {
+            process.resumeRecord = restore.record
+            dom.console.append(restore.console[...])
+        }
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = pids
         domains.insert(dom)
@@ -124,6 +132,7 @@ extension Supervisor {
             kill(dom)
             throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
         }
+        if let restore { restoreNodes(dom, restore.nodes) }
         attachDevices(dom, planned)
         consoles.open(dom, logPath: options.runDirectory.consoleLog(name: config.name))
         do {

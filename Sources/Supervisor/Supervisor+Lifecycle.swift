@@ -60,6 +60,13 @@ extension Supervisor {
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
         consoles.readable(dom)
         drainHypercalls(dom)
+        if let request = dom.process.suspend {
+            dom.process.suspend = nil
+            loop.cancel(request.timer)
+            if let waiter = request.waiter, !dom.destroyRequested {
+                waiter.send(.error("domain \(dom.domid) (\(dom.name)) \(dom.crashReason.map { "crashed during suspend: \($0)" } ?? "died during suspend")"))
+            }
+        }
         dom.finalCPUTimeNs = ProcFS.cpuTimeNs(of: pid)
         dom.pid = 0
         loop.cancel(dom.engageTimer)
@@ -246,6 +253,10 @@ extension Supervisor {
             return
         }
         dom.destroyRequested = true
+        if let request = dom.process.suspend {
+            loop.cancel(request.timer)
+            dom.process.suspend = nil
+        }
         dom.phase = .dying
         dom.destroyWaiters.append(waiter)
         kill(dom)

@@ -40,6 +40,8 @@ public final class Supervisor {
     /// Whether domain memory cgroups could be created (else reservations are enforced by measurement only).
     var cgroupsUsable = true
     let startTime: UInt64
+    /// Restores whose pages are being written (domid and name held, no process yet).
+    var pendingRestores: [DomID: PendingRestore] = [:]
 
     public init(options: SupervisorOptions, logger: Logger) throws {
         self.options = options

@@ -19,6 +19,10 @@ public struct SupervisorOptions: Sendable {
     /// How long `xl block-detach` waits for the backend to reach Closed
     /// (`PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS`, default 10000: libxl's LIBXL_DESTROY_TIMEOUT).
     public var deviceRemoveTimeoutMs: UInt64
+    /// How long a guest has to acknowledge `control/shutdown` = "suspend", and then to suspend,
+    /// before a save gives up and the domain carries on (`PROCVISOR_SUSPEND_TIMEOUT_MS`,
+    /// default 60000: libxl's wait for each).
+    public var suspendTimeoutMs: UInt64
     /// Hypercalls a domain may get wrong before it is crashed
     /// (`PROCVISOR_MALFORMED_HYPERCALL_LIMIT`, default 16).
     public var malformedHypercallLimit: Int
@@ -36,6 +40,7 @@ public struct SupervisorOptions: Sendable {
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         xenstoreEventTimeoutMs = environment["PROCVISOR_XS_EVENT_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 20000
         deviceRemoveTimeoutMs = environment["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 10000
+        suspendTimeoutMs = environment["PROCVISOR_SUSPEND_TIMEOUT_MS"].flatMap { UInt64($0) }.map { max(1, $0) } ?? 60000
         malformedHypercallLimit = environment["PROCVISOR_MALFORMED_HYPERCALL_LIMIT"].flatMap { Int($0) }.map { max(1, min($0, 1 << 20)) } ?? 16
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024

@@ -8,6 +8,8 @@ struct ControlClient {
     let fd: FileDescriptor
     let runDirectory: RunDirectory
     var buffer: [UInt8] = []
+    /// Descriptors that came with replies (`.suspended`, `.restoring`), oldest first.
+    var receivedFDs: [FileDescriptor] = []
 
     static func connect() -> ControlClient {
         let env = Process.environment()
@@ -66,9 +68,11 @@ struct ControlClient {
     mutating func readResponse() throws -> ControlResponse {
         while true {
             if let response = try ControlFraming.decode(ControlResponse.self, from: &buffer) { return response }
-            let chunk = try fd.read(upTo: 65536)
-            if chunk.isEmpty { throw SystemError("read", "control socket closed by the supervisor", errno: .connectionReset) }
-            buffer += chunk
+            guard let message = try UnixSocket.receive(fd, maxSize: 65536), !message.bytes.isEmpty || !message.fds.isEmpty else {
+                throw SystemError("read", "control socket closed by the supervisor", errno: .connectionReset)
+            }
+            receivedFDs += message.fds
+            buffer += message.bytes
         }
     }
 

@@ -5,6 +5,13 @@ import Glibc
 
 let domain = Domain.start()
 domain.onShutdownRequest { reason in
+    if reason == .suspend {
+        // xl save / xl migrate: suspend; when the save was a checkpoint (xl save -c) the domain
+        // carries on here, else a restored spinner starts again from main.
+        domain.console.write("spinner: suspending after \(ticks) ticks\n")
+        if domain.suspend() { domain.console.write("spinner: resumed in place\n") }
+        return
+    }
     domain.console.write("spinner: \(reason.name) requested, stopping after \(ticks) ticks\n")
     domain.shutdown(reason)
 }

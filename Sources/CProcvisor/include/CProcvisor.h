@@ -310,6 +310,9 @@ int pv_netif_set_up(const char *name, int up);
 /// Sets the MTU of interface `name` (SIOCSIFMTU through an AF_INET datagram socket): 0 or -errno.
 int pv_netif_set_mtu(const char *name, int mtu);
 
+/* CRC-32C of len bytes, continuing from crc (0 to start): crc32c(a+b) == pv_crc32c(crc32c(a), b). */
+uint32_t pv_crc32c(uint32_t crc, const void *buf, size_t len);
+
 /// mremap(old, 0, length, MREMAP_MAYMOVE|MREMAP_FIXED, to): maps the shared pages at `old` a
 /// second time, at `to` (mremap is variadic, which Swift cannot call). Returns `to` or MAP_FAILED.
 void *pv_mremap_alias(void *old, size_t length, void *to);

@@ -50,6 +50,19 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     /// `.ok` for the others.
     case networkFilter(backend: String?, command: NetworkFilterCommand)
     case ping
+    /// `xl save` / `xl migrate`: libxl's suspend (`control/shutdown` = "suspend", then wait for
+    /// SCHEDOP_shutdown(SHUTDOWN_suspend) within the suspend timeout). `.suspended` with the
+    /// RAM memfd once the guest has suspended; the domain stays suspended until `.resume` or
+    /// `.destroy`, or this connection closes (then it resumes).
+    case suspend(domain: String)
+    /// After `.suspended`: the domain carries on where it stopped (its SCHEDOP_shutdown returns
+    /// 1, a cancelled suspend, as after `xc_domain_resume(fast)`); `paused` leaves it paused.
+    case resume(domain: String, paused: Bool)
+    /// `xl restore` / `xl migrate-receive`, step 1: reserve a domain for a stream (`.restoring`).
+    /// The reservation ends with this connection unless `.restoreFinish` started the domain.
+    case restoreBegin(RestorePlan)
+    /// Step 2: the pages are in the RAM memfd; start the domain (`.created` once it engaged).
+    case restoreFinish(domid: UInt16, contents: RestoreContents)
 }
 
 /// Supervisor replies.
@@ -70,6 +83,10 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case networkDevices([NetworkDeviceInfo])
     /// The reply to `.networkFilter(.list)`, bridges in name order.
     case networkFilters([NetworkFilterRules])
+    /// The reply to `.suspend`; the domain's RAM memfd (read-only) comes with it.
+    case suspended(SuspendedDomain)
+    /// The reply to `.restoreBegin`; the new domain's RAM memfd (writable) comes with it.
+    case restoring(domid: UInt16)
 }
 
 /// What `xl network-filter` asks of a bridge's rule list. Positions count from 1.

@@ -1,0 +1,117 @@
+import ProcvisorABI
+
+/// Pages `start ..< start + count` (a run of pfns).
+public struct PFNRun: Codable, Equatable, Sendable {
+    public var start: UInt64
+    public var count: UInt64
+    public init(start: UInt64, count: UInt64) {
+        self.start = start
+        self.count = count
+    }
+
+    /// Sorted runs covering exactly the pfns in `pfns` (any order, duplicates allowed).
+    public static func runs(of pfns: [UInt64]) -> [PFNRun] {
+        var out: [PFNRun] = []
+        for p in pfns.sorted() {
+            if let last = out.last, p < last.start + last.count { continue }
+            if var last = out.last, p == last.start + last.count {
+                last.count += 1
+                out[out.count - 1] = last
+            } else {
+                out.append(PFNRun(start: p, count: 1))
+            }
+        }
+        return out
+    }
+}
+
+/// The domain's identity in a save file (the DOMAIN_INFO record, JSON).
+public struct SavedDomainInfo: Codable, Equatable, Sendable {
+    public var name: String
+    public var uuid: String
+    /// The domid it had when saved (informational: a restore gets a new one, as in Xen).
+    public var domid: UInt16
+    public init(name: String, uuid: String, domid: UInt16) {
+        self.name = name
+        self.uuid = uuid
+        self.domid = domid
+    }
+}
+
+/// A XenStore node the guest wrote, relative to its home (`data/...`).
+public struct SavedNode: Codable, Equatable, Sendable {
+    public var path: String
+    public var value: [UInt8]
+    public init(path: String, value: [UInt8]) {
+        self.path = path
+        self.value = value
+    }
+}
+
+/// The reply to `.suspend`: everything a save needs but the pages, which xl reads through the
+/// RAM memfd that comes with this reply (read-only). The domain stays suspended (stopped, its
+/// SCHEDOP_shutdown unanswered) until `.resume` or `.destroy`.
+public struct SuspendedDomain: Codable, Equatable, Sendable {
+    public var info: SavedDomainInfo
+    public var config: DomainConfig
+    public var memory: SavedMemoryLayout
+    /// The populated pfns (the P2M's valid entries), in runs.
+    public var populated: [PFNRun]
+    public var nodes: [SavedNode]
+    public var console: [UInt8]
+    public var resumeRecord: [UInt8]
+    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemoryLayout, populated: [PFNRun], nodes: [SavedNode],
+                console: [UInt8], resumeRecord: [UInt8]) {
+        self.info = info
+        self.config = config
+        self.memory = memory
+        self.populated = populated
+        self.nodes = nodes
+        self.console = console
+        self.resumeRecord = resumeRecord
+    }
+}
+
+/// `SavedMemory` on the control socket.
+public struct SavedMemoryLayout: Codable, Equatable, Sendable {
+    public var spanPages: UInt64
+    public var maxPages: UInt64
+    public var populatedPages: UInt64
+    public init(_ m: SavedMemory) {
+        spanPages = m.spanPages
+        maxPages = m.maxPages
+        populatedPages = m.populatedPages
+    }
+    public var saved: SavedMemory { SavedMemory(spanPages: spanPages, maxPages: maxPages, populatedPages: populatedPages) }
+}
+
+/// `.restoreBegin`: a domain to make from a stream. The supervisor checks it as `xl create` does
+/// (name free, kernel and disks present, machine memory for every populated page), reserves
+/// the domid, the name and the RAM, and replies `.restoring` with the RAM memfd (writable).
+public struct RestorePlan: Codable, Equatable, Sendable {
+    public var config: DomainConfig
+    public var info: SavedDomainInfo
+    public var memory: SavedMemoryLayout
+    public init(config: DomainConfig, info: SavedDomainInfo, memory: SavedMemoryLayout) {
+        self.config = config
+        self.info = info
+        self.memory = memory
+    }
+}
+
+/// `.restoreFinish`: the rest of the stream; the supervisor populates `populated`, starts the
+/// kernel telling it that it resumes, and replies `.created` once it engaged.
+public struct RestoreContents: Codable, Equatable, Sendable {
+    public var populated: [PFNRun]
+    public var nodes: [SavedNode]
+    public var console: [UInt8]
+    public var resumeRecord: [UInt8]
+    public var paused: Bool
+    public init(populated: [PFNRun], nodes: [SavedNode], console: [UInt8], resumeRecord: [UInt8], paused: Bool) {
+        self.populated = populated
+        self.nodes = nodes
+        self.console = console
+        self.resumeRecord = resumeRecord
+        self.paused = paused
+    }
+}

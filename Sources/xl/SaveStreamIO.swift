@@ -1,0 +1,226 @@
+import FoundationEssentials
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+
+/// A save stream's bytes into a file or a pipe: writev, looping over short writes.
+final class DescriptorSink: SaveStreamSink {
+    let fd: FileDescriptor
+    let what: String
+    init(_ fd: FileDescriptor, what: String) {
+        self.fd = fd
+        self.what = what
+    }
+
+    func write(_ pieces: [UnsafeRawBufferPointer]) throws {
+        var vectors = pieces.filter { $0.count > 0 }.map { IOVector(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var first = 0
+        while first < vectors.count {
+            let count = min(vectors.count - first, 1024)
+            let n: Int
+            switch vectors.withUnsafeBufferPointer({ fd.write(vector: $0.baseAddress! + first, count: count) }) {
+            case let .success(k): n = k
+            case .failure(.interrupted): continue
+            case let .failure(e): throw SystemError("writev", what, errno: e)
+            }
+            // Skip what was written, and cut into the vector it ended in.
+            var left = n
+            while left > 0, first < vectors.count {
+                if left >= vectors[first].iov_len {
+                    left -= vectors[first].iov_len
+                    first += 1
+                } else {
+                    vectors[first].iov_base += left
+                    vectors[first].iov_len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+}
+
+/// A save stream's bytes from a file or a pipe.
+final class DescriptorSource: SaveStreamSource {
+    let fd: FileDescriptor
+    init(_ fd: FileDescriptor) { self.fd = fd }
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try fd.read(into: buffer) }
+}
+
+enum SaveStreamIO {
+    /// Writes a suspended domain's image: the xl header with `config`, the records, its pages
+    /// read from `ram` (populated pages that were never written go as XALLOC, with no data).
+    static func write(_ s: SuspendedDomain, ram: FileDescriptor, config: DomainConfig, to sink: SaveStreamSink) throws {
+        let span = Int(s.memory.spanPages)
+        let mapping = try SharedMapping(ram, length: max(span, 1) * SaveFormat.pageSize, writable: false)
+        defer { mapping.unmap() }
+        let extents = try ram.dataExtents(size: Int64(span) * Int64(SaveFormat.pageSize))
+        let w = SaveStreamWriter(sink: sink)
+        w.xlHeader(config: Array(try JSONEncoder().encode(config)))
+        w.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
+        w.record(.domainInfo, Array(try JSONEncoder().encode(s.info)))
+        w.record(.memory, s.memory.saved.encode())
+        var batch: [(pfn: UInt64, type: SavePageType)] = []
+        var data: [UnsafeRawPointer] = []
+        batch.reserveCapacity(SaveFormat.maxBatch)
+        var e = 0
+        func hasData(_ pfn: UInt64) -> Bool {
+            let at = Int64(pfn) * Int64(SaveFormat.pageSize)
+            while e < extents.count, extents[e].upperBound <= at { e += 1 }
+            return e < extents.count && extents[e].lowerBound < at + Int64(SaveFormat.pageSize)
+        }
+        func flush() throws {
+            guard !batch.isEmpty else { return }
+            try w.pages(batch) { data[$0] }
+            batch.removeAll(keepingCapacity: true)
+            data.removeAll(keepingCapacity: true)
+        }
+        for run in s.populated {
+            for pfn in run.start..<(run.start + run.count) where pfn < UInt64(span) {
+                if hasData(pfn) {
+                    batch.append((pfn, .normal))
+                    data.append(UnsafeRawPointer(mapping.base + Int(pfn) * SaveFormat.pageSize))
+                } else {
+                    batch.append((pfn, .allocated))
+                }
+                if batch.count == SaveFormat.maxBatch { try flush() }
+            }
+        }
+        try flush()
+        w.record(.xenstoreData, SavedXenStore.encode(s.nodes.map { ($0.path, $0.value) }))
+        w.record(.console, s.console)
+        w.record(.resumeRecord, s.resumeRecord)
+        try w.end()
+    }
+
+    /// What a restore read besides the pages.
+    struct Restored {
+        var domid: UInt16
+        var name: String
+    }
+
+    /// Reads an image and makes a domain of it through `client`: `.restoreBegin` once the
+    /// MEMORY record is in, the pages straight into the new domain's RAM, `.restoreFinish` at
+    /// END. `configOverride` replaces the saved config; `rename` the saved name.
+    static func restore(from source: SaveStreamSource, client: inout ControlClient, configOverride: DomainConfig?,
+                        rename: ((String) -> String)? = nil, paused: Bool,
+                        onHeader: (DomainConfig) -> Void = { _ in }) throws -> Restored {
+        let reader = SaveStreamReader(source: source)
+        let header = try reader.xlHeader()
+        var config: DomainConfig
+        if let configOverride {
+            config = configOverride
+        } else {
+            guard header.isJSON else { throw SaveStreamError(record: nil, type: nil, offset: 48, problem: "the saved config is not JSON") }
+            do {
+                config = try JSONDecoder().decode(DomainConfig.self, from: Data(header.config))
+            } catch {
+                throw SaveStreamError(record: nil, type: nil, offset: 52, problem: "the saved config cannot be read: \(error)")
+            }
+        }
+        try reader.imageHeader()
+        var info: SavedDomainInfo?
+        var memory: SavedMemory?
+        var ram: SharedMapping?
+        var ramDescriptor: FileDescriptor?
+        defer { ramDescriptor?.close() }
+        var domid: UInt16?
+        var populated: [UInt64] = []  // a bitmap of the span
+        var nodes: [SavedNode] = [], console: [UInt8] = [], record: [UInt8] = []
+        func fault(_ problem: String) -> SaveStreamError {
+            SaveStreamError(record: reader.recordIndex, type: nil, offset: reader.offset, problem: problem)
+        }
+        while true {
+            let next = try reader.next { pfn, _ in
+                guard let memory, let ram else { throw fault("PAGE_DATA before the MEMORY record") }
+                guard pfn < memory.spanPages else { throw fault("pfn \(pfn) is outside the domain's \(memory.spanPages)-page space") }
+                return ram.base + Int(pfn) * SaveFormat.pageSize
+            }
+            switch next {
+            case let .pages(pages):
+                guard let memory, domid != nil else { throw fault("PAGE_DATA before the MEMORY record") }
+                for p in pages {
+                    guard p.pfn < memory.spanPages else { throw fault("pfn \(p.pfn) is outside the domain's \(memory.spanPages)-page space") }
+                    let word = Int(p.pfn / 64), bit = UInt64(1) << (p.pfn % 64)
+                    switch p.type {
+                    case .normal, .allocated:
+                        populated[word] |= bit
+                    case .absent:
+                        populated[word] &= ~bit
+                        // A later round says the page went away: it reads as zero again.
+                        if let fd = ramDescriptor {
+                            try MemFD.punchHole(fd, offset: Int(p.pfn) * SaveFormat.pageSize, length: SaveFormat.pageSize)
+                        }
+                    }
+                }
+            case let .data(type, body):
+                switch type {
+                case .domainInfo:
+                    guard info == nil else { throw fault("a second DOMAIN_INFO record") }
+                    do {
+                        info = try JSONDecoder().decode(SavedDomainInfo.self, from: Data(body))
+                    } catch {
+                        throw fault("DOMAIN_INFO cannot be read: \(error)")
+                    }
+                case .memory:
+                    guard memory == nil else { throw fault("a second MEMORY record") }
+                    guard let i = info else { throw fault("MEMORY before DOMAIN_INFO") }
+                    let m: SavedMemory
+                    do { m = try SavedMemory.decode(body) } catch { throw fault("\(error)") }
+                    guard m.spanPages > 0, m.spanPages <= 1 << 31 else { throw fault("a pseudo-physical space of \(m.spanPages) pages") }
+                    memory = m
+                    // The name the domain had when saved (xl rename included), unless a config replaces it.
+                    if configOverride == nil { config.name = i.name }
+                    if let rename { config.name = rename(config.name) }
+                    onHeader(config)
+                    switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: SavedMemoryLayout(m)))) {
+                    case let .restoring(id):
+                        guard let fd = client.receivedFDs.popLast() else { throw fault("the supervisor sent no RAM descriptor") }
+                        domid = id
+                        ramDescriptor = fd
+                        ram = try SharedMapping(fd, length: Int(m.spanPages) * SaveFormat.pageSize)
+                        populated = [UInt64](repeating: 0, count: Int((m.spanPages + 63) / 64))
+                    case let .error(msg):
+                        throw RestoreRefused(message: msg)
+                    case let other:
+                        throw RestoreRefused(message: "unexpected reply \(other)")
+                    }
+                case .xenstoreData:
+                    do { nodes = try SavedXenStore.decode(body).map { SavedNode(path: $0.path, value: $0.value) } } catch { throw fault("\(error)") }
+                case .console: console = body
+                case .resumeRecord: record = body
+                default: break
+                }
+            case .end:
+                guard let memory, let id = domid else { throw fault("END before the MEMORY record: the image holds no domain") }
+                var runs: [PFNRun] = []
+                var pfn: UInt64 = 0
+                while pfn < memory.spanPages {
+                    if populated[Int(pfn / 64)] & (1 << (pfn % 64)) != 0 {
+                        let start = pfn
+                        while pfn < memory.spanPages, populated[Int(pfn / 64)] & (1 << (pfn % 64)) != 0 { pfn += 1 }
+                        runs.append(PFNRun(start: start, count: pfn - start))
+                    } else {
+                        pfn += 1
+                    }
+                }
+                ram?.unmap()
+                switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: console,
+                                                                                            resumeRecord: record, paused: paused))) {
+                case .created:
+                    return Restored(domid: id, name: config.name)
+                case let .error(msg):
+                    throw RestoreRefused(message: msg)
+                case let other:
+                    throw RestoreRefused(message: "unexpected reply \(other)")
+                }
+            }
+        }
+    }
+
+}
+
+/// The supervisor refused a restore (its message says why).
+struct RestoreRefused: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
