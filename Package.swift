@@ -101,7 +101,7 @@ let package = Package(
                     swiftSettings: v5),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack", "DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
-        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack"], exclude: ["Fixtures"], swiftSettings: v5),
+        .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"], exclude: ["Fixtures"], swiftSettings: v5),
         .testTarget(name: "LinuxHostTests", dependencies: ["LinuxHost", "TestSupport"], swiftSettings: v5),
         // The wire formats and ABI tables on their own (rings, blkif, netif, filters, vbd numbers).
         .testTarget(name: "ProcvisorABITests", dependencies: ["ProcvisorABI", "TestSupport"], swiftSettings: v5),

@@ -198,6 +198,8 @@ public final class SaveStreamWriter {
         w.u32(xenMinor)
         append(h)
         append(w.bytes)
+        // The headers' own checksum: nothing in the stream goes unchecked.
+        appendChecksum(Checksum.crc32c(w.bytes, Checksum.crc32c(h)))
     }
 
     /// One record (not PAGE_DATA) and its checksum.
@@ -369,7 +371,13 @@ public final class SaveStreamReader {
             throw error("the config is \(configLength) bytes but the optional data holds \(optionalLength - 4)", at: 48)
         }
         let config = Array(optionalData[4..<(4 + configLength)])
-        if optionalLength >= 4 + configLength + 4 {
+        if optionalLength == 4 + configLength {
+            throw error("an xl header with no Procvisor checksum after the config: a file written by Xen's xl, or corrupted", at: 44)
+        }
+        guard optionalLength == 4 + configLength + 4 else {
+            throw error("the xl header's optional data (\(optionalLength) bytes) is not the config (\(configLength) bytes) and its checksum: corrupted", at: 44)
+        }
+        do {
             let stored = UInt32(optionalData[4 + configLength]) | UInt32(optionalData[5 + configLength]) << 8
                 | UInt32(optionalData[6 + configLength]) << 16 | UInt32(optionalData[7 + configLength]) << 24
             let computed = Checksum.crc32c(h + optionalData[..<(4 + configLength)])
@@ -405,11 +413,21 @@ public final class SaveStreamReader {
         let type = try r.u32(), shift = try r.u16()
         _ = try r.u16()
         let major = try r.u32(), minor = try r.u32()
+        if be(18, 6) != 0 { throw error("the image header's reserved bytes are not zero", at: start + 18) }
         if type != SaveFormat.domainType {
             throw error("a foreign image: domain type 0x\(String(type, radix: 16)) (\(SaveFormat.domainTypeName(type))); this toolstack restores \(SaveFormat.domainTypeName(SaveFormat.domainType)) domains (0x\(String(SaveFormat.domainType, radix: 16)))", at: start + 24)
         }
         if shift != SaveFormat.pageShift {
             throw error("page shift \(shift) (pages of \(1 << Int(min(shift, 62))) bytes); Procvisor pages are 4096 bytes", at: start + 28)
+        }
+        recordIndex += 1
+        current = .checksum
+        let c = try bytes(16, "the headers' checksum", start: offset)
+        var cr = WireReader(c, what: "checksum record")
+        let ctype = try cr.u32(), clen = try cr.u32(), stored = try cr.u32(), reserved = try cr.u32()
+        let computed = Checksum.crc32c(d, Checksum.crc32c(h))
+        guard ctype == SaveRecordType.checksum.rawValue, clen == 8, stored == computed, reserved == 0 else {
+            throw error("the image and domain headers are corrupted (their checksum does not match)", at: start)
         }
         return (version, major, minor)
     }
@@ -462,8 +480,8 @@ public final class SaveStreamReader {
         current = .checksum
         let c = try bytes(16, "the checksum of record \(index) (\(type)) at offset \(start)", start: at)
         var r = WireReader(c, what: "checksum record")
-        let ctype = try r.u32(), clen = try r.u32(), stored = try r.u32()
-        guard ctype == SaveRecordType.checksum.rawValue, clen == 8 else {
+        let ctype = try r.u32(), clen = try r.u32(), stored = try r.u32(), reserved = try r.u32()
+        guard ctype == SaveRecordType.checksum.rawValue, clen == 8, reserved == 0 else {
             recordIndex = index
             current = type
             throw error("not followed by its CHECKSUM record (found type 0x\(String(ctype, radix: 16)), length \(clen) at offset \(at)): the record or what follows it is corrupted", at: start)
