@@ -53,7 +53,7 @@ enum SaveCommand {
     /// Suspends `domain` and writes its image into `sink`; on failure says why, resumes the
     /// domain and returns nil.
     static func suspendAndWrite(client: inout ControlClient, domain: String, override: DomainConfig?,
-                                sink: SaveStreamSink, what: String) -> SuspendedDomain? {
+                                sink: SaveStreamSink, what: String, quiet: Bool = false) -> SuspendedDomain? {
         let saved: SuspendedDomain
         switch client.request(.suspend(domain: domain)) {
         case let .suspended(s):
@@ -74,7 +74,7 @@ enum SaveCommand {
         var config = override ?? saved.config
         config.name = saved.info.name
         let configBytes = (try? JSONEncoder().encode(config)).map { Array($0) } ?? []
-        printErr("Saving to \(what) new xl format (info 0x\(String(SaveFormat.mandatoryJSON | SaveFormat.mandatoryStreamV2, radix: 16))/0x0/\(configBytes.count + 8))")
+        if !quiet { printErr("Saving to \(what) new xl format (info 0x\(String(SaveFormat.mandatoryJSON | SaveFormat.mandatoryStreamV2, radix: 16))/0x0/\(configBytes.count + 8))") }
         do {
             try SaveStreamIO.write(saved, ram: ram, config: config, to: sink)
         } catch {

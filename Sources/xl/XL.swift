@@ -10,7 +10,7 @@ struct XL: ParsableCommand {
             Create.self, Destroy.self, Shutdown.self, Reboot.self, Pause.self, Unpause.self, Rename.self,
             List.self, Info.self, Console.self, Dmesg.self, Domid.self, Domname.self, Uptime.self, MemMax.self, MemSet.self,
             BlockAttach.self, BlockDetach.self, BlockList.self, NetworkAttach.self, NetworkDetach.self, NetworkList.self,
-            NetworkFilter.self, Save.self, Restore.self,
+            NetworkFilter.self, Save.self, Restore.self, Migrate.self, MigrateReceive.self,
         ])
 }
 
