@@ -613,7 +613,7 @@ case "multicall":
     domain.shutdown(.poweroff)
 default:
     if runXenStoreMode(mode, domain) || runBlkMode(mode, domain) || runHotplugMode(mode, domain) || runNetMode(mode, domain) || runNetToolMode(mode, domain) || runAttackGrantMode(mode, domain)
-        || runJailMode(mode, domain) { break }
+        || runJailMode(mode, domain) || runSaveMode(mode, domain) { break }
     print("testguest: unknown mode \(mode)")
     domain.shutdown(.crash)
 }

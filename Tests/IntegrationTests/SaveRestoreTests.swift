@@ -1,0 +1,267 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Testing
+import Toolstack
+
+/// `xl save`, `xl restore` and `xl migrate` through real supervisors, real xl and real domain
+/// processes: the domain's RAM comes back exactly, and every bad input leaves the rest running.
+@Suite struct SaveRestoreTests {
+    /// The last counter the ram-counter guest printed.
+    static func lastCounter(_ log: String) -> Int? {
+        log.split(separator: "\n").reversed().lazy.compactMap { line -> Int? in
+            guard let r = line.range(of: "counter=") else { return nil }
+            return Int(line[r.upperBound...].prefix { $0.isNumber })
+        }.first
+    }
+
+    func startCounter(_ h: SupervisorHarness, _ name: String) throws {
+        try h.create(name, mode: "ram-counter", "vcpus = 2\n")
+        #expect(eventually { (Self.lastCounter(h.consoleLog(name)) ?? 0) >= 100 }, "\(h.consoleLog(name))")
+    }
+
+    func file(_ h: SupervisorHarness, _ name: String) -> String { h.runDirectory + "/" + name }
+
+    @Test func saveThenRestoreBringsTheRAMBackExactly() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "keeper")
+        let before = try #require(try h.list()["keeper"]?.domid)
+        let image = file(h, "keeper.save")
+        let save = try h.xl("save", "keeper", image)
+        #expect(save.ok, "\(save.stderr)")
+        #expect(save.stderr.contains("Saving to \(image) new xl format"))
+        // Saved without -c: the domain is gone, the file is there.
+        #expect(try h.list()["keeper"] == nil)
+        #expect(FileIO.exists(image))
+        let saved = h.consoleLog("keeper")
+        let atSave = try #require(saved.components(separatedBy: "suspend hook at counter=").last.flatMap { Int($0.prefix { $0.isNumber }) })
+        #expect(try h.dmesg().contains("dom\(before) (keeper): suspended"))
+
+        let restore = try h.xl("restore", image)
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(restore.stderr.contains("Loading new save file \(image)"))
+        let after = try #require(try h.list()["keeper"])
+        #expect(after.domid != before)
+        #expect(eventually { h.consoleLog("keeper").contains("ram-counter: resumed counter=") })
+        let log = h.consoleLog("keeper")
+        #expect(log.contains("ram-check ok (512 pages)"), "\(log)")
+        #expect(log.contains("ram-counter: resumed counter=\(atSave) record=counter=\(atSave)"), "\(log)")
+        #expect(log.contains("data/boot-marker=booted-as-dom\(before)"))
+        // It carries on from where it was.
+        #expect(eventually { (Self.lastCounter(h.consoleLog("keeper")) ?? 0) >= atSave + 100 })
+        // The same file again: the name is taken, nothing half-made is left.
+        let again = try h.xl("restore", image)
+        #expect(!again.ok)
+        #expect(again.stderr.contains("domain name \"keeper\" already exists"), "\(again.stderr)")
+        #expect(try h.list().count == 2)
+        _ = try h.xl("destroy", "keeper")
+    }
+
+    @Test func aCheckpointLeavesTheDomainRunningAndRestoresBesideIt() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "cp")
+        let domid = try #require(try h.list()["cp"]?.domid)
+        let image = file(h, "cp.save")
+        let r = try h.xl("save", "-c", "cp", image)
+        #expect(r.ok, "\(r.stderr)")
+        #expect(try h.list()["cp"]?.domid == domid)
+        #expect(eventually { h.consoleLog("cp").contains("ram-counter: resumed in place at counter=") })
+        let n = Self.lastCounter(h.consoleLog("cp")) ?? 0
+        #expect(eventually { (Self.lastCounter(h.consoleLog("cp")) ?? 0) >= n + 100 })
+        // xl save -p: suspended, then left paused.
+        let p = try h.xl("save", "-p", "cp", file(h, "cp2.save"))
+        #expect(p.ok, "\(p.stderr)")
+        #expect(try eventually { try h.list()["cp"]?.state.contains("p") == true })
+        _ = try h.xl("unpause", "cp")
+        // A config given to restore replaces the saved one: a second copy beside the first.
+        let other = h.config("cp-copy", mode: "ram-counter", "vcpus = 2\n")
+        let copy = try h.xl("restore", other, image)
+        #expect(copy.ok, "\(copy.stderr)")
+        #expect(eventually { h.consoleLog("cp-copy").contains("ram-check ok") })
+        #expect(try h.list()["cp"] != nil)
+        _ = try h.xl("destroy", "cp-copy")
+        _ = try h.xl("destroy", "cp")
+    }
+
+    @Test func migrateBetweenTwoSupervisorsOnOneMachine() throws {
+        let a = try SupervisorHarness()
+        defer { a.stop() }
+        let b = try SupervisorHarness()
+        defer { b.stop() }
+        try startCounter(a, "mover")
+        let receive = "PROCVISOR_RUNDIR=\(b.runDirectory) PROCVISOR_NO_AUTOSTART=1 \(Products.path("xl")) migrate-receive"
+        let r = try a.xl("migrate", "-s", "", "mover", receive)
+        #expect(r.ok, "\(r.stderr)")
+        #expect(r.stderr.contains("migration target: Ready to receive domain."))
+        #expect(r.stderr.contains("migration sender: Target reports successful startup."))
+        #expect(r.stderr.contains("Migration successful."))
+        #expect(try a.list()["mover"] == nil)
+        #expect(try a.list()["mover--migratedaway"] == nil)
+        let there = try #require(try b.list()["mover"])
+        #expect(!there.state.contains("p"))
+        #expect(eventually { b.consoleLog("mover--incoming").contains("ram-check ok") || b.consoleLog("mover").contains("ram-check ok") })
+    }
+
+    @Test func aGuestThatNeverSuspendsTimesOutAndKeepsRunning() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_SUSPEND_TIMEOUT_MS": "800"])
+        defer { h.stop() }
+        try h.create("stubborn", mode: "suspend-ignore")
+        #expect(eventually { h.consoleLog("stubborn").contains("ignoring every request") })
+        let image = file(h, "stubborn.save")
+        let r = try h.xl("save", "stubborn", image)
+        #expect(!r.ok)
+        #expect(r.stderr.contains("guest did not suspend, timed out (800 ms); it keeps running"), "\(r.stderr)")
+        #expect(!FileIO.exists(image))
+        #expect(try h.list()["stubborn"]?.state.contains("s") == false)
+        // A second save is allowed once the first gave up, and fails the same way.
+        #expect(try !h.xl("save", "stubborn", image).ok)
+        _ = try h.xl("destroy", "stubborn")
+    }
+
+    @Test func aGuestThatCrashesDuringSuspendFailsTheSaveOnly() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("fragile", mode: "suspend-crash", "on_crash = \"preserve\"\n")
+        try h.create("bystander", mode: "run")
+        #expect(eventually { h.consoleLog("fragile").contains("will crash") })
+        let image = file(h, "fragile.save")
+        let r = try h.xl("save", "fragile", image)
+        #expect(!r.ok)
+        #expect(r.stderr.contains("died during suspend") || r.stderr.contains("crashed during suspend"), "\(r.stderr)")
+        #expect(!FileIO.exists(image))
+        #expect(try eventually { try h.list()["bystander"]?.state == "-b----" })
+    }
+
+    @Test func damagedFilesAreRefusedAndLeaveNothingBehind() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "victim")
+        let image = file(h, "victim.save")
+        #expect(try h.xl("save", "victim", image).ok)
+        let bytes = try FileIO.read(image, limit: 64 << 20)
+        // Every record boundary (and the headers' end): walk the records.
+        var boundaries: [Int] = [0, 1, 31, 48]
+        let configLength = Int(UInt32(bytes[48]) | UInt32(bytes[49]) << 8 | UInt32(bytes[50]) << 16 | UInt32(bytes[51]) << 24)
+        var at = 48 + 4 + configLength + 4
+        boundaries += [at, at + 24, at + 40]
+        at += 56
+        while at + 8 <= bytes.count {
+            boundaries.append(at)
+            let length = Int(UInt32(bytes[at + 4]) | UInt32(bytes[at + 5]) << 8 | UInt32(bytes[at + 6]) << 16 | UInt32(bytes[at + 7]) << 24)
+            boundaries.append(at + 8 + length / 2)
+            at += 8 + length + (8 - length % 8) % 8
+        }
+        #expect(at == bytes.count)
+        let cut = file(h, "cut.save")
+        for b in boundaries where b < bytes.count {
+            let fd = try FileDescriptor.open(cut, [.writeOnly, .create, .truncate])
+            try fd.writeAll(Array(bytes[0..<b]))
+            fd.close()
+            let r = try h.xl("restore", cut)
+            #expect(!r.ok, "cut at \(b)")
+            #expect(r.stderr.contains("truncated") || r.stderr.contains("not an xl save file"), "cut at \(b): \(r.stderr)")
+            #expect(try h.list().count == 1, "cut at \(b): a domain was left")
+        }
+        // Flipped bytes: in the config, a page, the console record, the last checksum.
+        for offset in [60, bytes.count / 2, bytes.count - 100, bytes.count - 12] {
+            var bad = bytes
+            bad[offset] ^= 0x20
+            let fd = try FileDescriptor.open(cut, [.writeOnly, .truncate])
+            try fd.writeAll(bad)
+            fd.close()
+            let r = try h.xl("restore", cut)
+            #expect(!r.ok, "flip at \(offset)")
+            #expect(r.stderr.contains("offset"), "flip at \(offset): \(r.stderr)")
+            #expect(try h.list().count == 1, "flip at \(offset): a domain was left")
+        }
+        // And the intact file still restores: the refusals held nothing (domid, name, memory).
+        let ok = try h.xl("restore", image)
+        #expect(ok.ok, "\(ok.stderr)")
+        #expect(eventually { h.consoleLog("victim").contains("ram-check ok") })
+        _ = try h.xl("destroy", "victim")
+    }
+
+    @Test func aTargetWithoutMemoryOrWithTheNameTakenRefusesAndTheSourceResumes() throws {
+        let a = try SupervisorHarness()
+        defer { a.stop() }
+        let small = try SupervisorHarness(extraEnv: ["PROCVISOR_MEMORY_MB": "8"])
+        defer { small.stop() }
+        try startCounter(a, "big")
+        let toSmall = "PROCVISOR_RUNDIR=\(small.runDirectory) PROCVISOR_NO_AUTOSTART=1 \(Products.path("xl")) migrate-receive"
+        let r = try a.xl("migrate", "-s", "", "big", toSmall)
+        #expect(!r.ok)
+        #expect(r.stderr.contains("not enough free machine memory"), "\(r.stderr)")
+        #expect(r.stderr.contains("Migration failed, resuming at sender."))
+        #expect(try eventually { try a.list()["big"]?.state.contains("s") == false })
+        let n = Self.lastCounter(a.consoleLog("big")) ?? 0
+        #expect(eventually { (Self.lastCounter(a.consoleLog("big")) ?? 0) >= n + 50 })
+        #expect(try small.list().count == 1)
+
+        // The name is taken at the target: the receiver cannot rename its copy, reports failure
+        // after the go, destroys its copy, and the sender takes its domain back.
+        let b = try SupervisorHarness()
+        defer { b.stop() }
+        try b.create("big", mode: "run")
+        let toB = "PROCVISOR_RUNDIR=\(b.runDirectory) PROCVISOR_NO_AUTOSTART=1 \(Products.path("xl")) migrate-receive"
+        let t = try a.xl("migrate", "-s", "", "big", toB)
+        #expect(!t.ok)
+        #expect(t.stderr.contains("Target reports startup failure"), "\(t.stderr)")
+        #expect(t.stderr.contains("migration sender: Resumed OK."))
+        #expect(try eventually { try a.list()["big"]?.state.contains("s") == false })
+        #expect(try b.list()["big--incoming"] == nil)
+    }
+
+    @Test func aReceiverThatDiesMidStreamLeavesTheSourceRunning() throws {
+        let a = try SupervisorHarness()
+        defer { a.stop() }
+        try startCounter(a, "src")
+        // Says the banner, takes 64 KiB of the stream, and goes away.
+        let dying = "printf 'xl migration receiver ready, send binary domain data.\\n'; head -c 65536 >/dev/null"
+        let r = try a.xl("migrate", "-s", "", "src", dying)
+        #expect(!r.ok)
+        #expect(r.stderr.contains("Migration failed, resuming at sender."), "\(r.stderr)")
+        #expect(try eventually { try a.list()["src"]?.state.contains("s") == false })
+        let n = Self.lastCounter(a.consoleLog("src")) ?? 0
+        #expect(eventually { (Self.lastCounter(a.consoleLog("src")) ?? 0) >= n + 50 })
+        // A receiver fed a stream that stops (its sender killed) keeps nothing.
+        let b = try SupervisorHarness()
+        defer { b.stop() }
+        let image = file(a, "src.save")
+        #expect(try a.xl("save", "-c", "src", image).ok)
+        let bytes = try FileIO.read(image, limit: 64 << 20)
+        let cut = file(a, "partial.save")
+        let fd = try FileDescriptor.open(cut, [.writeOnly, .create, .truncate])
+        try fd.writeAll(Array(bytes[0..<(bytes.count / 2)]))
+        fd.close()
+        let recv = try runCommand("/bin/sh", ["-c", "\(Products.path("xl")) migrate-receive < \(cut) > /dev/null"],
+                                  env: b.env.merging(["PROCVISOR_NO_AUTOSTART": "1"]) { $1 })
+        #expect(!recv.ok)
+        #expect(recv.stderr.contains("migration target: Domain creation failed"), "\(recv.stderr)")
+        #expect(try b.list().count == 1)
+    }
+
+    @Test func killingTheSaverResumesTheDomain() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "held")
+        // A FIFO nobody drains: xl blocks writing the stream with the domain suspended.
+        let fifo = file(h, "stuck.fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = try FileDescriptor.open(fifo, [.readOnly, .nonBlocking])
+        defer { reader.close() }
+        let xl = Foundation.Process()
+        xl.executableURL = URL(fileURLWithPath: Products.path("xl"))
+        xl.arguments = ["save", "held", fifo]
+        xl.environment = h.env
+        xl.standardError = FileHandle.nullDevice
+        try xl.run()
+        #expect(try eventually { try h.list()["held"]?.state.contains("s") == true })
+        kill(xl.processIdentifier, SIGKILL)
+        xl.waitUntilExit()
+        #expect(try eventually { try h.list()["held"]?.state.contains("s") == false })
+        #expect(eventually { h.consoleLog("held").contains("resumed in place") })
+        #expect(try h.dmesg().contains("its saver went away; resuming it"))
+    }
+}
