@@ -96,7 +96,7 @@ let package = Package(
 
         // What several test targets share (a seeded generator).
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: v5),
-        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "SplitDriversTests", dependencies: ["SplitDrivers", "DomainRuntime", "LinuxHost", "ProcvisorABI", "TestSupport"],
                     swiftSettings: v5),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack", "DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
