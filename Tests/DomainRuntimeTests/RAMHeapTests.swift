@@ -40,6 +40,7 @@ import TestSupport
 
     @Test func aFreshRegionGetsAValidHeaderAndOneFreeBlock() throws {
         let r = Region(pages: 16)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         #expect(try RAMHeap.existingPages(at: r.base) == nil)
         let heap = try RAMHeap(base: r.base, pages: 16)
         #expect(!heap.restored)
@@ -56,6 +57,7 @@ import TestSupport
 
     @Test func aCopyAtAnotherAddressFindsItsRootsAndAllocations() throws {
         let r = Region(pages: 32)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 32)
         let counters = try heap.root(named: "counters", initialValue: Counters(boots: 1, requests: 0, blockOffsets: (0, 0, 0)))
         counters.pointee.requests = 42
@@ -73,6 +75,7 @@ import TestSupport
         let statsBefore = try heap.statistics()
 
         let copy = r.copy()
+        defer { withExtendedLifetime(copy) {} }
         #expect(copy.base != r.base)
         let restored = try RAMHeap(base: copy.base, pages: 32)
         #expect(restored.restored)
@@ -101,6 +104,7 @@ import TestSupport
 
     @Test func exhaustionIsAnErrorWithFiguresAndFreeingMakesRoomAgain() throws {
         let r = Region(pages: 4)  // 3 pages of blocks
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 4)
         var blocks: [UnsafeMutableRawPointer] = []
         while true {
@@ -124,6 +128,7 @@ import TestSupport
         #expect(throws: RAMHeapError.self) { try heap.allocate(byteCount: 1) }
         // A request larger than the heap says so without walking off its end.
         let big = Region(pages: 4)
+        defer { withExtendedLifetime(big) {} }  // the heap lives in it
         let empty = try RAMHeap(base: big.base, pages: 4)
         #expect(throws: RAMHeapError.outOfSpace(requested: 3 * 4096, alignment: 16, freeBytes: 3 * 4096, largestFreeBlock: 3 * 4096 - 16)) {
             try empty.allocate(byteCount: 3 * 4096)
@@ -135,6 +140,7 @@ import TestSupport
 
     @Test func aHeaderThatIsThereButWrongIsRefused() throws {
         let r = Region(pages: 8)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         _ = try RAMHeap(base: r.base, pages: 8)
 
         // Another size than asked for.
@@ -142,11 +148,13 @@ import TestSupport
 
         // Another version.
         let v2 = r.copy()
+        defer { withExtendedLifetime(v2) {} }
         v2.base.storeBytes(of: UInt32(2), toByteOffset: RAMHeap.Header.versionOffset, as: UInt32.self)
         #expect(throws: RAMHeapError.versionMismatch(found: 2, supported: 1)) { try RAMHeap(base: v2.base, pages: 8) }
 
         // A fixed field changed behind the checksum's back.
         let bent = r.copy()
+        defer { withExtendedLifetime(bent) {} }
         bent.set(RAMHeap.Header.pagesOffset, 9)
         do {
             _ = try RAMHeap(base: bent.base, pages: 9)
@@ -158,23 +166,27 @@ import TestSupport
 
         // Another geometry with a checksum that matches it: still refused.
         let odd = r.copy()
+        defer { withExtendedLifetime(odd) {} }
         odd.base.storeBytes(of: UInt32(8192), toByteOffset: RAMHeap.Header.pageSizeOffset, as: UInt32.self)
         odd.set(RAMHeap.Header.checksumOffset, RAMHeap.checksum(odd.base))
         #expect(throws: RAMHeapError.self) { try RAMHeap(base: odd.base, pages: 8) }
 
         // A damaged free list is found when the heap is opened, not later.
         let broken = r.copy()
+        defer { withExtendedLifetime(broken) {} }
         broken.set(RAMHeap.Header.freeHeadOffset, 4096 + 8)
         #expect(throws: RAMHeapError.corrupt(offset: 4096 + 8, reason: "a free-list link points outside the heap's blocks")) {
             try RAMHeap(base: broken.base, pages: 8)
         }
         let cycle = r.copy()
+        defer { withExtendedLifetime(cycle) {} }
         cycle.set(4096 + 16, 4096)  // the only free block's link points at itself
         #expect(throws: RAMHeapError.self) { try RAMHeap(base: cycle.base, pages: 8) }
     }
 
     @Test func pagesThatAreNotPopulatedAreRefused() throws {
         let r = Region(pages: 8)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         #expect(throws: RAMHeapError.unpopulatedPage(page: 5, heapPages: 8)) {
             try RAMHeap(base: r.base, pages: 8) { $0 != 5 }
         }
@@ -185,6 +197,7 @@ import TestSupport
 
     @Test func aRootAskedForAsAnotherTypeOrSizeIsAnError() throws {
         let r = Region(pages: 8)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 8)
         let n = try heap.root(named: "n", initialValue: UInt64(7))
         #expect(n.pointee == 7)
@@ -208,6 +221,7 @@ import TestSupport
         #expect(try heap.rootBytes(named: String(repeating: "x", count: 32), count: 1).count == 1)
         // The mismatch survives a restore: the stored description is all it takes.
         let copy = r.copy()
+        defer { withExtendedLifetime(copy) {} }
         let restored = try RAMHeap(base: copy.base, pages: 8)
         #expect(try restored.root(named: "n", initialValue: UInt64(0)).pointee == 7)
         #expect(throws: RAMHeapError.self) { try restored.root(named: "n", initialValue: Int64(0)) }
@@ -215,6 +229,7 @@ import TestSupport
 
     @Test func rootsFillTheirTableAndAFailedInitializeLeavesNothing() throws {
         let r = Region(pages: 64)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 64)
         let free = try heap.statistics()
         struct Refused: Error {}
@@ -236,6 +251,7 @@ import TestSupport
 
     @Test func freedBlocksAreReusedAndMergeBackIntoOne() throws {
         let r = Region(pages: 16)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 16)
         let initial = try heap.statistics()
         let a = try heap.allocate(byteCount: 200), b = try heap.allocate(byteCount: 300), c = try heap.allocate(byteCount: 400)
@@ -269,6 +285,7 @@ import TestSupport
     func randomAllocationsNeverOverlap(seed: UInt64) throws {
         var rng = SplitMix64(state: seed)
         let r = Region(pages: 64)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 64)
         let initial = try heap.statistics()
         var live: [(p: UnsafeMutableRawPointer, size: Int, tag: UInt8)] = []
@@ -300,6 +317,7 @@ import TestSupport
     /// overlaps a block that was allocated (and not being freed) when the operation began.
     @Test func aCaptureAtAnyPublishingStoreOpensAsAValidHeap() throws {
         let r = Region(pages: 16)
+        defer { withExtendedLifetime(r) {} }  // the heap lives in it
         let heap = try RAMHeap(base: r.base, pages: 16)
         var live: [UnsafeMutableRawPointer: Int] = [:]  // payload → size asked for
         var captures = 0
@@ -313,6 +331,7 @@ import TestSupport
             heap.publishHook = {
                 captures += 1
                 let copy = r.copy()
+                defer { withExtendedLifetime(copy) {} }
                 do {
                     let h = try RAMHeap(base: copy.base, pages: 16)
                     for range in try h.freeBlockRanges() {
