@@ -73,6 +73,9 @@ let package = Package(
         .executableTarget(name: "ping", dependencies: ["SplitDrivers", "NetStack"], path: "examples/ping", exclude: ["ping.cfg"], swiftSettings: v5),
         .executableTarget(name: "udp-echo", dependencies: ["SplitDrivers", "NetStack"], path: "examples/udp-echo",
                           exclude: ["udp-echo.cfg", "udp-echo-client.cfg"], swiftSettings: v5),
+        .executableTarget(name: "kvstore", dependencies: ["SplitDrivers", "NetStack"], path: "examples/kvstore",
+                          exclude: ["kvstore.cfg", "kvclient.cfg"], swiftSettings: v5),
+        .executableTarget(name: "kvclient", dependencies: ["SplitDrivers", "NetStack"], path: "examples/kvclient", swiftSettings: v5),
         .executableTarget(name: "netbench", dependencies: ["SplitDrivers", "NetStack"], path: "examples/netbench",
                           exclude: ["netbench.cfg", "netbench-send.cfg"], swiftSettings: v5),
 
@@ -96,9 +99,11 @@ let package = Package(
 
         // What several test targets share (a seeded generator).
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: v5),
-        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime"], swiftSettings: v5),
+        .testTarget(name: "DomainRuntimeTests", dependencies: ["DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "SplitDriversTests", dependencies: ["SplitDrivers", "DomainRuntime", "LinuxHost", "ProcvisorABI", "TestSupport"],
                     swiftSettings: v5),
+        // The examples' logic that needs no domain (kvstore's table and protocol), through @testable import.
+        .testTarget(name: "ExamplesTests", dependencies: ["kvstore", "DomainRuntime"], swiftSettings: v5),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack", "DomainRuntime", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "ProcvisorABI", "TestSupport"], swiftSettings: v5),
         .testTarget(name: "ToolstackTests", dependencies: ["Toolstack", "LinuxHost", "ProcvisorABI"], exclude: ["Fixtures"], swiftSettings: v5),

@@ -2,7 +2,7 @@
 # Installs what is missing, builds Procvisor, starts a supervisor in a private run directory,
 # creates the example domains from their xl.cfg files, shows them, their consoles and the
 # sandbox at work, ballooning, two domains talking through a granted page and guests on a
-# network bridge, then destroys them and stops the supervisor.
+# network bridge (echo, ping, a key-value store), then destroys them and stops the supervisor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -36,6 +36,8 @@ run bash examples/pingpong/run.sh                       # two domains: a granted
 run $xl create examples/udp-echo/udp-echo.cfg           # 10.0.0.2 on bridge xenbr0; starts the netback driver domain
 run $xl create -c examples/ping/ping.cfg                # pings it through netfront → netback → netfront
 run $xl create -c examples/udp-echo/udp-echo-client.cfg # UDP datagrams echoed
+run $xl create examples/kvstore/kvstore.cfg             # a key-value server at 10.0.0.20, its table in the RAM heap
+run $xl create -c examples/kvstore/kvclient.cfg         # 200 PUTs, every acknowledged one read back
 run $xl network-list udp-echo
 run $xl list
 run $xl info total_memory

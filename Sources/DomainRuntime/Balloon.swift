@@ -4,7 +4,9 @@ import ProcvisorABI
 /// The balloon driver: follows `memory/target` (KiB, written by `xl mem-set`) with the
 /// reservation hypercalls, as Linux's xen-balloon does. Giving memory back releases the highest
 /// populated pages first (their host memory is returned); taking it again populates the lowest
-/// unpopulated ones. Guests that keep data in pseudo-physical RAM should use low pages.
+/// unpopulated ones. Guests that keep data in pseudo-physical RAM should use low pages: the pages
+/// of the `RAMHeap` (pfns 0 ..< its size, open or found in RAM) are never given away, so a target
+/// below them leaves the reservation at the lowest it can reach.
 public final class Balloon {
     let memory: PhysicalMemory
     let store: XenStoreClient
@@ -31,6 +33,17 @@ public final class Balloon {
         }
     }
 
+    /// Up to `count` populated pages to give back, highest first, none below `floor`.
+    static func pagesToGive(_ count: UInt64, spanPages: UInt64, floor: UInt64, isPopulated: (PFN) -> Bool) -> [PFN] {
+        var give: [PFN] = []
+        var pfn = spanPages
+        while pfn > floor && UInt64(give.count) < count {
+            pfn -= 1
+            if isPopulated(PFN(pfn)) { give.append(PFN(pfn)) }
+        }
+        return give
+    }
+
     /// Moves the reservation toward `target` pages; returns the reservation reached.
     @discardableResult
     public func adjust(toPages target: UInt64) -> UInt64 {
@@ -39,13 +52,13 @@ public final class Balloon {
         targetPages = target
         var current = memory.currentReservation
         if target < current {
-            var give: [PFN] = []
-            var pfn = memory.spanPages
-            while pfn > 0 && UInt64(give.count) < current - target {
-                pfn -= 1
-                if memory.mfn(of: PFN(pfn)) != nil { give.append(PFN(pfn)) }
+            let reservation = current
+            current -= memory.withHeapFloor { floor in
+                let give = Balloon.pagesToGive(reservation - target, spanPages: memory.spanPages, floor: floor) {
+                    memory.mfn(of: $0) != nil
+                }
+                return UInt64(memory.decreaseReservation(give))
             }
-            current -= UInt64(memory.decreaseReservation(give))
         } else if target > current {
             let limit = min(target, memory.maximumReservation)
             var take: [PFN] = []

@@ -105,7 +105,7 @@ public final class Domain {
         do {
             memory = try PhysicalMemory(ramFD: bootFDs[BootstrapReplyFD.ram.rawValue], p2mFD: bootFDs[BootstrapReplyFD.p2m.rawValue],
                                         m2pFD: bootFDs[BootstrapReplyFD.m2p.rawValue], spanPages: info.maxMemoryKB / 4,
-                                        machineFrames: info.machineFrames, hypercalls: channel)
+                                        bootPages: info.memoryKB / 4, machineFrames: info.machineFrames, hypercalls: channel)
         } catch {
             bootFailure("cannot map the domain's memory: \(error)")
         }

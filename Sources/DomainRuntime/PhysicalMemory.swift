@@ -10,16 +10,21 @@ public final class PhysicalMemory {
     public let base: UnsafeMutableRawPointer
     /// Pages of pseudo-physical space (maxmem at creation).
     public let spanPages: UInt64
+    /// Pages populated at boot (`memory=`): pfns 0 ..< bootPages.
+    public let bootPages: UInt64
     let ramFD: FileDescriptor
     let p2m: SharedMapping
     let m2p: SharedMapping
     let machineFrames: UInt64
     let hypercalls: HypercallChannel
+    private let heapLock = Lock()
+    private var openedHeap: RAMHeap?
 
-    init(ramFD: FileDescriptor, p2mFD: FileDescriptor, m2pFD: FileDescriptor, spanPages: UInt64, machineFrames: UInt64,
+    init(ramFD: FileDescriptor, p2mFD: FileDescriptor, m2pFD: FileDescriptor, spanPages: UInt64, bootPages: UInt64, machineFrames: UInt64,
          hypercalls: HypercallChannel) throws {
         self.ramFD = ramFD
         self.spanPages = spanPages
+        self.bootPages = min(bootPages, spanPages)
         self.machineFrames = machineFrames
         self.hypercalls = hypercalls
         // Mapped with no owner: the RAM stays mapped for the life of the process.
@@ -84,6 +89,59 @@ public final class PhysicalMemory {
     /// `XENMEM_maximum_reservation`, in pages (`xl mem-max`).
     public var maximumReservation: UInt64 {
         UInt64(max(0, hypercalls.call(.memoryOp, [XenMemOp.maximumReservation.rawValue, UInt64(DOMID_SELF.rawValue)]).rc))
+    }
+
+    // MARK: the RAM heap
+
+    /// The persistent heap at pfn 0 (`RAMHeap`), opened on first use with its default size: the
+    /// size in its header when RAM holds one (a restore), else half the boot memory
+    /// (`defaultHeapPages`). Use `openHeap(pages:)` first to choose the size of a new heap.
+    public var heap: RAMHeap {
+        get throws { try openHeap() }
+    }
+
+    /// Half the pages populated at boot (`memory=` / 2), at least `RAMHeap.minimumPages`.
+    public var defaultHeapPages: Int { max(RAMHeap.minimumPages, Int(bootPages / 2)) }
+
+    /// Opens the heap at pfn 0 (once per process; later calls return the same heap). `pages`:
+    /// the size of a new heap, and the size an existing one must have (nil: an existing heap's own
+    /// size, `defaultHeapPages` for a new one). The heap must lie in the boot memory, every page of
+    /// it populated. Throws `RAMHeapError`: an invalid header (another version, a bad checksum,
+    /// another size), a page not populated, a size beyond the boot memory.
+    public func openHeap(pages: Int? = nil) throws -> RAMHeap {
+        try heapLock.withLock {
+            if let h = openedHeap {
+                if let pages, pages != h.pages { throw RAMHeapError.sizeMismatch(found: h.pages, expected: pages) }
+                return h
+            }
+            let size: Int
+            if let pages {
+                size = pages
+            } else {
+                size = try RAMHeap.existingPages(at: UnsafeRawPointer(base)) ?? defaultHeapPages
+            }
+            guard size <= Int(bootPages) else {
+                throw RAMHeapError.invalidArgument("a heap of \(size) pages reaches past the boot memory (\(bootPages) pages)")
+            }
+            let h = try RAMHeap(base: base, pages: size, regionPages: Int(bootPages)) { mfn(of: PFN(UInt64($0))) != nil }
+            openedHeap = h
+            return h
+        }
+    }
+
+    /// Runs `body` with the pages at the bottom of RAM the balloon must keep: the open heap's, or
+    /// those a heap header in pfn 0 claims (a restored domain that has not opened its heap yet).
+    /// No heap is opened while `body` runs, so pages it gives away cannot become the heap's.
+    func withHeapFloor<R>(_ body: (UInt64) -> R) -> R {
+        heapLock.withLock {
+            var floor: UInt64 = 0
+            if let h = openedHeap {
+                floor = UInt64(h.pages)
+            } else if mfn(of: PFN(0)) != nil, let claimed = RAMHeap.claimedPages(at: UnsafeRawPointer(base)) {
+                floor = min(claimed, spanPages)
+            }
+            return body(floor)
+        }
     }
 
     /// Host memory really backing this domain's RAM, in bytes (what the host sees).

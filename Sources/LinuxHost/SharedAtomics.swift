@@ -4,6 +4,7 @@ import CProcvisor
 /// entries). Swift's own atomics need their storage in Swift; these work on any mapped address.
 public enum SharedAtomic {
     @inlinable @inline(__always) public static func load(_ p: UnsafeMutablePointer<UInt64>) -> UInt64 { pv_atomic_load_u64(p) }
+    @inlinable @inline(__always) public static func store(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) { pv_atomic_store_u64(p, v) }
     @inlinable @inline(__always) @discardableResult
     public static func fetchOr(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) -> UInt64 { pv_atomic_fetch_or_u64(p, v) }
     @inlinable @inline(__always) @discardableResult
@@ -23,6 +24,10 @@ public enum SharedAtomic {
     public static func compareExchange(_ p: UnsafeMutablePointer<UInt32>, expected: UInt32, desired: UInt32) -> UInt32 {
         pv_atomic_cmpxchg_u32(p, expected, desired)
     }
+    /// A full memory fence (sequentially consistent): no load or store before it is moved after
+    /// it, or the reverse, by the compiler or the CPU. Orders plain stores into shared or saved
+    /// memory (a record written completely before the word that makes it valid).
+    @inlinable @inline(__always) public static func fence() { pv_atomic_fence() }
     /// A pause hint for spin loops.
     @inlinable @inline(__always) public static func relax() { pv_cpu_relax() }
 }

@@ -271,6 +271,9 @@ int pv_gettid(void);
 
 // ---- atomics on shared memory (event pages, grant entries) ----
 static inline uint64_t pv_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void pv_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+/// A full fence: no load or store moves across it, in the compiler or the CPU.
+static inline void pv_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline uint64_t pv_atomic_fetch_or_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 static inline uint64_t pv_atomic_fetch_and_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t pv_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
