@@ -222,6 +222,34 @@ case "grant-bench":
     report("copy_batch_mbps=\(Double(rounds / 8 * 64 * 4096) / (Double(t3 - t2) / 1e9) / 1e6)")
     report("copy_single_ns=\((t4 - t3) / UInt64(rounds))")
     domain.shutdown(.poweroff)
+case "fill-ram":
+    // Every populated page gets data (no holes for a save to skip), then the domain idles until
+    // the toolstack suspends it. With dirty=N a vCPU keeps writing N pages a millisecond.
+    let mem = domain.memory
+    let pages = Int(domain.memoryKB / 4)
+    var x: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(domain.domid)
+    for pfn in 0..<pages {
+        let page = mem.base + pfn * 4096
+        for w in stride(from: 0, to: 4096, by: 8) {
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            page.storeBytes(of: x, toByteOffset: w, as: UInt64.self)
+        }
+    }
+    report("filled=\(pages)")
+    if let rate = arg("dirty").flatMap(Int.init), rate > 0 {
+        domain.startVCPU(1) { _ in
+            var pfn = 0
+            while true {
+                let t0 = MonotonicClock.nanoseconds()
+                for _ in 0..<rate {
+                    (mem.base + pfn * 4096).storeBytes(of: MonotonicClock.nanoseconds(), as: UInt64.self)
+                    pfn = (pfn &+ 7919) % pages
+                }
+                while MonotonicClock.nanoseconds() - t0 < 1_000_000 { usleep(100) }
+            }
+        }
+    }
+    while true { domain.block() }
 default:
     while true { domain.block() }
 }

@@ -6,5 +6,6 @@ enum Suites {
         "xenstore": XenStoreSuite.run,
         "blk": BlkSuite.run,
         "net": NetSuite.run,
+        "migrate": MigrateSuite.run,
     ]
 }
