@@ -126,6 +126,23 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         return out
     }
 
+    /// Grows a pipe's buffer to `bytes` (fcntl F_SETPIPE_SZ; the kernel rounds up to a power of two
+    /// pages and caps unprivileged callers at /proc/sys/fs/pipe-max-size). Returns the size it has,
+    /// nil when the descriptor is not a pipe or the kernel refused.
+    @discardableResult
+    public func setPipeSize(_ bytes: Int) -> Int? {
+        let r = fcntl(rawValue, 1031 /* F_SETPIPE_SZ */, Int32(bytes))
+        return r >= 0 ? Int(r) : nil
+    }
+
+    /// Reads into the `count` buffers at `vector` in order, at the file offset (readv(2)): the
+    /// byte count (0 at the end), or the errno; nothing is retried.
+    @inlinable @inline(__always)
+    public func read(vector: UnsafePointer<IOVector>, count: Int) -> Result<Int, Errno> {
+        let n = Glibc.readv(rawValue, vector, Int32(truncatingIfNeeded: count))
+        return n >= 0 ? .success(n) : .failure(.current)
+    }
+
     /// Writes the file's data (and the metadata needed to read it back, such as its size) to
     /// the device (fdatasync(2)). EINTR is retried; the errno otherwise (EIO: a write-back failed).
     public func syncData() -> Result<Void, Errno> {

@@ -84,6 +84,8 @@ struct Migrate: ParsableCommand {
         }
         toChildRead.close()
         fromChildWrite.close()
+        // A bigger pipe: fewer wake-ups of the transport per megabyte (ssh reads in large chunks).
+        toChild.setPipeSize(1 << 20)
         var client = ControlClient.connect()
         let outcome = migrate(client: &client, override: override, rune: rune, to: toChild, from: fromChild)
         toChild.close()
@@ -168,6 +170,7 @@ struct MigrateReceive: ParsableCommand {
     func run() throws {
         Signals.ignore(Signals.brokenPipe)
         let input = FileDescriptor.standardInput, output = FileDescriptor.standardOutput
+        input.setPipeSize(1 << 20)
         printErr("migration target: Ready to receive domain.")
         guard MigrationHandshake.send(MigrationHandshake.receiverBanner, on: output) else { Process.exit(1) }
         var client = ControlClient.connect()

@@ -44,6 +44,16 @@ final class DescriptorSource: SaveStreamSource {
     let fd: FileDescriptor
     init(_ fd: FileDescriptor) { self.fd = fd }
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { try fd.read(into: buffer) }
+    func read(into buffers: [UnsafeMutableRawBufferPointer]) throws -> Int {
+        let vectors = buffers.prefix(1024).map { IOVector(iov_base: $0.baseAddress, iov_len: $0.count) }
+        while true {
+            switch vectors.withUnsafeBufferPointer({ fd.read(vector: $0.baseAddress!, count: $0.count) }) {
+            case let .success(n): return n
+            case .failure(.interrupted): continue
+            case let .failure(e): throw SystemError("readv", "the save stream", errno: e)
+            }
+        }
+    }
 }
 
 enum SaveStreamIO {
@@ -54,6 +64,8 @@ enum SaveStreamIO {
         let mapping = try SharedMapping(ram, length: max(span, 1) * SaveFormat.pageSize, writable: false)
         defer { mapping.unmap() }
         let extents = try ram.dataExtents(size: Int64(span) * Int64(SaveFormat.pageSize))
+        // The pages are read twice (checksum, copy): fault them in with one call per extent.
+        for e in extents { mapping.prefault(at: Int(e.lowerBound), length: Int(e.upperBound - e.lowerBound)) }
         let w = SaveStreamWriter(sink: sink)
         w.xlHeader(config: Array(try JSONEncoder().encode(config)))
         w.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
@@ -134,6 +146,16 @@ enum SaveStreamIO {
                 guard let memory, let ram else { throw fault("PAGE_DATA before the MEMORY record") }
                 guard pfn < memory.spanPages else { throw fault("pfn \(pfn) is outside the domain's \(memory.spanPages)-page space") }
                 return ram.base + Int(pfn) * SaveFormat.pageSize
+            } willFill: { buffers in
+                // Fault each run of adjacent destinations in with one call.
+                guard let ram else { return }
+                var i = 0
+                while i < buffers.count {
+                    var j = i + 1
+                    while j < buffers.count, buffers[j].baseAddress == buffers[j - 1].baseAddress! + SaveFormat.pageSize { j += 1 }
+                    ram.prefault(at: buffers[i].baseAddress! - ram.base, length: (j - i) * SaveFormat.pageSize, forWriting: true)
+                    i = j
+                }
             }
             switch next {
             case let .pages(pages):

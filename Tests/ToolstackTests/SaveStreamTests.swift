@@ -216,6 +216,23 @@ import Testing
         #expect(Checksum.crc32c(Array("123456789".utf8)) == 0xE306_9283)
         let whole = Checksum.crc32c(Array("123456789".utf8))
         #expect(Checksum.crc32c(Array("6789".utf8), Checksum.crc32c(Array("12345".utf8))) == whole)
+        // Long buffers go through three lanes joined by the zero-advance tables: they must agree
+        // with the same bytes fed in pieces too short for lanes.
+        var x: UInt64 = 0x1234_5678
+        let long = (0..<20_011).map { _ -> UInt8 in
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            return UInt8(truncatingIfNeeded: x >> 33)
+        }
+        var piecewise: UInt32 = 0
+        for start in stride(from: 0, to: long.count, by: 1000) {
+            piecewise = Checksum.crc32c(Array(long[start..<min(start + 1000, long.count)]), piecewise)
+        }
+        for length in [3072, 3073, 4096, 6144, 9215, 20_011] {
+            var pieces: UInt32 = 0
+            for start in stride(from: 0, to: length, by: 700) { pieces = Checksum.crc32c(Array(long[start..<min(start + 700, length)]), pieces) }
+            #expect(Checksum.crc32c(Array(long[0..<length])) == pieces, "length \(length)")
+        }
+        #expect(Checksum.crc32c(long) == piecewise)
     }
 }
 

@@ -281,6 +281,15 @@ public final class SaveStreamWriter {
 /// Where a reader's bytes come from: fills some of the buffer, 0 at the end of the stream.
 public protocol SaveStreamSource: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Fills some of `buffers`, in order (a vectored read); 0 at the end of the stream.
+    func read(into buffers: [UnsafeMutableRawBufferPointer]) throws -> Int
+}
+
+extension SaveStreamSource {
+    public func read(into buffers: [UnsafeMutableRawBufferPointer]) throws -> Int {
+        guard let first = buffers.first(where: { $0.count > 0 }) else { return 0 }
+        return try read(into: first)
+    }
 }
 
 /// xl's header as read.
@@ -435,7 +444,10 @@ public final class SaveStreamReader {
     /// The next record, its checksum verified. Page contents are read straight into
     /// `pageDestination(pfn, type)` (called once per page that carries data, in order; it may
     /// throw to refuse a pfn). A caller that sees an error discards everything it built.
-    public func next(pageDestination: (UInt64, SavePageType) throws -> UnsafeMutableRawPointer) throws -> SaveRecord {
+    /// `willFill` sees a PAGE_DATA record's destinations before its pages are read (to fault
+    /// them in at once).
+    public func next(pageDestination: (UInt64, SavePageType) throws -> UnsafeMutableRawPointer,
+                     willFill: ([UnsafeMutableRawBufferPointer]) -> Void = { _ in }) throws -> SaveRecord {
         while true {
             let start = offset
             recordIndex += 1
@@ -449,7 +461,7 @@ public final class SaveStreamReader {
             let record: SaveRecord?
             switch type {
             case .pageData:
-                record = .pages(try pageData(length: length, start: start, crc: &crc, destination: pageDestination))
+                record = .pages(try pageData(length: length, start: start, crc: &crc, destination: pageDestination, willFill: willFill))
             case .checksum:
                 throw error("a CHECKSUM record with no record before it", at: start)
             default:
@@ -494,7 +506,8 @@ public final class SaveStreamReader {
     }
 
     private func pageData(length: Int, start: UInt64, crc: inout UInt32,
-                          destination: (UInt64, SavePageType) throws -> UnsafeMutableRawPointer) throws -> [(pfn: UInt64, type: SavePageType)] {
+                          destination: (UInt64, SavePageType) throws -> UnsafeMutableRawPointer,
+                          willFill: ([UnsafeMutableRawBufferPointer]) -> Void) throws -> [(pfn: UInt64, type: SavePageType)] {
         guard length >= 8 else { throw error("PAGE_DATA body of \(length) bytes is shorter than its 8-byte count", at: start + 4) }
         let head = try bytes(8, "the page count", start: start)
         crc = Checksum.crc32c(head, crc)
@@ -524,18 +537,38 @@ public final class SaveStreamReader {
         guard length == expected else {
             throw error("PAGE_DATA body is \(length) bytes; \(count) pages of which \(withData) carry data make \(expected)", at: start + 4)
         }
+        // Every destination first, then the pages in as few (vectored) reads as the source allows.
+        var buffers: [UnsafeMutableRawBufferPointer] = []
+        buffers.reserveCapacity(withData)
         for p in pages where p.type.carriesData {
-            let at = offset
-            let dest: UnsafeMutableRawPointer
             do {
-                dest = try destination(p.pfn, p.type)
+                buffers.append(UnsafeMutableRawBufferPointer(start: try destination(p.pfn, p.type), count: SaveFormat.pageSize))
             } catch {
-                throw self.error("pfn 0x\(String(p.pfn, radix: 16)): \(error)", at: at)
+                throw self.error("pfn 0x\(String(p.pfn, radix: 16)): \(error)", at: offset)
             }
-            let page = UnsafeMutableRawBufferPointer(start: dest, count: SaveFormat.pageSize)
-            try fill(page, "page 0x\(String(p.pfn, radix: 16))", start: start)
-            crc = Checksum.crc32c(UnsafeRawBufferPointer(page), crc)
         }
+        willFill(buffers)
+        var next = 0, partial = 0
+        while next < buffers.count {
+            var pending = [UnsafeMutableRawBufferPointer(rebasing: buffers[next][partial...])]
+            pending += buffers[(next + 1)...]
+            let n: Int
+            do {
+                n = try source.read(into: pending)
+            } catch {
+                throw self.error("reading page 0x\(String(pages.filter(\.type.carriesData)[next].pfn, radix: 16)): \(error)", at: start)
+            }
+            if n == 0 {
+                throw self.error("truncated: the pages of this record need \(withData * SaveFormat.pageSize) bytes, the stream ends at offset \(offset)", at: start)
+            }
+            offset += UInt64(n)
+            partial += n
+            while next < buffers.count, partial >= SaveFormat.pageSize {
+                partial -= SaveFormat.pageSize
+                next += 1
+            }
+        }
+        for page in buffers { crc = Checksum.crc32c(UnsafeRawBufferPointer(page), crc) }
         return pages
     }
 }
