@@ -222,6 +222,8 @@ extension Supervisor {
             if mem.populatedPages > machine.freeFrames {
                 throw CreateError("not enough free machine memory: the domain holds \(mem.populatedPages / 256) MiB, \(freeMemoryMB) MiB are free")
             }
+            restoringUUID = plan.info.uuid
+            defer { restoringUUID = nil }
             _ = try planDevices(config)
             guard let domid = domains.allocateDomid() else { throw CreateError("no free domid") }
             let memory: DomainMemory
@@ -268,6 +270,8 @@ extension Supervisor {
             machine.releaseDomain(domid)
             return c.send(.error("dom\(raw) (\(config.name)): the stream wrote pages it did not list as populated"))
         }
+        restoringUUID = pending.plan.info.uuid
+        defer { restoringUUID = nil }
         do {
             try createDomain(config, paused: contents.paused, waiter: c, uuid: pending.plan.info.uuid,
                              restore: RestoreInput(domid: domid, nodes: contents.nodes, console: contents.console, record: contents.resumeRecord))

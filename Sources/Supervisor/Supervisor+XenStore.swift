@@ -102,9 +102,12 @@ extension Supervisor {
 
     /// The domain is destroyed: remove what libxl removes (`/local/domain/N`, `/vm/<uuid>`).
     func removeDomainTree(_ dom: DomainRecord) {
+        // A migration to this same supervisor leaves two records with one uuid for a moment: the
+        // source's end must not take the copy's /vm/<uuid> with it.
+        let shared = domains.values.contains { $0 !== dom && $0.uuid == dom.uuid }
         store { e in
             var out = (try? e.rm("/local/domain/\(dom.domid)")) ?? []
-            out += (try? e.rm("/vm/\(dom.uuid)")) ?? []
+            if !shared { out += (try? e.rm("/vm/\(dom.uuid)")) ?? [] }
             return out
         }
     }

@@ -42,6 +42,9 @@ public final class Supervisor {
     let startTime: UInt64
     /// Restores whose pages are being written (domid and name held, no process yet).
     var pendingRestores: [DomID: PendingRestore] = [:]
+    /// While a restore plans its devices: the uuid of the domain it is a copy of, whose MACs
+    /// the copy may reuse.
+    var restoringUUID: String?
 
     public init(options: SupervisorOptions, logger: Logger) throws {
         self.options = options

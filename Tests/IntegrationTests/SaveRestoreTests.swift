@@ -104,6 +104,48 @@ import Toolstack
         #expect(eventually { b.consoleLog("mover--incoming").contains("ram-check ok") || b.consoleLog("mover").contains("ram-check ok") })
     }
 
+    /// The kvstore pair: a client writes and reads all along while its server is saved and
+    /// restored, then migrated (to the same supervisor, as `xl migrate DOMAIN localhost` does in
+    /// Xen); not one acknowledged write may be lost, and the network works after each move.
+    @Test func theKVStoreLosesNoAcknowledgedWriteAcrossSaveRestoreAndMigration() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let br = "pks\(getpid() % 100_000)"
+        func vif(_ mac: String, _ ip: String) -> String { "vif = [ 'mac=00:16:3e:00:\(mac), ip=\(ip)/24, bridge=\(br)' ]\n" }
+        let server = h.config("kvstore", kernel: Products.path("kvstore"), "extra = \"port=7000\"\n" + vif("30:20", "10.0.0.20"))
+        #expect(try h.xl("create", "-q", server).ok)
+        #expect(eventually(timeout: 30) { h.consoleLog("kvstore").contains("kvstore: serving 10.0.0.20:7000, new table") })
+        let client = h.config("kvclient", kernel: Products.path("kvclient"),
+                              "extra = \"server=10.0.0.20 port=7000 duration=10 giveup=20\"\n" + vif("30:21", "10.0.0.21"))
+        #expect(try h.xl("create", "-q", client).ok)
+        Thread.sleep(forTimeInterval: 1.5)
+        let image = file(h, "kvstore.save")
+        let save = try h.xl("save", "kvstore", image)
+        #expect(save.ok, "\(save.stderr)")
+        let restore = try h.xl("restore", image)
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(eventually(timeout: 30) { h.consoleLog("kvstore").contains("table restored with") }, "\(h.consoleLog("kvstore"))")
+        Thread.sleep(forTimeInterval: 1.5)
+        let receive = "PROCVISOR_RUNDIR=\(h.runDirectory) PROCVISOR_NO_AUTOSTART=1 \(Products.path("xl")) migrate-receive"
+        let migrate = try h.xl("migrate", "-s", "", "kvstore", receive)
+        #expect(migrate.ok, "\(migrate.stderr)")
+        #expect(try h.list()["kvstore"] != nil)
+        #expect(try h.list()["kvstore--migratedaway"] == nil)
+        // The source's end left the copy's /vm/<uuid> alone.
+        let domid = try #require(try h.list()["kvstore"]?.domid)
+        let vm = try h.xs("read", "/local/domain/\(domid)/vm").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try h.xs("read", vm + "/name").stdout == "kvstore\n")
+        var summary = ""
+        #expect(eventually(timeout: 40) {
+            summary = h.consoleLog("kvclient").split(separator: "\n").first { $0.hasPrefix("kvclient: puts=") }.map(String.init) ?? ""
+            return !summary.isEmpty
+        }, "\(h.consoleLog("kvclient"))")
+        #expect(summary.contains(" lost=0 wrong=0 "), "\(summary)")
+        let acked = summary.split(separator: " ").first { $0.hasPrefix("acked=") }.flatMap { Int($0.dropFirst(6)) } ?? 0
+        #expect(acked > 100, "\(summary)")
+        print("kvstore across save, restore and migration: \(summary)")
+    }
+
     @Test func aGuestThatNeverSuspendsTimesOutAndKeepsRunning() throws {
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_SUSPEND_TIMEOUT_MS": "800"])
         defer { h.stop() }

@@ -86,8 +86,11 @@ extension Supervisor {
             return "the default netback"
         }
         var used: [Key: String] = [:]
-        // A domain whose process is gone (preserved, or being restarted) sends nothing.
-        for dev in devices.vifs where domains[dev.frontend]?.hasProcess == true {
+        // A domain whose process is gone (preserved, or being restarted) sends nothing; nor does
+        // one suspended for a save, or the domain a restore is the copy of (a migration to this
+        // same supervisor: the incoming copy takes over the source's MAC, as in Xen).
+        for dev in devices.vifs {
+            guard let owner = domains[dev.frontend], owner.hasProcess, !owner.suspended, owner.uuid != restoringUUID else { continue }
             used[Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
         }
         for p in planned where p.spec.mac != nil {
