@@ -104,6 +104,44 @@ enum SaveStreamIO {
         try w.end()
     }
 
+    /// Writes the pages read into `bounce` (the i-th is pfn `pfns[i]`) into the RAM memfd, one
+    /// vectored positioned write per run of consecutive pfns.
+    static func writeBounced(_ pfns: [UInt64], from bounce: SharedMapping, to ram: FileDescriptor) throws {
+        var i = 0
+        var vectors: [IOVector] = []
+        vectors.reserveCapacity(pfns.count)
+        while i < pfns.count {
+            var j = i + 1
+            while j < pfns.count, j - i < 1024, pfns[j] == pfns[j - 1] + 1 { j += 1 }
+            vectors.removeAll(keepingCapacity: true)
+            for k in i..<j { vectors.append(IOVector(iov_base: bounce.base + k * SaveFormat.pageSize, iov_len: SaveFormat.pageSize)) }
+            var done = 0, first = 0
+            let total = (j - i) * SaveFormat.pageSize
+            while done < total {
+                let n: Int
+                switch vectors.withUnsafeBufferPointer({ ram.write(vector: $0.baseAddress! + first, count: $0.count - first, at: Int64(pfns[i]) * 4096 + Int64(done)) }) {
+                case let .success(k) where k > 0: n = k
+                case .success: throw SystemError("pwritev", "the domain's RAM", errno: .ioError)
+                case .failure(.interrupted): continue
+                case let .failure(e): throw SystemError("pwritev", "the domain's RAM at pfn \(pfns[i])", errno: e)
+                }
+                done += n
+                var left = n
+                while left > 0 {
+                    if left >= vectors[first].iov_len {
+                        left -= vectors[first].iov_len
+                        first += 1
+                    } else {
+                        vectors[first].iov_base += left
+                        vectors[first].iov_len -= left
+                        left = 0
+                    }
+                }
+            }
+            i = j
+        }
+    }
+
     /// What a restore read besides the pages.
     struct Restored {
         var domid: UInt16
@@ -132,8 +170,14 @@ enum SaveStreamIO {
         try reader.imageHeader()
         var info: SavedDomainInfo?
         var memory: SavedMemory?
-        var ram: SharedMapping?
         var ramDescriptor: FileDescriptor?
+        // Pages land in a small buffer first (checked there, hot in the cache), then go into the
+        // RAM memfd with positioned writes: no mapping of the domain's RAM to set up and tear
+        // down, and shmem pages written whole are never zeroed first.
+        let bounce = try SharedMapping(anonymous: SaveFormat.maxBatch * 2 * SaveFormat.pageSize)
+        bounce.prefault(forWriting: true)
+        var bounced: [UInt64] = []
+        bounced.reserveCapacity(SaveFormat.maxBatch * 2)
         defer { ramDescriptor?.close() }
         var domid: UInt16?
         var populated: [UInt64] = []  // a bitmap of the span
@@ -142,24 +186,18 @@ enum SaveStreamIO {
             SaveStreamError(record: reader.recordIndex, type: nil, offset: reader.offset, problem: problem)
         }
         while true {
+            bounced.removeAll(keepingCapacity: true)
             let next = try reader.next { pfn, _ in
-                guard let memory, let ram else { throw fault("PAGE_DATA before the MEMORY record") }
+                guard let memory, ramDescriptor != nil else { throw fault("PAGE_DATA before the MEMORY record") }
                 guard pfn < memory.spanPages else { throw fault("pfn \(pfn) is outside the domain's \(memory.spanPages)-page space") }
-                return ram.base + Int(pfn) * SaveFormat.pageSize
-            } willFill: { buffers in
-                // Fault each run of adjacent destinations in with one call.
-                guard let ram else { return }
-                var i = 0
-                while i < buffers.count {
-                    var j = i + 1
-                    while j < buffers.count, buffers[j].baseAddress == buffers[j - 1].baseAddress! + SaveFormat.pageSize { j += 1 }
-                    ram.prefault(at: buffers[i].baseAddress! - ram.base, length: (j - i) * SaveFormat.pageSize, forWriting: true)
-                    i = j
-                }
+                guard bounced.count < SaveFormat.maxBatch * 2 else { throw fault("more pages in one record than a batch holds") }
+                bounced.append(pfn)
+                return bounce.base + (bounced.count - 1) * SaveFormat.pageSize
             }
             switch next {
             case let .pages(pages):
-                guard let memory, domid != nil else { throw fault("PAGE_DATA before the MEMORY record") }
+                guard let memory, domid != nil, let ram = ramDescriptor else { throw fault("PAGE_DATA before the MEMORY record") }
+                try Self.writeBounced(bounced, from: bounce, to: ram)
                 for p in pages {
                     guard p.pfn < memory.spanPages else { throw fault("pfn \(p.pfn) is outside the domain's \(memory.spanPages)-page space") }
                     let word = Int(p.pfn / 64), bit = UInt64(1) << (p.pfn % 64)
@@ -199,7 +237,6 @@ enum SaveStreamIO {
                         guard let fd = client.receivedFDs.popLast() else { throw fault("the supervisor sent no RAM descriptor") }
                         domid = id
                         ramDescriptor = fd
-                        ram = try SharedMapping(fd, length: Int(m.spanPages) * SaveFormat.pageSize)
                         populated = [UInt64](repeating: 0, count: Int((m.spanPages + 63) / 64))
                     case let .error(msg):
                         throw RestoreRefused(message: msg)
@@ -225,7 +262,6 @@ enum SaveStreamIO {
                         pfn += 1
                     }
                 }
-                ram?.unmap()
                 switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: console,
                                                                                             resumeRecord: record, paused: paused))) {
                 case .created:
