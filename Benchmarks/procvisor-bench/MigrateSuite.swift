@@ -49,6 +49,10 @@ enum MigrateSuite {
         let receive = "PROCVISOR_RUNDIR=\(b.dir) PROCVISOR_NO_AUTOSTART=1 \(try sibling("xl")) migrate-receive"
         for i in 0..<rounds {
             try filled(a, "save\(i)", mb: 64)
+            // Both write new files: ext4 flushes a file truncated and rewritten when it is closed
+            // (its replace-via-truncate rule), which would time the disk, not the save.
+            unlink(image)
+            unlink(peerFile)
             save.append(try xl(a, ["save", "save\(i)", image]))
             let size = Int(try FileStatus(path: image).size)
             write.append(try writePeer(peerFile, bytes: size))

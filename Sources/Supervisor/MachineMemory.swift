@@ -87,9 +87,13 @@ final class MachineMemory {
     }
 
     /// The domain is gone (or never started): every frame it held goes back to the machine.
-    func releaseDomain(_ domid: DomID) {
-        guard let memory = domains.removeValue(forKey: domid) else { return }
+    /// Returns its memory, which the host frees when the last reference goes (the caller may
+    /// keep it a moment, to answer whoever waits first).
+    @discardableResult
+    func releaseDomain(_ domid: DomID) -> DomainMemory? {
+        guard let memory = domains.removeValue(forKey: domid) else { return nil }
         memory.releaseAll(to: self)
+        return memory
     }
 
     /// `__HYPERVISOR_memory_op` made by `domid`: reservations, one page per extent.

@@ -134,14 +134,23 @@ extension Supervisor {
         }
         if let restore { restoreNodes(dom, restore.nodes) }
         attachDevices(dom, planned)
-        consoles.open(dom, logPath: options.runDirectory.consoleLog(name: config.name))
+        // A migration's copy is named NAME--incoming until it takes over (xl's convention): its
+        // console goes on in NAME's log.
+        var logName = config.name
+        if restore != nil, logName.hasSuffix("--incoming") { logName.removeLast("--incoming".count) }
+        consoles.open(dom, logPath: options.runDirectory.consoleLog(name: logName))
         do {
             let t1 = try loop.watch(hcParent) { [unowned self, unowned dom] _ in hypercallReadable(dom) }
             let t2 = try loop.watch(conRead) { [unowned self, unowned dom] _ in consoles.readable(dom) }
             dom.watchTokens = [(hcParent, t1), (conRead, t2)]
             if let listener {
                 dom.boundListener = listener
-                let t3 = try loop.watch(listener) { [unowned self, unowned dom] _ in boundRefused(dom) }
+                let t3 = try loop.watch(listener) { [unowned self, unowned dom] events in
+                    // No task is left under the filter (the domain is dying): the listener hangs
+                    // up for good and would wake the loop until the death is reaped.
+                    if events.contains(.hangup) && !events.contains(.readable) { return unwatchListener(dom) }
+                    boundRefused(dom)
+                }
                 dom.watchTokens.append((listener, t3))
             }
         } catch {

@@ -330,6 +330,8 @@ let devids: [UInt32]
 do { devids = try Blkfront.devices(domain: domain) } catch { fail("cannot list device/vbd: \(error)") }
 if devids.isEmpty { fail("no virtual disk: device/vbd is empty (add a disk= line to the config)") }
 
+if arg("mode") == "soak" { runSoak(devid: devids[0]) }
+
 for devid in devids {
     let started = SystemTime.nanoseconds()
     let front: Blkfront
