@@ -22,7 +22,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),  // LogHandler.log(event:)
     ],
     targets: [
-        // The only target that includes C headers: libseccomp, liburing, memfd, futex, SCM_RIGHTS, prctl.
+        // The only target that includes C headers: libseccomp, liburing, memfd, futex, SCM_RIGHTS, prctl,
+        // userfaultfd and PAGEMAP_SCAN.
         .target(
             name: "CProcvisor",
             linkerSettings: [.linkedLibrary("seccomp"), .linkedLibrary("uring")]

@@ -135,7 +135,29 @@ public enum SeccompPolicies {
         SeccompRule("epoll_pwait", .allow, why: "waiting on inherited descriptors"),
         SeccompRule("eventfd2", .allow, why: "local wakeups between vCPU threads"),
         SeccompRule("lseek", .allow, why: "libc stdio probes seekability of stdout"),
-        SeccompRule("ioctl", .allow, [.arg(1, .equal(UInt64(TCGETS)))], why: "isatty() on the console; no other ioctl"),
+        SeccompRule("ioctl", .allow, [.arg(1, .equal(UInt64(TCGETS)))], why: "isatty() on the console"),
+        // Dirty-page tracking for live migration (WriteTracking.register): the domain registers its
+        // RAM for userfaultfd write-protection in asynchronous mode. Why this is safe to hand a
+        // hostile guest: userfaultfd became an exploit tool because a fault it handles can park a
+        // kernel thread inside copy_from_user at a point the attacker chooses, widening any race
+        // in the kernel at will. The descriptor admitted here is user-mode only (flags exactly
+        // UFFD_USER_MODE_ONLY|O_CLOEXEC|O_NONBLOCK, any other value traps): for a fault raised in
+        // kernel mode handle_userfault() returns VM_FAULT_SIGBUS and the system call gets EFAULT,
+        // so no kernel path can be made to wait (the reason Linux grants such descriptors to
+        // unprivileged processes even with vm.unprivileged_userfaultfd = 0). That holds for the
+        // supervisor too: its process_vm_readv into the domain is a remote, kernel-mode access
+        // and fails instead of waiting. The registration covers the caller's own address space
+        // only; the events that reach further (UFFD_FEATURE_EVENT_FORK) need CAP_SYS_PTRACE,
+        // which a domain lacks. Only UFFDIO_API and UFFDIO_REGISTER are admitted (no COPY,
+        // ZEROPAGE, MOVE, WRITEPROTECT, CONTINUE, POISON): with them a domain can at worst stall
+        // its own threads in user mode, which it can do with a futex anyway. The two request
+        // numbers are userfaultfd's own ('\xAA' type); none of the descriptors a domain holds
+        // (sockets, pipes, memfds, eventfds) gives them another meaning.
+        SeccompRule("userfaultfd", .allow, [.arg(0, .equal(UInt64(WriteTracking.descriptorFlags)))],
+                    why: "write tracking for live migration: a user-mode-only userfaultfd (UFFD_USER_MODE_ONLY|O_CLOEXEC|O_NONBLOCK exactly)"),
+        SeccompRule("ioctl", .allow, [.arg(1, .equal(WriteTracking.apiRequest))], why: "UFFDIO_API: write tracking's feature negotiation"),
+        SeccompRule("ioctl", .allow, [.arg(1, .equal(WriteTracking.registerRequest))],
+                    why: "UFFDIO_REGISTER: write tracking registers the RAM for write-protection; no other userfaultfd ioctl"),
         SeccompRule("fstat", .allow, why: "libc stdio buffering decisions"),
         SeccompRule("newfstatat", .allow, [.arg(3, .maskedEqual(mask: UInt64(PV_AT_EMPTY_PATH), value: UInt64(PV_AT_EMPTY_PATH)))],
                     why: "fstat() as glibc implements it; AT_EMPTY_PATH only, so no path lookups"),

@@ -327,5 +327,6 @@ void *pv_mremap_alias(void *old, size_t length, void *to);
 static inline int pv_malloc_single_arena(void) { return mallopt(M_ARENA_MAX, 1); }
 
 #include "pv_seals.h"
+#include "pv_dirtylog.h"
 #endif
 #include "pv_uring_restrict.h"

@@ -70,6 +70,14 @@ func issue(_ name: String) -> Int {
     case "io_uring_setup":
         var params = [UInt8](repeating: 0, count: 120)
         return params.withUnsafeMutableBytes { Syscalls.raw(nr("io_uring_setup"), [8, Int(bitPattern: $0.baseAddress)]) }
+    // Write tracking (WriteTracking.register): the userfaultfd the policies admit, and what they do not.
+    case "userfaultfd":
+        return Syscalls.raw(nr("userfaultfd"), [Int(WriteTracking.descriptorFlags)])
+    case "userfaultfd-kernel-faults":  // O_CLOEXEC | O_NONBLOCK without UFFD_USER_MODE_ONLY
+        return Syscalls.raw(nr("userfaultfd"), [Int(O_CLOEXEC | O_NONBLOCK)])
+    case "uffdio-writeprotect":  // _IOWR(0xAA, 0x06, struct uffdio_writeprotect): never admitted
+        var range = [UInt64](repeating: 0, count: 3)
+        return range.withUnsafeMutableBytes { Syscalls.raw(nr("ioctl"), [0, 0xC018_AA06, Int(bitPattern: $0.baseAddress)]) }
     case "pwrite":
         var b: UInt8 = 0
         return withUnsafeMutablePointer(to: &b) { Syscalls.raw(nr("pwrite64"), [1, Int(bitPattern: $0), 1, 0]) }
@@ -143,6 +151,7 @@ if args.first == "--guest-policy", args.count == 2 {
     print("returned \(r)")
     exit(0)
 }
+if runDirtyWriterMode(args) { exit(0) }
 if args.first == "--bare-ready" {
     // Benchmark peer: the same binary started by a plain fork+exec reports its main is running.
     _ = Glibc.write(1, "R", 1)
