@@ -109,6 +109,10 @@ public final class Domain {
         } catch {
             bootFailure("cannot map the domain's memory: \(error)")
         }
+        // Live migration logs the pages this domain writes: its RAM mapping is registered for
+        // asynchronous write-protection (docs/migration-dirty-tracking.md). A kernel that refuses
+        // only means a migration copies with the domain stopped.
+        try? WriteTracking.register(base: memory.base, length: Int(memory.spanPages) * 4096)
         let storePage: SharedMapping
         do {
             let fd = bootFDs[BootstrapReplyFD.storePage.rawValue]

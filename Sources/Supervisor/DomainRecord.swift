@@ -75,6 +75,8 @@ final class DomainProcess {
     var pendingBlocks: [(seq: UInt64, timer: UInt64?)] = []
     /// Restored: what the guest's suspend hook handed over, for its bootstrap (nil: a fresh boot).
     var resumeRecord: [UInt8]?
+    /// A live migration logs the pages this domain writes (nil: nobody does).
+    var dirtyLog: DirtyLog?
     /// A save or migration asked this domain to suspend (nil: nobody did).
     var suspend: SuspendRequest?
 

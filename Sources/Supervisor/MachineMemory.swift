@@ -151,6 +151,9 @@ final class DomainMemory {
     var maxPages: UInt64
     private(set) var currentPages: UInt64 = 0
     var cgroup: MemoryCgroup?
+    /// While a live migration logs the domain's writes: pfns populated or given back since the
+    /// last collection (the write log does not see a page go, nor one come back as zeros).
+    var changeLog: [UInt64]?
 
     init(domid: DomID, spanPages: UInt64) throws {
         self.spanPages = spanPages
@@ -182,6 +185,7 @@ final class DomainMemory {
         p2m.base.storeBytes(of: mfn.rawValue, toByteOffset: Int(pfn.rawValue) * 8, as: UInt64.self)
         machine.setM2P(mfn, pfn)
         currentPages += 1
+        changeLog?.append(pfn.rawValue)
         return true
     }
 
@@ -192,6 +196,7 @@ final class DomainMemory {
         p2m.base.storeBytes(of: PhysMap.invalidEntry, toByteOffset: Int(pfn.rawValue) * 8, as: UInt64.self)
         machine.free(mfn)
         currentPages -= 1
+        changeLog?.append(pfn.rawValue)
         return true
     }
 

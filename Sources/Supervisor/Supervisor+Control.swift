@@ -134,6 +134,10 @@ extension Supervisor {
             restoreBegin(plan, from: c)
         case let .restoreFinish(domid, contents):
             restoreFinish(domid, contents, from: c)
+        case let .dirtyLogStart(spec):
+            dirtyLogStart(spec, from: c)
+        case let .dirtyPages(spec):
+            dirtyPages(spec, from: c)
         case let .consoleAttach(spec):
             guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
             guard dom.hasProcess, !dom.released else {

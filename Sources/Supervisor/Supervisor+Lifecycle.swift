@@ -68,6 +68,7 @@ extension Supervisor {
             }
         }
         dom.finalCPUTimeNs = ProcFS.cpuTimeNs(of: pid)
+        stopDirtyLog(dom)
         dom.pid = 0
         loop.cancel(dom.engageTimer)
         loop.cancel(dom.virqTimer)

@@ -142,6 +142,7 @@ extension Supervisor {
     }
 
     func resume(_ dom: DomainRecord, paused: Bool) {
+        stopDirtyLog(dom)
         guard let request = dom.process.suspend, let seq = request.seq else { return }
         dom.process.suspend = nil
         reply_(dom, HypercallReply(seq: seq, rc: 1))
@@ -157,6 +158,7 @@ extension Supervisor {
     /// yet will be resumed the moment it does (until the request times out).
     func saverGone(_ c: ControlConnection) {
         for dom in domains.values {
+            if let log = dom.process.dirtyLog, log.owner === c || log.owner == nil { stopDirtyLog(dom) }
             guard let request = dom.process.suspend, request.waiter === c || request.waiter == nil else { continue }
             request.waiter = nil
             if request.suspended {

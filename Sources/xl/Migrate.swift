@@ -98,16 +98,11 @@ struct Migrate: ParsableCommand {
     func migrate(client: inout ControlClient, override: DomainConfig?, rune: String, to: FileDescriptor, from: FileDescriptor) -> Bool {
         guard MigrationHandshake.expect(MigrationHandshake.receiverBanner, on: from, what: "banner", rune: rune) else { return false }
         let sink = DescriptorSink(to, what: "the migration stream")
-        let start = MonotonicClock.nanoseconds()
-        guard let saved = SaveCommand.suspendAndWrite(client: &client, domain: domain, override: override, sink: sink, what: "migration stream",
-                                                      quiet: true) else {
+        guard let saved = sendLive(client: &client, override: override, sink: sink) else {
             printErr("Migration failed, resuming at sender.")
             return false
         }
         let id = String(saved.info.domid)
-        if debug {
-            printErr("migration sender: stream sent in \((MonotonicClock.nanoseconds() - start) / 1_000_000) ms (stop and copy: the domain was suspended for the whole transfer)")
-        }
         guard MigrationHandshake.expect(MigrationHandshake.receiverReady, on: from, what: "ready message", rune: rune) else {
             printErr("Migration failed, resuming at sender.")
             client.expectOK(.resume(domain: id, paused: false))
@@ -154,6 +149,131 @@ struct Migrate: ParsableCommand {
         printErr("Migration successful.")
         return true
     }
+}
+
+extension Migrate {
+    /// libxc's pre-copy limits: at most this many rounds while the domain runs, and stop early
+    /// once a round leaves no more than this many pages dirty.
+    static let maxRounds = 5
+    static let dirtyThreshold: UInt64 = 50
+
+    func debugLine(_ s: @autoclosure () -> String) { if debug { printErr("migration sender: " + s()) } }
+
+    /// The live pre-copy (libxc's send_memory_live, then its stop-and-copy): every populated
+    /// page while the domain runs, then rounds of the pages written meanwhile, until few remain,
+    /// the rounds stop shrinking or the limit is reached; then the domain is suspended and what
+    /// is left goes with the records. Returns the suspended domain (nil: failed, said why, the
+    /// domain runs on).
+    func sendLive(client: inout ControlClient, override: DomainConfig?, sink: SaveStreamSink) -> SuspendedDomain? {
+        let t0 = MonotonicClock.nanoseconds()
+        func ms(_ from: UInt64) -> String {
+            let tenths = (MonotonicClock.nanoseconds() - from) / 100_000
+            return "\(tenths / 10).\(tenths % 10)"
+        }
+        let start: DirtyLogStart
+        switch client.request(.dirtyLogStart(domain: domain)) {
+        case let .dirtyLogStarted(s): start = s
+        case let .error(msg):
+            printErr("xl: \(msg)")
+            return nil
+        case let other:
+            printErr("xl: unexpected reply \(other)")
+            return nil
+        }
+        guard let ram = client.receivedFDs.popLast() else {
+            printErr("xl: the supervisor sent no RAM descriptor")
+            return nil
+        }
+        defer { ram.close() }
+        var config = override ?? start.config
+        config.name = start.info.name
+        if let how = start.tracking {
+            debugLine("dirty pages tracked by \(how)")
+        } else {
+            debugLine("cannot track dirty pages (\(start.unavailable ?? "unknown reason")): the domain is stopped for the whole copy")
+        }
+        let sender: ImageSender
+        var sentPopulated = start.populated
+        var carry: [PFNRun] = []
+        do {
+            sender = try ImageSender(sink: sink, ram: ram, info: start.info, memory: start.memory, config: config)
+            if start.tracking != nil {
+                let r0 = MonotonicClock.nanoseconds()
+                try sender.send(start.populated, skipHoles: true, running: true)
+                debugLine("round 1: \(PFNRun.total(start.populated)) pages (\(sender.bytesSent >> 20) MiB of data) in \(ms(r0)) ms, the domain running")
+                var last = UInt64.max
+                for round in 2...Self.maxRounds {
+                    let dirty: DirtyPages
+                    switch client.request(.dirtyPages(domain: String(start.info.domid))) {
+                    case let .dirtyPages(d): dirty = d
+                    case let other:
+                        printErr("xl: the write log failed: \(other)")
+                        return nil
+                    }
+                    let toSend = PFNRun.intersect(dirty.dirty, dirty.populated)
+                    let gone = PFNRun.subtract(sentPopulated, dirty.populated)
+                    let n = PFNRun.total(toSend)
+                    if n <= Self.dirtyThreshold || n >= last {
+                        carry = toSend
+                        debugLine("round \(round): \(n) pages dirty, \(n <= Self.dirtyThreshold ? "few enough" : "no fewer than the round before"): stop and copy")
+                        break
+                    }
+                    let r = MonotonicClock.nanoseconds()
+                    try sender.send(toSend, skipHoles: false, running: true)
+                    try sender.sendAbsent(gone)
+                    sentPopulated = dirty.populated
+                    debugLine("round \(round): \(n) dirty pages in \(ms(r)) ms, the domain running")
+                    last = n
+                    if round == Self.maxRounds { debugLine("\(Self.maxRounds) rounds: stop and copy") }
+                }
+            }
+        } catch {
+            printErr("xl: sending dom\(start.info.domid) (\(start.info.name)) failed: \(error); the domain runs on")
+            return nil
+        }
+        let stop = MonotonicClock.nanoseconds()
+        let saved: SuspendedDomain
+        switch client.request(.suspend(domain: String(start.info.domid))) {
+        case let .suspended(s): saved = s
+        case let .error(msg):
+            printErr("xl: \(msg)")
+            return nil
+        case let other:
+            printErr("xl: unexpected reply \(other)")
+            return nil
+        }
+        client.receivedFDs.popLast()?.close()  // the same RAM
+        do {
+            if start.tracking != nil {
+                let final: DirtyPages
+                switch client.request(.dirtyPages(domain: String(start.info.domid))) {
+                case let .dirtyPages(d): final = d
+                case let other: throw CreateFailure("the write log failed: \(other)")
+                }
+                var pfns: [UInt64] = []
+                for r in carry + final.dirty { pfns += Array(r.start..<(r.start + r.count)) }
+                let last = PFNRun.intersect(PFNRun.runs(of: pfns), saved.populated)
+                try sender.send(last, skipHoles: false)
+                try sender.sendAbsent(PFNRun.subtract(sentPopulated, saved.populated))
+                debugLine("stop and copy: \(PFNRun.total(last)) pages")
+            } else {
+                try sender.send(saved.populated, skipHoles: true)
+            }
+            try sender.finish(saved)
+        } catch {
+            printErr("xl: sending dom\(saved.info.domid) (\(saved.info.name)) failed: \(error)")
+            client.expectOK(.resume(domain: String(saved.info.domid), paused: false))
+            return nil
+        }
+        debugLine("stream sent in \(ms(t0)) ms, \(sender.pagesSent) pages, the domain stopped for the last \(ms(stop)) ms of it")
+        return saved
+    }
+}
+
+/// A failure to report with its reason.
+struct CreateFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }
 
 struct MigrateReceive: ParsableCommand {

@@ -56,38 +56,75 @@ final class DescriptorSource: SaveStreamSource {
     }
 }
 
-enum SaveStreamIO {
-    /// Writes a suspended domain's image: the xl header with `config`, the records, its pages
-    /// read from `ram` (populated pages that were never written go as XALLOC, with no data).
-    static func write(_ s: SuspendedDomain, ram: FileDescriptor, config: DomainConfig, to sink: SaveStreamSink) throws {
-        let span = Int(s.memory.spanPages)
-        let mapping = try SharedMapping(ram, length: max(span, 1) * SaveFormat.pageSize, writable: false)
-        defer { mapping.unmap() }
-        let extents = try ram.dataExtents(size: Int64(span) * Int64(SaveFormat.pageSize))
-        // The pages are read twice (checksum, copy): fault them in with one call per extent.
-        for e in extents { mapping.prefault(at: Int(e.lowerBound), length: Int(e.upperBound - e.lowerBound)) }
-        let w = SaveStreamWriter(sink: sink)
-        w.xlHeader(config: Array(try JSONEncoder().encode(config)))
-        w.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
-        w.record(.domainInfo, Array(try JSONEncoder().encode(s.info)))
-        w.record(.memory, s.memory.saved.encode())
+/// Sends a domain's image piece by piece: the headers, then pages (all of them once, then those
+/// written since, for a live migration), then the rest. Pages are read from the domain's RAM
+/// memfd, mapped read-only.
+final class ImageSender {
+    let writer: SaveStreamWriter
+    let mapping: SharedMapping
+    let ram: FileDescriptor
+    let span: UInt64
+    /// Pages sent so far, data or not.
+    private(set) var pagesSent = 0
+    private(set) var bytesSent: UInt64 = 0
+
+    init(sink: SaveStreamSink, ram: FileDescriptor, info: SavedDomainInfo, memory: SavedMemoryLayout, config: DomainConfig) throws {
+        span = memory.spanPages
+        self.ram = ram
+        mapping = try SharedMapping(ram, length: Int(max(span, 1)) * SaveFormat.pageSize, writable: false)
+        writer = SaveStreamWriter(sink: sink)
+        writer.xlHeader(config: Array(try JSONEncoder().encode(config)))
+        writer.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
+        writer.record(.domainInfo, Array(try JSONEncoder().encode(info)))
+        writer.record(.memory, memory.saved.encode())
+    }
+
+    deinit { mapping.unmap() }
+
+    /// Where pages of a running domain are copied before they are checksummed and sent: the
+    /// domain may write a page at any moment, and the bytes sent must be the bytes checked (a page
+    /// written while it is copied is in the next round's log anyway).
+    private lazy var snapshot: SharedMapping? = try? SharedMapping(anonymous: SaveFormat.maxBatch * SaveFormat.pageSize)
+
+    /// Sends `runs` of populated pages. With `skipHoles`, pages the memfd holds no data for go as
+    /// XALLOC (populated, reads as zero) without contents. `running`: the domain runs, so each
+    /// batch is copied first.
+    func send(_ runs: [PFNRun], skipHoles: Bool, running: Bool = false) throws {
+        if running, snapshot == nil { throw SystemError("mmap", "a 2 MiB buffer for pages", errno: .current) }
+        let extents = skipHoles ? try ram.dataExtents(size: Int64(span) * Int64(SaveFormat.pageSize)) : []
+        // The pages are read twice (checksum, copy): fault them in with one call per run.
+        if skipHoles {
+            for e in extents { mapping.prefault(at: Int(e.lowerBound), length: Int(e.upperBound - e.lowerBound)) }
+        } else {
+            for r in runs where r.start < span { mapping.prefault(at: Int(r.start) * SaveFormat.pageSize, length: Int(min(r.count, span - r.start)) * SaveFormat.pageSize) }
+        }
         var batch: [(pfn: UInt64, type: SavePageType)] = []
         var data: [UnsafeRawPointer] = []
         batch.reserveCapacity(SaveFormat.maxBatch)
         var e = 0
         func hasData(_ pfn: UInt64) -> Bool {
+            guard skipHoles else { return true }
             let at = Int64(pfn) * Int64(SaveFormat.pageSize)
             while e < extents.count, extents[e].upperBound <= at { e += 1 }
             return e < extents.count && extents[e].lowerBound < at + Int64(SaveFormat.pageSize)
         }
         func flush() throws {
             guard !batch.isEmpty else { return }
-            try w.pages(batch) { data[$0] }
+            if running, let snapshot {
+                for (i, page) in data.enumerated() {
+                    (snapshot.base + i * SaveFormat.pageSize).copyMemory(from: page, byteCount: SaveFormat.pageSize)
+                }
+                try writer.pages(batch) { UnsafeRawPointer(snapshot.base + $0 * SaveFormat.pageSize) }
+            } else {
+                try writer.pages(batch) { data[$0] }
+            }
+            pagesSent += batch.count
+            bytesSent += UInt64(data.count * SaveFormat.pageSize)
             batch.removeAll(keepingCapacity: true)
             data.removeAll(keepingCapacity: true)
         }
-        for run in s.populated {
-            for pfn in run.start..<(run.start + run.count) where pfn < UInt64(span) {
+        for run in runs {
+            for pfn in run.start..<(run.start + run.count) where pfn < span {
                 if hasData(pfn) {
                     batch.append((pfn, .normal))
                     data.append(UnsafeRawPointer(mapping.base + Int(pfn) * SaveFormat.pageSize))
@@ -98,10 +135,39 @@ enum SaveStreamIO {
             }
         }
         try flush()
-        w.record(.xenstoreData, SavedXenStore.encode(s.nodes.map { ($0.path, $0.value) }))
-        w.record(.console, s.console)
-        w.record(.resumeRecord, s.resumeRecord)
-        try w.end()
+    }
+
+    /// Says these pages are no longer populated (XTAB, no data).
+    func sendAbsent(_ runs: [PFNRun]) throws {
+        var batch: [(pfn: UInt64, type: SavePageType)] = []
+        for run in runs {
+            for pfn in run.start..<(run.start + run.count) where pfn < span {
+                batch.append((pfn, .absent))
+                if batch.count == SaveFormat.maxBatch {
+                    try writer.pages(batch) { _ in fatalError("XTAB pages carry no data") }
+                    batch.removeAll(keepingCapacity: true)
+                }
+            }
+        }
+        if !batch.isEmpty { try writer.pages(batch) { _ in fatalError("XTAB pages carry no data") } }
+    }
+
+    /// The records after the pages, and END.
+    func finish(_ s: SuspendedDomain) throws {
+        writer.record(.xenstoreData, SavedXenStore.encode(s.nodes.map { ($0.path, $0.value) }))
+        writer.record(.console, s.console)
+        writer.record(.resumeRecord, s.resumeRecord)
+        try writer.end()
+    }
+}
+
+enum SaveStreamIO {
+    /// Writes a suspended domain's image: the xl header with `config`, the records, its pages
+    /// read from `ram` (populated pages that were never written go as XALLOC, with no data).
+    static func write(_ s: SuspendedDomain, ram: FileDescriptor, config: DomainConfig, to sink: SaveStreamSink) throws {
+        let sender = try ImageSender(sink: sink, ram: ram, info: s.info, memory: s.memory, config: config)
+        try sender.send(s.populated, skipHoles: true)
+        try sender.finish(s)
     }
 
     /// Writes the pages read into `bounce` (the i-th is pfn `pfns[i]`) into the RAM memfd, one

@@ -63,6 +63,11 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case restoreBegin(RestorePlan)
     /// Step 2: the pages are in the RAM memfd; start the domain (`.created` once it engaged).
     case restoreFinish(domid: UInt16, contents: RestoreContents)
+    /// `xl migrate`, live: log the pages the running domain writes (`.dirtyLogStarted` with its
+    /// RAM memfd). The log ends with this connection, a resume, or the domain.
+    case dirtyLogStart(domain: String)
+    /// The pages written since the last call (`.dirtyPages`), and the log cleared.
+    case dirtyPages(domain: String)
 }
 
 /// Supervisor replies.
@@ -87,6 +92,9 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case suspended(SuspendedDomain)
     /// The reply to `.restoreBegin`; the new domain's RAM memfd (writable) comes with it.
     case restoring(domid: UInt16)
+    /// The reply to `.dirtyLogStart`; the domain's RAM memfd (read-only) comes with it.
+    case dirtyLogStarted(DirtyLogStart)
+    case dirtyPages(DirtyPages)
 }
 
 /// What `xl network-filter` asks of a bridge's rule list. Positions count from 1.

@@ -9,6 +9,40 @@ public struct PFNRun: Codable, Equatable, Sendable {
         self.count = count
     }
 
+    /// Pages in `runs`.
+    public static func total(_ runs: [PFNRun]) -> UInt64 { runs.reduce(0) { $0 + $1.count } }
+
+    /// The pages in both (sorted, non-overlapping runs in, the same out).
+    public static func intersect(_ a: [PFNRun], _ b: [PFNRun]) -> [PFNRun] {
+        var out: [PFNRun] = []
+        var i = 0, j = 0
+        while i < a.count, j < b.count {
+            let lo = max(a[i].start, b[j].start), hi = min(a[i].start + a[i].count, b[j].start + b[j].count)
+            if lo < hi { out.append(PFNRun(start: lo, count: hi - lo)) }
+            if a[i].start + a[i].count < b[j].start + b[j].count { i += 1 } else { j += 1 }
+        }
+        return out
+    }
+
+    /// The pages of `a` not in `b` (sorted, non-overlapping runs in, the same out).
+    public static func subtract(_ a: [PFNRun], _ b: [PFNRun]) -> [PFNRun] {
+        var out: [PFNRun] = []
+        var j = 0
+        for run in a {
+            var start = run.start
+            let end = run.start + run.count
+            while j < b.count, b[j].start + b[j].count <= start { j += 1 }
+            var k = j
+            while k < b.count, b[k].start < end {
+                if b[k].start > start { out.append(PFNRun(start: start, count: b[k].start - start)) }
+                start = max(start, b[k].start + b[k].count)
+                k += 1
+            }
+            if start < end { out.append(PFNRun(start: start, count: end - start)) }
+        }
+        return out
+    }
+
     /// Sorted runs covering exactly the pfns in `pfns` (any order, duplicates allowed).
     public static func runs(of pfns: [UInt64]) -> [PFNRun] {
         var out: [PFNRun] = []
@@ -69,6 +103,38 @@ public struct SuspendedDomain: Codable, Equatable, Sendable {
         self.nodes = nodes
         self.console = console
         self.resumeRecord = resumeRecord
+    }
+}
+
+/// The reply to `.dirtyLogStart` (with the RAM memfd, read-only): the domain runs on, and from
+/// now on the pages it writes are logged for `.dirtyPages`.
+public struct DirtyLogStart: Codable, Equatable, Sendable {
+    public var info: SavedDomainInfo
+    public var config: DomainConfig
+    public var memory: SavedMemoryLayout
+    public var populated: [PFNRun]
+    /// How writes are tracked (for `xl migrate --debug`); nil when they cannot be, and
+    /// `unavailable` says why: the migration then stops the domain for the whole copy.
+    public var tracking: String?
+    public var unavailable: String?
+    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemoryLayout, populated: [PFNRun], tracking: String?, unavailable: String?) {
+        self.info = info
+        self.config = config
+        self.memory = memory
+        self.populated = populated
+        self.tracking = tracking
+        self.unavailable = unavailable
+    }
+}
+
+/// The reply to `.dirtyPages`: the pages written (or populated, or given back) since the last
+/// call, and which pages are populated now.
+public struct DirtyPages: Codable, Equatable, Sendable {
+    public var dirty: [PFNRun]
+    public var populated: [PFNRun]
+    public init(dirty: [PFNRun], populated: [PFNRun]) {
+        self.dirty = dirty
+        self.populated = populated
     }
 }
 
