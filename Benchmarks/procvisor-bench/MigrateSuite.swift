@@ -65,6 +65,7 @@ enum MigrateSuite {
             guard case .ok = try b.call(.destroy(domain: "mig\(i)")) else { throw BenchError("destroy mig\(i) at the target failed") }
             pipe.append(try pipePeer(bytes: 256 << 20))
         }
+        let (gaps, quiet, lost) = try downtime(rounds: rounds)
         func result(_ name: String, _ ours: [Double], _ peer: [Double], _ peerName: String) -> Result {
             let o = Sample(values: ours).median, p = Sample(values: peer).median
             return Result(name: name, unit: "ms", procvisor: o, peer: p, peer_name: peerName, ratio: o / p, higher_is_better: false)
@@ -73,9 +74,79 @@ enum MigrateSuite {
             result("save_64m", save, write, "write(2) to a file"),
             result("restore_64m", restore, read, "read(2) from a file"),
             result("migrate_256m_total", migrate, pipe, "pipe to another process"),
+            result("migrate_256m_downtime", gaps, quiet, "longest gap, no migration"),
+            Result(name: "acked_writes_lost", unit: "count", procvisor: Double(lost), peer: 0, peer_name: "nothing lost",
+                   ratio: Double(lost), higher_is_better: false),
         ]
-        fputs("migrate: every round (ms): save \(fmt(save)) | write \(fmt(write)) | restore \(fmt(restore)) | read \(fmt(read)) | migrate \(fmt(migrate)) | pipe \(fmt(pipe))\n", stderr)
+        fputs("migrate: every round (ms): save \(fmt(save)) | write \(fmt(write)) | restore \(fmt(restore)) | read \(fmt(read)) | migrate \(fmt(migrate)) | pipe \(fmt(pipe)) | longest gap with a migration \(fmt(gaps)) | without \(fmt(quiet)) | acknowledged writes lost \(lost)\n", stderr)
         return rows
+    }
+
+    /// A kvstore of 256 MiB that dirties 10 pages a millisecond serves a kvclient writing and
+    /// reading all along; in each round one client runs while the server stays put (the peer:
+    /// the longest gap the network and the scheduler give anyway), and one while the server is
+    /// migrated live to the same supervisor. The client reports the longest gap between answers
+    /// and the acknowledged writes it could not read back.
+    static func downtime(rounds: Int) throws -> (gaps: [Double], quiet: [Double], lost: Int) {
+        let sup = try BenchSupervisor()
+        let netback = try sibling("netback"), kvstore = try sibling("kvstore"), kvclient = try sibling("kvclient")
+        let bridge = "pvmig\(getpid() % 10000)", backend = "netback-mig"
+        var guests = [backend]
+        defer {
+            for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) }
+            sup.stop()
+        }
+        try NetSuite.write(sup, backend, """
+            name = "\(backend)"
+            kernel = "\(netback)"
+            driver_domain = 1
+            memory = 64
+            vcpus = 2
+            """)
+        _ = try BlkSuite.awaitLine(sup, backend, containing: "serving vifs", timeout: 30)
+        guests.append("kvstore")
+        try NetSuite.write(sup, "kvstore", """
+            name = "kvstore"
+            kernel = "\(kvstore)"
+            extra = "port=7000 dirty=10"
+            memory = 256
+            vcpus = 2
+            vif = [ 'mac=00:16:3e:00:c0:02, ip=10.98.0.2/24, bridge=\(bridge), backend=\(backend)' ]
+            """)
+        _ = try BlkSuite.awaitLine(sup, "kvstore", containing: "serving 10.98.0.2:7000", timeout: 30)
+        let xl = try sibling("xl")
+        let receive = "PROCVISOR_RUNDIR=\(sup.dir) PROCVISOR_NO_AUTOSTART=1 \(xl) migrate-receive"
+        var gaps: [Double] = [], quiet: [Double] = [], lost = 0
+        for round in 0..<(2 * rounds) {
+            let migrating = round % 2 == 1
+            let name = "kvclient\(round)"
+            guests.append(name)
+            try NetSuite.write(sup, name, """
+                name = "\(name)"
+                kernel = "\(kvclient)"
+                extra = "server=10.98.0.2 port=7000 duration=3 retry=2"
+                memory = 64
+                vcpus = 1
+                on_poweroff = "destroy"
+                vif = [ 'mac=00:16:3e:00:c1:\(String(format: "%02x", round % 256)), ip=10.98.0.\(10 + round % 200)/24, bridge=\(bridge), backend=\(backend)' ]
+                """)
+            _ = try BlkSuite.awaitLine(sup, name, containing: "kvclient:", timeout: 30)
+            if migrating {
+                usleep(1_000_000)
+                _ = try MigrateSuite.xl(sup, ["migrate", "-s", "", "kvstore", receive])
+            }
+            let line = try BlkSuite.awaitLine(sup, name, containing: "kvclient: puts=", timeout: 60)
+            let v = BlkSuite.keyValues(line)
+            if migrating {
+                gaps.append(v["longest_gap_ms"] ?? .infinity)
+                lost += Int(v["lost"] ?? 0) + Int(v["wrong"] ?? 0)
+            } else {
+                quiet.append(v["longest_gap_ms"] ?? .infinity)
+            }
+            try? BlkSuite.awaitGone(sup, name, timeout: 30)
+            guests.removeAll { $0 == name }
+        }
+        return (gaps, quiet, lost)
     }
 
     static func fmt(_ v: [Double]) -> String { v.map { String(format: "%.1f", $0) }.joined(separator: " ") }

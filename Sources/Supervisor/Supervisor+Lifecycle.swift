@@ -281,5 +281,6 @@ extension Supervisor {
         try Signals.send(Signals.continue, to: dom.pid)
         dom.paused = false
         log("\(dom.label): unpaused")
+        logger.info("domain unpaused", metadata: ["domid": "\(dom.domid)"])
     }
 }

@@ -253,6 +253,7 @@ extension Supervisor {
         }
         pendingRestores[domid] = nil
         domains.unreserve(domid)
+        logger.info("restore finishing", metadata: ["domid": "\(domid)"])
         let config = pending.plan.config
         guard let memory = machine.domains[domid] else { return c.send(.error("dom\(raw): its memory is gone")) }
         for run in contents.populated {
@@ -273,7 +274,11 @@ extension Supervisor {
             return c.send(.error("dom\(raw) (\(config.name)): the stream wrote pages it did not list as populated"))
         }
         restoringUUID = pending.plan.info.uuid
-        defer { restoringUUID = nil }
+        restoringStarts = true
+        defer {
+            restoringUUID = nil
+            restoringStarts = false
+        }
         do {
             try createDomain(config, paused: contents.paused, waiter: c, uuid: pending.plan.info.uuid,
                              restore: RestoreInput(domid: domid, nodes: contents.nodes, console: contents.console, record: contents.resumeRecord))

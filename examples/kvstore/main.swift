@@ -3,6 +3,7 @@
 // serving the same table. It serves on its first vif until destroyed.
 //
 //   extra = "port=7000 slots=4096"      (slots: table size, used only when the table is new)
+//   extra = "port=7000 dirty=10"        (also writes 10 pages a millisecond above the heap)
 //
 // Wire protocol: one request per UDP datagram, one answer per request, sent back to the
 // sender's address and port. Fields are separated by one space; a request may end with one
@@ -71,6 +72,28 @@ do {
     if let s = table.replayedSlot { say("finished the PUT into slot \(s) that the saved domain was in the middle of") }
 } catch {
     fail("\(error)")
+}
+
+// dirty=N: a vCPU writes N pages a millisecond in the RAM above the heap, as a busy service
+// would (what a live migration has to keep up with).
+if let rate = arg("dirty").flatMap(Int.init), rate > 0 {
+    let mem = domain.memory
+    let first = (try? domain.memory.heap.pages) ?? 0
+    let count = Int(mem.bootPages) - first
+    if count > 0 {
+        domain.startVCPU(1) { _ in
+            var i = 0
+            while true {
+                let t0 = SystemTime.nanoseconds()
+                for _ in 0..<rate {
+                    (mem.base + (first + i) * 4096).storeBytes(of: t0, as: UInt64.self)
+                    i = (i + 7919) % count
+                }
+                while SystemTime.nanoseconds() - t0 < 1_000_000 { usleep(100) }
+            }
+        }
+        say("dirtying \(rate) pages/ms of \(count) pages above the heap")
+    }
 }
 
 let front: Netfront

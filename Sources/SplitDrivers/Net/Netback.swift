@@ -470,7 +470,10 @@ public final class Netback {
         lock.lock()
         defer { lock.unlock() }
         let b = bridge(named: vif.bridgeName)
-        if let other = b.ports.compactMap({ $0 as? NetbackVifPort }).first(where: { $0.vif.mac == vif.mac }) {
+        // `mac-takeover` (written by the toolstack, never by the frontend): a migration's copy on
+        // this same host, whose MAC its suspended source still holds; it shares the MAC until the
+        // source goes, and the switch learns whichever sends.
+        if !vif.macTakeover, let other = b.ports.compactMap({ $0 as? NetbackVifPort }).first(where: { $0.vif.mac == vif.mac }) {
             return "MAC \(vif.mac) is already on bridge \(b.name) (\(other.vif.name))"
         }
         vif.bridge = b

@@ -49,6 +49,8 @@ final class NetbackVif {
     @exclusivity(unchecked) var creditBlockedUntil: UInt64?
     @exclusivity(unchecked) var floodLimiter: FrameRateLimiter
     @exclusivity(unchecked) private(set) var bridgeName = "xenbr0"
+    /// The toolstack let this vif share its MAC with the suspended source of a migration.
+    @exclusivity(unchecked) private(set) var macTakeover = false
     /// The frontend takes multi-slot rx frames (`feature-sg`).
     @exclusivity(unchecked) private(set) var sg = false
     @exclusivity(unchecked) var bridge: NetBridge?
@@ -167,6 +169,7 @@ final class NetbackVif {
         }
         if credit?.isUnlimited == true { credit = nil }
         bridgeName = read("bridge").flatMap { $0.isEmpty ? nil : $0 } ?? "xenbr0"
+        macTakeover = read("mac-takeover") == "1"
         let maxQueues = owner.maxQueues
         for (k, v) in [("feature-sg", "1"), ("feature-gso-tcpv4", "0"), ("feature-gso-tcpv6", "0"), ("feature-rx-copy", "1"),
                        ("feature-rx-flip", "0"), ("feature-multicast-control", "0"), ("feature-split-event-channels", "1"),

@@ -89,8 +89,15 @@ extension Supervisor {
         // A domain whose process is gone (preserved, or being restarted) sends nothing; nor does
         // one suspended for a save, or the domain a restore is the copy of (a migration to this
         // same supervisor: the incoming copy takes over the source's MAC, as in Xen).
+        var sourceMACs: Set<Key> = []
         for dev in devices.vifs {
-            guard let owner = domains[dev.frontend], owner.hasProcess, !owner.suspended, owner.uuid != restoringUUID else { continue }
+            guard let owner = domains[dev.frontend], owner.hasProcess else { continue }
+            // The source of the migration being restored: still running while its copy is
+            // planned (restoreBegin), suspended when the copy starts (restoreFinish); a copy
+            // restored beside a running original keeps the rule.
+            let source = owner.uuid == restoringUUID && (owner.suspended || !restoringStarts)
+            if source { sourceMACs.insert(Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)) }
+            guard !owner.suspended, !source else { continue }
             used[Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
         }
         for p in planned where p.spec.mac != nil {
@@ -99,6 +106,9 @@ extension Supervisor {
                 throw CreateError("\(p.what): MAC address \(p.mac) is already used on bridge \(p.bridge) of backend \(backendName(p)) by \(other) (give each vif its own mac=, or leave it out to get a random one)")
             }
             used[key] = "vif \(p.devid) of the same config"
+        }
+        for i in planned.indices where planned[i].spec.mac != nil {
+            planned[i].takeover = sourceMACs.contains(Key(backend: backendID(planned[i]), bridge: planned[i].bridge, mac: planned[i].mac))
         }
         for i in planned.indices where planned[i].spec.mac == nil {
             while true {

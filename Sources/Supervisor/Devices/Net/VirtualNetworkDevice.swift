@@ -10,6 +10,9 @@ struct NetworkDeviceSettings: DeviceSettings {
     let mac: String
     let bridge: String
     let spec: VifSpec
+    /// A migration's copy on this same supervisor: its MAC is still the suspended source's, whose
+    /// vif the backend must let it share until the source goes (`mac-takeover`, Procvisor).
+    var takeover = false
 
     var mtu: Int { spec.mtu ?? VifSpec.defaultMTU }
 
@@ -31,6 +34,7 @@ struct NetworkDeviceSettings: DeviceSettings {
         if let name = s.vifname { back.append(("vifname", name)) }
         if let dev = s.gatewaydev { back.append(("gatewaydev", dev)) }
         if let gw = s.gateway { back.append(("gateway", gw)) }
+        if takeover { back.append(("mac-takeover", "1")) }
         var readOnly: [(String, String)] = [("mtu", "\(mtu)")]
         if let ip = s.ip { readOnly.append(("ip", ip)) }
         if let gw = s.gateway { readOnly.append(("gateway", gw)) }
@@ -50,9 +54,12 @@ struct PlannedVif {
     let bridge: String
     /// How errors name it.
     let what: String
+    /// Its MAC is the suspended source's of the migration this vif's domain is the copy of.
+    var takeover = false
 
     var device: PlannedDevice {
-        let settings = NetworkDeviceSettings(mac: mac, bridge: bridge, spec: spec), devid = devid
+        var settings = NetworkDeviceSettings(mac: mac, bridge: bridge, spec: spec), devid = devid
+        settings.takeover = takeover
         return PlannedDevice(type: .network, devid: devid, what: what, backend: backend) { frontend, backend in
             VirtualNetworkDevice(frontend: frontend, devid: devid, backend: backend, settings: settings)
         }
