@@ -193,7 +193,10 @@ import XenStoreSocket
         #expect(dmesg.contains("dom2: vif 1 (") && dmesg.contains("timeout reached, initiating forced remove"), "\(dmesg)")
 
         // A backend that closes the device: detach by MAC returns as soon as it reads Closed.
-        DispatchQueue.global().asyncAfter(deadline: .now() + 0.2) {
+        // (It closes once the removal asked it to, whenever xl gets there on a loaded machine; a
+        // thread of its own, as runCommand waits on the global dispatch queue.)
+        Thread.detachNewThread {
+            _ = eventually(timeout: 10) { (try? h.xs("read", "/local/domain/1/backend/vif/2/0/online").stdout) == "0\n" }
             _ = try? h.xs("write", "/local/domain/1/backend/vif/2/0/state", "6")
         }
         let byMAC = try h.xl("network-detach", "g", "00:16:3E:00:00:01")

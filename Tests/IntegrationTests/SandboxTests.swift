@@ -59,11 +59,12 @@ import Testing
         #expect(status.contains("NoNewPrivs:\t1"))
         // Only the bootstrap descriptors are open: stdin, stdout, stderr, hypercall, events, the
         // domain's own RAM memfd and the eventfd that kicks the XenStore server (the event pages,
-        // XenStore page, P2M and M2P are mapped, their fds closed).
+        // XenStore page, P2M and M2P are mapped, their fds closed), and the userfaultfd that
+        // write-protects its RAM for live migration (docs/migration-dirty-tracking.md).
         let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").compactMap(Int.init).sorted()
-        #expect(fds.count == 7 && Array(fds.prefix(5)) == [0, 1, 2, 3, 4], "\(fds)")
+        #expect(fds.count == 8 && Array(fds.prefix(5)) == [0, 1, 2, 3, 4], "\(fds)")
         let extra = try fds.dropFirst(5).map { try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)") }.sorted()
-        #expect(extra == ["/memfd:pv-ram-1 (deleted)", "anon_inode:[eventfd]"], "\(extra)")
+        #expect(extra == ["/memfd:pv-ram-1 (deleted)", "anon_inode:[eventfd]", "anon_inode:[userfaultfd]"], "\(extra)")
         // The P2M and M2P are mapped read-only.
         let maps = try FileIO.readString("/proc/\(pid)/maps").split(separator: "\n")
         for table in ["pv-p2m-1", "pv-m2p"] {
