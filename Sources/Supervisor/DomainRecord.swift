@@ -75,6 +75,10 @@ final class DomainProcess {
     var pendingBlocks: [(seq: UInt64, timer: UInt64?)] = []
     /// Restored: what the guest's suspend hook handed over, for its bootstrap (nil: a fresh boot).
     var resumeRecord: [UInt8]?
+    /// Started for a restore whose pages are still coming: its bootstrap waits for them.
+    var awaitingPages = false
+    /// The bootstrap hypercall it made meanwhile, answered when the pages are in.
+    var deferredBootstrap: UInt64?
     /// A live migration logs the pages this domain writes (nil: nobody does).
     var dirtyLog: DirtyLog?
     /// A save or migration asked this domain to suspend (nil: nobody did).

@@ -9,8 +9,6 @@ final class DomainTable {
     private var byDomid: [DomID: DomainRecord] = [:]
     private var byPid: [Int32: DomID] = [:]
     private var rover: DomID = 0
-    /// Domids held for a restore in progress (no record yet): never handed out.
-    private(set) var reserved: [DomID: String] = [:]
     /// How recently gone domains ended, for `waitShutdown` callers that ask too late.
     private(set) var recentShutdowns: [DomID: ShutdownReason] = [:]
 
@@ -25,22 +23,14 @@ final class DomainTable {
     func allocateDomid() -> DomID? {
         for _ in 0..<Int(Self.domidFirstReserved.rawValue) {
             rover = rover.rawValue + 1 >= Self.domidFirstReserved.rawValue ? 1 : DomID(rover.rawValue + 1)
-            if byDomid[rover] == nil, reserved[rover] == nil { return rover }
+            if byDomid[rover] == nil { return rover }
         }
         return nil
     }
 
-    /// Holds `domid` and `name` for a restore until `unreserve` (the record then takes them).
-    func reserve(_ domid: DomID, name: String) { reserved[domid] = name }
-    func unreserve(_ domid: DomID) { reserved[domid] = nil }
-
     /// Why `name` cannot be given to a new domain now, if it cannot.
     func nameTaken(_ name: String) -> String? {
-        if let other = named(name) { return "domain name \"\(name)\" already exists (dom\(other.domid))" }
-        if let (domid, _) = reserved.first(where: { $0.value == name }) {
-            return "domain name \"\(name)\" already exists (dom\(domid), being restored)"
-        }
-        return nil
+        named(name).map { "domain name \"\(name)\" already exists (dom\($0.domid))" }
     }
 
     func insert(_ dom: DomainRecord) {

@@ -126,6 +126,17 @@ extension Supervisor {
     func bootstrap(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         guard !dom.bootstrapped else { return .error(.EPERM) }
         dom.bootstrapped = true
+        if dom.process.awaitingPages {
+            // A restore's kernel, started while its pages are read: it learns its start-info
+            // (resume record included) once they are all in (`restoreFinish`).
+            dom.process.deferredBootstrap = r.seq
+            return .deferred
+        }
+        return startInfoReply(dom)
+    }
+
+    /// The bootstrap's answer: the start-info and the descriptors a domain maps.
+    func startInfoReply(_ dom: DomainRecord) -> HypercallOutcome {
         let c = dom.config
         let info = StartInfo(domid: dom.domid, name: dom.name, uuid: dom.uuid,
                              memoryKB: UInt64(c.memory) * 1024, maxMemoryKB: UInt64(c.maxmem) * 1024,

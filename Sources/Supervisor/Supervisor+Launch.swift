@@ -119,10 +119,7 @@ extension Supervisor {
         let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite)
         let dom = DomainRecord(state: state, process: process)
         dom.createWaiter = waiter
-        if let restore {
-            process.resumeRecord = restore.record
-            dom.console.append(restore.console[...])
-        }
+        if restore != nil { process.awaitingPages = true }
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = pids
         domains.insert(dom)
@@ -132,7 +129,6 @@ extension Supervisor {
             kill(dom)
             throw CreateError("cannot connect dom\(domid) to XenStore: \(error)")
         }
-        if let restore { restoreNodes(dom, restore.nodes) }
         attachDevices(dom, planned)
         // A migration's copy is named NAME--incoming until it takes over (xl's convention): its
         // console goes on in NAME's log.
@@ -157,13 +153,21 @@ extension Supervisor {
             kill(dom)
             throw CreateError("cannot watch dom\(domid)'s descriptors: \(error)")
         }
+        // A restore's kernel waits for its pages first: its time starts when they are in.
+        if restore == nil { startEngageTimer(dom) }
+        logger.info("domain created", metadata: ["domid": "\(domid)", "name": "\(config.name)", "pid": "\(pid)", "kernel": "\(kernel)"])
+        return dom
+    }
+
+    /// The time a new domain has to engage its sandbox.
+    func startEngageTimer(_ dom: DomainRecord) {
+        let kernel = dom.config.kernel ?? "its kernel"
+        loop.cancel(dom.engageTimer)
         dom.engageTimer = loop.after(ms: options.engageTimeoutMs) { [weak self, weak dom] in
             guard let self, let dom, dom.phase == .booting else { return }
             dom.crashReason = "did not engage its sandbox within \(self.options.engageTimeoutMs) ms (is \(kernel) a DomainRuntime program?)"
             self.kill(dom)
         }
-        logger.info("domain created", metadata: ["domid": "\(domid)", "name": "\(config.name)", "pid": "\(pid)", "kernel": "\(kernel)"])
-        return dom
     }
 
     /// Memory cgroup slack above the reservation: the domain process's own heap, stacks and runtime.

@@ -233,6 +233,7 @@ extension Supervisor {
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
         domains.remove(dom)
+        if pendingRestores[dom.domid]?.record === dom || pendingRestores[dom.domid]?.record == nil { pendingRestores[dom.domid] = nil }
         devices.detachAll(frontend: dom.domid)
         removeDomainTree(dom)
         dom.createWaiter?.send(.error("domain \(dom.name) went away before it started"))

@@ -3,26 +3,26 @@ import ProcvisorABI
 import Toolstack
 import XenStore
 
-/// A restore's domain before its kernel starts: the domid, name and RAM it holds while xl
-/// writes the pages into the RAM memfd.
+/// A restore in progress: the domain exists and its kernel waits in its bootstrap while xl
+/// writes the pages into its RAM memfd.
 final class PendingRestore {
     let domid: DomID
     let plan: RestorePlan
-    /// The `xl restore` / `xl migrate-receive` connection: the reservation ends with it.
+    /// The domain being restored (gone if it was destroyed meanwhile).
+    weak var record: DomainRecord?
+    /// The `xl restore` / `xl migrate-receive` connection: the restore ends with it.
     weak var owner: ControlConnection?
-    init(domid: DomID, plan: RestorePlan, owner: ControlConnection) {
+    init(domid: DomID, plan: RestorePlan, record: DomainRecord, owner: ControlConnection) {
         self.domid = domid
         self.plan = plan
+        self.record = record
         self.owner = owner
     }
 }
 
-/// What `createDomain` needs to start a restored domain.
+/// What `createDomain` needs to start a domain for a restore.
 struct RestoreInput {
     let domid: DomID
-    let nodes: [SavedNode]
-    let console: [UInt8]
-    let record: [UInt8]
 }
 
 extension Supervisor {
@@ -203,8 +203,9 @@ extension Supervisor {
 
     // MARK: restore
 
-    /// `.restoreBegin`: the checks of `xl create`, then the domid, the name and the RAM are held
-    /// for this connection.
+    /// `.restoreBegin`: the checks of `xl create`, then the domain is made (its RAM unpopulated)
+    /// and its kernel started, so a process exists before the pages are in (the spawn is off a
+    /// migration's downtime); its bootstrap waits for `.restoreFinish`.
     func restoreBegin(_ plan: RestorePlan, from c: ControlConnection) {
         let config = plan.config
         let mem = plan.memory
@@ -224,9 +225,6 @@ extension Supervisor {
             if mem.populatedPages > machine.freeFrames {
                 throw CreateError("not enough free machine memory: the domain holds \(mem.populatedPages / 256) MiB, \(freeMemoryMB) MiB are free")
             }
-            restoringUUID = plan.info.uuid
-            defer { restoringUUID = nil }
-            _ = try planDevices(config)
             guard let domid = domains.allocateDomid() else { throw CreateError("no free domid") }
             let memory: DomainMemory
             do {
@@ -235,8 +233,16 @@ extension Supervisor {
                 throw CreateError("\(error)")
             }
             memory.maxPages = mem.maxPages
-            domains.reserve(domid, name: config.name)
-            pendingRestores[domid] = PendingRestore(domid: domid, plan: plan, owner: c)
+            restoringUUID = plan.info.uuid
+            defer { restoringUUID = nil }
+            let dom: DomainRecord
+            do {
+                dom = try createDomain(config, paused: plan.paused, waiter: nil, uuid: plan.info.uuid, restore: RestoreInput(domid: domid))
+            } catch {
+                machine.releaseDomain(domid)
+                throw error
+            }
+            pendingRestores[domid] = PendingRestore(domid: domid, plan: plan, record: dom, owner: c)
             log("dom\(domid) (\(config.name)): restoring (\(mem.populatedPages) pages)")
             c.send(.restoring(domid: domid.rawValue), fds: [memory.ramFD])
         } catch {
@@ -245,55 +251,71 @@ extension Supervisor {
         }
     }
 
-    /// `.restoreFinish`: the pages are in; populate them and start the kernel, resuming.
+    /// `.restoreFinish`: the pages are in; populate them, give the domain its nodes, console and
+    /// record, and answer its bootstrap (it resumes).
     func restoreFinish(_ raw: UInt16, _ contents: RestoreContents, from c: ControlConnection) {
         let domid = DomID(raw)
         guard let pending = pendingRestores[domid], pending.owner === c else {
             return c.send(.error("dom\(raw) is not being restored by this connection"))
         }
         pendingRestores[domid] = nil
-        domains.unreserve(domid)
         logger.info("restore finishing", metadata: ["domid": "\(domid)"])
         let config = pending.plan.config
-        guard let memory = machine.domains[domid] else { return c.send(.error("dom\(raw): its memory is gone")) }
+        guard let dom = pending.record, domains[domid] === dom, dom.hasProcess, let memory = machine.domains[domid] else {
+            return c.send(.error("dom\(raw) (\(config.name)): its kernel exited before its pages were in\(domains[domid]?.crashReason.map { ": \($0)" } ?? "")"))
+        }
+        func refuse(_ why: String) {
+            log("\(dom.label): restore refused: \(why)")
+            dom.destroyRequested = true
+            dom.phase = .dying
+            kill(dom)
+            c.send(.error("dom\(raw) (\(config.name)): \(why)"))
+        }
         for run in contents.populated {
             guard run.count <= memory.spanPages, run.start <= memory.spanPages - run.count else {
-                machine.releaseDomain(domid)
-                return c.send(.error("dom\(raw): pages \(run.start)..<\(run.start &+ run.count) are outside its \(memory.spanPages)-page space"))
+                return refuse("pages \(run.start)..<\(run.start &+ run.count) are outside its \(memory.spanPages)-page space")
             }
             for pfn in run.start..<(run.start + run.count) where memory.mfn(of: PFN(pfn)) == nil {
                 if !memory.populate(PFN(pfn), from: machine) {
-                    machine.releaseDomain(domid)
-                    return c.send(.error("dom\(raw) (\(config.name)): not enough machine memory to populate page \(pfn) (\(freeMemoryMB) MiB free)"))
+                    return refuse("not enough machine memory to populate page \(pfn) (\(freeMemoryMB) MiB free)")
                 }
             }
         }
         // Pages xl wrote that the image did not list would be held without a reservation.
         if memory.hostBytes > Int(memory.currentPages) * 4096 {
-            machine.releaseDomain(domid)
-            return c.send(.error("dom\(raw) (\(config.name)): the stream wrote pages it did not list as populated"))
+            return refuse("the stream wrote pages it did not list as populated")
         }
-        restoringUUID = pending.plan.info.uuid
-        restoringStarts = true
-        defer {
-            restoringUUID = nil
-            restoringStarts = false
+        // A copy restored beside its running original may not take the original's MACs: only a
+        // suspended source (a migration to this same supervisor) lends them.
+        for vif in devices.vifs where vif.frontend == domid {
+            if let other = devices.vifs.first(where: { $0.frontend != domid && $0.mac == vif.mac && $0.bridge == vif.bridge && $0.backend == vif.backend
+                                                       && (domains[$0.frontend].map { $0.hasProcess && !$0.suspended } ?? false) }) {
+                return refuse("vif \(vif.devid): MAC address \(vif.mac) is already used on bridge \(vif.bridge) by dom\(other.frontend)'s vif \(other.devid)")
+            }
         }
-        do {
-            try createDomain(config, paused: contents.paused, waiter: c, uuid: pending.plan.info.uuid,
-                             restore: RestoreInput(domid: domid, nodes: contents.nodes, console: contents.console, record: contents.resumeRecord))
-        } catch {
-            machine.releaseDomain(domid)
-            log("restore \(config.name): \(error)")
-            c.send(.error("\(error)"))
+        restoreNodes(dom, contents.nodes)
+        dom.console.append(contents.console[...])
+        dom.process.resumeRecord = contents.resumeRecord
+        dom.process.awaitingPages = false
+        dom.createWaiter = c
+        startEngageTimer(dom)
+        if let seq = dom.process.deferredBootstrap {
+            dom.process.deferredBootstrap = nil
+            if case let .reply(rc, payload, fds, owned) = startInfoReply(dom) {
+                reply_(dom, HypercallReply(seq: seq, rc: rc, payload: payload), fds: fds)
+                owned.forEach { $0.close() }
+            }
         }
     }
 
+    /// The restore will not finish (its xl went away): the half-made domain goes.
     func abandonRestore(_ domid: DomID, why: String) {
         guard let pending = pendingRestores.removeValue(forKey: domid) else { return }
-        domains.unreserve(domid)
-        machine.releaseDomain(domid)
         log("dom\(domid) (\(pending.plan.config.name)): restore abandoned: \(why)")
+        guard let dom = pending.record, domains[domid] === dom else { return }
+        dom.destroyRequested = true
+        dom.phase = .dying
+        if dom.hasProcess { kill(dom) } else { remove(dom) }
     }
 }
 

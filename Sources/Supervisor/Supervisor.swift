@@ -45,8 +45,6 @@ public final class Supervisor {
     /// While a restore plans its devices: the uuid of the domain it is a copy of, whose MACs
     /// the copy may reuse.
     var restoringUUID: String?
-    /// The restore is starting its copy now (not only planning it).
-    var restoringStarts = false
 
     public init(options: SupervisorOptions, logger: Logger) throws {
         self.options = options

@@ -220,6 +220,21 @@ enum SaveStreamIO {
     static func restore(from source: SaveStreamSource, client: inout ControlClient, configOverride: DomainConfig?,
                         rename: ((String) -> String)? = nil, paused: Bool,
                         onHeader: (DomainConfig) -> Void = { _ in }) throws -> Restored {
+        var started: UInt16?
+        do {
+            return try restoreStream(from: source, client: &client, configOverride: configOverride, rename: rename, paused: paused,
+                                     onHeader: onHeader, started: &started)
+        } catch {
+            // The domain made for it goes before xl says the restore failed (as libxl destroys
+            // it): nothing half-restored is left, not even for a moment.
+            if let id = started { _ = client.request(.destroy(domain: String(id))) }
+            throw error
+        }
+    }
+
+    private static func restoreStream(from source: SaveStreamSource, client: inout ControlClient, configOverride: DomainConfig?,
+                                      rename: ((String) -> String)?, paused: Bool,
+                                      onHeader: (DomainConfig) -> Void, started: inout UInt16?) throws -> Restored {
         let reader = SaveStreamReader(source: source)
         let header = try reader.xlHeader()
         var config: DomainConfig
@@ -298,8 +313,9 @@ enum SaveStreamIO {
                     if configOverride == nil { config.name = i.name }
                     if let rename { config.name = rename(config.name) }
                     onHeader(config)
-                    switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: SavedMemoryLayout(m)))) {
+                    switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: SavedMemoryLayout(m), paused: paused))) {
                     case let .restoring(id):
+                        started = id
                         guard let fd = client.receivedFDs.popLast() else { throw fault("the supervisor sent no RAM descriptor") }
                         domid = id
                         ramDescriptor = fd

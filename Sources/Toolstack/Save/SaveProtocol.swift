@@ -152,21 +152,24 @@ public struct SavedMemoryLayout: Codable, Equatable, Sendable {
 }
 
 /// `.restoreBegin`: a domain to make from a stream. The supervisor checks it as `xl create` does
-/// (name free, kernel and disks present, machine memory for every populated page), reserves
-/// the domid, the name and the RAM, and replies `.restoring` with the RAM memfd (writable).
+/// (name free, kernel and disks present, machine memory for every populated page), makes the
+/// domain (domid, name, RAM, devices) and starts its kernel, whose bootstrap waits for the pages,
+/// and replies `.restoring` with the RAM memfd (writable). `paused`: it stays paused once it runs.
 public struct RestorePlan: Codable, Equatable, Sendable {
     public var config: DomainConfig
     public var info: SavedDomainInfo
     public var memory: SavedMemoryLayout
-    public init(config: DomainConfig, info: SavedDomainInfo, memory: SavedMemoryLayout) {
+    public var paused: Bool
+    public init(config: DomainConfig, info: SavedDomainInfo, memory: SavedMemoryLayout, paused: Bool) {
         self.config = config
         self.info = info
         self.memory = memory
+        self.paused = paused
     }
 }
 
-/// `.restoreFinish`: the rest of the stream; the supervisor populates `populated`, starts the
-/// kernel telling it that it resumes, and replies `.created` once it engaged.
+/// `.restoreFinish`: the rest of the stream; the supervisor populates `populated`, answers the
+/// kernel's bootstrap telling it that it resumes, and replies `.created` once it engaged.
 public struct RestoreContents: Codable, Equatable, Sendable {
     public var populated: [PFNRun]
     public var nodes: [SavedNode]

@@ -92,10 +92,10 @@ extension Supervisor {
         var sourceMACs: Set<Key> = []
         for dev in devices.vifs {
             guard let owner = domains[dev.frontend], owner.hasProcess else { continue }
-            // The source of the migration being restored: still running while its copy is
-            // planned (restoreBegin), suspended when the copy starts (restoreFinish); a copy
-            // restored beside a running original keeps the rule.
-            let source = owner.uuid == restoringUUID && (owner.suspended || !restoringStarts)
+            // The source of the migration being restored (the same uuid): its copy's vifs are
+            // made while it runs, and used once it is suspended; a copy restored beside a running
+            // original is refused when it would start (`restoreFinish`).
+            let source = owner.uuid == restoringUUID
             if source { sourceMACs.insert(Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)) }
             guard !owner.suspended, !source else { continue }
             used[Key(backend: Int(dev.backend.rawValue), bridge: dev.bridge, mac: dev.mac)] = "\(domains[dev.frontend]?.label ?? "dom\(dev.frontend)")'s vif \(dev.devid)"
