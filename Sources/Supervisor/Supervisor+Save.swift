@@ -1,3 +1,4 @@
+import FoundationEssentials
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -113,7 +114,7 @@ extension Supervisor {
             info: SavedDomainInfo(name: dom.name, uuid: dom.uuid, domid: dom.domid.rawValue),
             config: dom.config,
             memory: SavedMemoryLayout(SavedMemory(spanPages: memory.spanPages, maxPages: memory.maxPages, populatedPages: memory.currentPages)),
-            populated: memory.populatedRuns(), nodes: savedNodes(dom), console: dom.console.contents, resumeRecord: r.payload)
+            populated: memory.populatedRuns(), nodes: savedNodes(dom), console: Data(dom.console.contents), resumeRecord: Data(r.payload))
         log("\(dom.label): suspended (\(memory.currentPages) pages)")
         logger.info("domain suspended", metadata: ["domid": "\(dom.domid)", "pages": "\(memory.currentPages)"])
         waiter.send(.suspended(saved), fds: [ramFD])
@@ -293,9 +294,10 @@ extension Supervisor {
                 return refuse("vif \(vif.devid): MAC address \(vif.mac) is already used on bridge \(vif.bridge) by dom\(other.frontend)'s vif \(other.devid)")
             }
         }
+        logger.info("restore populated", metadata: ["domid": "\(domid)", "pages": "\(memory.currentPages)"])
         restoreNodes(dom, contents.nodes)
-        dom.console.append(contents.console[...])
-        dom.process.resumeRecord = contents.resumeRecord
+        dom.console.append(Array(contents.console)[...])
+        dom.process.resumeRecord = Array(contents.resumeRecord)
         dom.process.awaitingPages = false
         dom.createWaiter = c
         startEngageTimer(dom)

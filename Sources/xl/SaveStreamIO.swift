@@ -155,8 +155,8 @@ final class ImageSender {
     /// The records after the pages, and END.
     func finish(_ s: SuspendedDomain) throws {
         writer.record(.xenstoreData, SavedXenStore.encode(s.nodes.map { ($0.path, $0.value) }))
-        writer.record(.console, s.console)
-        writer.record(.resumeRecord, s.resumeRecord)
+        writer.record(.console, Array(s.console))
+        writer.record(.resumeRecord, Array(s.resumeRecord))
         try writer.end()
     }
 }
@@ -344,8 +344,8 @@ enum SaveStreamIO {
                         pfn += 1
                     }
                 }
-                switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: console,
-                                                                                            resumeRecord: record, paused: paused))) {
+                switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: Data(console),
+                                                                                            resumeRecord: Data(record), paused: paused))) {
                 case .created:
                     return Restored(domid: id, name: config.name)
                 case let .error(msg):

@@ -1,3 +1,4 @@
+import FoundationEssentials
 import ProcvisorABI
 
 /// Pages `start ..< start + count` (a run of pfns).
@@ -92,10 +93,11 @@ public struct SuspendedDomain: Codable, Equatable, Sendable {
     /// The populated pfns (the P2M's valid entries), in runs.
     public var populated: [PFNRun]
     public var nodes: [SavedNode]
-    public var console: [UInt8]
-    public var resumeRecord: [UInt8]
+    /// Bytes travel as `Data` (base64 in the JSON), not as arrays of numbers.
+    public var console: Data
+    public var resumeRecord: Data
     public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemoryLayout, populated: [PFNRun], nodes: [SavedNode],
-                console: [UInt8], resumeRecord: [UInt8]) {
+                console: Data, resumeRecord: Data) {
         self.info = info
         self.config = config
         self.memory = memory
@@ -173,10 +175,10 @@ public struct RestorePlan: Codable, Equatable, Sendable {
 public struct RestoreContents: Codable, Equatable, Sendable {
     public var populated: [PFNRun]
     public var nodes: [SavedNode]
-    public var console: [UInt8]
-    public var resumeRecord: [UInt8]
+    public var console: Data
+    public var resumeRecord: Data
     public var paused: Bool
-    public init(populated: [PFNRun], nodes: [SavedNode], console: [UInt8], resumeRecord: [UInt8], paused: Bool) {
+    public init(populated: [PFNRun], nodes: [SavedNode], console: Data, resumeRecord: Data, paused: Bool) {
         self.populated = populated
         self.nodes = nodes
         self.console = console
