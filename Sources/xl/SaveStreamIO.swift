@@ -111,10 +111,7 @@ final class ImageSender {
         func flush() throws {
             guard !batch.isEmpty else { return }
             if running, let snapshot {
-                for (i, page) in data.enumerated() {
-                    (snapshot.base + i * SaveFormat.pageSize).copyMemory(from: page, byteCount: SaveFormat.pageSize)
-                }
-                try writer.pages(batch) { UnsafeRawPointer(snapshot.base + $0 * SaveFormat.pageSize) }
+                try writer.pages(batch, snapshot: snapshot.base) { data[$0] }
             } else {
                 try writer.pages(batch) { data[$0] }
             }

@@ -197,6 +197,34 @@ import Testing
         #expect { _ = try Self.parse(withMandatory) } throws: { "\($0)".contains("unknown mandatory record type 0x123456") }
     }
 
+    @Test func pagesSentThroughASnapshotReadBackTheSame() throws {
+        // A live migration copies each page and checksums it in one pass (copyCRC32C).
+        let pages = (0..<3).map { i in [UInt8]((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* (i + 3)) }) }
+        func stream(snapshot: Bool) throws -> [UInt8] {
+            let sink = MemorySink()
+            let w = SaveStreamWriter(sink: sink)
+            w.xlHeader(config: Self.config)
+            w.imageHeader(xenMajor: 4, xenMinor: 17)
+            w.record(.domainInfo, Array(#"{"name":"kv","uuid":"u","domid":3}"#.utf8))
+            w.record(.memory, SavedMemory(spanPages: UInt64(Self.spanPages), maxPages: 8, populatedPages: 3).encode())
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: 3 * 4096, alignment: 4096)
+            defer { buffer.deallocate() }
+            try pages.withUnsafeBufferPointerAll { ptrs in
+                try w.pages([(0, .normal), (4, .normal), (7, .normal)], snapshot: snapshot ? buffer : nil) { ptrs[$0] }
+            }
+            try w.end()
+            return sink.bytes
+        }
+        let direct = try stream(snapshot: false), copied = try stream(snapshot: true)
+        #expect(direct == copied)
+        let p = try Self.parse(copied)
+        #expect(p.pages == [0, 4, 7])
+        #expect(Array(p.ram[(4 * 4096)..<(5 * 4096)]) == pages[1])
+        var dst = [UInt8](repeating: 0, count: 4096)
+        let crc = dst.withUnsafeMutableBytes { d in pages[2].withUnsafeBytes { Checksum.copyCRC32C(to: d.baseAddress!, from: $0.baseAddress!, count: 4096) } }
+        #expect(dst == pages[2] && crc == Checksum.crc32c(pages[2]))
+    }
+
     @Test func pfnRunsCoverExactlyTheirPages() {
         #expect(PFNRun.runs(of: [5, 1, 2, 3, 9, 2, 10]) == [PFNRun(start: 1, count: 3), PFNRun(start: 5, count: 1), PFNRun(start: 9, count: 2)])
         #expect(PFNRun.runs(of: []).isEmpty)

@@ -215,8 +215,11 @@ public final class SaveStreamWriter {
     }
 
     /// One PAGE_DATA record: `pages` in order, with `data(i)` giving the contents of the i-th
-    /// page that carries data. At most `SaveFormat.maxBatch` pages.
-    public func pages(_ pages: [(pfn: UInt64, type: SavePageType)], data: (Int) -> UnsafeRawPointer) throws {
+    /// page that carries data. At most `SaveFormat.maxBatch` pages. With `snapshot` (room for
+    /// that many pages), each page is copied there and checksummed in the same pass, and the
+    /// copies are sent: pages a running domain may write while they are read.
+    public func pages(_ pages: [(pfn: UInt64, type: SavePageType)], snapshot: UnsafeMutableRawPointer? = nil,
+                      data: (Int) -> UnsafeRawPointer) throws {
         precondition(pages.count <= SaveFormat.maxBatch && !pages.isEmpty)
         let withData = pages.reduce(0) { $0 + ($1.type.carriesData ? 1 : 0) }
         let bodyLength = 8 + 8 * pages.count + withData * SaveFormat.pageSize
@@ -231,9 +234,15 @@ public final class SaveStreamWriter {
         var pieces: [UnsafeRawBufferPointer] = []
         pieces.reserveCapacity(withData + 1)
         for i in 0..<withData {
-            let page = UnsafeRawBufferPointer(start: data(i), count: SaveFormat.pageSize)
-            crc = Checksum.crc32c(page, crc)
-            pieces.append(page)
+            if let snapshot {
+                let copy = snapshot + i * SaveFormat.pageSize
+                crc = Checksum.copyCRC32C(to: copy, from: data(i), count: SaveFormat.pageSize, crc)
+                pieces.append(UnsafeRawBufferPointer(start: copy, count: SaveFormat.pageSize))
+            } else {
+                let page = UnsafeRawBufferPointer(start: data(i), count: SaveFormat.pageSize)
+                crc = Checksum.crc32c(page, crc)
+                pieces.append(page)
+            }
         }
         // The body is a multiple of 8 already: no padding.
         try flush(then: pieces)
