@@ -54,8 +54,12 @@ enum MigrateSuite {
             unlink(image)
             unlink(peerFile)
             save.append(try xl(a, ["save", "save\(i)", image]))
+            // Out of the timing: each file goes to the disk before the next write, so neither
+            // side meets the page cache's write-back throttling left by the other.
+            try flushToDisk(image)
             let size = Int(try FileStatus(path: image).size)
             write.append(try writePeer(peerFile, bytes: size))
+            try flushToDisk(peerFile)
             restore.append(try xl(a, ["restore", image]))
             guard case .ok = try a.call(.destroy(domain: "save\(i)")) else { throw BenchError("destroy save\(i) failed") }
             read.append(try readPeer(peerFile))
@@ -150,6 +154,12 @@ enum MigrateSuite {
     }
 
     static func fmt(_ v: [Double]) -> String { v.map { String(format: "%.1f", $0) }.joined(separator: " ") }
+
+    static func flushToDisk(_ path: String) throws {
+        let fd = try FileDescriptor.open(path, .readOnly)
+        defer { fd.close() }
+        _ = fd.syncData()
+    }
 
     /// The peer of a save: the same bytes written to a file (no fsync on either side).
     static func writePeer(_ path: String, bytes: Int) throws -> Double {
