@@ -166,7 +166,16 @@ import Toolstack
         let cp = try h.xl("save", "-c", "soak", file(h, "soak.cp"))
         #expect(cp.ok, "\(cp.stderr)")
         #expect(eventually { h.consoleLog("soak").contains("soak: resumed in place") })
-        Thread.sleep(forTimeInterval: 0.7)
+        // A config whose disk is missing on this host: the restore is refused, naming it, and
+        // leaves nothing (the checkpoint's domain runs on).
+        let missing = h.config("soak-elsewhere", kernel: Products.path("blkcheck"),
+                               "extra = \"mode=soak duration=6 depth=8 span=32768\"\nmemory = 32\n"
+                               + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(h.runDirectory)/gone.img' ]\n")
+        let elsewhere = try h.xl("restore", missing, file(h, "soak.cp"))
+        #expect(!elsewhere.ok)
+        #expect(elsewhere.stderr.contains("gone.img: No such file or directory"), "\(elsewhere.stderr)")
+        #expect(try h.list()["soak-elsewhere"] == nil)
+        Thread.sleep(forTimeInterval: 0.5)
         let image = file(h, "soak.save")
         let save = try h.xl("save", "soak", image)
         #expect(save.ok, "\(save.stderr)")
@@ -199,6 +208,22 @@ import Toolstack
         // A second save is allowed once the first gave up, and fails the same way.
         #expect(try !h.xl("save", "stubborn", image).ok)
         _ = try h.xl("destroy", "stubborn")
+    }
+
+    @Test func aGuestThatNeverAcknowledgesHasTheRequestCancelled() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_SUSPEND_TIMEOUT_MS": "800"])
+        defer { h.stop() }
+        try h.create("deaf", mode: "suspend-deaf")
+        #expect(eventually { h.consoleLog("deaf").contains("deaf to the toolstack") })
+        let image = file(h, "deaf.save")
+        let r = try h.xl("save", "deaf", image)
+        #expect(!r.ok)
+        #expect(r.stderr.contains("guest didn't acknowledge suspend, cancelling request (800 ms); it keeps running"), "\(r.stderr)")
+        #expect(!FileIO.exists(image))
+        // libxl takes its request back: control/shutdown is empty again.
+        let domid = try #require(try h.list()["deaf"]?.domid)
+        #expect(try h.xs("read", "/local/domain/\(domid)/control/shutdown").stdout == "\n")
+        #expect(try h.list()["deaf"]?.state.contains("s") == false)
     }
 
     @Test func aGuestThatCrashesDuringSuspendFailsTheSaveOnly() throws {

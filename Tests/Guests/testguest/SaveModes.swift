@@ -61,6 +61,13 @@ func runSaveMode(_ mode: String, _ domain: Domain) -> Bool {
         domain.onShutdownRequest { reason in say("ignoring \(reason.name) request") }
         say("ignoring every request")
         while true { domain.block() }
+    case "suspend-deaf":
+        // Its watch thread never comes back from a callback: control/shutdown is never read, so
+        // the suspend request is never acknowledged (a guest without PV control, for libxl).
+        try? domain.store.write("data/deaf", "1")
+        try? domain.store.watch("data/deaf", token: "deaf") { _ in while true { sleep(1) } }
+        say("deaf to the toolstack")
+        while true { domain.block() }
     case "suspend-crash":
         domain.onShutdownRequest { reason in
             say("crashing on \(reason.name)")
