@@ -104,6 +104,35 @@ import Toolstack
         #expect(eventually { b.consoleLog("mover").contains("ram-check ok") })
     }
 
+    /// The ssh form: `SSHCOMMAND HOST xl migrate-receive` run through sh -c. A stand-in for ssh
+    /// (it takes the host and runs the rest here, against the second supervisor) shows the
+    /// command xl builds, options included.
+    @Test func migrateThroughAnSSHCommandRunsXlMigrateReceiveOnTheHost() throws {
+        let a = try SupervisorHarness()
+        defer { a.stop() }
+        let b = try SupervisorHarness()
+        defer { b.stop() }
+        try startCounter(a, "traveller")
+        let fake = a.runDirectory + "/fake-ssh"
+        let products = String(Products.path("xl").dropLast(3))
+        let script = """
+            #!/bin/sh
+            # fake-ssh HOST COMMAND...: what ssh would run on HOST, run here
+            echo "fake-ssh to $1: $*" >&2
+            shift
+            PROCVISOR_RUNDIR=\(b.runDirectory) PROCVISOR_NO_AUTOSTART=1 PATH=\(products):$PATH exec sh -c "$*"
+            """
+        _ = FileManager.default.createFile(atPath: fake, contents: Data(script.utf8), attributes: [.posixPermissions: 0o755])
+        let r = try a.xl("migrate", "-s", fake, "-e", "-p", "traveller", "otherhost")
+        #expect(r.ok, "\(r.stderr)")
+        #expect(r.stderr.contains("fake-ssh to otherhost: otherhost xl migrate-receive -e -p"), "\(r.stderr)")
+        #expect(try a.list()["traveller"] == nil)
+        // -p: left paused at the target.
+        #expect(try b.list()["traveller"]?.state.contains("p") == true)
+        #expect(try b.xl("unpause", "traveller").ok)
+        #expect(eventually { b.consoleLog("traveller").contains("ram-check ok") })
+    }
+
     /// The kvstore pair: a client writes and reads all along while its server is saved and
     /// restored, then migrated (to the same supervisor, as `xl migrate DOMAIN localhost` does in
     /// Xen); not one acknowledged write may be lost, and the network works after each move.
