@@ -56,7 +56,7 @@ extension Supervisor {
         log("\(dom.label): write log \(tracking != nil ? "started" : "unavailable: \(unavailable ?? "")")")
         let start = DirtyLogStart(
             info: SavedDomainInfo(name: dom.name, uuid: dom.uuid, domid: dom.domid.rawValue), config: dom.config,
-            memory: SavedMemoryLayout(SavedMemory(spanPages: memory.spanPages, maxPages: memory.maxPages, populatedPages: memory.currentPages)),
+            memory: SavedMemory(spanPages: memory.spanPages, maxPages: memory.maxPages, populatedPages: memory.currentPages),
             populated: memory.populatedRuns(), tracking: tracking, unavailable: unavailable)
         c.send(.dirtyLogStarted(start), fds: [ramFD])
     }

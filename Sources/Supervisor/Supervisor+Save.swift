@@ -113,7 +113,7 @@ extension Supervisor {
         let saved = SuspendedDomain(
             info: SavedDomainInfo(name: dom.name, uuid: dom.uuid, domid: dom.domid.rawValue),
             config: dom.config,
-            memory: SavedMemoryLayout(SavedMemory(spanPages: memory.spanPages, maxPages: memory.maxPages, populatedPages: memory.currentPages)),
+            memory: SavedMemory(spanPages: memory.spanPages, maxPages: memory.maxPages, populatedPages: memory.currentPages),
             populated: memory.populatedRuns(), nodes: savedNodes(dom), console: Data(dom.console.contents), resumeRecord: Data(r.payload))
         log("\(dom.label): suspended (\(memory.currentPages) pages)")
         logger.info("domain suspended", metadata: ["domid": "\(dom.domid)", "pages": "\(memory.currentPages)"])

@@ -60,14 +60,7 @@ struct Migrate: ParsableCommand {
     func run() throws {
         var override: DomainConfig?
         if let config {
-            var warnings: [String] = []
-            do {
-                override = try DomainConfig.load(path: config, extraSettings: [], warnings: &warnings)
-            } catch {
-                warnings.forEach(printErr)
-                fail("xl: \(error)")
-            }
-            warnings.forEach(printErr)
+            override = loadConfigOrFail(config)
         }
         let rune = s.isEmpty ? host : "exec \(s) \(host) xl migrate-receive\(e ? " -e" : "")\(debug ? " -d" : "")\(p ? " -p" : "")"
         // If the receiver dies we get an error and clean up rather than just dying.
@@ -157,6 +150,14 @@ extension Migrate {
     static let maxRounds = 5
     static let dirtyThreshold: UInt64 = 50
 
+    /// The pages written since the last call (and the log cleared).
+    static func dirtyPages(_ client: inout ControlClient, _ domid: UInt16) throws -> DirtyPages {
+        switch client.request(.dirtyPages(domain: String(domid))) {
+        case let .dirtyPages(d): return d
+        case let other: throw CreateFailure("the write log failed: \(other)")
+        }
+    }
+
     func debugLine(_ s: @autoclosure () -> String) { if debug { printErr("migration sender: " + s()) } }
 
     /// The live pre-copy (libxc's send_memory_live, then its stop-and-copy): every populated
@@ -203,13 +204,7 @@ extension Migrate {
                 debugLine("round 1: \(PFNRun.total(start.populated)) pages (\(sender.bytesSent >> 20) MiB of data) in \(ms(r0)) ms, the domain running")
                 var last = UInt64.max
                 for round in 2...Self.maxRounds {
-                    let dirty: DirtyPages
-                    switch client.request(.dirtyPages(domain: String(start.info.domid))) {
-                    case let .dirtyPages(d): dirty = d
-                    case let other:
-                        printErr("xl: the write log failed: \(other)")
-                        return nil
-                    }
+                    let dirty = try Self.dirtyPages(&client, start.info.domid)
                     let toSend = PFNRun.intersect(dirty.dirty, dirty.populated)
                     let gone = PFNRun.subtract(sentPopulated, dirty.populated)
                     let n = PFNRun.total(toSend)
@@ -245,11 +240,7 @@ extension Migrate {
         client.receivedFDs.popLast()?.close()  // the same RAM
         do {
             if start.tracking != nil {
-                let final: DirtyPages
-                switch client.request(.dirtyPages(domain: String(start.info.domid))) {
-                case let .dirtyPages(d): final = d
-                case let other: throw CreateFailure("the write log failed: \(other)")
-                }
+                let final = try Self.dirtyPages(&client, start.info.domid)
                 var pfns: [UInt64] = []
                 for r in carry + final.dirty { pfns += Array(r.start..<(r.start + r.count)) }
                 let last = PFNRun.intersect(PFNRun.runs(of: pfns), saved.populated)

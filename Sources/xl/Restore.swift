@@ -21,14 +21,7 @@ struct Restore: ParsableCommand {
         var override: DomainConfig?
         if files.count == 2 {
             printErr("Parsing config from \(files[0])")
-            var warnings: [String] = []
-            do {
-                override = try DomainConfig.load(path: files[0], extraSettings: [], warnings: &warnings)
-            } catch {
-                warnings.forEach(printErr)
-                fail("xl: \(error)")
-            }
-            warnings.forEach(printErr)
+            override = loadConfigOrFail(files[0])
         }
         let input: FileDescriptor
         do {

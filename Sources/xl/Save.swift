@@ -18,14 +18,7 @@ struct Save: ParsableCommand {
     func run() throws {
         var override: DomainConfig?
         if let configFile {
-            var warnings: [String] = []
-            do {
-                override = try DomainConfig.load(path: configFile, extraSettings: [], warnings: &warnings)
-            } catch {
-                warnings.forEach(printErr)
-                fail("xl: \(error)")
-            }
-            warnings.forEach(printErr)
+            override = loadConfigOrFail(configFile)
         }
         let out: FileDescriptor
         do {

@@ -3,6 +3,22 @@ import LinuxHost
 import ProcvisorABI
 import Toolstack
 
+/// After a vectored transfer of `n` bytes: the vectors from `first` on that are done are skipped,
+/// and the one it ended in is cut to what is left of it.
+func advance(_ vectors: inout [IOVector], _ first: inout Int, by n: Int) {
+    var left = n
+    while left > 0, first < vectors.count {
+        if left >= vectors[first].iov_len {
+            left -= vectors[first].iov_len
+            first += 1
+        } else {
+            vectors[first].iov_base += left
+            vectors[first].iov_len -= left
+            left = 0
+        }
+    }
+}
+
 /// A save stream's bytes into a file or a pipe: writev, looping over short writes.
 final class DescriptorSink: SaveStreamSink {
     let fd: FileDescriptor
@@ -23,18 +39,7 @@ final class DescriptorSink: SaveStreamSink {
             case .failure(.interrupted): continue
             case let .failure(e): throw SystemError("writev", what, errno: e)
             }
-            // Skip what was written, and cut into the vector it ended in.
-            var left = n
-            while left > 0, first < vectors.count {
-                if left >= vectors[first].iov_len {
-                    left -= vectors[first].iov_len
-                    first += 1
-                } else {
-                    vectors[first].iov_base += left
-                    vectors[first].iov_len -= left
-                    left = 0
-                }
-            }
+            advance(&vectors, &first, by: n)
         }
     }
 }
@@ -68,7 +73,7 @@ final class ImageSender {
     private(set) var pagesSent = 0
     private(set) var bytesSent: UInt64 = 0
 
-    init(sink: SaveStreamSink, ram: FileDescriptor, info: SavedDomainInfo, memory: SavedMemoryLayout, config: DomainConfig) throws {
+    init(sink: SaveStreamSink, ram: FileDescriptor, info: SavedDomainInfo, memory: SavedMemory, config: DomainConfig) throws {
         span = memory.spanPages
         self.ram = ram
         mapping = try SharedMapping(ram, length: Int(max(span, 1)) * SaveFormat.pageSize, writable: false)
@@ -76,7 +81,7 @@ final class ImageSender {
         writer.xlHeader(config: Array(try JSONEncoder().encode(config)))
         writer.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
         writer.record(.domainInfo, Array(try JSONEncoder().encode(info)))
-        writer.record(.memory, memory.saved.encode())
+        writer.record(.memory, memory.encode())
     }
 
     deinit { mapping.unmap() }
@@ -189,17 +194,7 @@ enum SaveStreamIO {
                 case let .failure(e): throw SystemError("pwritev", "the domain's RAM at pfn \(pfns[i])", errno: e)
                 }
                 done += n
-                var left = n
-                while left > 0 {
-                    if left >= vectors[first].iov_len {
-                        left -= vectors[first].iov_len
-                        first += 1
-                    } else {
-                        vectors[first].iov_base += left
-                        vectors[first].iov_len -= left
-                        left = 0
-                    }
-                }
+                advance(&vectors, &first, by: n)
             }
             i = j
         }
@@ -310,7 +305,7 @@ enum SaveStreamIO {
                     if configOverride == nil { config.name = i.name }
                     if let rename { config.name = rename(config.name) }
                     onHeader(config)
-                    switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: SavedMemoryLayout(m), paused: paused))) {
+                    switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: m, paused: paused))) {
                     case let .restoring(id):
                         started = id
                         guard let fd = client.receivedFDs.popLast() else { throw fault("the supervisor sent no RAM descriptor") }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import LinuxHost
+import Toolstack
 
 /// `xl`, with Xen's subcommands and output.
 struct XL: ParsableCommand {
@@ -23,4 +24,19 @@ func fail(_ message: String) -> Never {
 
 func printErr(_ message: String) {
     FileDescriptor.standardError.writeUnchecked(message + "\n")
+}
+
+/// An xl.cfg given to save, restore or migrate in place of the domain's own: its warnings on
+/// stderr, and an error ends the command.
+func loadConfigOrFail(_ path: String) -> DomainConfig {
+    var warnings: [String] = []
+    let config: DomainConfig
+    do {
+        config = try DomainConfig.load(path: path, extraSettings: [], warnings: &warnings)
+    } catch {
+        warnings.forEach(printErr)
+        fail("xl: \(error)")
+    }
+    warnings.forEach(printErr)
+    return config
 }

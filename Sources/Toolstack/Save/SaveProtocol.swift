@@ -89,14 +89,14 @@ public struct SavedNode: Codable, Equatable, Sendable {
 public struct SuspendedDomain: Codable, Equatable, Sendable {
     public var info: SavedDomainInfo
     public var config: DomainConfig
-    public var memory: SavedMemoryLayout
+    public var memory: SavedMemory
     /// The populated pfns (the P2M's valid entries), in runs.
     public var populated: [PFNRun]
     public var nodes: [SavedNode]
     /// Bytes travel as `Data` (base64 in the JSON), not as arrays of numbers.
     public var console: Data
     public var resumeRecord: Data
-    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemoryLayout, populated: [PFNRun], nodes: [SavedNode],
+    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemory, populated: [PFNRun], nodes: [SavedNode],
                 console: Data, resumeRecord: Data) {
         self.info = info
         self.config = config
@@ -113,13 +113,13 @@ public struct SuspendedDomain: Codable, Equatable, Sendable {
 public struct DirtyLogStart: Codable, Equatable, Sendable {
     public var info: SavedDomainInfo
     public var config: DomainConfig
-    public var memory: SavedMemoryLayout
+    public var memory: SavedMemory
     public var populated: [PFNRun]
     /// How writes are tracked (for `xl migrate --debug`); nil when they cannot be, and
     /// `unavailable` says why: the migration then stops the domain for the whole copy.
     public var tracking: String?
     public var unavailable: String?
-    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemoryLayout, populated: [PFNRun], tracking: String?, unavailable: String?) {
+    public init(info: SavedDomainInfo, config: DomainConfig, memory: SavedMemory, populated: [PFNRun], tracking: String?, unavailable: String?) {
         self.info = info
         self.config = config
         self.memory = memory
@@ -140,19 +140,6 @@ public struct DirtyPages: Codable, Equatable, Sendable {
     }
 }
 
-/// `SavedMemory` on the control socket.
-public struct SavedMemoryLayout: Codable, Equatable, Sendable {
-    public var spanPages: UInt64
-    public var maxPages: UInt64
-    public var populatedPages: UInt64
-    public init(_ m: SavedMemory) {
-        spanPages = m.spanPages
-        maxPages = m.maxPages
-        populatedPages = m.populatedPages
-    }
-    public var saved: SavedMemory { SavedMemory(spanPages: spanPages, maxPages: maxPages, populatedPages: populatedPages) }
-}
-
 /// `.restoreBegin`: a domain to make from a stream. The supervisor checks it as `xl create` does
 /// (name free, kernel and disks present, machine memory for every populated page), makes the
 /// domain (domid, name, RAM, devices) and starts its kernel, whose bootstrap waits for the pages,
@@ -160,9 +147,9 @@ public struct SavedMemoryLayout: Codable, Equatable, Sendable {
 public struct RestorePlan: Codable, Equatable, Sendable {
     public var config: DomainConfig
     public var info: SavedDomainInfo
-    public var memory: SavedMemoryLayout
+    public var memory: SavedMemory
     public var paused: Bool
-    public init(config: DomainConfig, info: SavedDomainInfo, memory: SavedMemoryLayout, paused: Bool) {
+    public init(config: DomainConfig, info: SavedDomainInfo, memory: SavedMemory, paused: Bool) {
         self.config = config
         self.info = info
         self.memory = memory

@@ -114,7 +114,7 @@ public enum SavePageType: UInt8, Sendable {
 }
 
 /// The domain's memory layout (the MEMORY record).
-public struct SavedMemory: Equatable, Sendable {
+public struct SavedMemory: Codable, Equatable, Sendable {
     public var spanPages: UInt64
     public var maxPages: UInt64
     public var populatedPages: UInt64
