@@ -245,7 +245,7 @@ extension Supervisor {
             }
             pendingRestores[domid] = PendingRestore(domid: domid, plan: plan, record: dom, owner: c)
             log("dom\(domid) (\(config.name)): restoring (\(mem.populatedPages) pages)")
-            c.send(.restoring(domid: domid.rawValue), fds: [memory.ramFD])
+            c.send(.restoring(domid: domid.rawValue, memoryCgroup: memory.cgroup?.path), fds: [memory.ramFD])
         } catch {
             log("restore \(config.name): \(error)")
             c.send(.error("\(error)"))

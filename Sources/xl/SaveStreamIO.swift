@@ -213,10 +213,14 @@ enum SaveStreamIO {
                         rename: ((String) -> String)? = nil, paused: Bool,
                         onHeader: (DomainConfig) -> Void = { _ in }) throws -> Restored {
         var started: UInt16?
+        // Out of the domain's cgroup before it is started or destroyed (a cgroup with a process
+        // in it cannot be removed).
+        defer { DomainCgroup.leave() }
         do {
             return try restoreStream(from: source, client: &client, configOverride: configOverride, rename: rename, paused: paused,
                                      onHeader: onHeader, started: &started)
         } catch {
+            DomainCgroup.leave()
             // The domain made for it goes before xl says the restore failed (as libxl destroys
             // it): nothing half-restored is left, not even for a moment.
             if let id = started { _ = client.request(.destroy(domain: String(id))) }
@@ -306,8 +310,14 @@ enum SaveStreamIO {
                     if let rename { config.name = rename(config.name) }
                     onHeader(config)
                     switch client.request(.restoreBegin(RestorePlan(config: config, info: i, memory: m, paused: paused))) {
-                    case let .restoring(id):
+                    case let .restoring(id, memoryCgroup):
                         started = id
+                        // The kernel charges a shmem page to the cgroup of whoever faults it in:
+                        // writing the pages from inside the domain's memory cgroup charges them to
+                        // the domain, as if it had written them itself (xl leaves it when it exits;
+                        // without the right to join, they are charged to xl and the domain's
+                        // reservation check still bounds them).
+                        if let memoryCgroup { DomainCgroup.join(memoryCgroup) }
                         guard let fd = client.receivedFDs.popLast() else { throw fault("the supervisor sent no RAM descriptor") }
                         domid = id
                         ramDescriptor = fd
@@ -336,6 +346,7 @@ enum SaveStreamIO {
                         pfn += 1
                     }
                 }
+                DomainCgroup.leave()
                 switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: Data(console),
                                                                                             resumeRecord: Data(record), paused: paused))) {
                 case .created:
@@ -349,6 +360,22 @@ enum SaveStreamIO {
         }
     }
 
+}
+
+/// xl's stay in a restored domain's memory cgroup while it writes the domain's pages.
+enum DomainCgroup {
+    nonisolated(unsafe) private static var home: String?
+
+    static func join(_ path: String) {
+        guard home == nil, let (mine, _) = MemoryCgroup.current() else { return }
+        if (try? FileIO.write(path + "/cgroup.procs", "\(Process.pid)\n")) != nil { home = mine }
+    }
+
+    static func leave() {
+        guard let mine = home else { return }
+        home = nil
+        try? FileIO.write(mine + "/cgroup.procs", "\(Process.pid)\n")
+    }
 }
 
 /// The supervisor refused a restore (its message says why).

@@ -15,6 +15,20 @@ import Toolstack
         }.first
     }
 
+    /// Bytes of shmem charged to the domain's memory cgroup (nil: the supervisor runs without cgroups).
+    static func cgroupShmem(supervisor: pid_t, domid: Int) -> Int? {
+        guard let text = try? FileIO.readString("/proc/\(supervisor)/cgroup") else { return nil }
+        var dir: String?
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            if f.count == 3, f[1].split(separator: ",").contains("memory") { dir = "/sys/fs/cgroup/memory" + f[2] }
+        }
+        if dir == nil, let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) { dir = "/sys/fs/cgroup" + line.dropFirst(3) }
+        guard let dir, let stat = try? FileIO.readString(dir + "/procvisor-\(supervisor)-dom\(domid)/memory.stat") else { return nil }
+        let line = stat.split(separator: "\n").first { $0.hasPrefix("shmem ") }
+        return line.flatMap { Int($0.dropFirst(6)) }
+    }
+
     func startCounter(_ h: SupervisorHarness, _ name: String) throws {
         try h.create(name, mode: "ram-counter", "vcpus = 2\n")
         #expect(eventually { (Self.lastCounter(h.consoleLog(name)) ?? 0) >= 100 }, "\(h.consoleLog(name))")
@@ -48,6 +62,11 @@ import Toolstack
         #expect(log.contains("ram-check ok (512 pages)"), "\(log)")
         #expect(log.contains("ram-counter: resumed counter=\(atSave) record=counter=\(atSave)"), "\(log)")
         #expect(log.contains("data/boot-marker=booted-as-dom\(before)"))
+        // The restored pages are charged to the domain's memory cgroup (xl wrote them from inside
+        // it), not to xl's: its shmem counts at least the 512 patterned pages.
+        if let shmem = Self.cgroupShmem(supervisor: h.pid, domid: after.domid) {
+            #expect(shmem >= 512 * 4096, "shmem charged to the domain's cgroup: \(shmem)")
+        }
         // It carries on from where it was.
         #expect(eventually { (Self.lastCounter(h.consoleLog("keeper")) ?? 0) >= atSave + 100 })
         // The same file again: the name is taken, nothing half-made is left.

@@ -91,7 +91,9 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     /// The reply to `.suspend`; the domain's RAM memfd (read-only) comes with it.
     case suspended(SuspendedDomain)
     /// The reply to `.restoreBegin`; the new domain's RAM memfd (writable) comes with it.
-    case restoring(domid: UInt16)
+    /// `memoryCgroup`: the domain's memory cgroup, which the writer of its pages joins so they
+    /// are charged to the domain (nil: none).
+    case restoring(domid: UInt16, memoryCgroup: String?)
     /// The reply to `.dirtyLogStart`; the domain's RAM memfd (read-only) comes with it.
     case dirtyLogStarted(DirtyLogStart)
     case dirtyPages(DirtyPages)
