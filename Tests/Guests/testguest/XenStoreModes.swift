@@ -136,7 +136,20 @@ func runXenStoreMode(_ mode: String, _ domain: Domain) -> Bool {
         while true { domain.block() }
     case "xs-flood":
         // Stops reading replies and fills the request ring: the server holds it at the quota.
+        // It writes the ring itself, so the runtime's own store traffic must be over first: the
+        // watches it registers at boot (on the watch thread) and the reads their first events
+        // make (the balloon reads memory/target). A task queued behind them, a read whose reply
+        // comes after those events, and a second task behind the events make sure of it.
+        func watchThreadBarrier() {
+            let done = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+            done.pointee = 0
+            xs.onWatchThread { SharedAtomic.store(done, 1) }
+            while SharedAtomic.load(done) == 0 { usleep(1000) }
+            done.deallocate()
+        }
+        watchThreadBarrier()
         say("before=\((try? xs.read("name")) ?? "-")")
+        watchThreadBarrier()
         xs.pauseReader(true)
         let page = xs.ringPage
         let req = (page + 0).assumingMemoryBound(to: UInt8.self)
