@@ -46,11 +46,27 @@ func runSaveMode(_ mode: String, _ domain: Domain) -> Bool {
             say("data/boot-marker=\((try? domain.store.read("data/boot-marker")) ?? "missing")")
         }
         say("ram-counter: \(domain.isResumed ? "resumed" : "booted") counter=\(counter.pointee) record=\(record)")
+        // The suspend hook quiesces the counting vCPU (as a guest quiesces its work before a
+        // save), so the counter the record names is the one the RAM holds.
+        let hold = UnsafeMutablePointer<UInt32>.allocate(capacity: 2)
+        hold.initialize(repeating: 0, count: 2)  // [0]: asked to hold, [1]: holding
         domain.setResumeRecord { Array("counter=\(counter.pointee)".utf8) }
-        domain.addSuspendHook { say("ram-counter: suspend hook at counter=\(counter.pointee)") }
-        domain.addResumeHook { say("ram-counter: resumed in place at counter=\(counter.pointee)") }
+        domain.addSuspendHook {
+            SharedAtomic.store(hold, 1)
+            while SharedAtomic.load(hold + 1) == 0 { usleep(100) }
+            say("ram-counter: suspend hook at counter=\(counter.pointee)")
+        }
+        domain.addResumeHook {
+            say("ram-counter: resumed in place at counter=\(counter.pointee)")
+            SharedAtomic.store(hold + 1, 0)
+            SharedAtomic.store(hold, 0)
+        }
         domain.startVCPU(1) { _ in
             while true {
+                if SharedAtomic.load(hold) != 0 {
+                    SharedAtomic.store(hold + 1, 1)
+                    while SharedAtomic.load(hold) != 0 { usleep(100) }
+                }
                 counter.pointee += 1
                 if counter.pointee % 50 == 0 { say("ram-counter: counter=\(counter.pointee)") }
                 usleep(2000)
