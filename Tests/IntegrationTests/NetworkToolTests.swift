@@ -137,7 +137,7 @@ import XenStoreSocket
     }
 
     @Test func attachListAndDetachAgainstABackendThatDoesNotServe() throws {
-        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS": "500"])
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS": "1500"])
         defer { h.stop() }
         try idleBackend(h)
         try h.create("g", mode: "run", "vif = [ 'backend=nb, mac=00:16:3e:00:00:01' ]\n")
@@ -185,8 +185,8 @@ import XenStoreSocket
         let detach = try h.xl("network-detach", "g", "1")
         let took = Date().timeIntervalSince(started)
         #expect(detach.status == 1)
-        #expect(detach.stderr == "unable to remove device with path /local/domain/1/backend/vif/2/1: the backend did not reach Closed (6) within 500 ms, nor within 500 ms more once the removal was forced (state 5); its nodes were removed anyway\nlibxl_device_nic_del failed.\n", "\(detach.stderr)")
-        #expect(took >= 0.9 && took < 5, "network-detach took \(took) s")
+        #expect(detach.stderr == "unable to remove device with path /local/domain/1/backend/vif/2/1: the backend did not reach Closed (6) within 1500 ms, nor within 1500 ms more once the removal was forced (state 5); its nodes were removed anyway\nlibxl_device_nic_del failed.\n", "\(detach.stderr)")
+        #expect(took >= 2.9 && took < 8, "network-detach took \(took) s")
         #expect(try h.xs("exists", "/local/domain/2/device/vif/1").status == 1)
         #expect(try h.xs("exists", "/local/domain/1/backend/vif/2/1").status == 1)
         let dmesg = try h.dmesg()
