@@ -77,11 +77,8 @@ extension Supervisor {
         eventChannels.close(dom.domid)
         releaseStore(dom)
         grantService.release(dom.domid)
-        // Giving the host back a big domain's RAM (closing its memfd) takes milliseconds: done
-        // after the waiters below have their answers, on the next turn of the loop.
-        if let memory = machine.releaseDomain(dom.domid) {
-            loop.after(ms: 0) { withExtendedLifetime(memory) {} }
-        }
+        // (The host gets the RAM back on a thread of its own: DomainMemory's deinit.)
+        machine.releaseDomain(dom.domid)
         // The pid namespace died with its first process; anything left in the cgroup (a domain
         // run without namespaces) goes now.
         if let p = dom.pidsCgroup {

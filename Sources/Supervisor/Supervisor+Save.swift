@@ -294,7 +294,6 @@ extension Supervisor {
                 return refuse("vif \(vif.devid): MAC address \(vif.mac) is already used on bridge \(vif.bridge) by dom\(other.frontend)'s vif \(other.devid)")
             }
         }
-        logger.info("restore populated", metadata: ["domid": "\(domid)", "pages": "\(memory.currentPages)"])
         restoreNodes(dom, contents.nodes)
         dom.console.append(Array(contents.console)[...])
         dom.process.resumeRecord = Array(contents.resumeRecord)
