@@ -108,10 +108,12 @@ public final class Supervisor {
         let sfd = try Signals.descriptor(for: blocked)
         signalFD = sfd
         try loop.watch(sfd) { [unowned self] _ in handleSignals() }
-        try control.listen(path: dir.controlSocket)
+        // The XenStore socket first: the control socket is what says the supervisor is up (xl
+        // and the tests wait for it), and a client must then find the store there too.
         try FileIO.makeDirectories(dir.xenstoreDirectory, mode: 0o700)
         FileIO.unlink(dir.xenstoreSocket)
         try xenstore.listen(path: dir.xenstoreSocket)
+        try control.listen(path: dir.controlSocket)
         try FileIO.makeDirectories(dir.jailMountPoint, mode: 0o755)
         // A supervisor killed outright (SIGKILL, a crash) could not remove its domains' cgroups;
         // their processes died with it (parent-death signal). Remove what such ones left.
