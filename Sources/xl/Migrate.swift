@@ -200,7 +200,7 @@ extension Migrate {
             sender = try ImageSender(sink: sink, ram: ram, info: start.info, memory: start.memory, config: config)
             if start.tracking != nil {
                 let r0 = MonotonicClock.nanoseconds()
-                try sender.send(start.populated, skipHoles: true, running: true)
+                try sender.send(start.populated, skipHoles: true)
                 debugLine("round 1: \(PFNRun.total(start.populated)) pages (\(sender.bytesSent >> 20) MiB of data) in \(ms(r0)) ms, the domain running")
                 var last = UInt64.max
                 for round in 2...Self.maxRounds {
@@ -214,7 +214,7 @@ extension Migrate {
                         break
                     }
                     let r = MonotonicClock.nanoseconds()
-                    try sender.send(toSend, skipHoles: false, running: true)
+                    try sender.send(toSend, skipHoles: false)
                     try sender.sendAbsent(gone)
                     sentPopulated = dirty.populated
                     debugLine("round \(round): \(n) dirty pages in \(ms(r)) ms, the domain running")

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -63,12 +64,16 @@ final class DescriptorSource: SaveStreamSource {
 
 /// Sends a domain's image piece by piece: the headers, then pages (all of them once, then those
 /// written since, for a live migration), then the rest. Pages are read from the domain's RAM
-/// memfd, mapped read-only.
+/// memfd with positioned reads, a batch at a time, into one buffer that stays in the cache while
+/// it is checksummed and written out: no mapping of the whole RAM to fault in and tear down
+/// (that cost as much as the reads), and the bytes sent are the bytes checked even while a
+/// running domain writes the page (a page written while it is read is in the next round's log
+/// anyway).
 final class ImageSender {
     let writer: SaveStreamWriter
-    let mapping: SharedMapping
     let ram: FileDescriptor
     let span: UInt64
+    private let bounce: SharedMapping
     /// Pages sent so far, data or not.
     private(set) var pagesSent = 0
     private(set) var bytesSent: UInt64 = 0
@@ -76,7 +81,8 @@ final class ImageSender {
     init(sink: SaveStreamSink, ram: FileDescriptor, info: SavedDomainInfo, memory: SavedMemory, config: DomainConfig) throws {
         span = memory.spanPages
         self.ram = ram
-        mapping = try SharedMapping(ram, length: Int(max(span, 1)) * SaveFormat.pageSize, writable: false)
+        bounce = try SharedMapping(anonymous: SaveFormat.maxBatch * SaveFormat.pageSize)
+        bounce.prefault(forWriting: true)
         writer = SaveStreamWriter(sink: sink)
         writer.xlHeader(config: Array(try JSONEncoder().encode(config)))
         writer.imageHeader(xenMajor: UInt32(ProcvisorVersion.major), xenMinor: UInt32(ProcvisorVersion.minor))
@@ -84,28 +90,16 @@ final class ImageSender {
         writer.record(.memory, memory.encode())
     }
 
-    deinit { mapping.unmap() }
-
-    /// Where pages of a running domain are copied before they are checksummed and sent: the
-    /// domain may write a page at any moment, and the bytes sent must be the bytes checked (a page
-    /// written while it is copied is in the next round's log anyway).
-    private lazy var snapshot: SharedMapping? = try? SharedMapping(anonymous: SaveFormat.maxBatch * SaveFormat.pageSize)
+    deinit { bounce.unmap() }
 
     /// Sends `runs` of populated pages. With `skipHoles`, pages the memfd holds no data for go as
-    /// XALLOC (populated, reads as zero) without contents. `running`: the domain runs, so each
-    /// batch is copied first.
-    func send(_ runs: [PFNRun], skipHoles: Bool, running: Bool = false) throws {
-        if running, snapshot == nil { throw SystemError("mmap", "a 2 MiB buffer for pages", errno: .current) }
+    /// XALLOC (populated, reads as zero) without contents.
+    func send(_ runs: [PFNRun], skipHoles: Bool) throws {
         let extents = skipHoles ? try ram.dataExtents(size: Int64(span) * Int64(SaveFormat.pageSize)) : []
-        // The pages are read twice (checksum, copy): fault them in with one call per run.
-        if skipHoles {
-            for e in extents { mapping.prefault(at: Int(e.lowerBound), length: Int(e.upperBound - e.lowerBound)) }
-        } else {
-            for r in runs where r.start < span { mapping.prefault(at: Int(r.start) * SaveFormat.pageSize, length: Int(min(r.count, span - r.start)) * SaveFormat.pageSize) }
-        }
         var batch: [(pfn: UInt64, type: SavePageType)] = []
-        var data: [UnsafeRawPointer] = []
         batch.reserveCapacity(SaveFormat.maxBatch)
+        var filled = 0  // pages of the batch with data, read (or to be read) into the buffer
+        var pending = PFNRun(start: 0, count: 0)  // the last of them, not read yet
         var e = 0
         func hasData(_ pfn: UInt64) -> Bool {
             guard skipHoles else { return true }
@@ -113,23 +107,40 @@ final class ImageSender {
             while e < extents.count, extents[e].upperBound <= at { e += 1 }
             return e < extents.count && extents[e].lowerBound < at + Int64(SaveFormat.pageSize)
         }
+        func readPending() throws {
+            guard pending.count > 0 else { return }
+            let into = bounce.base + (filled - Int(pending.count)) * SaveFormat.pageSize
+            let length = Int(pending.count) * SaveFormat.pageSize
+            var done = 0
+            while done < length {
+                let n = try ram.read(into: UnsafeMutableRawBufferPointer(start: into + done, count: length - done),
+                                     at: Int64(pending.start) * Int64(SaveFormat.pageSize) + Int64(done))
+                if n == 0 {
+                    // Past the end of the memfd: reads as zero, as the domain sees it.
+                    memset(into + done, 0, length - done)
+                    break
+                }
+                done += n
+            }
+            pending.count = 0
+        }
         func flush() throws {
             guard !batch.isEmpty else { return }
-            if running, let snapshot {
-                try writer.pages(batch, snapshot: snapshot.base) { data[$0] }
-            } else {
-                try writer.pages(batch) { data[$0] }
-            }
+            try readPending()
+            try writer.pages(batch, contiguous: bounce.base)
             pagesSent += batch.count
-            bytesSent += UInt64(data.count * SaveFormat.pageSize)
+            bytesSent += UInt64(filled * SaveFormat.pageSize)
             batch.removeAll(keepingCapacity: true)
-            data.removeAll(keepingCapacity: true)
+            filled = 0
         }
         for run in runs {
             for pfn in run.start..<(run.start + run.count) where pfn < span {
                 if hasData(pfn) {
                     batch.append((pfn, .normal))
-                    data.append(UnsafeRawPointer(mapping.base + Int(pfn) * SaveFormat.pageSize))
+                    if pending.count > 0, pending.start + pending.count != pfn { try readPending() }
+                    if pending.count == 0 { pending.start = pfn }
+                    pending.count += 1
+                    filled += 1
                 } else {
                     batch.append((pfn, .allocated))
                 }

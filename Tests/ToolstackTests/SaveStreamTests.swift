@@ -197,28 +197,32 @@ import Testing
         #expect { _ = try Self.parse(withMandatory) } throws: { "\($0)".contains("unknown mandatory record type 0x123456") }
     }
 
-    @Test func pagesSentThroughASnapshotReadBackTheSame() throws {
-        // A live migration copies each page and checksums it in one pass (copyCRC32C).
+    @Test func pagesSentFromOneBufferReadBackTheSame() throws {
+        // xl reads a batch of pages into one buffer and checksums and sends it whole; the stream
+        // is the same as one sent page by page.
         let pages = (0..<3).map { i in [UInt8]((0..<4096).map { UInt8(truncatingIfNeeded: $0 &* (i + 3)) }) }
-        func stream(snapshot: Bool) throws -> [UInt8] {
+        func stream(contiguous: Bool) throws -> [UInt8] {
             let sink = MemorySink()
             let w = SaveStreamWriter(sink: sink)
             w.xlHeader(config: Self.config)
             w.imageHeader(xenMajor: 4, xenMinor: 17)
             w.record(.domainInfo, Array(#"{"name":"kv","uuid":"u","domid":3}"#.utf8))
             w.record(.memory, SavedMemory(spanPages: UInt64(Self.spanPages), maxPages: 8, populatedPages: 3).encode())
-            let buffer = UnsafeMutableRawPointer.allocate(byteCount: 3 * 4096, alignment: 4096)
-            defer { buffer.deallocate() }
-            try pages.withUnsafeBufferPointerAll { ptrs in
-                try w.pages([(0, .normal), (4, .normal), (7, .normal)], snapshot: snapshot ? buffer : nil) { ptrs[$0] }
+            let batch: [(pfn: UInt64, type: SavePageType)] = [(0, .normal), (2, .allocated), (4, .normal), (7, .normal)]
+            if contiguous {
+                let block = pages.flatMap { $0 }
+                try block.withUnsafeBytes { try w.pages(batch, contiguous: $0.baseAddress!) }
+            } else {
+                try pages.withUnsafeBufferPointerAll { ptrs in try w.pages(batch) { ptrs[$0] } }
             }
             try w.end()
             return sink.bytes
         }
-        let direct = try stream(snapshot: false), copied = try stream(snapshot: true)
-        #expect(direct == copied)
-        let p = try Self.parse(copied)
-        #expect(p.pages == [0, 4, 7])
+        let direct = try stream(contiguous: false), whole = try stream(contiguous: true)
+        #expect(direct == whole)
+        let p = try Self.parse(whole)
+        #expect(p.pages == [0, 2, 4, 7])
+        #expect(Array(p.ram[(2 * 4096)..<(3 * 4096)]) == [UInt8](repeating: 0, count: 4096))
         #expect(Array(p.ram[(4 * 4096)..<(5 * 4096)]) == pages[1])
         var dst = [UInt8](repeating: 0, count: 4096)
         let crc = dst.withUnsafeMutableBytes { d in pages[2].withUnsafeBytes { Checksum.copyCRC32C(to: d.baseAddress!, from: $0.baseAddress!, count: 4096) } }

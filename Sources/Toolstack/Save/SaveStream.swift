@@ -214,12 +214,38 @@ public final class SaveStreamWriter {
         appendChecksum(crc)
     }
 
+    /// One PAGE_DATA record: `pages` in order, the contents of those that carry data lying one
+    /// after the other from `data` (a buffer the caller filled, ideally still hot in the cache:
+    /// it is checksummed in one pass and sent as one piece). At most `SaveFormat.maxBatch` pages.
+    public func pages(_ pages: [(pfn: UInt64, type: SavePageType)], contiguous data: UnsafeRawPointer) throws {
+        let (withData, headerCRC) = header(pages)
+        let block = UnsafeRawBufferPointer(start: data, count: withData * SaveFormat.pageSize)
+        let crc = Checksum.crc32c(block, headerCRC)
+        // The body is a multiple of 8 already: no padding.
+        try flush(then: withData > 0 ? [block] : [])
+        appendChecksum(crc)
+    }
+
     /// One PAGE_DATA record: `pages` in order, with `data(i)` giving the contents of the i-th
-    /// page that carries data. At most `SaveFormat.maxBatch` pages. With `snapshot` (room for
-    /// that many pages), each page is copied there and checksummed in the same pass, and the
-    /// copies are sent: pages a running domain may write while they are read.
-    public func pages(_ pages: [(pfn: UInt64, type: SavePageType)], snapshot: UnsafeMutableRawPointer? = nil,
-                      data: (Int) -> UnsafeRawPointer) throws {
+    /// page that carries data (pages that nothing writes while they are sent). At most
+    /// `SaveFormat.maxBatch` pages.
+    public func pages(_ pages: [(pfn: UInt64, type: SavePageType)], data: (Int) -> UnsafeRawPointer) throws {
+        let (withData, headerCRC) = header(pages)
+        var crc = headerCRC
+        var pieces: [UnsafeRawBufferPointer] = []
+        pieces.reserveCapacity(withData)
+        for i in 0..<withData {
+            let page = UnsafeRawBufferPointer(start: data(i), count: SaveFormat.pageSize)
+            crc = Checksum.crc32c(page, crc)
+            pieces.append(page)
+        }
+        try flush(then: pieces)
+        appendChecksum(crc)
+    }
+
+    /// Buffers a PAGE_DATA record's header and pfn list; returns how many pages carry data and
+    /// the checksum so far.
+    private func header(_ pages: [(pfn: UInt64, type: SavePageType)]) -> (Int, UInt32) {
         precondition(pages.count <= SaveFormat.maxBatch && !pages.isEmpty)
         let withData = pages.reduce(0) { $0 + ($1.type.carriesData ? 1 : 0) }
         let bodyLength = 8 + 8 * pages.count + withData * SaveFormat.pageSize
@@ -229,24 +255,8 @@ public final class SaveStreamWriter {
         w.u32(UInt32(pages.count))
         w.u32(0)
         for p in pages { w.u64(p.pfn & SavePageType.pfnMask | UInt64(p.type.rawValue) << SavePageType.shift) }
-        var crc = Checksum.crc32c(w.bytes)
         append(w.bytes)
-        var pieces: [UnsafeRawBufferPointer] = []
-        pieces.reserveCapacity(withData + 1)
-        for i in 0..<withData {
-            if let snapshot {
-                let copy = snapshot + i * SaveFormat.pageSize
-                crc = Checksum.copyCRC32C(to: copy, from: data(i), count: SaveFormat.pageSize, crc)
-                pieces.append(UnsafeRawBufferPointer(start: copy, count: SaveFormat.pageSize))
-            } else {
-                let page = UnsafeRawBufferPointer(start: data(i), count: SaveFormat.pageSize)
-                crc = Checksum.crc32c(page, crc)
-                pieces.append(page)
-            }
-        }
-        // The body is a multiple of 8 already: no padding.
-        try flush(then: pieces)
-        appendChecksum(crc)
+        return (withData, Checksum.crc32c(w.bytes))
     }
 
     /// The END record; flushes.
