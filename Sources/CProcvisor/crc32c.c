@@ -105,20 +105,3 @@ uint32_t pv_crc32c(uint32_t crc, const void *buf, size_t len) {
 #endif
     return ~crc32c_soft(crc, buf, len);
 }
-
-/* Copies len bytes from src to dst and returns the CRC-32C of them, continuing from crc: one pass
- * over memory another thread may be writing (the checksum is of the bytes copied). */
-uint32_t pv_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len) {
-    const unsigned char *s = src;
-    unsigned char *d = dst;
-    size_t chunk = 3 * CRC32C_LANE;
-    while (len > 0) {
-        size_t n = len < chunk ? len : chunk;
-        memcpy(d, s, n);
-        crc = pv_crc32c(crc, d, n);  /* the copy, hot in the cache */
-        d += n;
-        s += n;
-        len -= n;
-    }
-    return crc;
-}

@@ -315,9 +315,6 @@ int pv_netif_set_mtu(const char *name, int mtu);
 
 /* CRC-32C of len bytes, continuing from crc (0 to start): crc32c(a+b) == pv_crc32c(crc32c(a), b). */
 uint32_t pv_crc32c(uint32_t crc, const void *buf, size_t len);
-/* Copies len bytes and returns their CRC-32C (continuing from crc), in one pass: the checksum is
- * of the bytes that landed in dst even if src changes meanwhile. */
-uint32_t pv_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len);
 
 /// mremap(old, 0, length, MREMAP_MAYMOVE|MREMAP_FIXED, to): maps the shared pages at `old` a
 /// second time, at `to` (mremap is variadic, which Swift cannot call). Returns `to` or MAP_FAILED.
