@@ -51,7 +51,17 @@ public final class MemoryCgroup {
         return 0
     }
 
-    /// Removes the (empty) cgroup; retried by the caller's next cleanup if processes linger.
+    /// Removes the cgroup. A process still in it (an `xl restore` that joined it to write the
+    /// domain's pages, and had not left yet when the domain went) is moved to the parent first:
+    /// the domain's own process is gone by then, nothing else belongs here.
     @discardableResult
-    public func remove() -> Bool { rmdir(path) == 0 }
+    public func remove() -> Bool {
+        if rmdir(path) == 0 { return true }
+        guard errno == EBUSY, let slash = path.lastIndex(of: "/") else { return false }
+        let parent = String(path[..<slash])
+        for pid in ((try? FileIO.readString(path + "/cgroup.procs")) ?? "").split(separator: "\n") {
+            try? FileIO.write(parent + "/cgroup.procs", "\(pid)\n")
+        }
+        return rmdir(path) == 0
+    }
 }

@@ -357,7 +357,7 @@ enum SaveStreamIO {
                         pfn += 1
                     }
                 }
-                DomainCgroup.leave()
+                DomainCgroup.startLeaving()
                 switch client.request(.restoreFinish(domid: id, contents: RestoreContents(populated: runs, nodes: nodes, console: Data(console),
                                                                                             resumeRecord: Data(record), paused: paused))) {
                 case .created:
@@ -373,19 +373,31 @@ enum SaveStreamIO {
 
 }
 
-/// xl's stay in a restored domain's memory cgroup while it writes the domain's pages.
+/// xl's stay in a restored domain's memory cgroup while it writes the domain's pages. Moving a
+/// process between cgroups takes milliseconds (the kernel waits for an RCU grace period), so the
+/// move out runs on a thread of its own while the restore finishes; `leave` waits for it.
 enum DomainCgroup {
     nonisolated(unsafe) private static var home: String?
+    nonisolated(unsafe) private static var leaving: PosixThread?
 
     static func join(_ path: String) {
         guard home == nil, let (mine, _) = MemoryCgroup.current() else { return }
         if (try? FileIO.write(path + "/cgroup.procs", "\(Process.pid)\n")) != nil { home = mine }
     }
 
-    static func leave() {
-        guard let mine = home else { return }
+    /// Starts going back home; `leave` finishes. (Should the domain go meanwhile, the supervisor
+    /// moves xl out itself before it removes the cgroup.)
+    static func startLeaving() {
+        guard let mine = home, leaving == nil else { return }
         home = nil
-        try? FileIO.write(mine + "/cgroup.procs", "\(Process.pid)\n")
+        leaving = try? PosixThread.start { try? FileIO.write(mine + "/cgroup.procs", "\(Process.pid)\n") }
+        if leaving == nil { try? FileIO.write(mine + "/cgroup.procs", "\(Process.pid)\n") }
+    }
+
+    static func leave() {
+        startLeaving()
+        leaving?.join()
+        leaving = nil
     }
 }
 

@@ -16,7 +16,11 @@ import ProcvisorABI
 // Buffers: every tx slot id and every rx slot id owns one page, granted to the backend once
 // (tx read-only, rx writable) and reused for the life of the device, so a backend that keeps
 // mapped grants (netback does) maps each page once. A frame over one page takes several slots
-// (`feature-sg`, NETTXF_more_data), up to 64 KiB.
+// (`feature-sg`, NETTXF_more_data), up to 64 KiB. The pages are granted as they are needed, not
+// all at the handshake (each is a memfd of its own, ~25 µs to make and map): the handshake
+// offers `initialRx` rx pages; each poll grants `growBatch` more until the ring's 256 are on
+// it, and tx ids get their pages when frames first need them. A connect (a restored domain's
+// included, whose service is away until it is done) grants 2 ring pages and 32 others, not 514.
 //
 // Events: the domain has one event queue (`EventChannels.waitAny`); `poll` sleeps in it when
 // nothing is waiting and keeps ports that are not this device's in `strayPorts`, or an
@@ -39,6 +43,10 @@ public final class Netfront: NetworkLink {
     @exclusivity(unchecked) public private(set) var strayPorts: [EventChannels.Port] = []
 
     static let slots = 256
+    /// Rx pages on the ring when the device connects.
+    static let initialRx = 32
+    /// Pages granted at a time as the device grows to `slots` rx and tx pages.
+    static let growBatch = 16
 
     /// One queue: its tx and rx rings (their pages on `xenbus`'s account), ports and slot pages.
     private final class Queue {
@@ -144,13 +152,9 @@ public final class Netfront: NetworkLink {
                 nodes += split ? [(prefix + "event-channel-tx", String(txPort)), (prefix + "event-channel-rx", String(rxPort))]
                                : [(prefix + "event-channel", String(txPort))]
                 let queue = Queue(tx: tx.base, rx: rx.base, txPort: txPort, rxPort: rxPort)
-                for _ in 0..<slots {
-                    queue.txBuffers.append(try xenbus.grantPage(readonly: true))
-                    queue.rxBuffers.append(try xenbus.grantPage())
-                }
-                queue.txFree = (0..<UInt16(slots)).reversed().map { $0 }
-                // Every rx page is offered before the backend connects.
-                for id in 0..<slots {
+                // The first rx pages are offered before the backend connects; the rest follow.
+                for _ in 0..<initialRx { queue.rxBuffers.append(try xenbus.grantPage()) }
+                for id in 0..<initialRx {
                     guard let s = queue.rx.nextRequest() else { break }
                     NetifRxRequest(id: UInt16(id), gref: queue.rxBuffers[id].ref).store(to: s)
                     queue.rxPosted[id] = true
@@ -184,6 +188,7 @@ public final class Netfront: NetworkLink {
         let pages = (frame.count + Netif.pageSize - 1) / Netif.pageSize
         if q.txFree.count < pages || q.tx.freeRequests < UInt32(pages) {
             reapTx(q)
+            if q.txFree.count < pages { growTx(q, needed: pages) }
             if q.txFree.count < pages || q.tx.freeRequests < UInt32(pages) { return false }
         }
         var done = 0
@@ -221,6 +226,33 @@ public final class Netfront: NetworkLink {
             q.unpushedTx = false
             if q.tx.pushRequests() { try? domain.eventChannels.send(q.txPort) }
         }
+    }
+
+    /// Gives tx ids their pages until `needed` are free (a batch at a time, at most `slots`). A
+    /// grant that fails (the grant table full) leaves the ids there are: the frame waits for
+    /// one to come back.
+    private func growTx(_ q: Queue, needed: Int) {
+        while q.txFree.count < needed, q.txBuffers.count < Self.slots {
+            for _ in 0..<min(Self.growBatch, Self.slots - q.txBuffers.count) {
+                guard let buffer = try? xenbus.grantPage(readonly: true) else { return }
+                q.txFree.insert(UInt16(q.txBuffers.count), at: 0)
+                q.txBuffers.append(buffer)
+            }
+        }
+    }
+
+    /// Offers the backend `growBatch` more rx pages while the ring has fewer than `slots`.
+    private func growRx(_ q: Queue) {
+        guard q.rxBuffers.count < Self.slots else { return }
+        var added = 0
+        for _ in 0..<min(Self.growBatch, Self.slots - q.rxBuffers.count) {
+            guard q.rx.freeRequests > 0, let buffer = try? xenbus.grantPage() else { break }
+            let id = q.rxBuffers.count
+            q.rxBuffers.append(buffer)
+            repost(q, id)
+            added += 1
+        }
+        if added > 0, q.rx.pushRequests() { try? domain.eventChannels.send(q.rxPort) }
     }
 
     /// Takes tx responses: pages come back to their ids.
@@ -262,6 +294,7 @@ public final class Netfront: NetworkLink {
             for q in queues {
                 reclaimed += reapTx(q)
                 n += receive(q, handler)
+                growRx(q)
             }
             // Transmit space coming back ends the wait too (a sender waits here for it).
             if n > 0 || reclaimed > 0 || timeoutNs == 0 || closedState { return n }
