@@ -212,6 +212,19 @@ public final class Domain {
         return fds[0]
     }
 
+    /// The in-flight log of queue `queue` of a device this driver domain serves: `bytes` of
+    /// memory the supervisor keeps across restarts of this domain (all zeroes the first time),
+    /// and how many incarnations of the backend had it before this one (0: new).
+    public func inflightLog(_ kind: DeviceKind, frontend: UInt16, devid: UInt32, queue: Int, bytes: Int) throws -> (memory: SharedMapping, incarnations: Int) {
+        let (r, fds) = hypercalls.callWithFDs(.inflightLog, [kind.rawValue, UInt64(frontend), UInt64(devid), UInt64(queue), UInt64(bytes)])
+        defer { fds.forEach { $0.close() } }
+        if r.rc < 0 || fds.count != 1 {
+            throw HypercallError(operation: "inflight_log \(kind.xenName) \(frontend)/\(devid) queue \(queue)", errno: r.rc < 0 ? -r.rc : XenErrno.EIO.rawValue)
+        }
+        let memory = try SharedMapping(fds[0], length: bytes)
+        return (memory, Int(r.rc))
+    }
+
     /// Batches several hypercalls into one `__HYPERVISOR_multicall`; returns each call's rc.
     public func multicall(_ calls: [(op: HypercallOp, args: [UInt64])]) -> [Int64] {
         let requests = calls.enumerated().map { HypercallRequest($1.op, seq: UInt64($0), args: $1.args) }

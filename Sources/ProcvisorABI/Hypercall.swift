@@ -32,6 +32,14 @@ public enum HypercallOp: UInt32, Sendable, CaseIterable {
     /// descriptor is attached (in order) for the granter to map over the page, -EBUSY = still
     /// mapped through another grant (stays exposed), -EINVAL = not one of the caller's pages.
     case rebackGrantPages = 0x1007
+    /// A backend asks for the in-flight log of one queue of a device it serves: args[0] = device
+    /// type (`DeviceKind`), args[1] = frontend domid, args[2] = devid, args[3] = queue (0…15),
+    /// args[4] = bytes (a multiple of 4096, at most 1 MiB). The supervisor makes the memfd the
+    /// first time and keeps it for as long as the device exists, across restarts of the backend
+    /// domain: every incarnation gets the same one. rc = how many incarnations had it before (0:
+    /// new, all zeroes); one descriptor attached. Only the device's backend gets it; a size other
+    /// than the first request's is refused (EINVAL).
+    case inflightLog = 0x1008
 }
 
 /// `SCHEDOP_*` from `xen/sched.h`.

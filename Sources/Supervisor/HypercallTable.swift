@@ -74,6 +74,7 @@ extension Supervisor {
         .freeGrantPage: HypercallRow(phases: runPhase, multicall: .allowed) { $0.grantService.freePage($1.domid, $2) },
         .rebackGrantPages: HypercallRow(phases: runPhase, multicall: .refused) { $0.grantService.reback($1.domid, $2) },
         .deviceFD: HypercallRow(phases: runPhase, multicall: .refused) { $0.deviceFD($1, $2) },
+        .inflightLog: HypercallRow(phases: runPhase, multicall: .refused) { $0.inflightLog($1, $2) },
         .setTimerOp: HypercallRow(phases: runPhase, multicall: .allowed) { $0.setTimerOp($1, $2) },
         .multicall: HypercallRow(phases: runPhase, multicall: .refused) { $0.multicall($1, $2) },
     ]

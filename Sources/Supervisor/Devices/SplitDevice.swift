@@ -19,6 +19,17 @@ protocol SplitDevice: AnyObject {
     var attachSummary: String { get }
     /// A detach in progress.
     var removal: DeviceRemoval? { get set }
+    /// The backend's in-flight logs, by queue: kept for the device's life, across restarts of
+    /// its backend domain.
+    var inflightLogs: [Int: InflightLogMemory] { get set }
+}
+
+/// One queue's in-flight log: a memfd the supervisor made for the device's backend, and how
+/// many incarnations of the backend have had it.
+struct InflightLogMemory {
+    let fd: FileDescriptor
+    let bytes: Int
+    var incarnations: Int
 }
 
 extension SplitDevice {
@@ -62,6 +73,9 @@ final class Device<Settings: DeviceSettings>: SplitDevice {
     let backend: DomID
     let settings: Settings
     var removal: DeviceRemoval?
+    var inflightLogs: [Int: InflightLogMemory] = [:]
+
+    deinit { for log in inflightLogs.values { log.fd.close() } }
 
     init(frontend: DomID, devid: UInt32, backend: DomID, settings: Settings) {
         self.frontend = frontend

@@ -109,6 +109,46 @@ extension Supervisor {
         return .error(.EINVAL)
     }
 
+    /// Queues a device may have logs for, and the largest log (a ring of 16 pages has 512 slots
+    /// of at most 2 KiB of log each).
+    static let inflightLogQueues = 16
+    static let inflightLogMaxBytes = 1 << 20
+
+    /// `inflightLog`: a backend asks for one queue's in-flight log of a device it serves. Made
+    /// (zeroed) the first time, the same memfd afterwards, to every incarnation of the backend.
+    func inflightLog(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
+        guard r.args.count >= 5, let kind = DeviceKind(rawValue: r.args[0]), let (frontend, devid) = Self.deviceKeyArguments(r) else {
+            return .error(.EINVAL)
+        }
+        let type: SplitDeviceType
+        switch kind {
+        case .vbd: type = .block
+        case .vif: type = .network
+        case .uplink: return .error(.EINVAL)
+        }
+        let queue = r.args[3], bytes = r.args[4]
+        guard queue < UInt64(Self.inflightLogQueues), bytes > 0, bytes <= UInt64(Self.inflightLogMaxBytes), bytes % 4096 == 0 else {
+            return .error(.EINVAL)
+        }
+        guard let dev = devices.device(type, frontend: frontend, devid: devid), dev.backend == dom.domid else { return .error(.EPERM) }
+        if var log = dev.inflightLogs[Int(queue)] {
+            guard log.bytes == Int(bytes) else { return .error(.EINVAL) }
+            let before = log.incarnations
+            log.incarnations += 1
+            dev.inflightLogs[Int(queue)] = log
+            return .reply(rc: Int64(before), payload: [], fds: [log.fd], owned: [])
+        }
+        let fd: FileDescriptor
+        do {
+            fd = try MemFD.create(name: "pv-inflight-\(type.kind)-\(frontend)-\(devid)-\(queue)", size: Int(bytes))
+        } catch {
+            logger.warning("in-flight log not made", metadata: ["domid": "\(dom.domid)", "device": "\(type.kind) \(frontend)/\(devid)", "error": "\(error)"])
+            return .error(.ENOMEM)
+        }
+        dev.inflightLogs[Int(queue)] = InflightLogMemory(fd: fd, bytes: Int(bytes), incarnations: 1)
+        return .reply(rc: 0, payload: [], fds: [fd], owned: [])
+    }
+
     /// The frontend and device number a `deviceFD` request names (`args[1]`, `args[2]`).
     static func deviceKeyArguments(_ r: HypercallRequest) -> (frontend: DomID, devid: UInt32)? {
         guard r.args[1] <= UInt64(UInt16.max), r.args[2] <= UInt64(UInt32.max) else { return nil }
