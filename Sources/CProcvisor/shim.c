@@ -42,6 +42,10 @@ int pv_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) < 0 ? neg_errno() : 0;
 }
 
+int pv_fallocate_keep_size(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
 // ---- futex ----
 
 int pv_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns) {

@@ -63,6 +63,15 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         message.withUTF8 { p in _ = Glibc.write(rawValue, p.baseAddress, p.count) }
     }
 
+    /// Waits until no direct I/O is in flight on the file, whoever submitted it (a killed
+    /// process's io_uring included): fallocate(FALLOC_FL_KEEP_SIZE) of its first `length` bytes,
+    /// which ext4 and XFS begin by waiting for every direct I/O in flight on the inode
+    /// (inode_dio_wait), and which changes nothing on a file whose first bytes are allocated.
+    /// Throws where the file system has no fallocate (EOPNOTSUPP: tmpfs before 3.5, some FUSE).
+    public func waitForDirectIO(length: Int64 = 4096) throws {
+        _ = try retrying("fallocate(KEEP_SIZE)", "\(self)") { pv_fallocate_keep_size(rawValue, 0, max(1, length)) }
+    }
+
     // MARK: positional I/O (the file offset is neither used nor moved)
 
     /// Reads up to `buffer.count` bytes at byte `offset` of the file (pread(2)); returns the byte

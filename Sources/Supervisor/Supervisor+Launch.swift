@@ -18,7 +18,7 @@ extension Supervisor {
     /// are already reserved): it is told that it resumes and given its record.
     @discardableResult
     func createDomain(_ config: DomainConfig, paused: Bool, waiter: ControlConnection?, uuid: String? = nil,
-                      quickRestarts: Int = 0, restore: RestoreInput? = nil) throws -> DomainRecord {
+                      quickRestarts: Int = 0, restore: RestoreInput? = nil, reuse: DomID? = nil) throws -> DomainRecord {
         if stopping { throw CreateError("the supervisor is shutting down") }
         if let why = Self.validateName(config.name) { throw CreateError(why) }
         if restore == nil, let why = domains.nameTaken(config.name) { throw CreateError(why) }
@@ -42,7 +42,7 @@ extension Supervisor {
         guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
         let jailed = jail.uses(.namespaces)
         let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
-        guard let domid = restore?.domid ?? domains.allocateDomid() else { throw CreateError("no free domid") }
+        guard let domid = restore?.domid ?? reuse ?? domains.allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         if let restored = restore.flatMap({ machine.domains[$0.domid] }) {
             memory = restored

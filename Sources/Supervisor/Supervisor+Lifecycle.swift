@@ -154,6 +154,8 @@ extension Supervisor {
         case .preserve:
             log("\(dom.label): \(reason.name): preserving the domain")
             preserveName(dom)
+        case .restart where dom.config.driverDomain && reason == .crash && resumesInPlace(dom):
+            restartInPlace(dom)
         case .restart, .renameRestart:
             let lived = MonotonicClock.nanoseconds() - dom.startMonotonic
             let quick = lived < 1_000_000_000 ? dom.quickRestarts + 1 : 0
@@ -172,6 +174,54 @@ extension Supervisor {
                 log("\(dom.label): \(reason.name): restart failed: \(error)")
                 logger.error("restart failed", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
             }
+        }
+    }
+
+    /// Whether a crashed driver domain's devices can be taken over by a new incarnation: every
+    /// device it serves has an in-flight log (a backend that keeps one resumes its devices; one
+    /// that does not would take the frontends' rings up in an unknown state). Otherwise it is
+    /// restarted as any domain is, and its devices go with the old one.
+    func resumesInPlace(_ dom: DomainRecord) -> Bool {
+        devices.served(by: dom.domid).allSatisfy { !$0.inflightLogs.isEmpty }
+    }
+
+    /// A driver domain crashed: a new process takes its place under the same domid, name and
+    /// uuid, and the devices it serves stay as they are (their XenStore nodes, the frontends'
+    /// rings, grants and event channels, its in-flight logs), so the new backend picks them up
+    /// where the old one left off and no frontend has to do anything. At most
+    /// `driverRestartLimit.count` restarts in `seconds`: past that it stays down and its devices
+    /// are closed (their frontends fail what they had outstanding).
+    func restartInPlace(_ dom: DomainRecord) {
+        let (limit, seconds) = options.driverRestartLimit
+        let now = MonotonicClock.nanoseconds()
+        let window = seconds * 1_000_000_000
+        var history = (driverRestarts[dom.uuid] ?? []).filter { now &- $0 < window }
+        let served = devices.served(by: dom.domid)
+        if history.count >= limit {
+            let why = "crashed \(history.count + 1) times in \(seconds) s (the limit is \(limit) restarts): left down"
+            log("\(dom.label): \(why); its \(served.count) device\(served.count == 1 ? "" : "s") fail: \(served.map(\.what).joined(separator: ", "))")
+            driverRestarts[dom.uuid] = nil
+            devices.backendGone(served, why: "backend \(dom.name) (dom\(dom.domid)) \(why)")
+            remove(dom)
+            return
+        }
+        history.append(now)
+        driverRestarts[dom.uuid] = history
+        let domid = dom.domid, uuid = dom.uuid
+        let config = configForRestart(dom)
+        // Out of the table, but not out of the store: its tree holds the backend nodes.
+        domains.remove(dom)
+        devices.detachAll(frontend: domid)
+        for problem in fenceDiskWrites(served) { log("\(dom.label): cannot wait for its writes in flight on \(problem)") }
+        do {
+            let new = try createDomain(config, paused: false, waiter: nil, uuid: uuid, reuse: domid)
+            log("\(dom.label): crashed (\(dom.crashReason ?? "")): restarted in place (restart \(history.count) of \(limit) in \(seconds) s), "
+                + "\(served.count) device\(served.count == 1 ? "" : "s") kept, pid \(new.pid)")
+        } catch {
+            log("\(dom.label): crashed; restart in place failed: \(error); its devices fail")
+            logger.error("driver domain restart failed", metadata: ["domid": "\(domid)", "error": "\(error)"])
+            devices.backendGone(served, why: "backend \(dom.name) (dom\(domid)) could not be restarted: \(error)")
+            removeDomainTree(dom)
         }
     }
 

@@ -45,6 +45,8 @@ public final class Supervisor {
     /// While a restore plans its devices: the uuid of the domain it is a copy of, whose MACs
     /// the copy may reuse.
     var restoringUUID: String?
+    /// When each driver domain (by uuid) was last restarted in place, within the restart window.
+    var driverRestarts: [String: [UInt64]] = [:]
 
     public init(options: SupervisorOptions, logger: Logger) throws {
         self.options = options

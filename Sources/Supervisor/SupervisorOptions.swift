@@ -23,6 +23,10 @@ public struct SupervisorOptions: Sendable {
     /// before a save gives up and the domain carries on (`PROCVISOR_SUSPEND_TIMEOUT_MS`,
     /// default 60000: libxl's wait for each).
     public var suspendTimeoutMs: UInt64
+    /// A driver domain that crashes is restarted in place (same domid, its devices kept) at most
+    /// `count` times in `seconds`; past that it is left down and its devices fail
+    /// (`PROCVISOR_DRIVER_RESTARTS=COUNT/SECONDS`, default 5/60).
+    public var driverRestartLimit: (count: Int, seconds: UInt64) = (5, 60)
     /// Hypercalls a domain may get wrong before it is crashed
     /// (`PROCVISOR_MALFORMED_HYPERCALL_LIMIT`, default 16).
     public var malformedHypercallLimit: Int
@@ -40,6 +44,14 @@ public struct SupervisorOptions: Sendable {
         shutdownTimeoutMs = environment["PROCVISOR_SHUTDOWN_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 5000
         xenstoreEventTimeoutMs = environment["PROCVISOR_XS_EVENT_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 20000
         deviceRemoveTimeoutMs = environment["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS"].flatMap { UInt64($0) } ?? 10000
+        if let spec = environment["PROCVISOR_DRIVER_RESTARTS"] {
+            let parts = spec.split(separator: "/")
+            if parts.count == 2, let n = Int(parts[0]), let t = UInt64(parts[1]), n >= 0, n <= 1000, t >= 1, t <= 86400 {
+                driverRestartLimit = (n, t)
+            } else {
+                problems.append("PROCVISOR_DRIVER_RESTARTS: \"\(spec)\" is not RESTARTS/SECONDS (0…1000 restarts in 1…86400 seconds)")
+            }
+        }
         suspendTimeoutMs = environment["PROCVISOR_SUSPEND_TIMEOUT_MS"].flatMap { UInt64($0) }.map { max(1, $0) } ?? 60000
         malformedHypercallLimit = environment["PROCVISOR_MALFORMED_HYPERCALL_LIMIT"].flatMap { Int($0) }.map { max(1, min($0, 1 << 20)) } ?? 16
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32

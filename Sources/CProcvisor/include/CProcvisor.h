@@ -41,6 +41,8 @@ int pv_pipe_cloexec(int fds[2]);
 // ---- memfd / fallocate ----
 int pv_memfd_create(const char *name, unsigned int flags);
 int pv_punch_hole(int fd, int64_t offset, int64_t length);
+/* fallocate(FALLOC_FL_KEEP_SIZE): allocates without changing the size; -1 and errno on failure. */
+int pv_fallocate_keep_size(int fd, int64_t offset, int64_t length);
 
 // ---- futex ----
 /// FUTEX_WAIT on a shared (not private) word: -ETIMEDOUT, -EAGAIN (value changed), -EINTR or 0.

@@ -166,6 +166,12 @@ public final class Blkfront {
     private let queues: [Queue]
     private let handle: UInt16
     @exclusivity(unchecked) private var state = State.connected
+    /// The backend's process died and the supervisor is starting a new one in its place: a port
+    /// came unbound while the backend's `state` still reads Connected (a backend that means to
+    /// stop goes Closing first). Requests stay on the rings; the new backend finds them in its
+    /// in-flight log and on the rings and answers them. Cleared, with a notification on every
+    /// port, once every port is bound again.
+    @exclusivity(unchecked) private var backendAway = false
     @exclusivity(unchecked) private var queue: [Work] = []
     @exclusivity(unchecked) private var queueHead = 0
     /// The next queue to offer a request to (round robin).
@@ -494,6 +500,8 @@ public final class Blkfront {
                 do {
                     try domain.eventChannels.send(q.port)
                 } catch {
+                    // A backend being restarted answers what is on the ring once it is back.
+                    if checkPorts() { continue }
                     disconnect("cannot notify the backend on event channel \(q.port): \(error)")
                     return
                 }
@@ -528,6 +536,7 @@ public final class Blkfront {
     public func process() -> Int {
         let before = unfinished
         checkBackend()
+        if backendAway { checkPorts() }
         switch state {
         case .connected, .detaching: break
         default: return before - unfinished
@@ -554,6 +563,24 @@ public final class Blkfront {
             pump()
         }
         return before - unfinished
+    }
+
+    /// Whether the ports are usable or the backend is away for a restart (see `backendAway`);
+    /// false when a port was closed by a backend that is not Connected any more. Coming back:
+    /// every queue is notified, so the new backend looks at what waits on the rings.
+    @discardableResult
+    private func checkPorts() -> Bool {
+        let ev = domain.eventChannels
+        if queues.allSatisfy({ ev.isConnected($0.port) }) {
+            if backendAway {
+                backendAway = false
+                for q in queues { try? ev.send(q.port) }
+            }
+            return true
+        }
+        guard xenbus.backendState() == .connected else { return false }
+        backendAway = true
+        return true
     }
 
     /// Acts on a change of the backend's state the watch flagged: Closing starts the detach;
@@ -681,7 +708,7 @@ public final class Blkfront {
             default: return
             }
             guard unfinished > 0 else { return }
-            if let q = queues.first(where: { !ev.isConnected($0.port) }) {
+            if !checkPorts(), let q = queues.first(where: { !ev.isConnected($0.port) }) {
                 disconnect("the backend closed event channel \(q.port)")
                 continue
             }

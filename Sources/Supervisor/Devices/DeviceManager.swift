@@ -225,6 +225,27 @@ final class DeviceManager {
         for c in r.waiters { c.send(error.map { .error($0) } ?? .ok) }
     }
 
+    /// The devices `backend` serves.
+    func served(by backend: DomID) -> [SplitDevice] {
+        devices.values.filter { $0.backend == backend }.sorted { ($0.frontend.rawValue, $0.devid) < ($1.frontend.rawValue, $1.devid) }
+    }
+
+    /// Their backend is gone for good (a driver domain past its restart limit): each backend
+    /// `state` goes to Closed, so the frontend fails what it had outstanding, and the reason is
+    /// written where xenbus_dev_fatal puts a device's error (`error/device/KIND/DEVID/error` in
+    /// the frontend's tree: "errno message").
+    func backendGone(_ devs: [SplitDevice], why: String) {
+        update { e in
+            var out: [(XSConnectionID, XSMessage)] = []
+            for dev in devs {
+                out += (try? e.write("/local/domain/\(dev.frontend)/error/device/\(dev.type.kind)/\(dev.devid)/error",
+                                     Array("\(XenErrno.ENODEV.rawValue) \(why)".utf8))) ?? []
+                out += (try? e.write(dev.backendPath + "/state", Array("6".utf8))) ?? []
+            }
+            return out
+        }
+    }
+
     /// The frontend is gone: its devices are forgotten and their backend nodes removed (the
     /// backend sees its directory vanish and tears the device down). The frontend's own nodes
     /// go with its tree.

@@ -56,6 +56,7 @@ extension Supervisor {
         }
         var config = DomainConfig(name: name, kernel: kernel)
         config.driverDomain = true
+        config.onCrash = .restart
         config.memory = 64
         config.maxmem = 64
         config.vcpus = 2

@@ -138,7 +138,8 @@ public struct DomainConfig: Codable, Equatable, Sendable {
         driverDomain = (try reader.integer("driver_domain", in: 0...1) ?? 0) == 1
         onPoweroff = try reader.action("on_poweroff") ?? .destroy
         onReboot = try reader.action("on_reboot") ?? .restart
-        onCrash = try reader.action("on_crash") ?? .destroy
+        // A driver domain comes back by default (its frontends reconnect to the new process).
+        onCrash = try reader.action("on_crash") ?? (driverDomain ? .restart : .destroy)
         try reader.checkXenAction("on_watchdog")
         try reader.checkXenAction("on_soft_reset")
 

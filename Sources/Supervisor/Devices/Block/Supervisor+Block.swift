@@ -70,6 +70,29 @@ extension Supervisor {
         return .ok(0, fds: [fd], owned: [fd])
     }
 
+    /// Before a new incarnation of a crashed backend serves these devices again: no write of the
+    /// old one may still be on its way to a disk, or it could land after the new one has
+    /// reissued it and the guest has written the sector again. Its threads are gone (the process
+    /// was reaped), but direct I/O its io_uring submitted completes on its own: wait for it on
+    /// every writable image (`waitForDirectIO`). Returns what could not be fenced.
+    func fenceDiskWrites(_ served: [SplitDevice]) -> [String] {
+        var unfenced: [String] = []
+        for case let vbd as VirtualBlockDevice in served where !vbd.readOnly {
+            do {
+                let fd = try FileDescriptor.open(vbd.target, [.readWrite, .closeOnExec])
+                defer { fd.close() }
+                let status = try FileStatus(fd)
+                // A block device has no fallocate that waits; its writes are the kernel's once
+                // submitted, and a restarted backend reissues only what it has not answered.
+                guard !status.isBlockDevice, status.size > 0 else { continue }
+                try fd.waitForDirectIO(length: min(4096, Int64(status.size)))
+            } catch {
+                unfenced.append("\(vbd.what) (\(vbd.target)): \(error)")
+            }
+        }
+        return unfenced
+    }
+
     // MARK: xl block-attach / -list / -detach
 
     /// `xl block-attach`: the checks of `xl create`, then the vdev must be free in that domain;
