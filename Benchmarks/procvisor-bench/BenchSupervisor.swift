@@ -26,7 +26,7 @@ final class BenchSupervisor {
     var buffer: [UInt8] = []
     let guest: String
 
-    init() throws {
+    init(environment extra: [String: String] = [:]) throws {
         guest = try sibling("bench-guest")
         let supervisorPath = try sibling("procvisord")
         var template = Array("/tmp/pvb.XXXXXX".utf8CString)
@@ -34,6 +34,7 @@ final class BenchSupervisor {
         dir = String(cString: template)
         var env = ProcessInfo.processInfo.environment
         env["PROCVISOR_RUNDIR"] = dir
+        for (k, v) in extra { env[k] = v }
         pid = try Spawner.spawnPlain(path: supervisorPath, argv: [supervisorPath], env: env.map { "\($0.key)=\($0.value)" })
         var control: FileDescriptor?
         for _ in 0..<500 where control == nil {

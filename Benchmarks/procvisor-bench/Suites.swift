@@ -7,5 +7,6 @@ enum Suites {
         "blk": BlkSuite.run,
         "net": NetSuite.run,
         "migrate": MigrateSuite.run,
+        "recovery": RecoverySuite.run,
     ]
 }

@@ -80,6 +80,10 @@ func runSoak(devid: UInt32) -> Never {
             domain.shutdown(reason)
         }
     }
+    // gaps=MS: every pause of at least MS milliseconds between completions is reported as
+    // `soak: gap FROM TO` (monotonic nanoseconds), for a benchmark that kills the backend.
+    let gapNs = number("gaps", 0) * 1_000_000
+    var lastCompletion = SystemTime.nanoseconds()
     var rng = SplitMix(state: seed ^ UInt64(state.pointee.writes) &* 31 ^ UInt64(state.pointee.resumes))
     var pending: [UInt64: (block: Int, version: UInt32)] = [:]
     var busy = Set<Int>()
@@ -114,6 +118,11 @@ func runSoak(devid: UInt32) -> Never {
         }
         let batch: [BlkfrontCompletion]
         do { batch = try front.completions(wait: true, timeout: timeout) } catch { fail("soak: \(error)") }
+        if gapNs > 0, !batch.isEmpty {
+            let now = SystemTime.nanoseconds()
+            if now - lastCompletion >= gapNs { say("soak: gap \(lastCompletion) \(now)") }
+            lastCompletion = now
+        }
         for c in batch { complete(c) }
     }
     func complete(_ c: BlkfrontCompletion) {

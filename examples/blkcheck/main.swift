@@ -13,6 +13,11 @@
 //
 // Prints `blkcheck: xvda OK writes=N reads=M bytes=B` per disk and powers off; on any failure it
 // prints what was expected and what was found, and crashes.
+//
+// `mode=soak duration=SECONDS` instead writes the first disk at `depth` for that long, keeping
+// what it wrote in its RAM heap, across saves, restores, migrations and backend restarts, and
+// verifies every block at the end (`soak OK writes=N resumes=M`); `gaps=MS` reports each pause
+// of at least MS ms between completions (`soak: gap FROM TO`, monotonic nanoseconds).
 import DomainRuntime
 import Glibc
 import SplitDrivers

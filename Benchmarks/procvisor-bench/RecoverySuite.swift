@@ -1,0 +1,112 @@
+import Foundation
+import Glibc
+import LinuxHost
+import Toolstack
+
+/// A driver domain killed under load: blkback is killed with SIGKILL again and again while a
+/// blkcheck guest writes its disk at depth 8 (and verifies every block at the end); the time from
+/// each kill to the first write the new incarnation completes is read off the guest's own record
+/// of its pauses. Peer, interleaved with the kills: starting a fresh blkback driver domain until
+/// it serves (what bringing a backend up costs at all).
+enum RecoverySuite {
+    static func run(count: Int) throws -> [Result] {
+        let kills = max(20, min(count, 100))
+        let sup = try BenchSupervisor(environment: ["PROCVISOR_DRIVER_RESTARTS": "1000/60"])
+        defer { sup.stop() }
+        let blkback = try sibling("blkback"), blkcheck = try sibling("blkcheck")
+        let backend = "blkback-recovery"
+        var guests = [backend]
+        defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
+        try NetSuite.write(sup, backend, """
+            name = "\(backend)"
+            kernel = "\(blkback)"
+            driver_domain = 1
+            memory = 64
+            vcpus = 2
+            """)
+        try BlkSuite.awaitLine(sup, backend, containing: "serving vbds", timeout: 30)
+        let image = sup.dir + "/recovery.img"
+        guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, 64 << 20) == 0 else {
+            throw BenchError("cannot make \(image)")
+        }
+        defer { unlink(image) }
+        let duration = Int(Double(kills) * 0.8) + 5
+        guests.append("soak")
+        try NetSuite.write(sup, "soak", """
+            name = "soak"
+            kernel = "\(blkcheck)"
+            extra = "mode=soak duration=\(duration) depth=8 span=65536 gaps=2"
+            memory = 32
+            disk = [ 'vdev=xvda, access=rw, backend=\(backend), target=\(image)' ]
+            """)
+        try BlkSuite.awaitLine(sup, "soak", containing: "soak: xvda", timeout: 30)
+        func serving() -> Int { sup.consoleLog(backend).components(separatedBy: "serving vbds").count - 1 }
+        func backendPid() -> pid_t? {
+            ProcFS.children(of: sup.pid).first { pid in
+                guard let argv = try? FileIO.read("/proc/\(pid)/cmdline") else { return false }
+                return argv.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } == blkback
+            }
+        }
+        var killedAt: [UInt64] = [], fresh: [Double] = []
+        for i in 0..<kills {
+            usleep(300_000)
+            guard let pid = backendPid() else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
+            let before = serving()
+            killedAt.append(MonotonicClock.nanoseconds())
+            kill(pid, SIGKILL)
+            let deadline = Date().addingTimeInterval(15)
+            while serving() == before {
+                guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, "soak"))") }
+                usleep(2_000)
+            }
+            // The peer: a fresh driver domain of the same binary, until it serves.
+            let name = "blkback-fresh"
+            guests.append(name)
+            let t0 = MonotonicClock.nanoseconds()
+            try NetSuite.write(sup, name, """
+                name = "\(name)"
+                kernel = "\(blkback)"
+                driver_domain = 1
+                memory = 64
+                vcpus = 2
+                """)
+            let start = sup.consoleLog(name).components(separatedBy: "serving vbds").count
+            while sup.consoleLog(name).components(separatedBy: "serving vbds").count == start { usleep(500) }
+            fresh.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6)
+            _ = try? sup.call(.destroy(domain: name))
+            guests.removeAll { $0 == name }
+        }
+        var lost = 0
+        do {
+            try BlkSuite.awaitLine(sup, "soak", containing: "soak OK", timeout: Double(duration) + 60)
+        } catch {
+            // The soak stops at the first block that does not hold what it was told was written.
+            lost = 1
+            fputs("recovery: the soak failed: \(error)\n", stderr)
+        }
+        let gaps: [(from: UInt64, to: UInt64)] = sup.consoleLog("soak").split(separator: "\n").compactMap { line in
+            guard let r = line.range(of: "soak: gap ") else { return nil }
+            let f = line[r.upperBound...].split(separator: " ")
+            guard f.count == 2, let a = UInt64(f[0]), let b = UInt64(f[1]) else { return nil }
+            return (a, b)
+        }
+        var recovery: [Double] = []
+        for k in killedAt {
+            // The first completion after the kill ends the pause that contains it.
+            guard let g = gaps.first(where: { $0.from <= k && k < $0.to }) else {
+                throw BenchError("no pause of the guest's writes around the kill at \(k): \(gaps.count) pauses recorded")
+            }
+            recovery.append(Double(g.to - k) / 1e6)
+        }
+        fputs("recovery: every kill (ms to the first completed write): \(MigrateSuite.fmt(recovery)) | fresh driver domain start: \(MigrateSuite.fmt(fresh))\n", stderr)
+        let ours = Sample(values: recovery), peer = Sample(values: fresh)
+        return [
+            Result(name: "blk_recovery_ms", unit: "ms", procvisor: ours.median, peer: peer.median, peer_name: "fresh blkback driver domain start (median)",
+                   ratio: ours.median / peer.median, higher_is_better: false),
+            Result(name: "blk_recovery_p99_ms", unit: "ms", procvisor: ours.percentile(99), peer: peer.percentile(99),
+                   peer_name: "fresh blkback driver domain start (p99)", ratio: ours.percentile(99) / peer.percentile(99), higher_is_better: false),
+            Result(name: "blk_lost_writes", unit: "count", procvisor: Double(lost), peer: 0, peer_name: "nothing lost",
+                   ratio: Double(lost), higher_is_better: false),
+        ]
+    }
+}
