@@ -249,6 +249,26 @@ import Testing
         #expect(try rig2.id(third) == 3)
     }
 
+    /// Killed after the header's `next_seq` counted a request that was never recorded (that
+    /// store is not ordered with the entry's): the next incarnation numbers on from the ring
+    /// indexes, so a request still in flight from before and one taken after are in order for
+    /// the incarnation after that.
+    @Test func nextSeqAheadOfTheEntriesIsHarmless() throws {
+        let rig = Rig()
+        rig.submit([1, 2, 3])
+        let first = try #require(try rig.take())
+        let nextSeq = rig.memory.base.load(fromByteOffset: Layout.nextSeq, as: UInt64.self)
+        rig.memory.base.storeBytes(of: nextSeq + 1, toByteOffset: Layout.nextSeq, as: UInt64.self)
+        rig.restart()
+        var r = try rig.check()
+        #expect(r.reissue == [first] && r.requestsConsumed == 1 && r.nextSeq == 1)
+        rig.log.resume(r, ring: rig.back)
+        let second = try #require(try rig.take())
+        rig.restart()
+        r = try rig.check()
+        #expect(r.reissue == [first, second] && r.requestsConsumed == 2)
+    }
+
     /// A random frontend and backend, killed at random points of taking and answering and
     /// resumed: every check says exactly what is outstanding, and every request is answered
     /// exactly once, with the status it was answered with.
@@ -323,9 +343,14 @@ import Testing
                 }
                 for b in batch { rig.log.release(b.entry) }
             default:
-                // Killed while taking: before the request is recorded, or before `req_cons` moves.
+                // Killed while taking: before the request is recorded (perhaps after `next_seq`
+                // counted it), or before `req_cons` moves.
                 if rng.below(2) == 0 {
                     if try rig.back.takeRequest() != nil {
+                        if rng.below(2) == 0 {
+                            let nextSeq = rig.memory.base.load(fromByteOffset: Layout.nextSeq, as: UInt64.self)
+                            rig.memory.base.storeBytes(of: nextSeq &+ 1, toByteOffset: Layout.nextSeq, as: UInt64.self)
+                        }
                         try restart(republish: [], published: 0, reqCons: rig.back.reqCons &- 1)
                     }
                 } else if let e = try rig.take() {

@@ -24,7 +24,8 @@ import ProcvisorABI
 /// and the CPU from moving the ones before them later):
 /// - taking: the request is copied, then the entry says taken, then `req_cons` moves past it. The
 ///   log knows every request the ring no longer holds for the backend; a death in between leaves
-///   `req_cons` one behind an entry that says where it was taken, and `check` counts it.
+///   `req_cons` one behind an entry that says where it was taken, and `check` counts it. (`next_seq`
+///   is only a hint: `check` derives the next `seq` from the newest entry.)
 /// - answering: the entry says answered, and where, before the response is written into that
 ///   slot and before `rsp_prod` publishes it; it is freed only once `rsp_prod` has passed it. So a
 ///   response published is never reissued (a write reissued after the frontend wrote the same
@@ -241,7 +242,10 @@ final class BlkbackInflightLog {
                 reqCons &+= 1
             }
             guard newest.seq <= nextSeq else { throw bad("entry \(newest.index) has seq \(newest.seq) beyond next_seq \(nextSeq)") }
-            nextSeq = max(nextSeq, newest.seq &+ 1)
+            // The next request taken is as many places after the newest recorded in `seq` as in
+            // ring indexes. (`next_seq` in the header may be one ahead: it is stored unordered,
+            // and the request it counted may never have been recorded.)
+            nextSeq = newest.seq &+ UInt64(reqCons &- newest.reqPos)
         }
         let outstanding = reqCons &- rspProd
         guard outstanding <= ringSlots else {
