@@ -120,6 +120,7 @@ import Testing
         #expect(Layout.entrySize == 136)
         #expect(BlkbackInflightLog.bytes(slots: 32) == 8192)  // 64 + 32 × 136 = 4416
         #expect(BlkbackInflightLog.bytes(slots: 512) == 73728)
+        #expect(BlkbackQueue.logBytes == 73728 && BlkbackQueue.logBytes <= 1 << 20)
     }
 
     @Test func takeAnswerFreeCycle() throws {
