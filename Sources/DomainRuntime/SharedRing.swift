@@ -131,6 +131,25 @@ public final class BackRing {
         sring.base + RingLayout.headerSize + Int(idx & (layout.count - 1)) * layout.slotSize
     }
 
+    /// `req_prod` as the frontend last published it (read, not checked).
+    public var reqProd: UInt32 { SharedAtomic.load(sring.reqProd) }
+
+    /// `rsp_prod` as this backend (or an earlier incarnation of it) last published it.
+    public var rspProd: UInt32 { SharedAtomic.load(sring.rspProd) }
+
+    /// Takes over a ring that an earlier incarnation of this backend served and died with: the
+    /// private indexes are not in the shared page, so `init` starts from `rsp_prod` as if every
+    /// request before it had been answered and none after it taken. `rsp_prod_pvt` becomes the
+    /// shared `rsp_prod` as published (a response written but not published is written again) and
+    /// `req_cons` the next request to take, which the backend knows from its own records (requests
+    /// it took and has not answered are no longer on the ring for it to see). The caller has
+    /// checked that `requestsConsumed` lies between `rsp_prod` and `req_prod`, at most a ring
+    /// apart from `rsp_prod`.
+    public func resume(requestsConsumed: UInt32) {
+        rspProdPvt = SharedAtomic.load(sring.rspProd)
+        reqCons = requestsConsumed
+    }
+
     /// The next request, or nil. Throws `RingError` when `req_prod` is impossible
     /// (`RING_REQUEST_PROD_OVERFLOW`): more outstanding requests than the ring holds.
     public func takeRequest() throws -> UnsafeRawPointer? {

@@ -11,6 +11,12 @@ public enum SharedAtomic {
     public static func fetchAnd(_ p: UnsafeMutablePointer<UInt64>, _ v: UInt64) -> UInt64 { pv_atomic_fetch_and_u64(p, v) }
     @inlinable @inline(__always) public static func load(_ p: UnsafeMutablePointer<UInt32>) -> UInt32 { pv_atomic_load_u32(p) }
     @inlinable @inline(__always) public static func store(_ p: UnsafeMutablePointer<UInt32>, _ v: UInt32) { pv_atomic_store_u32(p, v) }
+    /// A release store: the loads and stores before it in program order are done before it, by the
+    /// compiler and the CPU (a plain move on x86, no fence). Makes a record written just before it
+    /// valid, for another thread, or for the next process to map the memory after this one died
+    /// between any two instructions.
+    @inlinable @inline(__always)
+    public static func storeRelease(_ p: UnsafeMutablePointer<UInt32>, _ v: UInt32) { pv_atomic_store_release_u32(p, v) }
     @inlinable @inline(__always) @discardableResult
     public static func fetchAdd(_ p: UnsafeMutablePointer<UInt32>, _ v: UInt32) -> UInt32 { pv_atomic_fetch_add_u32(p, v) }
     @inlinable @inline(__always) public static func load(_ p: UnsafeMutablePointer<UInt16>) -> UInt16 { pv_atomic_load_u16(p) }

@@ -87,6 +87,29 @@ import Testing
         #expect(throws: RingError.self) { try front.takeResponse() }
     }
 
+    /// A backend restarted while requests were in flight takes over at the `req_cons` its own
+    /// records say, with `rsp_prod_pvt` at the published `rsp_prod`.
+    @Test func aBackendResumesWhereItsRecordsSay() throws {
+        let page = Page()
+        let layout = RingLayout(requestSize: 16, responseSize: 16)
+        let front = FrontRing(page: page.base, layout: layout)
+        var back = BackRing(page: page.base, layout: layout)
+        for i in 0..<6 { front.nextRequest()!.storeBytes(of: UInt64(i), as: UInt64.self) }
+        _ = front.pushRequests()
+        for _ in 0..<4 { _ = try back.takeRequest() }
+        for i in 0..<2 { back.nextResponse().storeBytes(of: UInt64(100 + i), as: UInt64.self) }
+        _ = back.pushResponses()
+        back.nextResponse().storeBytes(of: UInt64(102), as: UInt64.self)  // written, never published
+        #expect(back.reqProd == 6 && back.rspProd == 2)
+        // The new incarnation: attaching alone would start at rsp_prod, taking 2 and 3 again.
+        back = BackRing(page: page.base, layout: layout)
+        #expect(back.reqCons == 2)
+        back.resume(requestsConsumed: 4)
+        #expect(back.reqCons == 4 && back.rspProdPvt == 2)
+        #expect(try back.takeRequest()?.load(as: UInt64.self) == 4)
+        #expect(try back.pendingRequests() == 1)
+    }
+
     @Test func indexesWrapAroundUInt32() throws {
         let page = Page()
         let layout = RingLayout(requestSize: 16, responseSize: 16)

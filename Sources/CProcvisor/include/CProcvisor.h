@@ -280,6 +280,9 @@ static inline uint64_t pv_atomic_fetch_or_u64(uint64_t *p, uint64_t v) { return 
 static inline uint64_t pv_atomic_fetch_and_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
 static inline uint32_t pv_atomic_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 static inline void pv_atomic_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+/// A release store: every load and store before it is done first, in the compiler and the CPU (a
+/// plain move on x86). For the word that makes a record written just before it valid.
+static inline void pv_atomic_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint32_t pv_atomic_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 /// Compare-and-swap of a 32-bit word (grant entry flags+domid together, as Xen does); returns the value found.
 static inline uint32_t pv_atomic_cmpxchg_u32(uint32_t *p, uint32_t expected, uint32_t desired) {

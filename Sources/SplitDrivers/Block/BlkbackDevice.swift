@@ -48,6 +48,8 @@ final class BlkbackDevice {
     @exclusivity(unchecked) private var queues: [BlkbackQueue] = []
     @exclusivity(unchecked) private var frontendDir = ""
     @exclusivity(unchecked) private var watchToken: String?
+    /// Taken over from an earlier incarnation of this driver domain rather than connected afresh.
+    @exclusivity(unchecked) private var resumed = false
 
     init(domain: Domain, frontend: UInt16, devid: UInt32, owner: Blkback) {
         self.domain = domain
@@ -81,7 +83,7 @@ final class BlkbackDevice {
         do {
             try connect()
             let engineName = queues.first?.engineName ?? "?"
-            owner.log("blkback: \(label) connected (\(sectors) sectors, \(readOnly ? "ro" : "rw"), \(engineName), \(direct ? "direct I/O" : "buffered I/O"), \(queues.count) queue\(queues.count == 1 ? "" : "s") of \(queues.first?.slots ?? 0) slots, persistent grants \(persistent ? "on" : "off"))")
+            owner.log("blkback: \(label) \(resumed ? "resumed" : "connected") (\(sectors) sectors, \(readOnly ? "ro" : "rw"), \(engineName), \(direct ? "direct I/O" : "buffered I/O"), \(queues.count) queue\(queues.count == 1 ? "" : "s") of \(queues.first?.slots ?? 0) slots, persistent grants \(persistent ? "on" : "off"))")
             SharedAtomic.store(&queuesRunning, UInt32(queues.count))
             for q in queues { domain.startVCPU(-11) { _ in q.run() } }
             try supervise()
@@ -156,6 +158,12 @@ final class BlkbackDevice {
         let token = "blkback:\(frontend)/\(devid)"
         try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
         watchToken = token
+        // Connected already, by an earlier incarnation of this driver domain that was killed and
+        // restarted in place: the frontend kept its rings, grants and port, and must see no change.
+        if read("state").flatMap(XenbusState.init(storeValue:)) == .connected,
+           let s = (try? xs.read(feDir + "/state")).flatMap(XenbusState.init(storeValue:)), s == .connected || s == .initialised {
+            if try resume(feDir, disk: fd) { return }
+        }
         try xs.write(dir + "/state", XenbusState.initWait.storeValue)
         // Wait for the frontend to publish its rings (Initialised) or be Connected.
         while true {
@@ -167,12 +175,57 @@ final class BlkbackDevice {
             if s == .closing || s == .closed || s == .unknown { throw BlkbackStop.frontendClosed }
             kick.wait(timeoutMs: 100)
         }
+        for (q, r) in try frontendRings(feDir).enumerated() {
+            let queue = BlkbackQueue(device: self, index: q, disk: fd)
+            queues.append(queue)
+            try queue.attach(refs: r.refs, resuming: false)
+            try queue.connect(remotePort: r.port)
+            if !queue.owned { owner.registered(queue, port: queue.port!) }
+        }
+        try xs.write(dir + "/state", XenbusState.connected.storeValue)
+    }
+
+    /// Takes the device over from an earlier incarnation of this driver domain (killed and
+    /// restarted in place, both ends still Connected): maps the same rings, checks every queue's
+    /// in-flight log against its ring, and only when all are trusted binds the ports again and
+    /// finishes what the earlier incarnation left (`BlkbackQueue.connect`); `state` stays
+    /// Connected. False, with nothing left mapped and the reason logged, when some queue cannot
+    /// resume: the caller then connects afresh.
+    private func resume(_ feDir: String, disk fd: FileDescriptor) throws -> Bool {
+        var attached: [BlkbackQueue] = []
+        let rings: [(refs: [GrantRef], port: EventChannels.Port)]
+        do {
+            rings = try frontendRings(feDir)
+            for (q, r) in rings.enumerated() {
+                let queue = BlkbackQueue(device: self, index: q, disk: fd)
+                attached.append(queue)
+                try queue.attach(refs: r.refs, resuming: true)
+            }
+        } catch {
+            owner.log("blkback: \(label): cannot resume after a restart of this driver domain (\(error)); connecting afresh, requests in flight may be lost")
+            attached.forEach { $0.teardown() }
+            return false
+        }
+        queues = attached
+        for (queue, r) in zip(queues, rings) {
+            try queue.connect(remotePort: r.port)
+            if !queue.owned { owner.registered(queue, port: queue.port!) }
+        }
+        resumed = true
+        return true
+    }
+
+    /// The frontend's rings, as Linux's connect_ring reads them: `protocol`, `feature-persistent`,
+    /// then per queue (`multi-queue-num-queues`, under `queue-N/` when several) the ring's grants
+    /// (`ring-page-order`) and its `event-channel`. The frontend's numbers are checked, not trusted.
+    private func frontendRings(_ feDir: String) throws -> [(refs: [GrantRef], port: EventChannels.Port)] {
+        let xs = domain.store
+        let maxQueues = owner.maxQueues
         func feRead(_ key: String) -> String? { try? xs.read(feDir + "/" + key) }
         if let proto = feRead("protocol"), proto != "x86_64-abi" {
             throw BlkbackStop.setup("frontend protocol \(proto) is not supported (x86_64-abi only)")
         }
         persistent = feRead("feature-persistent") == "1"
-        // connect_ring: queues, then ring pages (the frontend's numbers are checked, not trusted).
         var nq = 1
         if let text = feRead("multi-queue-num-queues") {
             guard let n = Int(text), n >= 1, n <= maxQueues else {
@@ -187,6 +240,7 @@ final class BlkbackDevice {
             }
             order = o
         }
+        var rings: [(refs: [GrantRef], port: EventChannels.Port)] = []
         for q in 0..<nq {
             let qdir = nq > 1 ? "\(feDir)/queue-\(q)" : feDir
             var refs: [GrantRef] = []
@@ -206,12 +260,9 @@ final class BlkbackDevice {
             guard let t = try? xs.read("\(qdir)/event-channel"), let remotePort = EventChannels.Port(t) else {
                 throw BlkbackStop.setup("frontend \(qdir) has no valid event-channel")
             }
-            let queue = BlkbackQueue(device: self, index: q, disk: fd)
-            queues.append(queue)
-            try queue.connect(refs: refs, remotePort: remotePort)
-            if !queue.owned { owner.registered(queue, port: queue.port!) }
+            rings.append((refs, remotePort))
         }
-        try xs.write(dir + "/state", XenbusState.connected.storeValue)
+        return rings
     }
 
     /// Turns on O_DIRECT when the image's file system takes it for 512-byte aligned transfers

@@ -38,17 +38,39 @@ final class BlkbackQueue {
     /// Indirect pages, mapped read-only (the frontend grants them so).
     @exclusivity(unchecked) private var persistentIndirect: [GrantRef: GrantMapping] = [:]
     static let maxPersistentGrants = 8192
-    /// A request in flight: its id and op, mappings to drop after completion, and for one staged
-    /// in `bounce`, its run there and (reads) where the bytes go when it completes.
+    /// A request in flight: its id and op, its entry in the in-flight log, mappings to drop after
+    /// completion, and for one staged in `bounce`, its run there and (reads) where the bytes go
+    /// when it completes.
     private struct Pending {
         let id: UInt64
         let op: UInt8
+        let entry: BlkbackInflightLog.Entry
         var transient: [GrantMapping] = []
         var bounce: BounceBuffers.Run? = nil
         var readInto: [UnsafeMutableRawBufferPointer] = []
     }
     /// Requests in flight, by engine tag.
     @exclusivity(unchecked) private var inFlight: [UInt64: Pending] = [:]
+    /// A response for the ring, and the log entry of the request it answers.
+    private struct Answer {
+        let response: BlkifResponse
+        let entry: BlkbackInflightLog.Entry
+    }
+    /// Every request taken off the ring and not yet answered where the frontend sees it, in
+    /// memory the supervisor keeps across restarts of this driver domain (`BlkbackInflightLog`);
+    /// nil when the supervisor keeps none.
+    @exclusivity(unchecked) private var log: BlkbackInflightLog?
+    @exclusivity(unchecked) private var logMemory: SharedMapping?
+    /// What the previous incarnation's log says is to be done, between `attach` and `connect`.
+    @exclusivity(unchecked) private var recovery: BlkbackInflightLog.Recovery?
+    /// Requests the previous incarnation took and did not answer, in the order it took them:
+    /// handled again from the log before any new one; `replayed` of them so far.
+    @exclusivity(unchecked) private var replay: [BlkbackInflightLog.Entry] = []
+    @exclusivity(unchecked) private var replayed = 0
+    /// Log bytes per queue: enough for the largest ring (`max-ring-page-order`) whatever this
+    /// frontend chose, since the supervisor gives a device's log one size for good and a frontend
+    /// may connect again with other rings. Pages beyond what a smaller ring uses are never touched.
+    static let logBytes = BlkbackInflightLog.bytes(slots: BlkifRing.slots(ringPageOrder: BlkbackDevice.maxRingPageOrder))
     /// Staging for large requests (`BounceBuffers`), made at the first one while the driver
     /// domain's staging budget lasts (`staging-mib=`).
     @exclusivity(unchecked) private var bounce: BounceBuffers?
@@ -66,8 +88,9 @@ final class BlkbackQueue {
     private let mutex = Lock()
     /// Set by `teardown`: nothing is touched any more.
     @exclusivity(unchecked) private var closed = false
-    /// A WRITE_BARRIER taken off the ring, waiting for the queue thread to run it.
+    /// A WRITE_BARRIER taken off the ring, waiting for the queue thread to run it, and its log entry.
     @exclusivity(unchecked) private var barrier: BlkifRequest.ReadWrite?
+    @exclusivity(unchecked) private var barrierEntry = BlkbackInflightLog.none
     /// Why `mappings` last returned nil: `gref N (GNTST_...)`.
     @exclusivity(unchecked) private var mapFailure = ""
     @exclusivity(unchecked) private(set) var slots = 0
@@ -90,7 +113,13 @@ final class BlkbackQueue {
 
     func kick() { kickEvent.raise() }
 
-    func connect(refs: [GrantRef], remotePort: EventChannels.Port) throws {
+    /// Maps the ring the frontend granted (`refs`, back to back) and opens the queue's in-flight
+    /// log. Connecting afresh, the log starts empty (the queue runs without one, as before there
+    /// was one, when the supervisor keeps none). Resuming after a restart of this driver domain,
+    /// the log an earlier incarnation left is checked against the ring and kept for `connect`;
+    /// throws, having changed nothing the frontend can see, when there is none or it is not
+    /// trusted.
+    func attach(refs: [GrantRef], resuming: Bool) throws {
         guard kickEvent.valid else { throw BlkbackStop.setup("cannot create an eventfd") }
         let run: GrantMappingRun
         do {
@@ -100,8 +129,43 @@ final class BlkbackQueue {
         }
         ringMapping = run
         let layout = RingLayout(requestSize: BlkifRequest.Layout.size, responseSize: BlkifResponse.Layout.size, pages: refs.count)
-        ring = BackRing(page: run.base, layout: layout)
+        let ring = BackRing(page: run.base, layout: layout)
+        self.ring = ring
         slots = Int(layout.count)
+        let memory: SharedMapping
+        let incarnations: Int
+        do {
+            (memory, incarnations) = try domain.inflightLog(.vbd, frontend: device.frontend, devid: device.devid, queue: index, bytes: Self.logBytes)
+        } catch {
+            if resuming { throw BlkbackStop.setup("queue \(index) has no in-flight log (\(error))") }
+            if index == 0 {
+                device.owner.log("blkback: \(label): no in-flight log (\(error)); requests in flight are lost if this driver domain is restarted")
+            }
+            return
+        }
+        logMemory = memory
+        let log = BlkbackInflightLog(memory: memory.base, bytes: memory.length, slots: slots)
+        self.log = log
+        guard resuming else {
+            log.format(requestsConsumed: ring.reqCons)
+            return
+        }
+        guard incarnations > 0 else {
+            throw BlkbackStop.setup("queue \(index)'s in-flight log is new: nothing is known of the requests in flight")
+        }
+        do {
+            recovery = try log.check(requestProducer: ring.reqProd, responsesPublished: ring.rspProd)
+        } catch {
+            throw BlkbackStop.setup("queue \(index): \(error)")
+        }
+    }
+
+    /// Makes the queue's I/O engine and binds the frontend's port (after `attach`). Resuming, then
+    /// takes the ring over where the log says: the answers the previous incarnation wrote but did
+    /// not publish are published again, the requests it took and did not answer wait in `replay`
+    /// for the queue thread, ahead of anything new on the ring, and the frontend is notified in any
+    /// case (the notification the previous incarnation owed may never have been sent).
+    func connect(remotePort: EventChannels.Port) throws {
         let depth = max(64, slots)
         let settings = device.owner.settings
         let log: (String) -> Void = { [owner = device.owner, index] line in
@@ -123,7 +187,15 @@ final class BlkbackQueue {
             }
         }
         if engine == nil { engine = BlockIO.makeEngine(disk: disk, queueDepth: depth, settings: settings.io, log: log) }
-        port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
+        let port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
+        self.port = port
+        if let recovery, let log = self.log, let ring {
+            log.resume(recovery, ring: ring)
+            replay = recovery.reissue
+            self.recovery = nil
+            try? domain.eventChannels.send(port)
+            device.owner.log("blkback: \(label): resumed at req_cons \(recovery.requestsConsumed), rsp_prod \(recovery.responsesPublished): \(recovery.republish.count) answer\(recovery.republish.count == 1 ? "" : "s") published again, \(recovery.reissue.count) request\(recovery.reissue.count == 1 ? "" : "s") to handle again")
+        }
     }
 
     /// The queue thread: completions, barriers, and the ring once at the start (requests put
@@ -227,6 +299,7 @@ final class BlkbackQueue {
     private var hasRequests: Bool {
         locked {
             guard let ring, !closed else { return false }
+            if replayed < replay.count { return true }
             return ((try? ring.pendingRequests()) ?? 1) > 0
         }
     }
@@ -273,14 +346,15 @@ final class BlkbackQueue {
         defer { mutex.unlock() }
         guard !closed, barrier == nil, !stopped, let ring, let engine else { return }
         var batch: [BlockIORequest] = []
-        var responses: [BlkifResponse] = []
+        var responses: [Answer] = []
         var chunker = SubmitChunker(limit: submitChunk)
         do {
             intake: repeat {
-                while let slot = try ring.takeRequest() {
+                while let (request, entry) = try nextRequest(ring) {
                     let before = batch.count
-                    if let b = handle(slot, into: &batch, responses: &responses) {
+                    if let b = handle(request, entry: entry, into: &batch, responses: &responses) {
                         barrier = b
+                        barrierEntry = entry
                         break intake
                     }
                     if batch.count > before, let r = batch.last, chunker.cutAfter(r.op, offset: r.offset, length: r.length) {
@@ -309,6 +383,26 @@ final class BlkbackQueue {
         if barrier != nil { kickEvent.raise() }
     }
 
+    /// The next request to handle and its log entry (caller holds the lock): first those the
+    /// previous incarnation took and did not answer (`replay`, from the log's copies), then the
+    /// ring's, each recorded in the log before it is handled and then decoded from the log's copy
+    /// (what a new incarnation would handle again). Nil when there is none.
+    private func nextRequest(_ ring: BackRing) throws -> (UnsafeRawPointer, BlkbackInflightLog.Entry)? {
+        if replayed < replay.count, let log {
+            let e = replay[replayed]
+            replayed += 1
+            if replayed == replay.count {
+                replay = []
+                replayed = 0
+            }
+            return (log.request(e), e)
+        }
+        guard let slot = try ring.takeRequest() else { return nil }
+        guard let log else { return (slot, BlkbackInflightLog.none) }
+        let e = log.take(slot, at: ring.reqCons &- 1)
+        return (log.request(e), e)
+    }
+
     /// Answers what the engine has completed; returns how many.
     @discardableResult
     private func reapAndRespond() -> Int {
@@ -321,18 +415,27 @@ final class BlkbackQueue {
         }
     }
 
-    /// Puts responses on the ring and notifies (caller holds the lock).
-    private func respond(_ responses: inout [BlkifResponse]) {
+    /// Puts responses on the ring and notifies (caller holds the lock). Each request's log entry
+    /// says answered, and at which ring index, before the response is written there and
+    /// published; the entries are freed once `rsp_prod` has passed them.
+    private func respond(_ responses: inout [Answer]) {
         guard !responses.isEmpty, let ring, let port else { return }
-        for r in responses { r.encode(to: ring.nextResponse()) }
+        for a in responses {
+            if let log, a.entry != BlkbackInflightLog.none { log.answer(a.entry, at: ring.rspProdPvt, with: a.response) }
+            a.response.encode(to: ring.nextResponse())
+        }
+        let notify = ring.pushResponses()
+        if let log {
+            for a in responses where a.entry != BlkbackInflightLog.none { log.release(a.entry) }
+        }
         responses.removeAll(keepingCapacity: true)
-        if ring.pushResponses() { try? domain.eventChannels.send(port) }
+        if notify { try? domain.eventChannels.send(port) }
     }
 
     /// Queue thread, lock not held: waits until nothing is in flight (Linux's drain_io), then
     /// flush, the write if the barrier has data, flush; answers the barrier once.
     private func runBarrier() {
-        guard let rw = locked({ barrier }) else { return }
+        guard let (rw, entry) = locked({ barrier.map { ($0, barrierEntry) } }) else { return }
         func waitCompletions() {
             if owned, let uring = engine as? IOUringBlockIOEngine {
                 uring.armKick(kickEvent.fd)
@@ -353,7 +456,8 @@ final class BlkbackQueue {
                 guard !closed, let engine else { return nil }
                 let tag = nextTag
                 nextTag &+= 1
-                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue, transient: transient)
+                // A step of the barrier, answered by the barrier's own response.
+                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue, entry: BlkbackInflightLog.none, transient: transient)
                 do { try engine.submit([make(tag)]) } catch { inFlight[tag] = nil; return nil }
                 return tag
             }
@@ -362,10 +466,10 @@ final class BlkbackQueue {
             while ok == nil && !stopped {
                 locked {
                     guard !closed, let engine else { return }
-                    var responses: [BlkifResponse] = []
+                    var responses: [Answer] = []
                     for c in engine.reap(wait: false) {
-                        let r = complete(c)
-                        if c.tag == tag { ok = r.status == .okay } else { responses.append(r) }
+                        let a = complete(c)
+                        if c.tag == tag { ok = a.response.status == .okay } else { responses.append(a) }
                     }
                     respond(&responses)
                 }
@@ -389,29 +493,31 @@ final class BlkbackQueue {
             if status == .okay && !step({ .flush(tag: $0) }) { status = .error }
         }
         locked {
-            var responses = [BlkifResponse(id: rw.id, operation: rw.operation.rawValue, status: status)]
+            var responses = [Answer(response: BlkifResponse(id: rw.id, operation: rw.operation.rawValue, status: status), entry: entry)]
             respond(&responses)
             barrier = nil
+            barrierEntry = BlkbackInflightLog.none
         }
     }
 
-    /// Validates one request and turns it into an engine request, or an immediate response.
-    /// Returns a barrier with data or a barrier alone, which the caller runs after draining.
-    private func handle(_ slot: UnsafeRawPointer, into batch: inout [BlockIORequest],
-                        responses: inout [BlkifResponse]) -> BlkifRequest.ReadWrite? {
+    /// Validates one request (the bytes of a slot, as the log holds them) and turns it into an
+    /// engine request, or an immediate response; `entry` is its log entry, which the response
+    /// carries. Returns a barrier with data or a barrier alone, which the caller runs after draining.
+    private func handle(_ request: UnsafeRawPointer, entry: BlkbackInflightLog.Entry, into batch: inout [BlockIORequest],
+                        responses: inout [Answer]) -> BlkifRequest.ReadWrite? {
         let req: BlkifRequest
         do {
-            req = try BlkifRequest.decode(slot: slot, maxIndirectSegments: BlkbackDevice.maxIndirectSegments)
+            req = try BlkifRequest.decode(slot: request, maxIndirectSegments: BlkbackDevice.maxIndirectSegments)
         } catch let e as BlkifRequestError {
             device.owner.log("blkback: \(label): \(e)")
-            responses.append(e.response)
+            responses.append(Answer(response: e.response, entry: entry))
             return nil
         } catch {
             return nil
         }
         func fail(_ status: BlkifStatus, _ why: String, op: UInt8? = nil) {
             device.owner.log("blkback: \(label): request \(req.id) (\(req.operation.xenName)): \(why)")
-            responses.append(BlkifResponse(id: req.id, operation: op ?? req.operation.rawValue, status: status))
+            responses.append(Answer(response: BlkifResponse(id: req.id, operation: op ?? req.operation.rawValue, status: status), entry: entry))
         }
         let tag = nextTag
         nextTag &+= 1
@@ -425,7 +531,7 @@ final class BlkbackQueue {
                 return rw
             }
             if rw.operation == .flushDiskcache {
-                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue)
+                inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue, entry: entry)
                 batch.append(.flush(tag: tag))
                 return nil
             }
@@ -447,7 +553,7 @@ final class BlkbackQueue {
             } catch let e as BlkifRequestError {
                 if !transient.isEmpty { _ = domain.grantTable.unmap(transient) }
                 device.owner.log("blkback: \(label): \(e)")
-                responses.append(e.response)
+                responses.append(Answer(response: e.response, entry: entry))
                 return nil
             } catch {
                 return nil
@@ -461,7 +567,7 @@ final class BlkbackQueue {
                 fail(.error, "discard \(d.sectorNumber)+\(d.nrSectors) past the end of the disk")
                 return nil
             }
-            inFlight[tag] = Pending(id: d.id, op: BlkifOp.discard.rawValue)
+            inFlight[tag] = Pending(id: d.id, op: BlkifOp.discard.rawValue, entry: entry)
             batch.append(.discard(offset: d.sectorNumber * 512, length: d.nrSectors * 512, tag: tag))
             return nil
         }
@@ -477,7 +583,7 @@ final class BlkbackQueue {
         }
         if segments.isEmpty {
             // A read or write of nothing: nothing to do.
-            responses.append(BlkifResponse(id: req.id, operation: wireOp, status: .okay))
+            responses.append(Answer(response: BlkifResponse(id: req.id, operation: wireOp, status: .okay), entry: entry))
             return nil
         }
         var transient: [GrantMapping] = []
@@ -491,13 +597,13 @@ final class BlkbackQueue {
             // One contiguous stretch for the disk; the grant pages' bytes copied in now
             // (writes) or out at completion (reads).
             if writing { BounceBuffers.gather(iov, into: buffer) }
-            inFlight[tag] = Pending(id: req.id, op: wireOp, transient: transient, bounce: run, readInto: writing ? [] : iov)
+            inFlight[tag] = Pending(id: req.id, op: wireOp, entry: entry, transient: transient, bounce: run, readInto: writing ? [] : iov)
             let one = [UnsafeMutableRawBufferPointer(start: buffer, count: total)]
             batch.append(writing ? .write(offset: offset, from: one, tag: tag, fixedBuffer: index)
                                  : .read(offset: offset, into: one, tag: tag, fixedBuffer: index))
             return nil
         }
-        inFlight[tag] = Pending(id: req.id, op: wireOp, transient: transient)
+        inFlight[tag] = Pending(id: req.id, op: wireOp, entry: entry, transient: transient)
         let registered = fixed ? 0 : nil
         batch.append(writing ? .write(offset: offset, from: iov, tag: tag, fixedBuffer: registered)
                              : .read(offset: offset, into: iov, tag: tag, fixedBuffer: registered))
@@ -600,8 +706,10 @@ final class BlkbackQueue {
         return out
     }
 
-    private func complete(_ c: BlockIOCompletion) -> BlkifResponse {
-        guard let f = inFlight.removeValue(forKey: c.tag) else { return BlkifResponse(id: 0, operation: 0, status: .error) }
+    private func complete(_ c: BlockIOCompletion) -> Answer {
+        guard let f = inFlight.removeValue(forKey: c.tag) else {
+            return Answer(response: BlkifResponse(id: 0, operation: 0, status: .error), entry: BlkbackInflightLog.none)
+        }
         if let run = f.bounce, let b = bounce {
             if case .success = c.result, !f.readInto.isEmpty { BounceBuffers.scatter(b.address(run), to: f.readInto) }
             b.give(run)
@@ -609,10 +717,10 @@ final class BlkbackQueue {
         if !f.transient.isEmpty { _ = domain.grantTable.unmap(f.transient) }
         switch c.result {
         case .success:
-            return BlkifResponse(id: f.id, operation: f.op, status: .okay)
+            return Answer(response: BlkifResponse(id: f.id, operation: f.op, status: .okay), entry: f.entry)
         case let .failure(e):
             device.owner.log("blkback: \(label): request \(f.id) failed: \(e)")
-            return BlkifResponse(id: f.id, operation: f.op, status: .error)
+            return Answer(response: BlkifResponse(id: f.id, operation: f.op, status: .error), entry: f.entry)
         }
     }
 
@@ -647,6 +755,13 @@ final class BlkbackQueue {
         if let m = ringMapping { _ = domain.grantTable.unmap(m) }
         ringMapping = nil
         ring = nil
+        // The log's memory stays with the supervisor as it is: a device torn down is Closed, never
+        // resumed, and its next connection starts the log afresh.
+        log = nil
+        replay = []
+        recovery = nil
+        logMemory?.unmap()
+        logMemory = nil
         if let p = port { try? domain.eventChannels.close(p) }
         kickEvent.close()
     }
