@@ -83,6 +83,9 @@ final class DomainProcess {
     var dirtyLog: DirtyLog?
     /// A save or migration asked this domain to suspend (nil: nobody did).
     var suspend: SuspendRequest?
+    /// A driver domain that died and is restarted in place: its XenStore connection was detached
+    /// but the domain not released (its nodes, the backend directories, stay for the next one).
+    var storeKept = false
 
     init(pid: Int32, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
         self.pid = pid

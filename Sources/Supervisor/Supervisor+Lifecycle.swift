@@ -75,7 +75,7 @@ extension Supervisor {
         loop.cancel(dom.shutdownAckTimer)
         releaseResources(dom)
         eventChannels.close(dom.domid)
-        releaseStore(dom)
+        if willRestartInPlace(dom, status) { detachStore(dom) } else { releaseStore(dom) }
         grantService.release(dom.domid)
         // (The host gets the RAM back on a thread of its own: DomainMemory's deinit.)
         machine.releaseDomain(dom.domid)
@@ -154,7 +154,7 @@ extension Supervisor {
         case .preserve:
             log("\(dom.label): \(reason.name): preserving the domain")
             preserveName(dom)
-        case .restart where dom.config.driverDomain && reason == .crash && resumesInPlace(dom):
+        case .restart where dom.process.storeKept:
             restartInPlace(dom)
         case .restart, .renameRestart:
             let lived = MonotonicClock.nanoseconds() - dom.startMonotonic
@@ -175,6 +175,23 @@ extension Supervisor {
                 logger.error("restart failed", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Whether the domain whose process just ended is a driver domain that crashed and will be
+    /// restarted in place (decided before its XenStore connection goes, which keeps its nodes).
+    func willRestartInPlace(_ dom: DomainRecord, _ status: ProcessStatus) -> Bool {
+        guard dom.config.driverDomain, dom.config.onCrash == .restart, !dom.destroyRequested, !dom.noRestart, !stopping,
+              dom.phase != .booting else { return false }
+        // The reason processExited will find: what it asked for, else a clean exit is a poweroff.
+        let reason: ShutdownReason
+        if let r = dom.shutdownReason, dom.phase == .shutdown {
+            reason = r
+        } else if case .exited(0) = status {
+            reason = .poweroff
+        } else {
+            reason = .crash
+        }
+        return (reason == .crash || reason == .watchdog) && resumesInPlace(dom)
     }
 
     /// Whether a crashed driver domain's devices can be taken over by a new incarnation: every
@@ -221,6 +238,7 @@ extension Supervisor {
             log("\(dom.label): crashed; restart in place failed: \(error); its devices fail")
             logger.error("driver domain restart failed", metadata: ["domid": "\(domid)", "error": "\(error)"])
             devices.backendGone(served, why: "backend \(dom.name) (dom\(domid)) could not be restarted: \(error)")
+            releaseKeptStore(dom)
             removeDomainTree(dom)
         }
     }
@@ -279,6 +297,7 @@ extension Supervisor {
     /// Drops a domain from the table (its process is already gone).
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
+        releaseKeptStore(dom)
         domains.remove(dom)
         if pendingRestores[dom.domid]?.record === dom || pendingRestores[dom.domid]?.record == nil { pendingRestores[dom.domid] = nil }
         devices.detachAll(frontend: dom.domid)

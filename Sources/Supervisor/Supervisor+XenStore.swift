@@ -100,6 +100,24 @@ extension Supervisor {
         xenstore.deliver(xenstore.engine.releaseDomain(dom.domid.rawValue))
     }
 
+    /// A driver domain that is restarted in place: its ring connection goes (its watches and
+    /// transactions with it), but it stays introduced and keeps its nodes, among them the
+    /// backend directories of the devices it serves, for the next incarnation.
+    func detachStore(_ dom: DomainRecord) {
+        guard dom.store != nil else { return }
+        xenstore.detach(domid: dom.domid.rawValue)
+        dom.store = nil
+        dom.process.storeKept = true
+    }
+
+    /// The domain whose store was kept for a restart in place is not coming back after all: it
+    /// is released now (its nodes go, @releaseDomain fires).
+    func releaseKeptStore(_ dom: DomainRecord) {
+        guard dom.process.storeKept else { return }
+        dom.process.storeKept = false
+        xenstore.deliver(xenstore.engine.releaseDomain(dom.domid.rawValue))
+    }
+
     /// The domain is destroyed: remove what libxl removes (`/local/domain/N`, `/vm/<uuid>`).
     func removeDomainTree(_ dom: DomainRecord) {
         // A migration to this same supervisor leaves two records with one uuid for a moment: the
