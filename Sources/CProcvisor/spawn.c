@@ -91,9 +91,13 @@ static void drop_privileges(const struct pv_jail *jail, int rfd) {
     }
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0) child_fail(rfd, PV_STEP_CAPS);
     // In a user namespace setgroups is denied (the parent wrote "deny" before the gid map).
-    if (!(jail->clone_flags & CLONE_NEWUSER) && setgroups(0, NULL) < 0) child_fail(rfd, PV_STEP_CREDS);
-    if (setresgid(jail->gid, jail->gid, jail->gid) < 0) child_fail(rfd, PV_STEP_CREDS);
-    if (setresuid(jail->uid, jail->uid, jail->uid) < 0) child_fail(rfd, PV_STEP_CREDS);
+    // Raw system calls, not glibc's wrappers: those apply the change to every thread glibc
+    // knows of (__nptl_setxid signals each and waits for its answer), and in this copy of a
+    // multi-threaded supervisor none of them exists: the child would wait forever, and the
+    // supervisor with it, for the listener it never sends.
+    if (!(jail->clone_flags & CLONE_NEWUSER) && syscall(SYS_setgroups, 0, NULL) < 0) child_fail(rfd, PV_STEP_CREDS);
+    if (syscall(SYS_setresgid, jail->gid, jail->gid, jail->gid) < 0) child_fail(rfd, PV_STEP_CREDS);
+    if (syscall(SYS_setresuid, jail->uid, jail->uid, jail->uid) < 0) child_fail(rfd, PV_STEP_CREDS);
     struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3, .pid = 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof(data));
@@ -121,6 +125,10 @@ static int write_id_maps(pid_t pid, const struct pv_jail *jail) {
     snprintf(line, sizeof(line), "%u %u 1\n", (unsigned)jail->gid, (unsigned)jail->outer_gid);
     return write_proc(pid, "gid_map", line);
 }
+
+// How long the launcher waits for a child between clone and exec to report (its setup takes
+// milliseconds).
+#define PV_SPAWN_STALL_MS 10000
 
 pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
                const struct pv_spawn_fd *fds, int nfds,
@@ -264,7 +272,21 @@ pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
         }
     }
     // Messages until exec closes the child's end: the listener (if asked for), or a failure.
+    // A child that says nothing for PV_SPAWN_STALL_MS is killed: the caller (the supervisor's
+    // one thread) must never wait on it for ever.
     for (;;) {
+        struct pollfd wait = { .fd = report[0], .events = POLLIN };
+        int ready;
+        do { ready = poll(&wait, 1, PV_SPAWN_STALL_MS); } while (ready < 0 && errno == EINTR);
+        if (ready == 0) {
+            close(report[0]);
+            kill(pid, SIGKILL);
+            int status;
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+            if (*listener >= 0) { close(*listener); *listener = -1; }
+            *failed_step = PV_STEP_STALLED;
+            return -ETIMEDOUT;
+        }
         struct report r;
         struct iovec iov = { &r, sizeof(r) };
         union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;

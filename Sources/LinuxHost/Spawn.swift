@@ -147,6 +147,7 @@ public enum Spawner {
         case Int(PV_STEP_HOSTNAME): return "setting the jail's host name"
         case Int(PV_STEP_CREDS): return "changing to the domain's uid/gid"
         case Int(PV_STEP_CAPS): return "dropping capabilities" + (detail >= 0 ? " (capability \(detail))" : "")
+        case Int(PV_STEP_STALLED): return "setting up the jail (the child stalled before exec and was killed)"
         default: return "spawn"
         }
     }

@@ -146,7 +146,8 @@ struct pv_jail {
 /// cgroup, capability or resource involved (-1 when none; directories are 1000000 + index); the
 /// child is reaped.
 enum { PV_STEP_NONE = 0, PV_STEP_FORK, PV_STEP_FDS, PV_STEP_RLIMIT, PV_STEP_NNP, PV_STEP_SECCOMP, PV_STEP_EXEC,
-       PV_STEP_USERNS, PV_STEP_CGROUP, PV_STEP_MOUNT, PV_STEP_PIVOT, PV_STEP_HOSTNAME, PV_STEP_CREDS, PV_STEP_CAPS };
+       PV_STEP_USERNS, PV_STEP_CGROUP, PV_STEP_MOUNT, PV_STEP_PIVOT, PV_STEP_HOSTNAME, PV_STEP_CREDS, PV_STEP_CAPS,
+       PV_STEP_STALLED };
 pid_t pv_spawn(const char *path, char *const argv[], char *const envp[],
                const struct pv_spawn_fd *fds, int nfds,
                const struct pv_spawn_rlimit *limits, int nlimits,
