@@ -62,6 +62,8 @@ enum RecoverySuite {
             // The peer: a fresh driver domain of the same binary, until it serves.
             let name = "blkback-fresh"
             guests.append(name)
+            // Counted before it starts: its console log goes on from the previous round's.
+            let start = sup.consoleLog(name).components(separatedBy: "serving vbds").count
             let t0 = MonotonicClock.nanoseconds()
             try NetSuite.write(sup, name, """
                 name = "\(name)"
@@ -70,8 +72,11 @@ enum RecoverySuite {
                 memory = 64
                 vcpus = 2
                 """)
-            let start = sup.consoleLog(name).components(separatedBy: "serving vbds").count
-            while sup.consoleLog(name).components(separatedBy: "serving vbds").count == start { usleep(500) }
+            let freshDeadline = Date().addingTimeInterval(15)
+            while sup.consoleLog(name).components(separatedBy: "serving vbds").count == start {
+                guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }
+                usleep(500)
+            }
             fresh.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6)
             _ = try? sup.call(.destroy(domain: name))
             guests.removeAll { $0 == name }
