@@ -72,6 +72,32 @@ import Testing
         #expect(dmesg.contains("3 devices kept"), "\(dmesg)")
     }
 
+    /// blkcheck's own workload (writes of every size with indirect requests, discards, flushes,
+    /// reads checked as they come back, then every sector read back) while blkback is killed
+    /// again and again: reissued reads, flushes and discards leave nothing wrong either.
+    @Test func blkcheckWithReadsFlushesAndDiscardsPassesWhileBlkbackIsKilled() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_RESTARTS": "100/60"])
+        defer { h.stop() }
+        let blkback = Products.path("blkback")
+        #expect(try h.xl("create", "-q", h.config("blkback", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=2\"\n")).ok)
+        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") })
+        let cfg = h.config("check", kernel: Products.path("blkcheck"),
+                           "extra = \"seed=7 rounds=400 depth=16 span=16384 queues=2 indirect=64 maxio=300\"\nmemory = 32\n"
+                           + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "check.img"))' ]\n")
+        #expect(try h.xl("create", "-q", cfg).ok)
+        #expect(eventually(timeout: 20) { h.consoleLog("check").contains("segments per request") }, "\(h.consoleLog("check"))")
+        var kills = 0
+        while kills < 8, !h.consoleLog("check").contains("blkcheck: xvda OK"), !h.consoleLog("check").contains("FAILED") {
+            Thread.sleep(forTimeInterval: 0.2)
+            kills += Self.killRepeatedly(blkback, name: "blkback", times: 1, in: h)
+        }
+        #expect(kills >= 3, "the check finished before three kills: \(h.consoleLog("check"))")
+        #expect(eventually(timeout: 120) { h.consoleLog("check").contains("blkcheck: xvda OK") || h.consoleLog("check").contains("FAILED") },
+                "\(h.consoleLog("check"))")
+        #expect(h.consoleLog("check").contains("blkcheck: xvda OK"), "\(h.consoleLog("check"))\n\(h.consoleLog("blkback"))")
+        #expect(!h.consoleLog("check").contains("FAILED"), "\(h.consoleLog("check"))")
+    }
+
     /// A backend that keeps crashing is left down once it passes its restart limit: its guests'
     /// outstanding and later I/O fails with the reason, logged and in `xl dmesg`, and the guests
     /// themselves keep running.
