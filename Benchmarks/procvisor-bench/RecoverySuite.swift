@@ -17,13 +17,11 @@ enum RecoverySuite {
         let backend = "blkback-recovery"
         var guests = [backend]
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        try NetSuite.write(sup, backend, """
-            name = "\(backend)"
-            kernel = "\(blkback)"
-            driver_domain = 1
-            memory = 64
-            vcpus = 2
-            """)
+        /// A blkback driver domain called `name`, as the default one is.
+        func startBlkback(_ name: String) throws {
+            try NetSuite.write(sup, name, "name = \"\(name)\"\nkernel = \"\(blkback)\"\ndriver_domain = 1\nmemory = 64\nvcpus = 2\n")
+        }
+        try startBlkback(backend)
         try BlkSuite.awaitLine(sup, backend, containing: "serving vbds", timeout: 30)
         let image = sup.dir + "/recovery.img"
         guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, 64 << 20) == 0 else {
@@ -65,13 +63,7 @@ enum RecoverySuite {
             // Counted before it starts: its console log goes on from the previous round's.
             let start = sup.consoleLog(name).components(separatedBy: "serving vbds").count
             let t0 = MonotonicClock.nanoseconds()
-            try NetSuite.write(sup, name, """
-                name = "\(name)"
-                kernel = "\(blkback)"
-                driver_domain = 1
-                memory = 64
-                vcpus = 2
-                """)
+            try startBlkback(name)
             let freshDeadline = Date().addingTimeInterval(15)
             while sup.consoleLog(name).components(separatedBy: "serving vbds").count == start {
                 guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }

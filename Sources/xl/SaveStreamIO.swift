@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -117,7 +116,7 @@ final class ImageSender {
                                      at: Int64(pending.start) * Int64(SaveFormat.pageSize) + Int64(done))
                 if n == 0 {
                     // Past the end of the memfd: reads as zero, as the domain sees it.
-                    memset(into + done, 0, length - done)
+                    (into + done).initializeMemory(as: UInt8.self, repeating: 0, count: length - done)
                     break
                 }
                 done += n

@@ -21,6 +21,13 @@ import Testing
         return path
     }
 
+    /// A blkback driver domain (its default `on_crash`: restart), serving.
+    static func startBlkback(_ h: SupervisorHarness, extra: String = "") throws {
+        let cfg = "driver_domain = 1\n" + (extra.isEmpty ? "" : "extra = \"\(extra)\"\n")
+        #expect(try h.xl("create", "-q", h.config("blkback", kernel: Products.path("blkback"), cfg)).ok)
+        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") })
+    }
+
     /// Kills `kernel`'s process `times` times, each once the previous incarnation is serving
     /// again; returns how many kills landed.
     static func killRepeatedly(_ kernel: String, name: String, times: Int, in h: SupervisorHarness) -> Int {
@@ -42,9 +49,7 @@ import Testing
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_RESTARTS": "100/60"])
         defer { h.stop() }
         let blkback = Products.path("blkback")
-        let extra = engine == "threads" ? "PROCVISOR_FORCE_NO_IOURING=1 max-queues=2" : "max-queues=2"
-        #expect(try h.xl("create", "-q", h.config("blkback", kernel: blkback, "driver_domain = 1\nextra = \"\(extra)\"\n")).ok)
-        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") })
+        try Self.startBlkback(h, extra: engine == "threads" ? "PROCVISOR_FORCE_NO_IOURING=1 max-queues=2" : "max-queues=2")
         let domid = try #require(try h.list()["blkback"]?.domid)
         let guests = ["soak1", "soak2", "soak3"]
         for g in guests {
@@ -79,8 +84,7 @@ import Testing
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_RESTARTS": "100/60"])
         defer { h.stop() }
         let blkback = Products.path("blkback")
-        #expect(try h.xl("create", "-q", h.config("blkback", kernel: blkback, "driver_domain = 1\nextra = \"max-queues=2\"\n")).ok)
-        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") })
+        try Self.startBlkback(h, extra: "max-queues=2")
         let cfg = h.config("check", kernel: Products.path("blkcheck"),
                            "extra = \"seed=7 rounds=400 depth=16 span=16384 queues=2 indirect=64 maxio=300\"\nmemory = 32\n"
                            + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "check.img"))' ]\n")
@@ -105,8 +109,7 @@ import Testing
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_RESTARTS": "2/60"])
         defer { h.stop() }
         let blkback = Products.path("blkback")
-        #expect(try h.xl("create", "-q", h.config("blkback", kernel: blkback, "driver_domain = 1\n")).ok)
-        #expect(eventually { h.consoleLog("blkback").contains("serving vbds") })
+        try Self.startBlkback(h)
         let cfg = h.config("soak", kernel: Products.path("blkcheck"),
                            "extra = \"mode=soak duration=30 depth=8 span=32768\"\nmemory = 32\non_crash = \"preserve\"\n"
                            + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "soak.img"))' ]\n")
