@@ -195,11 +195,14 @@ extension Supervisor {
     }
 
     /// Whether a crashed driver domain's devices can be taken over by a new incarnation: every
-    /// device it serves has an in-flight log (a backend that keeps one resumes its devices; one
-    /// that does not would take the frontends' rings up in an unknown state). Otherwise it is
-    /// restarted as any domain is, and its devices go with the old one.
+    /// device it serves that is connected has an in-flight log (a backend that keeps one resumes
+    /// its devices; one that does not would take the frontends' rings up in an unknown state).
+    /// A device still in its handshake has nothing in flight: the new incarnation connects it
+    /// afresh. Otherwise it is restarted as any domain is, and its devices go with the old one.
     func resumesInPlace(_ dom: DomainRecord) -> Bool {
-        devices.served(by: dom.domid).allSatisfy { !$0.inflightLogs.isEmpty }
+        devices.served(by: dom.domid).allSatisfy { dev in
+            !dev.inflightLogs.isEmpty || (try? xenstore.engine.read(dev.backendPath + "/state")) != Array("4".utf8)
+        }
     }
 
     /// A driver domain crashed: a new process takes its place under the same domid, name and

@@ -102,6 +102,30 @@ import Testing
         #expect(!h.consoleLog("check").contains("FAILED"), "\(h.consoleLog("check"))")
     }
 
+    /// A backend that dies while a device's handshake is under way (stopped, then killed, with
+    /// the frontend waiting for it): the new incarnation connects the device afresh, and the
+    /// guest's I/O goes through as if nothing happened.
+    @Test func aBackendKilledDuringTheHandshakeConnectsTheDeviceAfresh() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try Self.startBlkback(h)
+        let blkback = Products.path("blkback")
+        let pid = try #require(Self.pid(of: blkback, in: h))
+        kill(pid, SIGSTOP)
+        let cfg = h.config("soak", kernel: Products.path("blkcheck"),
+                           "extra = \"mode=soak duration=2 depth=8 span=32768\"\nmemory = 32\n"
+                           + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "soak.img"))' ]\n")
+        #expect(try h.xl("create", "-q", cfg).ok)
+        // The frontend has started its half; the backend has done nothing for the device.
+        #expect(eventually { (try? h.xs("read", "/local/domain/2/device/vbd/51712/state").stdout) != nil })
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/2/51712/state").stdout != "4\n")
+        kill(pid, SIGKILL)
+        #expect(eventually(timeout: 30) { h.consoleLog("soak").contains("soak OK") || h.consoleLog("soak").contains("FAILED") },
+                "\(h.consoleLog("soak"))\n\(h.consoleLog("blkback"))")
+        #expect(h.consoleLog("soak").contains("soak OK writes="), "\(h.consoleLog("soak"))\n\(h.consoleLog("blkback"))")
+        #expect(try h.dmesg().contains("restarted in place"))
+    }
+
     /// A backend that keeps crashing is left down once it passes its restart limit: its guests'
     /// outstanding and later I/O fails with the reason, logged and in `xl dmesg`, and the guests
     /// themselves keep running.
