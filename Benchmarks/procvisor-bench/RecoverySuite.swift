@@ -38,22 +38,18 @@ enum RecoverySuite {
             disk = [ 'vdev=xvda, access=rw, backend=\(backend), target=\(image)' ]
             """)
         try BlkSuite.awaitLine(sup, "soak", containing: "soak: xvda", timeout: 30)
-        func serving() -> Int { sup.consoleLog(backend).components(separatedBy: "serving vbds").count - 1 }
-        func backendPid() -> pid_t? {
-            ProcFS.children(of: sup.pid).first { pid in
-                guard let argv = try? FileIO.read("/proc/\(pid)/cmdline") else { return false }
-                return argv.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } == blkback
-            }
-        }
+        /// How many times `name`'s incarnations have said they serve (its console log goes on
+        /// across restarts and across rounds of the same name).
+        func serving(_ name: String) -> Int { sup.consoleLog(name).components(separatedBy: "serving vbds").count - 1 }
         var killedAt: [UInt64] = [], fresh: [Double] = []
         for i in 0..<kills {
             usleep(300_000)
-            guard let pid = backendPid() else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
-            let before = serving()
+            guard let pid = ProcFS.child(of: sup.pid, running: blkback) else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
+            let before = serving(backend)
             killedAt.append(MonotonicClock.nanoseconds())
             kill(pid, SIGKILL)
             let deadline = Date().addingTimeInterval(15)
-            while serving() == before {
+            while serving(backend) == before {
                 guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, "soak"))") }
                 usleep(2_000)
             }
@@ -61,11 +57,11 @@ enum RecoverySuite {
             let name = "blkback-fresh"
             guests.append(name)
             // Counted before it starts: its console log goes on from the previous round's.
-            let start = sup.consoleLog(name).components(separatedBy: "serving vbds").count
+            let start = serving(name)
             let t0 = MonotonicClock.nanoseconds()
             try startBlkback(name)
             let freshDeadline = Date().addingTimeInterval(15)
-            while sup.consoleLog(name).components(separatedBy: "serving vbds").count == start {
+            while serving(name) == start {
                 guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }
                 usleep(500)
             }

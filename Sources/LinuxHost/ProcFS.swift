@@ -78,6 +78,15 @@ public enum ProcFS {
         return out
     }
 
+    /// The first child of `pid` whose argv[0] is `program` (a domain process is named by its
+    /// kernel's path), if any.
+    public static func child(of pid: pid_t, running program: String) -> pid_t? {
+        children(of: pid).first { child in
+            guard let argv = try? FileIO.read("/proc/\(child)/cmdline") else { return false }
+            return argv.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } == program
+        }
+    }
+
     /// Mappings plus descriptors of process `pid` per memfd name, from one pass over
     /// /proc/PID/maps and /proc/PID/fd. Works on the raw bytes: it runs on every grant unmap.
     public static func memfdReferences(of pid: pid_t) -> [String: Int] {

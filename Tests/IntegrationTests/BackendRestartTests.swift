@@ -7,12 +7,7 @@ import Testing
 /// kept), and every guest it serves carries on: no error, no lost or stale write.
 @Suite(.serialized) struct BackendRestartTests {
     /// The host pid of the domain process whose kernel is `kernel` (its argv[0]), if running.
-    static func pid(of kernel: String, in h: SupervisorHarness) -> pid_t? {
-        h.children.first { pid in
-            guard let argv = try? FileIO.read("/proc/\(pid)/cmdline") else { return false }
-            return argv.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } == kernel
-        }
-    }
+    static func pid(of kernel: String, in h: SupervisorHarness) -> pid_t? { ProcFS.child(of: h.pid, running: kernel) }
 
     static func disk(_ h: SupervisorHarness, _ name: String) -> String {
         let path = h.runDirectory + "/" + name
