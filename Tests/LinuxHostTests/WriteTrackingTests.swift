@@ -409,9 +409,17 @@ private func milliseconds(_ body: () throws -> Void) rethrows -> Double {
         #expect(e1 == .failed(step: .register, context: e1.context, errno: .invalidArgument))
         // A range that is not mapped: EINVAL from UFFDIO_REGISTER (not "unsupported": the
         // negotiation already showed the kernel can).
-        let gone = try SharedMapping(anonymous: 2 * page)
-        let base = gone.base
-        gone.unmap()
+        // (Not a hole made by unmapping: another suite's thread may map into it at once. The lowest
+        // addresses a process may map are never chosen by mmap without a hint, which allocates top-down.)
+        let minimum = (try? String(contentsOfFile: "/proc/sys/vm/mmap_min_addr", encoding: .utf8))
+            .flatMap { UInt($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 65536
+        let base = UnsafeMutableRawPointer(bitPattern: max(minimum, 65536))!
+        let address = UInt(bitPattern: base)
+        let mapped = try String(contentsOfFile: "/proc/self/maps", encoding: .utf8).split(separator: "\n").contains { line in
+            let bounds = line.prefix { $0 != " " }.split(separator: "-").compactMap { UInt($0, radix: 16) }
+            return bounds.count == 2 && bounds[0] < address + UInt(2 * page) && address < bounds[1]
+        }
+        #expect(!mapped, "the lowest mappable pages are mapped in this process")
         let e2 = try #require(throws: WriteTrackingError.self) { try WriteTracking.register(base: base, length: 2 * page) }
         #expect(e2 == .failed(step: .register, context: e2.context, errno: .invalidArgument))
         #expect(e2.description.contains("UFFDIO_REGISTER") && e2.description.contains("not (entirely) mapped"))
