@@ -242,6 +242,7 @@ extension Supervisor {
             logger.error("driver domain restart failed", metadata: ["domid": "\(domid)", "error": "\(error)"])
             devices.backendGone(served, why: "backend \(dom.name) (dom\(domid)) could not be restarted: \(error)")
             releaseKeptStore(dom)
+            releaseTaps(of: domid)
             removeDomainTree(dom)
         }
     }
@@ -301,6 +302,7 @@ extension Supervisor {
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
         releaseKeptStore(dom)
+        releaseTaps(of: dom.domid)
         domains.remove(dom)
         if pendingRestores[dom.domid]?.record === dom || pendingRestores[dom.domid]?.record == nil { pendingRestores[dom.domid] = nil }
         devices.detachAll(frontend: dom.domid)

@@ -47,6 +47,10 @@ public final class Supervisor {
     var restoringUUID: String?
     /// When each driver domain (by uuid) was last restarted in place, within the restart window.
     var driverRestarts: [String: [UInt64]] = [:]
+    /// Taps handed to a netback as bridge uplinks, by bridge name: the driver domain that asked
+    /// and a descriptor kept here, so the interface (and what the host configured on it) outlives
+    /// an incarnation of that driver domain; closed when the domain goes for good.
+    var keptTaps: [String: (backend: DomID, fd: FileDescriptor)] = [:]
 
     public init(options: SupervisorOptions, logger: Logger) throws {
         self.options = options

@@ -4,6 +4,12 @@
 //
 //   extra = "port=7"                                   (server, runs until destroyed)
 //   extra = "client=10.0.0.2 port=7 count=10 size=64"  (client)
+//
+// Client options: `duration=S` sends datagram after datagram for S seconds instead of count=;
+// `retry=MS` sends a datagram again when it is not answered within MS
+// milliseconds (answers to earlier copies are counted as late, not mistaken for the next one);
+// `gaps=MS` prints each pause of at least MS ms between two answers as `udp-echo: gap FROM TO`
+// (monotonic nanoseconds), for a benchmark that kills the backend.
 import DomainRuntime
 import Glibc
 import NetStack
@@ -39,21 +45,59 @@ do {
 
 if let serverText = arg("client") {
     guard let server = IPv4Address(serverText) else { fail("client=\(serverText) is not an IPv4 address") }
-    let count = number("count", 10), size = number("size", 64)
+    let size = max(8, number("size", 64))
+    // duration=S: as many datagrams as S seconds take (count= is then ignored).
+    let duration = UInt64(number("duration", 0)) * 1_000_000_000
+    let count = duration > 0 ? Int.max : number("count", 10)
+    let retryNs = UInt64(number("retry", 0)) * 1_000_000
+    let gapNs = UInt64(number("gaps", 0)) * 1_000_000
     do {
         let socket = try stack.udpSocket()
         var rng = SystemRandomNumberGenerator()
+        var resent = 0, late = 0, longest: UInt64 = 0
+        var last = SystemTime.nanoseconds()
+        let started = last
+        var sent = 0
         for i in 0..<count {
-            let payload = (0..<size).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            if duration > 0, SystemTime.nanoseconds() - started >= duration { break }
+            sent += 1
+            // The first 8 bytes number the datagram: an answer to an earlier copy is told apart.
+            var payload = (0..<size).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            withUnsafeBytes(of: UInt64(i).littleEndian) { payload.replaceSubrange(0..<8, with: $0) }
             try socket.send(payload, to: server, port: port, timeout: timeout)
-            guard let (data, from, fromPort) = try socket.receive(timeout: i == 0 ? timeout : 5) else {
-                fail("no answer to datagram \(i + 1) from \(server):\(port)")
+            let deadline = SystemTime.nanoseconds() + UInt64((i == 0 ? timeout : 5) * 1e9)
+            while true {
+                let now = SystemTime.nanoseconds()
+                guard now < deadline else { fail("no answer to datagram \(i + 1) from \(server):\(port)") }
+                let wait = retryNs > 0 ? min(retryNs, deadline - now) : deadline - now
+                if let (data, from, fromPort) = try socket.receive(timeout: Double(wait) / 1e9) {
+                    guard from == server, fromPort == port, data.count == size else {
+                        fail("datagram \(i + 1): answer from \(from):\(fromPort) of \(data.count) bytes does not match")
+                    }
+                    let seq = data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+                    if seq < UInt64(i) {
+                        late += 1
+                        continue
+                    }
+                    guard seq == UInt64(i), data == payload else { fail("datagram \(i + 1): the answer's bytes do not match") }
+                    break
+                }
+                // retry=MS: not answered in time; UDP may lose a datagram (a backend restarting does).
+                if retryNs > 0, SystemTime.nanoseconds() < deadline {
+                    try socket.send(payload, to: server, port: port, timeout: timeout)
+                    resent += 1
+                }
             }
-            guard from == server, fromPort == port, data == payload else {
-                fail("datagram \(i + 1): answer from \(from):\(fromPort) of \(data.count) bytes does not match")
-            }
+            let now = SystemTime.nanoseconds()
+            if gapNs > 0, now - last >= gapNs { say("gap \(last) \(now)") }
+            if i > 0 { longest = max(longest, now - last) }
+            last = now
         }
-        say("OK \(count) datagrams of \(size) bytes echoed by \(server):\(port)")
+        var summary = "OK \(sent) datagrams of \(size) bytes echoed by \(server):\(port)"
+        if retryNs > 0 || late > 0 {
+            summary += " (\(resent) sent again, \(late) late answers, longest wait \(longest / 1_000_000) ms)"
+        }
+        say(summary)
         front.close(timeout: 5)
         domain.shutdown(.poweroff)
     } catch {

@@ -165,6 +165,10 @@ public final class Netback {
             if q.rxResponsesPending {
                 q.rxResponsesPending = false
                 if q.rx.pushResponses() { try? ev.send(q.rxPort) }
+                if let words = q.inflight {
+                    words[1] = 0
+                    words[2] = 0
+                }
             }
         }
         touched.removeAll(keepingCapacity: true)
@@ -295,6 +299,7 @@ public final class Netback {
                 NetifTxResponse(id: r.id, status: isExtra ? Netif.rspNull : status).store(to: q.tx.nextResponse())
             }
             q.tx.consume(slots)
+            q.inflight?[0] = Int(q.tx.reqCons)
             q.txResponsesPending = true
             touch(q)
             avail -= slots
@@ -363,6 +368,7 @@ public final class Netback {
             return
         }
         vif.backlog.append((Array(frame), q.index))
+        vif.noteBacklog()
     }
 
     private func deliverBacklog(_ vif: NetbackVif) {
@@ -375,7 +381,10 @@ public final class Netback {
             if !ok { break }
             taken += 1
         }
-        if taken > 0 { vif.backlog.removeFirst(taken) }
+        if taken > 0 {
+            vif.backlog.removeFirst(taken)
+            vif.noteBacklog()
+        }
     }
 
     /// Copies a frame into the pages of the next rx requests; false when there are not enough.
@@ -413,6 +422,10 @@ public final class Netback {
         }
         vif.stats.rxFrames += 1
         vif.stats.rxBytes += frame.count
+        if let words = q.inflight {
+            words[1] += 1
+            words[2] += frame.count
+        }
         q.rxResponsesPending = true
         touch(q)
         return true

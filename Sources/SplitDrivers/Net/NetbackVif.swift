@@ -58,7 +58,19 @@ final class NetbackVif {
     @exclusivity(unchecked) private(set) var queues: [NetbackQueue] = []
     /// Frames waiting for rx pages: bytes and queue index.
     @exclusivity(unchecked) var backlog: [([UInt8], Int)] = []
-    @exclusivity(unchecked) var stats = NetbackVifStats()
+    /// The counters: in the vif's in-flight page once it has one (they outlast a restart of
+    /// netback), in `ownStats` before that or without one.
+    var stats: NetbackVifStats {
+        get { statsStorage.pointee }
+        _modify { yield &statsStorage.pointee }
+    }
+    @exclusivity(unchecked) private var statsStorage: UnsafeMutablePointer<NetbackVifStats>
+    private let ownStats: UnsafeMutablePointer<NetbackVifStats>
+    /// The in-flight page (`NetbackVifLog`) and its mapping; nil when the supervisor gave none.
+    @exclusivity(unchecked) private(set) var inflight: NetbackVifLog?
+    @exclusivity(unchecked) private var inflightMemory: SharedMapping?
+    /// Set when this incarnation took the vif over from a dead one (logged once connected).
+    @exclusivity(unchecked) private var takeover: NetbackVifTakeover?
     @exclusivity(unchecked) private var frontendDir = ""
     @exclusivity(unchecked) private var watchToken: String?
 
@@ -67,9 +79,20 @@ final class NetbackVif {
         self.frontend = frontend
         self.devid = devid
         name = "vif\(frontend).\(devid)"
+        ownStats = .allocate(capacity: 1)
+        ownStats.initialize(to: NetbackVifStats())
+        statsStorage = ownStats
         floodLimiter = FrameRateLimiter(framesPerSecond: UInt64(owner.settings.broadcastPPS), burst: UInt64(owner.settings.broadcastPPS / 10 + 64),
                                         now: MonotonicClock.nanoseconds())
     }
+
+    deinit {
+        inflightMemory?.unmap()
+        ownStats.deallocate()
+    }
+
+    /// The backlog changed: its length goes to the in-flight page (frames a restart loses).
+    func noteBacklog() { inflight?.backlog.pointee = backlog.count }
 
     /// Any thread: the device thread wakes and tears the vif down (`why` is logged).
     func requestStop(_ why: String?) {
@@ -101,6 +124,7 @@ final class NetbackVif {
             registered = true
             if let b = bridge { owner.attachUplink(b, via: self) }
             try domain.store.write(dir + "/state", XenbusState.connected.storeValue)
+            if let t = takeover { owner.log("netback: \(name) resumed from the previous incarnation: \(t)") }
             owner.log("netback: \(name) connected: mac \(mac), bridge \(bridgeName), \(queues.count) queue\(queues.count == 1 ? "" : "s")"
                 + "\(queues.first.map { $0.txPort != $0.rxPort } == true ? ", split event channels" : "")"
                 + "\(antiSpoof.allowedIPs.isEmpty ? "" : ", ip \(antiSpoof.allowedIPs.map(\.description).joined(separator: " "))")"
@@ -171,14 +195,36 @@ final class NetbackVif {
         bridgeName = read("bridge").flatMap { $0.isEmpty ? nil : $0 } ?? "xenbr0"
         macTakeover = read("mac-takeover") == "1"
         let maxQueues = owner.maxQueues
+        // The in-flight page, and whether a dead incarnation left this vif connected: then the
+        // frontend's rings are taken over as they are (no new handshake; the frontend keeps its
+        // state Connected throughout and never notices beyond a pause).
+        var incarnations = 0
+        do {
+            let (memory, n) = try domain.inflightLog(.vif, frontend: frontend, devid: devid, queue: 0, bytes: NetbackVifLog.bytes)
+            inflightMemory = memory
+            inflight = NetbackVifLog(base: memory.base)
+            incarnations = n
+        } catch {
+            owner.log("netback: \(name): no in-flight page (\(error)); its counters start over if this driver domain is restarted")
+        }
+        func state(_ path: String) -> XenbusState? { (try? xs.read(path)).flatMap { XenbusState(storeValue: $0) } }
+        let resuming = incarnations > 0 && inflight?.isValid == true && state(dir + "/state") == .connected
+            && state(feDir + "/state") == .connected
+        let token = "netback:\(frontend)/\(devid)"
+        try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
+        watchToken = token
+        if !resuming { try handshake(maxQueues: maxQueues) }
+        try attachQueues(maxQueues: maxQueues, resuming: resuming)
+    }
+
+    /// Offers the features and waits for the frontend to publish its rings (InitWait → Initialised).
+    private func handshake(maxQueues: Int) throws {
+        let xs = domain.store, feDir = frontendDir
         for (k, v) in [("feature-sg", "1"), ("feature-gso-tcpv4", "0"), ("feature-gso-tcpv6", "0"), ("feature-rx-copy", "1"),
                        ("feature-rx-flip", "0"), ("feature-multicast-control", "0"), ("feature-split-event-channels", "1"),
                        ("feature-ipv6-csum-offload", "0"), ("multi-queue-max-queues", "\(maxQueues)")] {
             try xs.write(dir + "/" + k, v)
         }
-        let token = "netback:\(frontend)/\(devid)"
-        try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
-        watchToken = token
         try xs.write(dir + "/state", XenbusState.initWait.storeValue)
         while true {
             if stopping { throw NetbackSetupError("device removed by the toolstack") }
@@ -187,6 +233,13 @@ final class NetbackVif {
             if s == .closing || s == .closed || s == .unknown { throw NetbackSetupError("the frontend closed the device") }
             kick.wait(timeoutMs: 100)
         }
+    }
+
+    /// Maps each queue's rings and binds its ports as the frontend published them. Resuming, the
+    /// rings are taken where the previous incarnation's published responses end, and the page
+    /// says what that took back and lost; otherwise the page starts over.
+    private func attachQueues(maxQueues: Int, resuming: Bool) throws {
+        let xs = domain.store, feDir = frontendDir
         func fe(_ key: String) -> String? { try? xs.read(feDir + "/" + key) }
         guard fe("request-rx-copy") == "1" else {
             throw NetbackSetupError("frontend \(feDir) does not set request-rx-copy (page flipping is not supported)")
@@ -223,6 +276,34 @@ final class NetbackVif {
             let q = try NetbackQueue(vif: self, index: qi, txRef: txRef, rxRef: rxRef, txRemote: txRemote, rxRemote: rxRemote)
             queues.append(q)
         }
+        guard let page = inflight, nq <= NetbackVifLog.maxQueues else {
+            inflight = nil
+            return
+        }
+        if resuming && page.queues == nq {
+            var t = NetbackVifTakeover(rxFramesLost: page.backlog.pointee)
+            for q in queues {
+                let words = page.queue(q.index)
+                // tx: what the dead one took past its published answers is on the ring again.
+                let again = UInt32(truncatingIfNeeded: words[0]) &- q.tx.rspProd
+                if again <= q.tx.layout.count { t.txRequestsAgain += Int(again) }
+                // rx: frames put in pages whose answers were never published did not arrive.
+                t.rxFramesLost += words[1]
+                page.stats.pointee.rxFrames -= words[1]
+                page.stats.pointee.rxBytes -= words[2]
+                words[0] = Int(q.tx.reqCons)
+                words[1] = 0
+                words[2] = 0
+            }
+            page.stats.pointee.rxDropped += t.rxFramesLost
+            page.backlog.pointee = 0
+            takeover = t
+        } else {
+            page.format(queues: nq)
+            for q in queues { page.queue(q.index)[0] = Int(q.tx.reqCons) }
+        }
+        statsStorage = page.stats
+        for q in queues { q.inflight = page.queue(q.index) }
     }
 }
 

@@ -201,8 +201,10 @@ extension Supervisor {
     /// `deviceFD(.uplink)`: the backend of vif (`args[1]` frontend, `args[2]` devid) asks for the
     /// uplink of that vif's bridge. The supervisor creates a tap named exactly like the bridge
     /// (IFF_TAP|IFF_NO_PI, not persistent, exclusive: an interface of that name that exists
-    /// already is EBUSY), sets the vif's MTU on it when not 1500, brings it up and hands over the
-    /// only descriptor: the tap goes away when the backend closes it (or dies). Errors: EINVAL
+    /// already is EBUSY), sets the vif's MTU on it when not 1500, brings it up and hands over a
+    /// descriptor, keeping one (`keptTaps`): the tap lives as long as that driver domain, across
+    /// its restarts in place (a new incarnation asking again gets the same tap, and frames the
+    /// host sent meanwhile wait in its queue), and goes when the domain does. Errors: EINVAL
     /// bad arguments; ENOENT no such vif; EACCES the caller does not serve it; the errno of
     /// TUNSETIFF or SIOCSIFFLAGS otherwise (EPERM without CAP_NET_ADMIN, EBUSY name in use).
     func uplinkFD(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
@@ -213,6 +215,10 @@ extension Supervisor {
             return .error(.EACCES)
         }
         let name = vif.bridge
+        if let kept = keptTaps[name], kept.backend == dom.domid {
+            log("\(dom.label): tap \(name) handed over again as the uplink of bridge \(name)")
+            return .ok(0, fds: [kept.fd], owned: [])
+        }
         let fd: FileDescriptor
         do {
             fd = try Tap.open(name: name)
@@ -240,7 +246,16 @@ extension Supervisor {
             return .error(.EIO)
         }
         log("\(dom.label): tap \(name) created as the uplink of bridge \(name) (asked for through dom\(vif.frontend)'s vif \(vif.devid)) and handed over")
-        return .ok(0, fds: [fd], owned: [fd])
+        keptTaps[name] = (dom.domid, fd)
+        return .ok(0, fds: [fd], owned: [])
+    }
+
+    /// Closes the taps `backend` was given (the driver domain is gone for good).
+    func releaseTaps(of backend: DomID) {
+        for (name, kept) in keptTaps where kept.backend == backend {
+            kept.fd.close()
+            keptTaps[name] = nil
+        }
     }
 
     static func tapHint(_ e: Errno) -> String {
