@@ -3,25 +3,95 @@ import Glibc
 import LinuxHost
 import Toolstack
 
-/// A driver domain killed under load: blkback is killed with SIGKILL again and again while a
-/// blkcheck guest writes its disk at depth 8 (and verifies every block at the end); the time from
-/// each kill to the first write the new incarnation completes is read off the guest's own record
-/// of its pauses. Peer, interleaved with the kills: starting a fresh blkback driver domain until
-/// it serves (what bringing a backend up costs at all).
+/// Driver domains killed under load: blkback is killed with SIGKILL again and again while a
+/// blkcheck guest writes its disk at depth 8 (and verifies every block at the end), then netback
+/// while a UDP echo stream runs between two guests; the time from each kill to the first request
+/// the new incarnation completes is read off the guest's own record of its pauses. Peer,
+/// interleaved with the kills: starting a fresh driver domain of the same binary until it serves
+/// (what bringing a backend up costs at all).
 enum RecoverySuite {
     static func run(count: Int) throws -> [Result] {
         let kills = max(20, min(count, 100))
         let sup = try BenchSupervisor(environment: ["PROCVISOR_DRIVER_RESTARTS": "1000/60"])
         defer { sup.stop() }
+        return try block(sup, kills: kills) + network(sup, kills: kills)
+    }
+
+    /// A driver domain called `name` running `kernel`, as the default ones are.
+    static func startDriverDomain(_ sup: BenchSupervisor, _ name: String, kernel: String) throws {
+        try NetSuite.write(sup, name, "name = \"\(name)\"\nkernel = \"\(kernel)\"\ndriver_domain = 1\nmemory = 64\nvcpus = 2\n")
+    }
+
+    /// How many times `name`'s incarnations have printed `marker` (its console log goes on
+    /// across restarts and across rounds of the same name).
+    static func count(_ sup: BenchSupervisor, _ name: String, _ marker: String) -> Int {
+        sup.consoleLog(name).components(separatedBy: marker).count - 1
+    }
+
+    /// Kills the driver domain `backend` (running `kernel`) `kills` times, each once the previous
+    /// incarnation says `marker` again, 300 ms apart; interleaved, the peer: a fresh driver domain
+    /// of the same binary started until it says `marker`. Returns when each kill was sent
+    /// (monotonic ns) and the fresh starts (ms).
+    static func killAndStartFresh(_ sup: BenchSupervisor, backend: String, kernel: String, marker: String, kills: Int,
+                                  guest: String, guests: inout [String]) throws -> (killedAt: [UInt64], fresh: [Double]) {
+        var killedAt: [UInt64] = [], fresh: [Double] = []
+        for i in 0..<kills {
+            usleep(300_000)
+            guard let pid = ProcFS.child(of: sup.pid, running: kernel) else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
+            let before = count(sup, backend, marker)
+            killedAt.append(MonotonicClock.nanoseconds())
+            kill(pid, SIGKILL)
+            let deadline = Date().addingTimeInterval(15)
+            while count(sup, backend, marker) == before {
+                guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, guest))") }
+                usleep(2_000)
+            }
+            let name = backend + "-fresh"
+            guests.append(name)
+            // Counted before it starts: its console log goes on from the previous round's.
+            let start = count(sup, name, marker)
+            let t0 = MonotonicClock.nanoseconds()
+            try startDriverDomain(sup, name, kernel: kernel)
+            let freshDeadline = Date().addingTimeInterval(15)
+            while count(sup, name, marker) == start {
+                guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }
+                usleep(500)
+            }
+            fresh.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6)
+            _ = try? sup.call(.destroy(domain: name))
+            guests.removeAll { $0 == name }
+        }
+        return (killedAt, fresh)
+    }
+
+    /// Per kill: the time to the end of the longest pause of the guest's service around it, from
+    /// the guest's `PREFIX gap FROM TO` lines (the first completion of the new incarnation ends
+    /// it; it may begin a little after the kill: answers the old one wrote before the signal
+    /// landed are still taken; short pauses of normal service come and go around it).
+    static func recoveries(_ sup: BenchSupervisor, guest: String, prefix: String, killedAt: [UInt64]) throws -> [Double] {
+        let gaps: [(from: UInt64, to: UInt64)] = sup.consoleLog(guest).split(separator: "\n").compactMap { line in
+            guard let r = line.range(of: prefix + " gap ") else { return nil }
+            let f = line[r.upperBound...].split(separator: " ")
+            guard f.count == 2, let a = UInt64(f[0]), let b = UInt64(f[1]) else { return nil }
+            return (a, b)
+        }
+        return try killedAt.map { k in
+            let around = gaps.filter { $0.to > k && $0.from < k + 20_000_000 && $0.from + 50_000_000 > k }
+            guard let g = around.max(by: { $0.to - $0.from < $1.to - $1.from }) else {
+                throw BenchError("no pause of \(guest)'s service around the kill at \(k): \(gaps.count) pauses recorded")
+            }
+            return Double(g.to - k) / 1e6
+        }
+    }
+
+    /// blkback killed while a blkcheck guest writes its disk at depth 8 (and verifies every block
+    /// at the end).
+    static func block(_ sup: BenchSupervisor, kills: Int) throws -> [Result] {
         let blkback = try sibling("blkback"), blkcheck = try sibling("blkcheck")
         let backend = "blkback-recovery"
         var guests = [backend]
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        /// A blkback driver domain called `name`, as the default one is.
-        func startBlkback(_ name: String) throws {
-            try NetSuite.write(sup, name, "name = \"\(name)\"\nkernel = \"\(blkback)\"\ndriver_domain = 1\nmemory = 64\nvcpus = 2\n")
-        }
-        try startBlkback(backend)
+        try startDriverDomain(sup, backend, kernel: blkback)
         try BlkSuite.awaitLine(sup, backend, containing: "serving vbds", timeout: 30)
         let image = sup.dir + "/recovery.img"
         guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, 64 << 20) == 0 else {
@@ -38,37 +108,8 @@ enum RecoverySuite {
             disk = [ 'vdev=xvda, access=rw, backend=\(backend), target=\(image)' ]
             """)
         try BlkSuite.awaitLine(sup, "soak", containing: "soak: xvda", timeout: 30)
-        /// How many times `name`'s incarnations have said they serve (its console log goes on
-        /// across restarts and across rounds of the same name).
-        func serving(_ name: String) -> Int { sup.consoleLog(name).components(separatedBy: "serving vbds").count - 1 }
-        var killedAt: [UInt64] = [], fresh: [Double] = []
-        for i in 0..<kills {
-            usleep(300_000)
-            guard let pid = ProcFS.child(of: sup.pid, running: blkback) else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
-            let before = serving(backend)
-            killedAt.append(MonotonicClock.nanoseconds())
-            kill(pid, SIGKILL)
-            let deadline = Date().addingTimeInterval(15)
-            while serving(backend) == before {
-                guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, "soak"))") }
-                usleep(2_000)
-            }
-            // The peer: a fresh driver domain of the same binary, until it serves.
-            let name = "blkback-fresh"
-            guests.append(name)
-            // Counted before it starts: its console log goes on from the previous round's.
-            let start = serving(name)
-            let t0 = MonotonicClock.nanoseconds()
-            try startBlkback(name)
-            let freshDeadline = Date().addingTimeInterval(15)
-            while serving(name) == start {
-                guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }
-                usleep(500)
-            }
-            fresh.append(Double(MonotonicClock.nanoseconds() - t0) / 1e6)
-            _ = try? sup.call(.destroy(domain: name))
-            guests.removeAll { $0 == name }
-        }
+        let (killedAt, fresh) = try killAndStartFresh(sup, backend: backend, kernel: blkback, marker: "serving vbds", kills: kills,
+                                                      guest: "soak", guests: &guests)
         var lost = 0
         do {
             try BlkSuite.awaitLine(sup, "soak", containing: "soak OK", timeout: Double(duration) + 60)
@@ -77,24 +118,8 @@ enum RecoverySuite {
             lost = 1
             fputs("recovery: the soak failed: \(error)\n", stderr)
         }
-        let gaps: [(from: UInt64, to: UInt64)] = sup.consoleLog("soak").split(separator: "\n").compactMap { line in
-            guard let r = line.range(of: "soak: gap ") else { return nil }
-            let f = line[r.upperBound...].split(separator: " ")
-            guard f.count == 2, let a = UInt64(f[0]), let b = UInt64(f[1]) else { return nil }
-            return (a, b)
-        }
-        var recovery: [Double] = []
-        for k in killedAt {
-            // The first completion of the new incarnation ends the longest pause around the kill
-            // (which may begin a little after it: answers the old one wrote before the signal
-            // landed are still taken; short pauses of normal service come and go around it).
-            let around = gaps.filter { $0.to > k && $0.from < k + 20_000_000 && $0.from + 50_000_000 > k }
-            guard let g = around.max(by: { $0.to - $0.from < $1.to - $1.from }) else {
-                throw BenchError("no pause of the guest's writes around the kill at \(k): \(gaps.count) pauses recorded")
-            }
-            recovery.append(Double(g.to - k) / 1e6)
-        }
-        fputs("recovery: every kill (ms to the first completed write): \(MigrateSuite.fmt(recovery)) | fresh driver domain start: \(MigrateSuite.fmt(fresh))\n", stderr)
+        let recovery = try recoveries(sup, guest: "soak", prefix: "soak:", killedAt: killedAt)
+        fputs("recovery: blkback, every kill (ms to the first completed write): \(MigrateSuite.fmt(recovery)) | fresh driver domain start: \(MigrateSuite.fmt(fresh))\n", stderr)
         let ours = Sample(values: recovery), peer = Sample(values: fresh)
         return [
             Result(name: "blk_recovery_ms", unit: "ms", procvisor: ours.median, peer: peer.median, peer_name: "fresh blkback driver domain start (median)",
@@ -103,6 +128,48 @@ enum RecoverySuite {
                    peer_name: "fresh blkback driver domain start (p99)", ratio: ours.percentile(99) / peer.percentile(99), higher_is_better: false),
             Result(name: "blk_lost_writes", unit: "count", procvisor: Double(lost), peer: 0, peer_name: "nothing lost",
                    ratio: Double(lost), higher_is_better: false),
+        ]
+    }
+
+    /// netback killed while a udp-echo client guest sends datagram after datagram (200 bytes, one
+    /// at a time, each sent again when not answered within 20 ms) to a udp-echo server guest on
+    /// the same bridge: the time from each kill to the first answer that comes back through the
+    /// new incarnation.
+    static func network(_ sup: BenchSupervisor, kills: Int) throws -> [Result] {
+        let netback = try sibling("netback"), udpEcho = try sibling("udp-echo")
+        let backend = "netback-recovery"
+        var guests = [backend]
+        defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
+        try startDriverDomain(sup, backend, kernel: netback)
+        try BlkSuite.awaitLine(sup, backend, containing: "serving vifs", timeout: 30)
+        let bridge = "pvrec\(getpid() % 10_000)"
+        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:2e:0\(n), ip=10.215.0.\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
+        let duration = Int(Double(kills) * 0.8) + 5
+        guests.append("echo-server")
+        try NetSuite.write(sup, "echo-server", "name = \"echo-server\"\nkernel = \"\(udpEcho)\"\nextra = \"port=7\"\nmemory = 32\n\(vif(2))\n")
+        try BlkSuite.awaitLine(sup, "echo-server", containing: "listening on", timeout: 30)
+        guests.append("echo-client")
+        try NetSuite.write(sup, "echo-client", """
+            name = "echo-client"
+            kernel = "\(udpEcho)"
+            extra = "client=10.215.0.2 port=7 duration=\(duration) size=200 retry=20 gaps=2"
+            memory = 32
+            \(vif(3))
+            """)
+        // The client has had answers once its stack is up; give it a moment of steady service.
+        usleep(500_000)
+        let (killedAt, fresh) = try killAndStartFresh(sup, backend: backend, kernel: netback, marker: "serving vifs", kills: kills,
+                                                      guest: "echo-client", guests: &guests)
+        let summary = try BlkSuite.awaitLine(sup, "echo-client", containing: "udp-echo: OK", timeout: Double(duration) + 60)
+        let recovery = try recoveries(sup, guest: "echo-client", prefix: "udp-echo:", killedAt: killedAt)
+        fputs("recovery: netback, every kill (ms to the first answer through the new incarnation): \(MigrateSuite.fmt(recovery)) "
+              + "| fresh driver domain start: \(MigrateSuite.fmt(fresh)) | \(summary)\n", stderr)
+        let ours = Sample(values: recovery), peer = Sample(values: fresh)
+        return [
+            Result(name: "net_recovery_ms", unit: "ms", procvisor: ours.median, peer: peer.median, peer_name: "fresh netback driver domain start (median)",
+                   ratio: ours.median / peer.median, higher_is_better: false),
+            Result(name: "net_recovery_p99_ms", unit: "ms", procvisor: ours.percentile(99), peer: peer.percentile(99),
+                   peer_name: "fresh netback driver domain start (p99)", ratio: ours.percentile(99) / peer.percentile(99), higher_is_better: false),
         ]
     }
 }

@@ -71,6 +71,12 @@ public final class FrontRing {
     /// `RING_FULL`.
     public var isFull: Bool { reqProdPvt &- rspCons == layout.count }
 
+    /// The shared and private indexes, for a diagnostic.
+    public var indexes: String {
+        "req_prod \(SharedAtomic.load(sring.reqProd)) req_event \(SharedAtomic.load(sring.reqEvent)) "
+            + "rsp_prod \(SharedAtomic.load(sring.rspProd)) rsp_event \(SharedAtomic.load(sring.rspEvent)) rsp_cons \(rspCons)"
+    }
+
     /// `RING_FREE_REQUESTS`.
     public var freeRequests: UInt32 { layout.count &- (reqProdPvt &- rspCons) }
 
@@ -177,6 +183,12 @@ public final class BackRing {
 
     /// The request `i` places after `req_cons`, without consuming it (`i` < `pendingRequests()`).
     public func peekRequest(_ i: UInt32) -> UnsafeRawPointer { UnsafeRawPointer(slot(reqCons &+ i)) }
+
+    /// The slot of ring index `index`: for a backend putting back requests it copied aside before
+    /// answering them in place (a response overwrites its request's slot), when it takes over a
+    /// ring from a dead incarnation. Only slots between `rsp_prod` and `req_prod` are the
+    /// backend's to write.
+    public func slotAddress(_ index: UInt32) -> UnsafeMutableRawPointer { slot(index) }
 
     /// Consumes `n` requests seen with `peekRequest`.
     public func consume(_ n: UInt32) { reqCons &+= n }

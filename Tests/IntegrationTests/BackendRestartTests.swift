@@ -149,7 +149,7 @@ import Testing
         #expect(h.consoleLog("soak").contains("xvda"), "\(h.consoleLog("soak"))")
     }
 
-    /// netback killed three times under a UDP echo stream between two guests, a ping, and the
+    /// netback killed five times under a UDP echo stream between two guests, a ping, and the
     /// host talking to a guest through the bridge's tap: every vif is taken over where it was
     /// (same domid, rings kept, no new handshake), the stream and the ping carry on (a datagram
     /// lost in a restart is sent again), and the tap, with the address the host gave it, is the
@@ -166,7 +166,7 @@ import Testing
         #expect(try h.xl("create", "-q", h.config("server", kernel: Products.path("udp-echo"), "extra = \"port=7\"\n" + vif(2))).ok)
         #expect(eventually(timeout: 30) { h.consoleLog("server").contains("listening on") }, "\(h.consoleLog("server"))")
         #expect(try h.xl("create", "-q", h.config("client", kernel: Products.path("udp-echo"),
-                                                  "extra = \"client=\(subnet).2 port=7 duration=6 size=200 retry=20\"\n" + vif(3))).ok)
+                                                  "extra = \"client=\(subnet).2 port=7 duration=6 size=200 retry=20\"\non_crash = \"preserve\"\n" + vif(3))).ok)
         #expect(try h.xl("create", "-q", h.config("pinger", kernel: Products.path("ping"),
                                                   "extra = \"target=\(subnet).2 count=50 interval=0.1 timeout=20\"\n" + vif(4))).ok)
         #expect(eventually(timeout: 20) { h.consoleLog("pinger").contains("icmp_seq=1 ") }, "\(h.consoleLog("pinger"))")
@@ -175,14 +175,17 @@ import Testing
         if tap { #expect(try runCommand(ip!, ["addr", "add", "\(subnet).254/24", "dev", br], env: [:]).ok) }
         let ifindex = (try? String(contentsOfFile: "/sys/class/net/\(br)/ifindex", encoding: .utf8)) ?? ""
 
-        let kills = Self.killRepeatedly(netback, name: "netback", times: 3, in: h, serving: "serving vifs", pause: 1)
-        #expect(kills == 3, "\(h.consoleLog("netback"))")
+        let kills = Self.killRepeatedly(netback, name: "netback", times: 5, in: h, serving: "serving vifs", pause: 0.5)
+        #expect(kills == 5, "\(h.consoleLog("netback"))")
         #expect(eventually(timeout: 30) { h.consoleLog("client").contains("OK ") || h.consoleLog("client").contains("FAILED") })
-        #expect(h.consoleLog("client").contains("udp-echo: OK "), "\(h.consoleLog("client"))\n\(h.consoleLog("netback"))")
+        let stats = (2...4).map { (try? h.xs("read", "/local/domain/\(domid)/backend/vif/\($0)/0/statistics").stdout) ?? "" }
+        #expect(h.consoleLog("client").contains("udp-echo: OK "), "\(h.consoleLog("client"))\n\(stats)")
         #expect(eventually(timeout: 30) { h.consoleLog("pinger").contains("packets transmitted") })
         let summary = h.consoleLog("pinger").split(separator: "\n").first { $0.hasPrefix("50 packets transmitted, ") } ?? ""
         let received = Int(summary.split(separator: " ").dropFirst(3).first ?? "") ?? 0
-        #expect(received >= 44, "\(h.consoleLog("pinger"))")
+        // A ping whose echo was on its way through the backend when it died is lost (as a frame
+        // on a wire may be); the others are answered.
+        #expect(received >= 50 - 2 * kills, "\(h.consoleLog("pinger"))")
         #expect(h.consoleLog("pinger").contains("icmp_seq=50 "), "\(h.consoleLog("pinger"))")
         // Taken over, not connected afresh: each incarnation says so for each of the three vifs.
         let log = h.consoleLog("netback")

@@ -68,7 +68,9 @@ if let serverText = arg("client") {
             let deadline = SystemTime.nanoseconds() + UInt64((i == 0 ? timeout : 5) * 1e9)
             while true {
                 let now = SystemTime.nanoseconds()
-                guard now < deadline else { fail("no answer to datagram \(i + 1) from \(server):\(port)") }
+                guard now < deadline else {
+                    fail("no answer to datagram \(i + 1) from \(server):\(port) (\(resent) sent again; netfront \(front.statistics), \(front.ringState); stack \(stack.statistics))")
+                }
                 let wait = retryNs > 0 ? min(retryNs, deadline - now) : deadline - now
                 if let (data, from, fromPort) = try socket.receive(timeout: Double(wait) / 1e9) {
                     guard from == server, fromPort == port, data.count == size else {

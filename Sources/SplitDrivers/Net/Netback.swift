@@ -165,9 +165,9 @@ public final class Netback {
             if q.rxResponsesPending {
                 q.rxResponsesPending = false
                 if q.rx.pushResponses() { try? ev.send(q.rxPort) }
-                if let words = q.inflight {
-                    words[1] = 0
-                    words[2] = 0
+                if let log = q.inflight {
+                    log.words[1] = 0
+                    log.words[2] = 0
                 }
             }
         }
@@ -291,7 +291,9 @@ public final class Netback {
                 vif.stats.txBytes += frame.count
                 forward(frame, from: vif.bridgePort, bridge: bridge, sourceVif: vif, now: now)
             }
-            // Answer every slot of the chain (extras with NETIF_RSP_NULL).
+            // Answer every slot of the chain (extras with NETIF_RSP_NULL), each answer in its
+            // request's slot: the requests are copied aside first, for a next incarnation.
+            q.inflight?.takingTx(slots)
             let status = error == nil ? Netif.rspOkay : Netif.rspError
             for i in 0..<slots {
                 let r = NetifTxRequest(loading: q.tx.peekRequest(i))
@@ -299,7 +301,6 @@ public final class Netback {
                 NetifTxResponse(id: r.id, status: isExtra ? Netif.rspNull : status).store(to: q.tx.nextResponse())
             }
             q.tx.consume(slots)
-            q.inflight?[0] = Int(q.tx.reqCons)
             q.txResponsesPending = true
             touch(q)
             avail -= slots
@@ -406,6 +407,7 @@ public final class Netback {
         var done = 0
         for i in 0..<need {
             let r = NetifRxRequest(loading: q.rx.peekRequest(0))
+            q.inflight?.takingRx()
             q.rx.consume(1)
             let n = min(Netif.pageSize, frame.count - done)
             let more = i + 1 < need
@@ -422,9 +424,9 @@ public final class Netback {
         }
         vif.stats.rxFrames += 1
         vif.stats.rxBytes += frame.count
-        if let words = q.inflight {
-            words[1] += 1
-            words[2] += frame.count
+        if let log = q.inflight {
+            log.words[1] += 1
+            log.words[2] += frame.count
         }
         q.rxResponsesPending = true
         touch(q)
@@ -500,6 +502,10 @@ public final class Netback {
             q.rxWork = true
             queues.append(q)
         }
+        // The switch looks at the new rings at once: requests may be waiting already with no
+        // notification to come (a frontend notifies once per req_event, and the one it sent may
+        // have gone to a dead incarnation of this backend).
+        if wakePort != 0 { try? domain.eventChannels.send(wakePort) }
         return nil
     }
 

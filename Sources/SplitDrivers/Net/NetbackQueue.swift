@@ -26,9 +26,9 @@ final class NetbackQueue {
     @exclusivity(unchecked) var txResponsesPending = false
     @exclusivity(unchecked) var rxResponsesPending = false
     private var domain: Domain { vif.domain }
-    /// This queue's words in the vif's in-flight page (`NetbackVifLog.queue`): tx req_cons, rx
-    /// frames and bytes written since the last publication. Nil without a page.
-    @exclusivity(unchecked) var inflight: UnsafeMutablePointer<Int>?
+    /// This queue's in-flight log (requests copied aside before they are answered, rx frames
+    /// and bytes written since the last publication). Nil without one.
+    @exclusivity(unchecked) var inflight: NetbackQueueLog?
 
     deinit {
         txFast.deallocate()

@@ -68,7 +68,7 @@ final class NetbackVif {
     private let ownStats: UnsafeMutablePointer<NetbackVifStats>
     /// The in-flight page (`NetbackVifLog`) and its mapping; nil when the supervisor gave none.
     @exclusivity(unchecked) private(set) var inflight: NetbackVifLog?
-    @exclusivity(unchecked) private var inflightMemory: SharedMapping?
+    @exclusivity(unchecked) private var inflightMemory: [SharedMapping] = []
     /// Set when this incarnation took the vif over from a dead one (logged once connected).
     @exclusivity(unchecked) private var takeover: NetbackVifTakeover?
     @exclusivity(unchecked) private var frontendDir = ""
@@ -87,7 +87,7 @@ final class NetbackVif {
     }
 
     deinit {
-        inflightMemory?.unmap()
+        inflightMemory.forEach { $0.unmap() }
         ownStats.deallocate()
     }
 
@@ -195,17 +195,14 @@ final class NetbackVif {
         bridgeName = read("bridge").flatMap { $0.isEmpty ? nil : $0 } ?? "xenbr0"
         macTakeover = read("mac-takeover") == "1"
         let maxQueues = owner.maxQueues
-        // The in-flight page, and whether a dead incarnation left this vif connected: then the
-        // frontend's rings are taken over as they are (no new handshake; the frontend keeps its
-        // state Connected throughout and never notices beyond a pause).
+        // Queue 0's in-flight log (`NetbackQueueLog`), and whether a dead incarnation left this
+        // vif connected: then the frontend's rings are taken over as they are (no new handshake;
+        // the frontend stays Connected throughout and notices nothing beyond a pause).
         var incarnations = 0
-        do {
-            let (memory, n) = try domain.inflightLog(.vif, frontend: frontend, devid: devid, queue: 0, bytes: NetbackVifLog.bytes)
-            inflightMemory = memory
+        if let (memory, n) = queueLog(0) {
+            inflightMemory = [memory]
             inflight = NetbackVifLog(base: memory.base)
             incarnations = n
-        } catch {
-            owner.log("netback: \(name): no in-flight page (\(error)); its counters start over if this driver domain is restarted")
         }
         func state(_ path: String) -> XenbusState? { (try? xs.read(path)).flatMap { XenbusState(storeValue: $0) } }
         let resuming = incarnations > 0 && inflight?.isValid == true && state(dir + "/state") == .connected
@@ -276,34 +273,62 @@ final class NetbackVif {
             let q = try NetbackQueue(vif: self, index: qi, txRef: txRef, rxRef: rxRef, txRemote: txRemote, rxRemote: rxRemote)
             queues.append(q)
         }
-        guard let page = inflight, nq <= NetbackVifLog.maxQueues else {
+        guard let record = inflight else { return }
+        // Every queue's log (queue 0's is mapped already); without them all, none is kept.
+        var logs: [NetbackQueueLog] = []
+        for q in queues {
+            guard NetbackQueueLog.fits(tx: q.tx, rx: q.rx) else { break }
+            if q.index > 0 {
+                guard let (memory, _) = queueLog(q.index) else { break }
+                inflightMemory.append(memory)
+            }
+            logs.append(NetbackQueueLog(base: inflightMemory[q.index].base, tx: q.tx, rx: q.rx))
+        }
+        guard logs.count == queues.count else {
             inflight = nil
+            if resuming { throw NetbackSetupError("cannot take the vif over: an in-flight log is missing") }
+            owner.log("netback: \(name): not every queue has an in-flight log; requests in flight are lost if this driver domain is restarted")
             return
         }
-        if resuming && page.queues == nq {
-            var t = NetbackVifTakeover(rxFramesLost: page.backlog.pointee)
-            for q in queues {
-                let words = page.queue(q.index)
-                // tx: what the dead one took past its published answers is on the ring again.
-                let again = UInt32(truncatingIfNeeded: words[0]) &- q.tx.rspProd
-                if again <= q.tx.layout.count { t.txRequestsAgain += Int(again) }
-                // rx: frames put in pages whose answers were never published did not arrive.
-                t.rxFramesLost += words[1]
-                page.stats.pointee.rxFrames -= words[1]
-                page.stats.pointee.rxBytes -= words[2]
-                words[0] = Int(q.tx.reqCons)
-                words[1] = 0
-                words[2] = 0
+        if resuming {
+            guard record.queues == queues.count else {
+                throw NetbackSetupError("cannot take the vif over: its log has \(record.queues) queues, the frontend \(queues.count)")
             }
-            page.stats.pointee.rxDropped += t.rxFramesLost
-            page.backlog.pointee = 0
+            var t = NetbackVifTakeover(rxFramesLost: record.backlog.pointee)
+            for (q, log) in zip(queues, logs) {
+                guard let (tx, rx) = log.restore() else {
+                    throw NetbackSetupError("cannot take the vif over: queue \(q.index)'s log does not fit its rings "
+                                            + "(tx req_cons \(log.words[0]), rx req_cons \(log.words[3]))")
+                }
+                t.txRequestsAgain += tx
+                t.rxRequestsAgain += rx
+                // Frames put in rx pages whose answers were never published did not arrive.
+                t.rxFramesLost += log.words[1]
+                record.stats.pointee.rxFrames -= log.words[1]
+                record.stats.pointee.rxBytes -= log.words[2]
+                log.words[1] = 0
+                log.words[2] = 0
+            }
+            record.stats.pointee.rxDropped += t.rxFramesLost
+            record.backlog.pointee = 0
             takeover = t
         } else {
-            page.format(queues: nq)
-            for q in queues { page.queue(q.index)[0] = Int(q.tx.reqCons) }
+            record.format(queues: queues.count)
+            for log in logs { log.format() }
         }
-        statsStorage = page.stats
-        for q in queues { q.inflight = page.queue(q.index) }
+        statsStorage = record.stats
+        for (q, log) in zip(queues, logs) { q.inflight = log }
+    }
+
+    /// Queue `q`'s in-flight log from the supervisor and how many incarnations had it before;
+    /// nil (logged) when it gives none.
+    private func queueLog(_ q: Int) -> (SharedMapping, Int)? {
+        do {
+            return try domain.inflightLog(.vif, frontend: frontend, devid: devid, queue: q, bytes: NetbackQueueLog.bytes)
+        } catch {
+            owner.log("netback: \(name): no in-flight log for queue \(q) (\(error)); requests in flight are lost if this driver domain is restarted")
+            return nil
+        }
     }
 }
 

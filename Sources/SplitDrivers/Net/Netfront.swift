@@ -87,6 +87,16 @@ public final class Netfront: NetworkLink {
     private let ownPorts: Set<EventChannels.Port>
 
     public var queueCount: Int { queues.count }
+    /// Each queue's ring indexes, free tx ids and posted rx pages, and its ports' state: what to
+    /// look at when frames stop moving.
+    public var ringState: String {
+        let ev = domain.eventChannels
+        return queues.enumerated().map { i, q in
+            "queue \(i): tx [\(q.tx.indexes)] \(q.txFree.count) of \(q.txBuffers.count) ids free, port \(q.txPort)"
+                + "\(ev.isConnected(q.txPort) ? "" : " (unbound)"); rx [\(q.rx.indexes)] \(q.rxPosted.filter { $0 }.count) pages posted, "
+                + "port \(q.rxPort)\(ev.isConnected(q.rxPort) ? "" : " (unbound)")"
+        }.joined(separator: "; ")
+    }
     public var isClosed: Bool { closedState }
     public var eventChannelsSplit: Bool { queues.first.map { $0.txPort != $0.rxPort } ?? false }
     public var ports: [EventChannels.Port] { Array(ownPorts).sorted() }

@@ -11,8 +11,9 @@ import ProcvisorABI
 ///   but, for every vif that appears under `backend/vif`, asks the supervisor for the uplink of
 ///   its bridge once per bridge and keeps the tap open: `nettool: uplink F/D bridge=B: ok` or
 ///   `...: ERROR`. A second request for a bridge it holds prints `nettool: again F/D bridge=B:
-///   ...` (the tap is open: EBUSY). With `release=BRIDGE`, writing `data/release` (from dom0)
-///   closes that bridge's tap: `nettool: released B`.
+///   ...` (the supervisor hands the same tap again). With `release=BRIDGE`, writing
+///   `data/release` (from dom0) closes this domain's descriptor of that bridge's tap:
+///   `nettool: released B`.
 /// - `net-snoop frontend=F devid=D`: a domain that serves no vif asks for vif F/D's uplink,
 ///   for an unknown vif's, and with kind `vif`: `nettool: snoop uplink: ...`, `nettool: snoop
 ///   unknown: ...`, `nettool: snoop vif: ...`; then powers off.
