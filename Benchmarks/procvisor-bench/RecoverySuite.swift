@@ -17,9 +17,20 @@ enum RecoverySuite {
         return try block(sup, kills: kills) + network(sup, kills: kills)
     }
 
-    /// A driver domain called `name` running `kernel`, as the default ones are.
+    /// The config file of a driver domain called `name` running `kernel`, as the default ones
+    /// are, written the first time only: writing a file can wait behind the guests' disk writes
+    /// on the same filesystem, which is no part of starting a domain.
+    static func driverDomainConfig(_ sup: BenchSupervisor, _ name: String, kernel: String) throws -> String {
+        let path = sup.dir + "/\(name).cfg"
+        if !FileManager.default.fileExists(atPath: path) {
+            try "name = \"\(name)\"\nkernel = \"\(kernel)\"\ndriver_domain = 1\nmemory = 64\nvcpus = 2\n"
+                .write(toFile: path, atomically: true, encoding: .utf8)
+        }
+        return path
+    }
+
     static func startDriverDomain(_ sup: BenchSupervisor, _ name: String, kernel: String) throws {
-        try NetSuite.write(sup, name, "name = \"\(name)\"\nkernel = \"\(kernel)\"\ndriver_domain = 1\nmemory = 64\nvcpus = 2\n")
+        try BlkSuite.create(sup, configPath: try driverDomainConfig(sup, name, kernel: kernel))
     }
 
     /// How many times `name`'s incarnations have printed `marker` (its console log goes on
@@ -29,11 +40,13 @@ enum RecoverySuite {
     }
 
     /// Kills the driver domain `backend` (running `kernel`) `kills` times, each once the previous
-    /// incarnation says `marker` again, 300 ms apart; interleaved, the peer: a fresh driver domain
-    /// of the same binary started until it says `marker`. Returns when each kill was sent
-    /// (monotonic ns) and the fresh starts (ms).
+    /// incarnation says `marker` again and `guest` has been served by it (a pause of its service
+    /// that ends after the kill: `PREFIX gap FROM TO`), 300 ms apart; interleaved, the peer: a
+    /// fresh driver domain of the same binary started until it says `marker`, only once the
+    /// recovery is over (started earlier, it would compete for the CPUs with the very recovery
+    /// being measured) and with the guest paused (as it is, waiting, during a recovery). Returns when each kill was sent (monotonic ns) and the fresh starts (ms).
     static func killAndStartFresh(_ sup: BenchSupervisor, backend: String, kernel: String, marker: String, kills: Int,
-                                  guest: String, guests: inout [String]) throws -> (killedAt: [UInt64], fresh: [Double]) {
+                                  guest: String, prefix: String, guests: inout [String]) throws -> (killedAt: [UInt64], fresh: [Double]) {
         var killedAt: [UInt64] = [], fresh: [Double] = []
         for i in 0..<kills {
             usleep(300_000)
@@ -42,16 +55,23 @@ enum RecoverySuite {
             killedAt.append(MonotonicClock.nanoseconds())
             kill(pid, SIGKILL)
             let deadline = Date().addingTimeInterval(15)
-            while count(sup, backend, marker) == before {
+            let killed = killedAt.last!
+            while count(sup, backend, marker) == before || !gaps(sup, guest: guest, prefix: prefix).contains(where: { $0.to > killed }) {
                 guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, guest))") }
                 usleep(2_000)
             }
+            usleep(50_000)
+            // The guest is paused while the peer starts: during a recovery it waits for the
+            // backend and takes no CPU, so the fresh start gets an idle machine too.
+            _ = try sup.call(.pause(domain: guest))
+            defer { _ = try? sup.call(.unpause(domain: guest)) }
             let name = backend + "-fresh"
             guests.append(name)
             // Counted before it starts: its console log goes on from the previous round's.
             let start = count(sup, name, marker)
+            let config = try driverDomainConfig(sup, name, kernel: kernel)
             let t0 = MonotonicClock.nanoseconds()
-            try startDriverDomain(sup, name, kernel: kernel)
+            try BlkSuite.create(sup, configPath: config)
             let freshDeadline = Date().addingTimeInterval(15)
             while count(sup, name, marker) == start {
                 guard Date() < freshDeadline else { throw BenchError("a fresh \(name) did not serve within 15 s\n\(BlkSuite.diagnostics(sup, name))") }
@@ -69,18 +89,23 @@ enum RecoverySuite {
     /// it; it may begin a little after the kill: answers the old one wrote before the signal
     /// landed are still taken; short pauses of normal service come and go around it).
     static func recoveries(_ sup: BenchSupervisor, guest: String, prefix: String, killedAt: [UInt64]) throws -> [Double] {
-        let gaps: [(from: UInt64, to: UInt64)] = sup.consoleLog(guest).split(separator: "\n").compactMap { line in
-            guard let r = line.range(of: prefix + " gap ") else { return nil }
-            let f = line[r.upperBound...].split(separator: " ")
-            guard f.count == 2, let a = UInt64(f[0]), let b = UInt64(f[1]) else { return nil }
-            return (a, b)
-        }
+        let gaps = gaps(sup, guest: guest, prefix: prefix)
         return try killedAt.map { k in
             let around = gaps.filter { $0.to > k && $0.from < k + 20_000_000 && $0.from + 50_000_000 > k }
             guard let g = around.max(by: { $0.to - $0.from < $1.to - $1.from }) else {
                 throw BenchError("no pause of \(guest)'s service around the kill at \(k): \(gaps.count) pauses recorded")
             }
             return Double(g.to - k) / 1e6
+        }
+    }
+
+    /// The pauses `guest` reported (`PREFIX gap FROM TO`, monotonic ns).
+    static func gaps(_ sup: BenchSupervisor, guest: String, prefix: String) -> [(from: UInt64, to: UInt64)] {
+        sup.consoleLog(guest).split(separator: "\n").compactMap { line in
+            guard let r = line.range(of: prefix + " gap ") else { return nil }
+            let f = line[r.upperBound...].split(separator: " ")
+            guard f.count == 2, let a = UInt64(f[0]), let b = UInt64(f[1]) else { return nil }
+            return (a, b)
         }
     }
 
@@ -109,7 +134,7 @@ enum RecoverySuite {
             """)
         try BlkSuite.awaitLine(sup, "soak", containing: "soak: xvda", timeout: 30)
         let (killedAt, fresh) = try killAndStartFresh(sup, backend: backend, kernel: blkback, marker: "serving vbds", kills: kills,
-                                                      guest: "soak", guests: &guests)
+                                                      guest: "soak", prefix: "soak:", guests: &guests)
         var lost = 0
         do {
             try BlkSuite.awaitLine(sup, "soak", containing: "soak OK", timeout: Double(duration) + 60)
@@ -132,7 +157,7 @@ enum RecoverySuite {
     }
 
     /// netback killed while a udp-echo client guest sends datagram after datagram (200 bytes, one
-    /// at a time, each sent again when not answered within 20 ms) to a udp-echo server guest on
+    /// at a time, each sent again when not answered within 5 ms) to a udp-echo server guest on
     /// the same bridge: the time from each kill to the first answer that comes back through the
     /// new incarnation.
     static func network(_ sup: BenchSupervisor, kills: Int) throws -> [Result] {
@@ -152,14 +177,14 @@ enum RecoverySuite {
         try NetSuite.write(sup, "echo-client", """
             name = "echo-client"
             kernel = "\(udpEcho)"
-            extra = "client=10.215.0.2 port=7 duration=\(duration) size=200 retry=20 gaps=2"
+            extra = "client=10.215.0.2 port=7 duration=\(duration) size=200 retry=5 gaps=2"
             memory = 32
             \(vif(3))
             """)
         // The client has had answers once its stack is up; give it a moment of steady service.
         usleep(500_000)
         let (killedAt, fresh) = try killAndStartFresh(sup, backend: backend, kernel: netback, marker: "serving vifs", kills: kills,
-                                                      guest: "echo-client", guests: &guests)
+                                                      guest: "echo-client", prefix: "udp-echo:", guests: &guests)
         let summary = try BlkSuite.awaitLine(sup, "echo-client", containing: "udp-echo: OK", timeout: Double(duration) + 60)
         let recovery = try recoveries(sup, guest: "echo-client", prefix: "udp-echo:", killedAt: killedAt)
         fputs("recovery: netback, every kill (ms to the first answer through the new incarnation): \(MigrateSuite.fmt(recovery)) "
