@@ -220,4 +220,35 @@ import Testing
         #expect(try h.xl("destroy", "netback").ok)
         #expect(eventually(timeout: 10) { !FileIO.exists("/sys/class/net/\(br)") }, "tap \(br) outlived netback")
     }
+
+    /// The in-flight log hypercall is the serving backend's alone, with sizes and queues it can
+    /// hold: anyone else, or a bad request, gets an error and nothing else changes.
+    @Test func inFlightLogsAreTheServingBackendsOnly() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("be", mode: "inflight-probe", "driver_domain = 1\nextra = \"mode=inflight-probe frontend=2 devid=51712 wait-device=1\"\n")
+        try h.create("fe", mode: "run", "disk = [ 'vdev=xvda, access=rw, backend=be, target=\(Self.disk(h, "fe.img"))' ]\n")
+        try h.create("snoop", mode: "inflight-probe", "extra = \"mode=inflight-probe frontend=2 devid=51712\"\n")
+        #expect(eventually { h.consoleLog("be").contains("inflight: done") && h.consoleLog("snoop").contains("inflight: done") },
+                "\(h.consoleLog("be"))\n\(h.consoleLog("snoop"))")
+        let be = h.consoleLog("be"), snoop = h.consoleLog("snoop")
+        // The backend: zeroed memory the first time, the same memory (and one more incarnation)
+        // the second; a different size, a queue past 15, a size that is not whole pages or over
+        // 1 MiB, the uplink kind: EINVAL; a device it does not serve: EPERM.
+        #expect(be.contains("inflight: first: ok incarnations=0 first-byte=0"), "\(be)")
+        #expect(be.contains("inflight: again: ok incarnations=1 first-byte=165"), "\(be)")
+        for (name, line) in [("other-size", "queue 0 failed: EINVAL"), ("queue-16", "queue 16 failed: EINVAL"),
+                             ("no-bytes", "queue 0 failed: EINVAL"), ("odd-bytes", "queue 0 failed: EINVAL"),
+                             ("too-big", "queue 0 failed: EINVAL")] {
+            #expect(be.contains("inflight: \(name): inflight_log vbd 2/51712 \(line)"), "\(name): \(be)")
+        }
+        #expect(be.contains("inflight: uplink: inflight_log uplink 2/51712 queue 0 failed: EINVAL"), "\(be)")
+        #expect(be.contains("inflight: unknown: inflight_log vbd 2/12345 queue 0 failed: EPERM"), "\(be)")
+        // Anyone else: nothing, whatever it asks.
+        #expect(snoop.contains("inflight: first: inflight_log vbd 2/51712 queue 0 failed: EPERM"), "\(snoop)")
+        #expect(snoop.contains("inflight: again: inflight_log vbd 2/51712 queue 0 failed: EPERM"), "\(snoop)")
+        #expect(!snoop.contains(": ok "), "\(snoop)")
+        #expect(try h.dmesg().contains("dom3 (snoop): asked for the in-flight log of dom2's vbd 51712, which it does not serve: refused"))
+        #expect(try h.list()["be"] != nil && h.list()["fe"] != nil)
+    }
 }

@@ -131,7 +131,10 @@ extension Supervisor {
         guard queue < UInt64(Self.inflightLogQueues), bytes > 0, bytes <= UInt64(Self.inflightLogMaxBytes), bytes % 4096 == 0 else {
             return .error(.EINVAL)
         }
-        guard let dev = devices.device(type, frontend: frontend, devid: devid), dev.backend == dom.domid else { return .error(.EPERM) }
+        guard let dev = devices.device(type, frontend: frontend, devid: devid), dev.backend == dom.domid else {
+            log("\(dom.label): asked for the in-flight log of dom\(frontend)'s \(type.kind) \(devid), which it does not serve: refused")
+            return .error(.EPERM)
+        }
         if var log = dev.inflightLogs[Int(queue)] {
             guard log.bytes == Int(bytes) else { return .error(.EINVAL) }
             let before = log.incarnations

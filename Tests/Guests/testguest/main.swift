@@ -254,6 +254,38 @@ case "disk-snoop":
         print("snoop unknown: \(error)")
     }
     domain.shutdown(.poweroff)
+case "inflight-probe":
+    // Asks for in-flight logs of vbd frontend=F devid=D, good and bad, and says what came back
+    // (the first one's memory gets 0xA5 in its first byte):
+    // `inflight: NAME: ok incarnations=N` or `inflight: NAME: <error>`. A backend that serves the
+    // device gets its log (the same memory the second time); anyone else, nothing.
+    let fe = UInt16(arg("frontend") ?? "0") ?? 0, dev = UInt32(arg("devid") ?? "0") ?? 0
+    // wait-device=1: a backend first waits for the toolstack to give it the device.
+    while arg("wait-device") == "1", (try? domain.store.read("backend/vbd/\(fe)/\(dev)/frontend")) == nil { usleep(20_000) }
+    func probe(_ name: String, _ kind: DeviceKind = .vbd, devid: UInt32? = nil, queue: Int = 0, bytes: Int = 4096,
+               write: UInt8? = nil) {
+        do {
+            let (memory, n) = try domain.inflightLog(kind, frontend: fe, devid: devid ?? dev, queue: queue, bytes: bytes)
+            let first = memory.base.load(as: UInt8.self)
+            if let write { memory.base.storeBytes(of: write, as: UInt8.self) }
+            print("inflight: \(name): ok incarnations=\(n) first-byte=\(first)")
+            memory.unmap()
+        } catch {
+            print("inflight: \(name): \(error)")
+        }
+    }
+    probe("first", write: 0xA5)
+    probe("again")
+    probe("other-size", bytes: 8192)
+    probe("queue-16", queue: 16)
+    probe("no-bytes", bytes: 0)
+    probe("odd-bytes", bytes: 3000)
+    probe("too-big", bytes: 2 << 20)
+    probe("uplink", .uplink)
+    probe("unknown", devid: 12345)
+    print("inflight: done")
+    fflush(stdout)
+    while true { domain.block() }
 case "console-virq":
     // VIRQ_CONSOLE: raised when console input arrives; the guest then reads it.
     let ev = domain.eventChannels
