@@ -251,4 +251,60 @@ import Testing
         #expect(try h.dmesg().contains("dom3 (snoop): asked for the in-flight log of dom2's vbd 51712, which it does not serve: refused"))
         #expect(try h.list()["be"] != nil && h.list()["fe"] != nil)
     }
+
+    /// A frontend that makes its ring impossible while a killed blkback is being restarted: the
+    /// new incarnation refuses to take that device over (it is closed, with the reason in the
+    /// log) and resumes the others as if nothing happened.
+    @Test func aRingCorruptedDuringTheRestartClosesThatDeviceAlone() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try Self.startBlkback(h)
+        try h.create("raw", mode: "blk-raw", "extra = \"mode=blk-raw corrupt-after-restart=1\"\n"
+                     + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "raw.img"))' ]\n")
+        let soak = h.config("soak", kernel: Products.path("blkcheck"),
+                            "extra = \"mode=soak duration=4 depth=8 span=32768\"\nmemory = 32\n"
+                            + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "soak.img"))' ]\n")
+        #expect(try h.xl("create", "-q", soak).ok)
+        #expect(eventually(timeout: 30) { h.consoleLog("raw").contains("waiting for the backend to go") && h.consoleLog("soak").contains("soak: xvda") },
+                "\(h.consoleLog("raw"))\n\(h.consoleLog("soak"))")
+        #expect(Self.killRepeatedly(Products.path("blkback"), name: "blkback", times: 1, in: h) == 1)
+        #expect(eventually(timeout: 20) { h.consoleLog("raw").contains("after corruption during the restart") }, "\(h.consoleLog("raw"))")
+        #expect(h.consoleLog("raw").contains("after corruption during the restart: backend state 6"), "\(h.consoleLog("raw"))\n\(h.consoleLog("blkback"))")
+        #expect(eventually(timeout: 30) { h.consoleLog("soak").contains("soak OK") || h.consoleLog("soak").contains("FAILED") })
+        #expect(h.consoleLog("soak").contains("soak OK writes="), "\(h.consoleLog("soak"))\n\(h.consoleLog("blkback"))")
+        let blkback = h.consoleLog("blkback")
+        print("BackendRestartTests: corrupted during the restart: " + (blkback.split(separator: "\n").first { $0.contains("2/51712") && $0.contains("impossible") } ?? "?"))
+        #expect(blkback.contains("vbd 2/51712: ") && blkback.contains("impossible req_prod 5000"), "\(blkback)")
+        #expect(try h.list()["raw"] != nil)
+    }
+
+    /// The same for netback: a vif whose tx ring is made impossible while netback is restarted
+    /// is refused by the new incarnation (closed, the reason in its log); a UDP echo stream on
+    /// the same bridge carries on.
+    @Test func aVifCorruptedDuringTheRestartIsClosedAlone() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_RESTARTS": "100/60"])
+        defer { h.stop() }
+        let netback = Products.path("netback")
+        let br = "pvc\(getpid() % 100_000)", subnet = "10.216.\(getpid() % 250)"
+        #expect(try h.xl("create", "-q", h.config("netback", kernel: netback, "driver_domain = 1\n")).ok)
+        #expect(eventually(timeout: 20) { h.consoleLog("netback").contains("serving vifs") })
+        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:1f:0\(n), ip=\(subnet).\(n)/24, bridge=\(br), backend=netback' ]\n" }
+        try h.create("evil", mode: "net-hostile", "extra = \"mode=net-hostile corrupt-after-restart=1\"\n" + vif(5))
+        #expect(try h.xl("create", "-q", h.config("server", kernel: Products.path("udp-echo"), "extra = \"port=7\"\n" + vif(2))).ok)
+        #expect(eventually(timeout: 30) { h.consoleLog("server").contains("listening on") && h.consoleLog("evil").contains("waiting for the backend to go") },
+                "\(h.consoleLog("server"))\n\(h.consoleLog("evil"))")
+        #expect(try h.xl("create", "-q", h.config("client", kernel: Products.path("udp-echo"),
+                                                  "extra = \"client=\(subnet).2 port=7 duration=3 size=200 retry=20\"\n" + vif(3))).ok)
+        #expect(eventually(timeout: 20) { h.consoleLog("client").contains("udp-echo: gap") || h.consoleLog("netback").contains("vif4.0 connected") })
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(Self.killRepeatedly(netback, name: "netback", times: 1, in: h, serving: "serving vifs") == 1)
+        #expect(eventually(timeout: 30) { h.consoleLog("evil").contains("after corruption during the restart") }, "\(h.consoleLog("evil"))")
+        #expect(h.consoleLog("evil").contains("after corruption during the restart: backend state 6"), "\(h.consoleLog("evil"))\n\(h.consoleLog("netback"))")
+        #expect(eventually(timeout: 30) { h.consoleLog("client").contains("OK ") || h.consoleLog("client").contains("FAILED") })
+        #expect(h.consoleLog("client").contains("udp-echo: OK "), "\(h.consoleLog("client"))\n\(h.consoleLog("netback"))")
+        let log = h.consoleLog("netback")
+        #expect(log.contains("vif2.0: cannot take the vif over: queue 0's rings are impossible with its log (tx req_prod 5000 "), "\(log)")
+        #expect(!log.contains("vif2.0 resumed"), "\(log)")
+        print("BackendRestartTests: " + (log.split(separator: "\n").first { $0.contains("cannot take the vif over") } ?? "?"))
+    }
 }

@@ -297,8 +297,9 @@ final class NetbackVif {
             var t = NetbackVifTakeover(rxFramesLost: record.backlog.pointee)
             for (q, log) in zip(queues, logs) {
                 guard let (tx, rx) = log.restore() else {
-                    throw NetbackSetupError("cannot take the vif over: queue \(q.index)'s log does not fit its rings "
-                                            + "(tx req_cons \(log.words[0]), rx req_cons \(log.words[3]))")
+                    throw NetbackSetupError("cannot take the vif over: queue \(q.index)'s rings are impossible with its log "
+                                            + "(tx req_prod \(q.tx.reqProd) rsp_prod \(q.tx.rspProd) taken \(UInt32(truncatingIfNeeded: log.words[0])); "
+                                            + "rx req_prod \(q.rx.reqProd) rsp_prod \(q.rx.rspProd) taken \(UInt32(truncatingIfNeeded: log.words[3])))")
                 }
                 t.txRequestsAgain += tx
                 t.rxRequestsAgain += rx

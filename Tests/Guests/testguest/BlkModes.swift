@@ -3,7 +3,8 @@ import Glibc
 import LinuxHost
 
 /// A raw blkif frontend for the protocol tests: Xen's request layout written slot by slot,
-/// including requests blkback must refuse, and finally a corrupted ring.
+/// including requests blkback must refuse, and finally a corrupted ring (`corrupt=1`), or one
+/// corrupted while a killed backend is being restarted (`corrupt-after-restart=1`).
 func runBlkMode(_ mode: String, _ domain: Domain) -> Bool {
     guard mode == "blk-raw" else { return false }
     func say(_ s: String) { print(s); fflush(stdout) }
@@ -124,6 +125,16 @@ func runBlkMode(_ mode: String, _ domain: Domain) -> Bool {
         waited = 0
         while backendState() != "6" && waited < 500 { usleep(10_000); waited += 1 }
         say("after corruption: backend state \(backendState())")
+    }
+    if arg("corrupt-after-restart") == "1" {
+        // The backend dies (the test kills it); while a new incarnation takes over, the producer
+        // index becomes impossible: the new one must refuse this device alone.
+        say("waiting for the backend to go")
+        while ev.isConnected(port) { usleep(1000) }
+        ringPage.base.storeBytes(of: UInt32(5000), as: UInt32.self)
+        waited = 0
+        while backendState() != "6" && waited < 1000 { usleep(10_000); waited += 1 }
+        say("after corruption during the restart: backend state \(backendState())")
     }
     say("blk-raw done")
     while true { domain.block() }

@@ -243,6 +243,17 @@ private func hostile(_ domain: Domain, say: (String) -> Void, arg: (String) -> S
                                  extras: [0: NetifExtraInfo(type: 9, flags: 0)]))
         report("ungranted-gref", send([NetifTxRequest(gref: 7777, offset: 0, flags: 0, id: 0, size: 60)]))
         report("good-again", send([ok]))
+        if arg("corrupt-after-restart") == "1" {
+            // The backend dies (the test kills it); while a new incarnation takes over, the tx
+            // producer index becomes impossible: the new one must refuse this vif alone.
+            say("net-hostile: waiting for the backend to go")
+            while ev.isConnected(port) { usleep(1000) }
+            txPage.base.storeBytes(of: UInt32(5000), as: UInt32.self)
+            waited = 0
+            while (try? xs.read(bdir + "/state")) != XenbusState.closed.storeValue && waited < 400 { usleep(50_000); waited += 1 }
+            say("net-hostile: after corruption during the restart: backend state \((try? xs.read(bdir + "/state")) ?? "gone")")
+            while true { sleep(1) }
+        }
         // Flood: broadcasts as fast as the ring takes them; our rx ring never gets a page.
         let flood = Int(arg("flood") ?? "20000") ?? 20000
         var sent = 0, errors = 0
