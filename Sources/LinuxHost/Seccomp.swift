@@ -153,7 +153,7 @@ public enum Syscalls {
 
     public static func name(_ nr: Int) -> String? {
         var buf = [CChar](repeating: 0, count: 64)
-        guard pv_seccomp_syscall_name(Int32(nr), &buf, buf.count) == 0 else { return nil }
+        guard let number = Int32(exactly: nr), pv_seccomp_syscall_name(number, &buf, buf.count) == 0 else { return nil }
         return String(cString: buf)
     }
 

@@ -36,6 +36,8 @@ struct DomainState: Codable, Equatable {
     /// Supervisor shutdown: the domain goes away without on_* restarts.
     var noRestart = false
     var malformedHypercalls = 0
+    /// It reported a forbidden system call (its SIGSYS reporter sends one, then it dies).
+    var seccompReported = false
     /// Start time, seconds since the epoch.
     let startTime: UInt64
     /// CPU time when the process ended, kept for preserved domains.

@@ -34,14 +34,18 @@ final class EventLoop {
         handlers[token] = nil
     }
 
-    /// Runs `action` once after `ms` milliseconds; returns an id for `cancel`.
+    /// Runs `action` once after `ms` milliseconds (at most `maxDelayMs`: a domain may ask for any
+    /// number, and a deadline must not overflow); returns an id for `cancel`.
     @discardableResult
     func after(ms: UInt64, _ action: @escaping () -> Void) -> UInt64 {
         let id = nextTimer
         nextTimer += 1
-        timers[id] = (MonotonicClock.nanoseconds() + ms * 1_000_000, action)
+        timers[id] = (MonotonicClock.nanoseconds() + min(ms, Self.maxDelayMs) * 1_000_000, action)
         return id
     }
+
+    /// The longest delay `after` takes: a year.
+    static let maxDelayMs: UInt64 = 365 * 86_400_000
 
     func cancel(_ id: UInt64?) {
         if let id { timers[id] = nil }

@@ -13,6 +13,11 @@ struct OutputBuffer {
         if offset > 0 && offset == bytes.count {
             bytes.removeAll(keepingCapacity: true)
             offset = 0
+        } else if offset >= 64 << 10 && offset * 2 >= bytes.count {
+            // What was sent goes, so a reader that always leaves a little behind cannot make the
+            // buffer grow without end.
+            bytes.removeFirst(offset)
+            offset = 0
         }
         bytes += b
     }

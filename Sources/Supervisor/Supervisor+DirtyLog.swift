@@ -74,14 +74,19 @@ extension Supervisor {
         let mappings = (try? WriteTracking.fileMappings(of: dom.pid, file: memory.ramFD)) ?? []
         for m in mappings {
             let firstPFN = m.fileOffset / 4096
+            // Only what can hold RAM: a mapping of the memfd past its span (a domain may map it
+            // over any range it likes) is no page of its, and must not cost a scan per page.
+            guard firstPFN < memory.spanPages else { continue }
+            let pages = min((m.range.upperBound - m.range.lowerBound) / 4096, memory.spanPages - firstPFN)
+            let range = m.range.lowerBound..<(m.range.lowerBound + pages * 4096)
             func pfnRun(_ r: Range<UInt64>) -> PFNRun {
                 PFNRun(start: firstPFN + (r.lowerBound - m.range.lowerBound) / 4096, count: (r.upperBound - r.lowerBound) / 4096)
             }
             do {
-                runs += try log.scanner.collect(range: m.range).map(pfnRun)
+                runs += try log.scanner.collect(range: range).map(pfnRun)
             } catch {
                 // The pages it had re-protected before failing are not reported: all of it is dirty.
-                runs.append(pfnRun(m.range))
+                runs.append(pfnRun(range))
                 logger.warning("write log: a mapping could not be read; counted as written", metadata: ["domid": "\(dom.domid)", "error": "\(error)"])
             }
         }

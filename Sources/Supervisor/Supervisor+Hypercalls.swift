@@ -94,13 +94,19 @@ extension Supervisor {
 
     /// One datagram to a live domain without blocking; a full socket crashes the domain with
     /// `overflow` as the reason. EPIPE/ECONNRESET: the domain is exiting, and SIGCHLD will tell.
+    /// Any other failure (ETOOMANYREFS: descriptors in flight to it that it does not take, say)
+    /// would leave the domain waiting for a reply that never comes: it is crashed with the errno.
     private func send(_ dom: DomainRecord, on fd: FileDescriptor, _ bytes: [UInt8], fds: [FileDescriptor], overflow: String) {
         guard dom.hasProcess, !dom.released else { return }
         do {
             try UnixSocket.send(fd, bytes, fds: fds, nonBlocking: true)
         } catch let e as SystemError where e.errno == .wouldBlock {
             crash(dom, overflow)
-        } catch {}
+        } catch let e as SystemError where e.errno == .brokenPipe || e.errno == .connectionReset {
+            return
+        } catch {
+            crash(dom, "a message to it could not be sent: \(error)")
+        }
     }
 
     /// Looks the operation up in the hypercall table and runs its handler, if the domain's phase
@@ -114,9 +120,17 @@ extension Supervisor {
 
     // MARK: the handlers that need no service of their own
 
+    /// `SCHEDOP_block` calls a domain may have waiting at once.
+    static let maxPendingBlocks = 64
+
     func seccompViolation(_ dom: DomainRecord, _ r: HypercallRequest) -> HypercallOutcome {
         let nr = Int(Int64(bitPattern: r.args[0]))
         let name = Syscalls.name(nr) ?? "#\(nr)"
+        // The reporter sends one report and the process dies of SIGSYS. More reports are a
+        // domain making its own: logged once, then counted as malformed (so it cannot flood
+        // the logs, and is crashed at the limit).
+        guard !dom.seccompReported else { return .malformed("another report of a forbidden system call (\(name))") }
+        dom.seccompReported = true
         if dom.crashReason == nil { dom.crashReason = "forbidden system call \(name)" }
         log("\(dom.label): forbidden system call \(name)")
         logger.error("forbidden system call", metadata: ["domid": "\(dom.domid)", "name": "\(dom.name)", "syscall": "\(name)"])
@@ -187,6 +201,8 @@ extension Supervisor {
             return .ok()
         case .block:
             if dom.requestedShutdown != nil { return .ok(1) }
+            // One per thread that can block; a domain asking for more is refused, not queued.
+            guard dom.pendingBlocks.count < Self.maxPendingBlocks else { return .error(.EBUSY) }
             let seq = r.seq
             let timeoutNs = r.args[1]
             var timer: UInt64?

@@ -128,11 +128,28 @@ final class XenStoreServer {
         engine.disconnect(id)
     }
 
-    /// Moves requests off the domain's ring and replies onto it.
+    /// Requests taken off one domain's ring per turn of the event loop: a domain that keeps its
+    /// ring full is served again on the next turn, after everything else.
+    static let requestsPerTurn = 256
+
+    /// Moves requests off the domain's ring and replies onto it, at most `requestsPerTurn`
+    /// requests, then comes back on a later turn of the loop if there is more.
     private func service(_ r: RingClient) {
         guard !r.broken else { return }
         var progress = true
+        var handled = 0
         while progress && !r.broken {
+            if handled >= Self.requestsPerTurn {
+                if !r.serviceScheduled {
+                    r.serviceScheduled = true
+                    loop.after(ms: 0) { [weak self, weak r] in
+                        guard let self, let r else { return }
+                        r.serviceScheduled = false
+                        if rings[r.id] === r { service(r) }
+                    }
+                }
+                break
+            }
             progress = false
             if r.flushReplies() { progress = true }
             if r.broken { break }
@@ -142,6 +159,7 @@ final class XenStoreServer {
                     r.outstanding += 1
                     deliver(engine.handle(r.id, m))
                     progress = true
+                    handled += 1
                 } catch {
                     fail(r, error)
                     break
@@ -291,6 +309,8 @@ final class RingClient {
     private var framer = XSFramer()
     private var pendingOut: [UInt8] = []
     private var pendingOffset = 0
+    /// A later turn of the loop will service this ring (it had more than a turn's requests).
+    var serviceScheduled = false
     /// Requests handled whose replies are not yet all on the ring.
     var outstanding = 0
     /// Whether the outstanding-request quota is holding this ring back (logged once per episode).
@@ -364,10 +384,19 @@ final class RingClient {
         return try framer.next()
     }
 
+    /// Sent bytes at the front of the queue past which it is compacted.
+    static let compactAfter = 64 << 10
+
     /// Queues an encoded message. False when the domain has stopped reading (queue over `limit`).
     func queue(_ bytes: [UInt8], isReply: Bool, limit: Int) -> Bool {
         if pendingOffset > 0 && pendingOffset == pendingOut.count {
             pendingOut.removeAll(keepingCapacity: true)
+            pendingOffset = 0
+        } else if pendingOffset >= Self.compactAfter && pendingOffset * 2 >= pendingOut.count {
+            // What was sent goes: a domain that always leaves a little unread must not make the
+            // queue grow without end.
+            pendingOut.removeFirst(pendingOffset)
+            replyEnds = replyEnds.map { $0 - pendingOffset }
             pendingOffset = 0
         }
         if queuedBytes == 0 { stalledSince = MonotonicClock.nanoseconds() }

@@ -164,6 +164,23 @@ import Testing
         }
     }
 
+    /// Numbers at the ends of their ranges and more waiting calls than a domain can use: each
+    /// gets an answer or waits, and the supervisor and everyone else carry on.
+    @Test func hypercallNumbersAtTheirLimitsAreContained() throws {
+        try withSentinel(["PROCVISOR_MALFORMED_HYPERCALL_LIMIT": "1000"]) { h in
+            try h.create("overflow", mode: "hc-overflow")
+            #expect(eventually(timeout: 20) { h.consoleLog("overflow").contains("hc-overflow done") }, "\(h.consoleLog("overflow"))")
+            let log = h.consoleLog("overflow")
+            // A timer at the last nanosecond is set (it never fires in practice); 64 blocks wait,
+            // the rest are EBUSY (-16); the first report of a forbidden call is taken (it is
+            // the one a dying domain sends), the others are malformed (-22) and logged once.
+            #expect(log.contains("hc-overflow timer rc=0 blocks-refused=36 blocks-waiting=64 reports-answered=19 reports-rc=-22"), "\(log)")
+            let dmesg = try h.dmesg()
+            #expect(dmesg.components(separatedBy: "(overflow): forbidden system call").count - 1 == 1, "\(dmesg)")
+            #expect(try h.list()["overflow"] != nil)
+        }
+    }
+
     @Test func aGuestThatKeepsSendingGarbageIsCrashed() throws {
         try withSentinel { h in
             try h.create("spewer", mode: "garbage", "extra = \"mode=garbage count=40\"\non_crash = \"preserve\"\n")

@@ -142,3 +142,40 @@ func runHypercallForms() {
     print("hc done forms=\(forms.count) stray=\(stray)")
     fflush(stdout)
 }
+
+/// `hc-overflow`: numbers at the ends of their ranges, and more of a waiting call than a domain
+/// can use, none of which may crash or wedge the supervisor: `set_timer_op` at the last
+/// nanosecond there is, a hundred `SCHEDOP_block` calls that would wait centuries, twenty reports
+/// of a forbidden system call numbered past 32 bits. Prints `hc-overflow timer rc=R
+/// blocks-refused=N blocks-waiting=W reports-answered=A reports-rc=R2`, then `hc-overflow done`.
+func runHypercallOverflow() {
+    let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
+    var next: UInt64 = 2 << 40
+    func send(_ op: HypercallOp, _ args: [UInt64]) -> UInt64 {
+        next += 1
+        _ = try? UnixSocket.send(fd, HypercallRequest(op, seq: next, args: args).encode())
+        return next
+    }
+    let timer = send(.setTimerOp, [UInt64.max])
+    let blocks = Set((0..<100).map { _ in send(.schedOp, [SchedOp.block.rawValue, UInt64.max - 1]) })
+    let reports = Set((0..<20).map { _ in send(.seccompViolation, [1 << 32]) })
+    let end = send(.xenVersion, [XenVersionCmd.version.rawValue])
+    var replies: [UInt64: Int64] = [:]
+    while true {
+        guard let m = try? UnixSocket.receive(fd, maxSize: HypercallRequest.maxMessageSize), let reply = try? HypercallReply.decode(m.bytes) else {
+            print("hc-overflow: channel closed")
+            break
+        }
+        m.fds.forEach { $0.close() }
+        if reply.seq == end { break }
+        replies[reply.seq] = reply.rc
+    }
+    let refused = blocks.filter { replies[$0] == -Int64(XenErrno.EBUSY.rawValue) }.count
+    let waiting = blocks.filter { replies[$0] == nil }.count
+    let answered = reports.filter { replies[$0] != nil }
+    let reportRCs = Set(answered.compactMap { replies[$0] }).sorted()
+    print("hc-overflow timer rc=\(replies[timer].map(String.init) ?? "none") blocks-refused=\(refused) blocks-waiting=\(waiting) "
+          + "reports-answered=\(answered.count) reports-rc=\(reportRCs.map(String.init).joined(separator: ","))")
+    print("hc-overflow done")
+    fflush(stdout)
+}

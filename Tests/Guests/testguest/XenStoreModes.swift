@@ -183,6 +183,25 @@ func runXenStoreMode(_ mode: String, _ domain: Domain) -> Bool {
         say("after=\(after)")
         say("xs-flood done")
         while true { domain.block() }
+    case "xs-hog":
+        // Three threads read a node as fast as the ring turns their requests around, for
+        // `seconds=` (3): the server must go back to everyone else between batches.
+        let seconds = UInt64(arg("seconds") ?? "3") ?? 3
+        let deadline = MonotonicClock.nanoseconds() + seconds * 1_000_000_000
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: 3)
+        counts.initialize(repeating: 0, count: 3)
+        for i in 0..<3 {
+            domain.startVCPU(i + 1) { _ in
+                while MonotonicClock.nanoseconds() < deadline {
+                    if (try? xs.read("name")) != nil { counts[i] += 1 }
+                }
+            }
+        }
+        say("xs-hog started")
+        while MonotonicClock.nanoseconds() < deadline + 200_000_000 { usleep(50_000) }
+        say("xs-hog reads=\(counts[0] + counts[1] + counts[2])")
+        say("xs-hog done")
+        while true { domain.block() }
     case "xs-ack":
         // Acknowledges control/shutdown (the runtime does) but records what it saw first.
         domain.onShutdownRequest { reason in

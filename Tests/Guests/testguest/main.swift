@@ -331,6 +331,9 @@ case "garbage":
 case "hc-forms":
     runHypercallForms()
     domain.shutdown(.poweroff)
+case "hc-overflow":
+    runHypercallOverflow()
+    while true { domain.block() }
 case "oversized":
     let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
     var big = HypercallRequest(.consoleIO, seq: 99, args: [0, 200_000], payload: [UInt8](repeating: 65, count: 200_000)).encode()
