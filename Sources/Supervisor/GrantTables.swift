@@ -19,7 +19,6 @@ final class GrantPage {
     let gfn: UInt64
     /// Maptrack entries (in any grantee) holding this page.
     var mapCount = 0
-    private var mapping: SharedMapping?
 
     init(owner: DomID, gfn: UInt64) throws {
         name = "pv-gnt-\(GrantPage.nextSerial)"
@@ -35,12 +34,25 @@ final class GrantPage {
         GrantPage.live -= 1
     }
 
-    /// The supervisor's own mapping (for grant copy), made on first use.
-    func bytes() throws -> UnsafeMutableRawPointer {
-        if let mapping { return mapping.base }
-        let m = try SharedMapping(fd, length: 4096)
-        mapping = m
-        return m.base
+    /// Copies `count` bytes at `offset` of this page into `buffer` (positioned reads: the
+    /// supervisor keeps no mapping per page, so no number of pages can exhaust its mappings).
+    func read(into buffer: UnsafeMutableRawPointer, offset: Int, count: Int) throws {
+        var done = 0
+        while done < count {
+            let n = try fd.read(into: UnsafeMutableRawBufferPointer(start: buffer + done, count: count - done), at: Int64(offset + done))
+            guard n > 0 else { throw SystemError("pread", "\(name)", errno: .ioError) }
+            done += n
+        }
+    }
+
+    /// Writes `count` bytes of `buffer` at `offset` of this page.
+    func write(from buffer: UnsafeRawPointer, offset: Int, count: Int) throws {
+        var done = 0
+        while done < count {
+            let n = try fd.write(from: UnsafeRawBufferPointer(start: buffer + done, count: count - done), at: Int64(offset + done))
+            guard n > 0 else { throw SystemError("pwrite", "\(name)", errno: .ioError) }
+            done += n
+        }
     }
 
     /// A descriptor for this page alone, read-only when `readonly`: mmap(PROT_WRITE) of it fails.
@@ -231,11 +243,16 @@ final class GrantService {
         for _ in 0..<(r.payload.count / 8) {
             guard let gfn = try? rd.u64(), let old = g.pages[gfn] else { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EINVAL.rawValue))); continue }
             if old.mapCount > 0 { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EBUSY.rawValue))); continue }
-            guard let fresh = try? GrantPage(owner: domid, gfn: gfn), let to = try? fresh.bytes(), let from = try? old.bytes() else {
+            let copied = try? withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 64) { buffer -> GrantPage in
+                let fresh = try GrantPage(owner: domid, gfn: gfn)
+                try old.read(into: buffer.baseAddress!, offset: 0, count: 4096)
+                try fresh.write(from: buffer.baseAddress!, offset: 0, count: 4096)
+                return fresh
+            }
+            guard let fresh = copied else {
                 w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.ENOMEM.rawValue)))
                 continue
             }
-            to.copyMemory(from: from, byteCount: 4096)
             g.pages[gfn] = fresh
             g.setExposed(fresh, false)
             fds.append(fresh.fd)
@@ -401,9 +418,12 @@ final class GrantService {
         let dst = resolve(op.dest, isGref: op.flags & GNTCOPY_dest_gref != 0, write: true)
         switch (src, dst) {
         case let (.success(s), .success(d)):
-            guard let sp = try? s.bytes(), let dp = try? d.bytes() else { return .generalError }
-            (dp + Int(op.dest.offset)).copyMemory(from: sp + Int(op.source.offset), byteCount: Int(op.length))
-            return .okay
+            let length = Int(op.length)
+            let done: Void? = try? withUnsafeTemporaryAllocation(byteCount: max(1, length), alignment: 64) { buffer in
+                try s.read(into: buffer.baseAddress!, offset: Int(op.source.offset), count: length)
+                try d.write(from: buffer.baseAddress!, offset: Int(op.dest.offset), count: length)
+            }
+            return done == nil ? .generalError : .okay
         case let (.failure(e), _), let (_, .failure(e)):
             return e
         }

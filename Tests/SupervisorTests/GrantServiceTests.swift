@@ -82,7 +82,8 @@ import Testing
         let m = try SharedMapping(try #require(fd), length: 4096)
         m.base.storeBytes(of: 0xC0FFEE, as: UInt32.self)
         let page = try #require(f.service.tables[Self.granter]?.pages[f.gfn])
-        #expect(try page.bytes().load(as: UInt32.self) == 0xC0FFEE)
+        let view = try SharedMapping(page.fd, length: 4096)
+        #expect(view.base.load(as: UInt32.self) == 0xC0FFEE)
         #expect(f.service.tables[Self.granter]!.isExposed(page))
         // In use: the granter cannot free it.
         #expect(errorOf(f.service.freePage(Self.granter, Fixture.request(.freeGrantPage, [f.gfn]))) == .EBUSY)
@@ -131,7 +132,8 @@ import Testing
         }
         var r = WireReader(payload, what: "gfn")
         let mine = try r.u64()
-        let source = try #require(f.service.tables[Self.granter]?.pages[f.gfn]).bytes()
+        let sourceView = try SharedMapping(try #require(f.service.tables[Self.granter]?.pages[f.gfn]).fd, length: 4096)
+        let source = sourceView.base
         for i in 0..<4096 { source.storeBytes(of: UInt8(truncatingIfNeeded: i * 7), toByteOffset: i, as: UInt8.self) }
         func copy(_ op: GrantCopy) -> GNTST? {
             guard case let .reply(_, payload, _, _) = f.service.tableOp(Self.grantee, Fixture.request(.grantTableOp, [GnttabOp.copy.rawValue],
@@ -141,7 +143,8 @@ import Testing
         let good = GrantCopy(source: .init(refOrGFN: 6, domid: Self.granter, offset: 100), dest: .init(refOrGFN: mine, domid: DOMID_SELF, offset: 0),
                              length: 1000, flags: GNTCOPY_source_gref)
         #expect(copy(good) == .okay)
-        let dest = try #require(f.service.tables[Self.grantee]?.pages[mine]).bytes()
+        let destView = try SharedMapping(try #require(f.service.tables[Self.grantee]?.pages[mine]).fd, length: 4096)
+        let dest = destView.base
         #expect((0..<1000).allSatisfy { dest.load(fromByteOffset: $0, as: UInt8.self) == UInt8(truncatingIfNeeded: ($0 + 100) * 7) })
         var past = good
         past.length = 4000  // 100 + 4000 runs past the source page
