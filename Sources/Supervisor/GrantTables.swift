@@ -34,8 +34,35 @@ final class GrantPage {
         GrantPage.live -= 1
     }
 
-    /// Copies `count` bytes at `offset` of this page into `buffer` (positioned reads: the
-    /// supervisor keeps no mapping per page, so no number of pages can exhaust its mappings).
+    /// The supervisor's own mapping (for grant copy), made on first use and kept while it is
+    /// among the `maxMapped` most recently mapped pages: no number of grant pages can exhaust the
+    /// supervisor's mappings (`vm.max_map_count`, whose exhaustion would fail its own
+    /// allocations). Call `makeRoom` before taking pointers that must stay valid together.
+    func bytes() throws -> UnsafeMutableRawPointer {
+        if let mapping { return mapping.base }
+        let m = try SharedMapping(fd, length: 4096)
+        mapping = m
+        Self.mapped.append(WeakGrantPage(page: self))
+        return m.base
+    }
+
+    private var mapping: SharedMapping?
+    /// Pages that have (or had) a supervisor mapping, oldest first.
+    private static var mapped: [WeakGrantPage] = []
+    static var maxMapped = 4096
+
+    /// How many pages have a supervisor mapping now.
+    static var mappedCount: Int { mapped.reduce(0) { $0 + ($1.page?.mapping != nil ? 1 : 0) } }
+
+    /// Unmaps the oldest kept mappings until `count` more fit under `maxMapped`.
+    static func makeRoom(_ count: Int) {
+        let excess = mapped.count + count - maxMapped
+        guard excess > 0 else { return }
+        for w in mapped.prefix(excess) { w.page?.mapping = nil }
+        mapped.removeFirst(min(excess, mapped.count))
+    }
+
+    /// Copies `count` bytes at `offset` of this page into `buffer` (positioned reads, no mapping).
     func read(into buffer: UnsafeMutableRawPointer, offset: Int, count: Int) throws {
         var done = 0
         while done < count {
@@ -60,6 +87,10 @@ final class GrantPage {
         if !readonly { return fd }
         return try FileDescriptor.open("/proc/self/fd/\(fd.rawValue)", .readOnly)
     }
+}
+
+struct WeakGrantPage {
+    weak var page: GrantPage?
 }
 
 /// One mapping a grantee holds (Xen's maptrack entry).
@@ -310,6 +341,8 @@ final class GrantService {
             guard let ops = try? GrantCopy.decode(r.payload), !ops.isEmpty, ops.count <= 256 else {
                 return .malformed("grant copy: bad op list")
             }
+            // Room for every page the batch may map, made before any pointer is taken.
+            GrantPage.makeRoom(2 * ops.count)
             return .ok(0, GrantStatusList.encode(ops.map { copy(domid, $0) }))
         case nil:
             return .error(.ENOSYS)
@@ -418,12 +451,9 @@ final class GrantService {
         let dst = resolve(op.dest, isGref: op.flags & GNTCOPY_dest_gref != 0, write: true)
         switch (src, dst) {
         case let (.success(s), .success(d)):
-            let length = Int(op.length)
-            let done: Void? = try? withUnsafeTemporaryAllocation(byteCount: max(1, length), alignment: 64) { buffer in
-                try s.read(into: buffer.baseAddress!, offset: Int(op.source.offset), count: length)
-                try d.write(from: buffer.baseAddress!, offset: Int(op.dest.offset), count: length)
-            }
-            return done == nil ? .generalError : .okay
+            guard let sp = try? s.bytes(), let dp = try? d.bytes() else { return .generalError }
+            (dp + Int(op.dest.offset)).copyMemory(from: sp + Int(op.source.offset), byteCount: Int(op.length))
+            return .okay
         case let (.failure(e), _), let (_, .failure(e)):
             return e
         }

@@ -158,6 +158,40 @@ import Testing
         #expect(copy(intoReadOnly) == .permissionDenied)
     }
 
+    /// The supervisor maps a page for grant copy and keeps the mapping, but only for the most
+    /// recent `maxMapped` pages: copies into ever new pages do not pile up mappings.
+    @Test func grantCopyKeepsABoundedNumberOfMappings() throws {
+        let f = try Fixture()
+        f.grant(6, to: Self.grantee)
+        let cap = GrantPage.maxMapped
+        GrantPage.maxMapped = 4
+        defer { GrantPage.maxMapped = cap }
+        GrantPage.makeRoom(0)
+        let sourceView = try SharedMapping(try #require(f.service.tables[Self.granter]?.pages[f.gfn]).fd, length: 4096)
+        for i in 0..<4096 { sourceView.base.storeBytes(of: UInt8(truncatingIfNeeded: i * 3), toByteOffset: i, as: UInt8.self) }
+        guard case let .reply(_, payload, _, _) = f.service.allocPages(Self.grantee, Fixture.request(.allocGrantPages, [10])) else {
+            Issue.record("no pages for the grantee")
+            return
+        }
+        var r = WireReader(payload, what: "gfns")
+        let mine = try (0..<10).map { _ in try r.u64() }
+        for gfn in mine {
+            let op = GrantCopy(source: .init(refOrGFN: 6, domid: Self.granter, offset: 0), dest: .init(refOrGFN: gfn, domid: DOMID_SELF, offset: 0),
+                               length: 4096, flags: GNTCOPY_source_gref)
+            guard case let .reply(_, out, _, _) = f.service.tableOp(Self.grantee, Fixture.request(.grantTableOp, [GnttabOp.copy.rawValue],
+                                                                                              payload: GrantCopy.encode([op]))) else {
+                Issue.record("no reply")
+                return
+            }
+            #expect(try GrantStatusList.decode(out) == [.okay])
+            #expect(GrantPage.mappedCount <= 4, "\(GrantPage.mappedCount) pages mapped")
+        }
+        for gfn in mine {
+            let view = try SharedMapping(try #require(f.service.tables[Self.grantee]?.pages[gfn]).fd, length: 4096)
+            #expect((0..<4096).allSatisfy { view.base.load(fromByteOffset: $0, as: UInt8.self) == UInt8(truncatingIfNeeded: $0 * 3) })
+        }
+    }
+
     @Test func aGoneGranteesMappingsAreReleased() throws {
         let f = try Fixture()
         f.grant(9, to: Self.grantee)
