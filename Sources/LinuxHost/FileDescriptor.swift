@@ -319,4 +319,9 @@ public enum FileIO {
     }
 
     public static func unlink(_ path: String) { _ = Glibc.unlink(path) }
+
+    /// rename(2): `to` is replaced if it exists.
+    public static func rename(_ from: String, to: String) throws {
+        if Glibc.rename(from, to) != 0 { throw SystemError("rename", "\(from) to \(to)", errno: Errno.current) }
+    }
 }

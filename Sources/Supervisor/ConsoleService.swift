@@ -11,9 +11,11 @@ final class ConsoleService {
     private let logger: Logger
     /// Attached `xl console` connections by domain.
     private var clients: [DomID: [ControlConnection]] = [:]
-    private var logs: [DomID: FileDescriptor] = [:]
+    private var logs: [DomID: (fd: FileDescriptor, path: String, size: Int)] = [:]
     /// Raises VIRQ_CONSOLE in a domain (input is waiting).
     var raiseVirq: (DomID) -> Void = { _ in }
+    /// A log is rotated when it would grow past this (see `SupervisorOptions.consoleLogMaxBytes`).
+    var maxLogBytes = 32 << 20
 
     init(loop: EventLoop, logger: Logger) {
         self.loop = loop
@@ -22,7 +24,29 @@ final class ConsoleService {
 
     /// A new domain's console log, appended to (a restarted domain continues its file).
     func open(_ dom: DomainRecord, logPath: String) {
-        logs[dom.domid] = try? FileDescriptor.open(logPath, [.writeOnly, .create, .append], mode: 0o600)
+        guard let fd = try? FileDescriptor.open(logPath, [.writeOnly, .create, .append], mode: 0o600) else { return }
+        logs[dom.domid] = (fd, logPath, Int((try? FileStatus(fd))?.size ?? 0))
+    }
+
+    /// Appends to a domain's log, first moving a full log to `PATH.1` (replacing the older one).
+    private func appendToLog(_ domid: DomID, _ bytes: ArraySlice<UInt8>) {
+        guard var log = logs[domid] else { return }
+        if log.size > 0 && log.size + bytes.count > maxLogBytes {
+            log.fd.close()
+            do {
+                try FileIO.rename(log.path, to: log.path + ".1")
+                log.fd = try FileDescriptor.open(log.path, [.writeOnly, .create, .append], mode: 0o600)
+                log.size = 0
+                logger.notice("console log rotated", metadata: ["domid": "\(domid)", "path": "\(log.path)", "bytes": "\(maxLogBytes)"])
+            } catch {
+                logger.warning("console log not rotated; no longer written", metadata: ["domid": "\(domid)", "path": "\(log.path)", "error": "\(error)"])
+                logs[domid] = nil
+                return
+            }
+        }
+        try? log.fd.writeAll(Array(bytes))
+        log.size += bytes.count
+        logs[domid] = log
     }
 
     /// The domain's process is gone: attached clients get what is buffered and are closed; the
@@ -32,7 +56,7 @@ final class ConsoleService {
             c.closeAfterFlush = true
             c.flush()
         }
-        logs.removeValue(forKey: dom.domid)?.close()
+        logs.removeValue(forKey: dom.domid)?.fd.close()
     }
 
     /// `xl console`: the connection switches to console mode, gets the history, and what it
@@ -81,7 +105,7 @@ final class ConsoleService {
     /// Bytes the guest wrote (its pipe or `console_io`).
     func output(_ dom: DomainRecord, _ bytes: ArraySlice<UInt8>) {
         dom.console.append(bytes)
-        if let log = logs[dom.domid] { try? log.writeAll(Array(bytes)) }
+        appendToLog(dom.domid, bytes)
         for c in clients[dom.domid] ?? [] { c.sendRaw(Array(bytes)) }
     }
 

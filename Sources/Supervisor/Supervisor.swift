@@ -68,6 +68,7 @@ public final class Supervisor {
         devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
         control = ControlServer(loop: loop, logger: logger)
         consoles = ConsoleService(loop: loop, logger: logger)
+        consoles.maxLogBytes = options.consoleLogMaxBytes
         // The services know nothing of each other: what one needs of the rest comes through here.
         xenstore.log = { [unowned self] line in log(line) }
         devices.log = { [unowned self] line in log(line) }

@@ -27,6 +27,10 @@ public struct SupervisorOptions: Sendable {
     /// `count` times in `seconds`; past that it is left down and its devices fail
     /// (`PROCVISOR_DRIVER_RESTARTS=COUNT/SECONDS`, default 5/60).
     public var driverRestartLimit: (count: Int, seconds: UInt64) = (5, 60)
+    /// A domain's console log is rotated (to `guest-NAME.log.1`, replacing the previous one) when
+    /// it would grow past this many bytes (`PROCVISOR_CONSOLE_LOG_MAX_MB`, default 32): a guest
+    /// that writes without end cannot fill the disk.
+    public var consoleLogMaxBytes: Int = 32 << 20
     /// Hypercalls a domain may get wrong before it is crashed
     /// (`PROCVISOR_MALFORMED_HYPERCALL_LIMIT`, default 16).
     public var malformedHypercallLimit: Int
@@ -53,6 +57,11 @@ public struct SupervisorOptions: Sendable {
             }
         }
         suspendTimeoutMs = environment["PROCVISOR_SUSPEND_TIMEOUT_MS"].flatMap { UInt64($0) }.map { max(1, $0) } ?? 60000
+        if let mb = environment["PROCVISOR_CONSOLE_LOG_MAX_MB"] {
+            if let v = Int(mb), v >= 1, v <= 4096 { consoleLogMaxBytes = v << 20 } else {
+                problems.append("PROCVISOR_CONSOLE_LOG_MAX_MB: \"\(mb)\" is not a number of MiB from 1 to 4096")
+            }
+        }
         malformedHypercallLimit = environment["PROCVISOR_MALFORMED_HYPERCALL_LIMIT"].flatMap { Int($0) }.map { max(1, min($0, 1 << 20)) } ?? 16
         maxGrantFrames = environment["PROCVISOR_MAX_GRANT_FRAMES"].flatMap { Int($0) }.map { max(1, min($0, 1024)) } ?? 32
         let hostMB = (ProcFS.meminfoKB("MemTotal") ?? 1 << 20) / 1024

@@ -2,7 +2,8 @@
 //   procvisord [--daemonize] [--rundir DIR]
 // Configuration comes from the environment: PROCVISOR_RUNDIR, PROCVISOR_ENGAGE_TIMEOUT_MS,
 // PROCVISOR_SHUTDOWN_TIMEOUT_MS, PROCVISOR_MEMORY_MB, PROCVISOR_LOG_LEVEL, PROCVISOR_INSECURE,
-// PROCVISOR_JAIL_UID_BASE, PROCVISOR_MALFORMED_HYPERCALL_LIMIT. The --insecure-no-… options run domains without a jail layer the
+// PROCVISOR_JAIL_UID_BASE, PROCVISOR_MALFORMED_HYPERCALL_LIMIT, PROCVISOR_CONSOLE_LOG_MAX_MB,
+// PROCVISOR_DRIVER_RESTARTS. The --insecure-no-… options run domains without a jail layer the
 // kernel refuses; xl info and xl dmesg report it.
 import LinuxHost
 import Supervisor

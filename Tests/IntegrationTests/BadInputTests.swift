@@ -181,6 +181,30 @@ import Testing
         }
     }
 
+    /// A guest that writes to its console without end cannot fill the disk: its log is rotated
+    /// at the configured size, the newest lines in the log, the previous ones in `.log.1`.
+    @Test func aConsoleLogIsRotatedAtItsSize() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_CONSOLE_LOG_MAX_MB": "1"])
+        defer { h.stop() }
+        try h.create("spew", mode: "console-spew", "extra = \"mode=console-spew mib=3\"\n")
+        let path = h.runDirectory + "/console/guest-spew.log"
+        #expect(eventually(timeout: 30) { h.consoleLog("spew").contains("spew done") }, "\((try? FileStatus(path: path))?.size ?? -1) bytes")
+        let size = try FileStatus(path: path).size, older = try FileStatus(path: path + ".1").size
+        #expect(size <= 1 << 20 && older <= 1 << 20 && older > 512 << 10, "log \(size) bytes, .1 \(older) bytes")
+        // The newest lines are in the log, the ones before them in .1: nothing between is lost
+        // (a line may be cut in two where the log was rotated).
+        func numbers(_ text: String) -> [Int] {
+            text.split(separator: "\n").compactMap { line in
+                let words = line.split(separator: " ")
+                return words.count >= 3 && words[0] == "spew" && words[1] == "line" ? Int(words[2]) : nil
+            }
+        }
+        let new = numbers(h.consoleLog("spew")), old = numbers(try String(contentsOfFile: path + ".1", encoding: .utf8))
+        let firstNew = try #require(new.first), lastOld = try #require(old.last)
+        #expect(firstNew == lastOld + 1 || firstNew == lastOld + 2, "\(lastOld) then \(firstNew)")
+        #expect(try h.list()["spew"] != nil)
+    }
+
     @Test func aGuestThatKeepsSendingGarbageIsCrashed() throws {
         try withSentinel { h in
             try h.create("spewer", mode: "garbage", "extra = \"mode=garbage count=40\"\non_crash = \"preserve\"\n")

@@ -340,6 +340,19 @@ case "oversized":
     big[0] = 18
     _ = try? UnixSocket.send(fd, big)
     while true { sleep(1) }
+case "console-spew":
+    // Writes `mib=` MiB (default 3) of numbered lines to its console, then says so.
+    let mib = Int(arg("mib") ?? "3") ?? 3
+    var line = 0, written = 0
+    while written < mib << 20 {
+        let text = "spew line \(line) " + String(repeating: "x", count: 100) + "\n"
+        print(text, terminator: "")
+        written += text.utf8.count
+        line += 1
+    }
+    print("spew done lines=\(line)")
+    fflush(stdout)
+    while true { domain.block() }
 case "flood":
     // Sends hypercalls without reading replies until the supervisor gives up on it.
     let fd = FileDescriptor(rawValue: BootstrapFD.hypercall)
