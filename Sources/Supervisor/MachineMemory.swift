@@ -162,9 +162,15 @@ final class DomainMemory {
         maxPages = spanPages
         // RAM is sealed against resizing only: decrease_reservation punches holes in it, which
         // F_SEAL_SHRINK/GROW allow (only the write seals refuse FALLOC_FL_PUNCH_HOLE).
-        ramFD = try MemFD.create(name: "pv-ram-\(domid)", size: Int(spanPages) * 4096)
+        let ram = try MemFD.create(name: "pv-ram-\(domid)", size: Int(spanPages) * 4096)
+        ramFD = ram
         // The P2M: written through this mapping only, read-only for the domain by seal.
-        (p2mFD, p2mReadOnlyFD, p2m) = try MemFD.createReadOnlyShared(name: "pv-p2m-\(domid)", size: max(4096, Int(spanPages) * 8))
+        do {
+            (p2mFD, p2mReadOnlyFD, p2m) = try MemFD.createReadOnlyShared(name: "pv-p2m-\(domid)", size: max(4096, Int(spanPages) * 8))
+        } catch {
+            ram.close()
+            throw error
+        }
         for i in 0..<Int(spanPages) { p2m.base.storeBytes(of: PhysMap.invalidEntry, toByteOffset: i * 8, as: UInt64.self) }
     }
 

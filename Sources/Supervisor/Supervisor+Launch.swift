@@ -72,10 +72,24 @@ extension Supervisor {
             }
         }
 
-        let (hcParent, hcChild) = try UnixSocket.pair()
-        let (evParent, evChild) = try UnixSocket.pair()
-        let (conRead, conWrite) = try FileDescriptor.pipe()
-        let (inRead, inWrite) = try FileDescriptor.pipe()
+        // Out of descriptors (EMFILE) part way: what was made is closed and the reservations go.
+        var made: [FileDescriptor] = []
+        func channel(_ make: () throws -> (FileDescriptor, FileDescriptor)) throws -> (FileDescriptor, FileDescriptor) {
+            do {
+                let ends = try make()
+                made += [ends.0, ends.1]
+                return ends
+            } catch {
+                made.forEach { $0.close() }
+                pids?.remove()
+                machine.releaseDomain(domid)
+                throw CreateError("cannot make the channels of dom\(domid): \(error)")
+            }
+        }
+        let (hcParent, hcChild) = try channel { try UnixSocket.pair() }
+        let (evParent, evChild) = try channel { try UnixSocket.pair() }
+        let (conRead, conWrite) = try channel { try FileDescriptor.pipe() }
+        let (inRead, inWrite) = try channel { try FileDescriptor.pipe() }
         let childEnds = [hcChild, evChild, conWrite, inRead]
         defer { childEnds.forEach { $0.close() } }
         let parentEnds = [hcParent, evParent, conRead, inWrite]

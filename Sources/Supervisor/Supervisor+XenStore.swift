@@ -11,7 +11,7 @@ final class DomainStore {
 
     init(domid: DomID, port: EvtchnPort) throws {
         page = try SharedPage(name: "pv-xenstore-\(domid)")
-        kick = try FileDescriptor.eventfd()
+        kick = try FileDescriptor.eventfd()  // (the page's descriptor is closed with it if this fails)
         self.port = port
     }
 }
@@ -50,9 +50,14 @@ extension Supervisor {
         guard let port = eventChannels.bindToDom0(dom.domid) else { throw CreateError("dom\(dom.domid): no event channel for XenStore") }
         let s = try DomainStore(domid: dom.domid, port: port)
         dom.store = s
-        try xenstore.attach(domid: dom.domid.rawValue, page: s.page.mapping, kick: s.kick) { [weak self, weak dom] in
-            guard let self, let dom, dom.hasProcess else { return }
-            self.eventChannels.raise(dom.domid, port: port, peer: 0)
+        do {
+            try xenstore.attach(domid: dom.domid.rawValue, page: s.page.mapping, kick: s.kick) { [weak self, weak dom] in
+                guard let self, let dom, dom.hasProcess else { return }
+                self.eventChannels.raise(dom.domid, port: port, peer: 0)
+            }
+        } catch {
+            s.kick.close()
+            throw error
         }
         writeDomainTree(dom)
         xenstore.deliver(xenstore.engine.introduceDomain(dom.domid.rawValue))
