@@ -81,6 +81,13 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         try retrying("pread", "\(self) at \(offset)") { Glibc.pread(rawValue, buffer.baseAddress, buffer.count, off_t(offset)) }
     }
 
+    /// A second descriptor of the same open file (fcntl F_DUPFD_CLOEXEC).
+    public func duplicate() throws -> FileDescriptor {
+        let fd = fcntl(rawValue, F_DUPFD_CLOEXEC, 0)
+        if fd < 0 { throw SystemError("fcntl(F_DUPFD_CLOEXEC)", "\(self)", errno: Errno.current) }
+        return FileDescriptor(rawValue: fd)
+    }
+
     /// Writes up to `bytes.count` bytes at byte `offset` of the file (pwrite(2)); returns how many
     /// were written. EINTR is retried. (On a descriptor opened O_APPEND Linux writes at the end
     /// whatever the offset.)

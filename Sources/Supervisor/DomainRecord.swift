@@ -83,6 +83,14 @@ final class DomainProcess {
     var deferredBootstrap: UInt64?
     /// A live migration logs the pages this domain writes (nil: nobody does).
     var dirtyLog: DirtyLog?
+    /// Channel events its event socket had no room for, in order, each with its own copies of
+    /// the descriptors it carries; a port's state change replaces an older one for the same port
+    /// (only the latest state matters), so a peer binding and closing a port in a loop cannot
+    /// make the queue, or the domain's trouble, grow.
+    var pendingChannelEvents: [(event: ChannelEvent, fds: [FileDescriptor])] = []
+    var channelRetryTimer: UInt64?
+    /// When the queue last went from empty to not empty.
+    var channelBacklogSince: UInt64?
     /// A save or migration asked this domain to suspend (nil: nobody did).
     var suspend: SuspendRequest?
     /// A driver domain that died and is restarted in place: its XenStore connection was detached

@@ -86,10 +86,88 @@ extension Supervisor {
         send(dom, on: dom.hypercallFD, reply.encode(), fds: fds, overflow: "hypercall flood: replies are not being read")
     }
 
-    /// Sends a channel message (with descriptors) on the domain's event socket. A domain that
-    /// does not read its events is crashed, as one that does not read its replies.
+    /// Sends a channel message (with descriptors) on the domain's event socket. What it has no
+    /// room for waits in `pendingChannelEvents` (others' actions cause these messages: a domain
+    /// must not be crashed because a peer binds and closes its port in a loop) and is sent as
+    /// soon as there is room; a domain that takes none of them for `xenstoreEventTimeoutMs` is
+    /// crashed, as one that does not read its replies.
     func pushChannelEvent(_ dom: DomainRecord, _ event: ChannelEvent, fds: [FileDescriptor] = []) {
-        send(dom, on: dom.eventFD, event.encode(), fds: fds, overflow: "event socket overflow: the domain is not reading its events")
+        guard dom.hasProcess, !dom.released else { return }
+        let p = dom.process
+        if p.pendingChannelEvents.isEmpty {
+            do {
+                try UnixSocket.send(dom.eventFD, event.encode(), fds: fds, nonBlocking: true)
+                return
+            } catch let e as SystemError where e.errno == .wouldBlock {
+                // queued below
+            } catch let e as SystemError where e.errno == .brokenPipe || e.errno == .connectionReset {
+                return
+            } catch {
+                return crash(dom, "a channel event could not be sent to it: \(error)")
+            }
+        }
+        let copies: [FileDescriptor]
+        do { copies = try fds.map { try $0.duplicate() } } catch {
+            return crash(dom, "its channel events cannot be kept for it: \(error)")
+        }
+        func portOf(_ e: ChannelEvent) -> EvtchnPort? {
+            switch e {
+            case let .portBound(port, _, _), let .portUnbound(port): return port
+            case .peerPages: return nil
+            }
+        }
+        if let changed = portOf(event) { p.pendingChannelEvents.removeAll { portOf($0.event) == changed } }
+        p.pendingChannelEvents.append((event, copies))
+        if p.channelBacklogSince == nil { p.channelBacklogSince = MonotonicClock.nanoseconds() }
+        if p.channelRetryTimer == nil {
+            p.channelRetryTimer = loop.after(ms: 10) { [weak self, weak dom] in
+                guard let self, let dom else { return }
+                dom.process.channelRetryTimer = nil
+                flushChannelEvents(dom)
+            }
+        }
+    }
+
+    /// Sends the queued channel events that fit; comes back later for the rest.
+    func flushChannelEvents(_ dom: DomainRecord) {
+        let p = dom.process
+        guard dom.hasProcess, !dom.released else { return dropChannelEvents(dom) }
+        while let (event, fds) = p.pendingChannelEvents.first {
+            do {
+                try UnixSocket.send(dom.eventFD, event.encode(), fds: fds, nonBlocking: true)
+            } catch let e as SystemError where e.errno == .wouldBlock {
+                break
+            } catch {
+                dropChannelEvents(dom)
+                return
+            }
+            fds.forEach { $0.close() }
+            p.pendingChannelEvents.removeFirst()
+        }
+        guard !p.pendingChannelEvents.isEmpty else {
+            p.channelBacklogSince = nil
+            return
+        }
+        let waited = MonotonicClock.nanoseconds() - (p.channelBacklogSince ?? 0)
+        if waited / 1_000_000 >= options.xenstoreEventTimeoutMs {
+            dropChannelEvents(dom)
+            return crash(dom, "event socket overflow: the domain has not taken its events for \(waited / 1_000_000_000) s")
+        }
+        p.channelRetryTimer = loop.after(ms: 10) { [weak self, weak dom] in
+            guard let self, let dom else { return }
+            dom.process.channelRetryTimer = nil
+            flushChannelEvents(dom)
+        }
+    }
+
+    /// Forgets the queued channel events (the domain is gone), closing their descriptors.
+    func dropChannelEvents(_ dom: DomainRecord) {
+        let p = dom.process
+        for (_, fds) in p.pendingChannelEvents { fds.forEach { $0.close() } }
+        p.pendingChannelEvents.removeAll()
+        loop.cancel(p.channelRetryTimer)
+        p.channelRetryTimer = nil
+        p.channelBacklogSince = nil
     }
 
     /// One datagram to a live domain without blocking; a full socket crashes the domain with

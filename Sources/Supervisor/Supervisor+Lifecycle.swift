@@ -290,6 +290,7 @@ extension Supervisor {
         dom.released = true
         for (fd, token) in dom.watchTokens { loop.unwatch(fd, token: token) }
         dom.watchTokens.removeAll()
+        dropChannelEvents(dom)
         for fd in [dom.hypercallFD, dom.eventFD, dom.consoleOutFD, dom.consoleInFD] { fd.close() }
         dom.boundListener?.close()
         dom.boundListener = nil

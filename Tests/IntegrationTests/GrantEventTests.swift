@@ -37,6 +37,26 @@ import Testing
         #expect(eventually { (try? h.list())?.count == 1 })
     }
 
+    /// A domain binding and closing another's port in a loop while that one is paused (it
+    /// cannot read what the supervisor tells it) does not get it crashed: the changes wait,
+    /// only the latest per port, and the port works once it reads again.
+    @Test func aPeerTogglingAPortCannotOverflowItsOwnersEvents() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("offer", mode: "evtchn-offer", "extra = \"mode=evtchn-offer peer=2 stay=1\"\non_crash = \"preserve\"\n")
+        try h.create("toggler", mode: "evtchn-toggle", "extra = \"mode=evtchn-toggle times=5000\"\n")
+        #expect(line(h, "offer", prefix: "offer port=") == "offer port=2")
+        #expect(try h.xl("pause", "offer").ok)
+        try type(h, "toggler", "peer=1 port=2")
+        #expect(line(h, "toggler", prefix: "toggled") == "toggled 5000 times (0 errors)", "\(h.consoleLog("toggler"))")
+        #expect(try h.xl("unpause", "offer").ok)
+        try type(h, "toggler", "go")
+        #expect(line(h, "toggler", prefix: "echo") == "echo ok", "\(h.consoleLog("toggler"))\n\(h.consoleLog("offer"))\n\((try? h.dmesg()) ?? "")\n\((try? h.xl("list").stdout) ?? "")")
+        let dmesg = try h.dmesg()
+        #expect(!dmesg.contains("(offer): crashed"), "\(dmesg)")
+        #expect(try h.list()["offer"]?.state.contains("c") == false)
+    }
+
     @Test func grantsMapCopyAndRevokeOnlyAsGranted() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }

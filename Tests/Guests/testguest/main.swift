@@ -359,9 +359,11 @@ case "flood":
     let req = HypercallRequest(.xenVersion, seq: 7, args: [0]).encode()
     while true { _ = try? UnixSocket.send(fd, req) }
 case "evtchn-offer":
-    // Offers an unbound port to `peer`, then echoes every event back until the channel closes.
+    // Offers an unbound port to `peer`, then echoes every event back until the channel closes
+    // (with `stay=1`, for ever: a peer may bind it again).
     let ev = domain.eventChannels
     let peer = UInt16(arg("peer") ?? "0") ?? 0
+    let stay = arg("stay") == "1"
     let port = try! ev.allocUnbound(remote: peer)
     print("offer port=\(port)")
     fflush(stdout)
@@ -370,13 +372,48 @@ case "evtchn-offer":
         let ports = ev.wait(timeoutNs: 10_000_000_000)
         if ports.isEmpty { continue }
         if ports.contains(port) {
-            if !ev.isConnected(port) && echoed > 0 { break }
+            if !ev.isConnected(port) && echoed > 0 && !stay { break }
             if ev.isConnected(port) { try? ev.send(port); echoed += 1 }
         }
     }
     print("echoed \(echoed) events; peer closed")
     fflush(stdout)
     domain.shutdown(.poweroff)
+case "evtchn-toggle":
+    // An attacker of a peer's event socket: reads "peer=D port=P" from the console, binds and
+    // closes that port `times` times (each change makes the supervisor tell the peer), then
+    // binds once more and bounces one event to see the peer still answers.
+    let ev = domain.eventChannels
+    guard let line = domain.console.readLine() else { domain.shutdown(.crash) }
+    let kv = settings(line)
+    let peer = UInt16(kv["peer"] ?? "") ?? 0
+    let rport = EvtchnPort(kv["port"] ?? "") ?? 0
+    let times = Int(arg("times") ?? "5000") ?? 5000
+    var errors = 0
+    for _ in 0..<times {
+        do {
+            let p = try ev.bindInterdomain(remote: peer, remotePort: rport)
+            try ev.close(p)
+        } catch {
+            errors += 1
+        }
+    }
+    print("toggled \(times) times (\(errors) errors)")
+    fflush(stdout)
+    // The peer reads again only once unpaused: wait for the word.
+    _ = domain.console.readLine()
+    do {
+        let p = try ev.bindInterdomain(remote: peer, remotePort: rport)
+        try ev.send(p)
+        let deadline = MonotonicClock.nanoseconds() + 10_000_000_000
+        var answered = false
+        while !answered && MonotonicClock.nanoseconds() < deadline { answered = ev.wait(timeoutNs: 100_000_000).contains(p) }
+        print(answered ? "echo ok" : "no echo")
+    } catch {
+        print("last bind failed: \(error)")
+    }
+    fflush(stdout)
+    while true { domain.block() }
 case "evtchn-bind":
     // Reads "peer=D port=P" from the console, binds, bounces `rounds` events, reports the RTT.
     let ev = domain.eventChannels
