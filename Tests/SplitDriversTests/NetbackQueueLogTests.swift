@@ -35,7 +35,7 @@ import Testing
             tx = BackRing(page: txPage.base, layout: txLayout)
             rx = BackRing(page: rxPage.base, layout: rxLayout)
             log = NetbackQueueLog(base: memory.base, tx: tx, rx: rx)
-            log.format()
+            log.format(tx: tx, rx: rx)
         }
 
         /// The frontend posts tx packets (one slot each) and rx pages with these ids.
@@ -51,7 +51,7 @@ import Testing
         /// netback's tx step for one packet: copied aside, answered in place, consumed.
         func answerTx() -> UInt16 {
             let request = NetifTxRequest(loading: tx.peekRequest(0))
-            log.takingTx(1)
+            log.takingTx(1, on: tx)
             NetifTxResponse(id: request.id, status: Netif.rspOkay).store(to: tx.nextResponse())
             tx.consume(1)
             return request.id
@@ -60,7 +60,7 @@ import Testing
         /// netback's rx step for one slot.
         func answerRx() -> UInt16 {
             let request = NetifRxRequest(loading: rx.peekRequest(0))
-            log.takingRx()
+            log.takingRx(on: rx)
             rx.consume(1)
             NetifRxResponse(id: request.id, offset: 0, flags: 0, status: 60).store(to: rx.nextResponse())
             return request.id
@@ -71,7 +71,7 @@ import Testing
             tx = BackRing(page: txPage.base, layout: txLayout)
             rx = BackRing(page: rxPage.base, layout: rxLayout)
             log = NetbackQueueLog(base: memory.base, tx: tx, rx: rx)
-            return log.restore()
+            return log.restore(tx: tx, rx: rx)
         }
 
         /// What a new incarnation takes off the rings, in order.

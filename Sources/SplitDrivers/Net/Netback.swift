@@ -170,6 +170,7 @@ public final class Netback {
                     log.words[2] = 0
                 }
             }
+            q.vif.saveStats()
         }
         touched.removeAll(keepingCapacity: true)
         for u in uplinksToKick { u.kick() }
@@ -293,7 +294,7 @@ public final class Netback {
             }
             // Answer every slot of the chain (extras with NETIF_RSP_NULL), each answer in its
             // request's slot: the requests are copied aside first, for a next incarnation.
-            q.inflight?.takingTx(slots)
+            q.inflight?.takingTx(slots, on: q.tx)
             let status = error == nil ? Netif.rspOkay : Netif.rspError
             for i in 0..<slots {
                 let r = NetifTxRequest(loading: q.tx.peekRequest(i))
@@ -407,7 +408,7 @@ public final class Netback {
         var done = 0
         for i in 0..<need {
             let r = NetifRxRequest(loading: q.rx.peekRequest(0))
-            q.inflight?.takingRx()
+            q.inflight?.takingRx(on: q.rx)
             q.rx.consume(1)
             let n = min(Netif.pageSize, frame.count - done)
             let more = i + 1 < need

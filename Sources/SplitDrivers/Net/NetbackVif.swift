@@ -58,14 +58,10 @@ final class NetbackVif {
     @exclusivity(unchecked) private(set) var queues: [NetbackQueue] = []
     /// Frames waiting for rx pages: bytes and queue index.
     @exclusivity(unchecked) var backlog: [([UInt8], Int)] = []
-    /// The counters: in the vif's in-flight page once it has one (they outlast a restart of
-    /// netback), in `ownStats` before that or without one.
-    var stats: NetbackVifStats {
-        get { statsStorage.pointee }
-        _modify { yield &statsStorage.pointee }
-    }
-    @exclusivity(unchecked) private var statsStorage: UnsafeMutablePointer<NetbackVifStats>
-    private let ownStats: UnsafeMutablePointer<NetbackVifStats>
+    /// The counters (the switch's, under the netback lock). They are saved in the vif's
+    /// in-flight log at the end of every pass that touched the vif (`saveStats`), so they
+    /// outlast a restart of netback, but for the last pass before it.
+    @exclusivity(unchecked) var stats = NetbackVifStats()
     /// The in-flight page (`NetbackVifLog`) and its mapping; nil when the supervisor gave none.
     @exclusivity(unchecked) private(set) var inflight: NetbackVifLog?
     @exclusivity(unchecked) private var inflightMemory: [SharedMapping] = []
@@ -79,17 +75,16 @@ final class NetbackVif {
         self.frontend = frontend
         self.devid = devid
         name = "vif\(frontend).\(devid)"
-        ownStats = .allocate(capacity: 1)
-        ownStats.initialize(to: NetbackVifStats())
-        statsStorage = ownStats
         floodLimiter = FrameRateLimiter(framesPerSecond: UInt64(owner.settings.broadcastPPS), burst: UInt64(owner.settings.broadcastPPS / 10 + 64),
                                         now: MonotonicClock.nanoseconds())
     }
 
     deinit {
         inflightMemory.forEach { $0.unmap() }
-        ownStats.deallocate()
     }
+
+    /// Saves the counters in the in-flight log (switch thread, end of a pass).
+    func saveStats() { inflight?.stats.pointee = stats }
 
     /// The backlog changed: its length goes to the in-flight page (frames a restart loses).
     func noteBacklog() { inflight?.backlog.pointee = backlog.count }
@@ -155,6 +150,7 @@ final class NetbackVif {
     private func publishStatistics() {
         owner.lock.lock()
         let text = stats.text
+        saveStats()  // counters of vifs no pass touched lately (drops) too
         owner.lock.unlock()
         if text != lastPublished, (try? domain.store.read(dir + "/state")) != nil {
             lastPublished = text
@@ -296,17 +292,16 @@ final class NetbackVif {
             }
             var t = NetbackVifTakeover(rxFramesLost: record.backlog.pointee)
             for (q, log) in zip(queues, logs) {
-                guard let (tx, rx) = log.restore() else {
+                guard let (tx, rx) = log.restore(tx: q.tx, rx: q.rx) else {
                     throw NetbackSetupError("cannot take the vif over: queue \(q.index)'s rings are impossible with its log "
                                             + "(tx req_prod \(q.tx.reqProd) rsp_prod \(q.tx.rspProd) taken \(UInt32(truncatingIfNeeded: log.words[0])); "
                                             + "rx req_prod \(q.rx.reqProd) rsp_prod \(q.rx.rspProd) taken \(UInt32(truncatingIfNeeded: log.words[3])))")
                 }
                 t.txRequestsAgain += tx
                 t.rxRequestsAgain += rx
-                // Frames put in rx pages whose answers were never published did not arrive.
+                // Frames put in rx pages whose answers were never published did not arrive (the
+                // saved counters stop at the last publication, so they are not in them).
                 t.rxFramesLost += log.words[1]
-                record.stats.pointee.rxFrames -= log.words[1]
-                record.stats.pointee.rxBytes -= log.words[2]
                 log.words[1] = 0
                 log.words[2] = 0
             }
@@ -315,9 +310,9 @@ final class NetbackVif {
             takeover = t
         } else {
             record.format(queues: queues.count)
-            for log in logs { log.format() }
+            for (q, log) in zip(queues, logs) { log.format(tx: q.tx, rx: q.rx) }
         }
-        statsStorage = record.stats
+        stats = record.stats.pointee
         for (q, log) in zip(queues, logs) { q.inflight = log }
     }
 

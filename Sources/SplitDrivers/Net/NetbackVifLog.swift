@@ -14,7 +14,9 @@ import LinuxHost
 /// which Ethernet allows); rx pages are filled again and the frames that were being put in them
 /// are lost, counted as dropped (`rx-dropped`), as are the frames that waited in the backlog.
 ///
-/// The vif's counters live in queue 0's log too, so `statistics` goes on across restarts.
+/// The vif's counters are saved in queue 0's log at the end of every pass of the switch, so
+/// `statistics` goes on across restarts (but for the last pass before one). (Counting straight
+/// into the shared page, through a pointer, cost the switch a fifth of its packet rate.)
 ///
 /// Layout of each queue's log (native byte order; the same binary or a later one reads it):
 /// ```
@@ -33,9 +35,18 @@ struct NetbackQueueLog {
     static let rxOffset = 8192
     static let mirrorBytes = 4096
 
+    // Plain values only (no references): the switch copies this struct for every packet.
     let base: UnsafeMutableRawPointer
-    let tx: BackRing
-    let rx: BackRing
+    let txSlot: Int, txMask: UInt32
+    let rxSlot: Int, rxMask: UInt32
+
+    init(base: UnsafeMutableRawPointer, tx: BackRing, rx: BackRing) {
+        self.base = base
+        txSlot = tx.layout.slotSize
+        txMask = tx.layout.count - 1
+        rxSlot = rx.layout.slotSize
+        rxMask = rx.layout.count - 1
+    }
 
     /// Whether both rings' request slots fit their mirrors (one-page rings always do).
     static func fits(tx: BackRing, rx: BackRing) -> Bool {
@@ -47,25 +58,23 @@ struct NetbackQueueLog {
     /// Copies the tx requests `peekRequest(0..<n)` aside and records `req_cons` past them: called
     /// before they are answered.
     @inline(__always)
-    func takingTx(_ n: UInt32) {
-        let size = tx.layout.slotSize
+    func takingTx(_ n: UInt32, on tx: BackRing) {
         for i in 0..<n {
             let index = tx.reqCons &+ i
-            (base + Self.txOffset + Int(index & (tx.layout.count - 1)) * size).copyMemory(from: tx.peekRequest(i), byteCount: size)
+            (base + Self.txOffset + Int(index & txMask) * txSlot).copyMemory(from: tx.peekRequest(i), byteCount: txSlot)
         }
         words[0] = Int(tx.reqCons &+ n)
     }
 
     /// Copies the next rx request aside and records `req_cons` past it (before it is answered).
     @inline(__always)
-    func takingRx() {
-        let size = rx.layout.slotSize
-        (base + Self.rxOffset + Int(rx.reqCons & (rx.layout.count - 1)) * size).copyMemory(from: rx.peekRequest(0), byteCount: size)
+    func takingRx(on rx: BackRing) {
+        (base + Self.rxOffset + Int(rx.reqCons & rxMask) * rxSlot).copyMemory(from: rx.peekRequest(0), byteCount: rxSlot)
         words[3] = Int(rx.reqCons &+ 1)
     }
 
     /// Starts the words over for rings connected afresh.
-    func format() {
+    func format(tx: BackRing, rx: BackRing) {
         words[0] = Int(tx.reqCons)
         words[1] = 0
         words[2] = 0
@@ -75,7 +84,7 @@ struct NetbackQueueLog {
     /// Puts back the requests a dead incarnation took past `rsp_prod` (their slots may hold its
     /// unpublished answers) and returns how many tx and rx requests will be taken again; nil when
     /// the recorded indexes are impossible for these rings (then nothing is written).
-    func restore() -> (tx: Int, rx: Int)? {
+    func restore(tx: BackRing, rx: BackRing) -> (tx: Int, rx: Int)? {
         func put(_ ring: BackRing, consumed: Int, offset: Int) -> Int? {
             let from = ring.rspProd, to = UInt32(truncatingIfNeeded: consumed)
             let taken = to &- from, produced = ring.reqProd &- from
