@@ -100,14 +100,7 @@ enum MigrateSuite {
             for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) }
             sup.stop()
         }
-        try NetSuite.write(sup, backend, """
-            name = "\(backend)"
-            kernel = "\(netback)"
-            driver_domain = 1
-            memory = 64
-            vcpus = 2
-            """)
-        _ = try BlkSuite.awaitLine(sup, backend, containing: "serving vifs", timeout: 30)
+        try RecoverySuite.startDriverDomain(sup, backend, kernel: netback, serving: "serving vifs")
         guests.append("kvstore")
         try NetSuite.write(sup, "kvstore", """
             name = "kvstore"

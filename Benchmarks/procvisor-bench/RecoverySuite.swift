@@ -29,8 +29,10 @@ enum RecoverySuite {
         return path
     }
 
-    static func startDriverDomain(_ sup: BenchSupervisor, _ name: String, kernel: String) throws {
+    /// Starts that driver domain and waits until its console says `serving` (its marker).
+    static func startDriverDomain(_ sup: BenchSupervisor, _ name: String, kernel: String, serving marker: String) throws {
         try BlkSuite.create(sup, configPath: try driverDomainConfig(sup, name, kernel: kernel))
+        _ = try BlkSuite.awaitLine(sup, name, containing: marker, timeout: 30)
     }
 
     /// How many times `name`'s incarnations have printed `marker` (its console log goes on
@@ -116,8 +118,7 @@ enum RecoverySuite {
         let backend = "blkback-recovery"
         var guests = [backend]
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        try startDriverDomain(sup, backend, kernel: blkback)
-        try BlkSuite.awaitLine(sup, backend, containing: "serving vbds", timeout: 30)
+        try startDriverDomain(sup, backend, kernel: blkback, serving: "serving vbds")
         let image = sup.dir + "/recovery.img"
         guard FileManager.default.createFile(atPath: image, contents: nil), truncate(image, 64 << 20) == 0 else {
             throw BenchError("cannot make \(image)")
@@ -165,8 +166,7 @@ enum RecoverySuite {
         let backend = "netback-recovery"
         var guests = [backend]
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        try startDriverDomain(sup, backend, kernel: netback)
-        try BlkSuite.awaitLine(sup, backend, containing: "serving vifs", timeout: 30)
+        try startDriverDomain(sup, backend, kernel: netback, serving: "serving vifs")
         let bridge = "pvrec\(getpid() % 10_000)"
         func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:2e:0\(n), ip=10.215.0.\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
         let duration = Int(Double(kills) * 0.8) + 5

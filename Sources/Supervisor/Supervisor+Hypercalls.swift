@@ -119,12 +119,15 @@ extension Supervisor {
         if let changed = portOf(event) { p.pendingChannelEvents.removeAll { portOf($0.event) == changed } }
         p.pendingChannelEvents.append((event, copies))
         if p.channelBacklogSince == nil { p.channelBacklogSince = MonotonicClock.nanoseconds() }
-        if p.channelRetryTimer == nil {
-            p.channelRetryTimer = loop.after(ms: 10) { [weak self, weak dom] in
-                guard let self, let dom else { return }
-                dom.process.channelRetryTimer = nil
-                flushChannelEvents(dom)
-            }
+        if p.channelRetryTimer == nil { retryChannelEvents(dom) }
+    }
+
+    /// Tries the queued channel events again in 10 ms.
+    private func retryChannelEvents(_ dom: DomainRecord) {
+        dom.process.channelRetryTimer = loop.after(ms: 10) { [weak self, weak dom] in
+            guard let self, let dom else { return }
+            dom.process.channelRetryTimer = nil
+            flushChannelEvents(dom)
         }
     }
 
@@ -153,11 +156,7 @@ extension Supervisor {
             dropChannelEvents(dom)
             return crash(dom, "event socket overflow: the domain has not taken its events for \(waited / 1_000_000_000) s")
         }
-        p.channelRetryTimer = loop.after(ms: 10) { [weak self, weak dom] in
-            guard let self, let dom else { return }
-            dom.process.channelRetryTimer = nil
-            flushChannelEvents(dom)
-        }
+        retryChannelEvents(dom)
     }
 
     /// Forgets the queued channel events (the domain is gone), closing their descriptors.

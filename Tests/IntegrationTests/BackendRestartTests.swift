@@ -149,6 +149,17 @@ import Testing
         #expect(h.consoleLog("soak").contains("xvda"), "\(h.consoleLog("soak"))")
     }
 
+    /// A netback driver domain of its own, serving; and the vif line of guest `n` on `bridge`
+    /// (MAC 00:16:3e:00:TAG:0n, address SUBNET.n).
+    static func startNetback(_ h: SupervisorHarness) throws {
+        #expect(try h.xl("create", "-q", h.config("netback", kernel: Products.path("netback"), "driver_domain = 1\n")).ok)
+        #expect(eventually(timeout: 20) { h.consoleLog("netback").contains("serving vifs") })
+    }
+
+    static func vif(_ n: Int, tag: String, subnet: String, bridge: String) -> String {
+        "vif = [ 'mac=00:16:3e:00:\(tag):0\(n), ip=\(subnet).\(n)/24, bridge=\(bridge), backend=netback' ]\n"
+    }
+
     /// netback killed five times under a UDP echo stream between two guests, a ping, and the
     /// host talking to a guest through the bridge's tap: every vif is taken over where it was
     /// (same domid, rings kept, no new handshake), the stream and the ping carry on (a datagram
@@ -159,10 +170,9 @@ import Testing
         defer { h.stop() }
         let netback = Products.path("netback")
         let br = "pvr\(getpid() % 100_000)", subnet = "10.214.\(getpid() % 250)"
-        #expect(try h.xl("create", "-q", h.config("netback", kernel: netback, "driver_domain = 1\n")).ok)
-        #expect(eventually(timeout: 20) { h.consoleLog("netback").contains("serving vifs") })
+        try Self.startNetback(h)
         let domid = try #require(try h.list()["netback"]?.domid)
-        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:1e:0\(n), ip=\(subnet).\(n)/24, bridge=\(br), backend=netback' ]\n" }
+        func vif(_ n: Int) -> String { Self.vif(n, tag: "1e", subnet: subnet, bridge: br) }
         #expect(try h.xl("create", "-q", h.config("server", kernel: Products.path("udp-echo"), "extra = \"port=7\"\n" + vif(2))).ok)
         #expect(eventually(timeout: 30) { h.consoleLog("server").contains("listening on") }, "\(h.consoleLog("server"))")
         #expect(try h.xl("create", "-q", h.config("client", kernel: Products.path("udp-echo"),
@@ -198,24 +208,9 @@ import Testing
         if tap {
             // The same tap, still configured: the host reaches the server through it.
             #expect((try? String(contentsOfFile: "/sys/class/net/\(br)/ifindex", encoding: .utf8)) == ifindex)
-            let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-            defer { close(s) }
-            var tv = timeval(tv_sec: 1, tv_usec: 0)
-            setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_port = UInt16(7).bigEndian
-            inet_pton(AF_INET, "\(subnet).2", &addr.sin_addr)
             let message = Array("after the restarts".utf8)
-            var answer = [UInt8](repeating: 0, count: 100)
-            var got = -1
-            for _ in 0..<10 where got < 0 {
-                _ = withUnsafePointer(to: &addr) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(s, message, message.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                got = recv(s, &answer, answer.count, 0)
-            }
-            #expect(got == message.count, "no echo through tap \(br) after the restarts: \(log)")
+            let echo = hostUDPEcho(to: "\(subnet).2", message)
+            #expect(echo.count == message.count && echo.bytes == message, "no echo through tap \(br) after the restarts: \(log)")
         }
         #expect(try h.xl("destroy", "netback").ok)
         #expect(eventually(timeout: 10) { !FileIO.exists("/sys/class/net/\(br)") }, "tap \(br) outlived netback")
@@ -286,9 +281,8 @@ import Testing
         defer { h.stop() }
         let netback = Products.path("netback")
         let br = "pvc\(getpid() % 100_000)", subnet = "10.216.\(getpid() % 250)"
-        #expect(try h.xl("create", "-q", h.config("netback", kernel: netback, "driver_domain = 1\n")).ok)
-        #expect(eventually(timeout: 20) { h.consoleLog("netback").contains("serving vifs") })
-        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:1f:0\(n), ip=\(subnet).\(n)/24, bridge=\(br), backend=netback' ]\n" }
+        try Self.startNetback(h)
+        func vif(_ n: Int) -> String { Self.vif(n, tag: "1f", subnet: subnet, bridge: br) }
         try h.create("evil", mode: "net-hostile", "extra = \"mode=net-hostile corrupt-after-restart=1\"\n" + vif(5))
         #expect(try h.xl("create", "-q", h.config("server", kernel: Products.path("udp-echo"), "extra = \"port=7\"\n" + vif(2))).ok)
         #expect(eventually(timeout: 30) { h.consoleLog("server").contains("listening on") && h.consoleLog("evil").contains("waiting for the backend to go") },

@@ -223,3 +223,25 @@ final class SupervisorHarness {
         }
     }
 }
+
+/// Sends `message` from the host to UDP `address`:`port` and waits for its echo, ten tries of
+/// a second each; the number of bytes that came back (-1: none).
+func hostUDPEcho(to address: String, port: UInt16 = 7, _ message: [UInt8]) -> (count: Int, bytes: [UInt8]) {
+    let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+    defer { close(s) }
+    var tv = timeval(tv_sec: 1, tv_usec: 0)
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    inet_pton(AF_INET, address, &addr.sin_addr)
+    var answer = [UInt8](repeating: 0, count: max(100, message.count + 1))
+    var got = -1
+    for _ in 0..<10 where got < 0 {
+        _ = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(s, message, message.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        got = recv(s, &answer, answer.count, 0)
+    }
+    return (got, Array(answer[..<max(0, got)]))
+}

@@ -190,24 +190,9 @@ import Testing
         }
         let r = try runCommand(ip, ["addr", "add", "\(subnet).254/24", "dev", br], env: [:])
         #expect(r.ok, "\(r.stderr)")
-        let s = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(s) }
-        var tv = timeval(tv_sec: 1, tv_usec: 0)
-        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(7).bigEndian
-        inet_pton(AF_INET, "\(subnet).2", &addr.sin_addr)
         let message = Array("hello from the host".utf8)
-        var answer = [UInt8](repeating: 0, count: 100)
-        var got = -1
-        for _ in 0..<10 where got < 0 {
-            _ = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(s, message, message.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            got = recv(s, &answer, answer.count, 0)
-        }
-        #expect(got == message.count && Array(answer[..<max(0, got)]) == message, "no echo through tap \(br): \(netback(h))")
+        let echo = hostUDPEcho(to: "\(subnet).2", message)
+        #expect(echo.count == message.count && echo.bytes == message, "no echo through tap \(br): \(netback(h))")
         // The guest's stack pings back too: the host learned its MAC through ARP.
         #expect(try h.xl("destroy", "netback").ok)
         #expect(eventually(timeout: 10) { !FileIO.exists("/sys/class/net/\(br)") }, "tap \(br) outlived netback")
