@@ -119,7 +119,8 @@ import Testing
 
     @Test(arguments: refusedAttacks)
     func aPlainCKernelsAttackIsRefusedAndNamed(_ mode: String, _ named: String) throws {
-        let h = try SupervisorHarness()
+        let base = Self.privateUIDBase()
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_JAIL_UID_BASE": "\(base)"])
         defer { h.stop() }
         try h.create("bystander", mode: "run")
         let target = h.runDirectory + "/pwned-\(mode)"
@@ -134,7 +135,7 @@ import Testing
         #expect(h.supervisor.isRunning)
         #expect(try h.list()["bystander"] != nil)
         // Nothing of the attacker is left: no process with its uid anywhere.
-        #expect(eventually { !Self.processesExist(uid: 100_002) })
+        #expect(eventually { !Self.processesExist(uid: base + 2) })
     }
 
     /// Attacks aimed at another process: signals through fcntl's owner, a plain kill, ptrace.
@@ -204,18 +205,20 @@ import Testing
 
     /// fork before engagement: refused, so nothing survives a destroy or the supervisor's exit.
     @Test func forkBeforeEngagementLeavesNothingBehind() throws {
-        let h = try SupervisorHarness()
+        let base = Self.privateUIDBase()
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_JAIL_UID_BASE": "\(base)"])
         _ = try h.xl("create", h.config("forker", mode: "pre-start-fork"))
         #expect(eventually { (try? h.dmesg())?.contains("(forker): failed to start: forbidden system call clone") == true }, "\((try? h.dmesg()) ?? "")")
         #expect(!h.consoleLog("forker").contains("fork returned"))
         h.stop()
-        #expect(eventually { !Self.processesExist(uid: 100_001) })
+        #expect(eventually { !Self.processesExist(uid: base + 1) })
     }
 
     /// The supervisor dies without a word (SIGKILL): its domains die with it. The jail's change of
     /// uid clears a process's parent-death signal, so the launcher sets it again afterwards.
     @Test func domainsDieWithAKilledSupervisor() throws {
-        let h = try SupervisorHarness()
+        let base = Self.privateUIDBase()
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_JAIL_UID_BASE": "\(base)"])
         // Kernels that never read their sockets again, so the closed channels do not end them.
         for name in ["left", "right"] {
             let r = try h.xl("create", h.config(name, kernel: Self.cattack, "extra = \"mode=deaf\"\n"))
@@ -233,7 +236,7 @@ import Testing
         }
         h.killSupervisor()
         #expect(eventually { kids.allSatisfy { !ProcFS.isAlive($0) || ProcFS.state(of: $0) == "Z" } }, "domains outlived their supervisor")
-        #expect(eventually { !Self.processesExist(uid: 100_001) && !Self.processesExist(uid: 100_002) })
+        #expect(eventually { !Self.processesExist(uid: base + 1) && !Self.processesExist(uid: base + 2) })
         for pid in kids where ProcFS.isAlive(pid) { kill(pid, SIGKILL) }  // when the check above failed
         // The next supervisor removes the cgroups the killed one left.
         // (Any supervisor starting meanwhile, another test's, may be the one that does it.)
@@ -343,6 +346,18 @@ import Testing
         #expect(try asNobody(["info", "xen_commandline"], insecure: true).stdout.contains("jail=userns cgroups=off insecure-no-cgroups"))
         #expect(try asNobody(["destroy", "user"], insecure: true).ok)
     }
+
+    /// A jail uid base no other harness of any test run uses (`PROCVISOR_JAIL_UID_BASE`): a
+    /// check for "no process of this uid left" must not see another test's domain of the same
+    /// domid, which under the default base has the same uid.
+    static func privateUIDBase() -> UInt32 {
+        uidLock.lock()
+        defer { uidLock.unlock() }
+        nextUIDSlot += 1
+        return 1_000_000 + UInt32(getpid() % 4000) * 4096 + nextUIDSlot * 16
+    }
+    nonisolated(unsafe) private static var nextUIDSlot: UInt32 = 0
+    private static let uidLock = Lock()
 
     static func processesExist(uid: UInt32) -> Bool {
         guard let dir = opendir("/proc") else { return false }
