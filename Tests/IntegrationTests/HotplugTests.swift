@@ -124,6 +124,31 @@ import Testing
         #expect(try checkPattern(a, from: 1) == 0 && checkPattern(b, from: 1) == 0)
     }
 
+    /// blkback killed while a disk is being hot-plugged (stopped first, so the new disk's
+    /// handshake is surely under way): the new incarnation takes the connected disk over and
+    /// connects the new one afresh, and the guest verifies it.
+    @Test func aBackendKilledDuringAHotPlugConnectsTheNewDiskAfresh() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startBlkback(h)
+        let a = image(h, "a.img"), b = image(h, "b.img")
+        try hotplugGuest(h, "g", disk: "vdev=xvda, access=rw, backend=bb, target=\(a)")
+        #expect(eventually(timeout: 30) { h.consoleLog("g").contains("hotplug: xvda verified") }, "\(h.consoleLog("g"))")
+        let pid = try #require(ProcFS.child(of: h.pid, running: Products.path("blkback")))
+        kill(pid, SIGSTOP)
+        #expect(try h.xl("block-attach", "g", "vdev=xvdb, access=rw, backend=bb, target=\(b)").ok)
+        // The frontend has started its half; the stopped backend has done nothing for the disk.
+        #expect(eventually { (try? h.xs("read", "/local/domain/2/device/vbd/51728/state").stdout) != nil })
+        #expect(try h.xs("read", "/local/domain/1/backend/vbd/2/51728/state").stdout != "4\n")
+        kill(pid, SIGKILL)
+        #expect(eventually(timeout: 30) { h.consoleLog("g").contains("hotplug: xvdb verified") }, "\(h.consoleLog("g"))\n\(h.consoleLog("bb"))")
+        let dmesg = try h.dmesg()
+        #expect(dmesg.contains("dom1 (bb): crashed (killed by SIGKILL): restarted in place"), "\(dmesg)")
+        #expect(h.consoleLog("bb").contains("vbd 2/51712 resumed"), "\(h.consoleLog("bb"))")
+        #expect(try h.list()["g"] != nil)
+        #expect(try checkPattern(a, from: 1) == 0 && checkPattern(b, from: 1) == 0)
+    }
+
     @Test func detachWhileTheGuestHasIOInFlight() throws {
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DEVICE_REMOVE_TIMEOUT_MS": "10000"])
         defer { h.stop() }
