@@ -37,8 +37,7 @@ final class GrantPage {
     /// The supervisor's own mapping (for grant copy), made on first use and kept while it is
     /// among the `maxMapped` most recently mapped pages: no number of grant pages can exhaust the
     /// supervisor's mappings (`vm.max_map_count`, whose exhaustion would fail its own
-    /// allocations). Call `makeRoom` before taking pointers that must stay valid together (grant
-    /// copy and re-backing both do).
+    /// allocations). Call `makeRoom` before taking pointers that must stay valid together.
     func bytes() throws -> UnsafeMutableRawPointer {
         if let mapping { return mapping.base }
         let m = try SharedMapping(fd, length: 4096)
@@ -61,6 +60,26 @@ final class GrantPage {
         guard excess > 0 else { return }
         for w in mapped.prefix(excess) { w.page?.mapping = nil }
         mapped.removeFirst(min(excess, mapped.count))
+    }
+
+    /// Copies `count` bytes at `offset` of this page into `buffer` (positioned reads, no mapping).
+    func read(into buffer: UnsafeMutableRawPointer, offset: Int, count: Int) throws {
+        var done = 0
+        while done < count {
+            let n = try fd.read(into: UnsafeMutableRawBufferPointer(start: buffer + done, count: count - done), at: Int64(offset + done))
+            guard n > 0 else { throw SystemError("pread", "\(name)", errno: .ioError) }
+            done += n
+        }
+    }
+
+    /// Writes `count` bytes of `buffer` at `offset` of this page.
+    func write(from buffer: UnsafeRawPointer, offset: Int, count: Int) throws {
+        var done = 0
+        while done < count {
+            let n = try fd.write(from: UnsafeRawBufferPointer(start: buffer + done, count: count - done), at: Int64(offset + done))
+            guard n > 0 else { throw SystemError("pwrite", "\(name)", errno: .ioError) }
+            done += n
+        }
     }
 
     /// A descriptor for this page alone, read-only when `readonly`: mmap(PROT_WRITE) of it fails.
@@ -252,16 +271,19 @@ final class GrantService {
         var rd = WireReader(r.payload, what: "reback grant pages")
         var w = WireWriter()
         var fds: [FileDescriptor] = []
-        // Room for every page this may map, made before any pointer is taken (as for grant copy).
-        GrantPage.makeRoom(2 * (r.payload.count / 8))
         for _ in 0..<(r.payload.count / 8) {
             guard let gfn = try? rd.u64(), let old = g.pages[gfn] else { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EINVAL.rawValue))); continue }
             if old.mapCount > 0 { w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.EBUSY.rawValue))); continue }
-            guard let fresh = try? GrantPage(owner: domid, gfn: gfn), let to = try? fresh.bytes(), let from = try? old.bytes() else {
+            let copied = try? withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 64) { buffer -> GrantPage in
+                let fresh = try GrantPage(owner: domid, gfn: gfn)
+                try old.read(into: buffer.baseAddress!, offset: 0, count: 4096)
+                try fresh.write(from: buffer.baseAddress!, offset: 0, count: 4096)
+                return fresh
+            }
+            guard let fresh = copied else {
                 w.u32(UInt32(truncatingIfNeeded: -Int64(XenErrno.ENOMEM.rawValue)))
                 continue
             }
-            to.copyMemory(from: from, byteCount: 4096)
             g.pages[gfn] = fresh
             g.setExposed(fresh, false)
             fds.append(fresh.fd)
