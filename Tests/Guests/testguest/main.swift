@@ -341,10 +341,10 @@ case "oversized":
     _ = try? UnixSocket.send(fd, big)
     while true { sleep(1) }
 case "console-spew":
-    // Writes `mib=` MiB (default 3) of numbered lines to its console, then says so.
-    let mib = Int(arg("mib") ?? "3") ?? 3
+    // Writes `kib=` KiB (default 3072) of numbered lines to its console, then says so.
+    let kib = Int(arg("kib") ?? "3072") ?? 3072
     var line = 0, written = 0
-    while written < mib << 20 {
+    while written < kib << 10 {
         let text = "spew line \(line) " + String(repeating: "x", count: 100) + "\n"
         print(text, terminator: "")
         written += text.utf8.count
