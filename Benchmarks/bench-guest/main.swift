@@ -3,7 +3,7 @@
 //    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
 //    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
 //    --dgram-send SIZE SECONDS / --dgram-recv  datagrams over the AF_UNIX socketpair end at fd 3 (net peer);
-//  as a domain: "mode=idle" (lifecycle), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S".
+//  as a domain: "mode=idle" (lifecycle), "mode=xs-echo seconds=S gaps=MS" (live update), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S".
 import DomainRuntime
 import Glibc
 import LinuxHost
@@ -221,6 +221,31 @@ case "grant-bench":
     report("map_unmap_ns=\((t1 - t0) / UInt64(rounds))")
     report("copy_batch_mbps=\(Double(rounds / 8 * 64 * 4096) / (Double(t3 - t2) / 1e9) / 1e6)")
     report("copy_single_ns=\((t4 - t3) / UInt64(rounds))")
+    domain.shutdown(.poweroff)
+case "xs-echo":
+    // A XenStore round trip (write a node of its own, read it back) after another, for
+    // `seconds`; each pause of at least `gaps` ms between two round trips is printed as
+    // `xs-echo: gap FROM TO` (monotonic ns): what a guest sees of the supervisor being away.
+    let seconds = UInt64(arg("seconds") ?? "10") ?? 10
+    let gapNs = (UInt64(arg("gaps") ?? "2") ?? 2) * 1_000_000
+    let end = MonotonicClock.nanoseconds() + seconds * 1_000_000_000
+    var last = MonotonicClock.nanoseconds()
+    var rounds = 0
+    report("xs-echo: running")
+    while last < end {
+        do {
+            try domain.store.write("data/xs-echo", "\(rounds)")
+            guard try domain.store.read("data/xs-echo") == "\(rounds)" else { report("xs-echo: FAILED: read back something else"); domain.shutdown(.crash) }
+        } catch {
+            report("xs-echo: FAILED: \(error)")
+            domain.shutdown(.crash)
+        }
+        rounds += 1
+        let now = MonotonicClock.nanoseconds()
+        if now - last >= gapNs { report("xs-echo: gap \(last) \(now)") }
+        last = now
+    }
+    report("xs-echo: OK rounds=\(rounds)")
     domain.shutdown(.poweroff)
 case "fill-ram":
     // Every populated page gets data (no holes for a save to skip), then the domain idles until

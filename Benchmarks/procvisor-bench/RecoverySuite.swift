@@ -14,7 +14,7 @@ enum RecoverySuite {
         let kills = max(20, min(count, 100))
         let sup = try BenchSupervisor(environment: ["PROCVISOR_DRIVER_RESTARTS": "1000/60"])
         defer { sup.stop() }
-        return try block(sup, kills: kills) + network(sup, kills: kills)
+        return try block(sup, kills: kills) + network(sup, kills: kills) + liveUpdate(sup, rounds: max(10, kills / 2))
     }
 
     /// The config file of a driver domain called `name` running `kernel`, as the default ones
@@ -196,5 +196,103 @@ enum RecoverySuite {
             Result(name: "net_recovery_p99_ms", unit: "ms", procvisor: ours.percentile(99), peer: peer.percentile(99),
                    peer_name: "fresh netback driver domain start (p99)", ratio: ours.percentile(99) / peer.percentile(99), higher_is_better: false),
         ]
+    }
+
+    /// The supervisor replaced (`.liveUpdate`, the same binary) `rounds` times, 400 ms apart,
+    /// while a guest makes XenStore round trips one after another (served by the supervisor:
+    /// each update pauses them) and a UDP echo stream runs between two guests through netback
+    /// (a path the supervisor is not on). Ours: per update, the longest pause either client
+    /// saw. Peer, interleaved: starting a fresh procvisord (in a run directory of its own) until
+    /// its control socket answers, the least any restart of the supervisor could cost.
+    static func liveUpdate(_ sup: BenchSupervisor, rounds: Int) throws -> [Result] {
+        let netback = try sibling("netback"), udpEcho = try sibling("udp-echo"), procvisord = try sibling("procvisord")
+        let backend = "netback-lu"
+        var guests = [backend]
+        defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
+        try startDriverDomain(sup, backend, kernel: netback, serving: "serving vifs")
+        let bridge = "pvlu\(getpid() % 10_000)"
+        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:2f:0\(n), ip=10.218.0.\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
+        let seconds = Int(Double(rounds) * 0.9) + 6
+        guests.append("lu-server")
+        try NetSuite.write(sup, "lu-server", "name = \"lu-server\"\nkernel = \"\(udpEcho)\"\nextra = \"port=7\"\nmemory = 32\n\(vif(2))\n")
+        try BlkSuite.awaitLine(sup, "lu-server", containing: "listening on", timeout: 30)
+        guests.append("lu-client")
+        try NetSuite.write(sup, "lu-client", """
+            name = "lu-client"
+            kernel = "\(udpEcho)"
+            extra = "client=10.218.0.2 port=7 duration=\(seconds) size=200 retry=5 gaps=2"
+            memory = 32
+            \(vif(3))
+            """)
+        guests.append("xs-echo")
+        try sup.create("xs-echo", extra: "mode=xs-echo seconds=\(seconds) gaps=2")
+        try BlkSuite.awaitLine(sup, "xs-echo", containing: "xs-echo: running", timeout: 30)
+        usleep(500_000)
+        var windows: [(UInt64, UInt64)] = [], reported: [Double] = [], fresh: [Double] = []
+        for i in 0..<rounds {
+            usleep(400_000)
+            let t0 = MonotonicClock.nanoseconds()
+            guard case let .liveUpdated(_, pauseMs) = try sup.call(.liveUpdate(binary: nil)) else {
+                throw BenchError("live update \(i + 1) failed\n\(BlkSuite.diagnostics(sup, "xs-echo"))")
+            }
+            windows.append((t0, MonotonicClock.nanoseconds()))
+            reported.append(pauseMs)
+            fresh.append(try freshSupervisorStart(procvisord))
+        }
+        try BlkSuite.awaitLine(sup, "xs-echo", containing: "xs-echo: OK", timeout: Double(seconds) + 30)
+        try BlkSuite.awaitLine(sup, "lu-client", containing: "udp-echo: OK", timeout: Double(seconds) + 30)
+        func longest(_ guest: String, _ prefix: String) -> [Double] {
+            let g = gaps(sup, guest: guest, prefix: prefix)
+            return windows.map { w in
+                g.filter { $0.to > w.0 && $0.from < w.1 }.map { Double($0.to - $0.from) / 1e6 }.max() ?? 0
+            }
+        }
+        let xs = longest("xs-echo", "xs-echo:"), udp = longest("lu-client", "udp-echo:")
+        let worst = zip(xs, udp).map { max($0, $1) }
+        fputs("recovery: live update, every round (longest XenStore pause ms): \(MigrateSuite.fmt(xs)) | UDP through netback: \(MigrateSuite.fmt(udp)) "
+              + "| as the supervisor measured it: \(MigrateSuite.fmt(reported)) | fresh procvisord start: \(MigrateSuite.fmt(fresh))\n", stderr)
+        let ours = Sample(values: worst), peer = Sample(values: fresh)
+        return [
+            Result(name: "live_update_pause_ms", unit: "ms", procvisor: ours.median, peer: peer.median, peer_name: "fresh procvisord start (median)",
+                   ratio: ours.median / peer.median, higher_is_better: false),
+            Result(name: "live_update_pause_max_ms", unit: "ms", procvisor: ours.percentile(100), peer: peer.percentile(100),
+                   peer_name: "fresh procvisord start (max)", ratio: ours.percentile(100) / peer.percentile(100), higher_is_better: false),
+        ]
+    }
+
+    /// Starts procvisord in a run directory of its own and returns the ms until its control
+    /// socket answers a ping; then stops it.
+    static func freshSupervisorStart(_ procvisord: String) throws -> Double {
+        var template = Array("/tmp/pvb-fresh.XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw Errno.current }
+        let dir = String(cString: template)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var env = ProcessInfo.processInfo.environment
+        env["PROCVISOR_RUNDIR"] = dir
+        env["PROCVISOR_NO_AUTOSTART"] = "1"
+        let t0 = MonotonicClock.nanoseconds()
+        let pid = try Spawner.spawnPlain(path: procvisord, argv: [procvisord], env: env.map { "\($0.key)=\($0.value)" })
+        defer {
+            kill(pid, SIGTERM)
+            _ = try? ChildReaper.wait(pid)
+        }
+        let deadline = t0 + 10_000_000_000
+        while MonotonicClock.nanoseconds() < deadline {
+            if let fd = try? UnixSocket.connect(path: dir + "/control") {
+                defer { fd.close() }
+                try fd.writeAll(try ControlFraming.encode(ControlRequest.ping))
+                var buffer: [UInt8] = []
+                while true {
+                    if case .pong? = try ControlFraming.decode(ControlResponse.self, from: &buffer) {
+                        return Double(MonotonicClock.nanoseconds() - t0) / 1e6
+                    }
+                    let chunk = try fd.read(upTo: 4096)
+                    if chunk.isEmpty { break }
+                    buffer += chunk
+                }
+            }
+            usleep(200)
+        }
+        throw BenchError("a fresh procvisord did not answer within 10 s")
     }
 }

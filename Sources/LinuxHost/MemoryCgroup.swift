@@ -34,6 +34,12 @@ public final class MemoryCgroup {
         path = try CgroupFiles.make(parent + "/" + name, limit: version == .v1 ? "memory.limit_in_bytes" : "memory.max", limitBytes)
     }
 
+    /// A cgroup this process made before an exec (a live update), by its directory.
+    public init(adopting path: String, version: Version) {
+        self.path = path
+        self.version = version
+    }
+
     public func setLimit(_ bytes: UInt64) throws {
         try FileIO.write(path + (version == .v1 ? "/memory.limit_in_bytes" : "/memory.max"), "\(bytes)\n")
     }

@@ -35,6 +35,12 @@ public final class PidsCgroup {
         path = try CgroupFiles.make(parent + "/" + name, limit: "pids.max", UInt64(maxTasks))
     }
 
+    /// A cgroup this process made before an exec (a live update), by its directory.
+    public init(adopting path: String, version: MemoryCgroup.Version) {
+        self.path = path
+        self.version = version
+    }
+
     /// The file a new, single-threaded process writes "0" to in order to join the cgroup
     /// (`CgroupFiles.joinFile`).
     public func joinFile() throws -> FileDescriptor { try CgroupFiles.joinFile(path, version: version) }

@@ -68,6 +68,20 @@ public enum Process {
 
     public static func setName(_ name: String) { _ = pv_set_name(name) }
 
+    /// execve(2) of `path` in place of this process, keeping its pid, its children and every
+    /// descriptor not marked close-on-exec. Returns only by throwing (the exec failed, this
+    /// process goes on unchanged).
+    public static func replace(with path: String, argv: [String], env: [String: String]) throws -> Never {
+        let args = argv.map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            args.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        execve(path, args, envp)
+        throw SystemError("execve", path, errno: Errno.current)
+    }
+
     /// Path of the running executable.
     public static func executablePath() -> String? {
         var buf = [CChar](repeating: 0, count: 4096)

@@ -21,8 +21,13 @@ public struct MemFDSeals: OptionSet, Sendable, CustomStringConvertible {
     /// Hole punching (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE) stays possible: shmem refuses it only
     /// under `write` / `futureWrite`, and decrease_reservation needs it on RAM.
     public static let handedOut: MemFDSeals = [.shrink, .grow, .seal]
-    /// `handedOut` plus `futureWrite`, for memory domains may only read (P2M, M2P, grant exposure map).
-    public static let handedOutReadOnly: MemFDSeals = [.shrink, .grow, .seal, .futureWrite]
+    /// For memory domains may only read (P2M, M2P, grant exposure map): `handedOut`, without
+    /// `futureWrite`. That seal would stop the supervisor itself from mapping the memory writable
+    /// again after a live update (its mappings do not survive the exec), so these stay writable
+    /// through a writable descriptor; a domain only ever holds a read-only one, which cannot be
+    /// mapped or written, and could reopen it writable only through /proc (absent from the jail)
+    /// with a writable open (refused by the seccomp bound).
+    public static let handedOutReadOnly: MemFDSeals = handedOut
 
     public var description: String {
         var names: [String] = []

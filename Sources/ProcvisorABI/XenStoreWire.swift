@@ -180,6 +180,9 @@ public struct XSFramer: Sendable {
     /// Bytes received but not yet part of a whole message.
     public var pendingBytes: Int { buffer.count - start }
 
+    /// Those bytes themselves (a live update hands them to the next process).
+    public var unconsumed: [UInt8] { Array(buffer[start...]) }
+
     public mutating func feed(_ bytes: some Sequence<UInt8>) {
         if start > 0 && (start == buffer.count || start > 65536) {
             buffer.removeFirst(start)

@@ -44,5 +44,8 @@ struct HypervisorLog {
 
     mutating func clear() { lines.removeAll() }
 
+    /// Lines as they were (a live update's new binary continues the log).
+    mutating func restore(_ old: [String]) { lines = Array(old.suffix(maxLines)) }
+
     var text: String { lines.map { $0 + "\n" }.joined() }
 }

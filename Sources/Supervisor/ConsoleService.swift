@@ -119,3 +119,20 @@ final class ConsoleService {
         }
     }
 }
+
+extension ConsoleService {
+    /// Domains with an `xl console` attached (a live update cannot carry those sessions).
+    var attachedDomains: [DomID] { clients.filter { !$0.value.isEmpty }.map(\.key).sorted() }
+
+    /// The open logs, for a live update; their descriptors go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> [ConsoleLogImage] {
+        logs.sorted { $0.key < $1.key }.map { domid, l in
+            keep.append(l.fd)
+            return ConsoleLogImage(domid: domid.rawValue, fd: l.fd.rawValue, path: l.path, size: l.size)
+        }
+    }
+
+    func adopt(_ images: [ConsoleLogImage]) {
+        for l in images { logs[DomID(l.domid)] = (FileDescriptor(rawValue: l.fd), l.path, l.size) }
+    }
+}

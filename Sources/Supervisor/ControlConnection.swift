@@ -30,6 +30,7 @@ final class ControlConnection {
     }
 
     var pendingOutput: Int { output.pending }
+    var unsent: [UInt8] { output.unsent }
 
     func send(_ response: ControlResponse) {
         guard let bytes = try? ControlFraming.encode(response) else { return }

@@ -43,6 +43,11 @@ final class ControlServer {
     func connection(_ id: ObjectIdentifier) -> ControlConnection? { connections[id] }
 
     private func accept(_ fd: FileDescriptor) {
+        _ = adoptConnection(fd)
+    }
+
+    /// Serves `fd` as a connection (closing it when it cannot be watched).
+    private func adoptConnection(_ fd: FileDescriptor) -> ControlConnection {
         let c = ControlConnection(fd: fd)
         c.loop = loop
         c.onClose = { [unowned self] c in
@@ -52,10 +57,11 @@ final class ControlServer {
         do {
             c.token = try loop.watch(fd) { [unowned self, unowned c] events in event(c, events) }
         } catch {
-            fd.close()
-            return
+            c.close()
+            return c
         }
         connections[ObjectIdentifier(c)] = c
+        return c
     }
 
     private func event(_ c: ControlConnection, _ events: Epoll.Events) {
@@ -82,19 +88,61 @@ final class ControlServer {
                 c.flush()
                 return
             }
-            while c.mode == .requests, !c.closed {
-                let request: ControlRequest?
-                do {
-                    request = try ControlFraming.decode(ControlRequest.self, from: &c.input)
-                } catch {
-                    c.send(.error("malformed control request: \(error)"))
-                    c.closeAfterFlush = true
-                    c.flush()
-                    return
-                }
-                guard let request else { break }
-                onRequest(request, c)
-            }
+            processRequests(c)
         }
+    }
+
+    /// Handles the whole requests in a connection's input.
+    private func processRequests(_ c: ControlConnection) {
+        while c.mode == .requests, !c.closed {
+            let request: ControlRequest?
+            do {
+                request = try ControlFraming.decode(ControlRequest.self, from: &c.input)
+            } catch {
+                c.send(.error("malformed control request: \(error)"))
+                c.closeAfterFlush = true
+                c.flush()
+                return
+            }
+            guard let request else { break }
+            onRequest(request, c)
+        }
+    }
+}
+
+extension ControlServer {
+    var listenerDescriptor: FileDescriptor? { listener?.descriptor }
+
+    /// Connections that cannot be carried across a live update (an attached `xl console`).
+    var consoleClients: Int { connections.values.filter { $0.mode != .requests }.count }
+
+    /// What a live update hands over: every open request-mode connection but `except` (the one
+    /// that asked, handed over on its own). The descriptors go into `keep`.
+    func image(except: ControlConnection?, keep: inout [FileDescriptor]) -> [ControlConnectionImage] {
+        connections.values.filter { $0 !== except && !$0.closed && $0.mode == .requests }.map { c in
+            keep.append(c.fd)
+            return ControlConnectionImage(fd: c.fd.rawValue, input: c.input, output: c.unsent, closing: c.closeAfterFlush)
+        }
+    }
+
+    /// Takes over the listener and the connections a live update handed over; returns the
+    /// connection `requester` names (nil when none).
+    @discardableResult
+    func adopt(listenFD: Int32, _ images: [ControlConnectionImage], requester: Int32?) throws -> ControlConnection? {
+        listener = try SocketListener(adopting: FileDescriptor(rawValue: listenFD), what: "control socket", loop: loop, logger: logger) { [unowned self] fd in
+            accept(fd)
+        }
+        var asked: ControlConnection?
+        for i in images + (requester.map { [ControlConnectionImage(fd: $0, input: [], output: [], closing: false)] } ?? []) {
+            let c = adoptConnection(FileDescriptor(rawValue: i.fd))
+            c.input = i.input
+            if i.fd == requester { asked = c }
+            if !i.output.isEmpty { c.sendRaw(i.output) }
+            if i.closing { c.closeAfterFlush = true; c.flush() }
+        }
+        // Requests that arrived whole before the exec and were not read yet are in the sockets;
+        // those already read but not yet handled are in `input`: handle them now.
+        for c in Array(connections.values) where !c.input.isEmpty { processRequests(c) }
+        return asked
     }
 }

@@ -97,13 +97,14 @@ final class DomainProcess {
     /// but the domain not released (its nodes, the backend directories, stay for the next one).
     var storeKept = false
 
-    init(pid: Int32, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor) {
+    init(pid: Int32, hypercallFD: FileDescriptor, eventFD: FileDescriptor, consoleOutFD: FileDescriptor, consoleInFD: FileDescriptor,
+         startMonotonic: UInt64 = MonotonicClock.nanoseconds()) {
         self.pid = pid
         self.hypercallFD = hypercallFD
         self.eventFD = eventFD
         self.consoleOutFD = consoleOutFD
         self.consoleInFD = consoleInFD
-        startMonotonic = MonotonicClock.nanoseconds()
+        self.startMonotonic = startMonotonic
     }
 }
 

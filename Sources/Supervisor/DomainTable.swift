@@ -54,6 +54,12 @@ final class DomainTable {
         byPid.removeValue(forKey: pid).flatMap { byDomid[$0] }
     }
 
+    /// The domid rover, for a live update.
+    var roverValue: UInt16 {
+        get { rover.rawValue }
+        set { rover = DomID(newValue) }
+    }
+
     /// Resolves a DOMAIN argument as xl does: a domid if it is all digits, else a name.
     func find(_ spec: String) -> DomainRecord? {
         if let id = DomID(spec), !spec.isEmpty, spec.allSatisfy(\.isNumber) { return byDomid[id] }

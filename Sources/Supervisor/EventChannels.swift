@@ -16,6 +16,12 @@ final class SharedPage {
         }
     }
 
+    /// A page a live update handed over, mapped again.
+    init(adopting raw: Int32) throws {
+        fd = FileDescriptor(rawValue: raw)
+        mapping = try SharedMapping(fd, length: EventPages.pageSize)
+    }
+
     deinit { fd.close() }
 
     func word32(at offset: Int) -> UnsafeMutablePointer<UInt32> {
@@ -49,6 +55,11 @@ final class DomainEventChannels {
         self.maxVCPUs = maxVCPUs
     }
 
+    init(doorbell: SharedPage, maxVCPUs: Int) {
+        self.doorbell = doorbell
+        self.maxVCPUs = maxVCPUs
+    }
+
     /// The lowest free port (port 0 is never valid, as in Xen).
     func allocatePort() -> EvtchnPort? {
         for p in 1..<UInt32(EventPages.maxPorts) where ports[EvtchnPort(p)] == nil { return EvtchnPort(p) }
@@ -66,9 +77,9 @@ final class DomainEventChannels {
 /// process are asked of the supervisor through the closures below, so the service runs, and is
 /// tested, without any domain process.
 final class EventChannelService {
-    private(set) var channels: [DomID: DomainEventChannels] = [:]
+    fileprivate(set) var channels: [DomID: DomainEventChannels] = [:]
     /// Pages two domains share for event channels, keyed by `pairKey(lo, hi)`.
-    private var pairPages: [UInt32: SharedPage] = [:]
+    fileprivate var pairPages: [UInt32: SharedPage] = [:]
 
     /// Whether a domain has a process that can take events.
     var isLive: (DomID) -> Bool = { _ in false }
@@ -262,5 +273,52 @@ final class EventChannelService {
             oev.peersGiven.remove(domid)
             if isLive(other) { raiseVirq(other, .domExc) }
         }
+    }
+}
+
+extension EventChannelService {
+    /// What a live update hands over; the descriptors it names go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> EventChannelImage {
+        let chans = channels.sorted { $0.key < $1.key }.map { domid, ev -> DomainChannelsImage in
+            keep.append(ev.doorbell.fd)
+            let ports = ev.ports.sorted { $0.key < $1.key }.map { port, b -> PortImage in
+                switch b {
+                case let .unbound(remote): return PortImage(port: port.rawValue, kind: .unbound, remote: remote.rawValue)
+                case let .interdomain(remote, rport):
+                    return PortImage(port: port.rawValue, kind: .interdomain, remote: remote.rawValue, remotePort: rport.rawValue)
+                case let .virq(v, vcpu): return PortImage(port: port.rawValue, kind: .virq, virq: v.rawValue, vcpu: vcpu)
+                case let .ipi(vcpu): return PortImage(port: port.rawValue, kind: .ipi, vcpu: vcpu)
+                }
+            }
+            return DomainChannelsImage(domid: domid.rawValue, ports: ports, doorbellFD: ev.doorbell.fd.rawValue,
+                                       peersGiven: ev.peersGiven.map(\.rawValue).sorted(), maxVCPUs: ev.maxVCPUs)
+        }
+        keep += pairPages.values.map(\.fd)
+        return EventChannelImage(channels: chans, pairPages: pairPages.mapValues { $0.fd.rawValue })
+    }
+
+    /// Takes over what `image` describes (the service is new and empty).
+    func adopt(_ i: EventChannelImage) throws {
+        for c in i.channels {
+            let ev = DomainEventChannels(doorbell: try SharedPage(adopting: c.doorbellFD), maxVCPUs: c.maxVCPUs)
+            for p in c.ports {
+                guard p.port > 0, p.port < UInt32(EventPages.maxPorts) else {
+                    throw LiveUpdateError.badState("event channels: dom\(c.domid) port \(p.port) is out of range")
+                }
+                let binding: PortBinding
+                switch p.kind {
+                case .unbound: binding = .unbound(remote: DomID(p.remote))
+                case .interdomain: binding = .interdomain(remote: DomID(p.remote), remotePort: EvtchnPort(p.remotePort))
+                case .virq:
+                    guard let v = VIRQ(rawValue: p.virq) else { throw LiveUpdateError.badState("event channels: dom\(c.domid) VIRQ \(p.virq)") }
+                    binding = .virq(v, vcpu: p.vcpu)
+                case .ipi: binding = .ipi(vcpu: p.vcpu)
+                }
+                ev.ports[EvtchnPort(p.port)] = binding
+            }
+            ev.peersGiven = Set(c.peersGiven.map { DomID($0) })
+            channels[DomID(c.domid)] = ev
+        }
+        for (key, fd) in i.pairPages { pairPages[key] = try SharedPage(adopting: fd) }
     }
 }

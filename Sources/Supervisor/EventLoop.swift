@@ -47,6 +47,16 @@ final class EventLoop {
     /// The longest delay `after` takes: a year.
     static let maxDelayMs: UInt64 = 365 * 86_400_000
 
+    /// When timer `id` is due (monotonic ns), nil when it is not pending.
+    func deadline(of id: UInt64?) -> UInt64? { id.flatMap { timers[$0]?.deadline } }
+
+    /// Runs `action` at the monotonic time `deadline` (at once when it has passed).
+    @discardableResult
+    func at(_ deadline: UInt64, _ action: @escaping () -> Void) -> UInt64 {
+        let now = MonotonicClock.nanoseconds()
+        return after(ms: deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0, action)
+    }
+
     func cancel(_ id: UInt64?) {
         if let id { timers[id] = nil }
     }

@@ -29,6 +29,16 @@ final class GrantPage {
         GrantPage.live += 1
     }
 
+    /// A page a live update handed over.
+    init(adopting i: GrantPageImage) {
+        name = i.name
+        fd = FileDescriptor(rawValue: i.fd)
+        owner = DomID(i.owner)
+        gfn = i.gfn
+        mapCount = i.mapCount
+        GrantPage.live += 1
+    }
+
     deinit {
         fd.close()
         GrantPage.live -= 1
@@ -191,6 +201,8 @@ final class GrantService {
         self.maxFrames = maxFrames
         self.logger = logger
     }
+
+    func adoptTable(_ domid: DomID, _ g: DomainGrants) { tables[domid] = g }
 
     /// `domid`'s grant state, made on first use.
     func grants(_ domid: DomID) -> DomainGrants {
@@ -465,5 +477,69 @@ final class GrantService {
         guard let g = tables[domid] else { return }
         for handle in Array(g.maptrack.keys) { dropMapping(domid, handle: handle) }
         tables[domid] = nil
+    }
+}
+
+extension GrantService {
+    /// What a live update hands over: every page (those of dead granters that maptracks keep
+    /// included), every table and maptrack. The descriptors it names go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> GrantImage {
+        var pages: [Int32: GrantPageImage] = [:]
+        func note(_ p: GrantPage) -> Int32 {
+            if pages[p.fd.rawValue] == nil {
+                pages[p.fd.rawValue] = GrantPageImage(fd: p.fd.rawValue, name: p.name, owner: p.owner.rawValue, gfn: p.gfn, mapCount: p.mapCount)
+                keep.append(p.fd)
+            }
+            return p.fd.rawValue
+        }
+        let images = tables.sorted { $0.key < $1.key }.map { domid, g -> DomainGrantsImage in
+            if let fd = g.tableFD { keep.append(fd) }
+            if let e = g.exposure { keep += [e.fd, e.readOnlyFD] }
+            return DomainGrantsImage(
+                domid: domid.rawValue, maxFrames: g.maxFrames, nrFrames: g.nrFrames, tableFD: g.tableFD?.rawValue,
+                pages: g.pages.mapValues(note), nextGFN: g.nextGFN, freeGFNs: g.freeGFNs,
+                exposureFD: g.exposure?.fd.rawValue, exposureReadOnlyFD: g.exposure?.readOnlyFD.rawValue,
+                budgetRefusalLogged: g.budgetRefusalLogged,
+                maptrack: g.maptrack.sorted { $0.key < $1.key }.map { h, e in
+                    MapTrackImage(handle: h, granter: e.granter.rawValue, ref: e.ref.rawValue, page: note(e.page), readonly: e.readonly)
+                },
+                nextHandle: g.nextHandle,
+                active: Dictionary(uniqueKeysWithValues: g.active.map { ($0.key.rawValue, [$0.value.readers, $0.value.writers]) }))
+        }
+        return GrantImage(nextSerial: GrantPage.nextSerial, pages: pages.values.sorted { $0.fd < $1.fd }, tables: images)
+    }
+
+    /// Takes over what `image` describes (the service is new and empty).
+    func adopt(_ i: GrantImage) throws {
+        var pages: [Int32: GrantPage] = [:]
+        for p in i.pages { pages[p.fd] = GrantPage(adopting: p) }
+        func page(_ fd: Int32, _ what: String) throws -> GrantPage {
+            guard let p = pages[fd] else { throw LiveUpdateError.badState("grant tables: \(what) names page descriptor \(fd), which is not in the state") }
+            return p
+        }
+        for t in i.tables {
+            let g = DomainGrants(maxFrames: t.maxFrames)
+            g.nrFrames = t.nrFrames
+            if let fd = t.tableFD {
+                g.tableFD = FileDescriptor(rawValue: fd)
+                g.table = try SharedMapping(g.tableFD!, length: t.maxFrames * 4096)
+            }
+            for (gfn, fd) in t.pages { g.pages[gfn] = try page(fd, "dom\(t.domid) gfn \(gfn)") }
+            g.nextGFN = t.nextGFN
+            g.freeGFNs = t.freeGFNs
+            if let fd = t.exposureFD, let ro = t.exposureReadOnlyFD {
+                let f = FileDescriptor(rawValue: fd)
+                g.exposure = (f, FileDescriptor(rawValue: ro), try SharedMapping(f, length: GrantExposureMap.bytes))
+            }
+            g.budgetRefusalLogged = t.budgetRefusalLogged
+            for m in t.maptrack {
+                g.maptrack[m.handle] = MapTrackEntry(granter: DomID(m.granter), ref: GrantRef(rawValue: m.ref),
+                                                     page: try page(m.page, "dom\(t.domid) handle \(m.handle)"), readonly: m.readonly)
+            }
+            g.nextHandle = t.nextHandle
+            for (ref, rw) in t.active where rw.count == 2 { g.active[GrantRef(rawValue: ref)] = (rw[0], rw[1]) }
+            adoptTable(DomID(t.domid), g)
+        }
+        GrantPage.nextSerial = max(GrantPage.nextSerial, i.nextSerial)
     }
 }

@@ -2,8 +2,8 @@ import LinuxHost
 
 /// How domains are confined, decided once when the supervisor starts: which layers the kernel
 /// grants, which the operator waived with an `--insecure-…` option, and the ids domains run as.
-struct JailSettings {
-    enum Layer: String, CaseIterable, Sendable {
+struct JailSettings: Codable {
+    enum Layer: String, CaseIterable, Sendable, Codable {
         /// mount, pid, net, ipc, uts, cgroup (and user, when not root) namespaces, the read-only
         /// root and the domain's own uid.
         case namespaces

@@ -27,8 +27,39 @@ final class MachineMemory {
         while gcd(s, self.totalFrames) != 1 { s += 2 }
         stride = s
         let bytes = Int(self.totalFrames) * 8
-        // Sealed read-only for everyone but this mapping (F_SEAL_FUTURE_WRITE after it is made).
+        // Written through this mapping; domains get a read-only descriptor (MemFD.createReadOnlyShared).
         (m2pFD, m2pReadOnlyFD, m2p) = try MemFD.createReadOnlyShared(name: "pv-m2p", size: bytes)
+    }
+
+    /// The machine a live update handed over: the same memfds, mapped again.
+    init(adopting i: MachineImage) throws {
+        guard i.totalFrames > 0, i.freeFrames <= i.totalFrames, i.stride > 0 else {
+            throw LiveUpdateError.badState("machine memory: \(i.freeFrames) free of \(i.totalFrames) frames")
+        }
+        totalFrames = i.totalFrames
+        freeFrames = i.freeFrames
+        returned = i.returned
+        cursor = i.cursor
+        stride = i.stride
+        m2pFD = FileDescriptor(rawValue: i.m2pFD)
+        m2pReadOnlyFD = FileDescriptor(rawValue: i.m2pReadOnlyFD)
+        m2p = try SharedMapping(m2pFD, length: Int(totalFrames) * 8)
+        for d in i.domains { domains[DomID(d.domid)] = try DomainMemory(adopting: d) }
+    }
+
+    /// What a live update hands over; the descriptors it names go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> MachineImage {
+        keep += [m2pFD, m2pReadOnlyFD]
+        return MachineImage(
+            totalFrames: totalFrames, freeFrames: freeFrames, returned: returned, cursor: cursor, stride: stride,
+            m2pFD: m2pFD.rawValue, m2pReadOnlyFD: m2pReadOnlyFD.rawValue,
+            domains: domains.sorted { $0.key < $1.key }.map { domid, m in
+                keep += [m.ramFD, m.p2mFD, m.p2mReadOnlyFD]
+                return DomainMemoryImage(domid: domid.rawValue, ramFD: m.ramFD.rawValue, p2mFD: m.p2mFD.rawValue,
+                                         p2mReadOnlyFD: m.p2mReadOnlyFD.rawValue, spanPages: m.spanPages, maxPages: m.maxPages,
+                                         currentPages: m.currentPages,
+                                         cgroup: m.cgroup.map { CgroupImage(path: $0.path, version: $0.version.rawValue) })
+            })
     }
 
     deinit {
@@ -172,6 +203,18 @@ final class DomainMemory {
             throw error
         }
         for i in 0..<Int(spanPages) { p2m.base.storeBytes(of: PhysMap.invalidEntry, toByteOffset: i * 8, as: UInt64.self) }
+    }
+
+    /// A domain's RAM as a live update handed it over.
+    init(adopting i: DomainMemoryImage) throws {
+        ramFD = FileDescriptor(rawValue: i.ramFD)
+        p2mFD = FileDescriptor(rawValue: i.p2mFD)
+        p2mReadOnlyFD = FileDescriptor(rawValue: i.p2mReadOnlyFD)
+        spanPages = i.spanPages
+        maxPages = i.maxPages
+        currentPages = i.currentPages
+        p2m = try SharedMapping(p2mFD, length: max(4096, Int(spanPages) * 8))
+        cgroup = try i.cgroup.map { MemoryCgroup(adopting: $0.path, version: try LiveUpdateError.cgroupVersion($0.version)) }
     }
 
     deinit {

@@ -9,6 +9,9 @@ struct OutputBuffer {
 
     var pending: Int { bytes.count - offset }
 
+    /// The bytes not sent yet.
+    var unsent: [UInt8] { Array(bytes[offset...]) }
+
     mutating func append(_ b: [UInt8]) {
         if offset > 0 && offset == bytes.count {
             bytes.removeAll(keepingCapacity: true)

@@ -35,6 +35,18 @@ final class SocketListener {
         }
     }
 
+    /// A listening socket a live update handed over.
+    init(adopting l: FileDescriptor, what: String, loop: EventLoop, logger: Logger, onAccept: @escaping (FileDescriptor) -> Void) throws {
+        self.loop = loop
+        self.logger = logger
+        self.what = what
+        self.onAccept = onAccept
+        fd = l
+        try watch(l)
+    }
+
+    var descriptor: FileDescriptor? { fd }
+
     deinit { close() }
 
     private func watch(_ l: FileDescriptor) throws {

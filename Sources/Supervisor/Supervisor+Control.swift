@@ -20,6 +20,14 @@ extension Supervisor {
 
     func handle(_ request: ControlRequest, from c: ControlConnection) {
         switch request {
+        case let .liveUpdate(binary):
+            guard let path = binary ?? binaryPath else {
+                c.send(.error("live update: this supervisor does not know its own binary; give the new one's path"))
+                return
+            }
+            if let answer = beginLiveUpdate(binary: path, force: false, requester: .control(fd: c.fd.rawValue), connection: c) {
+                c.send(.error(answer))
+            }
         case .ping:
             c.send(.pong(pid: Process.pid))
         case let .create(config, paused):

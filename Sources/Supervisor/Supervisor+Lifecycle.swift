@@ -36,6 +36,18 @@ extension Supervisor {
         guard !dom.released else { return }
         let path = "/local/domain/\(dom.domid)/control/shutdown"
         store { e in try e.write(path, Array(reason.name.utf8)) }
+        armShutdownAck(dom)
+        let blocks = dom.pendingBlocks
+        dom.pendingBlocks.removeAll()
+        for b in blocks {
+            loop.cancel(b.timer)
+            reply_(dom, HypercallReply(seq: b.seq, rc: 1))
+        }
+    }
+
+    /// Repeats `control/shutdown` on the event socket if it is still unacknowledged in time.
+    func armShutdownAck(_ dom: DomainRecord) {
+        let path = "/local/domain/\(dom.domid)/control/shutdown"
         loop.cancel(dom.shutdownAckTimer)
         dom.shutdownAckTimer = loop.after(ms: Self.shutdownAckTimeoutMs) { [weak self, weak dom] in
             guard let self, let dom, dom.hasProcess, !dom.released else { return }
@@ -43,13 +55,8 @@ extension Supervisor {
             let pending = (try? self.xenstore.engine.read(path)).map { !$0.isEmpty } ?? false
             guard pending else { return }
             self.log("\(dom.label): did not acknowledge control/shutdown in \(Self.shutdownAckTimeoutMs) ms; sending the request on its event channel")
+            guard let reason = dom.requestedShutdown else { return }
             _ = try? UnixSocket.send(dom.eventFD, DomainEvent.shutdownRequest(reason).encode(), nonBlocking: true)
-        }
-        let blocks = dom.pendingBlocks
-        dom.pendingBlocks.removeAll()
-        for b in blocks {
-            loop.cancel(b.timer)
-            reply_(dom, HypercallReply(seq: b.seq, rc: 1))
         }
     }
 

@@ -14,6 +14,13 @@ final class DomainStore {
         kick = try FileDescriptor.eventfd()  // (the page's descriptor is closed with it if this fails)
         self.port = port
     }
+
+    /// The connection a live update handed over.
+    init(page: SharedPage, kick: FileDescriptor, port: EvtchnPort) {
+        self.page = page
+        self.kick = kick
+        self.port = port
+    }
 }
 
 extension Supervisor {

@@ -51,8 +51,22 @@ public final class Supervisor {
     /// and a descriptor kept here, so the interface (and what the host configured on it) outlives
     /// an incarnation of that driver domain; closed when the domain goes for good.
     var keptTaps: [String: (backend: DomID, fd: FileDescriptor)] = [:]
+    /// A live update whose new binary is being checked (it runs with a copy of the state).
+    var liveUpdateAttempt: LiveUpdateAttempt?
+    /// The supervisor took over from a previous binary: when its handover began (monotonic ns).
+    var liveUpdatedAt: UInt64?
+    /// The environment the supervisor was started with (a live update's new binary gets it too).
+    public var environment: [String: String] = Process.environment()
+    /// The binary this supervisor runs (the default new binary of a live update).
+    public var binaryPath: String? = Process.executablePath()
 
-    public init(options: SupervisorOptions, logger: Logger) throws {
+    public convenience init(options: SupervisorOptions, logger: Logger) throws {
+        try self.init(options: options, logger: logger, image: nil)
+    }
+
+    /// With `image`, the machine memory is the one a live update handed over (`resume` takes
+    /// over the rest).
+    init(options: SupervisorOptions, logger: Logger, image: LiveUpdateImage?) throws {
         self.options = options
         self.logger = logger
         loop = try EventLoop()
@@ -61,7 +75,7 @@ public final class Supervisor {
         guestBoundBPF = try SeccompPolicies.guestBound.withDefault(.notify).compile().bpf()
         driverBoundBPF = try SeccompPolicies.driverDomainBound.withDefault(.notify).compile().bpf()
         jail = JailSettings(waived: options.insecure, userNamespace: Process.effectiveUserID != 0, uidBase: options.jailUIDBase)
-        machine = try MachineMemory(totalFrames: options.memoryMB * 256)
+        machine = try image.map { try MachineMemory(adopting: $0.machine) } ?? MachineMemory(totalFrames: options.memoryMB * 256)
         grantService = GrantService(maxFrames: options.maxGrantFrames, logger: logger)
         startTime = UInt64(WallClock.now().seconds)
         xenstore = XenStoreServer(loop: loop, logger: logger)
@@ -71,6 +85,9 @@ public final class Supervisor {
         consoles.maxLogBytes = options.consoleLogMaxBytes
         // The services know nothing of each other: what one needs of the rest comes through here.
         xenstore.log = { [unowned self] line in log(line) }
+        xenstore.onLiveUpdate = { [unowned self] conn, requestID, binary, force, _ in
+            beginLiveUpdate(binary: binary, force: force, requester: .xenstore(connection: conn, requestID: requestID), connection: nil)
+        }
         devices.log = { [unowned self] line in log(line) }
         control.onRequest = { [unowned self] request, c in handle(request, from: c) }
         control.onConsoleInput = { [unowned self] domid, bytes, c in
@@ -180,7 +197,9 @@ public final class Supervisor {
         for sig in Signals.drain(sfd) {
             switch sig {
             case Signals.child:
-                for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
+                for (pid, status) in ChildReaper.reap() where !liveUpdateCheckExited(pid: pid, status: status) {
+                    processExited(pid: pid, status: status)
+                }
             case Signals.terminate, Signals.interrupt, Signals.hangup:
                 beginStop(reason: Signals.name(sig))
             default:

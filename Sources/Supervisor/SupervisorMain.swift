@@ -4,7 +4,22 @@ import Logging
 /// Entry point of `procvisord`: daemonising, logging, and the supervisor's life.
 public enum SupervisorMain {
     /// Exit codes: 0 clean stop, 1 failure, 3 another supervisor holds the run directory.
-    public static func run(environment: [String: String], daemonize: Bool) -> Int32 {
+    /// `procvisord --check-live-update-state FD`: whether this binary can take over the state
+    /// in memfd FD (a running supervisor asks before it executes this binary in its place).
+    /// Prints `liveUpdateAcceptance` and returns 0 when it can; the reason and 1 when not.
+    public static func checkLiveUpdateState(fd: Int32) -> Int32 {
+        do {
+            let image = try LiveUpdateImage.read(from: FileDescriptor(rawValue: fd))
+            try image.validate()
+            print("\(Supervisor.liveUpdateAcceptance) (version \(image.version), \(image.domains.count) domains)")
+            return 0
+        } catch {
+            print("procvisord: cannot take the state over: \(error)")
+            return 1
+        }
+    }
+
+    public static func run(environment: [String: String], daemonize: Bool, liveUpdateState: Int32? = nil) -> Int32 {
         let options = SupervisorOptions(environment: environment, uid: Process.userID)
         if !options.problems.isEmpty {
             options.problems.forEach { FileDescriptor.standardError.writeUnchecked("procvisord: \($0)\n") }
@@ -52,8 +67,33 @@ public enum SupervisorMain {
         }
         let logger = Logger(label: "procvisord")
         Process.setName("procvisord")
+        if let fd = liveUpdateState {
+            // A live update executed this binary in the old one's place: its domains are this
+            // process's children, its descriptors are open. No way back from here: a failure
+            // ends the supervisor (and, by their parent-death signal, its domains).
+            do {
+                let started = MonotonicClock.nanoseconds()
+                let stateFD = FileDescriptor(rawValue: fd)
+                let image = try LiveUpdateImage.read(from: stateFD)
+                stateFD.close()
+                let decoded = MonotonicClock.nanoseconds()
+                let supervisor = try Supervisor(options: options, logger: logger, image: image)
+                supervisor.environment = environment
+                try supervisor.resume(image)
+                let ms = { (a: UInt64, b: UInt64) in "\(Double(b &- a) / 1e6)" }
+                logger.info("live update: where the pause went", metadata: [
+                    "capture_exec_start_ms": "\(ms(image.handoverStart, started))", "decode_ms": "\(ms(started, decoded))",
+                    "resume_ms": "\(ms(decoded, MonotonicClock.nanoseconds()))"])
+                try supervisor.run()
+                return 0
+            } catch {
+                logger.critical("live update: the new binary could not take over", metadata: ["error": "\(error)"])
+                return 1
+            }
+        }
         do {
             let supervisor = try Supervisor(options: options, logger: logger)
+            supervisor.environment = environment
             do {
                 try supervisor.start()
             } catch let e as Supervisor.StartError {

@@ -16,7 +16,7 @@ final class XenStoreServer {
     /// domain's ring until it catches up.
     var maxOutstandingRequests: Int { engine.quota.outstanding }
 
-    let engine: XenStoreEngine
+    private(set) var engine: XenStoreEngine
     let loop: EventLoop
     let logger: Logger
     private var listener: SocketListener?
@@ -36,8 +36,82 @@ final class XenStoreServer {
         self.loop = loop
         self.logger = logger
         engine = XenStoreEngine()
+        setSink()
+    }
+
+    /// XS_CONTROL `live-update -s` (see `XenStoreEngine.onLiveUpdate`).
+    var onLiveUpdate: ((_ conn: XSConnectionID, _ requestID: UInt32, _ binary: String, _ force: Bool, _ timeout: Int) -> String?)? {
+        didSet { engine.onLiveUpdate = onLiveUpdate }
+    }
+
+    private func setSink() {
+        engine.onLiveUpdate = onLiveUpdate
         // `xenstore-control log on` traces requests into the supervisor's log, as xenstored's trace file.
         engine.logSink = { [logger] line in logger.info("xenstore", metadata: ["trace": "\(line)"]) }
+    }
+
+    /// Why a live update cannot carry the server now, if it cannot.
+    var liveUpdateRefusal: String? {
+        internalWatchers.isEmpty ? nil : "the supervisor waits on \(internalWatchers.count) XenStore watch(es) of its own (a device removal is in progress)"
+    }
+
+    /// What a live update hands over; the descriptors it names go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> XenStoreServerImage {
+        let socks = sockets.values.filter { !$0.closed }.sorted { $0.id < $1.id }.map { c -> XSSocketImage in
+            keep.append(c.fd)
+            return XSSocketImage(id: c.id, fd: c.fd.rawValue, input: c.framer.unconsumed, output: c.unsent)
+        }
+        let ringImages = rings.values.sorted { $0.id < $1.id }.map { $0.image() }
+        return XenStoreServerImage(engine: engine.snapshot(), nextID: nextID, sockets: socks, rings: ringImages)
+    }
+
+    var listenerDescriptor: FileDescriptor? { listener?.descriptor }
+
+    /// Takes over what `image` describes: the engine, the socket clients and the listener; each
+    /// ring comes back through `ring` (its page, kick eventfd and notification, nil when the
+    /// domain it names is not in the state).
+    func adopt(_ i: XenStoreServerImage, listenFD: Int32,
+               ring: (UInt16) -> (page: SharedMapping, kick: FileDescriptor, notify: () -> Void)?) throws {
+        engine = try XenStoreEngine(snapshot: i.engine)
+        setSink()
+        nextID = i.nextID
+        let known = Set(i.engine.connectionIDs)
+        listener = try SocketListener(adopting: FileDescriptor(rawValue: listenFD), what: "xenstore socket", loop: loop, logger: logger) { [unowned self] fd in
+            accept(fd)
+        }
+        for s in i.sockets {
+            guard known.contains(s.id) else { throw LiveUpdateError.badState("xenstore socket client \(s.id) has no connection in the store") }
+            let c = SocketClient(id: s.id, fd: FileDescriptor(rawValue: s.fd), loop: loop)
+            c.onClose = { [unowned self] c in
+                sockets[c.id] = nil
+                engine.disconnect(c.id)
+            }
+            c.token = try loop.watch(c.fd) { [unowned self, unowned c] events in socketEvent(c, events) }
+            sockets[s.id] = c
+            c.framer.feed(s.input)
+            if !s.output.isEmpty { c.send(s.output) }
+        }
+        for r in i.rings {
+            guard known.contains(r.id) || r.broken else { throw LiveUpdateError.badState("xenstore ring \(r.id) has no connection in the store") }
+            guard let (page, kick, notify) = ring(r.domid) else {
+                throw LiveUpdateError.badState("xenstore ring \(r.id) names dom\(r.domid), whose store page is not in the state")
+            }
+            let client = RingClient(id: r.id, domid: r.domid, page: page, kick: kick, notify: notify)
+            client.restore(r)
+            client.token = try loop.watch(kick) { [unowned self, unowned client] _ in
+                client.drainKick()
+                service(client)
+            }
+            rings[r.id] = client
+            ringByDomain[r.domid] = r.id
+        }
+        // Whatever a domain wrote while the supervisor was replaced: serve it now.
+        for r in rings.values { service(r) }
+    }
+
+    /// Answers a request the previous binary left waiting (XS_CONTROL live-update).
+    func answer(connection: XSConnectionID, requestID: UInt32, _ text: String) {
+        deliver([(connection, XSMessage(.control, requestID: requestID, payload: Array(text.utf8) + [0]))])
     }
 
     // MARK: dom0 socket
@@ -263,6 +337,7 @@ final class SocketClient {
     var framer = XSFramer()
     private(set) var closed = false
     private var out = OutputBuffer()
+    var unsent: [UInt8] { out.unsent }
     private unowned let loop: EventLoop
     var onClose: ((SocketClient) -> Void)?
 
@@ -334,6 +409,23 @@ final class RingClient {
     }
 
     var queuedBytes: Int { pendingOut.count - pendingOffset }
+
+    /// What a live update hands over of this ring (the page and the kick go with the domain).
+    func image() -> XSRingImage {
+        XSRingImage(id: id, domid: domid, input: framer.unconsumed, output: Array(pendingOut[pendingOffset...]),
+                    replyEnds: replyEnds.map { $0 - pendingOffset }, outstanding: outstanding, throttled: throttled, broken: broken)
+    }
+
+    func restore(_ i: XSRingImage) {
+        framer.feed(i.input)
+        pendingOut = i.output
+        pendingOffset = 0
+        replyEnds = i.replyEnds.filter { $0 > 0 && $0 <= i.output.count }
+        outstanding = i.outstanding
+        throttled = i.throttled
+        broken = i.broken
+        if !pendingOut.isEmpty { stalledSince = MonotonicClock.nanoseconds() }
+    }
 
     func setConnected() {
         SharedAtomic.store(word(XenStoreWire.serverFeaturesOffset), XenStoreWire.featureError)

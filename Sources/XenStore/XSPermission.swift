@@ -61,7 +61,7 @@ enum PermBits {
 }
 
 /// A permission entry as stored on a node: the access bits plus xenstored's IGNORE flag.
-struct PermEntry: Equatable, Sendable {
+struct PermEntry: Equatable, Sendable, Codable {
     var domid: UInt16
     var bits: UInt8
 

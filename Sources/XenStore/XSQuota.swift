@@ -1,6 +1,6 @@
 /// xenstored's per-domain quotas (`hard_quotas` in domain.c), with its default values. Privileged
 /// connections (dom0) are exempt from all of them.
-public struct XSQuota: Equatable, Sendable {
+public struct XSQuota: Equatable, Sendable, Codable {
     /// "nodes": nodes a domain may own.
     public var nodes = 1000
     /// "watches": watches per domain.

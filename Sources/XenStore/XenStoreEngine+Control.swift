@@ -31,10 +31,15 @@ extension XenStoreEngine {
             } else {
                 throw .EINVAL
             }
+        case "live-update":
+            guard conn.domid == 0 else { throw .EACCES }
+            guard let t = try controlLiveUpdate(conn, request, params) else { return }
+            text = t
         case "help":
             guard params.isEmpty else { throw .EINVAL }
             text = [("check", ""), ("log", "[on|off|+<switch>|-<switch>]"), ("print", "<string>"),
-                    ("quota", "[set <name> <val>|<domid>|max [-r]]"), ("quota-soft", "[set <name> <val>]"), ("help", "")]
+                    ("quota", "[set <name> <val>|<domid>|max [-r]]"), ("quota-soft", "[set <name> <val>]"),
+                    ("live-update", "[-c <cmdline>] [-F] [-t <timeout>] <file>\n    Default timeout is 60 seconds."), ("help", "")]
                 .map { pad($0.0, 15) + " " + $0.1 + "\n" }.joined()
         default:
             throw .EINVAL
@@ -43,6 +48,55 @@ extension XenStoreEngine {
             reply(conn, to: request, .control, Array(text.utf8) + [0])
         } else {
             ack(conn, to: request, .control)
+        }
+    }
+
+    /// xenstored's `live-update` subcommands as xenstore-control sends them: `-f FILE` names the
+    /// new binary, `-c CMDLINE` is accepted and kept, `-a` aborts, `-s [-t SECONDS] [-F]`
+    /// starts the update (the hook answers: nil when the new binary will reply "OK", else the
+    /// reason it cannot). `-v N` is accepted and ignored. `-b`/`-d` (a stubdom's binary
+    /// transfer) are refused.
+    /// Returns the reply text, or nil when the reply will come later.
+    func controlLiveUpdate(_ conn: Connection, _ request: XSMessage, _ params: [String]) throws(XSError) -> String? {
+        guard let flag = params.first else { throw .EINVAL }
+        switch flag {
+        case "-f":
+            guard params.count == 2, !params[1].isEmpty else { throw .EINVAL }
+            liveUpdateBinary = params[1]
+            return "OK"
+        case "-c":
+            guard params.count == 2 else { throw .EINVAL }
+            return "OK"
+        case "-a":
+            liveUpdateBinary = nil
+            return "OK"
+        case "-s":
+            var force = false
+            var timeout = 60
+            var i = 1
+            while i < params.count {
+                switch params[i] {
+                case "-F": force = true
+                case "-t":
+                    guard i + 1 < params.count, let t = Int(params[i + 1]), t >= 0 else { throw .EINVAL }
+                    timeout = t
+                    i += 1
+                case "-v":
+                    // The state version to write (newer xenstore-control): the supervisor
+                    // always writes its own, which the new binary checks.
+                    guard i + 1 < params.count, Int(params[i + 1]) != nil else { throw .EINVAL }
+                    i += 1
+                default: throw .EINVAL
+                }
+                i += 1
+            }
+            guard let binary = liveUpdateBinary else { return "No binary given: send live-update -f <file> first" }
+            guard let hook = onLiveUpdate else { return "live update is not supported here" }
+            return hook(conn.id, request.requestID, binary, force, timeout)
+        case "-b", "-d":
+            return "binary transfer is for a stubdom xenstored: give the new procvisord's path with -f"
+        default:
+            throw .EINVAL
         }
     }
 

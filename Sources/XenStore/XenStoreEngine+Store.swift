@@ -534,7 +534,7 @@ final class Transaction {
     }
 }
 
-struct Accessed {
+struct Accessed: Codable, Equatable {
     /// Generation when first read (noGeneration: did not exist).
     var generation: UInt64
     /// Whether commit must find the global node unchanged (first access was a read).

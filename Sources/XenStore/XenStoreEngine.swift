@@ -19,6 +19,12 @@ public final class XenStoreEngine {
     public var onResume: ((_ domid: UInt16) -> XSError?)?
     /// Receives trace lines while CONTROL `log on` is in effect, and CONTROL `print` text.
     public var logSink: ((String) -> Void)?
+    /// CONTROL `live-update -s`: the connection and request id waiting for the answer, the new
+    /// binary, whether forced, the timeout in seconds. Returns the reply text now, or nil when
+    /// the new binary will answer once it runs.
+    public var onLiveUpdate: ((_ conn: XSConnectionID, _ requestID: UInt32, _ binary: String, _ force: Bool, _ timeout: Int) -> String?)?
+    /// The binary named by `live-update -f`.
+    public internal(set) var liveUpdateBinary: String?
     /// Whether a domain exists (xenstored asks the hypervisor): permission entries naming a domain
     /// that does not exist are ignored. Unset: every domain is taken to exist.
     public var domainExists: ((_ domid: UInt16) -> Bool)?
@@ -199,7 +205,7 @@ public final class XenStoreEngine {
 // MARK: - Model types
 
 /// One node as xenstored stores it.
-struct Node {
+struct Node: Codable, Equatable {
     var value: [UInt8]
     var perms: [PermEntry]
     var children: [String] = []
@@ -239,7 +245,7 @@ struct Node {
 }
 
 /// xenstored's `struct domain` as far as the database needs it.
-struct DomainState {
+struct DomainState: Codable, Equatable {
     /// Generation count when the domain became known: permission entries for it on older nodes
     /// are ignored (they were meant for an earlier domain with the same domid).
     var generation: UInt64
@@ -266,7 +272,7 @@ final class Connection {
     }
 }
 
-struct Watch {
+struct Watch: Codable, Equatable {
     let conn: XSConnectionID
     /// Canonical path (absolute or `@…`).
     let path: String

@@ -55,6 +55,9 @@ final class DeviceManager {
         self.removeTimeoutMs = removeTimeoutMs
     }
 
+    /// A device a live update handed over: recorded, nothing written (its nodes are in the store).
+    func adopt(_ dev: SplitDevice) { devices[dev.key] = dev }
+
     func device(_ type: SplitDeviceType, frontend: DomID, devid: UInt32) -> SplitDevice? {
         devices[DeviceKey(kind: type.kind, frontend: frontend, devid: devid)]
     }

@@ -68,6 +68,9 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case dirtyLogStart(domain: String)
     /// The pages written since the last call (`.dirtyPages`), and the log cleared.
     case dirtyPages(domain: String)
+    /// `xl live-update`: the supervisor replaces itself with `binary` (nil: the binary it was
+    /// started from), keeping every domain; `.liveUpdated` comes from the new binary.
+    case liveUpdate(binary: String?)
 }
 
 /// Supervisor replies.
@@ -97,6 +100,8 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     /// The reply to `.dirtyLogStart`; the domain's RAM memfd (read-only) comes with it.
     case dirtyLogStarted(DirtyLogStart)
     case dirtyPages(DirtyPages)
+    /// The reply to `.liveUpdate`, from the new binary: how long the supervisor was away.
+    case liveUpdated(binary: String, pauseMs: Double)
 }
 
 /// What `xl network-filter` asks of a bridge's rule list. Positions count from 1.

@@ -5,7 +5,7 @@ import Toolstack
 typealias VirtualBlockDevice = Device<BlockDeviceSettings>
 
 /// What a vbd is beyond its ends: the disk as its `disk=` entry gave it.
-struct BlockDeviceSettings: DeviceSettings {
+struct BlockDeviceSettings: DeviceSettings, Codable {
     static var type: SplitDeviceType { .block }
     let vdev: String
     let target: String

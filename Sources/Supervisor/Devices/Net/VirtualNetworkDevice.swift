@@ -4,7 +4,7 @@ import Toolstack
 typealias VirtualNetworkDevice = Device<NetworkDeviceSettings>
 
 /// What a vif is beyond its ends: its MAC, its bridge and its `vif=` entry.
-struct NetworkDeviceSettings: DeviceSettings {
+struct NetworkDeviceSettings: DeviceSettings, Codable {
     static var type: SplitDeviceType { .network }
     /// `aa:bb:cc:dd:ee:ff`, given or generated.
     let mac: String

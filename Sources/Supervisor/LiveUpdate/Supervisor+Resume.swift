@@ -1,0 +1,132 @@
+import LinuxHost
+import ProcvisorABI
+import Toolstack
+
+extension Supervisor {
+    /// `start()` for a binary that replaces a running supervisor: everything comes from `image`
+    /// (the descriptors it names are open in this process, the domains are its children), and
+    /// nothing is written to XenStore or to any domain: they see only the pause.
+    func resume(_ image: LiveUpdateImage) throws {
+        guard image.pid == Process.pid else {
+            throw LiveUpdateError.badState("the state belongs to pid \(image.pid), this is pid \(Process.pid)")
+        }
+        lockFD = FileDescriptor(rawValue: image.lockFD)
+        raiseDescriptorLimit()
+        let blocked: [Int32] = [Signals.child, Signals.terminate, Signals.interrupt, Signals.hangup]
+        try Signals.block(blocked)
+        Signals.ignore(Signals.brokenPipe)
+        let sfd = try Signals.descriptor(for: blocked)
+        signalFD = sfd
+        try loop.watch(sfd) { [unowned self] _ in handleSignals() }
+        jail = image.jail
+        cgroupsUsable = image.cgroupsUsable
+        dmesg.restore(image.dmesg)
+        driverRestarts = image.driverRestarts
+        for t in image.keptTaps { keptTaps[t.bridge] = (DomID(t.backend), FileDescriptor(rawValue: t.fd)) }
+        domains.roverValue = image.domidRover
+        try eventChannels.adopt(image.events)
+        try grantService.adopt(image.grants)
+        var stores: [UInt16: DomainStore] = [:]
+        for d in image.domains {
+            let dom = try adoptDomain(d)
+            if let s = dom.store { stores[dom.domid.rawValue] = s }
+        }
+        try xenstore.adopt(image.xenstore, listenFD: image.xenstoreListenFD) { [unowned self] domid in
+            guard let s = stores[domid], let dom = domains[DomID(domid)] else { return nil }
+            return (s.page.mapping, s.kick, { [weak self, weak dom] in
+                guard let self, let dom, dom.hasProcess else { return }
+                self.eventChannels.raise(dom.domid, port: s.port, peer: 0)
+            })
+        }
+        for d in image.devices { try adoptDevice(d) }
+        consoles.adopt(image.consoleLogs)
+        let asked = try control.adopt(listenFD: image.controlListenFD, image.control,
+                                      requester: { if case let .control(fd)? = image.requester { return fd } else { return nil } }())
+        // Children that ended while no process listened: reaped now (their SIGCHLD may have come
+        // before the signalfd existed).
+        for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
+        scheduleReservationCheck()
+        liveUpdatedAt = image.handoverStart
+        let pauseMs = Double(MonotonicClock.nanoseconds() &- image.handoverStart) / 1e6
+        let pause = String(Int(pauseMs * 10) / 10) + "." + String(Int(pauseMs * 10) % 10)
+        log("live update: \(image.binary) took over (pid \(Process.pid), \(domains.count) domains, pause \(pause) ms)")
+        logger.notice("live update: took over", metadata: ["binary": "\(image.binary)", "domains": "\(domains.count)", "pause_ms": "\(pause)"])
+        switch image.requester {
+        case .control?: asked?.send(.liveUpdated(binary: image.binary, pauseMs: pauseMs))
+        case let .xenstore(connection, requestID)?: xenstore.answer(connection: connection, requestID: requestID, "OK")
+        case nil: break
+        }
+    }
+
+    /// One domain of the image back in the table, with its descriptors watched and its timers
+    /// running again.
+    private func adoptDomain(_ d: DomainImage) throws -> DomainRecord {
+        func fd(_ raw: Int32) -> FileDescriptor { FileDescriptor(rawValue: d.released ? -1 : raw) }
+        let p = DomainProcess(pid: d.pid, hypercallFD: fd(d.hypercallFD), eventFD: fd(d.eventFD),
+                              consoleOutFD: fd(d.consoleOutFD), consoleInFD: fd(d.consoleInFD), startMonotonic: d.startMonotonic)
+        let dom = DomainRecord(state: d.state, process: p)
+        p.released = d.released
+        p.storeKept = d.storeKept
+        p.boundListener = d.boundListener.map { FileDescriptor(rawValue: $0) }
+        if let v = d.pidsCgroup { p.pidsCgroup = PidsCgroup(adopting: v.path, version: try LiveUpdateError.cgroupVersion(v.version)) }
+        if let page = d.storePageFD, let kick = d.storeKickFD, let port = d.storePort {
+            p.store = DomainStore(page: try SharedPage(adopting: page), kick: FileDescriptor(rawValue: kick), port: EvtchnPort(port))
+        }
+        guard domains[dom.domid] == nil else { throw LiveUpdateError.badState("dom\(dom.domid) appears twice") }
+        domains.insert(dom)
+        if !d.released {
+            for raw in d.watched {
+                let f = FileDescriptor(rawValue: raw)
+                let token: UInt64
+                if raw == d.hypercallFD {
+                    token = try loop.watch(f) { [unowned self, unowned dom] _ in hypercallReadable(dom) }
+                } else if raw == d.consoleOutFD {
+                    token = try loop.watch(f) { [unowned self, unowned dom] _ in consoles.readable(dom) }
+                } else if raw == d.boundListener, let listener = p.boundListener {
+                    token = try loop.watch(listener) { [unowned self, unowned dom] events in
+                        if events.contains(.hangup) && !events.contains(.readable) { return unwatchListener(dom) }
+                        boundRefused(dom)
+                    }
+                } else {
+                    throw LiveUpdateError.badState("\(dom.label) watches descriptor \(raw), which is none of its own")
+                }
+                p.watchTokens.append((f, token))
+            }
+            if let deadline = d.virqDeadline {
+                p.virqTimer = loop.at(deadline) { [weak self, weak dom] in
+                    guard let self, let dom, dom.hasProcess else { return }
+                    dom.virqTimer = nil
+                    self.eventChannels.raiseVirq(dom.domid, .timer)
+                }
+            }
+            for (seq, deadline) in zip(d.blockedSeqs, d.blockedDeadlines) {
+                let timer = deadline.map { at in
+                    loop.at(at) { [weak self, weak dom] in
+                        guard let self, let dom else { return }
+                        dom.pendingBlocks.removeAll { $0.seq == seq }
+                        self.reply_(dom, HypercallReply(seq: seq, rc: 0))
+                    }
+                }
+                p.pendingBlocks.append((seq, timer))
+            }
+            if d.shutdownAckPending { armShutdownAck(dom) }
+        }
+        return dom
+    }
+
+    private func adoptDevice(_ d: DeviceImage) throws {
+        let dev: SplitDevice
+        if let s = d.block {
+            dev = VirtualBlockDevice(frontend: DomID(d.frontend), devid: d.devid, backend: DomID(d.backend), settings: s)
+        } else if let s = d.network {
+            dev = VirtualNetworkDevice(frontend: DomID(d.frontend), devid: d.devid, backend: DomID(d.backend), settings: s)
+        } else {
+            throw LiveUpdateError.badState("device \(d.kind) \(d.frontend)/\(d.devid) has no settings")
+        }
+        guard dev.type.kind == d.kind else { throw LiveUpdateError.badState("device \(d.frontend)/\(d.devid) is a \(dev.type.kind), not a \(d.kind)") }
+        for l in d.inflight {
+            dev.inflightLogs[l.queue] = InflightLogMemory(fd: FileDescriptor(rawValue: l.fd), bytes: l.bytes, incarnations: l.incarnations)
+        }
+        devices.adopt(dev)
+    }
+}
