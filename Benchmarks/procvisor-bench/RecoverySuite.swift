@@ -251,6 +251,11 @@ enum RecoverySuite {
         let worst = zip(xs, udp).map { max($0, $1) }
         fputs("recovery: live update, every round (longest XenStore pause ms): \(MigrateSuite.fmt(xs)) | UDP through netback: \(MigrateSuite.fmt(udp)) "
               + "| as the supervisor measured it: \(MigrateSuite.fmt(reported)) | fresh procvisord start: \(MigrateSuite.fmt(fresh))\n", stderr)
+        // Where the pause went, as each new binary logged it.
+        let log = (try? String(contentsOfFile: sup.dir + "/procvisord.log", encoding: .utf8)) ?? ""
+        for line in log.split(separator: "\n") where line.contains("where the pause went") {
+            fputs("recovery: live update: \(line.split(separator: ":").last.map { String($0) } ?? "")\n", stderr)
+        }
         let ours = Sample(values: worst), peer = Sample(values: fresh)
         return [
             Result(name: "live_update_pause_ms", unit: "ms", procvisor: ours.median, peer: peer.median, peer_name: "fresh procvisord start (median)",

@@ -91,3 +91,55 @@ public struct WireReader {
         return s
     }
 }
+
+/// Bytes as lowercase hexadecimal text: how byte strings travel inside JSON documents (a JSON
+/// array of numbers takes about twice the room and far longer to read back).
+public enum HexBytes {
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> String {
+        String(unsafeUninitializedCapacity: bytes.count * 2) { out in
+            var i = 0
+            for b in bytes {
+                out[i] = digits[Int(b >> 4)]
+                out[i + 1] = digits[Int(b & 0x0f)]
+                i += 2
+            }
+            return i
+        }
+    }
+
+    /// Nil when `text` is not an even number of hex digits.
+    public static func decode(_ text: String) -> [UInt8]? {
+        var text = text
+        text.makeContiguousUTF8()
+        return text.utf8.withContiguousStorageIfAvailable { s -> [UInt8]? in
+            guard s.count % 2 == 0 else { return nil }
+            func nibble(_ c: UInt8) -> UInt8? {
+                switch c {
+                case 0x30...0x39: return c - 0x30
+                case 0x61...0x66: return c - 0x61 + 10
+                case 0x41...0x46: return c - 0x41 + 10
+                default: return nil
+                }
+            }
+            var out = [UInt8](repeating: 0, count: s.count / 2)
+            for i in 0..<out.count {
+                guard let hi = nibble(s[2 * i]), let lo = nibble(s[2 * i + 1]) else { return nil }
+                out[i] = hi << 4 | lo
+            }
+            return out
+        } ?? nil
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// A byte string written with `HexBytes`.
+    public func decodeHex(forKey key: Key) throws -> [UInt8] {
+        let text = try decode(String.self, forKey: key)
+        guard let bytes = HexBytes.decode(text) else {
+            throw DecodingError.dataCorruptedError(forKey: key, in: self, debugDescription: "not hexadecimal bytes")
+        }
+        return bytes
+    }
+}

@@ -1,3 +1,5 @@
+import ProcvisorABI
+
 /// The last bytes a domain wrote to its console, replayed when `xl console` attaches
 /// (xenconsoled keeps a buffer the same way).
 struct ConsoleRing: Codable, Equatable {
@@ -29,6 +31,21 @@ struct ConsoleRing: Codable, Equatable {
     /// Contents, oldest first.
     var contents: [UInt8] {
         Array(storage[start...] + storage[..<start])
+    }
+
+    private enum CodingKeys: String, CodingKey { case capacity, contents }
+
+    // The contents as hexadecimal text: a live update carries every domain's ring.
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(capacity: try c.decode(Int.self, forKey: .capacity))
+        append(try c.decodeHex(forKey: .contents)[...])
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(capacity, forKey: .capacity)
+        try c.encode(HexBytes.encode(contents), forKey: .contents)
     }
 }
 

@@ -121,7 +121,7 @@ extension ControlServer {
     func image(except: ControlConnection?, keep: inout [FileDescriptor]) -> [ControlConnectionImage] {
         connections.values.filter { $0 !== except && !$0.closed && $0.mode == .requests }.map { c in
             keep.append(c.fd)
-            return ControlConnectionImage(fd: c.fd.rawValue, input: c.input, output: c.unsent, closing: c.closeAfterFlush)
+            return ControlConnectionImage(fd: c.fd.rawValue, input: HexBytes.encode(c.input), output: HexBytes.encode(c.unsent), closing: c.closeAfterFlush)
         }
     }
 
@@ -133,11 +133,14 @@ extension ControlServer {
             accept(fd)
         }
         var asked: ControlConnection?
-        for i in images + (requester.map { [ControlConnectionImage(fd: $0, input: [], output: [], closing: false)] } ?? []) {
+        for i in images + (requester.map { [ControlConnectionImage(fd: $0, input: "", output: "", closing: false)] } ?? []) {
+            guard let input = HexBytes.decode(i.input), let output = HexBytes.decode(i.output) else {
+                throw LiveUpdateError.badState("xl connection \(i.fd): buffered bytes are not hexadecimal")
+            }
             let c = adoptConnection(FileDescriptor(rawValue: i.fd))
-            c.input = i.input
+            c.input = input
             if i.fd == requester { asked = c }
-            if !i.output.isEmpty { c.sendRaw(i.output) }
+            if !output.isEmpty { c.sendRaw(output) }
             if i.closing { c.closeAfterFlush = true; c.flush() }
         }
         // Requests that arrived whole before the exec and were not read yet are in the sockets;

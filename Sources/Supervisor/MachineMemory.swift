@@ -36,14 +36,26 @@ final class MachineMemory {
         guard i.totalFrames > 0, i.freeFrames <= i.totalFrames, i.stride > 0 else {
             throw LiveUpdateError.badState("machine memory: \(i.freeFrames) free of \(i.totalFrames) frames")
         }
+        guard i.cursor <= i.totalFrames else { throw LiveUpdateError.badState("machine memory: cursor \(i.cursor) past \(i.totalFrames) frames") }
         totalFrames = i.totalFrames
         freeFrames = i.freeFrames
-        returned = i.returned
         cursor = i.cursor
         stride = i.stride
         m2pFD = FileDescriptor(rawValue: i.m2pFD)
         m2pReadOnlyFD = FileDescriptor(rawValue: i.m2pReadOnlyFD)
         m2p = try SharedMapping(m2pFD, length: Int(totalFrames) * 8)
+        // Frames given back: hundreds of thousands once big domains have come and gone, so
+        // they travel as one byte string (u64s, little-endian), not one number each.
+        guard i.returned.count % 8 == 0 else { throw LiveUpdateError.badState("machine memory: a list of frames of \(i.returned.count) bytes") }
+        var back = [UInt64](repeating: 0, count: i.returned.count / 8)
+        back.withUnsafeMutableBytes { dst in i.returned.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        for (n, mfn) in back.enumerated() where UInt64(littleEndian: mfn) >= totalFrames {
+            throw LiveUpdateError.badState("machine memory: returned frame \(n) is \(UInt64(littleEndian: mfn)), past \(totalFrames)")
+        }
+        returned = back.map { UInt64(littleEndian: $0) }
+        guard totalFrames - cursor + UInt64(back.count) == freeFrames else {
+            throw LiveUpdateError.badState("machine memory: \(freeFrames) frames free, but \(totalFrames - cursor) never handed out and \(back.count) given back")
+        }
         for d in i.domains { domains[DomID(d.domid)] = try DomainMemory(adopting: d) }
     }
 
@@ -51,7 +63,8 @@ final class MachineMemory {
     func image(keep: inout [FileDescriptor]) -> MachineImage {
         keep += [m2pFD, m2pReadOnlyFD]
         return MachineImage(
-            totalFrames: totalFrames, freeFrames: freeFrames, returned: returned, cursor: cursor, stride: stride,
+            totalFrames: totalFrames, freeFrames: freeFrames,
+            returned: returned.map { $0.littleEndian }.withUnsafeBytes { Array($0) }, cursor: cursor, stride: stride,
             m2pFD: m2pFD.rawValue, m2pReadOnlyFD: m2pReadOnlyFD.rawValue,
             domains: domains.sorted { $0.key < $1.key }.map { domid, m in
                 keep += [m.ramFD, m.p2mFD, m.p2mReadOnlyFD]

@@ -77,7 +77,7 @@ public final class Supervisor {
         jail = JailSettings(waived: options.insecure, userNamespace: Process.effectiveUserID != 0, uidBase: options.jailUIDBase)
         machine = try image.map { try MachineMemory(adopting: $0.machine) } ?? MachineMemory(totalFrames: options.memoryMB * 256)
         grantService = GrantService(maxFrames: options.maxGrantFrames, logger: logger)
-        startTime = UInt64(WallClock.now().seconds)
+        startTime = image?.startTime ?? UInt64(WallClock.now().seconds)
         xenstore = XenStoreServer(loop: loop, logger: logger)
         devices = DeviceManager(xenstore: xenstore, loop: loop, removeTimeoutMs: options.deviceRemoveTimeoutMs, logger: logger)
         control = ControlServer(loop: loop, logger: logger)

@@ -11,7 +11,7 @@ public enum SupervisorMain {
         do {
             let image = try LiveUpdateImage.read(from: FileDescriptor(rawValue: fd))
             try image.validate()
-            print("\(Supervisor.liveUpdateAcceptance) (version \(image.version), \(image.domains.count) domains)")
+            print("\(Supervisor.liveUpdateAcceptance) (version \(LiveUpdateImage.currentVersion), \(image.domains.count) domains)")
             return 0
         } catch {
             print("procvisord: cannot take the state over: \(error)")

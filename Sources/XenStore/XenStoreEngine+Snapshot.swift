@@ -52,6 +52,30 @@ public struct XenStoreSnapshot: Codable, Equatable, Sendable {
 }
 
 
+extension Node {
+    private enum CodingKeys: String, CodingKey { case value, perms, children, childLen, generation }
+
+    // The value as hexadecimal text (a JSON array of numbers would be four times the size).
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(value: try c.decodeHex(forKey: .value), perms: try c.decode([PermEntry].self, forKey: .perms),
+                  generation: try c.decode(UInt64.self, forKey: .generation))
+        for name in try c.decode([String].self, forKey: .children) { addChild(name) }
+        guard childLen == (try c.decode(Int.self, forKey: .childLen)) else {
+            throw DecodingError.dataCorruptedError(forKey: .childLen, in: c, debugDescription: "children length disagrees with the children")
+        }
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(HexBytes.encode(value), forKey: .value)
+        try c.encode(perms, forKey: .perms)
+        try c.encode(children, forKey: .children)
+        try c.encode(childLen, forKey: .childLen)
+        try c.encode(generation, forKey: .generation)
+    }
+}
+
 public enum XenStoreSnapshotError: Error, CustomStringConvertible {
     case inconsistent(String)
     public var description: String {

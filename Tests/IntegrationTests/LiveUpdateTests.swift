@@ -111,6 +111,12 @@ import XenStoreSocket
         // A relative path is refused as such.
         let rel = try h.xl("live-update", "procvisord-nowhere")
         #expect(!rel.ok && rel.stderr.contains("no such file"), "\(rel.stderr)")
+        // And a state from the future: a binary older than the layout refuses it too.
+        let newer = try SupervisorHarness(extraEnv: ["PROCVISOR_TEST_LIVE_UPDATE_VERSION": "99"])
+        defer { newer.stop() }
+        let r = try newer.xl("live-update")
+        #expect(!r.ok && r.stderr.contains("state version 99 is newer than this procvisord understands (1)"), "\(r.stderr)")
+        #expect(try newer.xl("list").ok)
     }
 
     /// What xenstore-control live-update sends: `-f FILE`, then `-s -t SECONDS`; the answer

@@ -1,4 +1,3 @@
-import Foundation
 import ProcvisorABI
 import Testing
 @testable import XenStore
@@ -12,11 +11,11 @@ extension XSTestClient {
 }
 
 /// The database a live update hands to the next supervisor: rebuilt from its snapshot (through
-/// JSON, as it travels), it answers every connection as the original would have.
+/// `BinaryCoder`, as it travels), it answers every connection as the original would have.
 @Suite struct XenStoreSnapshotTests {
     static func roundTrip(_ e: XenStoreEngine) throws -> XenStoreEngine {
-        let data = try JSONEncoder().encode(e.snapshot())
-        return try XenStoreEngine(snapshot: try JSONDecoder().decode(XenStoreSnapshot.self, from: data))
+        let bytes = try BinaryCoder.encode(e.snapshot())
+        return try XenStoreEngine(snapshot: try BinaryCoder.decode(XenStoreSnapshot.self, from: bytes))
     }
 
     @Test func watchesTransactionsAndAccountingCarryOver() throws {

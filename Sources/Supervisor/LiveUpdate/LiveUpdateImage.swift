@@ -4,7 +4,8 @@ import XenStore
 
 /// Everything a running supervisor holds, as plain values and descriptor numbers: what a live
 /// update hands to the binary that replaces it (written to a memfd whose number the new
-/// binary gets as `--live-update-state FD`). Descriptors are not copied: the old process
+/// binary gets as `--live-update-state FD`, after a magic line and the version, in
+/// `BinaryCoder`'s form). Descriptors are not copied: the old process
 /// clears their close-on-exec flag, so after `execve` the same numbers name the same files.
 struct LiveUpdateImage: Codable {
     static let magic = "Procvisor supervisor live-update state"
@@ -13,8 +14,6 @@ struct LiveUpdateImage: Codable {
     /// The oldest layout this binary can take over.
     static let oldestVersion = 1
 
-    var magic = Self.magic
-    var version = Self.currentVersion
     /// The process the state belongs to (the same pid after the exec).
     var pid: Int32
     var startTime: UInt64
@@ -65,7 +64,9 @@ struct CgroupImage: Codable {
 struct MachineImage: Codable {
     var totalFrames: UInt64
     var freeFrames: UInt64
-    var returned: [UInt64]
+    /// Frames given back, to be handed out again first: u64s, little-endian, as one byte string.
+    var returned: [UInt8]
+    /// Frames handed out so far in the allocator's stride order.
     var cursor: UInt64
     var stride: UInt64
     var m2pFD: Int32
@@ -149,18 +150,19 @@ struct EventChannelImage: Codable {
     var pairPages: [UInt32: Int32]
 }
 
+/// Byte strings below are hexadecimal text (`HexBytes`).
 struct XSSocketImage: Codable {
     var id: Int
     var fd: Int32
-    var input: [UInt8]
-    var output: [UInt8]
+    var input: String
+    var output: String
 }
 
 struct XSRingImage: Codable {
     var id: Int
     var domid: UInt16
-    var input: [UInt8]
-    var output: [UInt8]
+    var input: String
+    var output: String
     /// Ends of the queued replies, relative to `output`.
     var replyEnds: [Int]
     var outstanding: Int
@@ -199,6 +201,11 @@ struct DomainImage: Codable {
     var blockedSeqs: [UInt64]
     var blockedDeadlines: [UInt64?]
     var storeKept: Bool
+    /// Channel events its event socket had no room for: each encoded, with its descriptors,
+    /// and since when the queue has waited (monotonic ns).
+    var channelEvents: [[UInt8]]
+    var channelEventFDs: [[Int32]]
+    var channelBacklogSince: UInt64?
 }
 
 struct InflightLogImage: Codable {
@@ -227,7 +234,7 @@ struct ConsoleLogImage: Codable {
 
 struct ControlConnectionImage: Codable {
     var fd: Int32
-    var input: [UInt8]
-    var output: [UInt8]
+    var input: String
+    var output: String
     var closing: Bool
 }

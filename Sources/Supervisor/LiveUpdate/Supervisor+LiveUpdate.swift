@@ -59,24 +59,34 @@ extension LiveUpdateImage {
             guard n > 0 else { throw LiveUpdateError.badState("descriptor \(fd.rawValue) ended at byte \(done) of \(size)") }
             done += n
         }
-        struct Header: Decodable { var magic: String; var version: Int }
-        let header: Header
+        return try decode(bytes)
+    }
+
+    /// The state's layout: the magic line, the version (u32, little-endian), then the image in
+    /// `BinaryCoder`'s form.
+    func encoded(version: Int = LiveUpdateImage.currentVersion) throws -> [UInt8] {
+        var out = Array((Self.magic + "\n").utf8)
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: version).littleEndian) { out += $0 }
+        out += try BinaryCoder.encode(self)
+        return out
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> LiveUpdateImage {
+        let magicLine = Array((magic + "\n").utf8)
+        guard bytes.count >= magicLine.count + 4, Array(bytes[0..<magicLine.count]) == magicLine else {
+            throw LiveUpdateError.badState("not a supervisor state (no \"\(magic)\" line at its start)")
+        }
+        let v = bytes[magicLine.count..<magicLine.count + 4].reversed().reduce(0) { $0 << 8 | Int($1) }
+        if v > currentVersion {
+            throw LiveUpdateError.badState("state version \(v) is newer than this procvisord understands (\(currentVersion))")
+        }
+        if v < oldestVersion {
+            throw LiveUpdateError.badState("state version \(v) is older than the oldest this procvisord takes over (\(oldestVersion))")
+        }
         do {
-            header = try JSONDecoder().decode(Header.self, from: Data(bytes))
+            return try BinaryCoder.decode(LiveUpdateImage.self, from: Array(bytes[(magicLine.count + 4)...]))
         } catch {
-            throw LiveUpdateError.badState("not a supervisor state (no header): \(error)")
-        }
-        guard header.magic == magic else { throw LiveUpdateError.badState("not a supervisor state (magic \"\(header.magic)\")") }
-        if header.version > currentVersion {
-            throw LiveUpdateError.badState("state version \(header.version) is newer than this procvisord understands (\(currentVersion))")
-        }
-        if header.version < oldestVersion {
-            throw LiveUpdateError.badState("state version \(header.version) is older than the oldest this procvisord takes over (\(oldestVersion))")
-        }
-        do {
-            return try JSONDecoder().decode(LiveUpdateImage.self, from: Data(bytes))
-        } catch {
-            throw LiveUpdateError.badState("version \(header.version) state does not decode: \(error)")
+            throw LiveUpdateError.badState("version \(v) state does not decode: \(error)")
         }
     }
 
@@ -113,7 +123,6 @@ extension Supervisor {
             if dom.hasProcess && dom.phase == .booting { return "\(dom.label) is still starting" }
             if dom.process.suspend != nil { return "\(dom.label) is being saved or migrated" }
             if dom.process.dirtyLog != nil { return "\(dom.label)'s writes are being logged for a migration" }
-            if !dom.process.pendingChannelEvents.isEmpty { return "\(dom.label) has not taken its queued channel events" }
             if dom.createWaiter != nil || !dom.destroyWaiters.isEmpty || !dom.shutdownWaiters.isEmpty {
                 return "xl commands are waiting on \(dom.label)"
             }
@@ -140,6 +149,7 @@ extension Supervisor {
             if live { keep += [p.hypercallFD, p.eventFD, p.consoleOutFD, p.consoleInFD] }
             if live, let l = p.boundListener { keep.append(l) }
             if let s = p.store { keep += [s.page.fd, s.kick] }
+            for (_, fds) in p.pendingChannelEvents { keep += fds }
             domainImages.append(DomainImage(
                 state: dom.state, pid: p.pid, startMonotonic: p.startMonotonic,
                 hypercallFD: p.hypercallFD.rawValue, eventFD: p.eventFD.rawValue,
@@ -151,7 +161,10 @@ extension Supervisor {
                 released: p.released, shutdownAckPending: p.shutdownAckTimer != nil,
                 virqDeadline: loop.deadline(of: p.virqTimer),
                 blockedSeqs: p.pendingBlocks.map(\.seq), blockedDeadlines: p.pendingBlocks.map { loop.deadline(of: $0.timer) },
-                storeKept: p.storeKept))
+                storeKept: p.storeKept,
+                channelEvents: p.pendingChannelEvents.map { $0.event.encode() },
+                channelEventFDs: p.pendingChannelEvents.map { $0.fds.map(\.rawValue) },
+                channelBacklogSince: p.channelBacklogSince))
         }
         var deviceImages: [DeviceImage] = []
         for dev in devices.devices.values.sorted(by: { ($0.frontend, $0.devid) < ($1.frontend, $1.devid) }) {
@@ -181,14 +194,9 @@ extension Supervisor {
 
     /// Writes `image` to a new memfd.
     func stateMemFD(_ image: LiveUpdateImage) throws -> FileDescriptor {
-        let encoder = JSONEncoder()
-        if let v = environment["PROCVISOR_TEST_LIVE_UPDATE_VERSION"].flatMap(Int.init) {
-            // Test knob: stamp another layout version on the state, to see the new binary refuse it.
-            var stamped = image
-            stamped.version = v
-            return try Self.memfd(Array(try encoder.encode(stamped)))
-        }
-        return try Self.memfd(Array(try encoder.encode(image)))
+        // Test knob: stamp another layout version on the state, to see the new binary refuse it.
+        let version = environment["PROCVISOR_TEST_LIVE_UPDATE_VERSION"].flatMap(Int.init) ?? LiveUpdateImage.currentVersion
+        return try Self.memfd(try image.encoded(version: version))
     }
 
     static func memfd(_ bytes: [UInt8]) throws -> FileDescriptor {
@@ -314,10 +322,20 @@ extension Supervisor {
     private func handOver(_ a: LiveUpdateAttempt) {
         // Logged first, so the line is in the log the new binary continues.
         log("live update: handing over to \(a.binary) (\(domains.count) domains)")
+        // An `xl live-update` that went away while the binary was checked has nobody to answer
+        // (its descriptor number may name something else by now).
+        var requester: LiveUpdateRequester? = a.requester
+        if case .control = a.requester {
+            requester = a.connection.flatMap { $0.closed ? nil : .control(fd: $0.fd.rawValue) }
+        }
         var keep: [FileDescriptor] = []
         let state: FileDescriptor
+        let t0 = MonotonicClock.nanoseconds()
+        var tCaptured: UInt64 = 0
         do {
-            state = try stateMemFD(try captureImage(requester: a.requester, except: a.connection, binary: a.binary, keep: &keep))
+            let image = try captureImage(requester: requester, except: a.connection, binary: a.binary, keep: &keep)
+            tCaptured = MonotonicClock.nanoseconds()
+            state = try stateMemFD(image)
         } catch {
             return finishLiveUpdate(a, "live update: cannot capture the supervisor's state: \(error)")
         }
@@ -334,7 +352,10 @@ extension Supervisor {
             }
         }
         if failure == nil {
-            logger.notice("live update: executing the new binary", metadata: ["binary": "\(a.binary)", "descriptors": "\(keep.count)"])
+            let size = (try? FileStatus(state).size) ?? 0
+            logger.notice("live update: executing the new binary", metadata: [
+                "binary": "\(a.binary)", "descriptors": "\(keep.count)", "state_bytes": "\(size)",
+                "capture_ms": "\(Double(tCaptured - t0) / 1e6)", "encode_ms": "\(Double(MonotonicClock.nanoseconds() - tCaptured) / 1e6)"])
             do {
                 try Process.replace(with: a.binary, argv: [a.binary, "--live-update-state", "\(state.rawValue)"], env: environment)
             } catch {

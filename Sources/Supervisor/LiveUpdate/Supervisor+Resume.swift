@@ -110,6 +110,16 @@ extension Supervisor {
                 p.pendingBlocks.append((seq, timer))
             }
             if d.shutdownAckPending { armShutdownAck(dom) }
+            for (bytes, fds) in zip(d.channelEvents, d.channelEventFDs) {
+                guard let event = try ChannelEvent.decode(bytes) else {
+                    throw LiveUpdateError.badState("\(dom.label) has a queued channel event that does not decode")
+                }
+                p.pendingChannelEvents.append((event, fds.map { FileDescriptor(rawValue: $0) }))
+            }
+            if !p.pendingChannelEvents.isEmpty {
+                p.channelBacklogSince = d.channelBacklogSince ?? MonotonicClock.nanoseconds()
+                flushChannelEvents(dom)
+            }
         }
         return dom
     }
