@@ -83,6 +83,30 @@ import XenStoreSocket
         #expect(try h.xl("destroy", "late").ok)
     }
 
+    /// A guest that keeps its XenStore ring full (three threads reading as fast as replies come
+    /// back) while the supervisor is replaced again and again: its ring is carried with the
+    /// requests half read and the replies queued, it is never disconnected, and a guest
+    /// watching a node of its own still gets every write made after each update.
+    @Test func aGuestHammeringItsXenStoreRingKeepsItThroughLiveUpdates() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("bystander", mode: "xs-box", "extra = \"mode=xs-box peer=0\"\n")
+        #expect(eventually { h.consoleLog("bystander").contains("box ready") })
+        try h.create("hog", mode: "xs-hog", "extra = \"mode=xs-hog seconds=4\"\nvcpus = 4\n")
+        #expect(eventually { h.consoleLog("hog").contains("xs-hog started") })
+        for i in 0..<4 {
+            let r = try h.xl("live-update")
+            #expect(r.ok, "\(r.stderr)")
+            #expect(try h.xs("write", "/local/domain/1/data/box", "tick\(i)").ok)
+            #expect(eventually { h.consoleLog("bystander").contains("value=tick\(i)") }, "\(h.consoleLog("bystander"))")
+        }
+        #expect(eventually(timeout: 20) { h.consoleLog("hog").contains("xs-hog done") }, "\(h.consoleLog("hog"))")
+        let dmesg = try h.dmesg()
+        #expect(!dmesg.contains("xenstore ring disconnected"), "\(dmesg)")
+        #expect(dmesg.components(separatedBy: "took over").count - 1 == 4, "\(dmesg)")
+        #expect(try h.list()["hog"] != nil)
+    }
+
     /// A new binary that cannot take over is refused and the running supervisor goes on with
     /// every domain: a path that does not exist, a program that is not procvisord, one that
     /// fails, and (test knob) a state older than the new binary takes.
