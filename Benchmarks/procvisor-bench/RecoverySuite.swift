@@ -162,25 +162,12 @@ enum RecoverySuite {
     /// the same bridge: the time from each kill to the first answer that comes back through the
     /// new incarnation.
     static func network(_ sup: BenchSupervisor, kills: Int) throws -> [Result] {
-        let netback = try sibling("netback"), udpEcho = try sibling("udp-echo")
+        let netback = try sibling("netback")
         let backend = "netback-recovery"
-        var guests = [backend]
+        var guests: [String] = []
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        try startDriverDomain(sup, backend, kernel: netback, serving: "serving vifs")
-        let bridge = "pvrec\(getpid() % 10_000)"
-        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:2e:0\(n), ip=10.215.0.\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
         let duration = Int(Double(kills) * 0.8) + 5
-        guests.append("echo-server")
-        try NetSuite.write(sup, "echo-server", "name = \"echo-server\"\nkernel = \"\(udpEcho)\"\nextra = \"port=7\"\nmemory = 32\n\(vif(2))\n")
-        try BlkSuite.awaitLine(sup, "echo-server", containing: "listening on", timeout: 30)
-        guests.append("echo-client")
-        try NetSuite.write(sup, "echo-client", """
-            name = "echo-client"
-            kernel = "\(udpEcho)"
-            extra = "client=10.215.0.2 port=7 duration=\(duration) size=200 retry=5 gaps=2"
-            memory = 32
-            \(vif(3))
-            """)
+        try startEchoPair(sup, backend: backend, prefix: "echo", net: "2e", subnet: "10.215.0", seconds: duration, guests: &guests)
         // The client has had answers once its stack is up; give it a moment of steady service.
         usleep(500_000)
         let (killedAt, fresh) = try killAndStartFresh(sup, backend: backend, kernel: netback, marker: "serving vifs", kills: kills,
@@ -205,25 +192,11 @@ enum RecoverySuite {
     /// saw. Peer, interleaved: starting a fresh procvisord (in a run directory of its own) until
     /// its control socket answers, the least any restart of the supervisor could cost.
     static func liveUpdate(_ sup: BenchSupervisor, rounds: Int) throws -> [Result] {
-        let netback = try sibling("netback"), udpEcho = try sibling("udp-echo"), procvisord = try sibling("procvisord")
-        let backend = "netback-lu"
-        var guests = [backend]
+        let procvisord = try sibling("procvisord")
+        var guests: [String] = []
         defer { for g in guests.reversed() { _ = try? sup.call(.destroy(domain: g)) } }
-        try startDriverDomain(sup, backend, kernel: netback, serving: "serving vifs")
-        let bridge = "pvlu\(getpid() % 10_000)"
-        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:2f:0\(n), ip=10.218.0.\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
         let seconds = Int(Double(rounds) * 0.9) + 6
-        guests.append("lu-server")
-        try NetSuite.write(sup, "lu-server", "name = \"lu-server\"\nkernel = \"\(udpEcho)\"\nextra = \"port=7\"\nmemory = 32\n\(vif(2))\n")
-        try BlkSuite.awaitLine(sup, "lu-server", containing: "listening on", timeout: 30)
-        guests.append("lu-client")
-        try NetSuite.write(sup, "lu-client", """
-            name = "lu-client"
-            kernel = "\(udpEcho)"
-            extra = "client=10.218.0.2 port=7 duration=\(seconds) size=200 retry=5 gaps=2"
-            memory = 32
-            \(vif(3))
-            """)
+        try startEchoPair(sup, backend: "netback-lu", prefix: "lu", net: "2f", subnet: "10.218.0", seconds: seconds, guests: &guests)
         guests.append("xs-echo")
         try sup.create("xs-echo", extra: "mode=xs-echo seconds=\(seconds) gaps=2")
         try BlkSuite.awaitLine(sup, "xs-echo", containing: "xs-echo: running", timeout: 30)
@@ -263,6 +236,31 @@ enum RecoverySuite {
             Result(name: "live_update_pause_max_ms", unit: "ms", procvisor: ours.percentile(100), peer: peer.percentile(100),
                    peer_name: "fresh procvisord start (max)", ratio: ours.percentile(100) / peer.percentile(100), higher_is_better: false),
         ]
+    }
+
+    /// A netback driver domain `backend` of its own, a udp-echo server guest PREFIX-server
+    /// (SUBNET.2) and a client guest PREFIX-client (SUBNET.3) sending it 200-byte datagrams one
+    /// at a time for `seconds` (each sent again when not answered in 5 ms) and recording its
+    /// pauses of 2 ms or more; on a bridge of their own. Each domain's name goes into `guests`
+    /// as it is created.
+    static func startEchoPair(_ sup: BenchSupervisor, backend: String, prefix: String, net: String, subnet: String,
+                              seconds: Int, guests: inout [String]) throws {
+        let udpEcho = try sibling("udp-echo")
+        guests.append(backend)
+        try startDriverDomain(sup, backend, kernel: try sibling("netback"), serving: "serving vifs")
+        let bridge = "pv\(prefix)\(getpid() % 10_000)"
+        func vif(_ n: Int) -> String { "vif = [ 'mac=00:16:3e:00:\(net):0\(n), ip=\(subnet).\(n)/24, bridge=\(bridge), backend=\(backend)' ]" }
+        guests.append("\(prefix)-server")
+        try NetSuite.write(sup, "\(prefix)-server", "name = \"\(prefix)-server\"\nkernel = \"\(udpEcho)\"\nextra = \"port=7\"\nmemory = 32\n\(vif(2))\n")
+        try BlkSuite.awaitLine(sup, "\(prefix)-server", containing: "listening on", timeout: 30)
+        guests.append("\(prefix)-client")
+        try NetSuite.write(sup, "\(prefix)-client", """
+            name = "\(prefix)-client"
+            kernel = "\(udpEcho)"
+            extra = "client=\(subnet).2 port=7 duration=\(seconds) size=200 retry=5 gaps=2"
+            memory = 32
+            \(vif(3))
+            """)
     }
 
     /// Starts procvisord in a run directory of its own and returns the ms until its control

@@ -126,12 +126,7 @@ public final class Supervisor {
         guard held else { throw StartError.alreadyRunning(dir.path) }
         lockFD = lock
         raiseDescriptorLimit()
-        let blocked: [Int32] = [Signals.child, Signals.terminate, Signals.interrupt, Signals.hangup]
-        try Signals.block(blocked)
-        Signals.ignore(Signals.brokenPipe)
-        let sfd = try Signals.descriptor(for: blocked)
-        signalFD = sfd
-        try loop.watch(sfd) { [unowned self] _ in handleSignals() }
+        try takeSignals()
         // The XenStore socket first: the control socket is what says the supervisor is up (xl
         // and the tests wait for it), and a client must then find the store there too.
         try FileIO.makeDirectories(dir.xenstoreDirectory, mode: 0o700)
@@ -190,6 +185,16 @@ public final class Supervisor {
         FileIO.unlink(options.runDirectory.controlSocket)
         FileIO.unlink(options.runDirectory.pidFile)
         logger.info("supervisor stopped")
+    }
+
+    /// SIGCHLD and the stop signals come through a signalfd watched by the loop; SIGPIPE is ignored.
+    func takeSignals() throws {
+        let blocked: [Int32] = [Signals.child, Signals.terminate, Signals.interrupt, Signals.hangup]
+        try Signals.block(blocked)
+        Signals.ignore(Signals.brokenPipe)
+        let sfd = try Signals.descriptor(for: blocked)
+        signalFD = sfd
+        try loop.watch(sfd) { [unowned self] _ in handleSignals() }
     }
 
     func handleSignals() {

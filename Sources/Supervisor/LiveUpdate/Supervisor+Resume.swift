@@ -12,12 +12,7 @@ extension Supervisor {
         }
         lockFD = FileDescriptor(rawValue: image.lockFD)
         raiseDescriptorLimit()
-        let blocked: [Int32] = [Signals.child, Signals.terminate, Signals.interrupt, Signals.hangup]
-        try Signals.block(blocked)
-        Signals.ignore(Signals.brokenPipe)
-        let sfd = try Signals.descriptor(for: blocked)
-        signalFD = sfd
-        try loop.watch(sfd) { [unowned self] _ in handleSignals() }
+        try takeSignals()
         jail = image.jail
         cgroupsUsable = image.cgroupsUsable
         dmesg.restore(image.dmesg)
