@@ -344,6 +344,8 @@ public enum BinaryCoder {
             return nil
         }
 
+        /// Keys that are not UTF-8 (or that `Key` does not know) are left out: a decoder that
+        /// needs one finds it missing and says so.
         var allKeys: [Key] {
             entries.keys.compactMap { r in String(validating: UnsafeBufferPointer(rebasing: buf[r]), as: UTF8.self).flatMap { Key(stringValue: $0) } }
         }
@@ -368,18 +370,18 @@ public enum BinaryCoder {
             return false
         }
 
-        func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try bool(buf, present(key), codingPath) }
-        func decode(_ type: String.Type, forKey key: Key) throws -> String { try string(buf, present(key), codingPath) }
-        func decode(_ type: Int.Type, forKey key: Key) throws -> Int { Int(try int(Int64.self, buf, present(key), codingPath)) }
-        func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try int(Int8.self, buf, present(key), codingPath) }
-        func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try int(Int16.self, buf, present(key), codingPath) }
-        func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try int(Int32.self, buf, present(key), codingPath) }
-        func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try int(Int64.self, buf, present(key), codingPath) }
-        func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { UInt(try int(UInt64.self, buf, present(key), codingPath)) }
-        func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try int(UInt8.self, buf, present(key), codingPath) }
-        func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try int(UInt16.self, buf, present(key), codingPath) }
-        func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try int(UInt32.self, buf, present(key), codingPath) }
-        func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try int(UInt64.self, buf, present(key), codingPath) }
+        func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try bool(buf, present(key), codingPath + [key]) }
+        func decode(_ type: String.Type, forKey key: Key) throws -> String { try string(buf, present(key), codingPath + [key]) }
+        func decode(_ type: Int.Type, forKey key: Key) throws -> Int { Int(try int(Int64.self, buf, present(key), codingPath + [key])) }
+        func decode(_ type: Int8.Type, forKey key: Key) throws -> Int8 { try int(Int8.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: Int16.Type, forKey key: Key) throws -> Int16 { try int(Int16.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: Int32.Type, forKey key: Key) throws -> Int32 { try int(Int32.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: Int64.Type, forKey key: Key) throws -> Int64 { try int(Int64.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: UInt.Type, forKey key: Key) throws -> UInt { UInt(try int(UInt64.self, buf, present(key), codingPath + [key])) }
+        func decode(_ type: UInt8.Type, forKey key: Key) throws -> UInt8 { try int(UInt8.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: UInt16.Type, forKey key: Key) throws -> UInt16 { try int(UInt16.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: UInt32.Type, forKey key: Key) throws -> UInt32 { try int(UInt32.self, buf, present(key), codingPath + [key]) }
+        func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try int(UInt64.self, buf, present(key), codingPath + [key]) }
 
         func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
             guard let r = try value(key) else { return try BinaryCoder.decodeNil(type, buf, codingPath + [key]) }

@@ -1,5 +1,3 @@
-import ProcvisorABI
-
 /// The last bytes a domain wrote to its console, replayed when `xl console` attaches
 /// (xenconsoled keeps a buffer the same way).
 struct ConsoleRing: Codable, Equatable {
@@ -35,17 +33,22 @@ struct ConsoleRing: Codable, Equatable {
 
     private enum CodingKeys: String, CodingKey { case capacity, contents }
 
-    // The contents as hexadecimal text: a live update carries every domain's ring.
+    // The contents, oldest first, as one byte string (a live update carries every domain's
+    // ring); a capacity from elsewhere is checked before anything is allocated for it.
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(capacity: try c.decode(Int.self, forKey: .capacity))
-        append(try c.decodeHex(forKey: .contents)[...])
+        let capacity = try c.decode(Int.self, forKey: .capacity)
+        guard capacity > 0, capacity <= 16 << 20 else {
+            throw DecodingError.dataCorruptedError(forKey: .capacity, in: c, debugDescription: "console capacity \(capacity)")
+        }
+        self.init(capacity: capacity)
+        append(try c.decode([UInt8].self, forKey: .contents)[...])
     }
 
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(capacity, forKey: .capacity)
-        try c.encode(HexBytes.encode(contents), forKey: .contents)
+        try c.encode(contents, forKey: .contents)
     }
 }
 

@@ -113,15 +113,16 @@ final class ControlServer {
 extension ControlServer {
     var listenerDescriptor: FileDescriptor? { listener?.descriptor }
 
-    /// Connections that cannot be carried across a live update (an attached `xl console`).
-    var consoleClients: Int { connections.values.filter { $0.mode != .requests }.count }
+    /// Connections that cannot be carried across a live update: an attached `xl console`, or
+    /// one still flushing what its domain wrote before it went.
+    var consoleClients: Int { connections.values.filter { !$0.closed && $0.mode != .requests }.count }
 
-    /// What a live update hands over: every open request-mode connection but `except` (the one
-    /// that asked, handed over on its own). The descriptors go into `keep`.
-    func image(except: ControlConnection?, keep: inout [FileDescriptor]) -> [ControlConnectionImage] {
-        connections.values.filter { $0 !== except && !$0.closed && $0.mode == .requests }.map { c in
+    /// What a live update hands over: every open request-mode connection (the one that asked
+    /// included). The descriptors go into `keep`.
+    func image(keep: inout [FileDescriptor]) -> [ControlConnectionImage] {
+        connections.values.filter { !$0.closed && $0.mode == .requests }.map { c in
             keep.append(c.fd)
-            return ControlConnectionImage(fd: c.fd.rawValue, input: HexBytes.encode(c.input), output: HexBytes.encode(c.unsent), closing: c.closeAfterFlush)
+            return ControlConnectionImage(fd: c.fd.rawValue, input: c.input, output: c.unsent, closing: c.closeAfterFlush)
         }
     }
 
@@ -133,14 +134,11 @@ extension ControlServer {
             accept(fd)
         }
         var asked: ControlConnection?
-        for i in images + (requester.map { [ControlConnectionImage(fd: $0, input: "", output: "", closing: false)] } ?? []) {
-            guard let input = HexBytes.decode(i.input), let output = HexBytes.decode(i.output) else {
-                throw LiveUpdateError.badState("xl connection \(i.fd): buffered bytes are not hexadecimal")
-            }
+        for i in images {
             let c = adoptConnection(FileDescriptor(rawValue: i.fd))
-            c.input = input
+            c.input = i.input
             if i.fd == requester { asked = c }
-            if !output.isEmpty { c.sendRaw(output) }
+            if !i.output.isEmpty { c.sendRaw(i.output) }
             if i.closing { c.closeAfterFlush = true; c.flush() }
         }
         // Requests that arrived whole before the exec and were not read yet are in the sockets;

@@ -54,6 +54,9 @@ final class DomainTable {
         byPid.removeValue(forKey: pid).flatMap { byDomid[$0] }
     }
 
+    /// Takes over how recently gone domains ended (a live update).
+    func restoreShutdowns(_ s: [DomID: ShutdownReason]) { recentShutdowns = s }
+
     /// The domid rover, for a live update.
     var roverValue: UInt16 {
         get { rover.rawValue }

@@ -25,7 +25,7 @@ extension Supervisor {
                 c.send(.error("live update: this supervisor does not know its own binary; give the new one's path"))
                 return
             }
-            if let answer = beginLiveUpdate(binary: path, force: false, requester: .control(fd: c.fd.rawValue), connection: c) {
+            if let answer = beginLiveUpdate(binary: path, requester: .control(fd: c.fd.rawValue), connection: c) {
                 c.send(.error(answer))
             }
         case .ping:

@@ -85,8 +85,10 @@ public final class Supervisor {
         consoles.maxLogBytes = options.consoleLogMaxBytes
         // The services know nothing of each other: what one needs of the rest comes through here.
         xenstore.log = { [unowned self] line in log(line) }
-        xenstore.onLiveUpdate = { [unowned self] conn, requestID, binary, force, _ in
-            beginLiveUpdate(binary: binary, force: force, requester: .xenstore(connection: conn, requestID: requestID), connection: nil)
+        // `-F` and `-t` have nothing to act on: open transactions are carried, and the check of
+        // the new binary has its own time limit.
+        xenstore.onLiveUpdate = { [unowned self] conn, requestID, binary, _, _ in
+            beginLiveUpdate(binary: binary, requester: .xenstore(connection: conn, requestID: requestID), connection: nil)
         }
         devices.log = { [unowned self] line in log(line) }
         control.onRequest = { [unowned self] request, c in handle(request, from: c) }

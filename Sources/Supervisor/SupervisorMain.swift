@@ -8,6 +8,12 @@ public enum SupervisorMain {
     /// in memfd FD (a running supervisor asks before it executes this binary in its place).
     /// Prints `liveUpdateAcceptance` and returns 0 when it can; the reason and 1 when not.
     public static func checkLiveUpdateState(fd: Int32) -> Int32 {
+        // The environment the takeover will run with is this one: its options must hold too.
+        let options = SupervisorOptions(environment: Process.environment(), uid: Process.userID)
+        if let problem = options.problems.first {
+            print("procvisord: cannot take the state over: \(problem)")
+            return 1
+        }
         do {
             let image = try LiveUpdateImage.read(from: FileDescriptor(rawValue: fd))
             try image.validate()

@@ -59,7 +59,7 @@ final class XenStoreServer {
     func image(keep: inout [FileDescriptor]) -> XenStoreServerImage {
         let socks = sockets.values.filter { !$0.closed }.sorted { $0.id < $1.id }.map { c -> XSSocketImage in
             keep.append(c.fd)
-            return XSSocketImage(id: c.id, fd: c.fd.rawValue, input: HexBytes.encode(c.framer.unconsumed), output: HexBytes.encode(c.unsent))
+            return XSSocketImage(id: c.id, fd: c.fd.rawValue, input: c.framer.unconsumed, output: c.unsent)
         }
         let ringImages = rings.values.sorted { $0.id < $1.id }.map { $0.image() }
         return XenStoreServerImage(engine: engine.snapshot(), nextID: nextID, sockets: socks, rings: ringImages)
@@ -88,9 +88,8 @@ final class XenStoreServer {
             }
             c.token = try loop.watch(c.fd) { [unowned self, unowned c] events in socketEvent(c, events) }
             sockets[s.id] = c
-            c.framer.feed(try Self.bytes(s.input, "socket client \(s.id)"))
-            let output = try Self.bytes(s.output, "socket client \(s.id)")
-            if !output.isEmpty { c.send(output) }
+            c.framer.feed(s.input)
+            if !s.output.isEmpty { c.send(s.output) }
         }
         for r in i.rings {
             guard known.contains(r.id) || r.broken else { throw LiveUpdateError.badState("xenstore ring \(r.id) has no connection in the store") }
@@ -98,7 +97,7 @@ final class XenStoreServer {
                 throw LiveUpdateError.badState("xenstore ring \(r.id) names dom\(r.domid), whose store page is not in the state")
             }
             let client = RingClient(id: r.id, domid: r.domid, page: page, kick: kick, notify: notify)
-            try client.restore(r, input: Self.bytes(r.input, "dom\(r.domid)'s ring"), output: Self.bytes(r.output, "dom\(r.domid)'s ring"))
+            client.restore(r)
             client.token = try loop.watch(kick) { [unowned self, unowned client] _ in
                 client.drainKick()
                 service(client)
@@ -108,11 +107,6 @@ final class XenStoreServer {
         }
         // Whatever a domain wrote while the supervisor was replaced: serve it now.
         for r in rings.values { service(r) }
-    }
-
-    static func bytes(_ hex: String, _ what: String) throws -> [UInt8] {
-        guard let b = HexBytes.decode(hex) else { throw LiveUpdateError.badState("\(what): buffered bytes are not hexadecimal") }
-        return b
     }
 
     /// Answers a request the previous binary left waiting (XS_CONTROL live-update).
@@ -418,19 +412,21 @@ final class RingClient {
 
     /// What a live update hands over of this ring (the page and the kick go with the domain).
     func image() -> XSRingImage {
-        XSRingImage(id: id, domid: domid, input: HexBytes.encode(framer.unconsumed), output: HexBytes.encode(Array(pendingOut[pendingOffset...])),
-                    replyEnds: replyEnds.map { $0 - pendingOffset }, outstanding: outstanding, throttled: throttled, broken: broken)
+        XSRingImage(id: id, domid: domid, input: framer.unconsumed, output: Array(pendingOut[pendingOffset...]),
+                    replyEnds: replyEnds.map { $0 - pendingOffset }, outstanding: outstanding, throttled: throttled, broken: broken,
+                    stalledSince: stalledSince)
     }
 
-    func restore(_ i: XSRingImage, input: [UInt8], output: [UInt8]) {
-        framer.feed(input)
-        pendingOut = output
+    func restore(_ i: XSRingImage) {
+        framer.feed(i.input)
+        pendingOut = i.output
         pendingOffset = 0
-        replyEnds = i.replyEnds.filter { $0 > 0 && $0 <= output.count }
+        replyEnds = i.replyEnds.filter { $0 > 0 && $0 <= i.output.count }
         outstanding = i.outstanding
         throttled = i.throttled
         broken = i.broken
-        if !pendingOut.isEmpty { stalledSince = MonotonicClock.nanoseconds() }
+        // The stall clock goes on from where it was (monotonic time carries over the exec).
+        if !pendingOut.isEmpty { stalledSince = i.stalledSince ?? MonotonicClock.nanoseconds() }
     }
 
     func setConnected() {

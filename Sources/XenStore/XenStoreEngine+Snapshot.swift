@@ -55,10 +55,10 @@ public struct XenStoreSnapshot: Codable, Equatable, Sendable {
 extension Node {
     private enum CodingKeys: String, CodingKey { case value, perms, children, childLen, generation }
 
-    // The value as hexadecimal text (a JSON array of numbers would be four times the size).
+    // Decoded from another process's state: the children list's length is checked against it.
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.init(value: try c.decodeHex(forKey: .value), perms: try c.decode([PermEntry].self, forKey: .perms),
+        self.init(value: try c.decode([UInt8].self, forKey: .value), perms: try c.decode([PermEntry].self, forKey: .perms),
                   generation: try c.decode(UInt64.self, forKey: .generation))
         for name in try c.decode([String].self, forKey: .children) { addChild(name) }
         guard childLen == (try c.decode(Int.self, forKey: .childLen)) else {
@@ -68,7 +68,7 @@ extension Node {
 
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(HexBytes.encode(value), forKey: .value)
+        try c.encode(value, forKey: .value)
         try c.encode(perms, forKey: .perms)
         try c.encode(children, forKey: .children)
         try c.encode(childLen, forKey: .childLen)
@@ -123,6 +123,14 @@ extension XenStoreEngine {
             for c in r.node.children where nodes[r.path == "/" ? "/" + c : r.path + "/" + c] == nil {
                 throw XenStoreSnapshotError.inconsistent("node \(r.path) names a child \(c) that is not there")
             }
+            if r.path.hasPrefix("/"), r.path != "/" {
+                let parent = r.path.lastIndex(of: "/").map { $0 == r.path.startIndex ? "/" : String(r.path[..<$0]) } ?? "/"
+                guard nodes[parent] != nil else { throw XenStoreSnapshotError.inconsistent("node \(r.path) has no parent") }
+            }
+        }
+        let items = AccItem.allCases.count
+        for (d, st) in s.domains where st.acc.count != items || st.max.count != items {
+            throw XenStoreSnapshotError.inconsistent("dom\(d)'s accounting has \(st.acc.count)/\(st.max.count) entries, not \(items)")
         }
         guard nodes["/"] != nil else { throw XenStoreSnapshotError.inconsistent("no root node") }
         generation = s.generation
@@ -134,9 +142,13 @@ extension XenStoreEngine {
             let conn = Connection(id: c.id, seq: c.seq, domid: c.domid)
             conn.watchIDs = c.watchIDs
             conn.nextTransactionID = c.nextTransactionID
+            guard c.seq <= s.nextConnectionSeq else { throw XenStoreSnapshotError.inconsistent("connection \(c.id) is newer than the sequence") }
             for t in c.transactions {
                 guard t.order.allSatisfy({ t.accessed[$0] != nil }) else {
                     throw XenStoreSnapshotError.inconsistent("transaction \(t.id) of connection \(c.id) orders a node it never accessed")
+                }
+                guard t.accessed.values.allSatisfy({ $0.node.map { !$0.perms.isEmpty } ?? true }) else {
+                    throw XenStoreSnapshotError.inconsistent("transaction \(t.id) of connection \(c.id) holds a node without an owner")
                 }
                 let tx = Transaction(id: t.id, generation: t.generation)
                 tx.accessed = t.accessed
@@ -155,6 +167,7 @@ extension XenStoreEngine {
             guard let conn = connections[w.watch.conn], conn.watchIDs.contains(w.id) else {
                 throw XenStoreSnapshotError.inconsistent("watch \(w.id) belongs to no connection")
             }
+            guard w.id <= s.nextWatchID, w.watch.prefixLen >= 0 else { throw XenStoreSnapshotError.inconsistent("watch \(w.id) is out of range") }
             watches[w.id] = w.watch
             watchIndex[w.watch.path, default: []].append(w.id)
         }

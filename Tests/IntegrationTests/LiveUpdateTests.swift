@@ -49,9 +49,14 @@ import XenStoreSocket
             #expect(r.ok && r.stdout.hasPrefix("live update done: "), "round \(round): \(r.stdout)\(r.stderr)\n\((try? h.dmesg()) ?? "")")
             pauses.append(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
             #expect(h.pid == supervisorPid && ProcFS.isAlive(supervisorPid))
-            #expect(h.children.sorted() == pids, "round \(round): domain processes changed")
+            // No new process (nothing restarted); the guests' own programs may end meanwhile
+            // (they run for a few seconds, and a loaded machine can take longer over the rounds).
+            #expect(Set(h.children).isSubset(of: Set(pids)), "round \(round): domain processes changed: \(h.children) vs \(pids)")
             let now = try h.list()
-            for (name, d) in before { #expect(now[name]?.domid == d.domid, "round \(round): \(name)") }
+            for (name, d) in before {
+                let finished = ["soak", "client"].contains(name) && h.consoleLog(name).contains(" OK")
+                #expect(finished || now[name]?.domid == d.domid, "round \(round): \(name)")
+            }
         }
         print("LiveUpdateTests: \(pauses)")
         // The watch still fires, the transaction commits what it wrote.

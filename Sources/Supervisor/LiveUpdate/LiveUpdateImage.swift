@@ -41,6 +41,11 @@ struct LiveUpdateImage: Codable {
     /// When the old binary began the handover (monotonic ns): the pause domains saw ends when
     /// the new one serves again.
     var handoverStart: UInt64
+    /// Every descriptor the state names (close-on-exec is cleared on them for the exec and
+    /// set again by the new binary).
+    var descriptors: [Int32]
+    /// How recently gone domains ended (domid → shutdown reason), for late `waitShutdown`s.
+    var recentShutdowns: [UInt16: UInt32]
 }
 
 enum LiveUpdateRequester: Codable, Equatable {
@@ -150,24 +155,25 @@ struct EventChannelImage: Codable {
     var pairPages: [UInt32: Int32]
 }
 
-/// Byte strings below are hexadecimal text (`HexBytes`).
 struct XSSocketImage: Codable {
     var id: Int
     var fd: Int32
-    var input: String
-    var output: String
+    var input: [UInt8]
+    var output: [UInt8]
 }
 
 struct XSRingImage: Codable {
     var id: Int
     var domid: UInt16
-    var input: String
-    var output: String
+    var input: [UInt8]
+    var output: [UInt8]
     /// Ends of the queued replies, relative to `output`.
     var replyEnds: [Int]
     var outstanding: Int
     var throttled: Bool
     var broken: Bool
+    /// Since when its queued output has not moved (monotonic ns; nil while it takes it).
+    var stalledSince: UInt64?
 }
 
 struct XenStoreServerImage: Codable {
@@ -234,7 +240,7 @@ struct ConsoleLogImage: Codable {
 
 struct ControlConnectionImage: Codable {
     var fd: Int32
-    var input: String
-    var output: String
+    var input: [UInt8]
+    var output: [UInt8]
     var closing: Bool
 }

@@ -25,23 +25,26 @@ enum LiveUpdateError: Error, CustomStringConvertible {
 /// captures the state again and executes it.
 final class LiveUpdateAttempt {
     let binary: String
-    let force: Bool
     let requester: LiveUpdateRequester
     /// The `xl live-update` connection (nil for a XenStore request).
     weak var connection: ControlConnection?
     let pid: Int32
+    /// The new binary, opened once: the file that was checked is the one executed, whatever
+    /// happens to its path meanwhile (a build finishing).
+    let executable: FileDescriptor
     let output: FileDescriptor
     var outputToken: UInt64 = 0
     var text: [UInt8] = []
     var timer: UInt64?
     let stateFD: FileDescriptor
 
-    init(binary: String, force: Bool, requester: LiveUpdateRequester, connection: ControlConnection?, pid: Int32, output: FileDescriptor, stateFD: FileDescriptor) {
+    init(binary: String, requester: LiveUpdateRequester, connection: ControlConnection?, pid: Int32, executable: FileDescriptor,
+         output: FileDescriptor, stateFD: FileDescriptor) {
         self.binary = binary
-        self.force = force
         self.requester = requester
         self.connection = connection
         self.pid = pid
+        self.executable = executable
         self.output = output
         self.stateFD = stateFD
     }
@@ -90,20 +93,56 @@ extension LiveUpdateImage {
         }
     }
 
-    /// What the check run of a new binary verifies without touching any descriptor: the
-    /// cross references between the services.
+    /// What the check run of a new binary verifies without touching any descriptor: whatever
+    /// the takeover would refuse that can be seen in the values alone, so a state the new
+    /// binary cannot take is a rollback, not the end of every domain.
     func validate() throws {
+        func bad(_ why: String) -> LiveUpdateError { .badState(why) }
         _ = try XenStoreEngineCheck.check(xenstore.engine)
+        let connections = Set(xenstore.engine.connectionIDs)
         let domids = Set(domains.map(\.state.domid))
+        let m = machine
+        guard m.totalFrames > 0, m.stride > 0, m.cursor <= m.totalFrames, m.returned.count % 8 == 0,
+              m.totalFrames - m.cursor + UInt64(m.returned.count / 8) == m.freeFrames else {
+            throw bad("machine memory: \(m.freeFrames) free of \(m.totalFrames) frames, cursor \(m.cursor), \(m.returned.count / 8) given back")
+        }
+        for c in [machine.domains.compactMap(\.cgroup), domains.compactMap(\.pidsCgroup)].joined() {
+            _ = try LiveUpdateError.cgroupVersion(c.version)
+        }
+        for ch in events.channels {
+            for p in ch.ports where p.port == 0 || p.port >= UInt32(EventPages.maxPorts) || (p.kind == .virq && VIRQ(rawValue: p.virq) == nil) {
+                throw bad("event channels: dom\(ch.domid) port \(p.port) (\(p.kind))")
+            }
+        }
+        let pages = Set(grants.pages.map(\.fd))
+        for t in grants.tables {
+            for fd in Array(t.pages.values) + t.maptrack.map(\.page) where !pages.contains(fd) {
+                throw bad("grant tables: dom\(t.domid) names page descriptor \(fd), which is not in the state")
+            }
+        }
+        for d in domains {
+            let own = [d.hypercallFD, d.consoleOutFD] + (d.boundListener.map { [$0] } ?? [])
+            if let fd = d.watched.first(where: { !own.contains($0) }) { throw bad("dom\(d.state.domid) watches descriptor \(fd), which is none of its own") }
+            for e in d.channelEvents where (try? ChannelEvent.decode(e)) == nil {
+                throw bad("dom\(d.state.domid) has a queued channel event that does not decode")
+            }
+        }
         for d in machine.domains where !domids.contains(DomID(d.domid)) {
             throw LiveUpdateError.badState("machine memory of dom\(d.domid), which is not in the domain table")
         }
         for dev in devices where !domids.contains(DomID(dev.frontend)) || !domids.contains(DomID(dev.backend)) {
             throw LiveUpdateError.badState("\(dev.kind) \(dev.frontend)/\(dev.devid) names a domain that is not in the table")
         }
+        for dev in devices where (dev.block == nil) == (dev.network == nil)
+            || (dev.block != nil && dev.kind != SplitDeviceType.block.kind) || (dev.network != nil && dev.kind != SplitDeviceType.network.kind) {
+            throw bad("device \(dev.kind) \(dev.frontend)/\(dev.devid): its settings are not a \(dev.kind)'s")
+        }
         let rings = Set(domains.compactMap { $0.storePageFD == nil ? nil : $0.state.domid.rawValue })
-        for r in xenstore.rings where !r.broken && !rings.contains(r.domid) {
-            throw LiveUpdateError.badState("xenstore ring of dom\(r.domid), which has no store page")
+        for r in xenstore.rings where !rings.contains(r.domid) || (!r.broken && !connections.contains(r.id)) {
+            throw bad("xenstore ring \(r.id) of dom\(r.domid): no store page, or no connection in the store")
+        }
+        for s in xenstore.sockets where !connections.contains(s.id) {
+            throw bad("xenstore socket client \(s.id) has no connection in the store")
         }
     }
 }
@@ -116,7 +155,7 @@ enum XenStoreEngineCheck {
 extension Supervisor {
     /// Why a live update cannot start now, if it cannot. What is refused is what would not
     /// survive the exec: work in progress that lives only in this process's timers and callbacks.
-    func liveUpdateRefusal(except requester: ControlConnection?) -> String? {
+    func liveUpdateRefusal() -> String? {
         if stopping { return "the supervisor is stopping" }
         if let d = pendingRestores.keys.min() { return "a restore of dom\(d) is in progress" }
         for dom in domains.values.sorted(by: { $0.domid < $1.domid }) {
@@ -132,11 +171,12 @@ extension Supervisor {
         }
         if let why = xenstore.liveUpdateRefusal { return why }
         if let d = consoles.attachedDomains.first { return "an xl console is attached to dom\(d) (detach it first)" }
+        if control.consoleClients > 0 { return "an xl console is still being sent the last of its domain's output" }
         return nil
     }
 
     /// Everything this process holds, and (in `keep`) the descriptors the image names.
-    func captureImage(requester: LiveUpdateRequester?, except connection: ControlConnection?, binary: String,
+    func captureImage(requester: LiveUpdateRequester?, binary: String,
                       keep: inout [FileDescriptor]) throws -> LiveUpdateImage {
         guard let lock = lockFD, let controlListen = control.listenerDescriptor, let xsListen = xenstore.listenerDescriptor else {
             throw LiveUpdateError.badState("the supervisor has not started")
@@ -176,8 +216,7 @@ extension Supervisor {
                                             block: (dev as? VirtualBlockDevice)?.settings, network: (dev as? VirtualNetworkDevice)?.settings,
                                             inflight: logs))
         }
-        if case let .control(fd)? = requester { keep.append(FileDescriptor(rawValue: fd)) }
-        return LiveUpdateImage(
+        var image = LiveUpdateImage(
             pid: Process.pid, startTime: startTime, lockFD: lock.rawValue,
             controlListenFD: controlListen.rawValue, xenstoreListenFD: xsListen.rawValue,
             jail: jail, cgroupsUsable: cgroupsUsable, dmesg: dmesg.lines, driverRestarts: driverRestarts,
@@ -188,8 +227,14 @@ extension Supervisor {
             domidRover: domains.roverValue,
             machine: machine.image(keep: &keep), grants: grantService.image(keep: &keep), events: eventChannels.image(keep: &keep),
             xenstore: xenstore.image(keep: &keep), domains: domainImages, devices: deviceImages,
-            consoleLogs: consoles.image(keep: &keep), control: control.image(except: connection, keep: &keep),
-            requester: requester, binary: binary, handoverStart: MonotonicClock.nanoseconds())
+            consoleLogs: consoles.image(keep: &keep), control: control.image(keep: &keep),
+            requester: requester, binary: binary, handoverStart: MonotonicClock.nanoseconds(),
+            descriptors: [], recentShutdowns: domains.recentShutdowns.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.rawValue })
+        image.descriptors = Set(keep.map(\.rawValue)).sorted()
+        if case let .control(fd)? = requester, !image.descriptors.contains(fd) {
+            throw LiveUpdateError.badState("the connection that asked (descriptor \(fd)) is not among those carried")
+        }
+        return image
     }
 
     /// Writes `image` to a new memfd.
@@ -213,17 +258,24 @@ extension Supervisor {
     /// `xl live-update` / XS_CONTROL `live-update -s`: checks the new binary against a copy of
     /// the state, then (from the event loop, when the check is done) hands over. Returns the
     /// answer when there is one now (a refusal); nil when the answer comes later.
-    func beginLiveUpdate(binary: String, force: Bool, requester: LiveUpdateRequester, connection: ControlConnection?) -> String? {
+    func beginLiveUpdate(binary: String, requester: LiveUpdateRequester, connection: ControlConnection?) -> String? {
         if liveUpdateAttempt != nil { return "a live update is already in progress" }
-        if let why = liveUpdateRefusal(except: connection) { return "live update refused: \(why)" }
+        if let why = liveUpdateRefusal() { return "live update refused: \(why)" }
         guard binary.hasPrefix("/") else { return "live update: the new binary must be given as an absolute path (got \(binary))" }
         guard FileIO.exists(binary) else { return "live update: \(binary): no such file" }
         guard FileIO.isExecutable(binary) else { return "live update: \(binary): not an executable file" }
+        let executable: FileDescriptor
+        do {
+            executable = try FileDescriptor.open(binary, .readOnly)
+        } catch {
+            return "live update: cannot open \(binary): \(error)"
+        }
         var keep: [FileDescriptor] = []
         let state: FileDescriptor
         do {
-            state = try stateMemFD(try captureImage(requester: requester, except: connection, binary: binary, keep: &keep))
+            state = try stateMemFD(try captureImage(requester: requester, binary: binary, keep: &keep))
         } catch {
+            executable.close()
             return "live update: cannot capture the supervisor's state: \(error)"
         }
         let pipe: (read: FileDescriptor, write: FileDescriptor)
@@ -231,7 +283,7 @@ extension Supervisor {
         do {
             pipe = try FileDescriptor.pipe()
             do {
-                pid = try Spawner.spawn(path: binary, argv: [binary, "--check-live-update-state", "3"],
+                pid = try Spawner.spawn(path: "/proc/\(Process.pid)/fd/\(executable.rawValue)", argv: [binary, "--check-live-update-state", "3"],
                                         env: environment.map { "\($0.key)=\($0.value)" },
                                         fds: [(.standardInput, 0), (pipe.write, 1), (pipe.write, 2), (state, 3)], limits: [], filter: nil)
             } catch {
@@ -243,10 +295,11 @@ extension Supervisor {
             try pipe.read.setNonBlocking()
         } catch {
             state.close()
+            executable.close()
             return "live update: cannot start \(binary): \(error)"
         }
-        let attempt = LiveUpdateAttempt(binary: binary, force: force, requester: requester, connection: connection,
-                                        pid: pid, output: pipe.read, stateFD: state)
+        let attempt = LiveUpdateAttempt(binary: binary, requester: requester, connection: connection,
+                                        pid: pid, executable: executable, output: pipe.read, stateFD: state)
         liveUpdateAttempt = attempt
         attempt.outputToken = (try? loop.watch(pipe.read) { [unowned self] _ in liveUpdateOutput() }) ?? 0
         attempt.timer = loop.after(ms: Self.liveUpdateCheckTimeoutMs) { [weak self] in
@@ -299,13 +352,14 @@ extension Supervisor {
             }
             return finishLiveUpdate(a, "live update rolled back: \(a.binary) \(why)\(said.isEmpty ? "" : ": \(said)"); this supervisor goes on")
         }
-        if let why = liveUpdateRefusal(except: a.connection) {
+        if let why = liveUpdateRefusal() {
             return finishLiveUpdate(a, "live update refused: \(why)")
         }
         handOver(a)
     }
 
     private func finishLiveUpdate(_ a: LiveUpdateAttempt, _ message: String) {
+        a.executable.close()
         log(message)
         logger.error("live update failed", metadata: ["binary": "\(a.binary)", "reason": "\(message)"])
         switch a.requester {
@@ -333,7 +387,7 @@ extension Supervisor {
         let t0 = MonotonicClock.nanoseconds()
         var tCaptured: UInt64 = 0
         do {
-            let image = try captureImage(requester: requester, except: a.connection, binary: a.binary, keep: &keep)
+            let image = try captureImage(requester: requester, binary: a.binary, keep: &keep)
             tCaptured = MonotonicClock.nanoseconds()
             state = try stateMemFD(image)
         } catch {
@@ -357,7 +411,8 @@ extension Supervisor {
                 "binary": "\(a.binary)", "descriptors": "\(keep.count)", "state_bytes": "\(size)",
                 "capture_ms": "\(Double(tCaptured - t0) / 1e6)", "encode_ms": "\(Double(MonotonicClock.nanoseconds() - tCaptured) / 1e6)"])
             do {
-                try Process.replace(with: a.binary, argv: [a.binary, "--live-update-state", "\(state.rawValue)"], env: environment)
+                try Process.replace(with: "/proc/self/fd/\(a.executable.rawValue)",
+                                    argv: [a.binary, "--live-update-state", "\(state.rawValue)"], env: environment)
             } catch {
                 failure = "exec failed: \(error)"
             }

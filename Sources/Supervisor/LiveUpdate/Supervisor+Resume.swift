@@ -10,6 +10,9 @@ extension Supervisor {
         guard image.pid == Process.pid else {
             throw LiveUpdateError.badState("the state belongs to pid \(image.pid), this is pid \(Process.pid)")
         }
+        // The old binary cleared close-on-exec on these for the exec; first thing, they are the
+        // supervisor's own again (no domain, no later exec may get one).
+        for raw in image.descriptors { try? FileDescriptor(rawValue: raw).setCloseOnExec(true) }
         lockFD = FileDescriptor(rawValue: image.lockFD)
         raiseDescriptorLimit()
         try takeSignals()
@@ -19,6 +22,9 @@ extension Supervisor {
         driverRestarts = image.driverRestarts
         for t in image.keptTaps { keptTaps[t.bridge] = (DomID(t.backend), FileDescriptor(rawValue: t.fd)) }
         domains.roverValue = image.domidRover
+        domains.restoreShutdowns(image.recentShutdowns.reduce(into: [:]) { r, e in
+            if let reason = ShutdownReason(rawValue: e.value) { r[DomID(e.key)] = reason }
+        })
         try eventChannels.adopt(image.events)
         try grantService.adopt(image.grants)
         var stores: [UInt16: DomainStore] = [:]
