@@ -53,8 +53,6 @@ public final class Supervisor {
     var keptTaps: [String: (backend: DomID, fd: FileDescriptor)] = [:]
     /// A live update whose new binary is being checked (it runs with a copy of the state).
     var liveUpdateAttempt: LiveUpdateAttempt?
-    /// The supervisor took over from a previous binary: when its handover began (monotonic ns).
-    var liveUpdatedAt: UInt64?
     /// The environment the supervisor was started with (a live update's new binary gets it too).
     public var environment: [String: String] = Process.environment()
     /// The binary this supervisor runs (the default new binary of a live update).

@@ -36,17 +36,15 @@ final class LiveUpdateAttempt {
     var outputToken: UInt64 = 0
     var text: [UInt8] = []
     var timer: UInt64?
-    let stateFD: FileDescriptor
 
     init(binary: String, requester: LiveUpdateRequester, connection: ControlConnection?, pid: Int32, executable: FileDescriptor,
-         output: FileDescriptor, stateFD: FileDescriptor) {
+         output: FileDescriptor) {
         self.binary = binary
         self.requester = requester
         self.connection = connection
         self.pid = pid
         self.executable = executable
         self.output = output
-        self.stateFD = stateFD
     }
 }
 
@@ -98,7 +96,7 @@ extension LiveUpdateImage {
     /// binary cannot take is a rollback, not the end of every domain.
     func validate() throws {
         func bad(_ why: String) -> LiveUpdateError { .badState(why) }
-        _ = try XenStoreEngineCheck.check(xenstore.engine)
+        _ = try XenStoreEngine(snapshot: xenstore.engine)
         let connections = Set(xenstore.engine.connectionIDs)
         let domids = Set(domains.map(\.state.domid))
         let m = machine
@@ -145,11 +143,6 @@ extension LiveUpdateImage {
             throw bad("xenstore socket client \(s.id) has no connection in the store")
         }
     }
-}
-
-/// Builds the engine a snapshot describes, only to see that it can be built.
-enum XenStoreEngineCheck {
-    static func check(_ s: XenStoreSnapshot) throws -> XenStoreEngine { try XenStoreEngine(snapshot: s) }
 }
 
 extension Supervisor {
@@ -246,11 +239,11 @@ extension Supervisor {
 
     static func memfd(_ bytes: [UInt8]) throws -> FileDescriptor {
         let fd = try MemFD.createUnsealed(name: "procvisord-live-update", size: bytes.count)
-        var done = 0
-        while done < bytes.count {
-            let n = try bytes.withUnsafeBytes { try fd.write(from: UnsafeRawBufferPointer(rebasing: $0[done...]), at: Int64(done)) }
-            guard n > 0 else { fd.close(); throw SystemError("pwrite", "live-update state", errno: .ioError) }
-            done += n
+        do {
+            try fd.writeAll(bytes)  // (readers use positioned reads: the file offset is shared)
+        } catch {
+            fd.close()
+            throw error
         }
         return fd
     }
@@ -278,6 +271,8 @@ extension Supervisor {
             executable.close()
             return "live update: cannot capture the supervisor's state: \(error)"
         }
+        // Only the check run needs the state (it gets its own copy as descriptor 3).
+        defer { state.close() }
         let pipe: (read: FileDescriptor, write: FileDescriptor)
         let pid: Int32
         do {
@@ -294,12 +289,11 @@ extension Supervisor {
             pipe.write.close()
             try pipe.read.setNonBlocking()
         } catch {
-            state.close()
             executable.close()
             return "live update: cannot start \(binary): \(error)"
         }
         let attempt = LiveUpdateAttempt(binary: binary, requester: requester, connection: connection,
-                                        pid: pid, executable: executable, output: pipe.read, stateFD: state)
+                                        pid: pid, executable: executable, output: pipe.read)
         liveUpdateAttempt = attempt
         attempt.outputToken = (try? loop.watch(pipe.read) { [unowned self] _ in liveUpdateOutput() }) ?? 0
         attempt.timer = loop.after(ms: Self.liveUpdateCheckTimeoutMs) { [weak self] in
@@ -337,7 +331,6 @@ extension Supervisor {
         loop.cancel(a.timer)
         loop.unwatch(a.output, token: a.outputToken)
         a.output.close()
-        a.stateFD.close()
         if timedOut { _ = try? ChildReaper.wait(a.pid) }
         let said = String(decoding: a.text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         let accepted = !timedOut && status == .exited(0) && said.contains(Self.liveUpdateAcceptance)

@@ -47,7 +47,6 @@ extension Supervisor {
         // before the signalfd existed).
         for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
         scheduleReservationCheck()
-        liveUpdatedAt = image.handoverStart
         let pauseMs = Double(MonotonicClock.nanoseconds() &- image.handoverStart) / 1e6
         let pause = String(Int(pauseMs * 10) / 10) + "." + String(Int(pauseMs * 10) % 10)
         log("live update: \(image.binary) took over (pid \(Process.pid), \(domains.count) domains, pause \(pause) ms)")
