@@ -52,7 +52,7 @@ enum RecoverySuite {
         var killedAt: [UInt64] = [], fresh: [Double] = []
         for i in 0..<kills {
             usleep(300_000)
-            guard let pid = ProcFS.child(of: sup.pid, running: kernel) else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
+            guard let pid = ProcFS.child(of: sup.pid, running: kernel, engaged: true) else { throw BenchError("no \(backend) process to kill (kill \(i + 1))") }
             let before = count(sup, backend, marker)
             killedAt.append(MonotonicClock.nanoseconds())
             kill(pid, SIGKILL)

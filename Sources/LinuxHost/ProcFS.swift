@@ -79,11 +79,15 @@ public enum ProcFS {
     }
 
     /// The first child of `pid` whose argv[0] is `program` (a domain process is named by its
-    /// kernel's path), if any.
-    public static func child(of pid: pid_t, running program: String) -> pid_t? {
+    /// kernel's path), if any. With `engaged`, only one whose runtime has narrowed the
+    /// supervisor's seccomp bound with its own filter (two filters or more): a domain's running
+    /// incarnation, not a driver domain's standby, which waits in its bootstrap under the bound
+    /// alone.
+    public static func child(of pid: pid_t, running program: String, engaged: Bool = false) -> pid_t? {
         children(of: pid).first { child in
-            guard let argv = try? FileIO.read("/proc/\(child)/cmdline") else { return false }
-            return argv.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } == program
+            guard let argv = try? FileIO.read("/proc/\(child)/cmdline"),
+                  argv.split(separator: 0).first.map({ String(decoding: $0, as: UTF8.self) }) == program else { return false }
+            return !engaged || ((try? seccomp(of: child))?.filters ?? 0) >= 2
         }
     }
 

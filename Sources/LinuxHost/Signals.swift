@@ -90,6 +90,12 @@ public enum ChildReaper {
         return out
     }
 
+    /// Reaps one specific child if it has ended (nil: it still runs, or is no child of ours).
+    public static func poll(_ pid: pid_t) -> ProcessStatus? {
+        var status: Int32 = 0
+        return waitpid(pid, &status, WNOHANG) == pid ? ProcessStatus(waitStatus: status) : nil
+    }
+
     /// Waits for one specific child (blocking).
     public static func wait(_ pid: pid_t) throws -> ProcessStatus {
         var status: Int32 = 0

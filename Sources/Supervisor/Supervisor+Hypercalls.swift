@@ -379,6 +379,7 @@ extension Supervisor {
             dom.paused = true
         }
         log("\(dom.label): sandbox engaged, \(dom.startPaused ? "paused" : "running")")
+        scheduleStandby(dom)
         logger.info("domain engaged", metadata: ["domid": "\(dom.domid)", "paused": "\(dom.startPaused)"])
         if let w = dom.createWaiter {
             w.send(.created(domid: dom.domid.rawValue))

@@ -2,6 +2,23 @@ import LinuxHost
 import ProcvisorABI
 import Toolstack
 
+/// A domain kernel's process as `Supervisor.spawnKernel` started it: the supervisor's ends of
+/// its channels and the cgroups it runs in. It is nobody's incarnation until `createDomain`
+/// makes it one.
+struct SpawnedKernel {
+    let pid: Int32
+    let hypercallFD: FileDescriptor
+    let eventFD: FileDescriptor
+    let consoleOutFD: FileDescriptor
+    let consoleInFD: FileDescriptor
+    /// The bounding filter's notification listener.
+    let listener: FileDescriptor?
+    let memoryCgroup: MemoryCgroup?
+    let pidsCgroup: PidsCgroup?
+
+    var descriptors: [FileDescriptor] { [hypercallFD, eventFD, consoleOutFD, consoleInFD] + (listener.map { [$0] } ?? []) }
+}
+
 /// Failures of `xl create` the user must see, each naming the problem.
 struct CreateError: Error, CustomStringConvertible {
     var description: String
@@ -15,10 +32,13 @@ extension Supervisor {
     /// Forks the domain's kernel, confined, and waits (in the event loop) for it to engage.
     /// `uuid` is reused on restart; nil generates one.
     /// `restore` starts the kernel of a domain whose RAM a restore filled (its domid and memory
-    /// are already reserved): it is told that it resumes and given its record.
+    /// are already reserved): it is told that it resumes and given its record. `standby` is a
+    /// process started beforehand for this config (a driver domain's next incarnation), which
+    /// becomes the domain's instead of a new one.
     @discardableResult
     func createDomain(_ config: DomainConfig, paused: Bool, waiter: ControlConnection?, uuid: String? = nil,
-                      quickRestarts: Int = 0, restore: RestoreInput? = nil, reuse: DomID? = nil) throws -> DomainRecord {
+                      quickRestarts: Int = 0, restore: RestoreInput? = nil, reuse: DomID? = nil,
+                      standby: SpawnedKernel? = nil) throws -> DomainRecord {
         if stopping { throw CreateError("the supervisor is shutting down") }
         if let why = Self.validateName(config.name) { throw CreateError(why) }
         if restore == nil, let why = domains.nameTaken(config.name) { throw CreateError(why) }
@@ -40,8 +60,6 @@ extension Supervisor {
         let planned = try planDevices(config)
         if let why = jail.refusal { throw CreateError("cannot start domain \(config.name): \(why)") }
         guard let kernelPath = DynamicLoader.realPath(kernel) else { throw CreateError("kernel \(kernel): no such file") }
-        let jailed = jail.uses(.namespaces)
-        let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
         guard let domid = restore?.domid ?? reuse ?? domains.allocateDomid() else { throw CreateError("no free domid") }
         let memory: DomainMemory
         if let restored = restore.flatMap({ machine.domains[$0.domid] }) {
@@ -53,89 +71,33 @@ extension Supervisor {
                 throw CreateError("\(error)")
             }
         }
-        let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
-        var pids: PidsCgroup?
-        var cgroupProcs: [FileDescriptor] = []
-        defer { cgroupProcs.forEach { $0.close() } }
-        if jail.uses(.cgroups) {
-            do {
-                let name = "procvisor-\(Process.pid)-dom\(domid)"
-                let m = try MemoryCgroup(name: name, limitBytes: memory.maxPages * 4096 + Self.cgroupSlackBytes)
-                memory.cgroup = m
-                let p = try PidsCgroup(name: name, maxTasks: tasks + 8)
-                pids = p
-                cgroupProcs = [try m.joinFile(), try p.joinFile()]
-            } catch {
-                pids?.remove()
-                machine.releaseDomain(domid)
-                throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
-            }
-        }
-
-        // Out of descriptors (EMFILE) part way: what was made is closed and the reservations go.
-        var made: [FileDescriptor] = []
-        func channel(_ make: () throws -> (FileDescriptor, FileDescriptor)) throws -> (FileDescriptor, FileDescriptor) {
-            do {
-                let ends = try make()
-                made += [ends.0, ends.1]
-                return ends
-            } catch {
-                made.forEach { $0.close() }
-                pids?.remove()
-                machine.releaseDomain(domid)
-                throw CreateError("cannot make the channels of dom\(domid): \(error)")
-            }
-        }
-        let (hcParent, hcChild) = try channel { try UnixSocket.pair() }
-        let (evParent, evChild) = try channel { try UnixSocket.pair() }
-        let (conRead, conWrite) = try channel { try FileDescriptor.pipe() }
-        let (inRead, inWrite) = try channel { try FileDescriptor.pipe() }
-        let childEnds = [hcChild, evChild, conWrite, inRead]
-        defer { childEnds.forEach { $0.close() } }
-        let parentEnds = [hcParent, evParent, conRead, inWrite]
-        let pid: Int32
-        let listener: FileDescriptor?
+        let spawned: SpawnedKernel
         do {
-            for fd in parentEnds { try fd.setNonBlocking() }
-            let argv = [kernel] + config.commandLine.split(separator: " ").map(String.init)
-            var confinement: Spawner.Jail?
-            if jailed, let root {
-                let id = jail.uidBase + UInt32(domid.rawValue)
-                var j = Spawner.Jail(namespaces: jail.namespaces, mountPoint: options.runDirectory.jailMountPoint,
-                                     directories: root.directories, files: root.files,
-                                     hostname: config.name, uid: id, gid: id)
-                j.outerUID = Process.effectiveUserID
-                j.outerGID = Process.effectiveGroupID
-                j.cgroups = cgroupProcs
-                confinement = j
-            } else if !cgroupProcs.isEmpty {
-                var j = Spawner.Jail(namespaces: 0, mountPoint: nil, directories: [], files: [], hostname: nil, uid: 0, gid: 0)
-                j.cgroups = cgroupProcs
-                j.dropCapabilities = false
-                confinement = j
-            }
-            (pid, listener) = try Spawner.spawn(
-                path: jailed ? (root?.program ?? kernelPath) : kernel, argv: argv,
-                env: ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"],
-                fds: [(inRead, BootstrapFD.consoleIn), (conWrite, BootstrapFD.consoleOut), (conWrite, 2),
-                      (hcChild, BootstrapFD.hypercall), (evChild, BootstrapFD.events)],
-                limits: Self.limits(for: config, tasks: jailed && !jail.userNamespace ? tasks : nil),
-                filter: config.driverDomain ? driverBoundBPF : guestBoundBPF,
-                jail: confinement, listener: true)
+            spawned = try standby ?? spawnKernel(config, kernel: kernel, realPath: kernelPath, domid: domid,
+                                                 cgroupName: "procvisor-\(Process.pid)-dom\(domid)",
+                                                 memoryLimitBytes: memory.maxPages * 4096 + Self.cgroupSlackBytes)
         } catch {
-            parentEnds.forEach { $0.close() }
-            pids?.remove()
             machine.releaseDomain(domid)
-            throw CreateError("cannot start kernel \(kernel): \(error)")
+            throw error
         }
+        if let m = spawned.memoryCgroup {
+            // A standby was started for the config of the incarnation before; `xl mem-max` may
+            // have moved the limit since.
+            if standby != nil { try? m.setLimit(memory.maxPages * 4096 + Self.cgroupSlackBytes) }
+            memory.cgroup = m
+        }
+        let pid = spawned.pid
+        let (hcParent, conRead) = (spawned.hypercallFD, spawned.consoleOutFD)
+        let listener = spawned.listener
         let state = DomainState(domid: domid, name: config.name, uuid: uuid ?? config.uuid ?? Self.makeUUID(), config: config,
                                 startPaused: paused, startTime: UInt64(WallClock.now().seconds), quickRestarts: quickRestarts)
-        let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite)
+        let process = DomainProcess(pid: pid, hypercallFD: hcParent, eventFD: spawned.eventFD, consoleOutFD: conRead,
+                                    consoleInFD: spawned.consoleInFD)
         let dom = DomainRecord(state: state, process: process)
         dom.createWaiter = waiter
         if restore != nil { process.awaitingPages = true }
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
-        dom.pidsCgroup = pids
+        dom.pidsCgroup = spawned.pidsCgroup
         domains.insert(dom)
         do {
             try setUpStore(dom)
@@ -171,6 +133,91 @@ extension Supervisor {
         if restore == nil { startEngageTimer(dom) }
         logger.info("domain created", metadata: ["domid": "\(domid)", "name": "\(config.name)", "pid": "\(pid)", "kernel": "\(kernel)"])
         return dom
+    }
+
+    /// Starts `kernel` confined, as domain `domid` (its uid), in cgroups of its own named
+    /// `cgroupName`, with the bootstrap descriptors; nothing of the domain is set up for it yet
+    /// (it waits in its bootstrap hypercall until someone answers). On failure nothing is left.
+    func spawnKernel(_ config: DomainConfig, kernel: String, realPath kernelPath: String, domid: DomID,
+                     cgroupName: String, memoryLimitBytes: UInt64) throws -> SpawnedKernel {
+        let jailed = jail.uses(.namespaces)
+        let root = jailed ? try jailRoots.plan(for: kernelPath, othersMustRead: !jail.userNamespace) : nil
+        let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
+        var memoryCgroup: MemoryCgroup?
+        var pids: PidsCgroup?
+        var cgroupProcs: [FileDescriptor] = []
+        defer { cgroupProcs.forEach { $0.close() } }
+        func dropCgroups() {
+            pids?.remove()
+            memoryCgroup?.remove()
+        }
+        if jail.uses(.cgroups) {
+            do {
+                let m = try MemoryCgroup(name: cgroupName, limitBytes: memoryLimitBytes)
+                memoryCgroup = m
+                let p = try PidsCgroup(name: cgroupName, maxTasks: tasks + 8)
+                pids = p
+                cgroupProcs = [try m.joinFile(), try p.joinFile()]
+            } catch {
+                dropCgroups()
+                throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
+            }
+        }
+
+        // Out of descriptors (EMFILE) part way: what was made is closed and the cgroups go.
+        var made: [FileDescriptor] = []
+        func channel(_ make: () throws -> (FileDescriptor, FileDescriptor)) throws -> (FileDescriptor, FileDescriptor) {
+            do {
+                let ends = try make()
+                made += [ends.0, ends.1]
+                return ends
+            } catch {
+                made.forEach { $0.close() }
+                dropCgroups()
+                throw CreateError("cannot make the channels of dom\(domid): \(error)")
+            }
+        }
+        let (hcParent, hcChild) = try channel { try UnixSocket.pair() }
+        let (evParent, evChild) = try channel { try UnixSocket.pair() }
+        let (conRead, conWrite) = try channel { try FileDescriptor.pipe() }
+        let (inRead, inWrite) = try channel { try FileDescriptor.pipe() }
+        let childEnds = [hcChild, evChild, conWrite, inRead]
+        defer { childEnds.forEach { $0.close() } }
+        let parentEnds = [hcParent, evParent, conRead, inWrite]
+        do {
+            for fd in parentEnds { try fd.setNonBlocking() }
+            let argv = [kernel] + config.commandLine.split(separator: " ").map(String.init)
+            var confinement: Spawner.Jail?
+            if jailed, let root {
+                let id = jail.uidBase + UInt32(domid.rawValue)
+                var j = Spawner.Jail(namespaces: jail.namespaces, mountPoint: options.runDirectory.jailMountPoint,
+                                     directories: root.directories, files: root.files,
+                                     hostname: config.name, uid: id, gid: id)
+                j.outerUID = Process.effectiveUserID
+                j.outerGID = Process.effectiveGroupID
+                j.cgroups = cgroupProcs
+                confinement = j
+            } else if !cgroupProcs.isEmpty {
+                var j = Spawner.Jail(namespaces: 0, mountPoint: nil, directories: [], files: [], hostname: nil, uid: 0, gid: 0)
+                j.cgroups = cgroupProcs
+                j.dropCapabilities = false
+                confinement = j
+            }
+            let (pid, listener) = try Spawner.spawn(
+                path: jailed ? (root?.program ?? kernelPath) : kernel, argv: argv,
+                env: ["SWIFT_BACKTRACE=enable=no", "PATH=/usr/bin:/bin"],
+                fds: [(inRead, BootstrapFD.consoleIn), (conWrite, BootstrapFD.consoleOut), (conWrite, 2),
+                      (hcChild, BootstrapFD.hypercall), (evChild, BootstrapFD.events)],
+                limits: Self.limits(for: config, tasks: jailed && !jail.userNamespace ? tasks : nil),
+                filter: config.driverDomain ? driverBoundBPF : guestBoundBPF,
+                jail: confinement, listener: true)
+            return SpawnedKernel(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
+                                 listener: listener, memoryCgroup: memoryCgroup, pidsCgroup: pids)
+        } catch {
+            parentEnds.forEach { $0.close() }
+            dropCgroups()
+            throw CreateError("cannot start kernel \(kernel): \(error)")
+        }
     }
 
     /// The time a new domain has to engage its sandbox.

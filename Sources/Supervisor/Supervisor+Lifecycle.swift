@@ -62,6 +62,7 @@ extension Supervisor {
 
     /// SIGCHLD: a domain process is gone. Decide what it means and apply on_poweroff/on_reboot/on_crash.
     func processExited(pid: Int32, status: ProcessStatus) {
+        if standbyExited(pid: pid, status: status) { return }
         guard let dom = domains.reaped(pid) else { return }
         let domid = dom.domid
         // What the domain wrote before dying still counts: its console and a SIGSYS report.
@@ -82,7 +83,12 @@ extension Supervisor {
         loop.cancel(dom.shutdownAckTimer)
         releaseResources(dom)
         eventChannels.close(dom.domid)
-        if willRestartInPlace(dom, status) { detachStore(dom) } else { releaseStore(dom) }
+        if willRestartInPlace(dom, status) {
+            detachStore(dom)
+        } else {
+            releaseStore(dom)
+            dropStandby(dom.domid)
+        }
         grantService.release(dom.domid)
         // (The host gets the RAM back on a thread of its own: DomainMemory's deinit.)
         machine.releaseDomain(dom.domid)
@@ -225,6 +231,7 @@ extension Supervisor {
         var history = (driverRestarts[dom.uuid] ?? []).filter { now &- $0 < window }
         let served = devices.served(by: dom.domid)
         if history.count >= limit {
+            dropStandby(dom.domid)
             let why = "crashed \(history.count + 1) times in \(seconds) s (the limit is \(limit) restarts): left down"
             log("\(dom.label): \(why); its \(served.count) device\(served.count == 1 ? "" : "s") fail: \(served.map(\.what).joined(separator: ", "))")
             driverRestarts[dom.uuid] = nil
@@ -240,11 +247,16 @@ extension Supervisor {
         domains.remove(dom)
         devices.detachAll(frontend: domid)
         for problem in fenceDiskWrites(served) { log("\(dom.label): cannot wait for its writes in flight on \(problem)") }
+        // The standby, when there is one, can take over only now: the fence above is what keeps
+        // the dead incarnation's writes from landing after the new one's.
+        let standby = takeStandby(domid, uuid: uuid, config: config)
         do {
-            let new = try createDomain(config, paused: false, waiter: nil, uuid: uuid, reuse: domid)
+            let new = try createDomain(config, paused: false, waiter: nil, uuid: uuid, reuse: domid, standby: standby)
             log("\(dom.label): crashed (\(dom.crashReason ?? "")): restarted in place (restart \(history.count) of \(limit) in \(seconds) s), "
-                + "\(served.count) device\(served.count == 1 ? "" : "s") kept, pid \(new.pid)")
+                + "\(served.count) device\(served.count == 1 ? "" : "s") kept, pid \(new.pid)\(standby != nil ? ", its standby" : "")")
         } catch {
+            // A standby refused before it became the domain's is of no more use.
+            if let standby, domains[domid]?.pid != standby.pid { discard(standby, reaped: false) }
             log("\(dom.label): crashed; restart in place failed: \(error); its devices fail")
             logger.error("driver domain restart failed", metadata: ["domid": "\(domid)", "error": "\(error)"])
             devices.backendGone(served, why: "backend \(dom.name) (dom\(domid)) could not be restarted: \(error)")
@@ -309,6 +321,7 @@ extension Supervisor {
     /// Drops a domain from the table (its process is already gone).
     func remove(_ dom: DomainRecord) {
         guard domains[dom.domid] === dom else { return }
+        dropStandby(dom.domid)
         releaseKeptStore(dom)
         releaseTaps(of: dom.domid)
         domains.remove(dom)

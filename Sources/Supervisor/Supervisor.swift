@@ -51,6 +51,8 @@ public final class Supervisor {
     /// and a descriptor kept here, so the interface (and what the host configured on it) outlives
     /// an incarnation of that driver domain; closed when the domain goes for good.
     var keptTaps: [String: (backend: DomID, fd: FileDescriptor)] = [:]
+    /// Driver domains' next incarnations, started before they are needed.
+    let standbys = StandbyPool()
     /// A live update whose new binary is being checked (it runs with a copy of the state).
     var liveUpdateAttempt: LiveUpdateAttempt?
     /// The environment the supervisor was started with (a live update's new binary gets it too).
@@ -180,6 +182,8 @@ public final class Supervisor {
         control.close()
         for dom in domains.values { releaseResources(dom) }
         domains.removeAll()
+        dropAllStandbys()
+        reapRetiredStandbys()
         xenstore.stop()
         FileIO.unlink(options.runDirectory.xenstoreSocket)
         FileIO.unlink(options.runDirectory.controlSocket)
@@ -217,6 +221,7 @@ public final class Supervisor {
     func beginStop(reason: String) {
         guard !stopping else { return }
         stopping = true
+        dropAllStandbys()
         logger.info("stopping", metadata: ["signal": "\(reason)", "domains": "\(domains.count)"])
         control.stopAccepting()
         stopDeadline = MonotonicClock.nanoseconds() + options.shutdownTimeoutMs * 1_000_000

@@ -27,6 +27,10 @@ public struct SupervisorOptions: Sendable {
     /// `count` times in `seconds`; past that it is left down and its devices fail
     /// (`PROCVISOR_DRIVER_RESTARTS=COUNT/SECONDS`, default 5/60).
     public var driverRestartLimit: (count: Int, seconds: UInt64) = (5, 60)
+    /// Each driver domain that a crash restarts in place has a standby incarnation: its next
+    /// process, started and jailed beforehand, waiting to take over (`PROCVISOR_DRIVER_STANDBY`,
+    /// 1 by default; 0 starts the new process only after the crash).
+    public var driverStandby = true
     /// A domain's console log is rotated (to `guest-NAME.log.1`, replacing the previous one) when
     /// it would grow past this many bytes (`PROCVISOR_CONSOLE_LOG_MAX_MB`, default 32): a guest
     /// that writes without end cannot fill the disk.
@@ -55,6 +59,11 @@ public struct SupervisorOptions: Sendable {
             } else {
                 problems.append("PROCVISOR_DRIVER_RESTARTS: \"\(spec)\" is not RESTARTS/SECONDS (0…1000 restarts in 1…86400 seconds)")
             }
+        }
+        switch environment["PROCVISOR_DRIVER_STANDBY"] {
+        case nil, "1": driverStandby = true
+        case "0": driverStandby = false
+        case let other?: problems.append("PROCVISOR_DRIVER_STANDBY: \"\(other)\" is neither 0 nor 1")
         }
         suspendTimeoutMs = environment["PROCVISOR_SUSPEND_TIMEOUT_MS"].flatMap { UInt64($0) }.map { max(1, $0) } ?? 60000
         if let mb = environment["PROCVISOR_CONSOLE_LOG_MAX_MB"] {

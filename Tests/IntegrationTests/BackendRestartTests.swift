@@ -7,7 +7,8 @@ import Testing
 /// kept), and every guest it serves carries on: no error, no lost or stale write.
 @Suite(.serialized) struct BackendRestartTests {
     /// The host pid of the domain process whose kernel is `kernel` (its argv[0]), if running.
-    static func pid(of kernel: String, in h: SupervisorHarness) -> pid_t? { ProcFS.child(of: h.pid, running: kernel) }
+    /// The running incarnation of the driver domain whose kernel is `kernel` (not its standby).
+    static func pid(of kernel: String, in h: SupervisorHarness) -> pid_t? { ProcFS.child(of: h.pid, running: kernel, engaged: true) }
 
     static func disk(_ h: SupervisorHarness, _ name: String) -> String {
         let path = h.runDirectory + "/" + name
@@ -96,6 +97,77 @@ import Testing
                 "\(h.consoleLog("check"))")
         #expect(h.consoleLog("check").contains("blkcheck: xvda OK"), "\(h.consoleLog("check"))\n\(h.consoleLog("blkback"))")
         #expect(!h.consoleLog("check").contains("FAILED"), "\(h.consoleLog("check"))")
+    }
+
+    /// The pid of the last standby incarnation `xl dmesg` says was started.
+    static func lastStandby(_ h: SupervisorHarness) -> pid_t? {
+        guard let dmesg = try? h.dmesg(), let r = dmesg.range(of: "standby incarnation started, pid ", options: .backwards) else { return nil }
+        return pid_t(dmesg[r.upperBound...].prefix { $0.isNumber })
+    }
+
+    /// A driver domain keeps its next incarnation ready: a process started and jailed before it
+    /// is needed, waiting in its bootstrap under the bound alone. Killed, blkback is replaced by
+    /// that process (its pid becomes the domain's) and a new standby is started; a standby that
+    /// is itself killed is logged, the domain goes on, and its next crash starts a process from
+    /// scratch. The guest's writes go through all of it; destroying the domain ends its standby.
+    @Test func aStandbyIncarnationTakesOverWhenBlkbackIsKilled() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let blkback = Products.path("blkback")
+        try Self.startBlkback(h)
+        let cfg = h.config("soak", kernel: Products.path("blkcheck"),
+                           "extra = \"mode=soak duration=6 depth=8 span=32768\"\nmemory = 32\n"
+                           + "disk = [ 'vdev=xvda, access=rw, backend=blkback, target=\(Self.disk(h, "soak.img"))' ]\n")
+        #expect(try h.xl("create", "-q", cfg).ok)
+        #expect(eventually(timeout: 20) { h.consoleLog("soak").contains("soak: xvda 4096 blocks") }, "\(h.consoleLog("soak"))")
+        #expect(eventually { Self.lastStandby(h) != nil }, "\((try? h.dmesg()) ?? "")")
+        let standby = try #require(Self.lastStandby(h))
+        let active = try #require(Self.pid(of: blkback, in: h))
+        #expect(active != standby && h.children.contains(standby))
+        #expect(try ProcFS.seccomp(of: standby).filters == 1, "a standby runs nothing past its bootstrap")
+        #expect(Self.killRepeatedly(blkback, name: "blkback", times: 1, in: h) == 1)
+        var dmesg = try h.dmesg()
+        #expect(dmesg.contains("restarted in place (restart 1 of 5 in 60 s), 1 device kept, pid \(standby), its standby"), "\(dmesg)")
+        #expect(Self.pid(of: blkback, in: h) == standby)
+        #expect(eventually { (Self.lastStandby(h) ?? standby) != standby }, "no new standby: \((try? h.dmesg()) ?? "")")
+        let second = try #require(Self.lastStandby(h))
+
+        // The standby itself dies: logged; the next crash starts a new process.
+        kill(second, SIGKILL)
+        #expect(eventually { (try? h.dmesg())?.contains("its standby incarnation (pid \(second)) ended (killed by SIGKILL) before it was needed") == true },
+                "\((try? h.dmesg()) ?? "")")
+        #expect(try h.list()["blkback"]?.domid == 1)
+        #expect(Self.killRepeatedly(blkback, name: "blkback", times: 1, in: h) == 1)
+        dmesg = try h.dmesg()
+        let restarts = dmesg.split(separator: "\n").filter { $0.contains("restarted in place") }
+        #expect(restarts.count == 2 && !restarts[1].contains("its standby") && !restarts[1].contains("pid \(second)"), "\(dmesg)")
+        #expect(eventually { (Self.lastStandby(h) ?? second) != second }, "no standby after a restart from scratch")
+
+        #expect(eventually(timeout: 60) { h.consoleLog("soak").contains("soak OK") || h.consoleLog("soak").contains("FAILED") },
+                "\(h.consoleLog("soak"))")
+        #expect(h.consoleLog("soak").contains("soak OK writes="), "\(h.consoleLog("soak"))\n\(h.consoleLog("blkback"))")
+        let third = try #require(Self.lastStandby(h))
+        _ = try h.xl("destroy", "soak")  // its soak over, it may have powered off already
+        #expect(try h.xl("destroy", "blkback").ok)
+        #expect(eventually { !h.children.contains(third) }, "the standby outlived its domain: \(h.children)")
+    }
+
+    /// `PROCVISOR_DRIVER_STANDBY=0`: no standby; a crash starts the new process then. Anything
+    /// but 0 or 1 is refused at start, naming the variable.
+    @Test func standbysCanBeTurnedOff() throws {
+        let h = try SupervisorHarness(extraEnv: ["PROCVISOR_DRIVER_STANDBY": "0"])
+        defer { h.stop() }
+        let blkback = Products.path("blkback")
+        try Self.startBlkback(h)
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(h.children.count == 1)
+        #expect(Self.killRepeatedly(blkback, name: "blkback", times: 1, in: h) == 1)
+        let dmesg = try h.dmesg()
+        #expect(dmesg.contains("restarted in place") && !dmesg.contains("standby"), "\(dmesg)")
+        #expect(h.children.count == 1)
+
+        let r = try runCommand(Products.path("procvisord"), [], env: ["PROCVISOR_DRIVER_STANDBY": "maybe", "PROCVISOR_RUNDIR": "/tmp/pv-never-\(getpid())"])
+        #expect(r.status == 2 && r.stderr.contains("PROCVISOR_DRIVER_STANDBY: \"maybe\" is neither 0 nor 1"), "\(r.stderr)")
     }
 
     /// A backend that dies while a device's handshake is under way (stopped, then killed, with

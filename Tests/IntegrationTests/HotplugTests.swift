@@ -134,7 +134,7 @@ import Testing
         let a = image(h, "a.img"), b = image(h, "b.img")
         try hotplugGuest(h, "g", disk: "vdev=xvda, access=rw, backend=bb, target=\(a)")
         #expect(eventually(timeout: 30) { h.consoleLog("g").contains("hotplug: xvda verified") }, "\(h.consoleLog("g"))")
-        let pid = try #require(ProcFS.child(of: h.pid, running: Products.path("blkback")))
+        let pid = try #require(BackendRestartTests.pid(of: Products.path("blkback"), in: h))
         kill(pid, SIGSTOP)
         #expect(try h.xl("block-attach", "g", "vdev=xvdb, access=rw, backend=bb, target=\(b)").ok)
         // The frontend has started its half; the stopped backend has done nothing for the disk.

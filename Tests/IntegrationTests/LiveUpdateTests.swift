@@ -112,6 +112,24 @@ import XenStoreSocket
         #expect(try h.list()["hog"] != nil)
     }
 
+    /// A driver domain's standby incarnation is carried across the update like a domain (same
+    /// process, its bootstrap still unanswered), and takes over when blkback is killed after it.
+    @Test func aStandbyIncarnationSurvivesALiveUpdateAndStillTakesOver() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try BackendRestartTests.startBlkback(h)
+        #expect(eventually { BackendRestartTests.lastStandby(h) != nil })
+        let standby = try #require(BackendRestartTests.lastStandby(h))
+        let pids = h.children.sorted()
+        let r = try h.xl("live-update")
+        #expect(r.ok, "\(r.stdout)\(r.stderr)")
+        #expect(h.children.sorted() == pids)
+        #expect(BackendRestartTests.killRepeatedly(Products.path("blkback"), name: "blkback", times: 1, in: h) == 1)
+        let dmesg = try h.dmesg()
+        #expect(dmesg.contains("1 device kept, pid \(standby), its standby") || dmesg.contains("0 devices kept, pid \(standby), its standby"),
+                "\(dmesg)")
+    }
+
     /// A new binary that cannot take over is refused and the running supervisor goes on with
     /// every domain: a path that does not exist, a program that is not procvisord, one that
     /// fails, and (test knob) a state older than the new binary takes.
@@ -124,7 +142,7 @@ import XenStoreSocket
             ("/nonexistent/procvisord", "no such file"),
             ("/bin/true", "did not take the state over"),
             ("/bin/false", "exited with status 1"),
-            (Products.path("procvisord"), "state version 0 is older than the oldest this procvisord takes over (1)"),
+            (Products.path("procvisord"), "state version 0 is older than the oldest this procvisord takes over (2)"),
         ]
         for (binary, why) in cases {
             let r = try h.xl("live-update", binary)
@@ -144,7 +162,7 @@ import XenStoreSocket
         let newer = try SupervisorHarness(extraEnv: ["PROCVISOR_TEST_LIVE_UPDATE_VERSION": "99"])
         defer { newer.stop() }
         let r = try newer.xl("live-update")
-        #expect(!r.ok && r.stderr.contains("state version 99 is newer than this procvisord understands (1)"), "\(r.stderr)")
+        #expect(!r.ok && r.stderr.contains("state version 99 is newer than this procvisord understands (2)"), "\(r.stderr)")
         #expect(try newer.xl("list").ok)
     }
 

@@ -154,16 +154,21 @@ final class BlkbackDevice {
         if discard {
             keys += [("feature-discard", "1"), ("discard-granularity", "4096"), ("discard-alignment", "0"), ("discard-secure", "0")]
         }
-        for (k, v) in keys { try xs.write(dir + "/" + k, v) }
         let token = "blkback:\(frontend)/\(devid)"
         try? xs.watch(feDir + "/state", token: token) { [kick] _ in kick.raise() }
         watchToken = token
         // Connected already, by an earlier incarnation of this driver domain that was killed and
         // restarted in place: the frontend kept its rings, grants and port, and must see no change.
+        // The nodes it read at its connect are there, written by that incarnation; only the size
+        // can have changed while no backend ran (an image resized meanwhile), and Linux's blkback
+        // writes `sectors` again on a resize. Writing the rest again would cost a round trip each
+        // while the frontend waits.
         if read("state").flatMap(XenbusState.init(storeValue:)) == .connected,
            let s = (try? xs.read(feDir + "/state")).flatMap(XenbusState.init(storeValue:)), s == .connected || s == .initialised {
+            if read("sectors") != "\(sectors)" { try xs.write(dir + "/sectors", "\(sectors)") }
             if try resume(feDir, disk: fd) { return }
         }
+        for (k, v) in keys { try xs.write(dir + "/" + k, v) }
         try xs.write(dir + "/state", XenbusState.initWait.storeValue)
         // Wait for the frontend to publish its rings (Initialised) or be Connected.
         while true {

@@ -10,9 +10,9 @@ import XenStore
 struct LiveUpdateImage: Codable {
     static let magic = "Procvisor supervisor live-update state"
     /// The layout written by this binary.
-    static let currentVersion = 1
-    /// The oldest layout this binary can take over.
-    static let oldestVersion = 1
+    static let currentVersion = 2
+    /// The oldest layout this binary can take over (version 1 had no standby incarnations).
+    static let oldestVersion = 2
 
     /// The process the state belongs to (the same pid after the exec).
     var pid: Int32
@@ -46,6 +46,25 @@ struct LiveUpdateImage: Codable {
     var descriptors: [Int32]
     /// How recently gone domains ended (domid → shutdown reason), for late `waitShutdown`s.
     var recentShutdowns: [UInt16: UInt32]
+    /// Driver domains' standby incarnations, and those killed but not yet reaped.
+    var standbys: [StandbyImage]
+}
+
+struct StandbyImage: Codable {
+    var domid: UInt16
+    var uuid: String
+    var kernel: String
+    var stamp: KernelStamp?
+    var pid: Int32
+    /// Killed, waiting to be reaped (its descriptors are closed: only its cgroups are left).
+    var retired: Bool
+    var hypercallFD: Int32
+    var eventFD: Int32
+    var consoleOutFD: Int32
+    var consoleInFD: Int32
+    var listener: Int32?
+    var memoryCgroup: CgroupImage?
+    var pidsCgroup: CgroupImage?
 }
 
 enum LiveUpdateRequester: Codable, Equatable {

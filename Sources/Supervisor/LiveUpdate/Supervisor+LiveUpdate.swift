@@ -104,7 +104,8 @@ extension LiveUpdateImage {
               m.totalFrames - m.cursor + UInt64(m.returned.count / 8) == m.freeFrames else {
             throw bad("machine memory: \(m.freeFrames) free of \(m.totalFrames) frames, cursor \(m.cursor), \(m.returned.count / 8) given back")
         }
-        for c in [machine.domains.compactMap(\.cgroup), domains.compactMap(\.pidsCgroup)].joined() {
+        for c in [machine.domains.compactMap(\.cgroup), domains.compactMap(\.pidsCgroup),
+                  standbys.compactMap(\.memoryCgroup), standbys.compactMap(\.pidsCgroup)].joined() {
             _ = try LiveUpdateError.cgroupVersion(c.version)
         }
         for ch in events.channels {
@@ -124,6 +125,9 @@ extension LiveUpdateImage {
             for e in d.channelEvents where (try? ChannelEvent.decode(e)) == nil {
                 throw bad("dom\(d.state.domid) has a queued channel event that does not decode")
             }
+        }
+        for s in standbys where !s.retired && !domids.contains(DomID(s.domid)) {
+            throw bad("the standby incarnation (pid \(s.pid)) of dom\(s.domid), which is not in the domain table")
         }
         for d in machine.domains where !domids.contains(DomID(d.domid)) {
             throw LiveUpdateError.badState("machine memory of dom\(d.domid), which is not in the domain table")
@@ -222,7 +226,8 @@ extension Supervisor {
             xenstore: xenstore.image(keep: &keep), domains: domainImages, devices: deviceImages,
             consoleLogs: consoles.image(keep: &keep), control: control.image(keep: &keep),
             requester: requester, binary: binary, handoverStart: MonotonicClock.nanoseconds(),
-            descriptors: [], recentShutdowns: domains.recentShutdowns.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.rawValue })
+            descriptors: [], recentShutdowns: domains.recentShutdowns.reduce(into: [:]) { $0[$1.key.rawValue] = $1.value.rawValue },
+            standbys: standbyImages(keep: &keep))
         image.descriptors = Set(keep.map(\.rawValue)).sorted()
         if case let .control(fd)? = requester, !image.descriptors.contains(fd) {
             throw LiveUpdateError.badState("the connection that asked (descriptor \(fd)) is not among those carried")

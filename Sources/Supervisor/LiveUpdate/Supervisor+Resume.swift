@@ -43,10 +43,13 @@ extension Supervisor {
         consoles.adopt(image.consoleLogs)
         let asked = try control.adopt(listenFD: image.controlListenFD, image.control,
                                       requester: { if case let .control(fd)? = image.requester { return fd } else { return nil } }())
+        try adoptStandbys(image.standbys)
         // Children that ended while no process listened: reaped now (their SIGCHLD may have come
         // before the signalfd existed).
         for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
         scheduleReservationCheck()
+        // A standby that was about to be started when the old binary handed over.
+        for dom in domains.values where dom.hasProcess && dom.phase == .running { scheduleStandby(dom) }
         let pauseMs = Double(MonotonicClock.nanoseconds() &- image.handoverStart) / 1e6
         let pause = String(Int(pauseMs * 10) / 10) + "." + String(Int(pauseMs * 10) % 10)
         log("live update: \(image.binary) took over (pid \(Process.pid), \(domains.count) domains, pause \(pause) ms)")
