@@ -1,4 +1,3 @@
-import Foundation
 import LinuxHost
 import ProcvisorABI
 import Toolstack
@@ -337,7 +336,8 @@ extension Supervisor {
         loop.unwatch(a.output, token: a.outputToken)
         a.output.close()
         if timedOut { _ = try? ChildReaper.wait(a.pid) }
-        let said = String(decoding: a.text, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let said = String(decoding: a.text.drop { $0 == 0x20 || (0x09...0x0d).contains($0) }
+            .reversed().drop { $0 == 0x20 || (0x09...0x0d).contains($0) }.reversed(), as: UTF8.self)
         let accepted = !timedOut && status == .exited(0) && said.contains(Self.liveUpdateAcceptance)
         guard accepted else {
             let why: String
