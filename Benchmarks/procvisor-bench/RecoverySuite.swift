@@ -86,18 +86,19 @@ enum RecoverySuite {
         return (killedAt, fresh)
     }
 
-    /// Per kill: the time to the end of the longest pause of the guest's service around it, from
-    /// the guest's `PREFIX gap FROM TO` lines (the first completion of the new incarnation ends
-    /// it; it may begin a little after the kill: answers the old one wrote before the signal
-    /// landed are still taken; short pauses of normal service come and go around it). A pause
-    /// may also have begun well before the kill (a guest slow to be scheduled on a loaded
-    /// machine, a retry under way): it is the kill's all the same when it spans it, and the
-    /// recovery still ends with it.
+    /// Per kill: the time to the end of the pause of the guest's service that the kill made, from
+    /// the guest's `PREFIX gap FROM TO` lines: of the pauses that end after the kill and begin
+    /// before 20 ms after it, the one with the most of its length after the kill (the first
+    /// completion of the new incarnation ends it; it may begin a little after the kill, as
+    /// answers the old one wrote before the signal landed are still taken, or before it, when the
+    /// service was already waiting; a pause that ends just after the kill, or a short one of
+    /// normal service after the recovery, has less of itself after the kill).
     static func recoveries(_ sup: BenchSupervisor, guest: String, prefix: String, killedAt: [UInt64]) throws -> [Double] {
         let gaps = gaps(sup, guest: guest, prefix: prefix)
         return try killedAt.map { k in
             let around = gaps.filter { $0.to > k && $0.from < k + 20_000_000 }
-            guard let g = around.max(by: { $0.to - $0.from < $1.to - $1.from }) else {
+            func afterKill(_ g: (from: UInt64, to: UInt64)) -> UInt64 { g.to - max(g.from, k) }
+            guard let g = around.max(by: { afterKill($0) < afterKill($1) }) else {
                 throw BenchError("no pause of \(guest)'s service around the kill at \(k): \(gaps.count) pauses recorded")
             }
             return Double(g.to - k) / 1e6
