@@ -62,7 +62,9 @@ enum RecoverySuite {
                 guard Date() < deadline else { throw BenchError("\(backend) did not come back after kill \(i + 1)\n\(BlkSuite.diagnostics(sup, guest))") }
                 usleep(2_000)
             }
-            usleep(50_000)
+            // Past the start of the new incarnation's standby (100 ms after it engaged), so the
+            // peer does not share the CPUs with it.
+            usleep(200_000)
             // The guest is paused while the peer starts: during a recovery it waits for the
             // backend and takes no CPU, so the fresh start gets an idle machine too.
             _ = try sup.call(.pause(domain: guest))

@@ -90,10 +90,23 @@ public enum ChildReaper {
         return out
     }
 
-    /// Reaps one specific child if it has ended (nil: it still runs, or is no child of ours).
-    public static func poll(_ pid: pid_t) -> ProcessStatus? {
+    public enum Poll: Equatable, Sendable {
+        case running
+        case exited(ProcessStatus)
+        /// No child of this process has that pid (any more): reaped already, or never was.
+        case notAChild
+    }
+
+    /// Reaps one specific child if it has ended.
+    public static func poll(_ pid: pid_t) -> Poll {
         var status: Int32 = 0
-        return waitpid(pid, &status, WNOHANG) == pid ? ProcessStatus(waitStatus: status) : nil
+        while true {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { return .exited(ProcessStatus(waitStatus: status)) }
+            if r == 0 { return .running }
+            if errno == EINTR { continue }
+            return .notAChild
+        }
     }
 
     /// Waits for one specific child (blocking).

@@ -157,7 +157,8 @@ extension Supervisor {
                 memoryCgroup = m
                 let p = try PidsCgroup(name: cgroupName, maxTasks: tasks + 8)
                 pids = p
-                cgroupProcs = [try m.joinFile(), try p.joinFile()]
+                cgroupProcs.append(try m.joinFile())
+                cgroupProcs.append(try p.joinFile())
             } catch {
                 dropCgroups()
                 throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")

@@ -52,8 +52,6 @@ final class StandbyPool {
     /// Standbys killed because they are no longer wanted, until they are reaped (their cgroups
     /// go then).
     var retired: [Int32: SpawnedKernel] = [:]
-    /// Standbys started so far: each one's cgroups have a name of their own.
-    var started = 0
 }
 
 extension Supervisor {
@@ -83,10 +81,11 @@ extension Supervisor {
         guard standbys.ready[dom.domid] == nil, let kernel = dom.config.kernel, let real = DynamicLoader.realPath(kernel) else { return }
         let config = configForRestart(dom)
         let maxPages = machine.domains[dom.domid]?.maxPages ?? UInt64(config.maxmem) * 256
-        standbys.started += 1
         do {
+            // Named by the monotonic clock: no two standbys of this supervisor (pid), across live
+            // updates included, can share cgroups, nor one share the running incarnation's.
             let process = try spawnKernel(config, kernel: kernel, realPath: real, domid: dom.domid,
-                                          cgroupName: "procvisor-\(Process.pid)-dom\(dom.domid)-standby\(standbys.started)",
+                                          cgroupName: "procvisor-\(Process.pid)-dom\(dom.domid)-standby\(MonotonicClock.nanoseconds())",
                                           memoryLimitBytes: maxPages * 4096 + Self.cgroupSlackBytes)
             standbys.ready[dom.domid] = StandbyIncarnation(domid: dom.domid, uuid: dom.uuid, kernel: real,
                                                            stamp: KernelStamp(path: real), process: process)
@@ -103,9 +102,18 @@ extension Supervisor {
     func takeStandby(_ domid: DomID, uuid: String, config: DomainConfig) -> SpawnedKernel? {
         loop.cancel(standbys.timers.removeValue(forKey: domid))
         guard let s = standbys.ready.removeValue(forKey: domid) else { return nil }
-        if let status = ChildReaper.poll(s.process.pid) {
+        switch ChildReaper.poll(s.process.pid) {
+        case .running:
+            break
+        case let .exited(status):
             discard(s.process, reaped: true)
             log("dom\(domid): its standby incarnation (pid \(s.process.pid)) had ended (\(Self.describe(status))); starting a new process")
+            return nil
+        case .notAChild:
+            // Reaped already, in the batch of SIGCHLDs being handled (it died with the domain):
+            // its own turn in the batch finds it gone from the pool.
+            discard(s.process, reaped: true)
+            log("dom\(domid): its standby incarnation (pid \(s.process.pid)) had ended; starting a new process")
             return nil
         }
         guard s.uuid == uuid, let kernel = config.kernel, DynamicLoader.realPath(kernel) == s.kernel,

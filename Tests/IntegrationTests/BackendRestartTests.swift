@@ -162,6 +162,7 @@ import Testing
         Thread.sleep(forTimeInterval: 0.5)
         #expect(h.children.count == 1)
         #expect(Self.killRepeatedly(blkback, name: "blkback", times: 1, in: h) == 1)
+        Thread.sleep(forTimeInterval: 0.5)
         let dmesg = try h.dmesg()
         #expect(dmesg.contains("restarted in place") && !dmesg.contains("standby"), "\(dmesg)")
         #expect(h.children.count == 1)

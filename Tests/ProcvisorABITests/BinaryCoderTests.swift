@@ -49,6 +49,18 @@ import Testing
         #expect(try BinaryCoder.encode(Inner(bytes: Array(repeating: 1, count: 4096), words: [], maybe: nil)).count < 4200)
     }
 
+    struct Before: Codable { var a: Int; var b: String }
+    struct After: Codable, Equatable { var a: Int; var b: String; var added: [Int]? }
+
+    /// A layout that gained an optional field reads the older one (the field is nil): what lets a
+    /// live update take over a state written before the field existed.
+    @Test func anOptionalFieldAddedLaterDecodesAsNilFromTheOlderLayout() throws {
+        let old = try BinaryCoder.encode(Before(a: 7, b: "x"))
+        #expect(try BinaryCoder.decode(After.self, from: old) == After(a: 7, b: "x", added: nil))
+        let new = try BinaryCoder.encode(After(a: 7, b: "x", added: [1, 2]))
+        #expect(try BinaryCoder.decode(After.self, from: new).added == [1, 2])
+    }
+
     @Test func damagedInputIsRefusedWithAReason() throws {
         let bytes = try BinaryCoder.encode(Self.sample)
         // Every truncation fails cleanly (no crash, no garbage value).

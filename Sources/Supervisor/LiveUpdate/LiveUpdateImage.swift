@@ -11,8 +11,9 @@ struct LiveUpdateImage: Codable {
     static let magic = "Procvisor supervisor live-update state"
     /// The layout written by this binary.
     static let currentVersion = 2
-    /// The oldest layout this binary can take over (version 1 had no standby incarnations).
-    static let oldestVersion = 2
+    /// The oldest layout this binary can take over (version 1 had no standby incarnations: its
+    /// `standbys` is absent).
+    static let oldestVersion = 1
 
     /// The process the state belongs to (the same pid after the exec).
     var pid: Int32
@@ -46,8 +47,9 @@ struct LiveUpdateImage: Codable {
     var descriptors: [Int32]
     /// How recently gone domains ended (domid → shutdown reason), for late `waitShutdown`s.
     var recentShutdowns: [UInt16: UInt32]
-    /// Driver domains' standby incarnations, and those killed but not yet reaped.
-    var standbys: [StandbyImage]
+    /// Driver domains' standby incarnations, and those killed but not yet reaped (nil in a
+    /// version 1 state).
+    var standbys: [StandbyImage]?
 }
 
 struct StandbyImage: Codable {

@@ -104,7 +104,7 @@ extension LiveUpdateImage {
             throw bad("machine memory: \(m.freeFrames) free of \(m.totalFrames) frames, cursor \(m.cursor), \(m.returned.count / 8) given back")
         }
         for c in [machine.domains.compactMap(\.cgroup), domains.compactMap(\.pidsCgroup),
-                  standbys.compactMap(\.memoryCgroup), standbys.compactMap(\.pidsCgroup)].joined() {
+                  (standbys ?? []).compactMap(\.memoryCgroup), (standbys ?? []).compactMap(\.pidsCgroup)].joined() {
             _ = try LiveUpdateError.cgroupVersion(c.version)
         }
         for ch in events.channels {
@@ -125,8 +125,17 @@ extension LiveUpdateImage {
                 throw bad("dom\(d.state.domid) has a queued channel event that does not decode")
             }
         }
-        for s in standbys where !s.retired && !domids.contains(DomID(s.domid)) {
-            throw bad("the standby incarnation (pid \(s.pid)) of dom\(s.domid), which is not in the domain table")
+        var standbyOf: Set<UInt16> = []
+        let carried = Set(descriptors)
+        for s in (standbys ?? []) where !s.retired {
+            guard domids.contains(DomID(s.domid)) else {
+                throw bad("the standby incarnation (pid \(s.pid)) of dom\(s.domid), which is not in the domain table")
+            }
+            guard standbyOf.insert(s.domid).inserted else { throw bad("dom\(s.domid) has two standby incarnations") }
+            let fds = [s.hypercallFD, s.eventFD, s.consoleOutFD, s.consoleInFD] + (s.listener.map { [$0] } ?? [])
+            if let fd = fds.first(where: { $0 < 0 || !carried.contains($0) }) {
+                throw bad("the standby incarnation (pid \(s.pid)) of dom\(s.domid) names descriptor \(fd), which is not carried")
+            }
         }
         for d in machine.domains where !domids.contains(DomID(d.domid)) {
             throw LiveUpdateError.badState("machine memory of dom\(d.domid), which is not in the domain table")

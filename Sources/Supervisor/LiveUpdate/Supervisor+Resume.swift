@@ -43,7 +43,7 @@ extension Supervisor {
         consoles.adopt(image.consoleLogs)
         let asked = try control.adopt(listenFD: image.controlListenFD, image.control,
                                       requester: { if case let .control(fd)? = image.requester { return fd } else { return nil } }())
-        try adoptStandbys(image.standbys)
+        try adoptStandbys(image.standbys ?? [])
         // Children that ended while no process listened: reaped now (their SIGCHLD may have come
         // before the signalfd existed).
         for (pid, status) in ChildReaper.reap() { processExited(pid: pid, status: status) }
