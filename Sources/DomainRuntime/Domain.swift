@@ -45,6 +45,8 @@ public final class Domain {
     private var suspendHooks: [() -> Void] = []
     private var resumeHooks: [() -> Void] = []
     private var resumeRecordProvider: (() -> [UInt8])?
+    /// The suspend event channel this domain published (0: none).
+    @exclusivity(unchecked) private var suspendPort: EventChannels.Port = 0
 
     init(startInfo: StartInfo, hypercalls: HypercallChannel, eventChannels: EventChannels, memory: PhysicalMemory, store: XenStoreClient) {
         self.memory = memory
@@ -134,8 +136,12 @@ public final class Domain {
         let domain = Domain(startInfo: info, hypercalls: channel, eventChannels: evtchn, memory: memory,
                             store: XenStoreClient(page: storePage, kick: { [unowned evtchn] in evtchn.kickDom0() }))
         domain.events.start(domain: domain)
+        // Its last hypercall of its own: after this one the runtime makes none the guest did not
+        // ask for (a guest that drives the hypercall socket itself owns every reply on it).
+        domain.allocateSuspendPort()
         // The runtime's own watches are registered from the watch thread: guest code starts now.
         domain.store.onWatchThread { [unowned domain] in
+            domain.publishSuspendEventChannel()
             domain.watchControlShutdown()
             domain.balloon.start()
         }
@@ -236,8 +242,10 @@ public final class Domain {
     // MARK: control
 
     /// Registers what to do when the toolstack asks this domain to shut down (`xl shutdown`,
-    /// `xl reboot`, supervisor exit). The handler runs on the event thread. Without one, the
-    /// domain shuts down at once with the requested reason, as a PV kernel does.
+    /// `xl reboot`, supervisor exit, and `xl save`'s suspend). The handler runs on the runtime's
+    /// watch thread (requests through `control/shutdown` or the suspend event channel), or on its
+    /// event thread (the supervisor's fallback for a request not acknowledged in time). Without
+    /// one, the domain shuts down, or suspends, at once, as a PV kernel does.
     public func onShutdownRequest(_ handler: @escaping (ShutdownReason) -> Void) {
         events.setShutdownHandler(handler)
     }
@@ -262,6 +270,33 @@ public final class Domain {
             let msg = "procvisor: cannot watch control/shutdown: \(error)\n"
             FileDescriptor.standardError.writeUnchecked(msg)
         }
+    }
+
+    /// libxl's suspend event channel: a port domain 0 may bind, published in
+    /// `device/suspend/event-channel` (the toolstack made the node writable for this domain). A
+    /// save then signals it instead of writing `control/shutdown`, and the request arrives as an
+    /// upcall on the event thread, to the same handler. Without the port (a supervisor that
+    /// refuses it, a node that cannot be written) requests come through `control/shutdown`.
+    func allocateSuspendPort() {
+        guard let port = try? eventChannels.allocUnbound(remote: 0) else { return }
+        eventChannels.reserveForUpcalls(port)
+        suspendPort = port
+    }
+
+    /// Publishes the port (from the watch thread: a XenStore write, no hypercall). A node the
+    /// domain cannot write leaves the port unused: requests come through `control/shutdown`.
+    func publishSuspendEventChannel() {
+        guard suspendPort != 0 else { return }
+        try? store.write("device/suspend/event-channel", "\(suspendPort)")
+    }
+
+    /// Domain 0 signalled a port the runtime serves: the suspend event channel asks for a
+    /// suspend. It is handled on the watch thread, where a `control/shutdown` request is: the
+    /// guest's handler and hooks see no difference, and the event thread goes on taking
+    /// bindings meanwhile.
+    func upcall(_ port: EventChannels.Port) {
+        guard port != 0, port == suspendPort, eventChannels.takeUpcall(port) else { return }
+        store.onWatchThread { [unowned self] in events.deliverShutdownRequest(.suspend, domain: self) }
     }
 
     // MARK: suspend and resume

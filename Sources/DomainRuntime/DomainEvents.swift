@@ -50,6 +50,8 @@ final class DomainEvents {
             switch event {
             case let .shutdownRequest(reason):
                 deliverShutdownRequest(reason, domain: domain)
+            case let .upcall(port):
+                domain.upcall(port)
             }
         }
     }

@@ -161,6 +161,27 @@ public final class EventChannels {
         unlock()
     }
 
+    /// Makes `port` the runtime's own and keeps it from every `wait`: masked, its pending bit
+    /// stays in the page until `takeUpcall` takes it (the suspend event channel, which domain 0
+    /// signals together with an upcall on the event socket).
+    func reserveForUpcalls(_ port: Port) {
+        guard port > 0, port.index < EventPages.maxPorts else { return }
+        lock()
+        runtimeOwned[port.bitmapWord] |= port.bitmapBit
+        masks[port.bitmapWord] |= port.bitmapBit
+        unlock()
+    }
+
+    /// Whether domain 0 signalled `port` (bound to it) since the last call; clears the signal.
+    func takeUpcall(_ port: Port) -> Bool {
+        guard port > 0, port.index < EventPages.maxPorts else { return false }
+        lock()
+        defer { unlock() }
+        guard case .interdomain(0, _) = entries[port.index], let page = scanList.first(where: { $0.peer == 0 }) else { return false }
+        let old = SharedAtomic.fetchAnd(page.bitmap + port.bitmapWord, ~port.bitmapBit)
+        return old & port.bitmapBit != 0
+    }
+
     /// Notifies domain 0's services without a port (after taking replies off a ring).
     func kickDom0() {
         guard let k = dom0Kick else { return }

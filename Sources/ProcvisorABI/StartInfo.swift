@@ -112,6 +112,9 @@ public struct StartInfo: Equatable, Sendable {
 public enum DomainEvent: Equatable, Sendable {
     /// The toolstack asks the domain to shut down with this reason (`xl shutdown`, `xl reboot`).
     case shutdownRequest(ShutdownReason)
+    /// Domain 0 signalled this port, one the runtime serves itself (the suspend event channel):
+    /// the counterpart of the event upcall that makes a PV kernel look at its pending bits.
+    case upcall(port: EvtchnPort)
 
     public static let size = 8
 
@@ -121,6 +124,10 @@ public enum DomainEvent: Equatable, Sendable {
         case let .shutdownRequest(reason):
             w.u32(1)
             w.u32(reason.rawValue)
+        case let .upcall(port):
+            // Not 2–4: those are channel events' types, which are tried first.
+            w.u32(5)
+            w.u32(port.rawValue)
         }
         return w.bytes
     }
@@ -133,6 +140,8 @@ public enum DomainEvent: Equatable, Sendable {
         case 1:
             guard let reason = ShutdownReason(rawValue: arg) else { throw WireError.invalid("domain event: unknown shutdown reason \(arg)") }
             return .shutdownRequest(reason)
+        case 5:
+            return .upcall(port: EvtchnPort(arg))
         default:
             throw WireError.invalid("domain event: unknown type \(type)")
         }

@@ -117,6 +117,8 @@ final class SuspendRequest {
     /// The guest's SCHEDOP_shutdown(SHUTDOWN_suspend): answered by `.resume` (rc 1).
     var seq: UInt64?
     var record: [UInt8] = []
+    /// The guest's suspend event channel the request went through (nil: `control/shutdown`).
+    var eventChannel: EvtchnPort?
     var suspended: Bool { seq != nil }
     init(waiter: ControlConnection) { self.waiter = waiter }
 }

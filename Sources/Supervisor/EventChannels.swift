@@ -118,6 +118,31 @@ final class EventChannelService {
         return port
     }
 
+    /// Domain 0 binds `port`, which `domid` allocated unbound for it (libxl's suspend event
+    /// channel): the domain is told, as for any binding. A port bound to domain 0 this way
+    /// before is accepted again; anything else (a closed port, one meant for another domain or
+    /// already bound elsewhere, the XenStore port) is refused with the reason.
+    func bindDom0(_ domid: DomID, port: EvtchnPort, storePort: EvtchnPort?) -> String? {
+        guard let ev = channels[domid] else { return "the domain has no event channels" }
+        guard port != storePort else { return "it is the XenStore port" }
+        switch ev.ports[port] {
+        case .unbound(remote: 0)?:
+            ev.ports[port] = .interdomain(remote: 0, remotePort: port)
+            notify(domid, .portBound(port: port, peer: 0, remotePort: port), [])
+            return nil
+        case .interdomain(remote: 0, remotePort: port)?:
+            return nil
+        case nil:
+            return "port \(port) is not allocated"
+        case let .unbound(remote)?:
+            return "port \(port) is unbound for dom\(remote), not for domain 0"
+        case let .interdomain(remote, rport)?:
+            return "port \(port) is bound to dom\(remote) port \(rport)"
+        case .virq?, .ipi?:
+            return "port \(port) is bound to a VIRQ or an IPI"
+        }
+    }
+
     /// Marks `port` of `domid` pending in the page it shares with `peer` and rings its doorbell.
     func raise(_ domid: DomID, port: EvtchnPort, peer: DomID) {
         guard let ev = channels[domid], let page = try? pairPage(domid, peer) else { return }

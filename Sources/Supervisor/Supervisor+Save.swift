@@ -35,7 +35,8 @@ extension Supervisor {
 
     // MARK: suspend
 
-    /// `.suspend` (xl save, xl migrate): libxl's PV suspend through `control/shutdown`.
+    /// `.suspend` (xl save, xl migrate): libxl's PV suspend, through the guest's suspend event
+    /// channel when it published one (`device/suspend/event-channel`), else `control/shutdown`.
     func requestSuspend(_ spec: String, from c: ControlConnection) {
         guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
         guard dom.hasProcess, !dom.released, dom.phase == .running else {
@@ -53,10 +54,34 @@ extension Supervisor {
             }
             loop.cancel(old.timer)  // abandoned by a saver that went away: this one takes over
         }
+        // As libxl__domain_suspend_init: a node that names no port the toolstack can bind fails
+        // the save (the guest keeps running); an empty or missing one means control/shutdown.
+        let evtchnPath = "/local/domain/\(dom.domid)/device/suspend/event-channel"
+        var evtchn: EvtchnPort?
+        if let raw = try? xenstore.engine.read(evtchnPath), !raw.isEmpty {
+            let text = String(decoding: raw, as: UTF8.self)
+            guard let n = UInt32(text), n > 0, n < UInt32(EventPages.maxPorts) else {
+                log("\(dom.label): suspend event channel initialization failed: device/suspend/event-channel is \"\(Self.printable(text))\", not a port")
+                return c.send(.error("domain \(dom.domid) (\(dom.name)): suspend event channel initialization failed: "
+                                     + "device/suspend/event-channel is \"\(Self.printable(text))\", not a port; it keeps running"))
+            }
+            if let why = eventChannels.bindDom0(dom.domid, port: EvtchnPort(n), storePort: dom.store?.port) {
+                log("\(dom.label): suspend event channel initialization failed: \(why)")
+                return c.send(.error("domain \(dom.domid) (\(dom.name)): suspend event channel initialization failed: \(why); it keeps running"))
+            }
+            evtchn = EvtchnPort(n)
+        }
         let request = SuspendRequest(waiter: c)
+        request.eventChannel = evtchn
         dom.process.suspend = request
-        log("\(dom.label): suspend requested")
-        store { e in try e.write(self.controlShutdownPath(dom), Array("suspend".utf8)) }
+        if let port = evtchn {
+            log("\(dom.label): suspend requested through event channel \(port)")
+            eventChannels.raise(dom.domid, port: port, peer: 0)
+            _ = try? UnixSocket.send(dom.eventFD, DomainEvent.upcall(port: port).encode(), nonBlocking: true)
+        } else {
+            log("\(dom.label): suspend requested through control/shutdown")
+            store { e in try e.write(self.controlShutdownPath(dom), Array("suspend".utf8)) }
+        }
         let ms = options.suspendTimeoutMs
         request.timer = loop.after(ms: ms) { [weak self, weak dom, weak request] in
             guard let self, let dom, let request, dom.process.suspend === request, !request.suspended else { return }
@@ -64,7 +89,7 @@ extension Supervisor {
             dom.process.suspend = nil
             let path = self.controlShutdownPath(dom)
             let why: String
-            if (try? self.xenstore.engine.read(path)) == Array("suspend".utf8) {
+            if request.eventChannel == nil, (try? self.xenstore.engine.read(path)) == Array("suspend".utf8) {
                 self.store { e in try e.write(path, []) }
                 why = "guest didn't acknowledge suspend, cancelling request"
             } else {
@@ -73,6 +98,12 @@ extension Supervisor {
             self.log("\(dom.label): \(why) (\(ms) ms)")
             request.waiter?.send(.error("domain \(dom.domid) (\(dom.name)): \(why) (\(ms) ms); it keeps running"))
         }
+    }
+
+    /// A guest's value in a message: at most 32 characters, anything but printable ASCII as `?`.
+    static func printable(_ s: String) -> String {
+        let shown = String(s.unicodeScalars.prefix(32).map { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7f ? Character($0) : "?" })
+        return s.unicodeScalars.count > 32 ? shown + "…" : shown
     }
 
     func controlShutdownPath(_ dom: DomainRecord) -> String { "/local/domain/\(dom.domid)/control/shutdown" }

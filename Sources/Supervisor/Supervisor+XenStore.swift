@@ -85,6 +85,8 @@ extension Supervisor {
             out += try e.write(path + "/name", Array(dom.name.utf8))
             out += try e.write(path + "/domid", Array("\(d)".utf8))
             out += try e.mkdir(path + "/device", perms: ro)
+            // The guest publishes its suspend event channel here (libxl__domain_make).
+            out += try e.mkdir(path + "/device/suspend/event-channel", perms: rw)
             out += try e.mkdir(path + "/control", perms: ro)
             for key in ["shutdown", "feature-poweroff", "feature-reboot", "feature-suspend", "sysrq", "platform-feature-multiprocessor-suspend",
                         "platform-feature-xs_reset_watches"] {

@@ -24,10 +24,11 @@ import Testing
         defer { h.stop() }
         try h.create("offer", mode: "evtchn-offer", "extra = \"mode=evtchn-offer peer=2\"\n")
         try h.create("binder", mode: "evtchn-bind", "extra = \"mode=evtchn-bind rounds=2000\"\n")
-        // Port 1 of every domain is its XenStore port (bound to dom0, as store_evtchn in Xen).
-        #expect(line(h, "offer", prefix: "offer port=") == "offer port=2")
-        try type(h, "binder", "peer=1 port=2")
-        #expect(line(h, "binder", prefix: "bound") == "bound port=2 status=interdomain remote=1:2")
+        // Port 1 of every domain is its XenStore port (bound to dom0, as store_evtchn in Xen),
+        // port 2 the suspend event channel the runtime offers dom0: a guest's own start at 3.
+        #expect(line(h, "offer", prefix: "offer port=") == "offer port=3")
+        try type(h, "binder", "peer=1 port=3")
+        #expect(line(h, "binder", prefix: "bound") == "bound port=3 status=interdomain remote=1:3")
         #expect(line(h, "binder", prefix: "pingpong rounds=2000 rtt_ns=") != nil)
         // Closing one end is seen by the other, which then stops.
         // (The close notice may race one last echo.)
@@ -45,9 +46,9 @@ import Testing
         defer { h.stop() }
         try h.create("offer", mode: "evtchn-offer", "extra = \"mode=evtchn-offer peer=2 stay=1\"\non_crash = \"preserve\"\n")
         try h.create("toggler", mode: "evtchn-toggle", "extra = \"mode=evtchn-toggle times=5000\"\n")
-        #expect(line(h, "offer", prefix: "offer port=") == "offer port=2")
+        #expect(line(h, "offer", prefix: "offer port=") == "offer port=3")
         #expect(try h.xl("pause", "offer").ok)
-        try type(h, "toggler", "peer=1 port=2")
+        try type(h, "toggler", "peer=1 port=3")
         #expect(line(h, "toggler", prefix: "toggled") == "toggled 5000 times (0 errors)", "\(h.consoleLog("toggler"))")
         #expect(try h.xl("unpause", "offer").ok)
         try type(h, "toggler", "go")
@@ -153,7 +154,7 @@ import Testing
         #expect(try h.xl("create", h.config("pong", kernel: kernel, "extra = \"role=pong\"\n")).ok)
         #expect(try h.xl("create", h.config("ping", kernel: kernel, "extra = \"role=ping peer=1 rounds=2000\"\n")).ok)
         // They meet through XenStore: ping leaves its offer in pong's mailbox.
-        #expect(line(h, "ping", prefix: "offer peer=2 gref=8 port=2 written to /local/domain/1/data/pingpong/dom2") != nil, "\(h.consoleLog("ping"))")
+        #expect(line(h, "ping", prefix: "offer peer=2 gref=8 port=3 written to /local/domain/1/data/pingpong/dom2") != nil, "\(h.consoleLog("ping"))")
         #expect(line(h, "ping", prefix: "pingpong: 2000 round trips through a granted ring") != nil, "\(h.consoleLog("ping"))")
         #expect(line(h, "pong", prefix: "pong: served 2000 requests") != nil, "\(h.consoleLog("pong"))")
         #expect(eventually { (try? h.list())?.count == 1 })

@@ -242,6 +242,68 @@ import Toolstack
         #expect(!log.contains("FAILED"), "\(log)")
     }
 
+    /// DomainRuntime publishes a suspend event channel (`device/suspend/event-channel`, a port
+    /// unbound for domain 0), and a save signals it rather than writing `control/shutdown`, as
+    /// libxl does; the same channel serves every later checkpoint.
+    @Test func theSuspendRequestGoesThroughTheGuestsSuspendEventChannel() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "ec")
+        let domid = try #require(try h.list()["ec"]?.domid)
+        let node = "/local/domain/\(domid)/device/suspend/event-channel"
+        #expect(eventually { Int((try? h.xs("read", node).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? "") != nil })
+        let port = try #require(Int(try h.xs("read", node).stdout.trimmingCharacters(in: .whitespacesAndNewlines)))
+        for round in 1...2 {
+            let r = try h.xl("save", "-c", "ec", file(h, "ec\(round).save"))
+            #expect(r.ok, "round \(round): \(r.stderr)")
+            #expect(eventually { h.consoleLog("ec").components(separatedBy: "ram-counter: resumed in place at counter=").count == round + 1 })
+        }
+        let dmesg = try h.dmesg()
+        #expect(dmesg.components(separatedBy: "dom\(domid) (ec): suspend requested through event channel \(port)").count == 3, "\(dmesg)")
+        #expect(!dmesg.contains("through control/shutdown"), "\(dmesg)")
+        // control/shutdown was not used (dmesg above); the node is still the empty one the
+        // toolstack made.
+        #expect(try h.xs("read", "/local/domain/\(domid)/control/shutdown").stdout == "\n")
+        let n = Self.lastCounter(h.consoleLog("ec")) ?? 0
+        #expect(eventually { (Self.lastCounter(h.consoleLog("ec")) ?? 0) >= n + 100 })
+    }
+
+    /// What the guest wrote in `device/suspend/event-channel` is untrusted: a value that names no
+    /// port domain 0 can bind fails the save with the reason, as libxl's "Suspend event channel
+    /// initialization failed", and the guest keeps running; an empty node means control/shutdown.
+    @Test func aSuspendEventChannelThatCannotBeBoundFailsTheSaveOnly() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try startCounter(h, "liar")
+        let domid = try #require(try h.list()["liar"]?.domid)
+        let node = "/local/domain/\(domid)/device/suspend/event-channel"
+        #expect(eventually { (try? h.xs("read", node).stdout).map { $0 != "\n" } == true })
+        let store = try h.xs("read", "/local/domain/\(domid)/store/port").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let image = file(h, "liar.save")
+        let cases: [(String, String)] = [
+            ("garbage\u{1}", "device/suspend/event-channel is \"garbage?\", not a port"),
+            ("0", "device/suspend/event-channel is \"0\", not a port"),
+            ("70000", "device/suspend/event-channel is \"70000\", not a port"),
+            ("1000", "port 1000 is not allocated"),
+            (store, "it is the XenStore port"),
+        ]
+        for (value, why) in cases {
+            #expect(try h.xs("write", node, value).ok)
+            let r = try h.xl("save", "liar", image)
+            #expect(!r.ok, "\(value): \(r.stdout)")
+            #expect(r.stderr.contains("suspend event channel initialization failed: \(why); it keeps running"), "\(value): \(r.stderr)")
+            #expect(!FileIO.exists(image))
+            #expect(try h.list()["liar"]?.domid == domid)
+        }
+        // Emptied: the request goes through control/shutdown, and the save works.
+        #expect(try h.xs("write", node, "").ok)
+        let r = try h.xl("save", "-c", "liar", image)
+        #expect(r.ok, "\(r.stderr)")
+        #expect(try h.dmesg().contains("dom\(domid) (liar): suspend requested through control/shutdown"))
+        let n = Self.lastCounter(h.consoleLog("liar")) ?? 0
+        #expect(eventually { (Self.lastCounter(h.consoleLog("liar")) ?? 0) >= n + 100 })
+    }
+
     @Test func aGuestThatNeverSuspendsTimesOutAndKeepsRunning() throws {
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_SUSPEND_TIMEOUT_MS": "800"])
         defer { h.stop() }
@@ -263,6 +325,8 @@ import Toolstack
         defer { h.stop() }
         try h.create("deaf", mode: "suspend-deaf")
         #expect(eventually { h.consoleLog("deaf").contains("deaf to the toolstack") })
+        let deafID = try #require(try h.list()["deaf"]?.domid)
+        #expect(eventually { (try? h.xs("read", "/local/domain/\(deafID)/device/suspend/event-channel").stdout) == "\n" })
         let image = file(h, "deaf.save")
         let r = try h.xl("save", "deaf", image)
         #expect(!r.ok)

@@ -79,9 +79,14 @@ func runSaveMode(_ mode: String, _ domain: Domain) -> Bool {
         while true { domain.block() }
     case "suspend-deaf":
         // Its watch thread never comes back from a callback: control/shutdown is never read, so
-        // the suspend request is never acknowledged (a guest without PV control, for libxl).
+        // the suspend request is never acknowledged (a guest without PV control, for libxl). It
+        // takes its suspend event channel back first (from the watch thread, after the runtime
+        // published it there), so the request goes through control/shutdown.
         try? domain.store.write("data/deaf", "1")
-        try? domain.store.watch("data/deaf", token: "deaf") { _ in while true { sleep(1) } }
+        try? domain.store.watch("data/deaf", token: "deaf") { _ in
+            try? domain.store.write("device/suspend/event-channel", "")
+            while true { sleep(1) }
+        }
         say("deaf to the toolstack")
         while true { domain.block() }
     case "suspend-crash":
