@@ -293,10 +293,15 @@ public final class Domain {
     /// Domain 0 signalled a port the runtime serves: the suspend event channel asks for a
     /// suspend. It is handled on the watch thread, where a `control/shutdown` request is: the
     /// guest's handler and hooks see no difference, and the event thread goes on taking
-    /// bindings meanwhile.
+    /// bindings meanwhile. Taking the pending bit there is the acknowledgement (as clearing
+    /// `control/shutdown` is): a request the toolstack gave up on meanwhile cleared the bit,
+    /// and nothing happens.
     func upcall(_ port: EventChannels.Port) {
-        guard port != 0, port == suspendPort, eventChannels.takeUpcall(port) else { return }
-        store.onWatchThread { [unowned self] in events.deliverShutdownRequest(.suspend, domain: self) }
+        guard port != 0, port == suspendPort else { return }
+        store.onWatchThread { [unowned self] in
+            guard eventChannels.takeUpcall(port) else { return }
+            events.deliverShutdownRequest(.suspend, domain: self)
+        }
     }
 
     // MARK: suspend and resume

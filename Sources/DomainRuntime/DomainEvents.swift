@@ -42,7 +42,12 @@ final class DomainEvents {
             }
             guard let message else { return }  // supervisor gone: the hypercall channel will notice
             if let channelEvent = try? ChannelEvent.decode(message.bytes) {
-                domain.eventChannels.handle(channelEvent, fds: message.fds)
+                if case let .upcall(port) = channelEvent {
+                    message.fds.forEach { $0.close() }
+                    domain.upcall(port)
+                } else {
+                    domain.eventChannels.handle(channelEvent, fds: message.fds)
+                }
                 continue
             }
             message.fds.forEach { $0.close() }
@@ -50,8 +55,6 @@ final class DomainEvents {
             switch event {
             case let .shutdownRequest(reason):
                 deliverShutdownRequest(reason, domain: domain)
-            case let .upcall(port):
-                domain.upcall(port)
             }
         }
     }

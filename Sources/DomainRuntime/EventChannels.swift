@@ -46,6 +46,9 @@ public final class EventChannels {
     /// Ports the runtime itself serves (the XenStore port): taken when pending, never handed to
     /// the guest's `wait`/`waitAny`, as a PV kernel's xenbus consumes its own event.
     @exclusivity(unchecked) private var runtimeOwned = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
+    /// Of those, the ones whose pending bit waits for `takeUpcall` (the suspend event channel):
+    /// never taken by `collect`, whatever the guest does to their mask.
+    @exclusivity(unchecked) private var upcallPorts = [UInt64](repeating: 0, count: EventPages.maxPorts / 64)
     /// Ports whose remote end went away: delivered once by `poll` so waiters notice.
     @exclusivity(unchecked) private var localPending: Set<Port> = []
     /// `portUnbound` notices for ports whose bind reply this domain has not processed yet.
@@ -161,14 +164,14 @@ public final class EventChannels {
         unlock()
     }
 
-    /// Makes `port` the runtime's own and keeps it from every `wait`: masked, its pending bit
-    /// stays in the page until `takeUpcall` takes it (the suspend event channel, which domain 0
+    /// Makes `port` the runtime's own and keeps it from every `wait`: its pending bit stays in
+    /// the page until `takeUpcall` takes it (the suspend event channel, which domain 0
     /// signals together with an upcall on the event socket).
     func reserveForUpcalls(_ port: Port) {
         guard port > 0, port.index < EventPages.maxPorts else { return }
         lock()
         runtimeOwned[port.bitmapWord] |= port.bitmapBit
-        masks[port.bitmapWord] |= port.bitmapBit
+        upcallPorts[port.bitmapWord] |= port.bitmapBit
         unlock()
     }
 
@@ -208,6 +211,9 @@ public final class EventChannels {
         lock()
         if case let .interdomain(peer, rport) = entries[port.index], peer == domid { setEntry(rport, .unbound(remote: domid)) }
         setEntry(port, .free)
+        // A runtime port the guest closed: its number is an ordinary port again when reused.
+        runtimeOwned[port.bitmapWord] &= ~port.bitmapBit
+        upcallPorts[port.bitmapWord] &= ~port.bitmapBit
         unlock()
     }
 
@@ -335,7 +341,7 @@ public final class EventChannels {
                     default: break
                     }
                 }
-                let take = valid & ~masks[w]
+                let take = valid & ~masks[w] & ~upcallPorts[w]
                 let stray = v & ~valid & ~early
                 if take | stray != 0 { SharedAtomic.fetchAnd(word, ~(take | stray)) }
                 // Masked or early bits stay pending: keep the summary pointing at them.
@@ -444,6 +450,8 @@ public final class EventChannels {
             }
             unlock()
             ring(ownDoorbell)
+        case .upcall:
+            break  // DomainEvents takes these (Domain.upcall)
         }
         fds.forEach { $0.close() }
     }

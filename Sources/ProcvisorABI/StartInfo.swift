@@ -112,9 +112,6 @@ public struct StartInfo: Equatable, Sendable {
 public enum DomainEvent: Equatable, Sendable {
     /// The toolstack asks the domain to shut down with this reason (`xl shutdown`, `xl reboot`).
     case shutdownRequest(ShutdownReason)
-    /// Domain 0 signalled this port, one the runtime serves itself (the suspend event channel):
-    /// the counterpart of the event upcall that makes a PV kernel look at its pending bits.
-    case upcall(port: EvtchnPort)
 
     public static let size = 8
 
@@ -124,10 +121,6 @@ public enum DomainEvent: Equatable, Sendable {
         case let .shutdownRequest(reason):
             w.u32(1)
             w.u32(reason.rawValue)
-        case let .upcall(port):
-            // Not 2–4: those are channel events' types, which are tried first.
-            w.u32(5)
-            w.u32(port.rawValue)
         }
         return w.bytes
     }
@@ -140,8 +133,6 @@ public enum DomainEvent: Equatable, Sendable {
         case 1:
             guard let reason = ShutdownReason(rawValue: arg) else { throw WireError.invalid("domain event: unknown shutdown reason \(arg)") }
             return .shutdownRequest(reason)
-        case 5:
-            return .upcall(port: EvtchnPort(arg))
         default:
             throw WireError.invalid("domain event: unknown type \(type)")
         }
@@ -178,6 +169,10 @@ public enum ChannelEvent: Equatable, Sendable {
     case portBound(port: EvtchnPort, peer: DomID, remotePort: EvtchnPort)
     /// The remote end of `port` closed (or its domain died): the port is unbound again.
     case portUnbound(port: EvtchnPort)
+    /// Domain 0 signalled `port`, one the runtime serves itself (the suspend event channel): the
+    /// counterpart of the event upcall that makes a PV kernel look at its pending bits. It
+    /// travels in order with the bindings (after the `portBound` of its port).
+    case upcall(port: EvtchnPort)
 
     public func encode() -> [UInt8] {
         var w = WireWriter(capacity: 16)
@@ -188,6 +183,8 @@ public enum ChannelEvent: Equatable, Sendable {
             w.u32(3); w.u32(port.rawValue); w.u32(UInt32(peer.rawValue)); w.u32(remote.rawValue)
         case let .portUnbound(port):
             w.u32(4); w.u32(port.rawValue); w.u32(0); w.u32(0)
+        case let .upcall(port):
+            w.u32(5); w.u32(port.rawValue); w.u32(0); w.u32(0)
         }
         return w.bytes
     }
@@ -203,6 +200,7 @@ public enum ChannelEvent: Equatable, Sendable {
             let peer = DomID(UInt16(truncatingIfNeeded: try r.u32()))
             return .portBound(port: port, peer: peer, remotePort: EvtchnPort(try r.u32()))
         case 4: return .portUnbound(port: EvtchnPort(try r.u32()))
+        case 5: return .upcall(port: EvtchnPort(try r.u32()))
         default: return nil
         }
     }

@@ -155,6 +155,14 @@ final class EventChannelService {
         if SharedAtomic.load(ev.doorbell.word32(at: EventPages.sleepingOffset)) != 0 { _ = try? Futex.wake(bell, count: Int32.max) }
     }
 
+    /// Takes back a signal `raise` gave `port` of `domid` from domain 0: true when it was still
+    /// pending (the domain had not taken it).
+    func withdraw(_ domid: DomID, port: EvtchnPort) -> Bool {
+        guard let page = try? pairPage(domid, 0) else { return false }
+        let word = page.word64(at: EventPages.inboundOffset(receiver: domid, peer: 0) + port.bitmapWord * 8)
+        return SharedAtomic.fetchAnd(word, ~port.bitmapBit) & port.bitmapBit != 0
+    }
+
     /// Raises the port `domid` bound to `virq`, if it bound one.
     func raiseVirq(_ domid: DomID, _ virq: VIRQ) {
         guard let port = channels[domid]?.port(forVirq: virq) else { return }

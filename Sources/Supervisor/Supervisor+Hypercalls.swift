@@ -113,7 +113,8 @@ extension Supervisor {
         func portOf(_ e: ChannelEvent) -> EvtchnPort? {
             switch e {
             case let .portBound(port, _, _), let .portUnbound(port): return port
-            case .peerPages: return nil
+            // An upcall is not a state: it stays, whatever comes after it for its port.
+            case .peerPages, .upcall: return nil
             }
         }
         if let changed = portOf(event) { p.pendingChannelEvents.removeAll { portOf($0.event) == changed } }

@@ -48,11 +48,8 @@ extension Supervisor {
         if dom.paused {
             return c.send(.error("domain \(dom.domid) (\(dom.name)) is paused: unpause it first (a paused guest cannot answer the suspend request)"))
         }
-        if let old = dom.process.suspend {
-            if old.suspended || old.waiter != nil {
-                return c.send(.error("domain \(dom.domid) (\(dom.name)) is already being saved or migrated"))
-            }
-            loop.cancel(old.timer)  // abandoned by a saver that went away: this one takes over
+        if let old = dom.process.suspend, old.suspended || old.waiter != nil {
+            return c.send(.error("domain \(dom.domid) (\(dom.name)) is already being saved or migrated"))
         }
         // As libxl__domain_suspend_init: a node that names no port the toolstack can bind fails
         // the save (the guest keeps running); an empty or missing one means control/shutdown.
@@ -71,13 +68,18 @@ extension Supervisor {
             }
             evtchn = EvtchnPort(n)
         }
+        // A request abandoned by a saver that went away (and not yet acted on): this one takes
+        // over, only now that it is sure to be made.
+        if let old = dom.process.suspend { loop.cancel(old.timer) }
         let request = SuspendRequest(waiter: c)
         request.eventChannel = evtchn
         dom.process.suspend = request
         if let port = evtchn {
             log("\(dom.label): suspend requested through event channel \(port)")
             eventChannels.raise(dom.domid, port: port, peer: 0)
-            _ = try? UnixSocket.send(dom.eventFD, DomainEvent.upcall(port: port).encode(), nonBlocking: true)
+            // In order after the binding's `portBound`, and kept for the domain when its event
+            // socket is full, as every channel event.
+            pushChannelEvent(dom, .upcall(port: port))
         } else {
             log("\(dom.label): suspend requested through control/shutdown")
             store { e in try e.write(self.controlShutdownPath(dom), Array("suspend".utf8)) }
@@ -89,7 +91,12 @@ extension Supervisor {
             dom.process.suspend = nil
             let path = self.controlShutdownPath(dom)
             let why: String
-            if request.eventChannel == nil, (try? self.xenstore.engine.read(path)) == Array("suspend".utf8) {
+            if let port = request.eventChannel {
+                // The signal not taken is the request not acknowledged: withdrawn, as libxl
+                // empties control/shutdown.
+                why = self.eventChannels.withdraw(dom.domid, port: port)
+                    ? "guest didn't acknowledge suspend, cancelling request" : "guest did not suspend, timed out"
+            } else if (try? self.xenstore.engine.read(path)) == Array("suspend".utf8) {
                 self.store { e in try e.write(path, []) }
                 why = "guest didn't acknowledge suspend, cancelling request"
             } else {

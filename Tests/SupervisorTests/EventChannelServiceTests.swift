@@ -198,4 +198,41 @@ import Testing
         #expect(rc == -XenErrno.ENOSYS.rawValue)
         #expect(f.op(7, .bindIPI, 0).rc == -XenErrno.ENOSYS.rawValue)
     }
+
+    /// Domain 0 binding a guest's suspend event channel (libxl's `xc_suspend_evtchn_init`): only
+    /// a port the guest allocated unbound for domain 0, or one bound to domain 0 this way before;
+    /// the guest is told; every other kind of port is refused with what it is, and left as it was.
+    @Test func dom0BindsOnlyAPortOfferedToIt() throws {
+        let f = try Fixture()
+        let store = try #require(f.service.bindToDom0(1))
+        let offered = EvtchnPort(UInt32(f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 0).rc))
+        #expect(f.service.bindDom0(1, port: offered, storePort: store) == nil)
+        #expect(f.told.last.map { $0.0 == 1 && $0.1 == .portBound(port: offered, peer: 0, remotePort: offered) } == true)
+        #expect(f.op(1, .status, UInt64(DOMID_SELF.rawValue), UInt64(offered.rawValue)).rc == Int64(EvtchnStatus.interdomain.rawValue))
+        // Again (a second save): accepted, nobody told twice.
+        let toldBefore = f.told.count
+        #expect(f.service.bindDom0(1, port: offered, storePort: store) == nil)
+        #expect(f.told.count == toldBefore)
+        // A signal raised and withdrawn before the domain took it.
+        f.service.raise(1, port: offered, peer: 0)
+        #expect(f.service.withdraw(1, port: offered))
+        #expect(!f.service.withdraw(1, port: offered))
+
+        let forOther = EvtchnPort(UInt32(f.op(1, .allocUnbound, UInt64(DOMID_SELF.rawValue), 2).rc))
+        let (connected, _) = f.connect()
+        let virq = EvtchnPort(UInt32(f.op(1, .bindVirq, UInt64(VIRQ.timer.rawValue), 0).rc))
+        let cases: [(EvtchnPort, String)] = [
+            (store, "it is the XenStore port"),
+            (EvtchnPort(1000), "port 1000 is not allocated"),
+            (forOther, "port \(forOther) is unbound for dom2, not for domain 0"),
+            (connected, "is bound to dom2 port"),
+            (virq, "port \(virq) is bound to a VIRQ or an IPI"),
+        ]
+        for (port, why) in cases {
+            let refusal = f.service.bindDom0(1, port: port, storePort: store)
+            #expect(refusal?.contains(why) == true, "\(port): \(refusal ?? "accepted")")
+        }
+        #expect(f.op(1, .status, UInt64(DOMID_SELF.rawValue), UInt64(forOther.rawValue)).rc == Int64(EvtchnStatus.unbound.rawValue))
+        #expect(f.service.bindDom0(7, port: offered, storePort: nil) == "the domain has no event channels")
+    }
 }

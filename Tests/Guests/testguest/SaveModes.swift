@@ -85,9 +85,19 @@ func runSaveMode(_ mode: String, _ domain: Domain) -> Bool {
         try? domain.store.write("data/deaf", "1")
         try? domain.store.watch("data/deaf", token: "deaf") { _ in
             try? domain.store.write("device/suspend/event-channel", "")
+            say("suspend event channel withdrawn")
             while true { sleep(1) }
         }
         say("deaf to the toolstack")
+        while true { domain.block() }
+    case "suspend-deaf-evtchn":
+        // Deaf the same way, but it keeps its suspend event channel: the signal arrives and is
+        // never taken (taking it is done on the watch thread), so it is never acknowledged.
+        try? domain.store.write("data/deaf", "1")
+        try? domain.store.watch("data/deaf", token: "deaf") { _ in
+            say("deaf, with its suspend event channel")
+            while true { sleep(1) }
+        }
         while true { domain.block() }
     case "suspend-crash":
         domain.onShutdownRequest { reason in
