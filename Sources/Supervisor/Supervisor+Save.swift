@@ -69,8 +69,17 @@ extension Supervisor {
             evtchn = EvtchnPort(n)
         }
         // A request abandoned by a saver that went away (and not yet acted on): this one takes
-        // over, only now that it is sure to be made.
-        if let old = dom.process.suspend { loop.cancel(old.timer) }
+        // over, only now that it is sure to be made. The old one is taken back first, so the
+        // guest does not get two (the second, after a checkpoint, would be a suspend nobody
+        // asked for: a shutdown).
+        if let old = dom.process.suspend {
+            loop.cancel(old.timer)
+            if let port = old.eventChannel {
+                _ = eventChannels.withdraw(dom.domid, port: port)
+            } else if (try? xenstore.engine.read(controlShutdownPath(dom))) == Array("suspend".utf8) {
+                store { e in try e.write(self.controlShutdownPath(dom), []) }
+            }
+        }
         let request = SuspendRequest(waiter: c)
         request.eventChannel = evtchn
         dom.process.suspend = request
