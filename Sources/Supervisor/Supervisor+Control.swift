@@ -89,6 +89,12 @@ extension Supervisor {
             guard pages <= mem.spanPages else {
                 return c.send(.error("cannot set mem-max of dom\(dom.domid) to \(kb / 1024) MiB: its pseudo-physical space is \(mem.spanPages / 256) MiB (maxmem at creation)"))
             }
+            // As libxl_domain_setmaxmem: never below the balloon target (memory/target, KiB).
+            let target = (try? xenstore.engine.read("/local/domain/\(dom.domid)/memory/target")).flatMap { UInt64(String(decoding: $0, as: UTF8.self)) }
+            if let target, kb < target {
+                return c.send(.error("memory_static_max must be greater than or equal to memory_dynamic_max: \(kb / 1024) MiB is below "
+                                     + "the target of dom\(dom.domid), \(target / 1024) MiB (lower it first with xl mem-set)"))
+            }
             mem.maxPages = pages
             try? mem.cgroup?.setLimit(pages * 4096 + Self.cgroupSlackBytes)
             log("\(dom.label): mem-max \(kb / 1024) MiB")

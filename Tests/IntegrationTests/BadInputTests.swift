@@ -102,6 +102,20 @@ import Testing
         }
     }
 
+    /// `xl destroy 0` is refused as xl refuses it (domain 0 only with -f); with -f, because
+    /// domain 0 is procvisord itself. The supervisor and its domains go on.
+    @Test func domainZeroIsNotDestroyed() throws {
+        try withSentinel { h in
+            for name in ["0", "Domain-0"] {
+                let r = try h.xl("destroy", name)
+                #expect(!r.ok && r.stderr.contains("Not destroying domain 0; use -f to force."), "\(r.stderr)")
+            }
+            let f = try h.xl("destroy", "-f", "0")
+            #expect(!f.ok && f.stderr.contains("domain 0 is procvisord itself"), "\(f.stderr)")
+            #expect(try h.xl("list", "0").ok)
+        }
+    }
+
     @Test func unknownDomainForDomidAndDomname() throws {
         try withSentinel { h in
             let r = try h.xl("domid", "ghost")

@@ -36,6 +36,10 @@ import Testing
         let bad = try h.xl("mem-max", "bal", "100")
         #expect(!bad.ok && bad.stderr.contains("pseudo-physical space is 64 MiB"))
         #expect(try !h.xl("mem-max", "bal", "lots").ok)
+        // Below the balloon target (48 MiB): refused, as libxl_domain_setmaxmem does.
+        let low = try h.xl("mem-max", "bal", "16")
+        #expect(!low.ok && low.stderr.contains("memory_static_max must be greater than or equal to memory_dynamic_max: 16 MiB is below the target of dom") && low.stderr.contains(", 48 MiB"),
+                "\(low.stderr)")
         let r = try h.xl("console", "bal", stdin: "go\n\u{1d}", timeout: 10)
         #expect(r.ok)
         #expect(line(h, "bal", "populate above mem-max:") == "populate above mem-max: 0 pages")
