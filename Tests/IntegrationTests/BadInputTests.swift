@@ -102,6 +102,22 @@ import Testing
         }
     }
 
+    /// A subcommand xl does not have here (Xen's `top`, `vcpu-list`, `sched-credit`, or a typo)
+    /// gets xl's answer, `command not implemented`, rather than a usage error; the known ones,
+    /// `help` and the options still parse.
+    @Test func anUnknownSubcommandIsNotImplemented() throws {
+        try withSentinel { h in
+            for command in ["top", "vcpu-list", "sched-credit", "lsit"] {
+                let r = try h.xl(command)
+                #expect(!r.ok && r.stderr == "command not implemented\n", "\(command): \(r.stderr)")
+            }
+            #expect(try h.xl("list").ok)
+            #expect(try h.xl("help", "list").ok)
+            #expect(try h.xl("--help").stdout.contains("SUBCOMMANDS"))
+            #expect(try h.xl("mem-max", "--help").ok)
+        }
+    }
+
     /// `xl destroy 0` is refused as xl refuses it (domain 0 only with -f); with -f, because
     /// domain 0 is procvisord itself. The supervisor and its domains go on.
     @Test func domainZeroIsNotDestroyed() throws {
