@@ -320,7 +320,20 @@ extension IOUring {
     public var isSingleIssuer: Bool { pv_uring_setup_flags(ring) & PV_IORING_SETUP_SINGLE_ISSUER != 0 }
 
     /// Whether the kernel implements IORING_OP_FUTEX_WAIT (Linux 6.7).
-    public var supportsFutexWait: Bool { pv_uring_supports(ring, PV_IORING_OP_FUTEX_WAIT) == 1 }
+    public var supportsFutexWait: Bool { (try? probeFutexWait()) ?? false }
+
+    /// As `supportsFutexWait`, throwing when the probe is refused.
+    public func probeFutexWait() throws -> Bool { try supports(opcode: PV_IORING_OP_FUTEX_WAIT) }
+
+    /// Whether the kernel implements SQE operation `opcode` (IORING_REGISTER_PROBE on this ring);
+    /// throws with the errno when the probe itself is refused.
+    public func supports(opcode: Int32) throws -> Bool {
+        var supported = [UInt8](repeating: 0, count: 256)
+        try negErrno("IORING_REGISTER_PROBE", "ring fd \(pv_uring_ring_fd(ring))") {
+            pv_uring_probe_fd(pv_uring_ring_fd(ring), &supported, 256)
+        }
+        return opcode >= 0 && opcode < 256 && supported[Int(opcode)] == 1
+    }
 
     /// Queues IORING_OP_FUTEX_WAIT on a shared 32-bit futex word (another process may wake it):
     /// completes with 0 once woken, at once with -EAGAIN if `word` no longer holds `expected`.

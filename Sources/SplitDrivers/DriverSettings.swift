@@ -38,6 +38,7 @@ public enum DriverSettings {
         s.fixedBuffers = r.word("fixed-buffers", oneOf: ["0", "1"]) != "0"
         s.bounceMinBytes = (r.integer("bounce-min", in: 4...Int.max) ?? 64) << 10
         s.submitChunk = r.integer("submit-chunk", in: 1...Int.max) ?? s.submitChunk
+        s.failSubmit = r.integer("fail-submit", in: 1...Int.max)
         return s
     }
 

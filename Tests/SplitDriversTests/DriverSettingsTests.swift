@@ -47,7 +47,7 @@ private func netback(_ words: [String]) -> (NetbackSettings, [String]) {
     @Test func blkbackValuesAreTaken() {
         let (s, warnings) = blkback([
             "PROCVISOR_FORCE_NO_IOURING=1", "max-queues=3", "dispatch=1", "spin=2000", "poll-us=50", "staging-mib=0",
-            "direct-io=0", "fixed-buffers=0", "bounce-min=128", "submit-chunk=8",
+            "direct-io=0", "fixed-buffers=0", "bounce-min=128", "submit-chunk=8", "fail-submit=40",
         ])
         #expect(warnings.isEmpty, "\(warnings)")
         #expect(s.io.forceThreadPool)
@@ -61,6 +61,7 @@ private func netback(_ words: [String]) -> (NetbackSettings, [String]) {
         #expect(!s.fixedBuffers)
         #expect(s.bounceMinBytes == 128 << 10)
         #expect(s.submitChunk == 8)
+        #expect(s.failSubmit == 40)
         // The explicit "on" values are what no setting gives.
         let (on, onWarnings) = blkback(["PROCVISOR_FORCE_NO_IOURING=0", "dispatch=0", "direct-io=1", "fixed-buffers=1"])
         #expect(onWarnings.isEmpty)
@@ -105,7 +106,7 @@ private func netback(_ words: [String]) -> (NetbackSettings, [String]) {
     /// A value its key cannot take leaves the default, with a warning naming key and value.
     @Test(arguments: [
         "spin=abc", "poll-us=-5", "poll-us=1.5", "staging-mib=lots", "bounce-min=", "submit-chunk=4k", "max-queues=many",
-        "dispatch=yes", "submit=dispatcher", "direct-io=no", "fixed-buffers=off", "PROCVISOR_FORCE_NO_IOURING=true",
+        "dispatch=yes", "submit=dispatcher", "direct-io=no", "fixed-buffers=off", "PROCVISOR_FORCE_NO_IOURING=true", "fail-submit=soon",
     ])
     func blkbackBadValues(_ word: String) {
         let (s, warnings) = blkback([word])

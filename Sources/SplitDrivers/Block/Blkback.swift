@@ -59,6 +59,15 @@ public final class Blkback {
         lock.unlock()
     }
 
+    /// Something went wrong inside this backend that no frontend caused and that a new
+    /// incarnation does not inherit (the kernel refused the I/O engine's submission): the driver
+    /// domain crashes on purpose, the supervisor restarts it in place, and the new incarnation
+    /// takes every device over from its in-flight log, so the guests see a pause, not an error.
+    func crashForRestart(_ why: String) -> Never {
+        log("blkback: \(why); crashing so that a new incarnation takes the devices over from their in-flight logs")
+        domain.shutdown(.crash)
+    }
+
     /// `multi-queue-max-queues`: one per vCPU of this driver domain (Linux's xenblk_max_queues
     /// is dom0's online CPUs), at most 16.
     var maxQueues: Int { settings.maxQueues(vcpus: Int(domain.startInfo.vcpus)) }

@@ -100,6 +100,8 @@ final class BlkbackQueue {
     /// Requests handed to the disk per io_uring_enter (`submit-chunk=N`, owned queues; default 4),
     /// runs of requests that continue one another on the disk excepted (`SubmitChunker`).
     @exclusivity(unchecked) private var submitChunk = Int.max
+    /// Batches left before the one `fail-submit=N` refuses (0: none is).
+    @exclusivity(unchecked) private var submitsBeforeFailure = 0
     var engineName: String { engine?.name ?? "?" }
     private var label: String { device.label + (index > 0 ? " queue \(index)" : "") }
 
@@ -171,21 +173,36 @@ final class BlkbackQueue {
         let log: (String) -> Void = { [owner = device.owner, index] line in
             if index == 0 { owner.log("blkback: \(line)") }
         }
-        if device.owner.ownedQueues && !settings.io.forceThreadPool,
-           let uring = try? IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true) {
-            if uring.supportsFutexWait {
-                submitChunk = settings.submitChunk
-                uring.submitChunk = submitChunk
-                engine = uring
-                owned = true
-                if device.persistent && fixedAllowed {
-                    fixedRegion = try? AliasRegion(capacity: Self.maxPersistentGrants)
+        if device.owner.ownedQueues && !settings.io.forceThreadPool {
+            // Why a queue goes to the event dispatcher instead, said for every queue when it is
+            // an error (it is not the kernel's lack of IORING_OP_FUTEX_WAIT).
+            do {
+                let uring = try IOUringBlockIOEngine(disk: disk, queueDepth: depth, owned: true)
+                let futexWait: Bool
+                do { futexWait = try uring.supportsFutexWait() } catch {
+                    uring.close()
+                    throw error
                 }
-                log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
-            } else {
-                uring.close()
+                if futexWait {
+                    submitChunk = settings.submitChunk
+                    uring.submitChunk = submitChunk
+                    engine = uring
+                    owned = true
+                    if device.persistent && fixedAllowed {
+                        fixedRegion = try? AliasRegion(capacity: Self.maxPersistentGrants)
+                    }
+                    log("block I/O: io_uring, queue depth \(depth)\(uring.fixedFile ? ", registered file" : ""); each queue's thread sleeps in its ring, on completions and on the doorbell (IORING_OP_FUTEX_WAIT)")
+                } else {
+                    uring.close()
+                    log("block I/O: this kernel's io_uring has no IORING_OP_FUTEX_WAIT; the event dispatcher feeds each queue")
+                }
+            } catch {
+                device.owner.log("blkback: \(label): no io_uring of its own (\(error)); the event dispatcher feeds it")
             }
         }
+        // The `fail-submit=N` test setting: only in a device connected afresh, so the incarnation
+        // that takes it over after the crash it causes does not crash again.
+        if index == 0 && recovery == nil, let n = settings.failSubmit { submitsBeforeFailure = n }
         if engine == nil { engine = BlockIO.makeEngine(disk: disk, queueDepth: depth, settings: settings.io, log: log) }
         let port = try domain.eventChannels.bindInterdomain(remote: device.frontend, remotePort: remotePort)
         self.port = port
@@ -217,8 +234,8 @@ final class BlkbackQueue {
         do {
             try uring.adopt()
         } catch {
-            device.fail(.setup("\(label): cannot take over the io_uring: \(error)"))
             locked { uring.close() }
+            internalFailure("cannot take over the io_uring: \(error)")
             return
         }
         let bell = domain.eventChannels.doorbell
@@ -359,7 +376,7 @@ final class BlkbackQueue {
                     }
                     if batch.count > before, let r = batch.last, chunker.cutAfter(r.op, offset: r.offset, length: r.length) {
                         // The first requests of a burst reach the disk before the rest is decoded.
-                        try engine.submit(batch)
+                        try submit(batch, to: engine)
                         batch.removeAll(keepingCapacity: true)
                     }
                 }
@@ -368,19 +385,40 @@ final class BlkbackQueue {
             device.fail(.ring(queue: index, e))
             return
         } catch {
-            device.fail(.setup("\(label): the I/O engine refused a batch: \(error)"))
+            internalFailure("the I/O engine refused a batch: \(error)")
             return
         }
         if !batch.isEmpty {
             do {
-                try engine.submit(batch)
+                try submit(batch, to: engine)
             } catch {
-                device.fail(.setup("\(label): the I/O engine refused a batch: \(error)"))
+                internalFailure("the I/O engine refused a batch: \(error)")
                 return
             }
         }
         respond(&responses)
         if barrier != nil { kickEvent.raise() }
+    }
+
+    /// Hands a batch to the engine (caller holds the lock); `fail-submit=N` makes the Nth throw
+    /// as the kernel would refuse it.
+    private func submit(_ batch: [BlockIORequest], to engine: BlockIOEngine) throws {
+        if submitsBeforeFailure > 0 {
+            submitsBeforeFailure -= 1
+            if submitsBeforeFailure == 0 {
+                throw SystemError("io_uring_enter", "fail-submit test setting", errno: .ioError)
+            }
+        }
+        try engine.submit(batch)
+    }
+
+    /// An error of this backend's own making, not the frontend's (the I/O engine refused what it
+    /// was given): with an in-flight log, the driver domain crashes so that a new incarnation
+    /// takes the device over and the guest sees only a pause; without one, a restart would lose
+    /// what is in flight, so only this device fails.
+    private func internalFailure(_ why: String) {
+        if log != nil { device.owner.crashForRestart("\(label): \(why)") }
+        device.fail(.setup("\(label): \(why)"))
     }
 
     /// The next request to handle and its log entry (caller holds the lock): first those the

@@ -43,6 +43,9 @@ public struct BlkbackSettings: Equatable, Sendable {
     /// `submit-chunk=N` (at least 1, 4 by default): requests an owned queue hands to the disk per
     /// io_uring_enter, runs that continue one another on the disk excepted (`SubmitChunker`).
     public var submitChunk = 4
+    /// `fail-submit=N` (tests): queue 0 of each device connected afresh refuses its Nth batch as
+    /// if the kernel had (EIO), to show a backend's internal error costs a guest only a pause.
+    public var failSubmit: Int?
 
     public init() {}
 

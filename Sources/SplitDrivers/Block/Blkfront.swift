@@ -172,6 +172,9 @@ public final class Blkfront {
     /// in-flight log and on the rings and answers them. Cleared, with a notification on every
     /// port, once every port is bound again.
     @exclusivity(unchecked) private var backendAway = false
+    /// What the backend's state read when `checkPorts` last found a port closed and the backend
+    /// not Connected: named in the error the guest then gets.
+    @exclusivity(unchecked) private var closedPortBackendState = XenbusState.unknown
     @exclusivity(unchecked) private var queue: [Work] = []
     @exclusivity(unchecked) private var queueHead = 0
     /// The next queue to offer a request to (round robin).
@@ -578,7 +581,8 @@ public final class Blkfront {
             }
             return true
         }
-        guard xenbus.backendState() == .connected else { return false }
+        let s = xenbus.backendState()
+        guard s == .connected else { closedPortBackendState = s; return false }
         backendAway = true
         return true
     }
@@ -709,7 +713,7 @@ public final class Blkfront {
             }
             guard unfinished > 0 else { return }
             if !checkPorts(), let q = queues.first(where: { !ev.isConnected($0.port) }) {
-                disconnect("the backend closed event channel \(q.port)")
+                disconnect("the backend closed event channel \(q.port) and is \(closedPortBackendState)")
                 continue
             }
             let now = SystemTime.nanoseconds()

@@ -89,8 +89,12 @@ final class IOUringBlockIOEngine: BlockIOEngine {
     @exclusivity(unchecked) private(set) var transfers = 0
     @exclusivity(unchecked) private(set) var fixedTransfers = 0
 
-    /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7).
-    var supportsFutexWait: Bool { ring?.supportsFutexWait ?? false }
+    /// Whether `armDoorbell` can work (IORING_OP_FUTEX_WAIT, Linux 6.7); throws when the kernel
+    /// refuses to say.
+    func supportsFutexWait() throws -> Bool {
+        guard let ring, !closed else { throw SystemError("block I/O probe", "engine closed", errno: .badFileDescriptor) }
+        return try ring.probeFutexWait()
+    }
 
     /// Owned mode: queues a wait on a shared futex word (the domain's event-channel doorbell), so
     /// `waitForEvent` also returns when it is woken (`doorbellRang`). One at a time.
