@@ -17,7 +17,7 @@ struct Create: ParsableCommand {
         var args = arguments
         let path: String
         if let f { path = f } else if !args.isEmpty { path = args.removeFirst() } else {
-            throw ValidationError("a config file is required: xl create CONFIG [KEY=VALUE ...]")
+            throw ValidationError("'xl create' requires at least 1 argument")
         }
         if !q { printErr("Parsing config from \(path)") }
         var warnings: [String] = []

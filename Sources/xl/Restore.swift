@@ -14,9 +14,8 @@ struct Restore: ParsableCommand {
     @Argument(help: "[ConfigFile] CheckpointFile") var files: [String] = []
 
     func run() throws {
-        guard files.count == 1 || files.count == 2 else {
-            throw ValidationError("xl restore [options] [<ConfigFile>] <CheckpointFile>")
-        }
+        guard !files.isEmpty else { throw ValidationError("'xl restore' requires at least 1 argument") }
+        guard files.count <= 2 else { throw ValidationError("'xl restore' takes a config file and a checkpoint file, not \(files.count) files") }
         let file = files.last!
         var override: DomainConfig?
         if files.count == 2 {

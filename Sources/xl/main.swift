@@ -1,11 +1,39 @@
 // xl: Procvisor's toolstack command line. Each subcommand lives in its own file.
+import ArgumentParser
 import LinuxHost
 
-// As xl's main: a subcommand it does not have (`xl top`, `xl vcpu-list` here, or a typo) is
-// "command not implemented", exit 1, not a usage error about an unexpected argument.
-if let command = CommandLine.arguments.dropFirst().first, !command.hasPrefix("-"), command != "help",
-   !XL.configuration.subcommands.contains(where: { $0._commandName == command }) {
+// As xl's main: no subcommand lists them all (exit 1); `help [CMD]` prints help (exit 0); a
+// subcommand it does not have (`xl top`, `xl vcpu-list` here, or a typo) is "command not
+// implemented", exit 1; a usage error shows that command's own help (XLHelp).
+let arguments = Array(CommandLine.arguments.dropFirst())
+guard let name = arguments.first else {
+    FileDescriptor.standardOutput.writeUnchecked(XLHelp.list())
+    Process.exit(1)
+}
+if name == "help" || name == "-h" || name == "--help" {
+    let topic = name == "help" ? arguments.dropFirst().first : nil
+    FileDescriptor.standardOutput.writeUnchecked(topic.map(XLHelp.help) ?? XLHelp.list())
+    Process.exit(0)
+}
+guard XLHelp.command(named: name) != nil else {
     FileDescriptor.standardError.writeUnchecked("command not implemented\n")
     Process.exit(1)
 }
-XL.main()
+// `-h` anywhere among the options, as xl's getopt finds it.
+if arguments.dropFirst().prefix(while: { $0 != "--" }).contains(where: { $0 == "-h" || $0 == "--help" }) {
+    FileDescriptor.standardOutput.writeUnchecked(XLHelp.help(name))
+    Process.exit(0)
+}
+var command: ParsableCommand
+do {
+    command = try XL.parseAsRoot(arguments)
+} catch {
+    XLHelp.usageError(name, error)
+}
+do {
+    try command.run()
+} catch let error as ValidationError {
+    XLHelp.usageError(name, error)  // what a command finds wrong with its arguments
+} catch {
+    XL.exit(withError: error)
+}

@@ -113,8 +113,38 @@ import Testing
             }
             #expect(try h.xl("list").ok)
             #expect(try h.xl("help", "list").ok)
-            #expect(try h.xl("--help").stdout.contains("SUBCOMMANDS"))
             #expect(try h.xl("mem-max", "--help").ok)
+        }
+    }
+
+    /// xl's help and usage errors: `xl` alone and `xl help` list every subcommand (exit 1 and 0);
+    /// `xl help CMD` and `xl CMD -h` show that command's usage, description and options; too few
+    /// arguments and an unknown option are refused with xl's words, the command's own help and
+    /// exit 2; `xl help` of a command it lacks says so.
+    @Test func usageErrorsShowTheCommandsOwnHelp() throws {
+        try withSentinel { h in
+            let bare = try h.xl(args: [])
+            #expect(bare.status == 1 && bare.stdout.hasPrefix("Usage xl [-v] <subcommand> [args]\n\nxl full list of subcommands:\n\n"), "\(bare.stdout)")
+            #expect(bare.stdout.contains("\n create              Create a domain from a config file\n"), "\(bare.stdout)")
+            #expect(bare.stdout.contains("\n mem-set             "), "\(bare.stdout)")
+            let help = try h.xl("help")
+            #expect(help.status == 0 && help.stdout == bare.stdout)
+            let destroy = try h.xl("help", "destroy")
+            #expect(destroy.status == 0 && destroy.stdout.hasPrefix("Usage: xl [-v] destroy [options] <Domain>\n\nTerminate a domain immediately.\n\nOptions:\n\n"),
+                    "\(destroy.stdout)")
+            #expect(destroy.stdout.hasSuffix("-h                      Print this help.\n"), "\(destroy.stdout)")
+            #expect(try h.xl("destroy", "-h").stdout == destroy.stdout)
+            for (args, required) in [(["create"], "1 argument"), (["destroy"], "1 argument"), (["mem-set", "sentinel"], "2 arguments"),
+                                     (["rename", "sentinel"], "2 arguments"), (["block-attach", "sentinel"], "2 arguments"),
+                                     (["save"], "2 arguments"), (["restore"], "1 argument")] {
+                let r = try h.xl(args: args)
+                #expect(r.status == 2 && r.stderr == "'xl \(args[0])' requires at least \(required).\n\n", "\(args): \(r.stderr)")
+                #expect(r.stdout.hasPrefix("Usage: xl [-v] \(args[0]) "), "\(args): \(r.stdout)")
+            }
+            let option = try h.xl("list", "-z")
+            #expect(option.status == 2 && option.stderr == "option `z' not supported.\n", "\(option.stderr)")
+            #expect(try h.xl("help", "top").stdout == "command \"top\" not implemented\n")
+            #expect(try h.list()["sentinel"] != nil)
         }
     }
 
