@@ -30,7 +30,7 @@ printf '\n$ %s\n' "(sleep 1; echo 'hello spinner'; sleep 1; printf '\\035') | $x
 echo
 run $xl dmesg
 run $xl shutdown -w spinner
-run $xl destroy "$($xl list | awk '/^evil-/ {print $1}')"
+run $xl destroy evil
 run $xl create -c examples/balloon-demo/balloon-demo.cfg  # gives memory back to the host and takes it again
 run bash examples/pingpong/run.sh                       # two domains: a granted ring and an event channel
 run $xl create examples/udp-echo/udp-echo.cfg           # 10.0.0.2 on bridge xenbr0; starts the netback driver domain

@@ -42,6 +42,9 @@ struct DomainState: Codable, Equatable {
     let startTime: UInt64
     /// CPU time when the process ended, kept for preserved domains.
     var finalCPUTimeNs: UInt64 = 0
+    /// The RAM it held when its process ended (KiB): what `xl list` shows of a preserved domain,
+    /// whose frames went back to the host then.
+    var finalMemoryKB: UInt64?
     /// Consecutive restarts that each lived less than a second.
     var quickRestarts: Int
     /// The last bytes the domain wrote to its console.
@@ -179,7 +182,7 @@ final class DomainRecord {
         }
         return DomainInfo(
             domid: s.domid.rawValue, name: s.name, uuid: s.uuid,
-            currentMemoryKB: memory.map { $0.currentPages * 4 } ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(s.config.maxmem) * 1024,
+            currentMemoryKB: memory.map { $0.currentPages * 4 } ?? s.finalMemoryKB ?? 0, maxMemoryKB: memory.map { $0.maxPages * 4 } ?? UInt64(s.config.maxmem) * 1024,
             vcpusOnline: s.config.vcpus, maxVCPUs: s.config.maxvcpus,
             running: running, blocked: blocked, paused: s.paused,
             // A suspended domain shows as Xen shows one being saved: shut down, reason suspend.

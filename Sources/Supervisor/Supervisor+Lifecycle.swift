@@ -91,6 +91,7 @@ extension Supervisor {
         }
         grantService.release(dom.domid)
         // (The host gets the RAM back on a thread of its own: DomainMemory's deinit.)
+        dom.finalMemoryKB = machine.domains[dom.domid].map { $0.currentPages * 4 }
         machine.releaseDomain(dom.domid)
         // The pid namespace died with its first process; anything left in the cgroup (a domain
         // run without namespaces) goes now.
@@ -165,8 +166,9 @@ extension Supervisor {
             log("\(dom.label): \(reason.name): destroying the domain")
             remove(dom)
         case .preserve:
+            // As xl: the domain stays as it is, under its name, until `xl destroy`.
             log("\(dom.label): \(reason.name): preserving the domain")
-            preserveName(dom)
+            dom.phase = .shutdown
         case .restart where dom.process.storeKept:
             restartInPlace(dom)
         case .restart, .renameRestart:
@@ -179,7 +181,16 @@ extension Supervisor {
             }
             let uuid = dom.uuid
             let config = configForRestart(dom)
-            if action == .renameRestart { preserveName(dom) } else { remove(dom) }
+            if action == .renameRestart {
+                guard preserveName(dom) else {
+                    // As xl when libxl_domain_preserve fails: the old domain stays as it is, and
+                    // no new one is started under the name it still holds.
+                    log("\(dom.label): \(reason.name): not restarted: it keeps its name, so a new domain cannot take it")
+                    return
+                }
+            } else {
+                remove(dom)
+            }
             do {
                 let new = try createDomain(config, paused: false, waiter: nil, uuid: uuid, quickRestarts: quick)
                 log("\(dom.label): \(reason.name): restarted as dom\(new.domid)")
@@ -266,13 +277,22 @@ extension Supervisor {
         }
     }
 
-    /// Keeps the dead domain in the table under xl's preserved name: NAME-YYYYMMDDTHHMMZ, new uuid.
-    func preserveName(_ dom: DomainRecord) {
+    /// Renames the dead domain as xl's rename-restart does before it starts a new one under the
+    /// name: NAME-YYYYMMDDTHHMMZ, new uuid.
+    /// False when another domain has that name already (the same domain preserved twice in one
+    /// minute): as libxl_domain_preserve refuses then, it keeps its name and uuid, and two
+    /// domains never share a name.
+    @discardableResult
+    func preserveName(_ dom: DomainRecord) -> Bool {
+        dom.phase = .shutdown
         let stamp = WallClock.format(WallClock.now().seconds, "-%Y%m%dT%H%MZ", utc: true)
+        if let other = domains.named(dom.name + stamp), other !== dom {
+            log("\(dom.label): cannot rename it \(dom.name + stamp): dom\(other.domid) has that name")
+            return false
+        }
         let oldUUID = dom.uuid
         dom.name += stamp
         dom.uuid = Self.makeUUID()
-        dom.phase = .shutdown
         // As libxl_domain_preserve: the new name and a new /vm/<uuid> in the store.
         let d = dom.domid, vm = "/vm/\(dom.uuid)", ro = Self.readOnly(for: d.rawValue)
         store { e in
@@ -284,6 +304,7 @@ extension Supervisor {
             out += try e.write("/local/domain/\(d)/name", Array(dom.name.utf8))
             return out
         }
+        return true
     }
 
     func notifyShutdown(_ dom: DomainRecord, _ reason: ShutdownReason) {

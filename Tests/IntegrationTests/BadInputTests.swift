@@ -271,7 +271,7 @@ import Testing
         try withSentinel { h in
             try h.create("spewer", mode: "garbage", "extra = \"mode=garbage count=40\"\non_crash = \"preserve\"\n")
             #expect(eventually { (try? h.dmesg())?.contains("(spewer): crashed: sent 16 malformed hypercalls") == true })
-            #expect(eventually { (try? h.list())?.contains { $0.key.hasPrefix("spewer-") && $0.value.state == "---sc-" } == true })
+            #expect(eventually { (try? h.list())?.contains { $0.key == "spewer" && $0.value.state == "---sc-" } == true })
         }
     }
 

@@ -113,18 +113,18 @@ import Testing
         #expect(try h.dmesg().contains("dom1 (gr): reboot: destroying the domain"))
     }
 
-    @Test func onCrashPreserveKeepsTheDomainRenamed() throws {
+    /// `on_crash = "preserve"` keeps the domain as xl does: under its own name (only
+    /// rename-restart renames), crashed, with the memory it held, until `xl destroy`; its name
+    /// stays taken meanwhile.
+    @Test func onCrashPreserveKeepsTheDomainUnderItsName() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("cp", mode: "crash", "on_crash = \"preserve\"\n")
-        var preserved: String?
-        #expect(eventually {
-            preserved = (try? h.list())?.first { $0.key.hasPrefix("cp-") }?.key
-            return preserved != nil
-        })
-        let name = try #require(preserved)
-        #expect(name.range(of: #"^cp-\d{8}T\d{4}Z$"#, options: .regularExpression) != nil)
-        #expect(try h.list()[name]?.state == "---sc-")
+        #expect(eventually { (try? h.list())?["cp"]?.state == "---sc-" })
+        let name = "cp"
+        #expect(try h.list()[name]?.mem == 16)
+        let again = try h.xl("create", h.config("cp", mode: "run"))
+        #expect(!again.ok && again.stderr.contains("domain name \"cp\" already exists (dom1)"), "\(again.stderr)")
         #expect(try h.xl("list", "-v", name).stdout.contains("       3 "))
         #expect(try h.xl("destroy", name).ok)
         #expect(try h.list()[name] == nil)
@@ -160,11 +160,35 @@ import Testing
         #expect(old.value.state == "---sr-")
     }
 
+    /// A domain that crashes again within the minute would be renamed to a name its previous
+    /// incarnation took: as libxl refuses that rename, it keeps its own name, stays crashed and
+    /// is not restarted, so no two domains ever share a name. Preserved domains show the memory
+    /// they held, not 0.
+    @Test func renameRestartNeverGivesTwoDomainsOneName() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("rc", mode: "crash", "on_crash = \"rename-restart\"\n")
+        #expect(eventually(timeout: 20) { (try? h.dmesg())?.contains("not restarted: it keeps its name") == true }, "\((try? h.dmesg()) ?? "")")
+        let dmesg = try h.dmesg()
+        #expect(dmesg.contains("cannot rename it rc-"), "\(dmesg)")
+        let names = try h.xl("list").stdout.split(separator: "\n").dropFirst().map { $0.split(separator: " ")[0] }
+        #expect(Set(names).count == names.count, "\(names)")
+        let list = try h.list()
+        #expect(list["rc"]?.state == "---sc-", "\(list)")
+        let preserved = list.filter { $0.key.hasPrefix("rc-") }
+        #expect(!preserved.isEmpty && preserved.allSatisfy { $0.value.state == "---sc-" }, "\(list)")
+        for (name, entry) in list where name.hasPrefix("rc") { #expect(entry.mem == 16, "\(name): \(entry)") }
+        // Nothing more happens to it: it stays until destroyed.
+        Thread.sleep(forTimeInterval: 1)
+        #expect(try h.list().filter { $0.key.hasPrefix("rc") }.count == list.filter { $0.key.hasPrefix("rc") }.count)
+        #expect(try h.xl("destroy", "rc").ok)
+    }
+
     @Test func abnormalExitIsACrash() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("ex", mode: "exit", "extra = \"mode=exit code=7\"\non_crash = \"preserve\"\n")
-        #expect(eventually { (try? h.list())?.contains { $0.key.hasPrefix("ex-") && $0.value.state == "---sc-" } == true })
+        #expect(eventually { (try? h.list())?.contains { $0.key == "ex" && $0.value.state == "---sc-" } == true })
         #expect(try h.dmesg().contains("dom1 (ex): crashed: exited with status 7"))
     }
 
