@@ -78,6 +78,40 @@ public enum ProcFS {
         return out
     }
 
+    /// Every process whose command name (/proc/PID/comm) is `command` and whose real user is
+    /// `uid` (so its /proc entries can be read by that user).
+    public static func processes(named command: String, uid: UInt32) -> [pid_t] {
+        guard let dir = opendir("/proc") else { return [] }
+        defer { closedir(dir) }
+        var out: [pid_t] = []
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = pid_t(name),
+                  (try? FileIO.readString("/proc/\(pid)/comm"))?.split(separator: "\n").first.map(String.init) == command,
+                  let status = try? FileIO.readString("/proc/\(pid)/status"),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }),
+                  line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first == Substring(String(uid)) else { continue }
+            out.append(pid)
+        }
+        return out.sorted()
+    }
+
+    /// The paths process `pid`'s descriptors name (/proc/PID/fd links: files by path, others as
+    /// `socket:[N]`, `anon_inode:…`); [] when they cannot be read.
+    public static func openFilePaths(of pid: pid_t) -> [String] {
+        guard let dir = opendir("/proc/\(pid)/fd") else { return [] }
+        defer { closedir(dir) }
+        var out: [String] = []
+        var buf = [CChar](repeating: 0, count: 4097)
+        while let ent = readdir(dir) {
+            let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int32(name) != nil else { continue }
+            let n = readlink("/proc/\(pid)/fd/\(name)", &buf, buf.count - 1)
+            if n > 0 { out.append(String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
+        }
+        return out
+    }
+
     /// The first child of `pid` whose argv[0] is `program` (a domain process is named by its
     /// kernel's path), if any. With `engaged`, only one whose runtime has narrowed the
     /// supervisor's seccomp bound with its own filter (two filters or more): a domain's running

@@ -16,8 +16,18 @@ struct ControlClient {
         let dir = RunDirectory.resolve(environment: env, uid: Process.userID)
         let path = dir.controlSocket
         if let fd = try? UnixSocket.connect(path: path) { return ControlClient(fd: fd, runDirectory: dir) }
+        let others = otherSupervisors(than: dir)
         if env["PROCVISOR_NO_AUTOSTART"] == "1" {
-            fail("xl: cannot reach the Procvisor supervisor at \(path) (not running; autostart disabled by PROCVISOR_NO_AUTOSTART)")
+            fail("xl: cannot reach the Procvisor supervisor at \(path) (not running; autostart disabled by PROCVISOR_NO_AUTOSTART)"
+                 + (others.first.map { "; one runs in \($0.directory) (pid \($0.pid)): set PROCVISOR_RUNDIR=\($0.directory) to use it" } ?? ""))
+        }
+        // Starting one is what a first xl does; a second supervisor beside a running one, or one
+        // in a PROCVISOR_RUNDIR that names nothing yet, is said, so it is not a surprise.
+        if let other = others.first {
+            printErr("xl: no supervisor runs in \(dir.path); starting one there. Another runs in \(other.directory) (pid \(other.pid)): "
+                     + "set PROCVISOR_RUNDIR=\(other.directory) to use it")
+        } else if let explicit = env["PROCVISOR_RUNDIR"], !explicit.isEmpty {
+            printErr("xl: no supervisor runs in PROCVISOR_RUNDIR=\(explicit); starting one there")
         }
         startSupervisor(env: env, dir: dir)
         do {
@@ -28,9 +38,27 @@ struct ControlClient {
     }
 
     /// The dom0 XenStore connection (`XENSTORED_PATH`, else the supervisor's socket), nil when
-    /// the store cannot be reached.
+    /// the store cannot be reached. A `XENSTORED_PATH` that reaches nothing is said, and the
+    /// supervisor's own socket is used instead.
     func xenstore() -> XSSocketClient? {
-        try? XSSocketClient(path: XSSocketClient.socketPath(environment: Process.environment(), runDirectory: runDirectory.path))
+        let own = runDirectory.xenstoreSocket
+        let path = XSSocketClient.socketPath(environment: Process.environment(), runDirectory: runDirectory.path)
+        if path != own {
+            do { return try XSSocketClient(path: path) } catch {
+                printErr("xl: XENSTORED_PATH=\(path) reaches no xenstored (\(error)); using the supervisor's, \(own)")
+            }
+        }
+        return try? XSSocketClient(path: own)
+    }
+
+    /// Other supervisors of this user that are running (each holds its run directory's lock
+    /// file open), but not the one in `dir`.
+    static func otherSupervisors(than dir: RunDirectory) -> [(pid: Int32, directory: String)] {
+        ProcFS.processes(named: "procvisord", uid: Process.userID).compactMap { pid in
+            guard let lock = ProcFS.openFilePaths(of: pid).first(where: { $0.hasSuffix("/procvisord.lock") }) else { return nil }
+            let directory = String(lock.dropLast("/procvisord.lock".count))
+            return directory == dir.path ? nil : (pid, directory)
+        }
     }
 
     /// Runs `procvisord --daemonize`, which returns once its control socket is listening.

@@ -307,10 +307,23 @@ import Testing
         let r = try runCommand(Products.path("xl"), ["list"], env: env)
         #expect(r.ok, "\(r.stderr)")
         #expect(r.stdout.contains("Domain-0"))
+        // Starting a supervisor in a PROCVISOR_RUNDIR that named nothing is said (naming another
+        // that runs, when there is one: other tests' supervisors may).
+        #expect(r.stderr.hasPrefix("xl: no supervisor runs in "), "\(r.stderr)")
+        #expect(r.stderr.contains(dir), "\(r.stderr)")
         let pidText = try String(contentsOfFile: dir + "/procvisord.pid", encoding: .utf8)
         let pid = try #require(pid_t(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
-        // A second xl reuses the same supervisor.
-        #expect(try runCommand(Products.path("xl"), ["info", "supervisor_pid"], env: env).stdout == "\(pid)\n")
+        // A second xl reuses the same supervisor, silently; `xl info` names its run directory.
+        let again = try runCommand(Products.path("xl"), ["info", "supervisor_pid"], env: env)
+        #expect(again.stdout == "\(pid)\n" && again.stderr.isEmpty, "\(again.stderr)")
+        #expect(try runCommand(Products.path("xl"), ["info", "run_directory"], env: env).stdout == "\(dir)\n")
+        // An xl pointed at another, empty run directory (and told not to start one) names the
+        // supervisor that runs.
+        var elsewhere = env
+        elsewhere["PROCVISOR_RUNDIR"] = dir + "-elsewhere"
+        elsewhere["PROCVISOR_NO_AUTOSTART"] = "1"
+        let lost = try runCommand(Products.path("xl"), ["list"], env: elsewhere)
+        #expect(!lost.ok && lost.stderr.contains("; one runs in /"), "\(lost.stderr)")
         kill(pid, SIGTERM)
         #expect(eventually { !ProcFS.isAlive(pid) })
         try? FileManager.default.removeItem(atPath: dir)

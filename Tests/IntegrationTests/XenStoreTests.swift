@@ -86,11 +86,14 @@ import XenStoreSocket
         // A name written straight into the store is what xl list shows, as with libxl.
         #expect(try h.xs("write", "/local/domain/1/name", "storename").ok)
         #expect(try h.xl("list").stdout.contains("\nstorename "))
-        // XENSTORED_PATH is honoured: pointing it elsewhere falls back to the supervisor's names.
+        // XENSTORED_PATH is honoured; one that reaches nothing is said, and the supervisor's own
+        // store is read instead.
         var env = h.env
         env["XENSTORED_PATH"] = h.runDirectory + "/nowhere"
         let r = try runCommand(Products.path("xl"), ["list"], env: env)
-        #expect(r.stdout.contains("\nafter "), "\(r.stdout)")
+        #expect(r.stdout.contains("\nstorename "), "\(r.stdout)")
+        #expect(r.stderr.contains("xl: XENSTORED_PATH=\(h.runDirectory)/nowhere reaches no xenstored (connect \(h.runDirectory)/nowhere: No such file or directory"),
+                "\(r.stderr)")
     }
 
     @Test func releaseDomainWatchFiresOnDeath() throws {

@@ -101,7 +101,7 @@ public enum XLFormat {
             ("platform_params", "virt_start=0x0"), ("xen_changeset", ""), ("xen_commandline", h.commandline),
             ("cc_compiler", "swiftc"), ("cc_compile_by", ""), ("cc_compile_domain", ""), ("cc_compile_date", ""),
             ("build_id", ""),
-            ("supervisor_pid", String(h.supervisorPid)), ("control_socket", h.controlSocket),
+            ("supervisor_pid", String(h.supervisorPid)), ("run_directory", h.runDirectory), ("control_socket", h.controlSocket),
             ("xenstore_socket", h.xenstoreSocket),
             ("xend_config_format", "4"),
         ]
