@@ -87,6 +87,7 @@ public final class Supervisor {
         xenstore.log = { [unowned self] line in log(line) }
         // `-F` and `-t` have nothing to act on: open transactions are carried, and the check of
         // the new binary has its own time limit.
+        xenstore.domainExists = { [unowned self] domid in domid == 0 || domains[DomID(domid)] != nil }
         xenstore.onLiveUpdate = { [unowned self] conn, requestID, binary, _, _ in
             beginLiveUpdate(binary: binary, requester: .xenstore(connection: conn, requestID: requestID), connection: nil)
         }

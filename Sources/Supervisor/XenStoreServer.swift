@@ -44,10 +44,66 @@ final class XenStoreServer {
         didSet { engine.onLiveUpdate = onLiveUpdate }
     }
 
+    /// Whether a domain with this domid exists: XS_INTRODUCE of one that does not is refused
+    /// (ENOENT), as xenstored cannot map a ring of a domain that is not there.
+    var domainExists: ((UInt16) -> Bool)? {
+        didSet { setSink() }
+    }
+
     private func setSink() {
         engine.onLiveUpdate = onLiveUpdate
-        // `xenstore-control log on` traces requests into the supervisor's log, as xenstored's trace file.
-        engine.logSink = { [logger] line in logger.info("xenstore", metadata: ["trace": "\(line)"]) }
+        engine.onIntroduce = { [unowned self] domid, _, _ in
+            guard let domainExists else { return nil }
+            return domainExists(domid) ? nil : .ENOENT
+        }
+        // `xenstore-control log on` traces requests into the supervisor's log, as xenstored's
+        // trace file, or into the file `xenstore-control logfile FILE` named.
+        engine.logSink = { [unowned self] line in
+            if let traceFile, (try? traceFile.writeAll(line + "\n")) != nil { return }
+            logger.info("xenstore", metadata: ["trace": "\(line)"])
+        }
+        engine.onLogfile = { [unowned self] path in
+            do {
+                let fd = try Self.openForAppend(path)
+                traceFile?.close()
+                traceFile = fd
+                logger.notice("xenstore trace log moved", metadata: ["path": "\(path)"])
+                return nil
+            } catch {
+                return Self.storeError(error)
+            }
+        }
+        engine.onMemreport = { [unowned self] report, path in
+            guard let path else {
+                report.split(separator: "\n").forEach { engine.logSink?("memreport: \($0)") }
+                return nil
+            }
+            do {
+                let fd = try Self.openForAppend(path)
+                defer { fd.close() }
+                try fd.writeAll(report)
+                return nil
+            } catch {
+                return Self.storeError(error)
+            }
+        }
+    }
+
+    /// Where `xenstore-control logfile FILE` sent the trace log (nil: the supervisor's log).
+    private var traceFile: FileDescriptor?
+
+    private static func openForAppend(_ path: String) throws -> FileDescriptor {
+        try FileDescriptor.open(path, [.writeOnly, .create, .append, .closeOnExec], mode: 0o600)
+    }
+
+    /// A file the store could not open, as the errno xenstored would answer.
+    private static func storeError(_ error: Error) -> XSError {
+        switch (error as? SystemError)?.errno {
+        case .noSuchFile?: return .ENOENT
+        case .permissionDenied?, .notPermitted?: return .EACCES
+        case .readOnlyFileSystem?: return .EROFS
+        default: return .EIO
+        }
     }
 
     /// Why a live update cannot carry the server now, if it cannot.

@@ -2,8 +2,8 @@ import ProcvisorABI
 
 extension XenStoreEngine {
     /// XS_CONTROL (do_control in control.c): the command is the first string, its parameters follow.
-    /// Supported: check, log, print, quota, quota-soft, help. Other commands are EINVAL, as
-    /// unknown ones are in xenstored.
+    /// Supported: check, log, logfile, memreport, print, quota, quota-soft, live-update, help.
+    /// Other commands are EINVAL, as unknown ones are in xenstored.
     func control(_ conn: Connection, _ request: XSMessage, _ args: RequestArgs) throws(XSError) {
         guard let cmd = args.string(0) else { throw .EINVAL }
         let params = args.strings.dropFirst().map { String(decoding: $0, as: UTF8.self) }
@@ -14,6 +14,18 @@ extension XenStoreEngine {
             text = nil
         case "log":
             text = try controlLog(params)
+        case "logfile":
+            // The trace log goes to this file from now on (the host's side opens it).
+            guard params.count == 1, !params[0].isEmpty else { throw .EINVAL }
+            guard let onLogfile else { throw .EINVAL }
+            if let e = onLogfile(params[0]) { throw e }
+            text = nil
+        case "memreport":
+            // What the store holds, per domain, into FILE or (without one) the trace log.
+            guard params.count <= 1 else { throw .EINVAL }
+            guard let onMemreport else { throw .EINVAL }
+            if let e = onMemreport(memoryReport(), params.first) { throw e }
+            text = nil
         case "print":
             guard params.count == 1 else { throw .EINVAL }
             logSink?("control: \(params[0])")
@@ -37,7 +49,8 @@ extension XenStoreEngine {
             text = t
         case "help":
             guard params.isEmpty else { throw .EINVAL }
-            text = [("check", ""), ("log", "[on|off|+<switch>|-<switch>]"), ("print", "<string>"),
+            text = [("check", ""), ("log", "[on|off|+<switch>|-<switch>]"), ("logfile", "<file>"), ("memreport", "[<file>]"),
+                    ("print", "<string>"),
                     ("quota", "[set <name> <val>|<domid>|max [-r]]"), ("quota-soft", "[set <name> <val>]"),
                     ("live-update", "[-c <cmdline>] [-F] [-t <timeout>] <file>\n    Default timeout is 60 seconds."), ("help", "")]
                 .map { pad($0.0, 15) + " " + $0.1 + "\n" }.joined()
@@ -98,6 +111,21 @@ extension XenStoreEngine {
         default:
             throw .EINVAL
         }
+    }
+
+    /// `memreport`'s text: the store as a whole, then each domain's accounted figures (the ones
+    /// `quota` limits).
+    func memoryReport() -> String {
+        let bytes = nodes.values.reduce(0) { $0 + $1.accountedSize }
+        var out = "xenstore memory report: \(nodes.count) nodes, \(bytes) bytes, \(connections.count) connections, "
+            + "\(connections.values.reduce(0) { $0 + $1.watchIDs.count }) watches, "
+            + "\(connections.values.reduce(0) { $0 + $1.transactions.count }) transactions\n"
+        for (domid, d) in domains.sorted(by: { $0.key < $1.key }) {
+            out += "domain \(domid)\(d.introduced ? "" : " (not introduced)"): "
+                + [AccItem.nodes, .memory, .watches, .transactions, .outstanding].map { "\($0.name) \(d.acc[$0.rawValue])" }.joined(separator: ", ")
+                + "\n"
+        }
+        return out
     }
 
     func controlLog(_ params: [String]) throws(XSError) -> String? {

@@ -120,7 +120,9 @@ extension XenStoreEngine {
             reply(conn, to: request, .getDomainPath, Array("/local/domain/\(UInt32(bitPattern: cAtoi(domid.utf8)))\0".utf8))
         case .isDomainIntroduced:
             let domid = UInt32(bitPattern: cAtoi(try args.oneArg.orThrow(.EINVAL).utf8))
-            let introduced = domid == domidSelf || (domid <= UInt32(UInt16.max) && isIntroduced(UInt16(domid)))
+            // Domain 0 (the toolstack's, whose store this is) is always introduced, as dom0 is
+            // from xenstored's start.
+            let introduced = domid == domidSelf || domid == 0 || (domid <= UInt32(UInt16.max) && isIntroduced(UInt16(domid)))
             reply(conn, to: request, .isDomainIntroduced, Array((introduced ? "T\0" : "F\0").utf8))
         case .introduce:
             try introduceRequest(conn, request, args)
@@ -254,7 +256,8 @@ extension XenStoreEngine {
         let domid = UInt32(bitPattern: cAtoi(args.strings[0]))
         let port = cAtoi(args.strings[2])
         if port <= 0 { throw .EINVAL }
-        guard domid <= UInt32(UInt16.max) else { throw .EINVAL }
+        // DOMID_FIRST_RESERVED and up (DOMID_SELF, DOMID_IO, …) are never domains.
+        guard domid < 0x7FF0 else { throw .EINVAL }
         let mfn = UInt64(String(decoding: args.strings[1], as: UTF8.self)) ?? 0
         if let e = onIntroduce?(UInt16(domid), mfn, UInt32(port)) { throw e }
         introduce(UInt16(domid))

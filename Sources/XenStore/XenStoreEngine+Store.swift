@@ -56,13 +56,22 @@ extension XenStoreEngine {
 
     func implicitPath(_ domid: UInt16) -> String { "/local/domain/\(domid)" }
 
+    /// xs_wire.h's XENSTORE_ABS_PATH_MAX and XENSTORE_REL_PATH_MAX.
+    static let absolutePathMax = 3072
+    static let relativePathMax = 2048
+
     /// canonicalize(): checks characters, makes a relative path absolute, refuses trailing or double
     /// slashes and (for unprivileged domains) paths over the path-max quota.
     func canonicalize(_ ctx: Context, _ raw: String?, allowSpecial: Bool) throws(XSError) -> String {
         guard let raw, raw.utf8.allSatisfy(isValidNodeChar) else { throw .EINVAL }
         let first = raw.utf8.first
         if first == UInt8(ascii: "@") && !allowSpecial { throw .EINVAL }
-        let name = (first == UInt8(ascii: "/") || first == UInt8(ascii: "@")) ? raw : implicitPath(ctx.domid) + "/" + raw
+        // docs/misc/xenstore.txt: an absolute path of at most XENSTORE_ABS_PATH_MAX (3072) bytes, a
+        // relative one (and a special @ name) of at most XENSTORE_REL_PATH_MAX (2048), for every
+        // connection; unprivileged ones are held to the path-max quota below as well.
+        let absolute = first == UInt8(ascii: "/")
+        if raw.utf8.count > (absolute ? Self.absolutePathMax : Self.relativePathMax) { throw .EINVAL }
+        let name = (absolute || first == UInt8(ascii: "@")) ? raw : implicitPath(ctx.domid) + "/" + raw
         let bytes = Array(name.utf8)
         if bytes.count > 1 && bytes.last == UInt8(ascii: "/") { throw .EINVAL }
         for i in 1..<Swift.max(bytes.count, 1) where bytes[i] == UInt8(ascii: "/") && bytes[i - 1] == UInt8(ascii: "/") {

@@ -13,6 +13,10 @@ public final class XenStoreEngine {
     /// XS_INTRODUCE from a privileged client: return an error to refuse it (nil: go ahead). The
     /// engine then marks the domain introduced and fires @introduceDomain. Unset: accepted.
     public var onIntroduce: ((_ domid: UInt16, _ mfn: UInt64, _ port: UInt32) -> XSError?)?
+    /// `XS_CONTROL logfile FILE`: the host sends the trace log there from now on (nil: refused).
+    public var onLogfile: ((_ path: String) -> XSError?)?
+    /// `XS_CONTROL memreport [FILE]`: the host writes the report to FILE, or to the trace log.
+    public var onMemreport: ((_ report: String, _ path: String?) -> XSError?)?
     /// XS_RELEASE from a privileged client, before the engine releases the domain. Unset: accepted.
     public var onRelease: ((_ domid: UInt16) -> XSError?)?
     /// XS_RESUME from a privileged client. Unset: accepted.

@@ -344,4 +344,33 @@ import XenStoreSocket
         #expect(!tooBig.ok)
         #expect(tooBig.stderr.contains("memory_static_max"))
     }
+
+    /// xenstored's control commands `memreport` and `logfile` (as xenstore-control sends them;
+    /// Debian's wrapper needs /sys/hypervisor, so raw here), xenstored's path length rule for
+    /// dom0 too, and XS_INTRODUCE of domids no domain has (refused), with the supervisor's
+    /// domains untouched.
+    @Test func memreportLogfilePathLengthAndIntroduceAsXenstored() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("bystander", mode: "run")
+        let report = h.runDirectory + "/mem.txt", trace = h.runDirectory + "/trace.log"
+        let xs = try XSSocketClient(path: h.xenstoreSocket)
+        #expect(try xs.request(.control, ["memreport", report]).payloadStrings == ["OK"])
+        let text = (try? String(contentsOfFile: report, encoding: .utf8)) ?? ""
+        #expect(text.hasPrefix("xenstore memory report: ") && text.contains("\ndomain 1: nodes "), "\(text)")
+        #expect(try xs.request(.control, ["logfile", trace]).payloadStrings == ["OK"])
+        #expect(try xs.request(.control, ["log", "on"]).payloadStrings == ["OK"])
+        #expect(try h.xs("write", "/traced", "yes").ok)
+        #expect(try xs.request(.control, ["log", "off"]).payloadStrings == ["OK"])
+        let log = (try? String(contentsOfFile: trace, encoding: .utf8)) ?? ""
+        #expect(log.contains("XS_WRITE (/traced yes"), "\(log)")
+        #expect(throws: XSSocketClient.ServerError.self) { try xs.request(.control, ["logfile", h.runDirectory + "/no/such/dir/x"]) }
+        #expect(try h.xs("write", "/" + String(repeating: "p", count: 3071), "ok").ok)
+        #expect(!(try h.xs("write", "/" + String(repeating: "p", count: 3072), "no").ok))
+        #expect(throws: (any Error).self) { try xs.request(.introduce, ["77", "1", "5"]) }
+        #expect(throws: (any Error).self) { try xs.request(.introduce, ["32767", "1", "5"]) }
+        #expect(try xs.request(.isDomainIntroduced, ["0"]).payloadStrings.first == "T")
+        #expect(try xs.request(.isDomainIntroduced, ["77"]).payloadStrings.first == "F")
+        #expect(try h.list()["bystander"] != nil)
+    }
 }

@@ -93,3 +93,65 @@ import Testing
         #expect(d0.call(.control, ["help"]).contains("quota-soft"))
     }
 }
+
+/// Where the store follows xenstored's written rules even for dom0: path lengths
+/// (docs/misc/xenstore.txt), which domids INTRODUCE and IS_DOMAIN_INTRODUCED take, and the
+/// `logfile` and `memreport` control commands.
+@Suite struct XenStoreParityTests {
+    @Test func pathsLongerThanXenstoreTxtAllowsAreRefusedForEveryone() throws {
+        let e = XenStoreEngine()
+        let d0 = XSTestClient(e, id: 1, domid: 0)
+        let longest = "/" + String(repeating: "a", count: 3071)
+        #expect(d0.write(longest, "x") == "OK|")
+        #expect(d0.write(longest + "b", "x") == "ERR:EINVAL")
+        #expect(d0.read(longest + "b") == "ERR:EINVAL")
+        // Relative: at most 2048 bytes before /local/domain/0/ is put in front.
+        #expect(d0.write(String(repeating: "r", count: 2048), "x") == "OK|")
+        #expect(d0.write(String(repeating: "r", count: 2049), "x") == "ERR:EINVAL")
+        // A special watch path is held to the relative length.
+        #expect(d0.call(.watch, ["@" + String(repeating: "w", count: 2047), "t"]) == "OK|")
+        #expect(d0.call(.watch, ["@" + String(repeating: "w", count: 2048), "t"]) == "ERR:EINVAL")
+    }
+
+    @Test func domainZeroIsIntroducedAndReservedDomidsCannotBe() throws {
+        let e = XenStoreEngine()
+        let d0 = XSTestClient(e, id: 1, domid: 0)
+        #expect(d0.call(.isDomainIntroduced, ["0"]) == "T|")
+        for reserved in ["32752", "32753", "32767", "65535"] {  // DOMID_FIRST_RESERVED (DOMID_SELF) and up
+            #expect(d0.call(.introduce, [reserved, "1", "5"]) == "ERR:EINVAL", "\(reserved)")
+        }
+        var asked: [UInt16] = []
+        e.onIntroduce = { domid, _, _ in asked.append(domid); return domid == 40 ? .ENOENT : nil }
+        #expect(d0.call(.introduce, ["40", "1", "5"]) == "ERR:ENOENT")
+        #expect(d0.call(.isDomainIntroduced, ["40"]) == "F|")
+        #expect(d0.call(.introduce, ["41", "1", "5"]) == "OK|")
+        #expect(asked == [40, 41])
+    }
+
+    @Test func logfileAndMemreportGoWhereTheHostSays() throws {
+        let e = XenStoreEngine()
+        let d0 = XSTestClient(e, id: 1, domid: 0)
+        _ = try e.mkdir("/local/domain/3", perms: [XSPermission(.none, 3)])
+        _ = e.introduceDomain(3)
+        // Without a host to open files, both are refused.
+        #expect(d0.call(.control, ["logfile", "/x"]) == "ERR:EINVAL")
+        #expect(d0.call(.control, ["memreport"]) == "ERR:EINVAL")
+        var logfiles: [String] = []
+        var reports: [(String, String?)] = []
+        e.onLogfile = { logfiles.append($0); return $0 == "/nope" ? .EACCES : nil }
+        e.onMemreport = { reports.append(($0, $1)); return nil }
+        #expect(d0.call(.control, ["logfile", "/var/log/xs.log"]) == "OK|")
+        #expect(d0.call(.control, ["logfile", "/nope"]) == "ERR:EACCES")
+        #expect(d0.call(.control, ["logfile"]) == "ERR:EINVAL")
+        #expect(logfiles == ["/var/log/xs.log", "/nope"])
+        #expect(d0.call(.control, ["memreport", "/tmp/r"]) == "OK|")
+        #expect(d0.call(.control, ["memreport"]) == "OK|")
+        #expect(d0.call(.control, ["memreport", "a", "b"]) == "ERR:EINVAL")
+        #expect(reports.map(\.1) == ["/tmp/r", nil])
+        let report = try #require(reports.first?.0)
+        #expect(report.hasPrefix("xenstore memory report: "), "\(report)")
+        #expect(report.contains("\ndomain 3: nodes 1, "), "\(report)")
+        let help = d0.call(.control, ["help"])
+        #expect(help.contains("logfile") && help.contains("memreport"), "\(help)")
+    }
+}
