@@ -60,6 +60,9 @@ import Testing
         #expect(missing.stderr.contains("disk xvda: \(h.runDirectory)/nope.img: No such file or directory"), "\(missing.stderr)")
         let notDriver = try create("n", "vdev=xvda, access=rw, backend=plain, target=\(img)")
         #expect(notDriver.stderr.contains("disk xvda: domain \"plain\" is not a driver domain (set driver_domain = 1 in its config)"), "\(notDriver.stderr)")
+        let virtio = try create("v", "vdev=xvda, access=rw, backend=be, specification=virtio, target=\(img)")
+        #expect(!virtio.ok && virtio.stderr.contains("disk xvda: specification=virtio is not supported: disks here are Xen PV disks (specification=xen)"),
+                "\(virtio.stderr)")
         let noBackend = try create("b", "vdev=xvda, access=rw, backend=ghost, target=\(img)")
         #expect(noBackend.stderr.contains("disk xvda: backend domain \"ghost\" is not running"))
         let dup = try h.xl("create", "-q", h.config("d", mode: "run", "disk = [ 'vdev=xvda, backend=be, target=\(img)', 'vdev=xvda, backend=be, target=\(img)' ]\n"))

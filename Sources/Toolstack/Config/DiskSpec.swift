@@ -29,8 +29,6 @@ public struct DiskSpec: Codable, Equatable, Sendable {
     public var trusted: Bool?
     /// Protocol (`specification=`): xen or virtio; nil = xen.
     public var specification: String?
-    /// `grant_usage=1` / `grant_usage=0`; nil = default.
-    public var grantUsage: Bool?
     /// The spec text as written.
     public var spec: String
 
@@ -39,7 +37,7 @@ public struct DiskSpec: Codable, Equatable, Sendable {
         target: String?, format: DiskFormat = .raw, vdev: String, access: DiskAccess = .readWrite,
         isCDROM: Bool = false, backend: String? = nil, backendType: String? = nil, script: String? = nil,
         discard: Bool? = nil, directIOSafe: Bool = false, trusted: Bool? = nil, specification: String? = nil,
-        grantUsage: Bool? = nil, spec: String? = nil
+        spec: String? = nil
     ) {
         self.target = target
         self.format = format
@@ -53,7 +51,6 @@ public struct DiskSpec: Codable, Equatable, Sendable {
         self.directIOSafe = directIOSafe
         self.trusted = trusted
         self.specification = specification
-        self.grantUsage = grantUsage
         self.spec = spec ?? "format=\(format.rawValue),vdev=\(vdev),access=\(access.rawValue)"
             + (isCDROM ? ",devtype=cdrom" : "") + (target.map { ",target=\($0)" } ?? "")
     }
@@ -93,7 +90,7 @@ public struct DiskSpec: Codable, Equatable, Sendable {
             target: scanned.target, format: format, vdev: vdev, access: readWrite ? .readWrite : .readOnly,
             isCDROM: scanned.isCDROM, backend: scanned.backend, backendType: scanned.backendType,
             script: scanned.script, discard: scanned.discard, directIOSafe: scanned.directIOSafe,
-            trusted: scanned.trusted, specification: scanned.specification, grantUsage: scanned.grantUsage,
+            trusted: scanned.trusted, specification: scanned.specification,
             spec: spec)
     }
 

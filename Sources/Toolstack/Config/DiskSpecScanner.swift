@@ -17,7 +17,6 @@ struct DiskSpecScanner {
         var discard: Bool?
         var directIOSafe = false
         var trusted: Bool?
-        var grantUsage: Bool?
         var hadDeprecatedPrefix = false
         var accessSet = false
     }
@@ -27,7 +26,7 @@ struct DiskSpecScanner {
         case whitespace
         case format, access, backend, backendType, specification, vdev, script
         case cdrom, devtypeCDROM, devtypeDisk, devtypeOther
-        case directIOSafe, discard, noDiscard, trusted, untrusted, grantUsage(Bool)
+        case directIOSafe, discard, noDiscard, trusted, untrusted
         case colo
         case target
         case unknownParameter
@@ -136,8 +135,6 @@ struct DiskSpecScanner {
         }
         add(literal(i, "trusted"), .trusted)
         add(literal(i, "untrusted"), .untrusted)
-        add(literal(i, "grant_usage=1"), .grantUsage(true))
-        add(literal(i, "grant_usage=0"), .grantUsage(false))
         // target=.*  (eats the rest of the line, commas included)
         if starts(i, "target=") { add(7 + lineRest(from: i + 7), .target) }
         // [a-z][-a-z0-9]*=[^,],?
@@ -279,8 +276,6 @@ struct DiskSpecScanner {
             result.trusted = true
         case .untrusted:
             result.trusted = false
-        case .grantUsage(let on):
-            result.grantUsage = on
         case .colo:
             stripComma()
             throw error("COLO disk replication is not supported by Procvisor", near: text)

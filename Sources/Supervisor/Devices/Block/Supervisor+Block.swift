@@ -23,6 +23,9 @@ extension Supervisor {
     func checkDisk(_ disk: DiskSpec) throws -> PlannedDevice {
         let what = "disk \(disk.vdev)"
         guard let devid = disk.vdevNumber else { throw CreateError("\(what): invalid virtual device name") }
+        if let spec = disk.specification, spec != "xen" {
+            throw CreateError("\(what): specification=\(spec) is not supported: disks here are Xen PV disks (specification=xen)")
+        }
         guard let target = disk.target, !target.isEmpty else {
             throw CreateError("\(what): empty CD-ROM drives are not supported (give target=)")
         }
