@@ -50,10 +50,15 @@ extension Supervisor {
             return d
         }
         let exe = Process.executablePath() ?? "/proc/self/exe"
-        let kernel = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)]) + "/" + name
-        guard FileIO.isExecutable(kernel) else {
-            throw CreateError("\(what): no backend= given and the default driver domain cannot be started: \(kernel) is missing or not executable (install \(name) next to procvisord, or start a driver domain and name it with backend=)")
+        let dir = String(exe[..<(exe.lastIndex(of: "/") ?? exe.startIndex)])
+        // Next to procvisord (a build tree), or where scripts/install.sh puts driver domains
+        // (PREFIX/lib/procvisor/bin beside PREFIX/sbin).
+        let beside = dir + "/" + name
+        let installed = dir + "/../lib/procvisor/bin/" + name
+        guard let found = [beside, installed].first(where: FileIO.isExecutable) else {
+            throw CreateError("\(what): no backend= given and the default driver domain cannot be started: \(beside) is missing or not executable (install \(name) next to procvisord, or start a driver domain and name it with backend=)")
         }
+        let kernel = DynamicLoader.realPath(found) ?? found
         var config = DomainConfig(name: name, kernel: kernel)
         config.driverDomain = true
         config.onCrash = .restart
