@@ -191,3 +191,8 @@ install -m 0644 "$tmp/manifest" "$manifest"
 install -m 0644 "$tmp/manifest.dirs" "$manifest.dirs"
 echo "Procvisor installed in $prefix: put $prefix/sbin on PATH (it holds xl and procvisord only);"
 echo "examples in $prefix/share/procvisor/examples; remove with: scripts/install.sh --uninstall $prefix"
+# Debian's xen-utils-common has an xl of its own (a wrapper that looks for a Xen hypervisor).
+current=$(command -v xl 2>/dev/null || true)
+if [ -n "$current" ] && [ "$current" != "$prefix/sbin/xl" ]; then
+    echo "note: the xl your PATH finds now is $current, not Procvisor's: put $prefix/sbin before $(dirname "$current") on PATH"
+fi
