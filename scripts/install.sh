@@ -17,9 +17,9 @@
 #   PREFIX/share/man/man1/xl.1, man5/xl.cfg.5              manual pages
 #   PREFIX/share/procvisor/install-manifest                what was installed, for --uninstall
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(realpath "$0")
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$self" | sed 's/^# \{0,1\}//'; }
 
 from="" uninstall=0 prefix=/usr/local
 while [ $# -gt 0 ]; do
@@ -31,7 +31,10 @@ while [ $# -gt 0 ]; do
         *) prefix="$1"; shift ;;
     esac
 done
+# Paths given are the caller's, resolved before the script moves to the repository.
 prefix=$(realpath -m "$prefix")
+[ -z "$from" ] || from=$(realpath "$from")
+cd "$(dirname "$self")/.."
 manifest="$prefix/share/procvisor/install-manifest"
 
 if [ "$uninstall" = 1 ]; then
@@ -56,7 +59,6 @@ if [ -z "$from" ]; then
     swift build -c release
     from=.build/release
 fi
-from=$(realpath "$from")
 guests=(hello spinner evil pingpong balloon-demo blkcheck blkbench ping udp-echo kvstore kvclient netbench)
 drivers=(blkback netback)
 for p in xl procvisord "${drivers[@]}" "${guests[@]}"; do
@@ -69,6 +71,17 @@ fi
 
 files=() dirs=()
 [ -d "$prefix" ] || dirs+=(".")
+# A failure part way takes back what this run put in place (there is no manifest yet).
+installed=0
+undo() {
+    [ "$installed" = 1 ] && return
+    for f in "${files[@]}"; do rm -f -- "$prefix/$f"; done
+    for ((i = ${#dirs[@]} - 1; i >= 0; i--)); do
+        d=${dirs[i]}; [ "$d" != . ] || d=""
+        rmdir -- "$prefix/$d" 2>/dev/null || true
+    done
+}
+trap undo EXIT
 mkdirs() {  # creates a directory and its missing parents under PREFIX, noting the ones it made
     local rel="$1" path="" part
     IFS=/ read -ra parts <<< "$rel"
@@ -90,10 +103,11 @@ for d in "${drivers[@]}"; do put "$from/$d" "lib/procvisor/bin/$d" 0755; done
 for g in "${guests[@]}"; do put "$from/$g" "lib/procvisor/guests/$g" 0755; done
 
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'rm -rf "$tmp"; undo' EXIT
 # The example configs, their kernel= pointing at the installed guests and driver domains.
 for cfg in examples/*/*.cfg; do
     dir=$(basename "$(dirname "$cfg")")
+    [ "$dir" != guest-template ] || continue  # a package to copy and build, not an installed guest
     out="$tmp/$dir-$(basename "$cfg")"
     sed -E -e "s#^kernel = \"\\.build/release/(blkback|netback)\"#kernel = \"$prefix/lib/procvisor/bin/\\1\"#" \
            -e "s#^kernel = \"\\.build/release/([^\"]*)\"#kernel = \"$prefix/lib/procvisor/guests/\\1\"#" \
@@ -185,10 +199,11 @@ put "$tmp/xl.1" share/man/man1/xl.1 0644
 put docs/man/xl.cfg.5 share/man/man5/xl.cfg.5 0644
 
 printf 'file %s\n' "${files[@]}" > "$tmp/manifest"
-printf 'dir %s\n' "${dirs[@]}" > "$tmp/manifest.dirs"
-mkdirs share/procvisor
+: > "$tmp/manifest.dirs"
+[ ${#dirs[@]} -eq 0 ] || printf 'dir %s\n' "${dirs[@]}" > "$tmp/manifest.dirs"
 install -m 0644 "$tmp/manifest" "$manifest"
 install -m 0644 "$tmp/manifest.dirs" "$manifest.dirs"
+installed=1
 echo "Procvisor installed in $prefix: put $prefix/sbin on PATH (it holds xl and procvisord only);"
 echo "examples in $prefix/share/procvisor/examples; remove with: scripts/install.sh --uninstall $prefix"
 # Debian's xen-utils-common has an xl of its own (a wrapper that looks for a Xen hypervisor).

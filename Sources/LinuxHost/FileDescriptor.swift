@@ -248,6 +248,8 @@ public struct FileDescriptor: RawRepresentable, Hashable, Sendable, CustomString
         public static let append = OpenFlags(rawValue: O_APPEND)
         public static let nonBlocking = OpenFlags(rawValue: O_NONBLOCK)
         public static let closeOnExec = OpenFlags(rawValue: O_CLOEXEC)
+        /// Fail (ELOOP) rather than follow a symbolic link in the last component.
+        public static let noFollow = OpenFlags(rawValue: O_NOFOLLOW)
     }
 
     /// Opens a path (open(2), always close-on-exec); the error names the path.

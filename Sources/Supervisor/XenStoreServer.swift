@@ -92,8 +92,15 @@ final class XenStoreServer {
     /// Where `xenstore-control logfile FILE` sent the trace log (nil: the supervisor's log).
     private var traceFile: FileDescriptor?
 
+    /// A regular file, opened without waiting (a FIFO named here would stop the event loop) and
+    /// not through a symbolic link.
     private static func openForAppend(_ path: String) throws -> FileDescriptor {
-        try FileDescriptor.open(path, [.writeOnly, .create, .append, .closeOnExec], mode: 0o600)
+        let fd = try FileDescriptor.open(path, [.writeOnly, .create, .append, .closeOnExec, .nonBlocking, .noFollow], mode: 0o600)
+        guard (try? FileStatus(fd))?.isRegular == true else {
+            fd.close()
+            throw SystemError("open", "\(path): not a regular file", errno: .invalidArgument)
+        }
+        return fd
     }
 
     /// A file the store could not open, as the errno xenstored would answer.

@@ -57,7 +57,7 @@ struct ControlClient {
         ProcFS.processes(named: "procvisord", uid: Process.userID).compactMap { pid in
             guard let lock = ProcFS.openFilePaths(of: pid).first(where: { $0.hasSuffix("/procvisord.lock") }) else { return nil }
             let directory = String(lock.dropLast("/procvisord.lock".count))
-            return directory == dir.path ? nil : (pid, directory)
+            return directory == (DynamicLoader.realPath(dir.path) ?? dir.path) ? nil : (pid, directory)
         }
     }
 

@@ -15,7 +15,15 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: top) }
         chmod(top, 0o755)  // the domain's own user reads the kernel through it
         let package = top + "/my-guest"
-        try FileManager.default.copyItem(atPath: repository + "/examples/guest-template", toPath: package)
+        // What a guest author copies (not a .build of the template's own), with this checkout's
+        // pinned dependency versions.
+        try FileManager.default.createDirectory(atPath: package, withIntermediateDirectories: false)
+        for item in ["Package.swift", "Sources", "my-guest.cfg"] {
+            try FileManager.default.copyItem(atPath: repository + "/examples/guest-template/" + item, toPath: package + "/" + item)
+        }
+        if FileIO.exists(repository + "/Package.resolved") {
+            try FileManager.default.copyItem(atPath: repository + "/Package.resolved", toPath: package + "/Package.resolved")
+        }
         let manifest = package + "/Package.swift"
         let text = try String(contentsOfFile: manifest, encoding: .utf8)
         #expect(text.contains("path: \"../..\""))

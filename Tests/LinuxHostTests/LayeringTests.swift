@@ -237,3 +237,53 @@ import Testing
         #expect(!Self.importsGlibc("import LinuxHost\nimport GlibcExtras\n// import Glibc\n"))
     }
 }
+
+/// The README and docs/ describe what is built and stand alone: a reader has only this
+/// repository, so they point at nothing outside it (no design file of the team's, no issue
+/// tracker) and every relative link between them leads to a file that is there.
+@Suite struct DocsStandAloneTests {
+    static let root = LayeringTests.sources.deletingLastPathComponent()
+
+    static func documents() throws -> [(String, String)] {
+        let docs = root.appendingPathComponent("docs")
+        var out = [("README.md", try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8))]
+        for f in try FileManager.default.contentsOfDirectory(atPath: docs.path).sorted() where f.hasSuffix(".md") {
+            out.append(("docs/" + f, try String(contentsOf: docs.appendingPathComponent(f), encoding: .utf8)))
+        }
+        return out
+    }
+
+    @Test func docsPointAtNothingOutsideTheRepository() throws {
+        let docs = try Self.documents()
+        #expect(docs.count > 10)
+        for (name, text) in docs {
+            for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+                let lower = line.lowercased()
+                for word in ["design.md", "style.md", "../shared", "issues show", "issue #"] where lower.contains(word) {
+                    Issue.record("\(name):\(i + 1) points outside the repository (\(word)): \(line)")
+                }
+                // "issue 12", "issues 3 and 4": the tracker's numbers mean nothing to a reader.
+                let words = lower.split(whereSeparator: { !$0.isLetter && !$0.isNumber })
+                for (a, b) in zip(words, words.dropFirst()) where (a == "issue" || a == "issues") && Int(b) != nil {
+                    Issue.record("\(name):\(i + 1) names an issue number: \(line)")
+                }
+            }
+        }
+    }
+
+    @Test func relativeLinksLeadToFilesThatAreThere() throws {
+        for (name, text) in try Self.documents() {
+            let base = name.contains("/") ? Self.root.appendingPathComponent("docs") : Self.root
+            var rest = Substring(text)
+            while let open = rest.range(of: "](") {
+                let after = rest[open.upperBound...]
+                guard let close = after.firstIndex(of: ")") else { break }
+                let target = String(after[..<close]).split(separator: "#").first.map(String.init) ?? ""
+                rest = after[close...]
+                if target.isEmpty || target.contains("://") || target.hasPrefix("mailto:") { continue }
+                let path = base.appendingPathComponent(target).path
+                #expect(FileManager.default.fileExists(atPath: path), "\(name) links to \(target), which is not there")
+            }
+        }
+    }
+}

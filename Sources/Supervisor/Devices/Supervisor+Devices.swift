@@ -140,6 +140,10 @@ extension Supervisor {
             log("\(dom.label): asked for the in-flight log of dom\(frontend)'s \(type.kind) \(devid), which it does not serve: refused")
             return .error(.EPERM)
         }
+        // A log serves only a restart in place, which only on_crash = "restart" gives: without
+        // one the backend knows a crash of its own would lose its devices, and fails only the
+        // device an error of its own hits.
+        guard dom.config.onCrash == .restart else { return .error(.EOPNOTSUPP) }
         if var log = dev.inflightLogs[Int(queue)] {
             guard log.bytes == Int(bytes) else { return .error(.EINVAL) }
             let before = log.incarnations
