@@ -37,6 +37,11 @@ import Testing
         #expect(unit.contains("ExecStart=\(prefix)/sbin/procvisord --daemonize"), "\(unit)")
         let man = (try? String(contentsOfFile: prefix + "/share/man/man1/xl.1", encoding: .utf8)) ?? ""
         #expect(man.contains(".SS mem-set") && man.contains("Usage: xl [-v] mem-set"), "\(man.prefix(400))")
+        // The bash completion completes xl's subcommands.
+        let completion = prefix + "/share/bash-completion/completions/xl"
+        let completed = try runCommand("/bin/bash", ["-c", "source '\(completion)'; COMP_WORDS=(xl mem-); COMP_CWORD=1; _procvisor_xl; echo \"${COMPREPLY[*]}\""],
+                                       env: ProcessInfo.processInfo.environment)
+        #expect(completed.stdout == "mem-max mem-set\n", "\(completed.stdout)\(completed.stderr)")
         // A second install over the first is refused, naming the way out.
         let again = try install(["--from", Products.directory, prefix])
         #expect(!again.ok && again.stderr.contains("--uninstall \(prefix)"), "\(again.stderr)")
