@@ -172,9 +172,6 @@ public final class Blkfront {
     /// in-flight log and on the rings and answers them. Cleared, with a notification on every
     /// port, once every port is bound again.
     @exclusivity(unchecked) private var backendAway = false
-    /// What the backend's state read when `checkPorts` last found a port closed and the backend
-    /// not Connected: named in the error the guest then gets.
-    @exclusivity(unchecked) private var closedPortBackendState = XenbusState.unknown
     @exclusivity(unchecked) private var queue: [Work] = []
     @exclusivity(unchecked) private var queueHead = 0
     /// The next queue to offer a request to (round robin).
@@ -504,7 +501,7 @@ public final class Blkfront {
                     try domain.eventChannels.send(q.port)
                 } catch {
                     // A backend being restarted answers what is on the ring once it is back.
-                    if checkPorts() { continue }
+                    if checkPorts() == nil { continue }
                     disconnect("cannot notify the backend on event channel \(q.port): \(error)")
                     return
                 }
@@ -568,23 +565,24 @@ public final class Blkfront {
         return before - unfinished
     }
 
-    /// Whether the ports are usable or the backend is away for a restart (see `backendAway`);
-    /// false when a port was closed by a backend that is not Connected any more. Coming back:
-    /// every queue is notified, so the new backend looks at what waits on the rings.
+    /// Nil when the ports are usable or the backend is away for a restart (see `backendAway`);
+    /// the backend's state when a port was closed by a backend that is not Connected any more
+    /// (named in the error the guest then gets). Coming back: every queue is notified, so the
+    /// new backend looks at what waits on the rings.
     @discardableResult
-    private func checkPorts() -> Bool {
+    private func checkPorts() -> XenbusState? {
         let ev = domain.eventChannels
         if queues.allSatisfy({ ev.isConnected($0.port) }) {
             if backendAway {
                 backendAway = false
                 for q in queues { try? ev.send(q.port) }
             }
-            return true
+            return nil
         }
         let s = xenbus.backendState()
-        guard s == .connected else { closedPortBackendState = s; return false }
+        guard s == .connected else { return s }
         backendAway = true
-        return true
+        return nil
     }
 
     /// Acts on a change of the backend's state the watch flagged: Closing starts the detach;
@@ -712,8 +710,8 @@ public final class Blkfront {
             default: return
             }
             guard unfinished > 0 else { return }
-            if !checkPorts(), let q = queues.first(where: { !ev.isConnected($0.port) }) {
-                disconnect("the backend closed event channel \(q.port) and is \(closedPortBackendState)")
+            if let s = checkPorts(), let q = queues.first(where: { !ev.isConnected($0.port) }) {
+                disconnect("the backend closed event channel \(q.port) and is \(s)")
                 continue
             }
             let now = SystemTime.nanoseconds()
