@@ -14,12 +14,16 @@ struct Console: ParsableCommand {
     }
 
     /// Streams the console until the domain goes away or the user types Ctrl-] (0x1d).
-    static func attach(client: inout ControlClient, domain: String) {
+    /// `attached` runs once the supervisor has the connection attached (and before anything
+    /// is streamed): `xl create -c` unpauses the new domain there, so that none of its output
+    /// can come and go before the console is connected.
+    static func attach(client: inout ControlClient, domain: String, attached: () -> Void = {}) {
         switch client.request(.consoleAttach(domain: domain)) {
         case .consoleAttached: break
         case let .error(msg): fail(msg)
         case let other: fail("xl: unexpected reply \(other)")
         }
+        attached()
         let saved = TerminalMode.makeRaw(.standardInput)
         defer { saved?.restore(.standardInput) }
         // Bytes that arrived with the attach reply are console output already.

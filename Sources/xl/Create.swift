@@ -38,9 +38,17 @@ struct Create: ParsableCommand {
             return
         }
         var client = ControlClient.connect()
-        switch client.request(.create(config: config, paused: p)) {
-        case .created:
-            if c { Console.attach(client: &client, domain: config.name) }
+        // As libxl does for `-c`: the domain is created paused, the console connected, and only
+        // then is it unpaused, so a guest that writes and exits at once is still seen whole.
+        switch client.request(.create(config: config, paused: p || c)) {
+        case let .created(domid):
+            guard c else { return }
+            Console.attach(client: &client, domain: "\(domid)") {
+                guard !p else { return }
+                var other = ControlClient.connect()
+                other.expectOK(.unpause(domain: "\(domid)"))
+                other.fd.close()
+            }
         case let .error(msg):
             fail("xl: \(msg)")
         case let other:

@@ -214,6 +214,18 @@ import Testing
         #expect(r.stderr.contains("Parsing config from"))
     }
 
+    /// A guest that writes and is gone at once: `xl create -c` connects the console before the
+    /// domain runs, so its output is shown every time (and the command succeeds).
+    @Test func createWithConsoleSeesAGuestThatExitsAtOnce() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        for round in 0..<8 {
+            let r = try h.xl(args: ["create", "-c", h.config("quick\(round)", mode: "hello")], timeout: 20)
+            #expect(r.ok && r.stdout.contains("hello from dom") && r.stdout.contains("name=quick\(round) "), "round \(round): \(r.stdout)\(r.stderr)")
+        }
+        #expect(eventually { (try? h.list())?.keys.contains { $0.hasPrefix("quick") } == false })
+    }
+
     @Test func consoleDetachesOnCtrlRightBracket() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
