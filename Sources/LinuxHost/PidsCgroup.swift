@@ -63,12 +63,13 @@ public final class PidsCgroup {
 
 /// The cgroups a supervisor killed outright leaves behind.
 public enum StaleCgroups {
-    /// Removes the memory and pids cgroups named `PREFIX<pid>-…` (v1 and v2) whose supervisor
+    /// Removes the memory, pids and cpu cgroups named `PREFIX<pid>-…` (v1 and v2) whose supervisor
     /// `pid` is not alive. Only empty ones go (rmdir refuses the others); returns what went.
     public static func remove(prefix: String, isAlive: (pid_t) -> Bool) -> [String] {
         var parents: [String] = []
         if let m = MemoryCgroup.current() { parents.append(m.path) }
         if let p = PidsCgroup.current(), !parents.contains(p.path) { parents.append(p.path) }
+        if let c = CPUCgroup.current(), !parents.contains(c.path) { parents.append(c.path) }
         var removed: [String] = []
         for parent in parents {
             for name in FileIO.names(in: parent) where name.hasPrefix(prefix) {

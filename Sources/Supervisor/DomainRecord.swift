@@ -21,7 +21,9 @@ struct DomainState: Codable, Equatable {
     let domid: DomID
     var name: String
     var uuid: String
-    let config: DomainConfig
+    /// As created; `xl sched-credit` changes the weight and cap in it, so that a restart, a
+    /// save and a migration keep them.
+    var config: DomainConfig
     var phase: Phase = .booting
     var paused = false
     /// Created with `xl create -p`: stays paused after engaging.
@@ -69,6 +71,9 @@ final class DomainProcess {
     var store: DomainStore?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).
     var pidsCgroup: PidsCgroup?
+    /// The domain's cpu cgroup (its `cpu_weight` and `cap`); nil where the host has no writable
+    /// cpu controller.
+    var cpuCgroup: CPUCgroup?
     /// The descriptors above have been closed (process gone or supervisor stopping).
     var released = false
     var engageTimer: UInt64?

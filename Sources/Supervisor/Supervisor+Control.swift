@@ -152,6 +152,10 @@ extension Supervisor {
             dirtyLogStart(spec, from: c)
         case let .dirtyPages(spec):
             dirtyPages(spec, from: c)
+        case let .schedGet(specs):
+            c.send(schedGet(specs))
+        case let .schedSet(spec, scheduler, weight, cap):
+            c.send(schedSet(spec, scheduler: scheduler, weight: weight, cap: cap))
         case let .consoleAttach(spec):
             guard let dom = find(spec), dom.domid != 0 else { return c.send(unknownDomain(spec)) }
             guard dom.hasProcess, !dom.released else {
@@ -176,7 +180,7 @@ extension Supervisor {
             nrCPUs: Host.onlineCPUs, cpuMHz: ProcFS.cpuMHz(),
             totalMemoryMB: machine.totalFrames / 256, freeMemoryMB: freeMemoryMB,
             xenMajor: ProcvisorVersion.major, xenMinor: ProcvisorVersion.minor, xenExtra: ProcvisorVersion.extra,
-            xenCaps: ProcvisorVersion.capabilities, xenScheduler: "linux-cfs", pageSize: 4096,
+            xenCaps: ProcvisorVersion.capabilities, xenScheduler: options.scheduler, pageSize: 4096,
             commandline: "procvisord rundir=\(options.runDirectory.path) \(jail.summary)", supervisorPid: Process.pid,
             runDirectory: options.runDirectory.path, controlSocket: options.runDirectory.controlSocket,
             nrDomains: domains.count, xenstoreSocket: options.runDirectory.xenstoreSocket)

@@ -15,6 +15,8 @@ struct SpawnedKernel {
     let listener: FileDescriptor?
     let memoryCgroup: MemoryCgroup?
     let pidsCgroup: PidsCgroup?
+    /// Named as the pids cgroup (so a live update finds it by that name).
+    var cpuCgroup: CPUCgroup? = nil
 
     var descriptors: [FileDescriptor] { [hypercallFD, eventFD, consoleOutFD, consoleInFD] + (listener.map { [$0] } ?? []) }
 }
@@ -86,6 +88,11 @@ extension Supervisor {
             if standby != nil { try? m.setLimit(memory.maxPages * 4096 + Self.cgroupSlackBytes) }
             memory.cgroup = m
         }
+        if standby != nil, let c = spawned.cpuCgroup {
+            // Likewise `xl sched-credit` may have changed the weight or cap.
+            try? c.setWeight(xen: config.cpuWeight ?? SchedParams.defaultWeight)
+            try? c.setCap(percent: config.cap ?? 0)
+        }
         let pid = spawned.pid
         let (hcParent, conRead) = (spawned.hypercallFD, spawned.consoleOutFD)
         let listener = spawned.listener
@@ -98,6 +105,7 @@ extension Supervisor {
         if restore != nil { process.awaitingPages = true }
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = spawned.pidsCgroup
+        dom.cpuCgroup = spawned.cpuCgroup ?? spawned.pidsCgroup.flatMap { CPUCgroup(existing: Self.baseName($0.path)) }
         domains.insert(dom)
         do {
             try setUpStore(dom)
@@ -145,11 +153,13 @@ extension Supervisor {
         let tasks = config.driverDomain ? 1024 : config.maxvcpus + 64
         var memoryCgroup: MemoryCgroup?
         var pids: PidsCgroup?
+        var cpu: CPUCgroup?
         var cgroupProcs: [FileDescriptor] = []
         defer { cgroupProcs.forEach { $0.close() } }
         func dropCgroups() {
             pids?.remove()
             memoryCgroup?.remove()
+            cpu?.remove()
         }
         if jail.uses(.cgroups) {
             do {
@@ -162,6 +172,23 @@ extension Supervisor {
             } catch {
                 dropCgroups()
                 throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
+            }
+            // The scheduler's weight and cap. A host without a writable cpu controller runs the
+            // domain at the default share, unless the config asks for a weight or a cap.
+            do {
+                let c = try CPUCgroup(name: cgroupName)
+                cpu = c
+                try c.setWeight(xen: config.cpuWeight ?? SchedParams.defaultWeight)
+                try c.setCap(percent: config.cap ?? 0)
+                cgroupProcs.append(try c.joinFile())
+            } catch {
+                if config.cpuWeight != nil || config.cap != nil {
+                    dropCgroups()
+                    throw CreateError("cannot enforce cpu_weight/cap for dom\(domid): \(error)")
+                }
+                cpu?.remove()
+                cpu = nil
+                logger.warning("no cpu cgroup: the domain runs at the default share", metadata: ["domid": "\(domid)", "error": "\(error)"])
             }
         }
 
@@ -213,7 +240,7 @@ extension Supervisor {
                 filter: config.driverDomain ? driverBoundBPF : guestBoundBPF,
                 jail: confinement, listener: true)
             return SpawnedKernel(pid: pid, hypercallFD: hcParent, eventFD: evParent, consoleOutFD: conRead, consoleInFD: inWrite,
-                                 listener: listener, memoryCgroup: memoryCgroup, pidsCgroup: pids)
+                                 listener: listener, memoryCgroup: memoryCgroup, pidsCgroup: pids, cpuCgroup: cpu)
         } catch {
             parentEnds.forEach { $0.close() }
             dropCgroups()

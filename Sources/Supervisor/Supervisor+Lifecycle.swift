@@ -100,6 +100,10 @@ extension Supervisor {
             if !p.remove() { logger.warning("pids cgroup not removed", metadata: ["domid": "\(domid)", "path": "\(p.path)"]) }
             dom.pidsCgroup = nil
         }
+        if let c = dom.cpuCgroup {
+            if !c.remove() { logger.warning("cpu cgroup not removed", metadata: ["domid": "\(domid)", "path": "\(c.path)"]) }
+            dom.cpuCgroup = nil
+        }
         let how: String
         switch status {
         case let .exited(code): how = "exited with status \(code)"

@@ -148,6 +148,7 @@ extension Supervisor {
         p.pidsCgroup?.killAll()
         p.pidsCgroup?.remove()
         p.memoryCgroup?.remove()
+        p.cpuCgroup?.remove()
     }
 
     /// SIGCHLD: true when `pid` was a standby. One that ends before it is needed (a kernel that
@@ -224,7 +225,8 @@ extension Supervisor {
             let pids = try i.pidsCgroup.map { PidsCgroup(adopting: $0.path, version: try LiveUpdateError.cgroupVersion($0.version)) }
             func fd(_ raw: Int32) -> FileDescriptor { FileDescriptor(rawValue: raw) }
             let p = SpawnedKernel(pid: i.pid, hypercallFD: fd(i.hypercallFD), eventFD: fd(i.eventFD), consoleOutFD: fd(i.consoleOutFD),
-                                  consoleInFD: fd(i.consoleInFD), listener: i.listener.map(fd), memoryCgroup: m, pidsCgroup: pids)
+                                  consoleInFD: fd(i.consoleInFD), listener: i.listener.map(fd), memoryCgroup: m, pidsCgroup: pids,
+                                  cpuCgroup: pids.flatMap { CPUCgroup(existing: Self.baseName($0.path)) })
             if i.retired {
                 standbys.retired[i.pid] = p
             } else {

@@ -45,6 +45,11 @@ public struct SupervisorOptions: Sendable {
     public var problems: [String] = []
     /// Domains run as uid and gid `jailUIDBase + domid` (`PROCVISOR_JAIL_UID_BASE`, default 100000).
     public var jailUIDBase: UInt32 = 100_000
+    /// The scheduler `xl info` names and whose `xl sched-*` command sets weights and caps
+    /// (`PROCVISOR_SCHED`, Xen's `sched=` boot parameter: credit2 by default, as Xen 4.17).
+    /// Both become the same cgroup settings (docs/scheduling.md).
+    public var scheduler = "credit2"
+    static let schedulers = ["credit", "credit2"]
 
     public init(environment: [String: String], uid: UInt32) {
         runDirectory = RunDirectory.resolve(environment: environment, uid: uid)
@@ -89,6 +94,11 @@ public struct SupervisorOptions: Sendable {
                 jailUIDBase = v
             } else {
                 problems.append("PROCVISOR_JAIL_UID_BASE=\(base): not a uid between 1 and \(UInt32.max - 0x7FF0 - 1)")
+            }
+        }
+        if let sched = environment["PROCVISOR_SCHED"] {
+            if Self.schedulers.contains(sched) { scheduler = sched } else {
+                problems.append("PROCVISOR_SCHED=\(sched): not a scheduler (\(Self.schedulers.joined(separator: ", ")))")
             }
         }
     }

@@ -37,6 +37,8 @@ enum XLHelp {
         "network-detach": Synopsis(usage: "<Domain> <DevId|mac>", required: 2),
         "network-list": Synopsis(usage: "<Domain(s)>", required: 1),
         "network-filter": Synopsis(usage: "[-b Backend] <list [Bridge]|add|insert|del|flush> ...", required: 1),
+        "sched-credit": Synopsis(usage: "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]", required: 0),
+        "sched-credit2": Synopsis(usage: "[-d <Domain> [-w[=WEIGHT]]] [-p CPUPOOL]", required: 0),
         "save": Synopsis(usage: "[options] <Domain> <CheckpointFile> [<ConfigFile>]", required: 2),
         "restore": Synopsis(usage: "[options] [<ConfigFile>] <CheckpointFile>", required: 1),
         "migrate": Synopsis(usage: "[options] <Domain> <host>", required: 2),

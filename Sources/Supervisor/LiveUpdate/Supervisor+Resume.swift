@@ -71,7 +71,11 @@ extension Supervisor {
         p.released = d.released
         p.storeKept = d.storeKept
         p.boundListener = d.boundListener.map { FileDescriptor(rawValue: $0) }
-        if let v = d.pidsCgroup { p.pidsCgroup = PidsCgroup(adopting: v.path, version: try LiveUpdateError.cgroupVersion(v.version)) }
+        if let v = d.pidsCgroup {
+            p.pidsCgroup = PidsCgroup(adopting: v.path, version: try LiveUpdateError.cgroupVersion(v.version))
+            // The cpu cgroup is named as the pids one (`spawnKernel`).
+            p.cpuCgroup = CPUCgroup(existing: Self.baseName(v.path))
+        }
         if let page = d.storePageFD, let kick = d.storeKickFD, let port = d.storePort {
             p.store = DomainStore(page: try SharedPage(adopting: page), kick: FileDescriptor(rawValue: kick), port: EvtchnPort(port))
         }

@@ -24,6 +24,11 @@ public struct DomainConfig: Codable, Equatable, Sendable {
     public var vcpus: Int
     /// `maxvcpus`; defaults to `vcpus` and may not be below it.
     public var maxvcpus: Int
+    /// `cpu_weight`: the credit schedulers' weight, 1–65535; nil is Xen's default (256).
+    public var cpuWeight: Int? = nil
+    /// `cap`: how much CPU the domain may use, in percent of one CPU (0 = no cap); at most 100
+    /// per vCPU (`maxvcpus`), as libxl checks.
+    public var cap: Int? = nil
     /// `on_poweroff`; default destroy.
     public var onPoweroff: ShutdownAction
     /// `on_reboot`; default restart.
@@ -134,6 +139,8 @@ public struct DomainConfig: Codable, Equatable, Sendable {
             throw XLConfigError(
                 "maxvcpus (\(self.maxvcpus)) is less than vcpus (\(self.vcpus))", at: file.location("maxvcpus"))
         }
+        cpuWeight = try reader.integer("cpu_weight", in: 1...65535)
+        cap = try reader.integer("cap", in: 0...(100 * self.maxvcpus))
 
         driverDomain = (try reader.integer("driver_domain", in: 0...1) ?? 0) == 1
         onPoweroff = try reader.action("on_poweroff") ?? .destroy

@@ -16,6 +16,12 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case info
     /// After `.consoleAttached` the connection carries raw console bytes both ways.
     case consoleAttach(domain: String)
+    /// `xl sched-credit` / `sched-credit2` without -w/-c: the weight and cap of the domains
+    /// named, or of all (dom0 first) when empty; replied as `.schedParams`.
+    case schedGet(domains: [String])
+    /// `xl sched-credit -d DOMAIN [-w WEIGHT] [-c CAP]`: nil leaves that parameter as it is.
+    /// `scheduler` is the one the command is for ("credit", "credit2"); it must be the host's.
+    case schedSet(domain: String, scheduler: String, weight: Int?, cap: Int?)
     case dmesg(clear: Bool)
     /// `xl mem-max`: the most memory (KiB) the domain may hold.
     case memMax(domain: String, kb: UInt64)
@@ -82,6 +88,7 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case info(HostInfo)
     case dmesg(String)
     case consoleAttached(domid: UInt16)
+    case schedParams(scheduler: String, [SchedParams])
     case pong(pid: Int32)
     /// Domain `domid` has shut down with this `SHUTDOWN_*` reason code.
     case shutdownDone(domid: UInt16, reason: ShutdownReason)
@@ -345,4 +352,24 @@ public struct RunDirectory: Sendable {
     /// (on the host it stays an empty directory).
     public var jailMountPoint: String { path + "/jail" }
     public func consoleLog(name: String) -> String { consoleLogDirectory + "/guest-\(name).log" }
+}
+
+/// A domain's credit scheduler parameters, as `xl sched-credit` shows them.
+public struct SchedParams: Codable, Equatable, Sendable {
+    /// Xen's default weight.
+    public static let defaultWeight = 256
+    public static let weightRange = 1...65535
+
+    public var domid: UInt16
+    public var name: String
+    public var weight: Int
+    /// Percent of one CPU, 0 for no cap.
+    public var cap: Int
+
+    public init(domid: UInt16, name: String, weight: Int, cap: Int) {
+        self.domid = domid
+        self.name = name
+        self.weight = weight
+        self.cap = cap
+    }
 }

@@ -70,6 +70,8 @@ public enum XLFormat {
         lines.append("\"c_info\": {\n        \"type\": \(q(c.type)),\n        \"name\": \(q(c.name)),\n        \"uuid\": \(q(uuid))\n    }")
         var b = ["\"max_vcpus\": \(c.maxvcpus)", "\"avail_vcpus\": \(c.vcpus)",
                  "\"max_memkb\": \(c.maxmem * 1024)", "\"target_memkb\": \(c.memory * 1024)"]
+        let sched = [c.cpuWeight.map { "\"weight\": \($0)" }, c.cap.map { "\"cap\": \($0)" }].compactMap { $0 }
+        if !sched.isEmpty { b.append("\"sched_params\": {\n            " + sched.joined(separator: ",\n            ") + "\n        }") }
         if let k = c.kernel { b.append("\"kernel\": \(q(k))") }
         if let r = c.ramdisk { b.append("\"ramdisk\": \(q(r))") }
         let cl = c.commandLine

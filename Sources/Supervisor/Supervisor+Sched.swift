@@ -1,0 +1,69 @@
+import LinuxHost
+import Toolstack
+
+/// The credit schedulers' weight and cap, kept in the domain's config (so a save, a migration
+/// and a restart carry them) and enforced by its cpu cgroup.
+extension Supervisor {
+    func schedParams(_ dom: DomainRecord) -> SchedParams {
+        SchedParams(domid: dom.domid.rawValue, name: dom.name, weight: dom.config.cpuWeight ?? SchedParams.defaultWeight, cap: dom.config.cap ?? 0)
+    }
+
+    /// Domain-0 is the supervisor, a host process: it shows Xen's defaults and cannot be changed.
+    var dom0SchedParams: SchedParams { SchedParams(domid: 0, name: "Domain-0", weight: SchedParams.defaultWeight, cap: 0) }
+
+    func schedGet(_ specs: [String]) -> ControlResponse {
+        var out: [SchedParams] = []
+        if specs.isEmpty {
+            out.append(dom0SchedParams)
+            out += domains.domids.compactMap { domains[$0] }.filter { $0.hasProcess }.map(schedParams)
+        } else {
+            for spec in specs {
+                if spec == "0" || spec == "Domain-0" { out.append(dom0SchedParams); continue }
+                guard let dom = find(spec) else { return unknownDomain(spec) }
+                out.append(schedParams(dom))
+            }
+        }
+        return .schedParams(scheduler: options.scheduler, out)
+    }
+
+    /// libxl's checks, in its words: weight 1–65535, cap 0 to 100 per vCPU.
+    func schedSet(_ spec: String, scheduler: String, weight: Int?, cap: Int?) -> ControlResponse {
+        guard scheduler == options.scheduler else {
+            return .error("libxl_domain_sched_params_get returned \(options.scheduler) not \(scheduler).")
+        }
+        if spec == "0" || spec == "Domain-0" {
+            return .error("Domain 0: the supervisor's own share is the host's to set (it runs as an ordinary host process)")
+        }
+        guard let dom = find(spec) else { return unknownDomain(spec) }
+        let label = "Domain \(dom.domid)"
+        if let weight, !SchedParams.weightRange.contains(weight) {
+            return .error("\(label):Cpu weight out of range, valid values are within range from 1 to 65535")
+        }
+        if let cap, cap < 0 || cap > dom.config.maxvcpus * 100 {
+            return .error("\(label):Cpu cap out of range, valid range is from 0 to \(dom.config.maxvcpus * 100) for specified number of vcpus")
+        }
+        guard dom.hasProcess, !dom.released else { return .error("\(label):is not running") }
+        guard let cg = dom.cpuCgroup else {
+            return .error("\(label):cannot set scheduling parameters: the domain has no cpu cgroup (the host's cpu controller is not writable here)")
+        }
+        do {
+            if let weight { try cg.setWeight(xen: weight) }
+            if let cap { try cg.setCap(percent: cap) }
+        } catch {
+            return .error("\(label):Setting domain sched \(scheduler): \(error)")
+        }
+        if let weight { dom.config.cpuWeight = weight }
+        if let cap { dom.config.cap = cap }
+        let p = schedParams(dom)
+        log("\(dom.label): \(scheduler) weight \(p.weight), cap \(p.cap)")
+        return .ok
+    }
+}
+
+extension Supervisor {
+    /// The last component of a path (a cgroup's name).
+    static func baseName(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+}
