@@ -3,7 +3,7 @@
 //    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
 //    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
 //    --dgram-send SIZE SECONDS / --dgram-recv  datagrams over the AF_UNIX socketpair end at fd 3 (net peer);
-//  as a domain: "mode=idle" (lifecycle), "mode=xs-echo seconds=S gaps=MS" (live update), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S".
+//  as a domain: "mode=idle" (lifecycle), "mode=xs-echo seconds=S gaps=MS" (live update), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S", "mode=spin" (sched).
 import DomainRuntime
 import Glibc
 import LinuxHost
@@ -275,6 +275,11 @@ case "fill-ram":
         }
     }
     while true { domain.block() }
+case "spin":
+    // CPU-bound on its one vCPU until destroyed (sched suite).
+    report("spinning")
+    var x: UInt64 = 1
+    while true { x = x &* 6364136223846793005 &+ 1442695040888963407; if x == 0 { report("\(x)") } }
 default:
     while true { domain.block() }
 }

@@ -78,6 +78,16 @@ final class BenchSupervisor {
         (try? String(contentsOfFile: dir + "/console/guest-\(name).log", encoding: .utf8)) ?? ""
     }
 
+    /// Waits for a line containing `text` in a domain's console.
+    func awaitLine(_ name: String, _ text: String, timeout: Double = 60) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let line = consoleLog(name).split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
+            usleep(20_000)
+        }
+        throw BenchError("\(name) did not print \(text); console: \(consoleLog(name).suffix(300))")
+    }
+
     /// Waits for `key=NUMBER` in a domain's console.
     func awaitValue(_ name: String, key: String, timeout: Double = 60) throws -> Double {
         let deadline = Date().addingTimeInterval(timeout)

@@ -8,5 +8,6 @@ enum Suites {
         "net": NetSuite.run,
         "migrate": MigrateSuite.run,
         "recovery": RecoverySuite.run,
+        "sched": SchedSuite.run,
     ]
 }

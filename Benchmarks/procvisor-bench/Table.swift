@@ -5,7 +5,7 @@ enum Table {
         let header = ["benchmark", "procvisor", "peer", "peer name", "ratio", "unit"]
         let rows = results.map { r in
             [r.name, String(format: "%.3f", r.procvisor), String(format: "%.3f", r.peer), r.peer_name,
-             String(format: "%.2fx", r.ratio) + (r.higher_is_better ? " (higher is better)" : " (lower is better)"), r.unit]
+             String(format: "%.2fx", r.ratio) + (r.goal.map { " (\($0))" } ?? (r.higher_is_better ? " (higher is better)" : " (lower is better)")), r.unit]
         }
         let widths = header.indices.map { i in ([header[i]] + rows.map { $0[i] }).map(\.count).max()! }
         func line(_ cells: [String]) -> String {

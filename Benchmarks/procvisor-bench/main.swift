@@ -13,6 +13,9 @@ struct Result: Codable {
     var peer_name: String
     var ratio: Double
     var higher_is_better: Bool
+    /// For a figure that should match what was asked rather than beat a peer: the tolerance
+    /// (printed instead of "higher/lower is better").
+    var goal: String? = nil
 }
 
 struct Report: Codable {
