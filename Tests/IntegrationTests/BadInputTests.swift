@@ -102,12 +102,12 @@ import Testing
         }
     }
 
-    /// A subcommand xl does not have here (Xen's `top`, `vcpu-list`, `sched-credit`, or a typo)
+    /// A subcommand xl does not have here (Xen's `top`, `vcpu-list`, `sched-rtds`, or a typo)
     /// gets xl's answer, `command not implemented`, rather than a usage error; the known ones,
     /// `help` and the options still parse.
     @Test func anUnknownSubcommandIsNotImplemented() throws {
         try withSentinel { h in
-            for command in ["top", "vcpu-list", "sched-credit", "lsit"] {
+            for command in ["top", "vcpu-list", "sched-rtds", "lsit"] {
                 let r = try h.xl(command)
                 #expect(!r.ok && r.stderr == "command not implemented\n", "\(command): \(r.stderr)")
             }

@@ -27,6 +27,31 @@ struct ConfigDomainConfigTests {
         #expect(config.commandLine == expected)
     }
 
+    @Test("cpu_weight and cap: libxl's ranges, the cap's bound following maxvcpus")
+    func schedParams() throws {
+        var warnings: [String] = []
+        func load(_ extra: String) throws -> DomainConfig {
+            try DomainConfig.load(text: "name='a'\nkernel='/k'\n" + extra, file: "a.cfg", extraSettings: [], warnings: &warnings)
+        }
+        let plain = try load("")
+        #expect(plain.cpuWeight == nil && plain.cap == nil)
+        let set = try load("cpu_weight = 512\ncap = 150\nmaxvcpus = 2\n")
+        #expect(set.cpuWeight == 512 && set.cap == 150)
+        #expect(warnings.isEmpty, "\(warnings)")
+        for (extra, message) in [("cpu_weight = 0\n", "parameter 'cpu_weight' is 0 but must be between 1 and 65535"),
+                                 ("cpu_weight = 65536\n", "parameter 'cpu_weight' is 65536 but must be between 1 and 65535"),
+                                 ("cap = \"-1\"\n", "parameter 'cap' is -1 but must be between 0 and 100"),
+                                 ("cap = 101\n", "parameter 'cap' is 101 but must be between 0 and 100"),
+                                 ("cap = 301\nvcpus = 3\n", "parameter 'cap' is 301 but must be between 0 and 300"),
+                                 ("cap = 'half'\n", "parameter 'cap' is not a valid number")] {
+            #expect(throws: XLConfigError.self, "\(extra)") { try load(extra) }
+            do { _ = try load(extra) } catch { #expect("\(error)".contains(message), "\(extra): \(error)") }
+        }
+        // Carried in the dry run as libxl's sched_params.
+        #expect(XLFormat.dryRun(set).contains("\"sched_params\": {\n            \"weight\": 512,\n            \"cap\": 150\n        }"))
+        #expect(!XLFormat.dryRun(plain).contains("sched_params"))
+    }
+
     @Test("actions: supported ones parse, Xen-only ones are refused with the list")
     func actions() throws {
         var warnings: [String] = []
