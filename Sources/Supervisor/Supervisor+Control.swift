@@ -80,6 +80,13 @@ extension Supervisor {
                     out.append(dom.info(includeConfig: true, memory: machine.domains[dom.domid]))
                 }
             }
+            // As libxl, a domain's name is what /local/domain/N/name says (a dom0 tool may have
+            // rewritten it): read here from the store, so `xl list` is one request.
+            for i in out.indices where out[i].domid != 0 {
+                if let raw = try? xenstore.engine.read("/local/domain/\(out[i].domid)/name"), !raw.isEmpty {
+                    out[i].name = String(decoding: raw, as: UTF8.self)
+                }
+            }
             c.send(.domains(out))
         case .info:
             c.send(.info(hostInfo()))

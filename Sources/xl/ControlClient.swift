@@ -37,18 +37,17 @@ struct ControlClient {
         }
     }
 
-    /// The dom0 XenStore connection (`XENSTORED_PATH`, else the supervisor's socket), nil when
-    /// the store cannot be reached. A `XENSTORED_PATH` that reaches nothing is said, and the
-    /// supervisor's own socket is used instead.
-    func xenstore() -> XSSocketClient? {
+    /// A dom0 XenStore other than the supervisor's own, when `XENSTORED_PATH` names one; nil
+    /// when it names the supervisor's (whose contents the supervisor's replies already carry)
+    /// or nothing. A `XENSTORED_PATH` that reaches nothing is said.
+    func otherXenstore() -> XSSocketClient? {
         let own = runDirectory.xenstoreSocket
         let path = XSSocketClient.socketPath(environment: Process.environment(), runDirectory: runDirectory.path)
-        if path != own {
-            do { return try XSSocketClient(path: path) } catch {
-                printErr("xl: XENSTORED_PATH=\(path) reaches no xenstored (\(error)); using the supervisor's, \(own)")
-            }
+        guard path != own else { return nil }
+        do { return try XSSocketClient(path: path) } catch {
+            printErr("xl: XENSTORED_PATH=\(path) reaches no xenstored (\(error)); using the supervisor's, \(own)")
+            return nil
         }
-        return try? XSSocketClient(path: own)
     }
 
     /// Other supervisors of this user that are running (each holds its run directory's lock

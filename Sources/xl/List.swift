@@ -9,10 +9,11 @@ struct List: ParsableCommand {
 
     func run() throws {
         var client = ControlClient.connect()
+        // One request: the supervisor fills in the names from its XenStore, where libxl reads
+        // them. Only a XENSTORED_PATH naming another xenstored is read here, once per domain.
         var list = client.domains(domains)
-        // As libxl, names come from XenStore (/local/domain/N/name) when it can be reached.
-        if let xs = client.xenstore() {
-            for i in list.indices {
+        if let xs = client.otherXenstore() {
+            for i in list.indices where list[i].domid != 0 {
                 if let name = try? xs.read("/local/domain/\(list[i].domid)/name"), !name.isEmpty { list[i].name = name }
             }
         }
