@@ -1,5 +1,6 @@
 // bench-guest: the guest the benchmarks create, and the peers they compare against.
-//  bare (no supervisor):   reports "R" on stdout as soon as main runs (lifecycle peer);
+//  bare (no supervisor):   reports "R" on stdout as soon as main runs (lifecycle peer; with --idle
+//    it then stays, idle, until killed: the density peer);
 //    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
 //    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
 //    --dgram-send SIZE SECONDS / --dgram-recv  datagrams over the AF_UNIX socketpair end at fd 3 (net peer);
@@ -133,6 +134,8 @@ var type: Int32 = 0
 var len = socklen_t(MemoryLayout<Int32>.size)
 if getsockopt(3, SOL_SOCKET, SO_TYPE, &type, &len) != 0 {
     _ = write(1, "R", 1)
+    // --idle (density peer): stays, idle, until killed.
+    if args.first == "--idle" { while true { pause() } }
     exit(0)
 }
 let domain = Domain.start()

@@ -9,5 +9,6 @@ enum Suites {
         "migrate": MigrateSuite.run,
         "recovery": RecoverySuite.run,
         "sched": SchedSuite.run,
+        "density": DensitySuite.run,
     ]
 }

@@ -12,16 +12,54 @@ public enum ProcFS {
 
     /// CPU time consumed by all threads of `pid`, in nanoseconds (utime + stime from /proc/PID/stat).
     public static func cpuTimeNs(of pid: pid_t) -> UInt64 {
-        guard let fields = statFields(pid) else { return 0 }
-        // Fields after the comm: index 0 is state (field 3); utime is field 14, stime 15.
-        guard fields.count > 12, let ut = UInt64(fields[11]), let st = UInt64(fields[12]) else { return 0 }
+        guard let stat = readStat("/proc/\(pid)/stat") else { return 0 }
         let hz = UInt64(sysconf(Int32(_SC_CLK_TCK)))
-        return (ut + st) * 1_000_000_000 / max(hz, 1)
+        return stat.ticks * 1_000_000_000 / max(hz, 1)
+    }
+
+    /// The state letter and utime + stime (clock ticks) of a /proc `stat` file. Read into a
+    /// buffer on the stack and parsed as bytes: `xl list` reads one per thread of every domain.
+    /// The comm, in parentheses, may hold anything: the fields start after its last ')'; index
+    /// 0 is the state (field 3 of proc(5)), 11 utime (field 14), 12 stime (field 15).
+    static func readStat(_ path: String) -> (state: UInt8, ticks: UInt64)? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 1024) { buf -> (state: UInt8, ticks: UInt64)? in
+            let n = read(fd, buf.baseAddress, buf.count)
+            guard n > 0 else { return nil }
+            var i = n - 1
+            while i >= 0 && buf[i] != UInt8(ascii: ")") { i -= 1 }
+            i += 2
+            guard i > 1, i < n else { return nil }
+            let state = buf[i]
+            var field = 0, value: UInt64 = 0, utime: UInt64 = 0
+            for j in i..<n {
+                let c = buf[j]
+                if c == UInt8(ascii: " ") || c == UInt8(ascii: "\n") {
+                    if field == 11 { utime = value }
+                    if field == 12 { return (state, utime &+ value) }
+                    field += 1
+                    value = 0
+                } else if c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9") {
+                    value = value &* 10 &+ UInt64(c - UInt8(ascii: "0"))
+                }
+            }
+            return (state, 0)
+        }
+    }
+
+    /// The state letter of `pid`'s main thread and the CPU time of all its threads (ns), from
+    /// one read of /proc/PID/stat.
+    public static func stat(of pid: pid_t) -> (state: Character, cpuTimeNs: UInt64)? {
+        guard let s = readStat("/proc/\(pid)/stat") else { return nil }
+        let hz = UInt64(sysconf(Int32(_SC_CLK_TCK)))
+        return (Character(Unicode.Scalar(s.state)), s.ticks * 1_000_000_000 / max(hz, 1))
     }
 
     /// The scheduler state letter of `pid` (R, S, D, T, Z …).
     public static func state(of pid: pid_t) -> Character? {
-        statFields(pid)?.first?.first
+        readStat("/proc/\(pid)/stat").map { Character(Unicode.Scalar($0.state)) }
     }
 
     /// The threads of `pid` that are currently runnable.
@@ -31,12 +69,8 @@ public enum ProcFS {
         var out: [Character] = []
         while let ent = readdir(dir) {
             let name = withUnsafeBytes(of: ent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let tid = Int32(name) else { continue }
-            if let text = try? FileIO.readString("/proc/\(pid)/task/\(tid)/stat"),
-               let close = text.lastIndex(of: ")") {
-                let rest = text[text.index(after: close)...].split(separator: " ")
-                if let s = rest.first?.first { out.append(s) }
-            }
+            guard let tid = Int32(name), let stat = readStat("/proc/\(pid)/task/\(tid)/stat") else { continue }
+            out.append(Character(Unicode.Scalar(stat.state)))
         }
         return out
     }
@@ -47,11 +81,6 @@ public enum ProcFS {
         let parts = text.split(separator: " ")
         guard parts.count > 1, let pages = UInt64(parts[1]) else { return 0 }
         return pages * UInt64(sysconf(Int32(_SC_PAGESIZE))) / 1024
-    }
-
-    private static func statFields(_ pid: pid_t) -> [Substring]? {
-        guard let text = try? FileIO.readString("/proc/\(pid)/stat"), let close = text.lastIndex(of: ")") else { return nil }
-        return text[text.index(after: close)...].split(separator: " ")
     }
 
     /// Open descriptors of `pid` (count of /proc/PID/fd entries).

@@ -67,6 +67,8 @@ final class DomainProcess {
     var watchTokens: [(FileDescriptor, UInt64)] = []
     /// The bounding filter's notification listener: calls the bound refuses arrive here.
     var boundListener: FileDescriptor?
+    /// The process's CPU time when `xl list` last looked (`DomainRecord.info`).
+    var cpuTimeNsAtLastLook: UInt64?
     /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
     var store: DomainStore?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).
@@ -178,10 +180,16 @@ final class DomainRecord {
         var running = false, blocked = false
         var cpu = s.finalCPUTimeNs
         if hasProcess {
-            cpu = ProcFS.cpuTimeNs(of: process.pid)
+            cpu = ProcFS.stat(of: process.pid)?.cpuTimeNs ?? 0
             if !s.paused && !suspended && s.phase != .shutdown && s.phase != .dying {
-                let states = ProcFS.threadStates(of: process.pid)
-                running = states.contains("R")
+                // A domain that used no CPU since the last look is blocked: its threads are
+                // read only when it did (so a thousand idle domains list quickly).
+                if let last = process.cpuTimeNsAtLastLook, last == cpu {
+                    running = false
+                } else {
+                    running = ProcFS.threadStates(of: process.pid).contains("R")
+                }
+                process.cpuTimeNsAtLastLook = cpu
                 blocked = !running
             }
         }

@@ -68,16 +68,17 @@ extension Supervisor {
                 try e.write("/local/domain/\(dom.domid)/name", Array(newName.utf8)) + e.write("/vm/\(dom.uuid)/name", Array(newName.utf8))
             }
             c.send(.ok)
-        case let .list(specs):
+        case let .list(specs, withConfig):
             var out: [DomainInfo] = []
+            let config = withConfig ?? true
             if specs.isEmpty {
                 out.append(dom0Info())
-                out += domains.domids.compactMap { domains[$0].map { $0.info(includeConfig: true, memory: machine.domains[$0.domid]) } }
+                out += domains.domids.compactMap { domains[$0].map { $0.info(includeConfig: config, memory: machine.domains[$0.domid]) } }
             } else {
                 for spec in specs {
                     if spec == "0" || spec == "Domain-0" { out.append(dom0Info()); continue }
                     guard let dom = find(spec) else { return c.send(unknownDomain(spec)) }
-                    out.append(dom.info(includeConfig: true, memory: machine.domains[dom.domid]))
+                    out.append(dom.info(includeConfig: config, memory: machine.domains[dom.domid]))
                 }
             }
             // As libxl, a domain's name is what /local/domain/N/name says (a dom0 tool may have

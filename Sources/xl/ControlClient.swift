@@ -112,8 +112,8 @@ struct ControlClient {
         }
     }
 
-    mutating func domains(_ specs: [String]) -> [DomainInfo] {
-        switch request(.list(domains: specs)) {
+    mutating func domains(_ specs: [String], withConfig: Bool = true) -> [DomainInfo] {
+        switch request(.list(domains: specs, withConfig: withConfig)) {
         case let .domains(list): return list
         case let .error(msg): fail(msg)
         case let other: fail("xl: unexpected reply \(other)")

@@ -11,7 +11,7 @@ struct List: ParsableCommand {
         var client = ControlClient.connect()
         // One request: the supervisor fills in the names from its XenStore, where libxl reads
         // them. Only a XENSTORED_PATH naming another xenstored is read here, once per domain.
-        var list = client.domains(domains)
+        var list = client.domains(domains, withConfig: l)
         if let xs = client.otherXenstore() {
             for i in list.indices where list[i].domid != 0 {
                 if let name = try? xs.read("/local/domain/\(list[i].domid)/name"), !name.isEmpty { list[i].name = name }

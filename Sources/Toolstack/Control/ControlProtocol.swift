@@ -11,8 +11,9 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     case pause(domain: String)
     case unpause(domain: String)
     case rename(domain: String, newName: String)
-    /// Domains matching the names/ids given, or all domains (dom0 first) when empty.
-    case list(domains: [String])
+    /// Domains matching the names/ids given, or all domains (dom0 first) when empty. Their
+    /// configs come too unless `withConfig` is false (nil, from an older xl, is true).
+    case list(domains: [String], withConfig: Bool? = nil)
     case info
     /// After `.consoleAttached` the connection carries raw console bytes both ways.
     case consoleAttach(domain: String)
