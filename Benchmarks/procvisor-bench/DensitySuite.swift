@@ -80,7 +80,7 @@ enum DensitySuite {
         guard case let .domains(after) = try sup.call(.list(domains: [])), after.count == 1 else { throw BenchError("domains left after destroy") }
         usleep(200_000)
         let leftover = ProcFS.children(of: sup.pid).filter { ProcFS.state(of: $0) != "Z" }
-        if !leftover.isEmpty { fputs("density: supervisor children after destroy: \(leftover)\n", stderr) }
+        if !leftover.isEmpty { throw BenchError("supervisor children left after destroying every domain: \(leftover)") }
 
         // Peer: the same binary, bare, in the jail's namespaces, left idle.
         let unshare = "/usr/bin/unshare"

@@ -7,6 +7,10 @@ import Glibc
 public final class CPUCgroup {
     public let path: String
     public let version: MemoryCgroup.Version
+    /// Whether the directory is this cgroup's alone. On v2 the domain's memory, pids and cpu
+    /// cgroups are one directory, which the others make, join and remove: the cpu side only
+    /// writes its files there.
+    public let ownsDirectory: Bool
 
     /// The CFS period a cap is a share of, in microseconds (the kernel's default).
     public static let periodMicroseconds = 100_000
@@ -45,15 +49,24 @@ public final class CPUCgroup {
         }
         self.version = version
         let dir = parent + "/" + name
+        ownsDirectory = version == .v1
         if mkdir(dir, 0o755) != 0 && Errno.current != .exists { throw SystemError("mkdir", dir, errno: .current) }
         path = dir
+        // On v2 the controller must also be enabled for the children (the parent's
+        // cgroup.subtree_control): without it the directory has no cpu.weight.
+        if version == .v2 && !FileIO.exists(dir + "/cpu.weight") {
+            throw SystemError("cgroup", "the cpu controller is not enabled in \(parent)/cgroup.subtree_control", errno: .noSuchFile)
+        }
     }
 
     /// The cgroup `name` this process made earlier (before a live update), if it is there.
     public init?(existing name: String) {
-        guard let (parent, version) = Self.current(), FileIO.exists(parent + "/" + name) else { return nil }
+        guard let (parent, version) = Self.current(), FileIO.exists(parent + "/" + name + (version == .v1 ? "/cpu.shares" : "/cpu.weight")) else {
+            return nil
+        }
         self.path = parent + "/" + name
         self.version = version
+        ownsDirectory = version == .v1
     }
 
     /// The kernel's value for a Xen weight (1–65535, 256 the default). v1 shares are 1024 for the
@@ -70,7 +83,8 @@ public final class CPUCgroup {
 
     /// The quota per period for a Xen cap (percent of one CPU, 0 = no cap); nil is unlimited.
     public static func quotaMicroseconds(cap: Int) -> Int? {
-        cap <= 0 ? nil : cap * periodMicroseconds / 100
+        // Saturating: a cap beyond any machine is as good as none bigger.
+        cap <= 0 ? nil : Int(min(Int64(cap), 1 << 40)) * periodMicroseconds / 100
     }
 
     public func setWeight(xen weight: Int) throws {
@@ -120,9 +134,10 @@ public final class CPUCgroup {
     public func joinFile() throws -> FileDescriptor { try CgroupFiles.joinFile(path, version: version) }
 
     /// Removes the (empty) cgroup; a process still listed (gone from its others already) is
-    /// moved to the parent first.
+    /// moved to the parent first. A v2 directory is not this cgroup's to remove (`ownsDirectory`).
     @discardableResult
     public func remove() -> Bool {
+        guard ownsDirectory else { return true }
         if rmdir(path) == 0 { return true }
         guard errno == EBUSY, let slash = path.lastIndex(of: "/") else { return false }
         let parent = String(path[..<slash])

@@ -67,8 +67,8 @@ final class DomainProcess {
     var watchTokens: [(FileDescriptor, UInt64)] = []
     /// The bounding filter's notification listener: calls the bound refuses arrive here.
     var boundListener: FileDescriptor?
-    /// The process's CPU time when `xl list` last looked (`DomainRecord.info`).
-    var cpuTimeNsAtLastLook: UInt64?
+    /// The process's CPU time when `xl list` last saw it change, and when (`DomainRecord.info`).
+    var lastLook: (cpuTimeNs: UInt64, at: UInt64)?
     /// XenStore ring page, kick eventfd and store port (nil once the domain is gone).
     var store: DomainStore?
     /// The domain's pids cgroup (every task of the domain, for limits and destroy).
@@ -182,14 +182,16 @@ final class DomainRecord {
         if hasProcess {
             cpu = ProcFS.stat(of: process.pid)?.cpuTimeNs ?? 0
             if !s.paused && !suspended && s.phase != .shutdown && s.phase != .dying {
-                // A domain that used no CPU since the last look is blocked: its threads are
-                // read only when it did (so a thousand idle domains list quickly).
-                if let last = process.cpuTimeNsAtLastLook, last == cpu {
+                // A domain that used no CPU since the last look, at least 50 ms ago (CPU time
+                // moves in 10 ms ticks), is blocked: its threads are read only otherwise (so a
+                // thousand idle domains list quickly).
+                let now = MonotonicClock.nanoseconds()
+                if let last = process.lastLook, last.cpuTimeNs == cpu, now &- last.at >= 50_000_000 {
                     running = false
                 } else {
                     running = ProcFS.threadStates(of: process.pid).contains("R")
                 }
-                process.cpuTimeNsAtLastLook = cpu
+                if process.lastLook?.cpuTimeNs != cpu { process.lastLook = (cpu, now) }
                 blocked = !running
             }
         }

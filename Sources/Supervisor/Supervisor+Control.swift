@@ -160,6 +160,8 @@ extension Supervisor {
             dirtyLogStart(spec, from: c)
         case let .dirtyPages(spec):
             dirtyPages(spec, from: c)
+        case .topSample:
+            c.send(.topSample(topSample()))
         case let .schedGet(specs):
             c.send(schedGet(specs))
         case let .schedSet(spec, scheduler, weight, cap):

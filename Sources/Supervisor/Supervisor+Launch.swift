@@ -52,6 +52,17 @@ extension Supervisor {
         if config.vcpus < 1 || config.maxvcpus > 512 {
             throw CreateError("vcpus must be between 1 and 512 (got vcpus=\(config.vcpus), maxvcpus=\(config.maxvcpus))")
         }
+        // A config from a save file, a migration stream or a control client, not only xl.cfg:
+        // the ranges libxl enforces, again.
+        if let w = config.cpuWeight, !SchedParams.weightRange.contains(w) {
+            throw CreateError("cpu_weight \(w) is out of range: valid values are 1 to 65535")
+        }
+        if let cap = config.cap, cap < 0 || cap > config.maxvcpus * 100 {
+            throw CreateError("cap \(cap) is out of range: valid values are 0 to \(config.maxvcpus * 100) for \(config.maxvcpus) vCPUs")
+        }
+        if !jail.uses(.cgroups), config.cpuWeight != nil || config.cap != nil {
+            throw CreateError("cannot enforce cpu_weight/cap for domain \(config.name): domains run without cgroups here (procvisord --insecure-no-cgroups)")
+        }
         let free = freeMemoryMB
         if restore == nil, UInt64(config.memory) > free {
             throw CreateError("memory=\(config.memory) MiB is more than the free machine memory (\(free) MiB of \(options.memoryMB) MiB)")
@@ -180,7 +191,8 @@ extension Supervisor {
                 cpu = c
                 try c.setWeight(xen: config.cpuWeight ?? SchedParams.defaultWeight)
                 try c.setCap(percent: config.cap ?? 0)
-                cgroupProcs.append(try c.joinFile())
+                // (On v2 it is the directory the memory and pids cgroups' join file moves into.)
+                if c.ownsDirectory { cgroupProcs.append(try c.joinFile()) }
             } catch {
                 if config.cpuWeight != nil || config.cap != nil {
                     dropCgroups()

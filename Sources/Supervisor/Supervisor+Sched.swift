@@ -1,4 +1,5 @@
 import LinuxHost
+import ProcvisorABI
 import Toolstack
 
 /// The credit schedulers' weight and cap, kept in the domain's config (so a save, a migration
@@ -50,6 +51,8 @@ extension Supervisor {
             if let weight { try cg.setWeight(xen: weight) }
             if let cap { try cg.setCap(percent: cap) }
         } catch {
+            // Nothing changes: the weight goes back if the cap could not be set.
+            if weight != nil { try? cg.setWeight(xen: dom.config.cpuWeight ?? SchedParams.defaultWeight) }
             return .error("\(label):Setting domain sched \(scheduler): \(error)")
         }
         if let weight { dom.config.cpuWeight = weight }
@@ -65,5 +68,43 @@ extension Supervisor {
     static func baseName(_ path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return path }
         return String(path[path.index(after: slash)...])
+    }
+}
+
+extension Supervisor {
+    /// `xl top`'s sample: `xl list`'s figures plus, per domain, its vifs' and disks' totals from
+    /// the `statistics` node their backends keep (netback's tx-bytes/rx-bytes, blkback's
+    /// rd_req…wr_sect), read from the store here, one request for the whole screen.
+    func topSample() -> TopSample {
+        func stats(_ frontend: DomID, _ kind: String) -> [[String: UInt64]?] {
+            let dir = "/local/domain/\(frontend)/device/\(kind)"
+            return ((try? xenstore.engine.directory(dir)) ?? []).map { devid in
+                guard let backend = try? xenstore.engine.read(dir + "/" + devid + "/backend"),
+                      let text = try? xenstore.engine.read(String(decoding: backend, as: UTF8.self) + "/statistics") else { return nil }
+                return TopSample.statistics(String(decoding: text, as: UTF8.self))
+            }
+        }
+        var out: [TopSample.Domain] = [TopSample.Domain(info: dom0Info(), nets: 0, netTxBytes: 0, netRxBytes: 0, vbds: 0, vbd: nil)]
+        for domid in domains.domids {
+            guard let dom = domains[domid] else { continue }
+            var info = dom.info(includeConfig: false, memory: machine.domains[domid])
+            if let raw = try? xenstore.engine.read("/local/domain/\(domid)/name"), !raw.isEmpty { info.name = String(decoding: raw, as: UTF8.self) }
+            let vifs = stats(domid, "vif"), vbds = stats(domid, "vbd")
+            var vbd: TopSample.VBDTotals?
+            for case let s? in vbds {
+                var t = vbd ?? TopSample.VBDTotals()
+                t.oo &+= s["oo_req"] ?? 0
+                t.rd &+= s["rd_req"] ?? 0
+                t.wr &+= s["wr_req"] ?? 0
+                t.rdSect &+= s["rd_sect"] ?? 0
+                t.wrSect &+= s["wr_sect"] ?? 0
+                vbd = t
+            }
+            out.append(TopSample.Domain(info: info, nets: vifs.count,
+                                        netTxBytes: vifs.reduce(0) { $0 &+ ($1?["tx-bytes"] ?? 0) },
+                                        netRxBytes: vifs.reduce(0) { $0 &+ ($1?["rx-bytes"] ?? 0) },
+                                        vbds: vbds.count, vbd: vbd))
+        }
+        return TopSample(host: hostInfo(), monotonicNs: MonotonicClock.nanoseconds(), domains: out)
     }
 }

@@ -17,11 +17,12 @@ struct Console: ParsableCommand {
     /// `attached` runs once the supervisor has the connection attached (and before anything
     /// is streamed): `xl create -c` unpauses the new domain there, so that none of its output
     /// can come and go before the console is connected.
-    static func attach(client: inout ControlClient, domain: String, attached: () -> Void = {}) {
+    /// `refused` runs when the supervisor refuses the attach, before xl exits.
+    static func attach(client: inout ControlClient, domain: String, attached: () -> Void = {}, refused: () -> Void = {}) {
         switch client.request(.consoleAttach(domain: domain)) {
         case .consoleAttached: break
-        case let .error(msg): fail(msg)
-        case let other: fail("xl: unexpected reply \(other)")
+        case let .error(msg): refused(); fail(msg)
+        case let other: refused(); fail("xl: unexpected reply \(other)")
         }
         attached()
         let saved = TerminalMode.makeRaw(.standardInput)

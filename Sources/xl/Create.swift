@@ -43,12 +43,14 @@ struct Create: ParsableCommand {
         switch client.request(.create(config: config, paused: p || c)) {
         case let .created(domid):
             guard c else { return }
-            Console.attach(client: &client, domain: "\(domid)") {
+            // Without a console the domain still runs, as it would have without -c.
+            func unpause() {
                 guard !p else { return }
                 var other = ControlClient.connect()
                 other.expectOK(.unpause(domain: "\(domid)"))
                 other.fd.close()
             }
+            Console.attach(client: &client, domain: "\(domid)", attached: unpause, refused: unpause)
         case let .error(msg):
             fail("xl: \(msg)")
         case let other:

@@ -39,6 +39,7 @@ enum XLHelp {
         "network-filter": Synopsis(usage: "[-b Backend] <list [Bridge]|add|insert|del|flush> ...", required: 1),
         "sched-credit": Synopsis(usage: "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]", required: 0),
         "sched-credit2": Synopsis(usage: "[-d <Domain> [-w[=WEIGHT]]] [-p CPUPOOL]", required: 0),
+        "top": Synopsis(usage: "[-b] [-d SECONDS] [-i ITERATIONS] [-f] [-r]", required: 0),
         "save": Synopsis(usage: "[options] <Domain> <CheckpointFile> [<ConfigFile>]", required: 2),
         "restore": Synopsis(usage: "[options] [<ConfigFile>] <CheckpointFile>", required: 1),
         "migrate": Synopsis(usage: "[options] <Domain> <host>", required: 2),

@@ -11,7 +11,7 @@ struct XL: ParsableCommand {
             Create.self, Destroy.self, Shutdown.self, Reboot.self, Pause.self, Unpause.self, Rename.self,
             List.self, Info.self, Console.self, Dmesg.self, Domid.self, Domname.self, Uptime.self, MemMax.self, MemSet.self,
             BlockAttach.self, BlockDetach.self, BlockList.self, NetworkAttach.self, NetworkDetach.self, NetworkList.self,
-            NetworkFilter.self, SchedCredit.self, SchedCredit2.self, Save.self, Restore.self, Migrate.self, MigrateReceive.self, LiveUpdate.self,
+            NetworkFilter.self, SchedCredit.self, SchedCredit2.self, Top.self, Save.self, Restore.self, Migrate.self, MigrateReceive.self, LiveUpdate.self,
         ])
 }
 

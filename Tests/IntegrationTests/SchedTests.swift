@@ -6,8 +6,9 @@ import Testing
 /// `cpu_weight`, `cap`, `xl sched-credit` and `xl sched-credit2` through a real supervisor and
 /// real domains: what xl prints, what it refuses, and what the kernel then enforces.
 @Suite struct SchedTests {
-    /// The cpu cgroup the supervisor made for `domid`, where the host has a writable cpu
-    /// controller (nil elsewhere: those hosts run the fallback checks).
+    /// The cpu cgroup the supervisor made for `domid`. The tests that set weights and caps run
+    /// where the host has a writable cpu controller; elsewhere `weightAndCapAreRefusedWithoutACPUController`
+    /// checks the refusal.
     func cgroup(_ h: SupervisorHarness, _ domid: Int) -> CPUCgroup? {
         CPUCgroup(existing: "procvisor-\(h.pid)-dom\(domid)")
     }
@@ -31,7 +32,7 @@ import Testing
         return r
     }
 
-    @Test func configWeightAndCapAreShownAndEnforced() throws {
+    @Test(.enabled(if: SchedTests.hostHasCPUController)) func configWeightAndCapAreShownAndEnforced() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("heavy", mode: "run", "cpu_weight = 512\ncap = 50\n")
@@ -61,7 +62,7 @@ import Testing
         #expect(eventually { cgroup(h, heavy) == nil }, "the domain's cpu cgroup must go with it")
     }
 
-    @Test func sched_credit2SetsWhatTheKernelEnforces() throws {
+    @Test(.enabled(if: SchedTests.hostHasCPUController)) func sched_credit2SetsWhatTheKernelEnforces() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("tuned", mode: "run", "vcpus = 2\n")
@@ -82,7 +83,7 @@ import Testing
         #expect(try h.dmesg().contains("credit2 weight 64, cap 150"))
     }
 
-    @Test func badWeightsCapsAndDomainsAreRefusedAndNothingChanges() throws {
+    @Test(.enabled(if: SchedTests.hostHasCPUController)) func badWeightsCapsAndDomainsAreRefusedAndNothingChanges() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("victim", mode: "run", "vcpus = 2\ncpu_weight = 300\n")
@@ -118,7 +119,7 @@ import Testing
         #expect(try h.list()["bad"] == nil && h.list()["victim"] != nil)
     }
 
-    @Test func theCreditSchedulerWhenTheHostRunsIt() throws {
+    @Test(.enabled(if: SchedTests.hostHasCPUController)) func theCreditSchedulerWhenTheHostRunsIt() throws {
         let h = try SupervisorHarness(extraEnv: ["PROCVISOR_SCHED": "credit"])
         defer { h.stop() }
         try h.create("c1", mode: "run")
@@ -148,14 +149,15 @@ import Testing
         usleep(1_500_000)
         let used = Double(Int64(ProcFS.cpuTimeNs(of: pid)) - before) / Double(Int64(MonotonicClock.nanoseconds()) - start)
         #expect(used < 0.4, "a cap of 20 let the guest use \(Int(used * 100))% of a CPU")
-        #expect(cg.throttledPeriods > 0, "the cap never throttled the spinner")
+        // Throttled, when it got as much as its cap (a loaded machine may give it less).
+        if used >= 0.15 { #expect(cg.throttledPeriods > 0, "the cap never throttled the spinner") }
         // Lifting the cap lets it run (the other domains keep theirs: none is starved).
         #expect(try h.xl("sched-credit2", "-d", "spin", "-c", "0").ok)
         #expect(try h.xl("list").ok)
     }
 
     /// The weight and cap are the domain's: a save and restore keeps them.
-    @Test func weightAndCapSurviveSaveAndRestore() throws {
+    @Test(.enabled(if: SchedTests.hostHasCPUController)) func weightAndCapSurviveSaveAndRestore() throws {
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("keep", mode: "ram-counter")
@@ -170,5 +172,17 @@ import Testing
         if Self.hostHasCPUController, let domid = try h.list()["keep"]?.domid, let cg = cgroup(h, domid) {
             #expect(cg.enforced.quotaMicroseconds == 40_000)
         }
+    }
+
+    /// A host without a writable cpu controller cannot enforce a weight or a cap: such a config
+    /// is refused, naming why, and plain domains still run.
+    @Test(.enabled(if: !SchedTests.hostHasCPUController)) func weightAndCapAreRefusedWithoutACPUController() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        let r = try h.xl(args: ["create", "-q", h.config("w", mode: "run", "cpu_weight = 512\n")])
+        #expect(!r.ok && r.stderr.contains("cannot enforce cpu_weight/cap"), "\(r.stderr)")
+        try h.create("plain", mode: "run")
+        let set = try h.xl("sched-credit2", "-d", "plain", "-w", "512")
+        #expect(!set.ok && set.stderr.contains("no cpu cgroup"), "\(set.stderr)")
     }
 }

@@ -111,8 +111,10 @@ final class BlkbackDevice {
 
     /// While the queues serve: wakes on the frontend's state (a watch) and on stop requests.
     private func supervise() throws {
+        var published: BlkbackCounters?
         while true {
             kick.wait(timeoutMs: 1000)
+            publishStatistics(&published)
             failureLock.lock()
             let f = failure
             failureLock.unlock()
@@ -126,6 +128,15 @@ final class BlkbackDevice {
     }
 
     private func read(_ key: String) -> String? { try? domain.store.read(dir + "/" + key) }
+
+    /// The queues' counts summed into `statistics` under the backend directory (what `xl top`
+    /// shows), when they changed since the last time: at most once a second.
+    private func publishStatistics(_ published: inout BlkbackCounters?) {
+        let total = queues.reduce(BlkbackCounters()) { sum, q in sum + BlkbackCounters.snapshot(&q.counters) }
+        guard total != published else { return }
+        // A failure means the directory is going (the device is being removed): the next look stops.
+        if (try? domain.store.write(dir + "/statistics", total.text)) != nil { published = total }
+    }
 
     private func connect() throws {
         let xs = domain.store

@@ -11,6 +11,10 @@ final class BlkbackQueue {
     private let kickEvent = Kick()
     @exclusivity(unchecked) private(set) var port: EventChannels.Port?
     @exclusivity(unchecked) private var engine: BlockIOEngine?
+    /// What this queue took from its ring (written by the queue's thread alone, read by the
+    /// device's thread for `statistics/`): Linux blkback's rd_req, wr_req, f_req, ds_req,
+    /// rd_sect, wr_sect.
+    @exclusivity(unchecked) var counters = BlkbackCounters()
     @exclusivity(unchecked) private var ring: BackRing?
     @exclusivity(unchecked) private var ringMapping: GrantMappingRun?
     private var domain: Domain { device.domain }
@@ -569,6 +573,7 @@ final class BlkbackQueue {
                 return rw
             }
             if rw.operation == .flushDiskcache {
+                BlkbackCounters.bump(&counters.flush)
                 inFlight[tag] = Pending(id: rw.id, op: rw.operation.rawValue, entry: entry)
                 batch.append(.flush(tag: tag))
                 return nil
@@ -605,6 +610,7 @@ final class BlkbackQueue {
                 fail(.error, "discard \(d.sectorNumber)+\(d.nrSectors) past the end of the disk")
                 return nil
             }
+            BlkbackCounters.bump(&counters.discard)
             inFlight[tag] = Pending(id: d.id, op: BlkifOp.discard.rawValue, entry: entry)
             batch.append(.discard(offset: d.sectorNumber * 512, length: d.nrSectors * 512, tag: tag))
             return nil
@@ -618,6 +624,13 @@ final class BlkbackQueue {
         guard sectorNumber <= device.sectors, count <= device.sectors - sectorNumber else {
             fail(.error, "sectors \(sectorNumber)+\(count) past the end of the disk (\(device.sectors) sectors)", op: wireOp)
             return nil
+        }
+        if writing {
+            BlkbackCounters.bump(&counters.writes)
+            BlkbackCounters.bump(&counters.writeSectors, by: count)
+        } else {
+            BlkbackCounters.bump(&counters.reads)
+            BlkbackCounters.bump(&counters.readSectors, by: count)
         }
         if segments.isEmpty {
             // A read or write of nothing: nothing to do.
@@ -802,5 +815,40 @@ final class BlkbackQueue {
         logMemory = nil
         if let p = port { try? domain.eventChannels.close(p) }
         kickEvent.close()
+    }
+}
+
+/// A queue's request counts (`BlkbackQueue.counters`): one writer (the queue's thread), read by
+/// the device's thread with atomic loads.
+struct BlkbackCounters: Equatable {
+    var reads: UInt64 = 0
+    var writes: UInt64 = 0
+    var flush: UInt64 = 0
+    var discard: UInt64 = 0
+    var readSectors: UInt64 = 0
+    var writeSectors: UInt64 = 0
+
+    static func bump(_ p: UnsafeMutablePointer<UInt64>, by n: UInt64 = 1) {
+        SharedAtomic.store(p, SharedAtomic.load(p) &+ n)
+    }
+
+    /// A consistent enough copy for statistics (each field loaded atomically).
+    static func snapshot(_ p: UnsafeMutablePointer<BlkbackCounters>) -> BlkbackCounters {
+        p.withMemoryRebound(to: UInt64.self, capacity: 6) { w in
+            BlkbackCounters(reads: SharedAtomic.load(w), writes: SharedAtomic.load(w + 1), flush: SharedAtomic.load(w + 2),
+                            discard: SharedAtomic.load(w + 3), readSectors: SharedAtomic.load(w + 4), writeSectors: SharedAtomic.load(w + 5))
+        }
+    }
+
+    static func + (a: BlkbackCounters, b: BlkbackCounters) -> BlkbackCounters {
+        BlkbackCounters(reads: a.reads &+ b.reads, writes: a.writes &+ b.writes, flush: a.flush &+ b.flush, discard: a.discard &+ b.discard,
+                        readSectors: a.readSectors &+ b.readSectors, writeSectors: a.writeSectors &+ b.writeSectors)
+    }
+
+    /// The backend's `statistics` node: `key value` pairs (as netback's), the keys Linux
+    /// blkback's sysfs statistics files. `oo_req` (requests that waited for a free request
+    /// structure) is always 0 here: blkback takes every request its ring holds.
+    var text: String {
+        "oo_req 0 rd_req \(reads) wr_req \(writes) f_req \(flush) ds_req \(discard) rd_sect \(readSectors) wr_sect \(writeSectors)"
     }
 }

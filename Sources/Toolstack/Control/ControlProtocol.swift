@@ -20,6 +20,9 @@ public enum ControlRequest: Codable, Equatable, Sendable {
     /// `xl sched-credit` / `sched-credit2` without -w/-c: the weight and cap of the domains
     /// named, or of all (dom0 first) when empty; replied as `.schedParams`.
     case schedGet(domains: [String])
+    /// `xl top`: every domain's figures with its devices' statistics and the host's, replied as
+    /// `.topSample`.
+    case topSample
     /// `xl sched-credit -d DOMAIN [-w WEIGHT] [-c CAP]`: nil leaves that parameter as it is.
     /// `scheduler` is the one the command is for ("credit", "credit2"); it must be the host's.
     case schedSet(domain: String, scheduler: String, weight: Int?, cap: Int?)
@@ -90,6 +93,7 @@ public enum ControlResponse: Codable, Equatable, Sendable {
     case dmesg(String)
     case consoleAttached(domid: UInt16)
     case schedParams(scheduler: String, [SchedParams])
+    case topSample(TopSample)
     case pong(pid: Int32)
     /// Domain `domid` has shut down with this `SHUTDOWN_*` reason code.
     case shutdownDone(domid: UInt16, reason: ShutdownReason)
@@ -372,5 +376,65 @@ public struct SchedParams: Codable, Equatable, Sendable {
         self.name = name
         self.weight = weight
         self.cap = cap
+    }
+}
+
+/// What `xl top` shows at one instant (xentop's libxenstat node): the host and, per domain, its
+/// `xl list` figures and its devices' totals from their backends' `statistics` nodes.
+public struct TopSample: Codable, Equatable, Sendable {
+    public struct Domain: Codable, Equatable, Sendable {
+        public var info: DomainInfo
+        public var nets: Int
+        /// Bytes the domain sent and received on all its vifs (netback's tx-bytes, rx-bytes).
+        public var netTxBytes: UInt64
+        public var netRxBytes: UInt64
+        public var vbds: Int
+        /// blkback's counts summed over the domain's disks; nil when none of its disks has
+        /// statistics (xentop shows `-`).
+        public var vbd: VBDTotals?
+
+        public init(info: DomainInfo, nets: Int, netTxBytes: UInt64, netRxBytes: UInt64, vbds: Int, vbd: VBDTotals?) {
+            self.info = info
+            self.nets = nets
+            self.netTxBytes = netTxBytes
+            self.netRxBytes = netRxBytes
+            self.vbds = vbds
+            self.vbd = vbd
+        }
+    }
+
+    public struct VBDTotals: Codable, Equatable, Sendable {
+        public var oo: UInt64 = 0, rd: UInt64 = 0, wr: UInt64 = 0, rdSect: UInt64 = 0, wrSect: UInt64 = 0
+        public init(oo: UInt64 = 0, rd: UInt64 = 0, wr: UInt64 = 0, rdSect: UInt64 = 0, wrSect: UInt64 = 0) {
+            self.oo = oo
+            self.rd = rd
+            self.wr = wr
+            self.rdSect = rdSect
+            self.wrSect = wrSect
+        }
+    }
+
+    public var host: HostInfo
+    /// When the sample was taken (CLOCK_MONOTONIC, ns): CPU(%) is the CPU time between two
+    /// samples over the time between them.
+    public var monotonicNs: UInt64
+    public var domains: [Domain]
+
+    public init(host: HostInfo, monotonicNs: UInt64, domains: [Domain]) {
+        self.host = host
+        self.monotonicNs = monotonicNs
+        self.domains = domains
+    }
+
+    /// `key value key value …` (a backend's `statistics` node) as a dictionary; words that do
+    /// not pair up with a number are skipped.
+    public static func statistics(_ text: String) -> [String: UInt64] {
+        let words = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        var out: [String: UInt64] = [:]
+        var i = 0
+        while i + 1 < words.count {
+            if let v = UInt64(words[i + 1]) { out[String(words[i])] = v; i += 2 } else { i += 1 }
+        }
+        return out
     }
 }
