@@ -44,6 +44,8 @@ struct Top: ParsableCommand {
             if interactive {
                 let time = WallClock.format(Int(WallClock.now().seconds), "%H:%M:%S", utc: false)
                 screen = "\u{1b}[H\u{1b}[2J" + XenTop.summary(sample, time: time) + screen + "\n  Delay  Networks  vBds  VCPUs  Repeat header  Sort order  Quit  (q quits)\n"
+                // The terminal is raw (keys come one by one): lines need their carriage return.
+                screen = screen.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
             }
             FileDescriptor.standardOutput.writeUnchecked(screen)
             previous = sample
