@@ -200,23 +200,25 @@ import XenStoreSocket
         let h = try SupervisorHarness()
         defer { h.stop() }
         try h.create("g", mode: "run")
+        #expect(eventually { h.consoleLog("g").contains("running dom") })
         let console = Foundation.Process()
         console.executableURL = URL(fileURLWithPath: Products.path("xl"))
         console.arguments = ["console", "g"]
         console.environment = h.env
         let input = Pipe()
+        let output = Pipe()
         console.standardInput = input
-        console.standardOutput = FileHandle.nullDevice
+        console.standardOutput = output
         try console.run()
+        // The console's history arrives once the supervisor has it attached: only then is a
+        // live update bound to be refused (before, it would rightly go ahead).
+        _ = output.fileHandleForReading.availableData
         defer {
             kill(console.processIdentifier, SIGKILL)  // xl console leaves on Ctrl-], not on SIGTERM
             console.waitUntilExit()
         }
-        var refusal = ""
-        #expect(eventually(timeout: 10) {
-            refusal = (try? h.xl("live-update").stderr) ?? ""
-            return refusal.contains("an xl console is attached to dom1")
-        }, "\(refusal)")
+        let refusal = try h.xl("live-update").stderr
+        #expect(refusal.contains("an xl console is attached to dom1"), "\(refusal)")
         #expect(!(try h.dmesg()).contains("took over"))
     }
 }
