@@ -4,6 +4,7 @@
 //    --futex-ping N / --futex-pong      raw futex ping-pong on the memfd at fd 3 (evtchn peer);
 //    --eventfd-ping N / --eventfd-pong  eventfd ping-pong on fds 3 and 4 (evtchn peer);
 //    --dgram-send SIZE SECONDS / --dgram-recv  datagrams over the AF_UNIX socketpair end at fd 3 (net peer);
+//    --timerfd ROUNDS PERIOD_US         one-shot timerfd lateness (sched peer);
 //  as a domain: "mode=idle" (lifecycle), "mode=xs-echo seconds=S gaps=MS" (live update), "mode=evtchn-offer", "mode=evtchn-bind peer=D port=P rounds=N spin=S", "mode=spin" (sched).
 import DomainRuntime
 import Glibc
@@ -95,6 +96,24 @@ case "--eventfd-ping", "--eventfd-pong":
     } else {
         while read(inp, &got, 8) == 8 && got == 1 { _ = write(out, &one, 8) }
     }
+    exit(0)
+case "--timerfd":
+    // The timer peer: the same one-shot timers from a timerfd, in a plain process.
+    let rounds = Int(args.count > 1 ? args[1] : "2000") ?? 2000
+    let period = (UInt64(args.count > 2 ? args[2] : "1000") ?? 1000) * 1000
+    let t = try! TimerFD()
+    var late: [UInt64] = []
+    for i in 0..<(rounds + 50) {
+        let deadline = MonotonicClock.nanoseconds() + period
+        try! t.arm(at: deadline)
+        var p = Poll([(t.fd, .readable)])
+        _ = try? p.wait(timeoutMs: -1)
+        t.drain()
+        let now = MonotonicClock.nanoseconds()
+        if i >= 50 { late.append(now >= deadline ? now - deadline : 0) }
+    }
+    late.sort()
+    report("timer p50_ns=\(late[late.count / 2]) p99_ns=\(late[min(late.count - 1, late.count * 99 / 100)])")
     exit(0)
 case "--dgram-send":
     // SIZE-byte datagrams (first byte 0) for SECONDS, as fast as send(2) takes them, then a
@@ -277,6 +296,23 @@ case "fill-ram":
             }
         }
     }
+    while true { domain.block() }
+case "timer":
+    // VIRQ_TIMER lateness (sched suite): `rounds` one-shot timers `period_us` apart.
+    let rounds = Int(arg("rounds") ?? "2000") ?? 2000
+    let period = (UInt64(arg("period_us") ?? "1000") ?? 1000) * 1000
+    let port = try! ev.bindVirq(.timer)
+    var late: [UInt64] = []
+    late.reserveCapacity(rounds)
+    for i in 0..<(rounds + 50) {
+        let deadline = MonotonicClock.nanoseconds() + period
+        domain.setTimer(deadline: deadline)
+        while ev.waitAny() != port {}
+        let now = MonotonicClock.nanoseconds()
+        if i >= 50 { late.append(now >= deadline ? now - deadline : 0) }  // the first ones warm up
+    }
+    late.sort()
+    report("timer p50_ns=\(late[late.count / 2]) p99_ns=\(late[min(late.count - 1, late.count * 99 / 100)])")
     while true { domain.block() }
 case "spin":
     // CPU-bound on its one vCPU until destroyed (sched suite).

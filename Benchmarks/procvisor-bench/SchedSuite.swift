@@ -9,6 +9,10 @@ import Toolstack
 ///   affinity): the heavier one's CPU time over the lighter one's, against 2.0.
 /// - `credit_cap`: one spinner capped at 50, free to run on any CPU: its CPU percentage,
 ///   against 50.
+/// - `timer_latency_p99`: how late 2000 one-shot VIRQ_TIMER events 1 ms apart arrive in a
+///   domain (`set_timer_op` with an absolute deadline, the guest blocked on the event), p99 in
+///   µs, against a timerfd in a plain process doing the same (run before and after ours; the
+///   mean of its two p99s).
 /// `--count` is the window in tenths of a second (default 200 → 3 s; at least 1 s).
 enum SchedSuite {
     static func run(count: Int) throws -> [Result] {
@@ -55,11 +59,38 @@ enum SchedSuite {
         let percent = measure([capped])[0] * 100
         _ = try sup.call(.destroy(domain: "capped"))
 
+        // Timer lateness: 2000 one-shot timers 1 ms apart, VIRQ_TIMER in a domain against a
+        // timerfd in a plain process; the peer runs before and after ours, their p99s averaged.
+        func peerTimer() throws -> (p50: Double, p99: Double) {
+            let text = try peerOutput(try runPeer(["--timerfd", "2000", "1000"], fds: []))
+            func value(_ key: String) throws -> Double {
+                guard let r = text.range(of: key + "="), let v = Double(text[r.upperBound...].prefix { $0.isNumber }) else {
+                    throw BenchError("the timerfd peer printed no \(key): \(text)")
+                }
+                return v / 1000
+            }
+            return (try value("p50_ns"), try value("p99_ns"))
+        }
+        let peerBefore = try peerTimer()
+        var timerConfig = DomainConfig(name: "timer", kernel: sup.guest)
+        timerConfig.memory = 16
+        timerConfig.maxmem = 16
+        timerConfig.extra = "mode=timer rounds=2000 period_us=1000"
+        guard case .created = try sup.call(.create(config: timerConfig, paused: false)) else { throw BenchError("create timer failed") }
+        let ourP99 = try sup.awaitValue("timer", key: "p99_ns") / 1000
+        let ourP50 = try sup.awaitValue("timer", key: "p50_ns") / 1000
+        _ = try sup.call(.destroy(domain: "timer"))
+        let peerAfter = try peerTimer()
+        let peerP99 = (peerBefore.p99 + peerAfter.p99) / 2
+        fputs("sched: timer lateness p50 \(ourP50) µs vs timerfd \(peerBefore.p50)/\(peerAfter.p50) µs; p99 \(ourP99) vs \(peerBefore.p99)/\(peerAfter.p99) µs\n", stderr)
+
         return [
             Result(name: "credit_weight_share", unit: "ratio", procvisor: ratio, peer: 2.0, peer_name: "weights asked (512/256)",
                    ratio: ratio / 2.0, higher_is_better: true, goal: "target 1.00 within 10%"),
             Result(name: "credit_cap", unit: "%cpu", procvisor: percent, peer: 50, peer_name: "cap asked",
                    ratio: percent / 50, higher_is_better: false, goal: "target 50% within 5 points"),
+            Result(name: "timer_latency_p99", unit: "us", procvisor: ourP99, peer: peerP99, peer_name: "timerfd, mean of before/after",
+                   ratio: ourP99 / peerP99, higher_is_better: false),
         ]
     }
 

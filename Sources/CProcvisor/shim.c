@@ -16,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/eventfd.h>
@@ -605,4 +606,19 @@ int pv_netif_set_mtu(const char *name, int mtu) {
     int rc = ioctl(s, SIOCSIFMTU, &ifr) < 0 ? neg_errno() : 0;
     close(s);
     return rc;
+}
+
+int pv_timerfd_create(void) {
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int pv_timerfd_arm(int fd, uint64_t deadline_ns) {
+    struct itimerspec its;
+    memset(&its, 0, sizeof its);
+    its.it_value.tv_sec = (time_t)(deadline_ns / 1000000000ULL);
+    its.it_value.tv_nsec = (long)(deadline_ns % 1000000000ULL);
+    // A deadline of 0 would disarm: an already-passed time of 1 ns fires at once instead.
+    if (deadline_ns != 0 && its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL) < 0 ? -errno : 0;
 }

@@ -198,6 +198,12 @@ public final class Domain {
         _ = hypercalls.call(.setTimerOp, [deadline])
     }
 
+    /// `set_timer_op` as Xen takes it: raise VIRQ_TIMER once at the system time `deadline`
+    /// (`MonotonicClock.nanoseconds()`; one passed already fires at once).
+    public func setTimer(deadline: UInt64) {
+        _ = hypercalls.call(.setTimerOp, [max(deadline, 1)])
+    }
+
     /// `SCHEDOP_shutdown`: stop this domain with `reason`; the supervisor applies the matching
     /// `on_poweroff` / `on_reboot` / `on_crash` action. Never returns.
     public func shutdown(_ reason: ShutdownReason) -> Never {

@@ -310,9 +310,9 @@ extension Supervisor {
         dom.virqTimer = nil
         let deadline = r.args[0]
         if deadline != 0 {
-            let now = MonotonicClock.nanoseconds()
-            let ms = deadline > now ? (deadline - now + 999_999) / 1_000_000 : 0
-            dom.virqTimer = loop.after(ms: ms) { [weak self, weak dom] in
+            // To the nanosecond (the loop's timerfd); a deadline passed already fires at once,
+            // one absurdly far away is held to a year.
+            dom.virqTimer = loop.at(deadline) { [weak self, weak dom] in
                 guard let self, let dom, dom.hasProcess else { return }
                 dom.virqTimer = nil
                 self.eventChannels.raiseVirq(dom.domid, .timer)

@@ -270,6 +270,10 @@ int pv_try_lock(int fd);
 long pv_raw_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6);
 int pv_close_range_from(unsigned int first);
 uint64_t pv_monotonic_ns(void);
+// A CLOCK_MONOTONIC timerfd, close-on-exec and non-blocking; -errno on failure.
+int pv_timerfd_create(void);
+// Arms it to expire once at the absolute monotonic time `deadline_ns` (0 disarms); -errno.
+int pv_timerfd_arm(int fd, uint64_t deadline_ns);
 int pv_gettid(void);
 
 // ---- atomics on shared memory (event pages, grant entries) ----
