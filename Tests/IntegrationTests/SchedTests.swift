@@ -185,4 +185,24 @@ import Testing
         let set = try h.xl("sched-credit2", "-d", "plain", "-w", "512")
         #expect(!set.ok && set.stderr.contains("no cpu cgroup"), "\(set.stderr)")
     }
+
+    /// `set_timer_op` timers arrive as VIRQ_TIMER after their deadline, never before, within a
+    /// slack a loaded machine keeps (the supervisor wakes on a timerfd at the deadline); one in
+    /// the past fires at once, one absurdly far away does not fire and harms nothing.
+    @Test func timersFireWithinTheirSlack() throws {
+        let h = try SupervisorHarness()
+        defer { h.stop() }
+        try h.create("timed", mode: "timer-slack")
+        #expect(eventually(timeout: 30) { h.consoleLog("timed").contains("timer slack ") }, "\(h.consoleLog("timed"))")
+        let line = h.consoleLog("timed").split(separator: "\n").first { $0.hasPrefix("timer slack ") }.map(String.init) ?? ""
+        var fields: [String: String] = [:]
+        for word in line.split(separator: " ") {
+            let kv = word.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { fields[String(kv[0])] = String(kv[1]) }
+        }
+        #expect(fields["early"] == "0", "\(line)")
+        #expect((Int(fields["worst_us"] ?? "") ?? .max) < 50_000, "\(line)")
+        #expect(fields["past_fired"] == "true" && fields["far_fired"] == "false", "\(line)")
+        #expect(try h.list()["timed"] != nil)
+    }
 }

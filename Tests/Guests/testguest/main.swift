@@ -286,6 +286,28 @@ case "inflight-probe":
     print("inflight: done")
     fflush(stdout)
     while true { domain.block() }
+case "timer-slack":
+    // set_timer_op: 20 one-shot timers 2 ms ahead (the latest arrival reported), one in the
+    // past (at once), one absurdly far away (not within 300 ms, then cancelled).
+    let ev = domain.eventChannels
+    let timer = try! ev.bindVirq(.timer)
+    var worst: UInt64 = 0
+    var early = 0
+    for _ in 0..<20 {
+        let deadline = MonotonicClock.nanoseconds() + 2_000_000
+        domain.setTimer(deadline: deadline)
+        while ev.waitAny(timeoutNs: 5_000_000_000) != timer {}
+        let now = MonotonicClock.nanoseconds()
+        if now < deadline { early += 1 } else { worst = max(worst, now - deadline) }
+    }
+    domain.setTimer(deadline: 1)
+    let past = ev.waitAny(timeoutNs: 2_000_000_000) == timer
+    domain.setTimer(deadline: UInt64.max)
+    let far = ev.waitAny(timeoutNs: 300_000_000) == timer
+    domain.setTimer(nanoseconds: nil)
+    print("timer slack worst_us=\(worst / 1000) early=\(early) past_fired=\(past) far_fired=\(far)")
+    fflush(stdout)
+    while true { domain.block() }
 case "console-virq":
     // VIRQ_CONSOLE: raised when console input arrives; the guest then reads it.
     let ev = domain.eventChannels
