@@ -104,6 +104,7 @@ extension Supervisor {
             try? c.setWeight(xen: config.cpuWeight ?? SchedParams.defaultWeight)
             try? c.setCap(percent: config.cap ?? 0)
         }
+        let needsCPUCgroup = standby != nil && spawned.cpuCgroup == nil && (config.cpuWeight != nil || config.cap != nil)
         let pid = spawned.pid
         let (hcParent, conRead) = (spawned.hypercallFD, spawned.consoleOutFD)
         let listener = spawned.listener
@@ -118,6 +119,12 @@ extension Supervisor {
         dom.pidsCgroup = spawned.pidsCgroup
         dom.cpuCgroup = spawned.cpuCgroup ?? spawned.pidsCgroup.flatMap { CPUCgroup(existing: Self.baseName($0.path)) }
         domains.insert(dom)
+        if needsCPUCgroup, dom.cpuCgroup == nil {
+            // A standby started before `xl sched-credit` gave the domain its first weight or cap.
+            if case let .error(why) = applySched(dom, weight: config.cpuWeight, cap: config.cap) {
+                logger.warning("weight and cap not applied", metadata: ["domid": "\(domid)", "error": "\(why)"])
+            }
+        }
         do {
             try setUpStore(dom)
         } catch {
@@ -184,9 +191,15 @@ extension Supervisor {
                 dropCgroups()
                 throw CreateError("cannot create the cgroups of dom\(domid): \(error) (procvisord --insecure-no-cgroups runs domains without them)")
             }
-            // The scheduler's weight and cap. A host without a writable cpu controller runs the
-            // domain at the default share, unless the config asks for a weight or a cap.
-            do {
+            // The scheduler's weight and cap, in a cpu cgroup of the domain's own. On v1 only a
+            // domain given a weight or a cap gets one (`xl sched-credit` makes it later for the
+            // others): a CFS group competes with the host's other tasks as one task would, so a
+            // busy multi-threaded driver domain at the default weight would lose the share its
+            // threads have on their own. On v2 the domain's directory is its cpu group anyway.
+            // A host without a writable cpu controller runs the domain at the default share,
+            // unless the config asks for a weight or a cap.
+            let wantCPU = config.cpuWeight != nil || config.cap != nil
+            if wantCPU || CPUCgroup.current()?.version == .v2 { do {
                 let c = try CPUCgroup(name: cgroupName)
                 cpu = c
                 try c.setWeight(xen: config.cpuWeight ?? SchedParams.defaultWeight)
@@ -201,7 +214,7 @@ extension Supervisor {
                 cpu?.remove()
                 cpu = nil
                 logger.warning("no cpu cgroup: the domain runs at the default share", metadata: ["domid": "\(domid)", "error": "\(error)"])
-            }
+            } }
         }
 
         // Out of descriptors (EMFILE) part way: what was made is closed and the cgroups go.

@@ -44,6 +44,31 @@ extension Supervisor {
             return .error("\(label):Cpu cap out of range, valid range is from 0 to \(dom.config.maxvcpus * 100) for specified number of vcpus")
         }
         guard dom.hasProcess, !dom.released else { return .error("\(label):is not running") }
+        if case let .error(why) = applySched(dom, weight: weight, cap: cap) { return .error(why) }
+        if let weight { dom.config.cpuWeight = weight }
+        if let cap { dom.config.cap = cap }
+        let p = schedParams(dom)
+        log("\(dom.label): \(scheduler) weight \(p.weight), cap \(p.cap)")
+        return .ok
+    }
+
+    /// Writes the weight and cap (nil: as they are) into the domain's cpu cgroup, making it
+    /// first when the domain has none yet (a v1 host gives one only to a domain with a weight or
+    /// a cap): named as its pids cgroup, and every process of the domain moved in.
+    func applySched(_ dom: DomainRecord, weight: Int?, cap: Int?) -> ControlResponse {
+        let label = "Domain \(dom.domid)"
+        if dom.cpuCgroup == nil, jail.uses(.cgroups) {
+            let name = dom.pidsCgroup.map { Self.baseName($0.path) } ?? "procvisor-\(Process.pid)-dom\(dom.domid)"
+            do {
+                let c = try CPUCgroup(name: name)
+                if c.ownsDirectory {
+                    for pid in dom.pidsCgroup?.processes ?? [dom.pid] { try FileIO.write(c.path + "/cgroup.procs", "\(pid)\n") }
+                }
+                dom.cpuCgroup = c
+            } catch {
+                return .error("\(label):cannot make its cpu cgroup: \(error)")
+            }
+        }
         guard let cg = dom.cpuCgroup else {
             return .error("\(label):cannot set scheduling parameters: the domain has no cpu cgroup (the host's cpu controller is not writable here)")
         }
@@ -53,12 +78,8 @@ extension Supervisor {
         } catch {
             // Nothing changes: the weight goes back if the cap could not be set.
             if weight != nil { try? cg.setWeight(xen: dom.config.cpuWeight ?? SchedParams.defaultWeight) }
-            return .error("\(label):Setting domain sched \(scheduler): \(error)")
+            return .error("\(label):Setting domain sched: \(error)")
         }
-        if let weight { dom.config.cpuWeight = weight }
-        if let cap { dom.config.cap = cap }
-        let p = schedParams(dom)
-        log("\(dom.label): \(scheduler) weight \(p.weight), cap \(p.cap)")
         return .ok
     }
 }

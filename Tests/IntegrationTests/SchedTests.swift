@@ -75,7 +75,11 @@ import Testing
         // -w alone leaves the cap.
         #expect(try h.xl("sched-credit2", "-d", "tuned", "-w", "64").ok)
         #expect(rows(try h.xl("sched-credit2", "-d", "tuned").stdout)["tuned"].map { [$0.weight, $0.cap] } == [64, 150])
-        if Self.hostHasCPUController, let cg = cgroup(h, domid) {
+        // The domain had no weight or cap of its own: its cpu cgroup was made now, with the
+        // domain's process moved in.
+        let cg = try #require(cgroup(h, domid))
+        #expect(!cg.processes.isEmpty, "the domain's process was not moved into its new cpu cgroup")
+        do {
             #expect(cg.enforced.weight == (cg.version == .v1 ? 256 : 25) && cg.enforced.quotaMicroseconds == 150_000, "\(cg.enforced)")
             #expect(try h.xl("sched-credit2", "-d", "tuned", "-c", "0").ok)
             #expect(cg.enforced.quotaMicroseconds == nil, "cap 0 is no cap")
