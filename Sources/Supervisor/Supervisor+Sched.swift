@@ -61,10 +61,16 @@ extension Supervisor {
             let name = dom.pidsCgroup.map { Self.baseName($0.path) } ?? "procvisor-\(Process.pid)-dom\(dom.domid)"
             do {
                 let c = try CPUCgroup(name: name)
-                if c.ownsDirectory {
-                    for pid in dom.pidsCgroup?.processes ?? [dom.pid] { try FileIO.write(c.path + "/cgroup.procs", "\(pid)\n") }
-                }
+                // Kept at once, so the domain's end removes it whatever happens next.
                 dom.cpuCgroup = c
+                if c.ownsDirectory {
+                    // A process may exit while the list is walked (ESRCH): what matters is that
+                    // the domain's own process is in.
+                    for pid in dom.pidsCgroup?.processes ?? [dom.pid] { try? FileIO.write(c.path + "/cgroup.procs", "\(pid)\n") }
+                    guard c.processes.contains(dom.pid) else {
+                        throw SystemError("cgroup.procs", "\(c.path): the domain's process \(dom.pid) could not be moved in", errno: .noSuchProcess)
+                    }
+                }
             } catch {
                 return .error("\(label):cannot make its cpu cgroup: \(error)")
             }
@@ -105,13 +111,14 @@ extension Supervisor {
                 return TopSample.statistics(String(decoding: text, as: UTF8.self))
             }
         }
-        var out: [TopSample.Domain] = [TopSample.Domain(info: dom0Info(), nets: 0, netTxBytes: 0, netRxBytes: 0, vbds: 0, vbd: nil)]
+        var out: [TopSample.Domain] = [TopSample.Domain(info: dom0Info(), nets: 0, netTxBytes: 0, netRxBytes: 0, vbds: 0, vbd: TopSample.VBDTotals())]
         for domid in domains.domids {
             guard let dom = domains[domid] else { continue }
             var info = dom.info(includeConfig: false, memory: machine.domains[domid])
             if let raw = try? xenstore.engine.read("/local/domain/\(domid)/name"), !raw.isEmpty { info.name = String(decoding: raw, as: UTF8.self) }
             let vifs = stats(domid, "vif"), vbds = stats(domid, "vbd")
-            var vbd: TopSample.VBDTotals?
+            // As xentop: no disks count as zeros; `-` only when disks have no statistics.
+            var vbd: TopSample.VBDTotals? = vbds.isEmpty ? TopSample.VBDTotals() : nil
             for case let s? in vbds {
                 var t = vbd ?? TopSample.VBDTotals()
                 t.oo &+= s["oo_req"] ?? 0

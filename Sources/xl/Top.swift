@@ -22,7 +22,9 @@ struct Top: ParsableCommand {
         }
         // xentop reads these with atoi(); a number is required here, and a delay of at least 1.
         let seconds = delay.map { Int($0) ?? -1 } ?? 3
-        guard seconds >= 1 else { fail("xl top: invalid delay '\(delay ?? "")' (expected a whole number of seconds, at least 1)") }
+        guard seconds >= 1, seconds <= 86_400 else {
+            fail("xl top: invalid delay '\(delay ?? "")' (expected a whole number of seconds, 1 to 86400)")
+        }
         let rounds = iterations.map { Int($0) ?? -1 }
         if let rounds, rounds < 1 { fail("xl top: invalid iterations '\(iterations ?? "")' (expected a number, at least 1)") }
         var client = ControlClient.connect()
@@ -32,7 +34,10 @@ struct Top: ParsableCommand {
         var previous: TopSample?
         var done = 0
         while true {
-            guard case let .topSample(sample) = client.request(.topSample) else { fail("xl top: unexpected reply from the supervisor") }
+            guard case let .topSample(sample) = client.request(.topSample) else {
+                saved?.restore(.standardInput)  // fail() exits without running the defer
+                fail("xl top: unexpected reply from the supervisor")
+            }
             var screen = XenTop.table(sample, previous: previous, fullName: fullName)
             if repeatHeader {
                 // With no per-device rows, a repeated header is one before each domain.
