@@ -48,6 +48,10 @@ public final class PidsCgroup {
     /// The processes in the cgroup (host pids).
     public var processes: [pid_t] { CgroupFiles.pids(path + "/cgroup.procs") }
 
+    /// The cgroup's own name (its directory's last component): the domain's other cgroups
+    /// carry the same one.
+    public var name: String { DynamicLoader.baseName(path) }
+
     /// How many tasks are in it now.
     public var current: Int {
         Int(((try? FileIO.readString(path + "/pids.current")) ?? "0").split(separator: "\n").first ?? "0") ?? 0

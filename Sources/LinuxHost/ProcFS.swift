@@ -11,11 +11,7 @@ public enum ProcFS {
     }
 
     /// CPU time consumed by all threads of `pid`, in nanoseconds (utime + stime from /proc/PID/stat).
-    public static func cpuTimeNs(of pid: pid_t) -> UInt64 {
-        guard let stat = readStat("/proc/\(pid)/stat") else { return 0 }
-        let hz = UInt64(sysconf(Int32(_SC_CLK_TCK)))
-        return stat.ticks * 1_000_000_000 / max(hz, 1)
-    }
+    public static func cpuTimeNs(of pid: pid_t) -> UInt64 { stat(of: pid)?.cpuTimeNs ?? 0 }
 
     /// The state letter and utime + stime (clock ticks) of a /proc `stat` file. Read into a
     /// buffer on the stack and parsed as bytes: `xl list` reads one per thread of every domain.

@@ -84,9 +84,7 @@ extension Supervisor {
             // As libxl, a domain's name is what /local/domain/N/name says (a dom0 tool may have
             // rewritten it): read here from the store, so `xl list` is one request.
             for i in out.indices where out[i].domid != 0 {
-                if let raw = try? xenstore.engine.read("/local/domain/\(out[i].domid)/name"), !raw.isEmpty {
-                    out[i].name = String(decoding: raw, as: UTF8.self)
-                }
+                out[i].name = storeName(DomID(out[i].domid)) ?? out[i].name
             }
             c.send(.domains(out))
         case .info:

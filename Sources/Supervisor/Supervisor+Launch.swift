@@ -117,7 +117,7 @@ extension Supervisor {
         if restore != nil { process.awaitingPages = true }
         try? eventChannels.open(domid, maxVCPUs: config.maxvcpus)
         dom.pidsCgroup = spawned.pidsCgroup
-        dom.cpuCgroup = spawned.cpuCgroup ?? spawned.pidsCgroup.flatMap { CPUCgroup(existing: Self.baseName($0.path)) }
+        dom.cpuCgroup = spawned.cpuCgroup ?? spawned.pidsCgroup.flatMap { CPUCgroup(existing: $0.name) }
         domains.insert(dom)
         if needsCPUCgroup, dom.cpuCgroup == nil {
             // A standby started before `xl sched-credit` gave the domain its first weight or cap.

@@ -58,7 +58,7 @@ extension Supervisor {
     func applySched(_ dom: DomainRecord, weight: Int?, cap: Int?) -> ControlResponse {
         let label = "Domain \(dom.domid)"
         if dom.cpuCgroup == nil, jail.uses(.cgroups) {
-            let name = dom.pidsCgroup.map { Self.baseName($0.path) } ?? "procvisor-\(Process.pid)-dom\(dom.domid)"
+            let name = dom.pidsCgroup?.name ?? "procvisor-\(Process.pid)-dom\(dom.domid)"
             do {
                 let c = try CPUCgroup(name: name)
                 // Kept at once, so the domain's end removes it whatever happens next.
@@ -91,14 +91,6 @@ extension Supervisor {
 }
 
 extension Supervisor {
-    /// The last component of a path (a cgroup's name).
-    static func baseName(_ path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return path }
-        return String(path[path.index(after: slash)...])
-    }
-}
-
-extension Supervisor {
     /// `xl top`'s sample: `xl list`'s figures plus, per domain, its vifs' and disks' totals from
     /// the `statistics` node their backends keep (netback's tx-bytes/rx-bytes, blkback's
     /// rd_req…wr_sect), read from the store here, one request for the whole screen.
@@ -115,7 +107,7 @@ extension Supervisor {
         for domid in domains.domids {
             guard let dom = domains[domid] else { continue }
             var info = dom.info(includeConfig: false, memory: machine.domains[domid])
-            if let raw = try? xenstore.engine.read("/local/domain/\(domid)/name"), !raw.isEmpty { info.name = String(decoding: raw, as: UTF8.self) }
+            info.name = storeName(domid) ?? info.name
             let vifs = stats(domid, "vif"), vbds = stats(domid, "vbd")
             // As xentop: no disks count as zeros; `-` only when disks have no statistics.
             var vbd: TopSample.VBDTotals? = vbds.isEmpty ? TopSample.VBDTotals() : nil
@@ -134,5 +126,14 @@ extension Supervisor {
                                         vbds: vbds.count, vbd: vbd))
         }
         return TopSample(host: hostInfo(), monotonicNs: MonotonicClock.nanoseconds(), domains: out)
+    }
+}
+
+extension Supervisor {
+    /// The name `/local/domain/N/name` holds (a dom0 tool may have rewritten it), where libxl
+    /// reads a domain's name; nil when the node is missing or empty.
+    func storeName(_ domid: DomID) -> String? {
+        guard let raw = try? xenstore.engine.read("/local/domain/\(domid)/name"), !raw.isEmpty else { return nil }
+        return String(decoding: raw, as: UTF8.self)
     }
 }

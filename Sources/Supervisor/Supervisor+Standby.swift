@@ -226,7 +226,7 @@ extension Supervisor {
             func fd(_ raw: Int32) -> FileDescriptor { FileDescriptor(rawValue: raw) }
             let p = SpawnedKernel(pid: i.pid, hypercallFD: fd(i.hypercallFD), eventFD: fd(i.eventFD), consoleOutFD: fd(i.consoleOutFD),
                                   consoleInFD: fd(i.consoleInFD), listener: i.listener.map(fd), memoryCgroup: m, pidsCgroup: pids,
-                                  cpuCgroup: pids.flatMap { CPUCgroup(existing: Self.baseName($0.path)) })
+                                  cpuCgroup: pids.flatMap { CPUCgroup(existing: $0.name) })
             if i.retired {
                 standbys.retired[i.pid] = p
             } else {

@@ -72,9 +72,10 @@ extension Supervisor {
         p.storeKept = d.storeKept
         p.boundListener = d.boundListener.map { FileDescriptor(rawValue: $0) }
         if let v = d.pidsCgroup {
-            p.pidsCgroup = PidsCgroup(adopting: v.path, version: try LiveUpdateError.cgroupVersion(v.version))
+            let pids = PidsCgroup(adopting: v.path, version: try LiveUpdateError.cgroupVersion(v.version))
+            p.pidsCgroup = pids
             // The cpu cgroup is named as the pids one (`spawnKernel`).
-            p.cpuCgroup = CPUCgroup(existing: Self.baseName(v.path))
+            p.cpuCgroup = CPUCgroup(existing: pids.name)
         }
         if let page = d.storePageFD, let kick = d.storeKickFD, let port = d.storePort {
             p.store = DomainStore(page: try SharedPage(adopting: page), kick: FileDescriptor(rawValue: kick), port: EvtchnPort(port))
